@@ -1,0 +1,14 @@
+"""Storage: the database handle, the schema and the repositories the engine, memory and bot use."""
+
+from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_url
+from .errors import DatabaseURLError, MigrationError, StorageError
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "ChangeSignal",
+    "Database",
+    "DatabaseURLError",
+    "MigrationError",
+    "StorageError",
+    "normalize_url",
+]

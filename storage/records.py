@@ -1,0 +1,106 @@
+"""Rows as pydantic models: what the run repository hands to the engine and the bot."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+RunStatus = Literal["pending", "running", "waiting", "suspended", "success", "failed", "canceled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "failed", "canceled"})
+SETTLED_STATUSES: frozenset[str] = TERMINAL_STATUSES | {"suspended"}
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    workflow_id: str
+    status: RunStatus
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    thread_id: str | None = None
+    resource_id: str | None = None
+    started_by: str | None = None
+    rerun_of: str | None = None
+    rerun_from: str | None = None
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    ready_at: float | None = None
+    waiting_for: str | None = None
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class StepResultRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    path: str
+    step_id: str
+    kind: str = "step"
+    output: Any = None
+    attempts: int = 1
+    started_at: float | None = None
+    finished_at: float
+
+
+class SuspensionRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    path: str
+    step_id: str
+    kind: Literal["suspend", "event"] = "suspend"
+    event_name: str | None = None
+    payload: Any = None
+    status: Literal["open", "resolved"] = "open"
+    created_at: float
+    expires_at: float | None = None
+    resolved_by: str | None = None
+    resolved_at: float | None = None
+    resume_data: Any = None
+
+
+class EventRecord(BaseModel):
+    """A persisted event; ``id`` is its offset for replay."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    run_id: str
+    type: str
+    path: str | None = None
+    data: dict[str, Any] | None = None
+    at: float
+
+
+class NewEvent(BaseModel):
+    """An event to commit together with the state change it describes."""
+
+    type: str
+    path: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class SignalRecord(BaseModel):
+    id: int
+    run_id: str
+    name: str
+    data: Any = None
+    created_at: float
+    consumed_path: str | None = None
+
+
+class RunProgress(BaseModel):
+    """Everything the walk needs to continue a run: finished steps, suspensions, buffered events."""
+
+    results: dict[str, StepResultRecord]
+    suspensions: dict[str, SuspensionRecord]
+    signals: list[SignalRecord]

@@ -1,0 +1,515 @@
+"""The run repository: the narrow async interface the engine persists through.
+
+Public methods queue one write (or run one read); private ``_x(conn)`` functions do the SQL so several
+operations compose inside one group-committed transaction. Exactly-once records come from keys, not from
+read-then-write checks: step results are insert-if-absent on ``(run_id, path)``, resume is a
+compare-and-set on the suspension's ``status``, claims are compare-and-set on the run's ``owner``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .database import Database
+from .records import (
+    TERMINAL_STATUSES,
+    EventRecord,
+    NewEvent,
+    RunProgress,
+    RunRecord,
+    SignalRecord,
+    StepResultRecord,
+    SuspensionRecord,
+)
+from .tables import events, runs, signals, step_results, suspensions
+
+
+class LeaseLost(Exception):
+    """This process no longer holds the run (canceled, or another process took it over); stop executing."""
+
+
+class CompareAndSetFailed(Exception):
+    """A compare-and-set matched no row; ``current`` is the row as it is now (or None)."""
+
+    def __init__(self, current: Any) -> None:
+        super().__init__("compare-and-set failed")
+        self.current = current
+
+
+_TERMINAL = tuple(TERMINAL_STATUSES)
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _insert_ignore(self, table: Any) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING`` in the current dialect."""
+        if self.db.is_sqlite:
+            return sqlite_dialect.insert(table).on_conflict_do_nothing()
+        return pg_dialect.insert(table).on_conflict_do_nothing()
+
+    @staticmethod
+    async def _add_events(conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
+        rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": now} for e in new]
+        if rows:
+            await conn.execute(insert(events), rows)
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    async def create_run(self, row: dict[str, Any], new_events: Sequence[NewEvent]) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(insert(runs).values(**row))
+            await self._add_events(conn, row["id"], new_events, row["created_at"])
+
+        await self.db.write(op)
+
+    async def create_rerun(
+        self,
+        row: dict[str, Any],
+        copied: Sequence[StepResultRecord],
+        override_path: str | None,
+        override_input: Any,
+        new_events: Sequence[NewEvent],
+    ) -> None:
+        """Create a run that starts with another run's earlier results (and optionally new input for a step)."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(insert(runs).values(**row))
+            rows = [r.model_dump() | {"run_id": row["id"]} for r in copied]
+            if override_path is not None:
+                rows.append({
+                    "run_id": row["id"], "path": f"__input__/{override_path}", "step_id": override_path,
+                    "kind": "override", "output": override_input, "attempts": 0, "started_at": None,
+                    "finished_at": row["created_at"],
+                })
+            if rows:
+                await conn.execute(insert(step_results), rows)
+            await self._add_events(conn, row["id"], new_events, row["created_at"])
+
+        await self.db.write(op)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async def op(conn: AsyncConnection) -> RunRecord | None:
+            row = (await conn.execute(select(runs).where(runs.c.id == run_id))).mappings().first()
+            return RunRecord.model_validate(dict(row)) if row else None
+
+        return await self.db.read(op)
+
+    async def list_runs(
+        self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        async def op(conn: AsyncConnection) -> list[RunRecord]:
+            q = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+            if status:
+                q = q.where(runs.c.status == status)
+            if workflow_id:
+                q = q.where(runs.c.workflow_id == workflow_id)
+            return [RunRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
+
+        return await self.db.read(op)
+
+    async def count_runs(self, status: str) -> int:
+        async def op(conn: AsyncConnection) -> int:
+            return int((await conn.execute(select(func.count()).where(runs.c.status == status))).scalar_one())
+
+        return await self.db.read(op)
+
+    async def load_progress(self, run_id: str) -> RunProgress:
+        async def op(conn: AsyncConnection) -> RunProgress:
+            results = {
+                r["path"]: StepResultRecord.model_validate(dict(r))
+                for r in (await conn.execute(select(step_results).where(step_results.c.run_id == run_id))).mappings()
+            }
+            susp = {
+                r["path"]: SuspensionRecord.model_validate(dict(r))
+                for r in (await conn.execute(select(suspensions).where(suspensions.c.run_id == run_id))).mappings()
+            }
+            sigs = [
+                SignalRecord.model_validate(dict(r))
+                for r in (
+                    await conn.execute(select(signals).where(signals.c.run_id == run_id).order_by(signals.c.id))
+                ).mappings()
+            ]
+            return RunProgress(results=results, suspensions=susp, signals=sigs)
+
+        return await self.db.read(op)
+
+    async def _touch_lease(self, conn: AsyncConnection, run_id: str, owner: str, now: float, lease: float) -> None:
+        res = await conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == "running")
+            .values(updated_at=now, lease_expires_at=now + lease)
+        )
+        if res.rowcount == 0:
+            raise LeaseLost(run_id)
+
+    async def commit_step(
+        self, result: StepResultRecord, owner: str, lease: float, new_events: Sequence[NewEvent]
+    ) -> None:
+        """Record a finished step with its events, if this process still holds the run."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)
+            await conn.execute(self._insert_ignore(step_results).values(**result.model_dump()))
+            await self._add_events(conn, result.run_id, new_events, result.finished_at)
+
+        await self.db.write(op)
+
+    def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
+        """Queue events that describe no state change (step started, retrying): they ride the next commit."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> None:
+            await self._add_events(conn, run_id, new_events, now)
+
+        self.db.write_nowait(op)
+
+    async def add_events(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> None:
+            await self._add_events(conn, run_id, new_events, now)
+
+        await self.db.write(op)
+
+    async def open_suspension(
+        self, suspension: SuspensionRecord, owner: str, lease: float, new_events: Sequence[NewEvent]
+    ) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            await self._touch_lease(conn, suspension.run_id, owner, suspension.created_at, lease)
+            await conn.execute(self._insert_ignore(suspensions).values(**suspension.model_dump()))
+            await self._add_events(conn, suspension.run_id, new_events, suspension.created_at)
+
+        await self.db.write(op)
+
+    async def settle(
+        self,
+        run_id: str,
+        owner: str,
+        status: str,
+        new_events: Sequence[NewEvent],
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        ready_at: float | None = None,
+        waiting_for: str | None = None,
+    ) -> str:
+        """Move a run this process holds out of ``running``; return the status actually set.
+
+        A resume or an event may arrive while the run is still executing other branches. If one did, a run
+        about to become ``suspended``/``waiting`` becomes ``pending`` instead, so it is picked up again.
+        """
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> str:
+            target = status
+            if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id):
+                target = "pending"
+            values: dict[str, Any] = {
+                "status": target,
+                "owner": None,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "ready_at": now if target == "pending" else ready_at,
+                "waiting_for": waiting_for if target == "waiting" else None,
+            }
+            if target in TERMINAL_STATUSES:
+                values.update(output=output, error=error, finished_at=now)
+            res = await conn.execute(
+                update(runs).where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == "running").values(**values)
+            )
+            if res.rowcount == 0:
+                raise LeaseLost(run_id)
+            evs = list(new_events)
+            if target == "pending" and status != "pending":
+                evs = [e for e in evs if e.type not in ("run.suspended", "run.waiting")]
+            await self._add_events(conn, run_id, evs, now)
+            return target
+
+        return await self.db.write(op)
+
+    async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str) -> bool:
+        resolved_unused = select(suspensions.c.path).where(
+            suspensions.c.run_id == run_id,
+            suspensions.c.status == "resolved",
+            ~exists().where(and_(step_results.c.run_id == run_id, step_results.c.path == suspensions.c.path)),
+        )
+        if (await conn.execute(resolved_unused.limit(1))).first() is not None:
+            return True
+        open_events = select(suspensions.c.event_name).where(
+            suspensions.c.run_id == run_id, suspensions.c.status == "open", suspensions.c.kind == "event"
+        )
+        waiting_names = [r[0] for r in await conn.execute(open_events)]
+        if not waiting_names:
+            return False
+        pending_signal = select(signals.c.id).where(
+            signals.c.run_id == run_id, signals.c.name.in_(waiting_names), signals.c.consumed_path.is_(None)
+        )
+        return (await conn.execute(pending_signal.limit(1))).first() is not None
+
+    # -- resume, events, cancel ---------------------------------------------------------------------
+
+    async def resolve_suspension(
+        self, run_id: str, path: str, data: Any, by: str | None, new_events: Sequence[NewEvent]
+    ) -> None:
+        """The compare-and-set behind resume: raises CompareAndSetFailed(current row) if not open."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(
+                update(suspensions)
+                .where(
+                    suspensions.c.run_id == run_id,
+                    suspensions.c.path == path,
+                    suspensions.c.status == "open",
+                    # The run must still be live: a canceled run's suspensions are closed for good.
+                    exists().where(and_(runs.c.id == run_id, runs.c.status.not_in(_TERMINAL))),
+                )
+                .values(status="resolved", resolved_by=by, resolved_at=now, resume_data=data)
+            )
+            if res.rowcount == 0:
+                row = (
+                    await conn.execute(
+                        select(suspensions).where(suspensions.c.run_id == run_id, suspensions.c.path == path)
+                    )
+                ).mappings().first()
+                raise CompareAndSetFailed(SuspensionRecord.model_validate(dict(row)) if row else None)
+            await self._make_ready(conn, run_id, now)
+            await self._add_events(conn, run_id, new_events, now)
+
+        await self.db.write(op)
+
+    @staticmethod
+    async def _make_ready(conn: AsyncConnection, run_id: str, now: float) -> None:
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status.in_(("suspended", "waiting")))
+            .values(status="pending", ready_at=now, updated_at=now, waiting_for=None)
+        )
+
+    async def send_signal(self, run_id: str, name: str, data: Any, new_events: Sequence[NewEvent]) -> str:
+        """Resolve the open wait for ``name`` if there is one, else buffer the event. Returns which."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> str:
+            status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
+            if status is None or status in TERMINAL_STATUSES:
+                raise CompareAndSetFailed(status)
+            waiting = (
+                await conn.execute(
+                    select(suspensions.c.path)
+                    .where(
+                        suspensions.c.run_id == run_id,
+                        suspensions.c.kind == "event",
+                        suspensions.c.event_name == name,
+                        suspensions.c.status == "open",
+                    )
+                    .order_by(suspensions.c.created_at)
+                )
+            ).first()
+            if waiting is not None:
+                await conn.execute(
+                    update(suspensions)
+                    .where(suspensions.c.run_id == run_id, suspensions.c.path == waiting[0], suspensions.c.status == "open")
+                    .values(status="resolved", resolved_by="event", resolved_at=now, resume_data=data)
+                )
+                await self._make_ready(conn, run_id, now)
+                outcome = "delivered"
+            else:
+                await conn.execute(insert(signals).values(run_id=run_id, name=name, data=data, created_at=now))
+                outcome = "buffered"
+            await self._add_events(conn, run_id, new_events, now)
+            return outcome
+
+        return await self.db.write(op)
+
+    async def consume_signal(self, run_id: str, signal_id: int, path: str) -> bool:
+        async def op(conn: AsyncConnection) -> bool:
+            res = await conn.execute(
+                update(signals)
+                .where(signals.c.id == signal_id, signals.c.consumed_path.is_(None))
+                .values(consumed_path=path)
+            )
+            return bool(res.rowcount)
+
+        return await self.db.write(op)
+
+    async def cancel(self, run_id: str, by: str | None, new_events: Sequence[NewEvent]) -> None:
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status.not_in(_TERMINAL))
+                .values(status="canceled", owner=None, lease_expires_at=None, updated_at=now, finished_at=now,
+                        error={"type": "Canceled", "message": f"Canceled by {by or 'a user'}."})
+            )
+            if res.rowcount == 0:
+                status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
+                raise CompareAndSetFailed(status)
+            await self._add_events(conn, run_id, new_events, now)
+
+        await self.db.write(op)
+
+    async def open_suspensions(self, run_id: str) -> list[SuspensionRecord]:
+        async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
+            q = select(suspensions).where(suspensions.c.run_id == run_id, suspensions.c.status == "open")
+            return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(q.order_by(suspensions.c.created_at))).mappings()]
+
+        return await self.db.read(op)
+
+    async def suspensions_of(self, run_id: str) -> list[SuspensionRecord]:
+        async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
+            q = select(suspensions).where(suspensions.c.run_id == run_id).order_by(suspensions.c.created_at)
+            return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
+
+        return await self.db.read(op)
+
+    async def expired_suspensions(self, now: float) -> list[SuspensionRecord]:
+        async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
+            q = select(suspensions).where(
+                suspensions.c.status == "open", suspensions.c.expires_at.is_not(None), suspensions.c.expires_at <= now
+            )
+            return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
+
+        return await self.db.read(op)
+
+    async def next_expiry(self) -> float | None:
+        async def op(conn: AsyncConnection) -> float | None:
+            q = select(func.min(suspensions.c.expires_at)).where(suspensions.c.status == "open")
+            value = (await conn.execute(q)).scalar_one_or_none()
+            return float(value) if value is not None else None
+
+        return await self.db.read(op)
+
+    async def read_events(self, run_id: str, after: int = 0, limit: int = 500) -> list[EventRecord]:
+        async def op(conn: AsyncConnection) -> list[EventRecord]:
+            q = select(events).where(events.c.run_id == run_id, events.c.id > after).order_by(events.c.id).limit(limit)
+            return [EventRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
+
+        return await self.db.read(op)
+
+    # -- dispatching -------------------------------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, lease: float, only: Sequence[str] | None = None) -> list[str]:
+        """Take up to ``limit`` ready runs: new, resumed, woken, or whose holder's lease ran out.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED`` picks candidates no other replica is claiming; the update's
+        own ``WHERE`` repeats the readiness test, so a claim is a compare-and-set on either database.
+        """
+        now = time.time()
+        ready = or_(
+            runs.c.status == "pending",
+            and_(runs.c.status == "waiting", runs.c.ready_at.is_not(None), runs.c.ready_at <= now),
+            and_(runs.c.status == "running", runs.c.lease_expires_at < now),
+        )
+
+        async def op(conn: AsyncConnection) -> list[str]:
+            q = select(runs.c.id).where(ready).order_by(runs.c.ready_at, runs.c.created_at).limit(limit)
+            if only is not None:
+                q = q.where(runs.c.id.in_(list(only)))
+            if not self.db.is_sqlite:
+                q = q.with_for_update(skip_locked=True)
+            ids = [r[0] for r in await conn.execute(q)]
+            if not ids:
+                return []
+            res = await conn.execute(
+                update(runs)
+                .where(runs.c.id.in_(ids), ready)
+                .values(status="running", owner=owner, lease_expires_at=now + lease, updated_at=now, waiting_for=None)
+                .returning(runs.c.id)
+            )
+            return [r[0] for r in res]
+
+        return await self.db.write(op)
+
+    async def has_ready(self) -> bool:
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> bool:
+            q = select(runs.c.id).where(
+                or_(
+                    runs.c.status == "pending",
+                    and_(runs.c.status == "waiting", runs.c.ready_at <= now),
+                    and_(runs.c.status == "running", runs.c.lease_expires_at < now),
+                )
+            )
+            return (await conn.execute(q.limit(1))).first() is not None
+
+        return await self.db.read(op)
+
+    async def next_wakeup(self) -> float | None:
+        """The earliest time a waiting run becomes ready or a held run's lease runs out."""
+
+        async def op(conn: AsyncConnection) -> float | None:
+            waiting = select(func.min(runs.c.ready_at)).where(runs.c.status == "waiting")
+            leases = select(func.min(runs.c.lease_expires_at)).where(runs.c.status == "running")
+            times = [(await conn.execute(q)).scalar_one_or_none() for q in (waiting, leases)]
+            present = [float(t) for t in times if t is not None]
+            return min(present) if present else None
+
+        return await self.db.read(op)
+
+    async def heartbeat(self, owner: str, run_ids: Sequence[str], lease: float) -> set[str]:
+        """Extend this process's leases; return the ids it no longer holds (canceled or taken over)."""
+        if not run_ids:
+            return set()
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> set[str]:
+            await conn.execute(
+                update(runs)
+                .where(runs.c.owner == owner, runs.c.status == "running", runs.c.id.in_(list(run_ids)))
+                .values(lease_expires_at=now + lease)
+            )
+            held = select(runs.c.id).where(runs.c.id.in_(list(run_ids)), runs.c.owner == owner, runs.c.status == "running")
+            return set(run_ids) - {r[0] for r in await conn.execute(held)}
+
+        return await self.db.write(op)
+
+    async def running_owners(self) -> list[str]:
+        async def op(conn: AsyncConnection) -> list[str]:
+            q = select(runs.c.owner).where(runs.c.status == "running", runs.c.owner.is_not(None)).distinct()
+            return [r[0] for r in await conn.execute(q)]
+
+        return await self.db.read(op)
+
+    async def release_owner(self, owner: str, new_events_for: str = "run.recovered") -> list[str]:
+        """Hand back every run ``owner`` holds (it shut down, or it is known dead) so any process can claim them."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> list[str]:
+            res = await conn.execute(
+                update(runs)
+                .where(runs.c.owner == owner, runs.c.status == "running")
+                .values(status="pending", owner=None, lease_expires_at=None, ready_at=now, updated_at=now)
+                .returning(runs.c.id)
+            )
+            ids = [r[0] for r in res]
+            for run_id in ids:
+                await self._add_events(conn, run_id, [NewEvent(type=new_events_for, data={"previous_owner": owner})], now)
+            return ids
+
+        return await self.db.write(op)
+
+    async def release_run(self, run_id: str, owner: str) -> None:
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == "running")
+                .values(status="pending", owner=None, lease_expires_at=None, ready_at=now, updated_at=now)
+            )
+
+        await self.db.write(op)

@@ -1,0 +1,227 @@
+"""The schema, as SQLAlchemy Core tables (the hot path uses Core, not the ORM).
+
+Times are seconds since the epoch as floats: dialect-neutral, cheap to compare, exact enough for leases.
+Migrations in ``storage/migrations`` create exactly these tables; a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# -- runs ---------------------------------------------------------------------------------------------
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workflow_id", String(200), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("input", JSON, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("thread_id", String(300), nullable=True),
+    Column("resource_id", String(300), nullable=True),
+    Column("started_by", String(200), nullable=True),
+    Column("rerun_of", String(40), nullable=True),
+    Column("rerun_from", String(500), nullable=True),
+    Column("owner", String(200), nullable=True),
+    Column("lease_expires_at", Float, nullable=True),
+    Column("ready_at", Float, nullable=True),
+    Column("waiting_for", String(200), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_runs_status_ready", "status", "ready_at"),
+    Index("ix_runs_owner", "owner"),
+    Index("ix_runs_workflow", "workflow_id", "created_at"),
+)
+
+#: One row per finished step instance, keyed by its path; inserted once, never updated.
+step_results = Table(
+    "step_results",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("step_id", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("output", JSON, nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=False),
+)
+
+#: Open and resolved suspensions (human input and awaited events); resume is a compare-and-set here.
+suspensions = Table(
+    "suspensions",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("step_id", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("event_name", String(200), nullable=True),
+    Column("payload", JSON, nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("resolved_by", String(200), nullable=True),
+    Column("resolved_at", Float, nullable=True),
+    Column("resume_data", JSON, nullable=True),
+    Index("ix_suspensions_open", "status", "expires_at"),
+)
+
+#: Events sent to a run before it waited for them (like Temporal's buffered signals).
+signals = Table(
+    "signals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("data", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("consumed_path", String(500), nullable=True),
+    Index("ix_signals_run", "run_id", "name"),
+)
+
+#: The outbox: every event commits with the state change it describes. ``id`` is the replay offset.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("type", String(40), nullable=False),
+    Column("path", String(500), nullable=True),
+    Column("data", JSON, nullable=True),
+    Column("at", Float, nullable=False),
+    Index("ix_events_run", "run_id", "id"),
+)
+
+# -- memory -------------------------------------------------------------------------------------------
+
+threads = Table(
+    "threads",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("resource_id", String(300), nullable=True),
+    Column("title", String(500), nullable=True),
+    Column("metadata", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_threads_resource", "resource_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("thread_id", String(300), nullable=False),
+    Column("resource_id", String(300), nullable=True),
+    Column("role", String(20), nullable=False),
+    Column("kind", String(20), nullable=False, default="message"),
+    Column("author", String(200), nullable=True),
+    Column("content", Text, nullable=False, default=""),
+    Column("tool_calls", JSON, nullable=True),
+    Column("tool_call_id", String(200), nullable=True),
+    Column("run_id", String(40), nullable=True),
+    Column("path", String(500), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_messages_thread", "thread_id", "id"),
+    Index("ix_messages_resource", "resource_id", "id"),
+)
+
+message_vectors = Table(
+    "message_vectors",
+    metadata,
+    Column("message_id", Integer, primary_key=True),
+    Column("thread_id", String(300), nullable=False),
+    Column("resource_id", String(300), nullable=True),
+    Column("model", String(200), nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Index("ix_message_vectors_resource", "resource_id"),
+)
+
+working_memory = Table(
+    "working_memory",
+    metadata,
+    Column("scope", String(20), primary_key=True),
+    Column("key", String(300), primary_key=True),
+    Column("content", Text, nullable=False, default=""),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: What each agent call was given and what it answered ("what did each agent know").
+agent_contexts = Table(
+    "agent_contexts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=True),
+    Column("path", String(500), nullable=True),
+    Column("agent", String(200), nullable=False),
+    Column("thread_id", String(300), nullable=True),
+    Column("context", JSON, nullable=False),
+    Column("answer", JSON, nullable=True),
+    Column("usage", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Index("ix_agent_contexts_run", "run_id", "id"),
+)
+
+# -- slack mapping ------------------------------------------------------------------------------------
+
+slack_runs = Table(
+    "slack_runs",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("team_id", String(40), nullable=False),
+    Column("channel_id", String(40), nullable=False),
+    Column("root_ts", String(40), nullable=True),
+    Column("thread_id", String(300), nullable=False),
+    Column("started_by", String(40), nullable=True),
+    Column("last_event_id", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Index("ix_slack_runs_thread", "thread_id"),
+)
+
+slack_approvals = Table(
+    "slack_approvals",
+    metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("channel_id", String(40), nullable=False),
+    Column("message_ts", String(40), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+slack_seen_events = Table(
+    "slack_seen_events",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("seen_at", Float, nullable=False),
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workflow_id", String(200), nullable=False),
+    Column("cron", String(200), nullable=False),
+    Column("timezone", String(100), nullable=False, default="UTC"),
+    Column("input", JSON, nullable=True),
+    Column("team_id", String(40), nullable=True),
+    Column("channel_id", String(40), nullable=True),
+    Column("created_by", String(200), nullable=True),
+    Column("next_at", Float, nullable=False),
+    Column("last_fired_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+)

@@ -1,0 +1,582 @@
+"""The engine: the public API (start, resume, cancel, watch, ...) and the dispatcher that executes runs.
+
+Runs are rows; this process is a stateless executor. The dispatcher claims ready runs (new, resumed,
+woken, or whose holder's lease ran out), executes each as an asyncio task it keeps a reference to, and
+renews leases while they run. Start, resume, wake-up and crash recovery are one mechanism.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from storage import Database
+from storage.database import DEFAULT_DATABASE_URL
+from storage.records import SETTLED_STATUSES, TERMINAL_STATUSES, NewEvent, RunProgress, RunRecord
+from storage.runs import CompareAndSetFailed, RunStore
+
+from .errors import (
+    AlreadyResumed,
+    NotSuspended,
+    NotWaitingForEvent,
+    RunFinished,
+    RunNotFound,
+    UsageError,
+    WorkflowNotFound,
+)
+from .events import WorkflowEvent
+from .executor import RunExecution
+from .graph import Node, WaitForEventNode, WorkflowNode
+from .rerun import plan_rerun
+from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
+from .step import Step, dump_value, parse_model
+from .workflow import CommittedWorkflow, _walk
+
+log = logging.getLogger("threadflow.engine")
+
+FaultHook = Callable[..., None]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Engine:
+    """Runs registered workflows durably against one database."""
+
+    def __init__(
+        self,
+        database: Database | str | None = None,
+        *,
+        memory: Any = None,
+        owner: str | None = None,
+        lease_seconds: float = 30.0,
+        capacity: int = 200,
+        poll_interval: float = 1.0,
+        execute: bool = True,
+    ) -> None:
+        if database is None or isinstance(database, str):
+            database = Database(database or os.environ.get("THREADFLOW_DATABASE_URL") or DEFAULT_DATABASE_URL)
+        self.db = database
+        self.store = RunStore(database)
+        self.owner = owner or default_owner()
+        self.lease_seconds = lease_seconds
+        self.capacity = capacity
+        self.poll_interval = poll_interval
+        self.execute_runs = execute
+        self._memory = memory
+        self._workflows: dict[str, CommittedWorkflow] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._run_changed: dict[str, asyncio.Event] = {}
+        self._opened = False
+        self._closing = False
+        self._open_lock: asyncio.Lock | None = None
+        self.faults: dict[str, FaultHook] = {}
+        crash_at = os.environ.get("THREADFLOW_CRASH_AT")
+        if crash_at:
+            point, _, where = crash_at.partition(":")
+            self.faults[point] = _crash_hook(where)
+
+    @classmethod
+    def from_url(cls, url: str | None = None, **kwargs: Any) -> Engine:
+        """``Engine.from_url("sqlite+aiosqlite:///threadflow.db")``; ``THREADFLOW_DATABASE_URL`` when no URL is given."""
+        return cls(url or os.environ.get("THREADFLOW_DATABASE_URL") or DEFAULT_DATABASE_URL, **kwargs)
+
+    # -- registry --------------------------------------------------------------------------------------
+
+    def register(self, *workflows: CommittedWorkflow) -> Engine:
+        for wf in workflows:
+            if not isinstance(wf, CommittedWorkflow):
+                raise TypeError(f"register() takes committed workflows; call .commit() on {wf!r} first.")
+            self._workflows[wf.id] = wf
+        return self
+
+    @property
+    def workflows(self) -> dict[str, CommittedWorkflow]:
+        return dict(self._workflows)
+
+    def get_workflow(self, workflow_id: str) -> CommittedWorkflow:
+        try:
+            return self._workflows[workflow_id]
+        except KeyError:
+            raise WorkflowNotFound(workflow_id, list(self._workflows)) from None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def open(self) -> Engine:
+        """Migrate the database and start the dispatcher. Every public method calls this for you."""
+        if self._opened:
+            return self
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if self._opened:
+                return self
+            await self.db.open()
+            self._closing = False
+            if self.execute_runs:
+                loop = asyncio.get_running_loop()
+                self._background = [
+                    loop.create_task(self._dispatch_loop(), name="threadflow-dispatcher"),
+                    loop.create_task(self._heartbeat_loop(), name="threadflow-heartbeat"),
+                ]
+            self._opened = True
+        return self
+
+    async def close(self) -> None:
+        """Stop executing; runs this process held are handed back so any process can continue them."""
+        if not self._opened:
+            return
+        self._closing = True
+        for task in self._background:
+            task.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*self._background, *tasks, return_exceptions=True)
+        self._background = []
+        try:
+            await self.store.release_owner(self.owner, "run.released")
+        except Exception as exc:  # the database may be gone already; leases expire on their own
+            log.warning("could not hand back runs at shutdown: %s", exc)
+        if self._memory is not None and hasattr(self._memory, "close"):
+            await self._memory.close()
+        await self.db.close()
+        self._opened = False
+
+    async def __aenter__(self) -> Engine:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- starting and changing runs -------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow_id: str,
+        input: Any = None,
+        *,
+        thread_id: str | None = None,
+        resource_id: str | None = None,
+        started_by: str | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        """Validate the input, persist the run, and start executing it here."""
+        await self.open()
+        wf = self.get_workflow(workflow_id)
+        data = wf.parse_input(input if input is not None else {})
+        run_id = run_id or new_run_id()
+        row = self._new_run_row(run_id, wf.id, data, thread_id, resource_id, started_by)
+        await self.store.create_run(row, [NewEvent(type="run.started", data={
+            "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
+        })])
+        await self._ensure_thread(thread_id, resource_id)
+        if row["owner"] == self.owner:
+            self._spawn(run_id, fresh=True)
+        return RunHandle(self, run_id)
+
+    def _new_run_row(
+        self, run_id: str, workflow_id: str, data: Any, thread_id: str | None, resource_id: str | None,
+        started_by: str | None, **extra: Any,
+    ) -> dict[str, Any]:
+        now = time.time()
+        mine = self.execute_runs and len(self._tasks) < self.capacity
+        return {
+            "id": run_id, "workflow_id": workflow_id, "status": "running" if mine else "pending", "input": data,
+            "thread_id": thread_id, "resource_id": resource_id, "started_by": started_by,
+            "owner": self.owner if mine else None, "lease_expires_at": now + self.lease_seconds if mine else None,
+            "ready_at": now, "created_at": now, "updated_at": now, **extra,
+        }
+
+    async def resume(
+        self, run_id: str, step: str | None = None, data: Any = None, *, by: str | None = None
+    ) -> RunHandle:
+        """Resume one open suspension of a run (the only one, or the one at ``step``: a step id or path).
+
+        ``data`` is validated against the step's ``resume`` model; invalid data raises InvalidInput and the
+        run stays suspended. Of two concurrent resumes of one suspension exactly one wins; the other raises
+        AlreadyResumed naming who won.
+        """
+        await self.open()
+        run = await self.get_run(run_id)
+        if run.is_terminal:
+            raise NotSuspended(f"Run {run_id} is {run.status}; only a suspended run can be resumed.")
+        wf = self.get_workflow(run.workflow_id)
+        all_susp = [s for s in await self.store.suspensions_of(run_id) if s.kind == "suspend"]
+        target = _pick_suspension(run, all_susp, step)
+        if target.status == "resolved":
+            raise AlreadyResumed(run_id, target.path, target.resolved_by, target.resolved_at)
+        step_def = wf.find_step(target.step_id)
+        model = step_def.resume if step_def else None
+        parsed = parse_model(model, data if data is not None else {}, f"resume data for step {target.step_id!r}")
+        json_data = dump_value(model, parsed)
+        self.fault("before_resume_commit", run_id=run_id, path=target.path)
+        try:
+            await self.store.resolve_suspension(run_id, target.path, json_data, by, [NewEvent(
+                type="run.resumed", path=target.path, data={"step_id": target.step_id, "by": by, "data": json_data},
+            )])
+        except CompareAndSetFailed as exc:
+            current = exc.current
+            if current is not None and current.status == "resolved":
+                raise AlreadyResumed(run_id, target.path, current.resolved_by, current.resolved_at) from None
+            raise NotSuspended(f"Run {run_id} can no longer be resumed (it was canceled or finished).") from None
+        self._changed(run_id)
+        return RunHandle(self, run_id)
+
+    async def send_event(self, run_id: str, name: str, data: Any = None) -> str:
+        """Deliver an event a run waits for (``.wait_for_event(name)``); buffered if it is not waiting yet."""
+        await self.open()
+        run = await self.get_run(run_id)
+        if run.is_terminal:
+            raise NotWaitingForEvent(f"Run {run_id} is {run.status}; it cannot receive event {name!r}.")
+        wf = self.get_workflow(run.workflow_id)
+        nodes = [n for n in _all_nodes(wf) if isinstance(n, WaitForEventNode) and n.event == name]
+        if not nodes:
+            raise UsageError(f"Workflow {wf.id!r} never waits for event {name!r}; nothing would receive it.")
+        schema = nodes[0].schema
+        json_data = dump_value(schema, parse_model(schema, data if data is not None else {}, f"data of event {name!r}"))
+        try:
+            outcome = await self.store.send_signal(run_id, name, json_data, [])
+        except CompareAndSetFailed:
+            raise NotWaitingForEvent(f"Run {run_id} finished; it cannot receive event {name!r}.") from None
+        self._changed(run_id)
+        return outcome
+
+    async def cancel(self, run_id: str, *, by: str | None = None) -> RunResult:
+        """Cancel a running, waiting or suspended run. Cancel is final: nothing overwrites it."""
+        await self.open()
+        try:
+            await self.store.cancel(run_id, by, [NewEvent(type="run.canceled", data={"by": by})])
+        except CompareAndSetFailed as exc:
+            if exc.current is None:
+                raise RunNotFound(run_id) from None
+            raise RunFinished(f"Run {run_id} is already {exc.current}; it cannot be canceled.") from None
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+        self._changed(run_id)
+        return await self.result_of(await self.get_run(run_id))
+
+    async def rerun(self, run_id: str, from_step: str, input: Any = None, *, started_by: str | None = None) -> RunHandle:
+        """Start a new run of the same workflow that reuses the results recorded before ``from_step``."""
+        await self.open()
+        original = await self.get_run(run_id)
+        wf = self.get_workflow(original.workflow_id)
+        progress = await self.store.load_progress(run_id)
+        new_id = new_run_id()
+        copied, override_path, step_def = plan_rerun(wf, original, progress, from_step)
+        override = None
+        if input is not None:
+            model = step_def.input if step_def else None
+            override = dump_value(model, parse_model(model, input, f"input of step {from_step!r}"))
+        row = self._new_run_row(new_id, wf.id, original.input, original.thread_id, original.resource_id,
+                                started_by or original.started_by, rerun_of=run_id, rerun_from=override_path)
+        await self.store.create_rerun(row, copied, override_path if override is not None else None, override, [
+            NewEvent(type="run.started", data={"workflow_id": wf.id, "input": original.input, "rerun_of": run_id,
+                                               "rerun_from": override_path, "started_by": row["started_by"]})
+        ])
+        if row["owner"] == self.owner:
+            self._spawn(new_id, fresh=False)
+        return RunHandle(self, new_id)
+
+    async def recover(self) -> list[str]:
+        """Continue runs whose holder died (a crashed process on this host, or an expired lease elsewhere)."""
+        await self.open()
+        await self._reap_dead_owners()
+        return await self._claim_and_spawn()
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        await self.open()
+        run = await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    async def list_runs(self, status: str | None = None, workflow_id: str | None = None, limit: int = 50) -> list[RunRecord]:
+        await self.open()
+        return await self.store.list_runs(status=status, workflow_id=workflow_id, limit=limit)
+
+    async def details(self, run_id: str) -> RunDetails:
+        run = await self.get_run(run_id)
+        progress = await self.store.load_progress(run_id)
+        steps = sorted((StepInfo.from_record(r) for r in progress.results.values()), key=lambda s: s.finished_at)
+        events = [WorkflowEvent.from_record(e) for e in await self.store.read_events(run_id, 0, 100_000)]
+        return RunDetails(run=run, steps=steps, suspensions=list(progress.suspensions.values()), events=events)
+
+    async def result_of(self, run: RunRecord) -> RunResult:
+        error = run.error or {}
+        suspended: list[SuspendedStep] = []
+        if run.status in ("suspended", "waiting"):
+            suspended = [SuspendedStep.from_record(s) for s in await self.store.open_suspensions(run.id)]
+        return RunResult(
+            run_id=run.id, workflow_id=run.workflow_id, status=run.status, output=run.output,
+            error=error.get("message"), error_type=error.get("type"), error_path=error.get("path"), suspended=suspended,
+        )
+
+    def handle(self, run_id: str) -> RunHandle:
+        return RunHandle(self, run_id)
+
+    async def wait_for(self, run_id: str, timeout: float | None = None) -> RunResult:
+        """Wait until the run is finished or suspended (or waits for an event), then return its result."""
+        await self.open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        event = self._run_changed.setdefault(run_id, asyncio.Event())
+        while True:
+            event.clear()
+            run = await self.get_run(run_id)
+            if run.status in SETTLED_STATUSES or (run.status == "waiting" and run.waiting_for):
+                return await self.result_of(run)
+            wait = self.poll_interval / 2
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"Run {run_id} is still {run.status} after {timeout} seconds.")
+                wait = min(wait, remaining)
+            try:
+                await asyncio.wait_for(event.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def watch(self, run_id: str, after: int = 0, *, follow: bool = False) -> AsyncIterator[WorkflowEvent]:
+        """Yield the run's events from offset ``after``, live, until the run finishes (forever with ``follow``)."""
+        await self.get_run(run_id)
+        last = after
+        while True:
+            version = self.db.changes.version
+            records = await self.store.read_events(run_id, last)
+            for record in records:
+                last = record.id
+                ev = WorkflowEvent.from_record(record)
+                yield ev
+                if ev.is_final and not follow:
+                    return
+            if not records:
+                await self.db.changes.wait(version, self.poll_interval / 2)
+
+    # -- memory and faults -----------------------------------------------------------------------------
+
+    @property
+    def memory(self) -> Any:
+        return self._memory
+
+    def thread_memory(self, thread_id: str | None, resource_id: str | None, **bind: Any) -> Any:
+        if self._memory is None or thread_id is None:
+            return None
+        return self._memory.thread(thread_id, resource_id, **bind)
+
+    async def _ensure_thread(self, thread_id: str | None, resource_id: str | None) -> None:
+        if self._memory is not None and thread_id is not None and hasattr(self._memory, "ensure_thread"):
+            await self._memory.ensure_thread(thread_id, resource_id)
+
+    def fault(self, point: str, **info: Any) -> None:
+        """A named fault-injection point (tests make a process crash exactly here)."""
+        hook = self.faults.get(point)
+        if hook is not None:
+            hook(point=point, **info)
+
+    # -- the dispatcher ---------------------------------------------------------------------------------
+
+    def _changed(self, run_id: str) -> None:
+        event = self._run_changed.get(run_id)
+        if event is not None:
+            event.set()
+        self._wake.set()
+
+    def _spawn(self, run_id: str, *, fresh: bool) -> None:
+        if run_id in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._execute(run_id, fresh), name=f"threadflow-run-{run_id}")
+        self._tasks[run_id] = task
+
+    async def _execute(self, run_id: str, fresh: bool) -> None:
+        try:
+            run = await self.store.get_run(run_id)
+            if run is None or run.owner != self.owner or run.status != "running":
+                return
+            wf = self._workflows.get(run.workflow_id)
+            if wf is None:
+                log.warning("run %s: workflow %r is not registered here; handing it back", run_id, run.workflow_id)
+                await self.store.release_run(run_id, self.owner)
+                return
+            progress = RunProgress(results={}, suspensions={}, signals=[]) if fresh else await self.store.load_progress(run_id)
+            await RunExecution(self, wf, run, progress).execute()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("run %s: unexpected error in the executor", run_id)
+        finally:
+            self._tasks.pop(run_id, None)
+            self._changed(run_id)
+            event = self._run_changed.get(run_id)
+            if event is not None and run_id not in self._tasks:
+                self._run_changed.pop(run_id, None)
+                event.set()
+
+    async def _claim_and_spawn(self) -> list[str]:
+        free = self.capacity - len(self._tasks)
+        if free <= 0 or not await self.store.has_ready():
+            return []
+        claimed = await self.store.claim(self.owner, free, self.lease_seconds)
+        for run_id in claimed:
+            self._spawn(run_id, fresh=False)
+        return claimed
+
+    async def _dispatch_loop(self) -> None:
+        await self._reap_dead_owners()
+        while not self._closing:
+            self._wake.clear()
+            try:
+                await self._claim_and_spawn()
+                await self._expire_suspensions()
+                timeout = self.poll_interval
+                next_at = await self.store.next_wakeup()
+                expiry = await self.store.next_expiry()
+                for t in (next_at, expiry):
+                    if t is not None:
+                        timeout = min(timeout, max(0.0, t - time.time()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher iteration failed; retrying")
+                timeout = self.poll_interval
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.05, self.lease_seconds / 3)
+        reaped_at = time.monotonic()
+        while not self._closing:
+            await asyncio.sleep(interval)
+            try:
+                lost = await self.store.heartbeat(self.owner, list(self._tasks), self.lease_seconds)
+                for run_id in lost:
+                    task = self._tasks.get(run_id)
+                    if task is not None:
+                        log.info("run %s is no longer held here (canceled or taken over); stopping it", run_id)
+                        task.cancel()
+                if time.monotonic() - reaped_at > self.lease_seconds:
+                    reaped_at = time.monotonic()
+                    await self._reap_dead_owners()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat failed; retrying")
+
+    async def _reap_dead_owners(self) -> None:
+        """Hand back runs held by processes on this host that no longer exist (no need to wait for the lease)."""
+        host = socket.gethostname()
+        for owner in await self.store.running_owners():
+            owner_host, _, rest = owner.partition(":")
+            pid_text = rest.partition(":")[0]
+            if owner == self.owner or owner_host != host or not pid_text.isdigit():
+                continue
+            if not _pid_alive(int(pid_text)):
+                released = await self.store.release_owner(owner)
+                if released:
+                    log.info("recovered %d run(s) from dead process %s", len(released), owner)
+                    self._wake.set()
+
+    async def _expire_suspensions(self) -> None:
+        """Suspensions past their TTL are resolved by ``system`` and take the reject path."""
+        for susp in await self.store.expired_suspensions(time.time()):
+            run = await self.store.get_run(susp.run_id)
+            wf = self._workflows.get(run.workflow_id) if run else None
+            if run is None or wf is None or run.is_terminal:
+                continue
+            step_def = wf.find_step(susp.step_id)
+            data = expiry_data(step_def)
+            try:
+                await self.store.resolve_suspension(susp.run_id, susp.path, data, "system", [NewEvent(
+                    type="run.resumed", path=susp.path,
+                    data={"step_id": susp.step_id, "by": "system", "data": data, "expired": True},
+                )])
+                self._changed(susp.run_id)
+            except CompareAndSetFailed:
+                continue  # someone decided first
+
+
+def expiry_data(step_def: Step[Any, Any] | None) -> Any:
+    """The resume data an expired approval is resolved with: a rejection by ``system``."""
+    candidate = {"approved": False, "by": "system", "reason": "expired", "expired": True}
+    model = step_def.resume if step_def else None
+    if model is None:
+        return candidate
+    fields = model.model_fields
+    data = {k: v for k, v in candidate.items() if k in fields} if fields else candidate
+    try:
+        return model.model_validate(data).model_dump(mode="json")
+    except Exception:
+        return data
+
+
+def _pick_suspension(run: RunRecord, suspensions: list[Any], step: str | None) -> Any:
+    open_ = [s for s in suspensions if s.status == "open"]
+    if step is None:
+        if len(open_) == 1:
+            return open_[0]
+        if not open_:
+            raise NotSuspended(f"Run {run.id} is {run.status} and waits for no input; there is nothing to resume.")
+        paths = ", ".join(s.path for s in open_)
+        raise NotSuspended(f"Run {run.id} waits at several steps ({paths}); say which one to resume with step=...")
+    exact = [s for s in suspensions if s.path == step]
+    if exact:
+        return exact[0]
+    by_id = [s for s in suspensions if s.step_id == step]
+    open_by_id = [s for s in by_id if s.status == "open"]
+    if len(open_by_id) == 1:
+        return open_by_id[0]
+    if len(open_by_id) > 1:
+        paths = ", ".join(s.path for s in open_by_id)
+        raise NotSuspended(f"Step {step!r} of run {run.id} waits at several paths ({paths}); name one of them.")
+    if by_id:
+        return by_id[-1]
+    waiting = ", ".join(s.path for s in open_) or "nothing"
+    raise NotSuspended(f"Run {run.id} has no suspended step {step!r}; it waits for: {waiting}.")
+
+
+def _all_nodes(wf: CommittedWorkflow) -> list[Node]:
+    nodes: list[Node] = []
+    for node in _walk(wf.root):
+        nodes.append(node)
+        if isinstance(node, WorkflowNode):
+            nodes.extend(_all_nodes(node.workflow))
+    return nodes
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _crash_hook(where: str) -> FaultHook:
+    def crash(*, point: str, path: str | None = None, **_: Any) -> None:
+        if not where or where == path:
+            log.warning("fault injection: crashing at %s %s", point, path)
+            os._exit(137)
+
+    return crash
+
+
+__all__ = ["Engine", "TERMINAL_STATUSES"]

@@ -1,0 +1,128 @@
+"""Errors raised by threadflow's engine, agents and memory.
+
+Split by whose fault it is, so callers (the CLI, the Slack adapter) know what to tell whom::
+
+    ThreadflowError
+     +-- DefinitionError            a developer built a workflow or agent wrong (raised at commit/define time)
+     +-- UsageError                 a user's request can't be honoured; nothing was changed
+     |    +-- WorkflowNotFound      no registered workflow has that id
+     |    +-- RunNotFound           no run has that id
+     |    +-- InvalidInput          data failed a step's/workflow's pydantic model
+     |    +-- NotSuspended          resume named a run or step that is not waiting for input
+     |    +-- AlreadyResumed        someone else resumed that suspension first (names who)
+     |    +-- NotWaitingForEvent    send_event to a run that can no longer receive it
+     |    +-- RunFinished           the run is terminal; it cannot be changed
+     +-- RunFailure                 something failed while a run executed (recorded on the run)
+          +-- StepFailed            a step raised after its retries
+          +-- OutputInvalid         a step returned data that does not fit its output model
+          +-- LoopLimitExceeded     a loop ran past its iteration cap
+          +-- ModelError            the LLM failed after retries (429, 5xx, timeout, bad response)
+          +-- ToolFailed            a tool raised (reported back to the model, not fatal by itself)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class ThreadflowError(Exception):
+    """Base class of every threadflow error."""
+
+
+class DefinitionError(ThreadflowError):
+    """A workflow, step or agent is defined wrongly; the message says which and how to fix it."""
+
+
+class UsageError(ThreadflowError):
+    """A request that cannot be honoured. Nothing was changed by it."""
+
+
+class WorkflowNotFound(UsageError):
+    def __init__(self, workflow_id: str, known: list[str]) -> None:
+        self.workflow_id = workflow_id
+        self.known = known
+        known_text = ", ".join(sorted(known)) or "none"
+        super().__init__(f"Workflow {workflow_id!r} is not registered. Known workflows: {known_text}.")
+
+
+class RunNotFound(UsageError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"Run {run_id!r} does not exist. List runs with `threadflow runs`.")
+
+
+class InvalidInput(UsageError):
+    """Data does not fit a model. ``where`` names the step/workflow, ``errors`` the failing fields."""
+
+    def __init__(self, where: str, errors: list[dict[str, Any]] | str) -> None:
+        self.where = where
+        if isinstance(errors, str):
+            self.errors: list[dict[str, Any]] = []
+            super().__init__(f"Invalid {where}: {errors}")
+            return
+        self.errors = errors
+        super().__init__(f"Invalid {where}: {format_validation_errors(errors)}")
+
+    @classmethod
+    def from_validation(cls, where: str, exc: ValidationError) -> InvalidInput:
+        return cls(where, [dict(e) for e in exc.errors(include_url=False)])
+
+
+class NotSuspended(UsageError):
+    """The run (or the named step) has no open suspension to resume."""
+
+
+class AlreadyResumed(UsageError):
+    def __init__(self, run_id: str, path: str, by: str | None, at: float | None) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.by = by
+        self.at = at
+        super().__init__(f"Step {path!r} of run {run_id} was already resumed by {by or 'someone else'}.")
+
+
+class NotWaitingForEvent(UsageError):
+    """send_event could not be delivered: the run is finished."""
+
+
+class RunFinished(UsageError):
+    """The run is in a terminal status (success, failed, canceled); it cannot change again."""
+
+
+class RunFailure(ThreadflowError):
+    """Something went wrong while executing a run."""
+
+
+class StepFailed(RunFailure):
+    def __init__(self, path: str, message: str, error_type: str = "Exception", attempts: int = 1) -> None:
+        self.path = path
+        self.error_type = error_type
+        self.attempts = attempts
+        super().__init__(f"Step {path!r} failed after {attempts} attempt(s): {error_type}: {message}")
+
+
+class OutputInvalid(RunFailure):
+    """A step returned data that does not validate against its output model."""
+
+
+class LoopLimitExceeded(RunFailure):
+    """A dowhile/dountil loop reached its iteration cap without its condition ending it."""
+
+
+class ModelError(RunFailure):
+    """The language model could not answer (after retries for 429/5xx/timeouts)."""
+
+
+class ToolFailed(RunFailure):
+    """A tool raised; the agent reports this back to the model as a tool result."""
+
+
+def format_validation_errors(errors: list[dict[str, Any]]) -> str:
+    """``field 'name': Field required; field 'age': Input should be a valid integer``."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+        parts.append(f"field {loc!r}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)

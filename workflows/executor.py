@@ -1,0 +1,425 @@
+"""Executing a run = walking its tree, using recorded results where they exist.
+
+Start, resume, wake-up, recovery and re-run are all this one walk: a step with a result at its path is
+not run again, its recorded output is used; a step with an open suspension halts its branch; everything
+else executes and commits its result (with its events) before the walk goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from storage.records import NewEvent, RunProgress, RunRecord, StepResultRecord, SuspensionRecord
+from storage.runs import LeaseLost
+
+from .context import Halt, StepContext
+from .errors import InvalidInput, LoopLimitExceeded, OutputInvalid, RunFailure, StepFailed, ThreadflowError
+from .graph import (
+    BranchNode,
+    ForeachNode,
+    LoopNode,
+    MapNode,
+    Node,
+    ParallelNode,
+    SequenceNode,
+    SleepNode,
+    StepNode,
+    WaitForEventNode,
+    WorkflowNode,
+)
+from .step import NO_RETRY, Step, dump_value, parse_model, to_jsonable
+from .workflow import CommittedWorkflow
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("threadflow.engine")
+
+#: Sleeps shorter than this are slept in-process (still durable: the wake time is committed first).
+IN_PROCESS_SLEEP = 1.0
+
+OVERRIDE_PREFIX = "__input__/"
+
+
+def join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+class DotDict(dict[str, Any]):
+    """A dict whose keys read as attributes, so conditions can say ``x.cost`` on untyped data."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+        return DotDict(value) if isinstance(value, dict) else value
+
+
+def view(value: Any, model: type[BaseModel] | None) -> Any:
+    """What conditions and map functions receive: the typed model when known, else attribute-friendly data."""
+    if model is not None:
+        try:
+            return model.model_validate(value)
+        except Exception:  # untyped fallback; the next step validates for real
+            pass
+    return DotDict(value) if isinstance(value, dict) else value
+
+
+async def maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class RunExecution:
+    """One process executing one run it holds the lease for."""
+
+    def __init__(self, engine: Engine, workflow: CommittedWorkflow, run: RunRecord, progress: RunProgress) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.workflow = workflow
+        self.run = run
+        self.results = dict(progress.results)
+        self.suspensions = dict(progress.suspensions)
+        self.signals = list(progress.signals)
+        self.failure_events: list[NewEvent] = []
+
+    # -- the run ---------------------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        owner, run_id = self.engine.owner, self.run.id
+        try:
+            value = await self.exec_node(self.workflow.root, "", self.run.input, self.workflow, None)
+            output = dump_value(self.workflow.output, value) if value is not None or self.workflow.output else None
+        except Halt as halt:
+            await self._settle_halt(halt)
+            return
+        except LeaseLost:
+            log.info("run %s: lease lost (canceled or taken over); stopping", run_id)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._settle_failed(exc)
+            return
+        await self.store.settle(
+            run_id, owner, "success", [NewEvent(type="run.finished", data={"status": "success", "output": output})],
+            output=output,
+        )
+
+    async def _settle_halt(self, halt: Halt) -> None:
+        run_id, owner = self.run.id, self.engine.owner
+        if halt.wake_at is not None or halt.events:
+            data: dict[str, Any] = {"until": halt.wake_at, "events": halt.events, "suspended": halt.suspended}
+            await self.store.settle(
+                run_id, owner, "waiting", [NewEvent(type="run.waiting", data=data)],
+                ready_at=halt.wake_at, waiting_for=",".join(halt.events) or None,
+            )
+            return
+        await self.store.settle(
+            run_id, owner, "suspended", [NewEvent(type="run.suspended", data={"paths": halt.suspended})]
+        )
+
+    async def _settle_failed(self, exc: Exception) -> None:
+        error = error_dict(exc)
+        log.info("run %s failed: %s", self.run.id, error["message"])
+        events = self.failure_events + [NewEvent(type="run.finished", data={"status": "failed", "error": error})]
+        await self.store.settle(self.run.id, self.engine.owner, "failed", events, error=error)
+
+    def output_of(self, step_id: str) -> Any:
+        """Latest recorded output of a step id (the last iteration of a loop, for instance)."""
+        best: StepResultRecord | None = None
+        for rec in self.results.values():
+            if rec.step_id == step_id and rec.kind == "step" and (best is None or rec.finished_at >= best.finished_at):
+                best = rec
+        return best.output if best else None
+
+    # -- the walk ----------------------------------------------------------------------------------------
+
+    async def exec_node(
+        self, node: Node, prefix: str, value: Any, wf: CommittedWorkflow, upstream: type[BaseModel] | None,
+        name: str | None = None,
+    ) -> Any:
+        path = join(prefix, name or node.id)
+        if isinstance(node, StepNode):
+            return await self.exec_step(node.step, path, value, wf)
+        if isinstance(node, SequenceNode):
+            model = upstream
+            for child in node.children:
+                value = await self.exec_node(child, prefix, value, wf, model)
+                if not isinstance(child, SleepNode):
+                    model = child.output_model
+            return value
+        if isinstance(node, WorkflowNode):
+            inner = node.workflow
+            parsed = dump_value(inner.input, parse_model(inner.input, value, f"input of workflow {inner.id!r}"))
+            out = await self.exec_node(inner.root, path, parsed, inner, inner.input)
+            return dump_value(inner.output, out) if inner.output else out
+        if isinstance(node, ParallelNode):
+            outs = await self._gather([self.exec_node(c, prefix, value, wf, upstream) for c in node.children])
+            return {c.id: o for c, o in zip(node.children, outs, strict=True)}
+        if isinstance(node, BranchNode):
+            arg = view(value, upstream)
+            chosen = [n for cond, n in node.branches if await maybe_await(cond(arg))]
+            outs = await self._gather([self.exec_node(n, prefix, value, wf, upstream) for n in chosen])
+            return {n.id: o for n, o in zip(chosen, outs, strict=True)}
+        if isinstance(node, LoopNode):
+            return await self._exec_loop(node, prefix, value, wf, upstream)
+        if isinstance(node, ForeachNode):
+            return await self._exec_foreach(node, prefix, value, wf, upstream)
+        if isinstance(node, MapNode):
+            return await self._exec_map(node, value, upstream)
+        if isinstance(node, SleepNode):
+            return await self._exec_sleep(node, path, value)
+        if isinstance(node, WaitForEventNode):
+            return await self._exec_wait(node, path)
+        raise TypeError(f"unknown node {node!r}")
+
+    async def _gather(self, coros: list[Any]) -> list[Any]:
+        """Run branches to the end; a failure beats a halt, halts merge (so parallel suspensions all open)."""
+        if len(coros) == 1:
+            return [await coros[0]]
+        results = await asyncio.gather(*coros, return_exceptions=True)
+        halt: Halt | None = None
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, Halt):
+                raise r
+            if isinstance(r, Halt):
+                halt = r if halt is None else halt.merge(r)
+        if halt is not None:
+            raise halt
+        return list(results)
+
+    async def _exec_loop(
+        self, node: LoopNode, prefix: str, value: Any, wf: CommittedWorkflow, upstream: type[BaseModel] | None
+    ) -> Any:
+        model = upstream
+        for i in range(node.max_iterations):
+            value = await self.exec_node(node.body, prefix, value, wf, model, name=f"{node.body.id}#{i}")
+            model = node.body.output_model
+            holds = bool(await maybe_await(node.condition(view(value, model))))
+            if holds == node.until:
+                return value
+        raise LoopLimitExceeded(
+            f"Loop {join(prefix, node.id)!r} ran {node.max_iterations} times without its condition ending it; "
+            "raise max_iterations or change the condition."
+        )
+
+    async def _exec_foreach(
+        self, node: ForeachNode, prefix: str, value: Any, wf: CommittedWorkflow, upstream: type[BaseModel] | None
+    ) -> Any:
+        items = await maybe_await(node.items(view(value, upstream))) if node.items else value
+        items = to_jsonable(items)
+        if isinstance(items, dict):
+            lists = [v for v in items.values() if isinstance(v, list)]
+            if len(lists) == 1:
+                items = lists[0]
+        if not isinstance(items, list):
+            raise InvalidInput(
+                f"input of foreach {node.id!r}", "expected a list of items (or a model with one list field); "
+                "use .map(...) or foreach(..., items=...) to pick the list."
+            )
+        sem = asyncio.Semaphore(node.concurrency)
+
+        async def one(i: int, item: Any) -> Any:
+            async with sem:
+                return await self.exec_node(node.body, prefix, item, wf, None, name=f"{node.body.id}[{i}]")
+
+        return await self._gather([one(i, item) for i, item in enumerate(items)])
+
+    async def _exec_map(self, node: MapNode, value: Any, upstream: type[BaseModel] | None) -> Any:
+        arg = view(value, upstream)
+        params = len(inspect.signature(node.fn).parameters)
+        result = node.fn(arg, MapContext(self)) if params >= 2 else node.fn(arg)
+        result = await maybe_await(result)
+        try:
+            return dump_value(node.output, result)
+        except Exception as exc:
+            raise OutputInvalid(f"Map {node.id!r} returned data that does not fit its output model: {exc}") from exc
+
+    async def _exec_sleep(self, node: SleepNode, path: str, value: Any) -> Any:
+        rec = self.results.get(path)
+        if rec is None:
+            until = _wake_time(node, value)
+            rec = await self._commit(path, node.id, "sleep", {"until": until}, attempts=1, started=time.time(),
+                                     events=[])
+        until = float(rec.output["until"])
+        remaining = until - time.time()
+        if remaining <= 0:
+            return value
+        if remaining <= IN_PROCESS_SLEEP:
+            await asyncio.sleep(remaining)
+            return value
+        raise Halt(wake_at=until)
+
+    async def _exec_wait(self, node: WaitForEventNode, path: str) -> Any:
+        rec = self.results.get(path)
+        if rec is not None:
+            return rec.output
+        susp = self.suspensions.get(path)
+        data: Any = None
+        found = False
+        if susp is not None and susp.status == "resolved":
+            data, found = susp.resume_data, True
+        else:
+            for sig in self.signals:
+                if sig.name == node.event and sig.consumed_path is None:
+                    if await self.store.consume_signal(self.run.id, sig.id, path):
+                        data, found = sig.data, True
+                        if susp is not None:
+                            await self.store.resolve_suspension(self.run.id, path, data, "event", [])
+                        break
+        if not found:
+            if susp is None:
+                record = SuspensionRecord(
+                    run_id=self.run.id, path=path, step_id=node.id, kind="event", event_name=node.event,
+                    created_at=time.time(), expires_at=None,
+                )
+                await self.store.open_suspension(record, self.engine.owner, self.engine.lease_seconds, [
+                    NewEvent(type="step.suspended", path=path, data={"step_id": node.id, "event": node.event})
+                ])
+                self.suspensions[path] = record
+            raise Halt(events=[node.event])
+        out = dump_value(node.schema, parse_model(node.schema, data, f"event {node.event!r}"))
+        rec = await self._commit(path, node.id, "event", out, attempts=1, started=time.time(), events=[
+            NewEvent(type="event.received", path=path, data={"step_id": node.id, "event": node.event})
+        ])
+        return rec.output
+
+    # -- steps -------------------------------------------------------------------------------------------
+
+    async def exec_step(self, step: Step[Any, Any], path: str, value: Any, wf: CommittedWorkflow) -> Any:
+        done = self.results.get(path)
+        if done is not None:
+            return done.output
+        resume_data: Any = None
+        payload: Any = None
+        susp = self.suspensions.get(path)
+        if susp is not None:
+            if susp.status == "open":
+                raise Halt(suspended=[path])
+            resume_data = parse_model(step.resume, susp.resume_data, f"resume data of step {step.id!r}")
+            payload = susp.payload
+        override = self.results.get(OVERRIDE_PREFIX + path)
+        if override is not None:
+            value = override.output
+        try:
+            parsed = step.parse_input(value)
+        except InvalidInput as exc:
+            self._record_failure(step, path, exc, 1)
+            raise
+        policy = step.retry or wf.options.retry or NO_RETRY
+        started = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            self.store.add_events_nowait(
+                self.run.id, [NewEvent(type="step.started", path=path, data={"step_id": step.id, "attempt": attempt})]
+            )
+            ctx: StepContext[Any] = StepContext(
+                execution=self, step=step, path=path, input=parsed, attempt=attempt,
+                resume_data=resume_data, suspend_payload=payload,
+            )
+            try:
+                result = await step.fn(ctx)
+                output = step.dump_output(result)
+            except (Halt, asyncio.CancelledError, LeaseLost):
+                raise
+            except OutputInvalid as exc:
+                self._record_failure(step, path, exc, attempt)
+                raise
+            except Exception as exc:
+                if policy.should_retry(exc, attempt):
+                    delay = policy.delay(attempt)
+                    self.store.add_events_nowait(self.run.id, [NewEvent(type="step.retrying", path=path, data={
+                        "step_id": step.id, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
+                        "delay": round(delay, 3),
+                    })])
+                    await asyncio.sleep(delay)
+                    continue
+                self._record_failure(step, path, exc, attempt)
+                raise StepFailed(path, str(exc), type(exc).__name__, attempt) from exc
+            rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
+                NewEvent(type="step.succeeded", path=path, data={
+                    "step_id": step.id, "output": output, "attempts": attempt,
+                    "duration": round(time.time() - started, 6),
+                })
+            ])
+            self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
+            return rec.output
+
+    def _record_failure(self, step: Step[Any, Any], path: str, exc: BaseException, attempts: int) -> None:
+        self.failure_events.append(NewEvent(type="step.failed", path=path, data={
+            "step_id": step.id, "attempts": attempts, "error": f"{type(exc).__name__}: {exc}",
+        }))
+
+    async def _commit(
+        self, path: str, step_id: str, kind: str, output: Any, *, attempts: int, started: float, events: list[NewEvent]
+    ) -> StepResultRecord:
+        record = StepResultRecord(
+            run_id=self.run.id, path=path, step_id=step_id, kind=kind, output=output, attempts=attempts,
+            started_at=started, finished_at=time.time(),
+        )
+        await self.store.commit_step(record, self.engine.owner, self.engine.lease_seconds, events)
+        self.results[path] = record
+        return record
+
+    async def open_suspension(self, step: Step[Any, Any], path: str, payload: Any, ttl: float | None) -> None:
+        ttl = ttl if ttl is not None else step.suspend_ttl if step.suspend_ttl is not None else self.workflow.options.suspend_ttl
+        now = time.time()
+        record = SuspensionRecord(
+            run_id=self.run.id, path=path, step_id=step.id, kind="suspend", payload=payload, created_at=now,
+            expires_at=now + ttl if ttl else None,
+        )
+        await self.store.open_suspension(record, self.engine.owner, self.engine.lease_seconds, [
+            NewEvent(type="step.suspended", path=path, data={
+                "step_id": step.id, "payload": payload, "expires_at": record.expires_at,
+            })
+        ])
+        self.suspensions[path] = record
+
+
+class MapContext:
+    """The second argument of a two-parameter map function."""
+
+    def __init__(self, execution: RunExecution) -> None:
+        self._execution = execution
+
+    @property
+    def run_id(self) -> str:
+        return self._execution.run.id
+
+    @property
+    def workflow_input(self) -> Any:
+        return self._execution.run.input
+
+    def step_output(self, step_id: str) -> Any:
+        return self._execution.output_of(step_id)
+
+
+def _wake_time(node: SleepNode, value: Any) -> float:
+    if node.seconds is not None:
+        return time.time() + node.seconds
+    when = node.until(value) if callable(node.until) else node.until
+    if not isinstance(when, datetime):
+        raise InvalidInput(f"sleep_until {node.id!r}", f"expected a datetime, got {when!r}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def error_dict(exc: BaseException) -> dict[str, Any]:
+    """How a failure is stored on the run and shown to people: type, message, and the step's path."""
+    path = getattr(exc, "path", None)
+    if isinstance(exc, StepFailed):
+        return {"type": exc.error_type, "message": str(exc), "path": path, "attempts": exc.attempts}
+    kind = type(exc).__name__
+    if not isinstance(exc, ThreadflowError | RunFailure):
+        return {"type": kind, "message": f"{kind}: {exc}", "path": path}
+    return {"type": kind, "message": str(exc), "path": path}

@@ -1,0 +1,199 @@
+"""The compiled tree a committed workflow runs as. Each node knows its id, and the models it takes and gives.
+
+A node instance's *path* is its position in a run: ``deploy/validate#2`` (third loop iteration) or
+``review[3]/approve`` (fourth foreach item, inside a nested workflow). Step results and suspensions are
+keyed by path, which is what makes recovery, resume and re-run one walk over recorded results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, create_model
+
+from .step import RetryPolicy, Step
+
+if TYPE_CHECKING:
+    from .workflow import CommittedWorkflow
+
+Condition = Callable[[Any], Any]
+
+
+@dataclass
+class Node:
+    id: str
+
+    @property
+    def input_model(self) -> type[BaseModel] | None:
+        return None
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        return None
+
+    def step_ids(self) -> list[str]:
+        """Ids of every step under this node (used for duplicate checks and path lookups)."""
+        return []
+
+
+@dataclass
+class StepNode(Node):
+    step: Step[Any, Any]
+
+    @property
+    def input_model(self) -> type[BaseModel] | None:
+        return self.step.input
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        return self.step.output
+
+    def step_ids(self) -> list[str]:
+        return [self.step.id]
+
+
+@dataclass
+class WorkflowNode(Node):
+    """A committed workflow used as a step of another; it runs inline, under its own path prefix."""
+
+    workflow: CommittedWorkflow
+
+    @property
+    def input_model(self) -> type[BaseModel] | None:
+        return self.workflow.input
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        return self.workflow.output
+
+    def step_ids(self) -> list[str]:
+        return [self.id]
+
+
+@dataclass
+class SequenceNode(Node):
+    children: list[Node]
+
+    @property
+    def input_model(self) -> type[BaseModel] | None:
+        return self.children[0].input_model if self.children else None
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        return self.children[-1].output_model if self.children else None
+
+    def step_ids(self) -> list[str]:
+        return [i for c in self.children for i in c.step_ids()]
+
+
+@dataclass
+class ParallelNode(Node):
+    """Children run concurrently on the same input; the output is ``{child_id: child_output}``."""
+
+    children: list[Node]
+    _output: type[BaseModel] | None = field(default=None, repr=False)
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        if self._output is None and all(c.output_model for c in self.children):
+            fields: dict[str, Any] = {c.id: (c.output_model, ...) for c in self.children}
+            self._output = create_model(f"Parallel_{'_'.join(c.id for c in self.children)}", **fields)
+        return self._output
+
+    def step_ids(self) -> list[str]:
+        return [i for c in self.children for i in c.step_ids()]
+
+
+@dataclass
+class BranchNode(Node):
+    """Every child whose condition holds runs (concurrently); the output is keyed by child id."""
+
+    branches: list[tuple[Condition, Node]]
+    _output: type[BaseModel] | None = field(default=None, repr=False)
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        if self._output is None and all(n.output_model for _, n in self.branches):
+            fields: dict[str, Any] = {n.id: (n.output_model | None, None) for _, n in self.branches}
+            self._output = create_model(f"Branch_{'_'.join(n.id for _, n in self.branches)}", **fields)
+        return self._output
+
+    def step_ids(self) -> list[str]:
+        return [i for _, n in self.branches for i in n.step_ids()]
+
+
+@dataclass
+class LoopNode(Node):
+    """Runs ``body`` repeatedly, each iteration's output feeding the next, up to ``max_iterations``."""
+
+    body: Node
+    condition: Condition
+    until: bool
+    max_iterations: int
+
+    @property
+    def input_model(self) -> type[BaseModel] | None:
+        return self.body.input_model
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        return self.body.output_model
+
+    def step_ids(self) -> list[str]:
+        return self.body.step_ids()
+
+
+@dataclass
+class ForeachNode(Node):
+    """Runs ``body`` once per item of the incoming list, at most ``concurrency`` at a time."""
+
+    body: Node
+    concurrency: int
+    items: Callable[[Any], Any] | None = None
+
+    def step_ids(self) -> list[str]:
+        return self.body.step_ids()
+
+
+@dataclass
+class MapNode(Node):
+    """Reshapes data between steps. ``fn`` must be pure: it is re-evaluated, not recorded."""
+
+    fn: Callable[..., Any]
+    output: type[BaseModel] | None = None
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        return self.output
+
+
+@dataclass
+class SleepNode(Node):
+    """Passes its input through after ``seconds`` or at ``until``; the wake time is recorded, so it survives a restart."""
+
+    seconds: float | None = None
+    until: datetime | Callable[[Any], datetime] | None = None
+
+
+@dataclass
+class WaitForEventNode(Node):
+    """Waits for ``engine.send_event(run_id, event, data)``; outputs ``data`` validated by ``schema``."""
+
+    event: str = ""
+    schema: type[BaseModel] | None = None
+    timeout: float | None = None
+
+    @property
+    def output_model(self) -> type[BaseModel] | None:
+        return self.schema
+
+
+@dataclass(frozen=True)
+class WorkflowOptions:
+    retry: RetryPolicy | None = None
+    suspend_ttl: float | None = None
+    approvers: tuple[str, ...] | None = None
+    chat_agent: Any = None

@@ -212,13 +212,15 @@ class Engine:
         """
         await self.open()
         run = await self.get_run(run_id)
-        if run.is_terminal:
-            raise NotSuspended(f"Run {run_id} is {run.status}; only a suspended run can be resumed.")
-        wf = self.get_workflow(run.workflow_id)
         all_susp = [s for s in await self.store.suspensions_of(run_id) if s.kind == "suspend"]
+        if run.is_terminal and (step is None or not any(step in (s.path, s.step_id) for s in all_susp)):
+            raise NotSuspended(f"Run {run_id} is {run.status}; only a suspended run can be resumed.")
         target = _pick_suspension(run, all_susp, step)
         if target.status == "resolved":
             raise AlreadyResumed(run_id, target.path, target.resolved_by, target.resolved_at)
+        if run.is_terminal:
+            raise NotSuspended(f"Run {run_id} is {run.status}; only a suspended run can be resumed.")
+        wf = self.get_workflow(run.workflow_id)
         step_def = wf.find_step(target.step_id)
         model = step_def.resume if step_def else None
         parsed = parse_model(model, data if data is not None else {}, f"resume data for step {target.step_id!r}")
@@ -372,7 +374,12 @@ class Engine:
 
     @property
     def memory(self) -> Any:
+        """The shared memory threads (``workflows.memory.Memory``) agent steps read and write, if any."""
         return self._memory
+
+    @memory.setter
+    def memory(self, value: Any) -> None:
+        self._memory = value
 
     def thread_memory(self, thread_id: str | None, resource_id: str | None, **bind: Any) -> Any:
         if self._memory is None or thread_id is None:

@@ -1,0 +1,204 @@
+"""Block Kit builders for every message the bot posts (built with slack_sdk's block models)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextInputElement,
+    PlainTextObject,
+    SectionBlock,
+)
+from slack_sdk.models.blocks.blocks import InputBlock
+from slack_sdk.models.views import View
+
+#: Slack caps a section's text at 3,000 characters and a message at 50 blocks.
+SECTION_LIMIT = 2900
+MAX_BLOCKS = 50
+
+APPROVE, REJECT, REJECT_WITH_REASON = "approve", "reject", "reject_with_reason"
+REJECT_REASON_VIEW = "reject_reason"
+
+STATUS_ICON = {
+    "pending": ":hourglass_flowing_sand:",
+    "running": ":arrows_counterclockwise:",
+    "waiting": ":zzz:",
+    "suspended": ":double_vertical_bar:",
+    "success": ":white_check_mark:",
+    "failed": ":x:",
+    "canceled": ":no_entry_sign:",
+}
+STEP_ICON = {
+    "running": ":arrows_counterclockwise:",
+    "retrying": ":repeat:",
+    "done": ":white_check_mark:",
+    "failed": ":x:",
+    "suspended": ":double_vertical_bar:",
+    "waiting": ":zzz:",
+}
+
+
+def clip(text: str, limit: int = SECTION_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pretty(value: Any, limit: int = 1500) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return clip(text, limit)
+
+
+@dataclass
+class StepLine:
+    path: str
+    step_id: str
+    state: str = "running"
+    attempts: int = 1
+    note: str = ""
+
+
+@dataclass
+class Checklist:
+    """What the root message shows: a run's status and one line per step instance, in order seen."""
+
+    run_id: str
+    workflow_id: str
+    started_by: str | None
+    status: str = "running"
+    steps: dict[str, StepLine] = field(default_factory=dict)
+    error: str | None = None
+
+    def step(self, path: str, step_id: str | None) -> StepLine:
+        line = self.steps.get(path)
+        if line is None:
+            line = self.steps[path] = StepLine(path=path, step_id=step_id or path)
+        return line
+
+
+def status_text(status: str) -> str:
+    label = {"suspended": "waiting for approval", "waiting": "waiting"}.get(status, status)
+    return f"{STATUS_ICON.get(status, '')} {label}"
+
+
+def root_message(cl: Checklist) -> tuple[str, list[dict[str, Any]]]:
+    """The run's root message: header, status, who started it, and the live checklist."""
+    lines = []
+    for line in cl.steps.values():
+        note = f" _{line.note}_" if line.note else ""
+        retry = f" (attempt {line.attempts})" if line.attempts > 1 else ""
+        lines.append(f"{STEP_ICON.get(line.state, '')} `{line.path}`{retry}{note}")
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=clip(f"Workflow {cl.workflow_id}", 150))),
+        SectionBlock(text=MarkdownTextObject(text=f"*Status:* {status_text(cl.status)}   ·   Run `{cl.run_id}`")),
+        ContextBlock(elements=[MarkdownTextObject(
+            text=f"Started by {mention(cl.started_by)} · reply in this thread to talk to the agents"
+        )]),
+    ]
+    if lines:
+        blocks.append(DividerBlock())
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip("\n".join(lines)))))
+    if cl.error:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(f":x: {cl.error}"))))
+    fallback = f"Workflow {cl.workflow_id} ({cl.run_id}): {cl.status}"
+    return fallback, [b.to_dict() for b in blocks[:MAX_BLOCKS]]
+
+
+def mention(user: str | None) -> str:
+    if not user:
+        return "someone"
+    return f"<@{user}>" if user[:1] in "UW" and user.isalnum() else user
+
+
+def approval_message(run_id: str, path: str, payload: Any, expires_at: float | None) -> tuple[str, list[dict[str, Any]]]:
+    """A suspension: its payload and Approve / Reject buttons whose value carries the run and step."""
+    title, body = describe_payload(payload)
+    value = json.dumps({"run_id": run_id, "step": path})
+    context = f"Run `{run_id}` · step `{path}`"
+    if expires_at:
+        context += f" · expires {datetime.fromtimestamp(expires_at, tz=UTC).strftime('%Y-%m-%d %H:%M UTC')}"
+    blocks: list[Block] = [
+        SectionBlock(text=MarkdownTextObject(text=clip(f"*{title}*\n{body}" if body else f"*{title}*"))),
+        ContextBlock(elements=[MarkdownTextObject(text=context)]),
+        ActionsBlock(block_id=f"decision:{path}"[:255], elements=[
+            ButtonElement(text="Approve", action_id=APPROVE, value=value, style="primary"),
+            ButtonElement(text="Reject", action_id=REJECT, value=value, style="danger"),
+            ButtonElement(text="Reject with reason…", action_id=REJECT_WITH_REASON, value=value),
+        ]),
+    ]
+    fallback = title if "approv" in title.lower() else f"{title}: approval needed"
+    return fallback, [b.to_dict() for b in blocks]
+
+
+def decided_message(run_id: str, path: str, payload: Any, approved: bool, by: str | None,
+                    reason: str | None = None, expired: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """The same message after the decision: who decided what, and no buttons."""
+    title, body = describe_payload(payload)
+    if expired:
+        verdict = ":hourglass: Expired: no decision in time, so it was rejected."
+    elif approved:
+        verdict = f":white_check_mark: Approved by {mention(by)}"
+    else:
+        verdict = f":x: Rejected by {mention(by)}" + (f": {reason}" if reason else "")
+    blocks: list[Block] = [
+        SectionBlock(text=MarkdownTextObject(text=clip(f"*{title}*\n{body}" if body else f"*{title}*"))),
+        SectionBlock(text=MarkdownTextObject(text=verdict)),
+        ContextBlock(elements=[MarkdownTextObject(text=f"Run `{run_id}` · step `{path}`")]),
+    ]
+    return verdict, [b.to_dict() for b in blocks]
+
+
+def describe_payload(payload: Any) -> tuple[str, str]:
+    if not isinstance(payload, dict):
+        return "Approval needed", pretty(payload) if payload is not None else ""
+    title = str(payload.get("title") or payload.get("summary") or "Approval needed")
+    lines = []
+    for key, value in payload.items():
+        if key in ("title",):
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        lines.append(f"*{key.replace('_', ' ')}:* {shown}")
+    return title, clip("\n".join(lines), 2500)
+
+
+def reject_reason_view(run_id: str, path: str, channel: str, message_ts: str) -> dict[str, Any]:
+    meta = json.dumps({"run_id": run_id, "step": path, "channel": channel, "ts": message_ts})
+    view = View(
+        type="modal",
+        callback_id=REJECT_REASON_VIEW,
+        title=PlainTextObject(text="Reject"),
+        submit=PlainTextObject(text="Reject"),
+        close=PlainTextObject(text="Cancel"),
+        private_metadata=meta,
+        blocks=[InputBlock(
+            block_id="reason",
+            label=PlainTextObject(text="Why is this rejected?"),
+            element=PlainTextInputElement(action_id="reason", multiline=True),
+        )],
+    )
+    return view.to_dict()
+
+
+def text_reply(text: str) -> list[dict[str, Any]]:
+    return [SectionBlock(text=MarkdownTextObject(text=clip(text))).to_dict()]
+
+
+def result_reply(status: str, output: Any, error: str | None, error_path: str | None) -> tuple[str, list[dict[str, Any]]]:
+    if status == "success":
+        text = ":white_check_mark: *Run finished.*"
+        if output not in (None, {}):
+            text += f"\n```{pretty(output)}```"
+    elif status == "canceled":
+        text = ":no_entry_sign: *Run canceled.*" + (f" {error}" if error else "")
+    else:
+        where = f" at step `{error_path}`" if error_path else ""
+        text = f":x: *Run failed{where}.*\n{error or 'unknown error'}"
+    return text.split("\n")[0], text_reply(text)

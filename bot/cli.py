@@ -1,0 +1,244 @@
+"""The ``threadflow`` command: run and inspect workflows, and start the bot.
+
+Every command uses the same engine against the same database as the bot. Bad input prints one line that
+says what to do and exits with status 2; a run that fails exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from workflows import Engine, ThreadflowError
+from workflows.errors import DefinitionError, InvalidInput, UsageError
+
+from .render_text import print_details, print_runs, print_workflows
+from .settings import Settings, SettingsError, load_settings
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """Bad command-line input; printed as one line, exit status 2."""
+
+
+def parse_json(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{what} is not valid JSON ({exc.msg} at column {exc.colno}): {text!r}") from None
+
+
+def emit(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+# -- commands -----------------------------------------------------------------------------------------
+
+
+async def cmd_workflows(engine: Engine, args: argparse.Namespace) -> int:
+    if args.json:
+        emit([{"id": wf.id, "description": wf.description, "input_schema": wf.input_schema()}
+              for wf in engine.workflows.values()])
+    else:
+        print_workflows(engine.workflows.values())
+    return EXIT_OK
+
+
+async def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
+    data = parse_json(args.input, "--input") if args.input is not None else {}
+    handle = await engine.start(args.workflow, data, thread_id=args.thread, resource_id=args.resource,
+                                started_by=args.by)
+    result = await handle.result()
+    emit(result.to_json())
+    return EXIT_RUN_FAILED if result.status in ("failed", "canceled") else EXIT_OK
+
+
+async def cmd_runs(engine: Engine, args: argparse.Namespace) -> int:
+    runs = await engine.list_runs(status=args.status, workflow_id=args.workflow, limit=args.limit)
+    if args.json:
+        emit([r.model_dump(mode="json", exclude={"owner", "lease_expires_at"}) for r in runs])
+    else:
+        print_runs(runs)
+    return EXIT_OK
+
+
+async def cmd_show(engine: Engine, args: argparse.Namespace) -> int:
+    details = await engine.details(args.run_id)
+    contexts = None
+    if args.context:
+        contexts = await _agent_contexts(engine, args.run_id)
+    if args.json:
+        data = details.model_dump(mode="json")
+        if contexts is not None:
+            data["contexts"] = contexts
+        emit(data)
+    else:
+        print_details(details, contexts)
+    return EXIT_OK
+
+
+async def _agent_contexts(engine: Engine, run_id: str) -> list[dict[str, Any]]:
+    try:
+        from storage.memory_store import MemoryStore
+    except ImportError:  # pragma: no cover
+        return []
+    records = await MemoryStore(engine.db).agent_contexts(run_id)
+    return [r.model_dump(mode="json") if hasattr(r, "model_dump") else dict(r) for r in records]
+
+
+async def cmd_resume(engine: Engine, args: argparse.Namespace) -> int:
+    data = parse_json(args.data, "--data") if args.data is not None else {}
+    handle = await engine.resume(args.run_id, step=args.step, data=data, by=args.by)
+    result = await handle.result()
+    emit(result.to_json())
+    return EXIT_RUN_FAILED if result.status in ("failed", "canceled") else EXIT_OK
+
+
+async def cmd_cancel(engine: Engine, args: argparse.Namespace) -> int:
+    result = await engine.cancel(args.run_id, by=args.by)
+    emit(result.to_json())
+    return EXIT_OK
+
+
+async def cmd_rerun(engine: Engine, args: argparse.Namespace) -> int:
+    data = parse_json(args.input, "--input")
+    handle = await engine.rerun(args.run_id, from_step=args.from_step, input=data, started_by=args.by)
+    result = await handle.result()
+    emit(result.to_json())
+    return EXIT_RUN_FAILED if result.status in ("failed", "canceled") else EXIT_OK
+
+
+async def cmd_send_event(engine: Engine, args: argparse.Namespace) -> int:
+    outcome = await engine.send_event(args.run_id, args.name, parse_json(args.data, "--data") or {})
+    emit({"run_id": args.run_id, "event": args.name, "delivery": outcome})
+    return EXIT_OK
+
+
+async def cmd_recover(engine: Engine, args: argparse.Namespace) -> int:
+    recovered = await engine.recover()
+    results = [(await engine.wait_for(run_id)).to_json() for run_id in recovered]
+    emit({"recovered": recovered, "results": results})
+    return EXIT_OK
+
+
+async def cmd_migrate(engine: Engine, args: argparse.Namespace) -> int:
+    await engine.db.open()
+    print(f"Database is up to date ({engine.db.dialect}).")
+    return EXIT_OK
+
+
+ENGINE_COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
+    "workflows": cmd_workflows,
+    "run": cmd_run,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "resume": cmd_resume,
+    "cancel": cmd_cancel,
+    "rerun": cmd_rerun,
+    "send-event": cmd_send_event,
+    "recover": cmd_recover,
+    "migrate": cmd_migrate,
+}
+
+#: Commands that only read: their engine does not execute runs.
+READ_ONLY = {"workflows", "runs", "show", "migrate", "cancel", "send-event"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="threadflow", description="Durable AI agent workflows, run from Slack.")
+    parser.add_argument("--database-url", help="overrides THREADFLOW_DATABASE_URL")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("workflows", help="list registered workflows and their input schema")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("run", help="run a workflow and print its result as JSON")
+    p.add_argument("workflow")
+    p.add_argument("--input", help="the workflow input as JSON, e.g. '{\"name\": \"Ada\"}'")
+    p.add_argument("--thread", help="memory thread id for agent steps")
+    p.add_argument("--resource", help="resource id the thread belongs to")
+    p.add_argument("--by", default="cli", help="who started it (recorded)")
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--status", choices=["pending", "running", "waiting", "suspended", "success", "failed", "canceled"])
+    p.add_argument("--workflow")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("show", help="show a run: steps, outputs, events, who resumed")
+    p.add_argument("run_id")
+    p.add_argument("--context", action="store_true", help="also print what each agent step was given")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("resume", help="resume a suspended run")
+    p.add_argument("run_id")
+    p.add_argument("--step", help="step id or path (needed when several steps wait)")
+    p.add_argument("--data", help="resume data as JSON, e.g. '{\"approved\": true}'")
+    p.add_argument("--by", default="cli", help="who resumes it (recorded)")
+
+    p = sub.add_parser("cancel", help="cancel a run")
+    p.add_argument("run_id")
+    p.add_argument("--by", default="cli")
+
+    p = sub.add_parser("rerun", help="re-run a run from a step, reusing earlier results")
+    p.add_argument("run_id")
+    p.add_argument("--from", dest="from_step", required=True, help="step id or path to re-run from")
+    p.add_argument("--input", help="new input for that step, as JSON")
+    p.add_argument("--by", default="cli")
+
+    p = sub.add_parser("send-event", help="send an event a run waits for")
+    p.add_argument("run_id")
+    p.add_argument("name")
+    p.add_argument("--data", help="event data as JSON")
+
+    sub.add_parser("recover", help="continue runs whose process died, and wait for them")
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+
+    from .commands_server import add_server_commands
+
+    add_server_commands(sub)
+    return parser
+
+
+async def _run_engine_command(settings: Settings, args: argparse.Namespace) -> int:
+    from .runtime import build_engine
+
+    engine = build_engine(settings, execute=args.command not in READ_ONLY)
+    try:
+        return await ENGINE_COMMANDS[args.command](engine, args)
+    finally:
+        await engine.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = {"database_url": args.database_url} if args.database_url else {}
+        settings = load_settings(**overrides)
+        if args.command in ENGINE_COMMANDS:
+            code = asyncio.run(_run_engine_command(settings, args))
+        else:
+            code = args.handler(settings, args)
+    except (CLIError, SettingsError, UsageError, InvalidInput, DefinitionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
+    except ThreadflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        code = 130
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

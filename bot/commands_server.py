@@ -1,0 +1,141 @@
+"""CLI commands that run long-lived processes: ``serve``, ``worker``, ``dev``, and ``manifest``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from typing import Any
+
+from .settings import Settings
+
+log = logging.getLogger("threadflow.bot")
+
+
+def add_server_commands(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the Slack bot (HTTP on THREADFLOW_PORT, or Socket Mode with SLACK_APP_TOKEN)")
+    p.add_argument("--host", help="overrides THREADFLOW_HOST")
+    p.add_argument("--port", type=int, help="overrides THREADFLOW_PORT")
+    p.set_defaults(handler=run_serve)
+
+    p = sub.add_parser("worker", help="execute runs only (scale-out); no Slack")
+    p.add_argument("--concurrency", type=int, default=200, help="runs executed at once")
+    p.set_defaults(handler=run_worker)
+
+    p = sub.add_parser("manifest", help="print a Slack app manifest to paste into api.slack.com")
+    p.add_argument("--url", help="public base URL of this bot, e.g. https://bot.example.com (or THREADFLOW_PUBLIC_URL)")
+    p.add_argument("--name", default="threadflow")
+    p.set_defaults(handler=run_manifest)
+
+    from .dev import add_dev_command
+
+    add_dev_command(sub)
+
+
+def configure_logging(settings: Settings) -> None:
+    from .logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+
+
+def run_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from .runtime import build_engine
+    from .server import start_server
+
+    settings.require_slack()
+    configure_logging(settings)
+
+    async def main() -> None:
+        engine = build_engine(settings)
+        runner, bot, port = await start_server(settings, engine, host=args.host, port=args.port)
+        socket_handler = None
+        if settings.slack_app_token is not None:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            socket_handler = AsyncSocketModeHandler(bot.app, settings.slack_app_token.get_secret_value())
+            await socket_handler.connect_async()
+            print(f"threadflow is running in Socket Mode (health on port {port})", flush=True)
+        else:
+            print(f"threadflow is listening on http://{args.host or settings.host}:{port}/slack/events", flush=True)
+        await wait_for_stop_signal()
+        if socket_handler is not None:
+            await socket_handler.close_async()
+        await runner.cleanup()
+
+    asyncio.run(main())
+    return 0
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from .runtime import build_engine
+
+    configure_logging(settings)
+
+    async def main() -> None:
+        engine = build_engine(settings, capacity=args.concurrency)
+        await engine.open()
+        print(f"threadflow worker {engine.owner} executing runs ({engine.db.dialect})", flush=True)
+        await wait_for_stop_signal()
+        await engine.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> dict[str, Any]:
+    """The Slack app manifest: the slash command, scopes, interactivity and event URLs."""
+    base = (url or settings.public_url or "https://YOUR-PUBLIC-HOST").rstrip("/")
+    events_url = f"{base}/slack/events"
+    socket_mode = settings.slack_app_token is not None
+    command: dict[str, Any] = {
+        "command": settings.command,
+        "description": "Run and follow AI agent workflows",
+        "usage_hint": "run WORKFLOW [input] | runs | status RUN_ID | cancel RUN_ID | help",
+        "should_escape": False,
+    }
+    if not socket_mode:
+        command["url"] = events_url
+    settings_section: dict[str, Any] = {
+        "event_subscriptions": {"bot_events": ["app_mention", "message.channels", "message.groups", "message.im"]},
+        "interactivity": {"is_enabled": True},
+        "org_deploy_enabled": False,
+        "socket_mode_enabled": socket_mode,
+        "token_rotation_enabled": False,
+    }
+    if not socket_mode:
+        settings_section["event_subscriptions"]["request_url"] = events_url
+        settings_section["interactivity"]["request_url"] = events_url
+    return {
+        "display_information": {"name": name, "description": "Durable AI agent workflows, run from Slack."},
+        "features": {
+            "bot_user": {"display_name": name, "always_online": True},
+            "slash_commands": [command],
+        },
+        "oauth_config": {
+            "scopes": {
+                "bot": [
+                    "commands", "chat:write", "chat:write.public", "app_mentions:read", "channels:history",
+                    "groups:history", "im:history", "users:read",
+                ]
+            }
+        },
+        "settings": settings_section,
+    }
+
+
+def run_manifest(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(manifest(settings, args.url, args.name), indent=2))
+    return 0
+
+
+async def wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM, so shutdown hands runs back cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -1,0 +1,22 @@
+"""``threadflow dev``: the real bot plus a local Slack emulator and its web page (see the sandbox issue)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .settings import Settings
+
+
+def add_dev_command(sub: Any) -> None:
+    p = sub.add_parser("dev", help="try threadflow locally: the bot plus a Slack sandbox page, on SQLite")
+    p.add_argument("--port", type=int, default=8080, help="port of the sandbox page")
+    p.add_argument("--bot-port", type=int, default=0, help="port of the bot (default: any free port)")
+    p.add_argument("--no-browser", action="store_true")
+    p.set_defaults(handler=run_dev)
+
+
+def run_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from .sandbox import run_sandbox
+
+    return run_sandbox(settings, args)

@@ -1,0 +1,105 @@
+"""Plain-text rendering for the CLI (the Slack rendering lives in ``blocks.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from storage.records import RunRecord
+from workflows import CommittedWorkflow, RunDetails
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def short(value: Any, limit: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_workflows(workflows: Iterable[CommittedWorkflow]) -> None:
+    for wf in sorted(workflows, key=lambda w: w.id):
+        print(f"{wf.id}" + (f"  - {wf.description}" if wf.description else ""))
+        schema = wf.input_schema()
+        if not schema or not schema.get("properties"):
+            print("    input: (none)")
+            continue
+        required = set(schema.get("required", []))
+        for name, prop in schema["properties"].items():
+            kind = prop.get("type") or "/".join(p.get("type", "?") for p in prop.get("anyOf", [])) or "object"
+            flag = "required" if name in required else f"optional, default {json.dumps(prop.get('default'))}"
+            desc = f"  {prop['description']}" if prop.get("description") else ""
+            print(f"    input.{name}: {kind} ({flag}){desc}")
+
+
+def print_runs(runs: list[RunRecord]) -> None:
+    if not runs:
+        print("No runs.")
+        return
+    print(f"{'RUN ID':<18} {'WORKFLOW':<20} {'STATUS':<10} {'STARTED':<24} BY")
+    for r in runs:
+        print(f"{r.id:<18} {r.workflow_id:<20} {r.status:<10} {when(r.created_at):<24} {r.started_by or '-'}")
+
+
+def print_details(details: RunDetails, contexts: list[dict[str, Any]] | None = None) -> None:
+    run = details.run
+    print(f"Run {run.id}  workflow={run.workflow_id}  status={run.status}")
+    print(f"  started {when(run.created_at)} by {run.started_by or '-'}; finished {when(run.finished_at)}")
+    if run.rerun_of:
+        print(f"  re-run of {run.rerun_of} from {run.rerun_from}")
+    if run.thread_id:
+        print(f"  memory thread {run.thread_id} (resource {run.resource_id or '-'})")
+    print(f"  input:  {short(run.input, 300)}")
+    if run.output is not None:
+        print(f"  output: {short(run.output, 300)}")
+    if run.error:
+        print(f"  error:  {run.error.get('message')}")
+    print("Steps:")
+    if not details.steps:
+        print("  (none finished)")
+    for s in details.steps:
+        if s.kind == "override":
+            continue
+        took = f"{s.finished_at - s.started_at:.3f}s" if s.started_at else "-"
+        print(f"  {s.path:<28} {s.kind:<6} attempts={s.attempts} took={took}  {short(s.output)}")
+    if details.suspensions:
+        print("Suspensions:")
+        for sp in details.suspensions:
+            line = f"  {sp.path:<28} {sp.kind:<7} {sp.status}"
+            if sp.status == "resolved":
+                line += f" by {sp.resolved_by or '-'} at {when(sp.resolved_at)} with {short(sp.resume_data)}"
+            else:
+                line += f" payload {short(sp.payload)}"
+            print(line)
+    print("Events:")
+    for ev in details.events:
+        extra = {k: v for k, v in ev.data.items() if k not in ("output", "input")}
+        print(f"  #{ev.id:<5} {when(ev.at)}  {ev.type:<15} {ev.path or '':<24} {short(extra, 80) if extra else ''}")
+    if contexts is not None:
+        print_contexts(contexts)
+
+
+def print_contexts(contexts: list[dict[str, Any]]) -> None:
+    print("Agent contexts (what each agent knew):")
+    if not contexts:
+        print("  (no agent calls recorded for this run)")
+    for c in contexts:
+        print(f"  -- step {c.get('path') or '-'}  agent {c.get('agent')}  thread {c.get('thread_id') or '-'}")
+        ctx = c.get("context") or {}
+        for key, value in ctx.items():
+            if isinstance(value, list):
+                print(f"     {key}: {len(value)} item(s)")
+                for item in value:
+                    if isinstance(item, dict):
+                        who = item.get("role") or item.get("name") or ""
+                        print(f"       - {who}: {short(item.get('content', item), 160)}")
+                    else:
+                        print(f"       - {short(item, 160)}")
+            else:
+                print(f"     {key}: {short(value, 300)}")
+        print(f"     answer: {short(c.get('answer'), 300)}")

@@ -1,0 +1,29 @@
+"""Building the engine the way every entry point (CLI, serve, worker, dev) needs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workflows import Engine
+from workflows.loading import load_workflows
+
+from .settings import Settings
+
+
+def build_memory(settings: Settings, engine: Engine) -> Any:
+    """The memory threads agents share, on the engine's own database."""
+    try:
+        from workflows.memory import Memory
+        from workflows.models import resolve_embedder
+    except ImportError:  # pragma: no cover - agents are part of every build; this keeps the core usable alone
+        return None
+    embedder = resolve_embedder(settings.embedder) if settings.embedder else None
+    return Memory(engine.db, embedder=embedder)
+
+
+def build_engine(settings: Settings, *, execute: bool = True, **kwargs: Any) -> Engine:
+    """An engine on ``THREADFLOW_DATABASE_URL`` with the built-in and configured workflows registered."""
+    engine = Engine(settings.database_url, execute=execute, **kwargs)
+    engine.memory = build_memory(settings, engine)
+    engine.register(*load_workflows(settings.workflows))
+    return engine

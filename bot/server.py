@@ -1,0 +1,65 @@
+"""The HTTP server: bolt at ``POST /slack/events``, ``GET /healthz``, and the engine in the same event loop."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+
+from workflows import Engine
+
+from .app import SlackBot
+from .settings import Settings
+
+log = logging.getLogger("threadflow.bot.server")
+
+BOT_KEY: web.AppKey[SlackBot] = web.AppKey("bot", SlackBot)
+
+
+async def slack_events(request: web.Request) -> web.Response:
+    """Every Slack request (commands, interactivity, events) arrives here; bolt verifies the signature."""
+    bot = request.app[BOT_KEY]
+    bolt_request = await to_bolt_request(request)
+    bolt_response = await bot.app.async_dispatch(bolt_request)
+    return await to_aiohttp_response(bolt_response)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    bot = request.app[BOT_KEY]
+    try:
+        await bot.engine.store.count_runs("running")
+    except Exception as exc:
+        return web.json_response({"ok": False, "database": f"unreachable: {type(exc).__name__}"}, status=503)
+    return web.json_response({"ok": True, "database": bot.engine.db.dialect, "owner": bot.engine.owner})
+
+
+def create_web_app(bot: SlackBot) -> web.Application:
+    app = web.Application()
+    app[BOT_KEY] = bot
+    app.router.add_post("/slack/events", slack_events)
+    app.router.add_get("/healthz", healthz)
+
+    async def on_startup(_: web.Application) -> None:
+        await bot.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await bot.close()
+        await bot.engine.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def start_server(settings: Settings, engine: Engine, *, host: str | None = None, port: int | None = None,
+                       **bot_kwargs: Any) -> tuple[web.AppRunner, SlackBot, int]:
+    """Start the bot's HTTP server; returns the runner (for cleanup), the bot and the bound port."""
+    bot = SlackBot(settings, engine, **bot_kwargs)
+    runner = web.AppRunner(create_web_app(bot), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else settings.port  # type: ignore[union-attr]
+    return runner, bot, int(bound)

@@ -1,0 +1,86 @@
+"""Settings from the environment or a ``.env`` file (pydantic-settings). Secrets stay ``SecretStr``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from storage.database import DEFAULT_DATABASE_URL
+
+SLACK_API_URL = "https://slack.com/api/"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it in one line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
+    slack_api_url: str = Field(SLACK_API_URL, validation_alias="SLACK_API_URL")
+    command: str = Field("/flow", validation_alias="THREADFLOW_COMMAND")
+    host: str = Field("0.0.0.0", validation_alias="THREADFLOW_HOST")
+    port: int = Field(3000, validation_alias="THREADFLOW_PORT", ge=0, le=65535)
+    public_url: str | None = Field(None, validation_alias="THREADFLOW_PUBLIC_URL")
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="THREADFLOW_DATABASE_URL")
+    approvers: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias="THREADFLOW_APPROVERS")
+    workflows: str = Field("", validation_alias="THREADFLOW_WORKFLOWS")
+    model: str | None = Field(None, validation_alias="THREADFLOW_MODEL")
+    embedder: str | None = Field(None, validation_alias="THREADFLOW_EMBEDDER")
+    openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
+    workspace_dir: str = Field("threadflow-workspace", validation_alias="THREADFLOW_WORKSPACE")
+    log_level: str = Field("INFO", validation_alias="THREADFLOW_LOG_LEVEL")
+    log_format: str = Field("text", validation_alias="THREADFLOW_LOG_FORMAT")
+    progress_interval: float = Field(1.0, validation_alias="THREADFLOW_PROGRESS_INTERVAL", ge=0)
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _split_approvers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.replace(" ", ",").split(",") if v.strip()]
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_has_slash(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith("/") or " " in value:
+            raise ValueError("must be a slash command like /flow")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _api_url_slash(cls, value: str) -> str:
+        return value if value.endswith("/") else value + "/"
+
+    @property
+    def model_name(self) -> str:
+        """The model agents use: THREADFLOW_MODEL, else OpenAI when a key is set, else the offline model."""
+        if self.model:
+            return self.model
+        return "openai:gpt-4o-mini" if self.openai_api_key else "offline"
+
+    def require_slack(self) -> None:
+        """Stop start-up with one clear line naming the first missing Slack setting."""
+        for env, value in (("SLACK_BOT_TOKEN", self.slack_bot_token), ("SLACK_SIGNING_SECRET", self.slack_signing_secret)):
+            if value is None or not value.get_secret_value().strip():
+                raise SettingsError(
+                    f"{env} is not set. Set it in the environment or in .env "
+                    "(see `threadflow manifest` and the README), or try `threadflow dev` for a local sandbox."
+                )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning validation errors into one line that names the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else "a setting"
+        raise SettingsError(f"Setting {name} is invalid: {first['msg']}.") from None

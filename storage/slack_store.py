@@ -1,0 +1,128 @@
+"""Which Slack message shows which run and which suspension, and which Slack events were handled.
+
+This is what lets a restarted bot keep updating the same messages and keeps retried events from being
+answered twice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .database import Database
+from .tables import runs, slack_approvals, slack_runs, slack_seen_events
+
+
+class SlackRun(BaseModel):
+    run_id: str
+    team_id: str
+    channel_id: str
+    root_ts: str | None
+    thread_id: str
+    started_by: str | None
+    last_event_id: int = 0
+    created_at: float
+
+
+class SlackApproval(BaseModel):
+    run_id: str
+    path: str
+    channel_id: str
+    message_ts: str
+    created_at: float
+
+
+class SlackStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _insert_ignore(self, table: Any) -> Any:
+        if self.db.is_sqlite:
+            return sqlite_dialect.insert(table).on_conflict_do_nothing()
+        return pg_dialect.insert(table).on_conflict_do_nothing()
+
+    async def add_run(self, run: SlackRun) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(insert(slack_runs).values(**run.model_dump()))
+
+        await self.db.write(op)
+
+    async def get_run(self, run_id: str) -> SlackRun | None:
+        async def op(conn: AsyncConnection) -> SlackRun | None:
+            row = (await conn.execute(select(slack_runs).where(slack_runs.c.run_id == run_id))).mappings().first()
+            return SlackRun.model_validate(dict(row)) if row else None
+
+        return await self.db.read(op)
+
+    async def run_for_thread(self, thread_id: str) -> SlackRun | None:
+        """The most recent run whose root message starts this Slack thread."""
+
+        async def op(conn: AsyncConnection) -> SlackRun | None:
+            q = select(slack_runs).where(slack_runs.c.thread_id == thread_id).order_by(slack_runs.c.created_at.desc())
+            row = (await conn.execute(q.limit(1))).mappings().first()
+            return SlackRun.model_validate(dict(row)) if row else None
+
+        return await self.db.read(op)
+
+    async def runs_to_render(self) -> list[SlackRun]:
+        """Runs shown in Slack whose final event may not be rendered yet (for restart)."""
+
+        async def op(conn: AsyncConnection) -> list[SlackRun]:
+            q = (
+                select(slack_runs)
+                .join(runs, runs.c.id == slack_runs.c.run_id)
+                .where(runs.c.status.not_in(("success", "failed", "canceled")) | (runs.c.finished_at > time.time() - 3600))
+            )
+            return [SlackRun.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
+
+        return await self.db.read(op)
+
+    async def save_offset(self, run_id: str, last_event_id: int) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(slack_runs)
+                .where(slack_runs.c.run_id == run_id, slack_runs.c.last_event_id < last_event_id)
+                .values(last_event_id=last_event_id)
+            )
+
+        await self.db.write(op)
+
+    async def add_approval(self, approval: SlackApproval) -> bool:
+        """Record the message showing a suspension; False if one was already posted (insert-if-absent)."""
+
+        async def op(conn: AsyncConnection) -> bool:
+            res = await conn.execute(self._insert_ignore(slack_approvals).values(**approval.model_dump()))
+            return bool(res.rowcount)
+
+        return await self.db.write(op)
+
+    async def get_approval(self, run_id: str, path: str) -> SlackApproval | None:
+        async def op(conn: AsyncConnection) -> SlackApproval | None:
+            q = select(slack_approvals).where(slack_approvals.c.run_id == run_id, slack_approvals.c.path == path)
+            row = (await conn.execute(q)).mappings().first()
+            return SlackApproval.model_validate(dict(row)) if row else None
+
+        return await self.db.read(op)
+
+    async def first_time(self, key: str) -> bool:
+        """Mark a Slack event/message as handled; True only for the first caller (insert-if-absent)."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> bool:
+            res = await conn.execute(self._insert_ignore(slack_seen_events).values(key=key, seen_at=now))
+            return bool(res.rowcount)
+
+        return await self.db.write(op)
+
+    async def forget_seen_before(self, cutoff: float) -> int:
+        async def op(conn: AsyncConnection) -> int:
+            res = await conn.execute(delete(slack_seen_events).where(slack_seen_events.c.seen_at < cutoff))
+            return int(res.rowcount or 0)
+
+        return await self.db.write(op)

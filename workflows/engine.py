@@ -538,6 +538,10 @@ def _pick_suspension(run: RunRecord, suspensions: list[Any], step: str | None) -
     if step is None:
         if len(open_) == 1:
             return open_[0]
+        resolved = [s for s in suspensions if s.status == "resolved"]
+        if not open_ and resolved:
+            # A concurrent resume won the only suspension: the caller gets AlreadyResumed naming the winner.
+            return max(resolved, key=lambda s: s.resolved_at or 0.0)
         if not open_:
             raise NotSuspended(f"Run {run.id} is {run.status} and waits for no input; there is nothing to resume.")
         paths = ", ".join(s.path for s in open_)

@@ -96,11 +96,17 @@ class RunFailure(ThreadflowError):
 
 
 class StepFailed(RunFailure):
-    def __init__(self, path: str, message: str, error_type: str = "Exception", attempts: int = 1) -> None:
+    """A step raised. ``deliberate`` failures (a RunFailure the step raised, like a rejection) read plainly."""
+
+    def __init__(
+        self, path: str, message: str, error_type: str = "Exception", attempts: int = 1, *, deliberate: bool = False
+    ) -> None:
         self.path = path
         self.error_type = error_type
         self.attempts = attempts
-        super().__init__(f"Step {path!r} failed after {attempts} attempt(s): {error_type}: {message}")
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        reason = message if deliberate else f"{error_type}: {message}"
+        super().__init__(f"Step {path!r} failed{tries}: {reason}")
 
 
 class OutputInvalid(RunFailure):

@@ -95,7 +95,7 @@ class RunExecution:
     async def execute(self) -> None:
         owner, run_id = self.engine.owner, self.run.id
         try:
-            value = await self.exec_node(self.workflow.root, "", self.run.input, self.workflow, None)
+            value = await self.exec_node(self.workflow.root, "", self.run.input, self.workflow, self.workflow.input)
             output = dump_value(self.workflow.output, value) if value is not None or self.workflow.output else None
         except Halt as halt:
             await self._settle_halt(halt)
@@ -335,7 +335,8 @@ class RunExecution:
                 self._record_failure(step, path, exc, attempt)
                 raise
             except Exception as exc:
-                if policy.should_retry(exc, attempt):
+                deliberate = isinstance(exc, RunFailure)
+                if not deliberate and policy.should_retry(exc, attempt):
                     delay = policy.delay(attempt)
                     self.store.add_events_nowait(self.run.id, [NewEvent(type="step.retrying", path=path, data={
                         "step_id": step.id, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
@@ -344,7 +345,7 @@ class RunExecution:
                     await asyncio.sleep(delay)
                     continue
                 self._record_failure(step, path, exc, attempt)
-                raise StepFailed(path, str(exc), type(exc).__name__, attempt) from exc
+                raise StepFailed(path, str(exc), type(exc).__name__, attempt, deliberate=deliberate) from exc
             rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
                 NewEvent(type="step.succeeded", path=path, data={
                     "step_id": step.id, "output": output, "attempts": attempt,
@@ -355,6 +356,8 @@ class RunExecution:
             return rec.output
 
     def _record_failure(self, step: Step[Any, Any], path: str, exc: BaseException, attempts: int) -> None:
+        if isinstance(exc, ThreadflowError) and getattr(exc, "path", None) is None:
+            setattr(exc, "path", path)  # noqa: B010 (error_dict reads it: the run's error names the step)
         self.failure_events.append(NewEvent(type="step.failed", path=path, data={
             "step_id": step.id, "attempts": attempts, "error": f"{type(exc).__name__}: {exc}",
         }))

@@ -105,12 +105,14 @@ def step(
     description: str | None = None,
     suspend_ttl: float | None = None,
     approvers: list[str] | tuple[str, ...] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Callable[[StepFn], Step[Any, Any]]:
     """Turn ``async def fn(ctx) -> Output`` into a :class:`Step`.
 
     ``suspend``/``resume`` are the models of the payload a step suspends with and of the data that resumes
     it; ``suspend_ttl`` (seconds) makes an open suspension expire and take the reject path;
-    ``approvers`` limits who may resume it from Slack.
+    ``approvers`` limits who may resume it from Slack; ``metadata`` is free-form data for adapters
+    (``{"post_output": True}`` makes the Slack bot post the step's output in the run's thread).
     """
 
     def decorate(fn: StepFn) -> Step[Any, Any]:
@@ -125,6 +127,7 @@ def step(
             description=description or (inspect.getdoc(fn) or "").split("\n")[0] or None,
             suspend_ttl=suspend_ttl,
             approvers=tuple(approvers) if approvers else None,
+            metadata=dict(metadata or {}),
         )
 
     return decorate

@@ -1,0 +1,38 @@
+"""Local Slack emulator: a fake Web API, signed deliveries to the bot, and observable state.
+
+Used by the bot's tests (real HTTP, real slack_sdk/bolt) and by the ``threadflow dev`` sandbox.
+"""
+
+from .delivery import DeliveryResult, sign
+from .server import SlackEmulator, UserPost
+from .state import (
+    ApiCall,
+    Change,
+    Channel,
+    Delivery,
+    Ephemeral,
+    Message,
+    ResponseUrl,
+    Subscription,
+    User,
+    View,
+    WorkspaceState,
+)
+
+__all__ = [
+    "ApiCall",
+    "Change",
+    "Channel",
+    "Delivery",
+    "DeliveryResult",
+    "Ephemeral",
+    "Message",
+    "ResponseUrl",
+    "SlackEmulator",
+    "Subscription",
+    "User",
+    "UserPost",
+    "View",
+    "WorkspaceState",
+    "sign",
+]

@@ -1,0 +1,293 @@
+"""``SlackEmulator``: one local Slack (Web API + deliveries + state) for tests and ``threadflow dev``.
+
+Tests drive it like a person would (slash commands, clicks, messages) and assert on what
+the bot did through real HTTP; the dev sandbox will mount its page on ``emulator.app`` and
+follow ``subscribe()``. Keeping both on one implementation means the sandbox can't drift
+from what the tests prove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .delivery import BotDelivery, DeliveryResult, action_payload, find_action
+from .state import (
+    ApiCall,
+    Channel,
+    Ephemeral,
+    Json,
+    Message,
+    ResponseUrl,
+    Subscription,
+    User,
+    View,
+    WorkspaceState,
+)
+from .web_api import SlackWebApi, apply_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UserPost:
+    """What ``post_as_user`` did: the stored message and the bot's answers to each event."""
+
+    message: Message
+    deliveries: list[DeliveryResult]
+
+    @property
+    def ts(self) -> str:
+        return self.message.ts
+
+
+class SlackEmulator:
+    """A fake Slack workspace served over HTTP; see the module docstring for why it exists."""
+
+    def __init__(self, signing_secret: str = "test-signing-secret", bot_token: str = "xoxb-test",
+                 bot_url: str | None = None, *, echo_bot_messages: bool = False,
+                 delivery_timeout: float = 10.0) -> None:
+        self.signing_secret = signing_secret
+        self.bot_token = bot_token
+        self.state = WorkspaceState(bot_token)
+        self.echo_bot_messages = echo_bot_messages
+        self.delivery = BotDelivery(self.state, signing_secret, bot_url, timeout=delivery_timeout)
+        self.web_api = SlackWebApi(self.state, on_bot_message=self._echo)
+        self.app = web.Application()  # add sandbox routes here before start()
+        self.web_api.install(self.app)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def bot_url(self) -> str | None:
+        return self.delivery.bot_url
+
+    @bot_url.setter
+    def bot_url(self, value: str | None) -> None:
+        self.delivery.bot_url = value
+
+    @property
+    def api_url(self) -> str:
+        """Pass as ``base_url`` to slack_sdk clients; the trailing slash matters for urljoin."""
+        return self.url + "api/"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> SlackEmulator:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.url = f"http://{bound_host}:{bound_port}/"
+        self.delivery.response_url_base = self.url + "response_url/"
+        return self
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.state.close_subscriptions()
+        await self.delivery.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SlackEmulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- workspace setup -------------------------------------------------------------------
+    def add_channel(self, name: str, channel_id: str | None = None) -> str:
+        cid = channel_id or f"C0{name.upper().replace('-', '')}"
+        self.state.channels[cid] = Channel(cid, name)
+        return cid
+
+    def add_user(self, name: str, user_id: str | None = None) -> str:
+        uid = user_id or f"U0{name.upper()}"
+        self.state.users[uid] = User(uid, name)
+        return uid
+
+    def fail_next(self, method: str, status: int = 429, retry_after: int | None = 1, times: int = 1,
+                  error: str | None = None) -> None:
+        """Make the next ``times`` calls of ``method`` ("*" = any) fail with ``status``.
+
+        429 carries ``Retry-After`` and ``ratelimited``; 5xx carries ``internal_error`` (503:
+        ``service_unavailable``); a 200 with ``error=...`` injects a plain Slack API error.
+        """
+        self.web_api.fail_next(method, status=status, retry_after=retry_after, times=times, error=error)
+
+    # -- accessors -------------------------------------------------------------------------
+    def messages(self, channel: str = "C0GENERAL") -> list[Message]:
+        return self.state.channel_messages(channel)
+
+    def thread(self, channel: str, ts: str) -> list[Message]:
+        return self.state.thread_messages(channel, ts)
+
+    def message(self, ts: str, channel: str | None = None) -> Message | None:
+        return self.state.find_message(ts, channel)
+
+    def ephemerals(self, user: str | None = None) -> list[Ephemeral]:
+        return [e for e in self.state.ephemeral_messages if user is None or e.user == user]
+
+    def calls(self, method: str | None = None) -> list[ApiCall]:
+        return [c for c in self.state.api_calls if method is None or c.method == method]
+
+    def views(self, user: str | None = None, *, open_only: bool = True) -> list[View]:
+        return [v for v in self.state.views.values()
+                if (user is None or v.user == user) and not (open_only and v.closed)]
+
+    def response_url(self, response_url_id: str) -> ResponseUrl:
+        return self.state.response_urls[response_url_id]
+
+    def snapshot(self) -> Json:
+        return self.state.snapshot()
+
+    def subscribe(self, maxsize: int = 1000) -> Subscription:
+        """Live change feed (async iterator / async context manager) for SSE or tests."""
+        return self.state.subscribe(maxsize)
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+        return await self.state.wait_for(predicate, timeout)
+
+    # -- acting as Slack users -------------------------------------------------------------
+    async def slash_command(self, command: str, text: str = "", *, user: str = "U0ALICE",
+                            channel: str = "C0GENERAL", **opts: Any) -> DeliveryResult:
+        """Deliver a slash command; a non-empty 200 reply is shown like Slack does (ephemeral
+        unless ``response_type`` is ``in_channel``) without using up the response_url."""
+        ru = self.state.issue_response_url("command", user, channel)
+        trigger = self.state.issue_trigger(user)
+        url = self.delivery.response_url_base + ru.id
+        form = self.delivery.slash_command_form(command, text, user, channel, url, trigger)
+        result = await self.delivery.send_form("slash_command", form, dict(form), **opts)
+        result.response_url_id, result.response_url, result.trigger_id = ru.id, url, trigger
+        if result.status == 200 and result.body.strip():
+            reply = result.json
+            body = reply if isinstance(reply, dict) else {"text": result.body}
+            if body.get("text") or body.get("blocks"):
+                apply_response(self.state, ru, body, count_use=False)
+        return result
+
+    async def click(self, message: str | Message | Ephemeral | Mapping[str, Any], action_id: str, *,
+                    user: str = "U0ALICE", value: str | None = None, block_id: str | None = None,
+                    **opts: Any) -> DeliveryResult:
+        """Click the element ``action_id`` on a stored message (ts, record or API dict).
+
+        Given an API dict with ``blocks``, those blocks are clicked: a person's screen may still show buttons
+        that an update already removed (Slack buttons cannot be disabled), which is how double clicks happen.
+        """
+        ts = message if isinstance(message, str) else (
+            message["ts"] if isinstance(message, Mapping) else message.ts)
+        stored = self.state.find_message(ts)
+        eph = None if stored is not None else self.state.find_ephemeral(ts)
+        if stored is None and eph is None:
+            raise LookupError(f"no message with ts={ts}")
+        blocks = stored.blocks if stored is not None else eph.blocks  # type: ignore[union-attr]
+        channel = stored.channel if stored is not None else eph.channel  # type: ignore[union-attr]
+        thread_ts = stored.thread_ts if stored is not None else eph.thread_ts  # type: ignore[union-attr]
+        if isinstance(message, Mapping) and message.get("blocks"):
+            blocks = list(message["blocks"])  # a stale copy: what a person saw before an update landed
+        found_block, element = find_action(blocks, action_id, block_id)
+        ru = self.state.issue_response_url("block_actions", user, channel, message_ts=ts,
+                                           thread_ts=thread_ts, is_ephemeral=eph is not None)
+        trigger = self.state.issue_trigger(user)
+        url = self.delivery.response_url_base + ru.id
+        action = action_payload(found_block, element, value, self.state.next_ts())
+        payload = self.delivery.block_actions_payload(
+            user=user, channel=channel, message=stored.to_api() if stored is not None else None,
+            message_ts=ts, is_ephemeral=eph is not None, actions=[action], response_url=url,
+            trigger_id=trigger)
+        result = await self.delivery.send_interaction(payload, **opts)
+        result.response_url_id, result.response_url, result.trigger_id = ru.id, url, trigger
+        return result
+
+    async def submit_view(self, view_id: str, values: Mapping[str, Any] | None = None, *,
+                          user: str | None = None, **opts: Any) -> DeliveryResult:
+        """Submit an open modal. ``values`` is ``{block_id: {action_id: value}}`` or
+        ``{action_id: value}``; plain strings become ``plain_text_input`` values.
+
+        The bot's ``response_action`` is applied: ``errors`` keeps the view open (see
+        ``result.extra["errors"]``), ``update`` replaces it, empty/``clear`` closes it.
+        """
+        record = self.state.views[view_id]
+        view = dict(record.view)
+        view["state"] = {"values": self._state_values(view, values or {})}
+        trigger = self.state.issue_trigger(user or record.user)
+        payload = self.delivery.view_submission_payload(user=user or record.user, view=view, trigger_id=trigger)
+        result = await self.delivery.send_interaction(payload, **opts)
+        result.trigger_id = trigger
+        reply = result.json if result.status == 200 else None
+        action = reply.get("response_action") if isinstance(reply, dict) else None
+        if action == "errors":
+            result.extra["errors"] = reply.get("errors", {})  # type: ignore[union-attr]
+        elif action in ("update", "push") and isinstance(reply, dict):
+            record.view = self.web_api._render_view(record.id, reply.get("view", {}), self.state.bot_user_id)
+            self.state.notify("view.updated", id=record.id, user=record.user, view=record.view)
+        elif result.status == 200:
+            for other in self.state.views.values():
+                if other is record or (action == "clear" and other.user == record.user):
+                    other.closed = True
+                    self.state.notify("view.closed", id=other.id, user=other.user)
+        return result
+
+    @staticmethod
+    def _state_values(view: Json, values: Mapping[str, Any]) -> Json:
+        block_of = {b.get("element", {}).get("action_id"): b.get("block_id") for b in view.get("blocks", [])
+                    if b.get("type") == "input"}
+        block_ids = set(block_of.values())
+        out: Json = {}
+
+        def as_value(raw: Any) -> Json:
+            return raw if isinstance(raw, dict) else {"type": "plain_text_input", "value": raw}
+
+        for key, raw in values.items():
+            if key in block_ids and isinstance(raw, Mapping):
+                out[key] = {aid: as_value(v) for aid, v in raw.items()}
+            else:
+                out.setdefault(block_of.get(key) or key, {})[key] = as_value(raw)
+        return out
+
+    async def post_as_user(self, text: str, *, user: str = "U0ALICE", channel: str = "C0GENERAL",
+                           thread_ts: str | None = None, blocks: list[Json] | None = None,
+                           **opts: Any) -> UserPost:
+        """A person posts: store it like Slack, then deliver ``message`` (+ ``app_mention``) events.
+
+        Delivery is skipped when no ``bot_url`` is configured, so pure state tests work too.
+        """
+        msg = self.state.add_message(channel, text=text, user=user, blocks=blocks, thread_ts=thread_ts)
+        results = []
+        if self.bot_url:
+            for event in self.delivery.message_events(msg):
+                results.append(await self.delivery.send_event(self.delivery.event_envelope(event), **opts))
+        return UserPost(msg, results)
+
+    async def deliver_event(self, event: Json, **opts: Any) -> DeliveryResult:
+        """Send an arbitrary Events API ``event`` wrapped in a fresh ``event_callback`` envelope."""
+        return await self.delivery.send_event(self.delivery.event_envelope(event), **opts)
+
+    async def redeliver(self, event_id: str, *, retry_num: int = 1, retry_reason: str = "http_timeout",
+                        **opts: Any) -> DeliveryResult:
+        return await self.delivery.redeliver(event_id, retry_num=retry_num, retry_reason=retry_reason, **opts)
+
+    def _echo(self, msg: Message) -> None:
+        """Slack echoes a bot's own posts as ``message`` events with ``bot_id``; opt-in here."""
+        if not (self.echo_bot_messages and self.bot_url):
+            return
+
+        async def deliver() -> None:
+            for event in self.delivery.message_events(msg):
+                try:
+                    await self.delivery.send_event(self.delivery.event_envelope(event))
+                except Exception:  # a dead bot must not break the API call that triggered this
+                    log.exception("echo delivery of %s failed", msg.ts)
+
+        task = asyncio.get_running_loop().create_task(deliver())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

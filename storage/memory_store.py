@@ -1,0 +1,569 @@
+"""Memory storage: threads, messages, recall indexes, working memory and agent context records.
+
+Why a store of its own: agents, the engine and the Slack adapter all read and write conversation memory,
+and SQL lives only in ``storage/``. Every public method opens its own transaction (``db.write`` or
+``db.read``); a private ``_x(conn)`` does the work, so :meth:`MemoryStore.save_turn` can write an agent's
+messages, their vectors and its context record in one commit.
+
+SQLite and PostgreSQL differ only in full-text search (FTS5 + bm25 vs ``to_tsvector`` + ``ts_rank``) and
+in the insert-if-absent / upsert constructs, chosen by ``db.is_sqlite``.
+
+The schema has no column for "which messages a summary covers", so a ``kind='summary'`` row keeps the id
+of the last message it covers in ``tool_call_id`` (as text); only this module reads or writes that.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Select, and_, column, func, insert, literal_column, or_, select, table, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .database import Database
+from .tables import agent_contexts, message_vectors, messages, threads, working_memory
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+#: FTS queries are built from at most this many distinct words: long pastes stay cheap to search.
+MAX_QUERY_TOKENS = 32
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# -- rows ---------------------------------------------------------------------------------------------
+
+
+class ThreadRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    resource_id: str | None
+    title: str | None
+    metadata: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+
+class NewMessage(BaseModel):
+    """A message to append; ``created_at`` defaults to now."""
+
+    thread_id: str
+    resource_id: str | None = None
+    role: Role
+    kind: Literal["message", "summary"] = "message"
+    author: str | None = None
+    content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    run_id: str | None = None
+    path: str | None = None
+    created_at: float | None = None
+
+
+class MessageRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    thread_id: str
+    resource_id: str | None
+    role: str
+    kind: str
+    author: str | None
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    run_id: str | None = None
+    path: str | None = None
+    created_at: float
+
+
+class Summary(BaseModel):
+    """The latest summary of a thread and the id of the last message it covers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: MessageRow
+    through_id: int
+
+
+class TextHit(BaseModel):
+    """A full-text match; higher ``score`` is better on both databases."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: MessageRow
+    score: float
+
+
+class StoredVector(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    message_id: int
+    thread_id: str
+    model: str
+    vector: bytes
+
+
+class WorkingMemoryRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    scope: str
+    key: str
+    content: str
+    updated_at: float
+
+
+class NewAgentContext(BaseModel):
+    run_id: str | None = None
+    path: str | None = None
+    agent: str
+    thread_id: str | None = None
+    context: dict[str, Any]
+    answer: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None
+
+
+class AgentContextRow(NewAgentContext):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    created_at: float
+
+
+class NewVector(BaseModel):
+    """A vector for a message not yet inserted: ``index`` points into the batch being saved."""
+
+    index: int = Field(ge=0)
+    vector: bytes
+
+
+# -- queries ------------------------------------------------------------------------------------------
+
+
+def fts5_query(text: str) -> str:
+    """Turn free text into a safe FTS5 query: an OR of quoted words, so punctuation never raises.
+
+    FTS5 gives meaning to ``"*:^()-`` and the words AND/OR/NOT/NEAR; quoting each word (the regex keeps
+    only word characters, so no quote can appear inside) makes every one a plain term.
+    """
+    return " OR ".join(f'"{word}"' for word in _query_words(text))
+
+
+def tsquery_text(text: str) -> str:
+    """The PostgreSQL counterpart of :func:`fts5_query`: ``word | word`` for ``to_tsquery``."""
+    return " | ".join(_query_words(text))
+
+
+def _query_words(text: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        word = word.strip("_")
+        if word:
+            seen.setdefault(word, None)
+        if len(seen) >= MAX_QUERY_TOKENS:
+            break
+    return list(seen)
+
+
+class MemoryStore:
+    """Core queries for memory; the only code that knows how memory is laid out in SQL."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- threads ------------------------------------------------------------------------------------
+
+    async def ensure_thread(
+        self,
+        thread_id: str,
+        resource_id: str | None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> ThreadRow:
+        """Create the thread if it does not exist (insert-if-absent) and return it as stored."""
+
+        async def fn(conn: AsyncConnection) -> ThreadRow:
+            return await self._ensure_thread(conn, thread_id, resource_id, title, metadata)
+
+        return await self.db.write(fn)
+
+    async def _ensure_thread(
+        self,
+        conn: AsyncConnection,
+        thread_id: str,
+        resource_id: str | None,
+        title: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> ThreadRow:
+        now = time.time()
+        values = {
+            "id": thread_id,
+            "resource_id": resource_id,
+            "title": title,
+            "metadata": metadata,
+            "created_at": now,
+            "updated_at": now,
+        }
+        dialect_insert = sqlite_insert if self.db.is_sqlite else pg_insert
+        await conn.execute(
+            dialect_insert(threads).values(**values).on_conflict_do_nothing(index_elements=["id"])
+        )
+        row = (await conn.execute(select(threads).where(threads.c.id == thread_id))).mappings().one()
+        return ThreadRow.model_validate(dict(row))
+
+    async def get_thread(self, thread_id: str) -> ThreadRow | None:
+        async def fn(conn: AsyncConnection) -> ThreadRow | None:
+            row = (await conn.execute(select(threads).where(threads.c.id == thread_id))).mappings().first()
+            return None if row is None else ThreadRow.model_validate(dict(row))
+
+        return await self.db.read(fn)
+
+    async def list_threads(self, resource_id: str) -> list[ThreadRow]:
+        """The resource's threads, most recently active first."""
+
+        async def fn(conn: AsyncConnection) -> list[ThreadRow]:
+            query = (
+                select(threads)
+                .where(threads.c.resource_id == resource_id)
+                .order_by(threads.c.updated_at.desc(), threads.c.id)
+            )
+            return [ThreadRow.model_validate(dict(r)) for r in (await conn.execute(query)).mappings()]
+
+        return await self.db.read(fn)
+
+    # -- messages -----------------------------------------------------------------------------------
+
+    async def add_messages(self, new: Sequence[NewMessage]) -> list[int]:
+        """Append messages in one statement and one commit; returns their ids in the given order."""
+        return await self.save_turn(new)
+
+    async def save_turn(
+        self,
+        new: Sequence[NewMessage],
+        *,
+        vectors: Sequence[NewVector] = (),
+        vector_model: str | None = None,
+        agent_context: NewAgentContext | None = None,
+    ) -> list[int]:
+        """Messages, their vectors and the agent's context record, committed together or not at all."""
+
+        async def fn(conn: AsyncConnection) -> list[int]:
+            ids = await self._add_messages(conn, new)
+            if vectors:
+                if vector_model is None:
+                    raise ValueError("save_turn(vectors=...) needs vector_model, the embedder's name.")
+                await self._add_vectors(
+                    conn, [(ids[v.index], new[v.index], v.vector) for v in vectors], vector_model
+                )
+            if agent_context is not None:
+                await self._record_agent_context(conn, agent_context)
+            return ids
+
+        return await self.db.write(fn)
+
+    async def _add_messages(self, conn: AsyncConnection, new: Sequence[NewMessage]) -> list[int]:
+        if not new:
+            return []
+        now = time.time()
+        rows = [
+            m.model_dump() | {"created_at": m.created_at if m.created_at is not None else now} for m in new
+        ]
+        result = await conn.execute(
+            insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
+        )
+        ids = [int(r[0]) for r in result]
+        touched = {m.thread_id for m in new}
+        await conn.execute(update(threads).where(threads.c.id.in_(touched)).values(updated_at=now))
+        return ids
+
+    async def last_messages(self, thread_id: str, n: int, *, after_id: int = 0) -> list[MessageRow]:
+        """The last ``n`` conversation messages (not summaries) newer than ``after_id``, oldest first."""
+
+        async def fn(conn: AsyncConnection) -> list[MessageRow]:
+            query = (
+                select(messages)
+                .where(
+                    messages.c.thread_id == thread_id, messages.c.kind == "message", messages.c.id > after_id
+                )
+                .order_by(messages.c.id.desc())
+                .limit(n)
+            )
+            return _message_rows(reversed((await conn.execute(query)).mappings().all()))
+
+        return await self.db.read(fn)
+
+    async def messages_between(self, thread_id: str, after_id: int, before_id: int) -> list[MessageRow]:
+        """Conversation messages with ``after_id < id < before_id``, oldest first (what a summary covers)."""
+
+        async def fn(conn: AsyncConnection) -> list[MessageRow]:
+            query = (
+                select(messages)
+                .where(
+                    messages.c.thread_id == thread_id,
+                    messages.c.kind == "message",
+                    messages.c.id > after_id,
+                    messages.c.id < before_id,
+                )
+                .order_by(messages.c.id)
+            )
+            return _message_rows((await conn.execute(query)).mappings())
+
+        return await self.db.read(fn)
+
+    async def content_length_after(self, thread_id: str, after_id: int) -> int:
+        """Characters of conversation after ``after_id``: decides when to summarise without loading it."""
+
+        async def fn(conn: AsyncConnection) -> int:
+            query = select(func.coalesce(func.sum(func.length(messages.c.content)), 0)).where(
+                messages.c.thread_id == thread_id, messages.c.kind == "message", messages.c.id > after_id
+            )
+            return int((await conn.execute(query)).scalar_one())
+
+        return await self.db.read(fn)
+
+    async def messages_range(
+        self, thread_id: str, around_ids: Sequence[int], window: int
+    ) -> list[MessageRow]:
+        """Each of ``around_ids`` with up to ``window`` conversation messages either side, oldest first."""
+
+        async def fn(conn: AsyncConnection) -> list[MessageRow]:
+            found: dict[int, MessageRow] = {}
+            base = (messages.c.thread_id == thread_id) & (messages.c.kind == "message")
+            for mid in sorted(set(around_ids)):
+                before = select(messages).where(base, messages.c.id <= mid).order_by(messages.c.id.desc())
+                after = select(messages).where(base, messages.c.id > mid).order_by(messages.c.id)
+                for query in (before.limit(window + 1), after.limit(window)):
+                    for row in _message_rows((await conn.execute(query)).mappings()):
+                        found[row.id] = row
+            return [found[k] for k in sorted(found)]
+
+        return await self.db.read(fn)
+
+    async def add_summary(
+        self,
+        thread_id: str,
+        resource_id: str | None,
+        content: str,
+        through_id: int,
+        *,
+        author: str | None = None,
+    ) -> int:
+        """Store a ``kind='summary'`` message covering the thread's messages up to ``through_id``."""
+        new = NewMessage(
+            thread_id=thread_id,
+            resource_id=resource_id,
+            role="system",
+            kind="summary",
+            author=author,
+            content=content,
+            tool_call_id=str(through_id),
+        )
+        return (await self.add_messages([new]))[0]
+
+    async def latest_summary(self, thread_id: str) -> Summary | None:
+        async def fn(conn: AsyncConnection) -> Summary | None:
+            query = (
+                select(messages)
+                .where(messages.c.thread_id == thread_id, messages.c.kind == "summary")
+                .order_by(messages.c.id.desc())
+                .limit(1)
+            )
+            row = (await conn.execute(query)).mappings().first()
+            if row is None:
+                return None
+            message = MessageRow.model_validate(dict(row))
+            return Summary(message=message, through_id=int(message.tool_call_id or 0))
+
+        return await self.db.read(fn)
+
+    # -- recall -------------------------------------------------------------------------------------
+
+    async def search_text(
+        self,
+        query: str,
+        *,
+        thread_id: str | None = None,
+        resource_id: str | None = None,
+        limit: int = 10,
+    ) -> list[TextHit]:
+        """Full-text search over conversation messages, best first; any user text is a valid query."""
+        if thread_id is None and resource_id is None:
+            raise ValueError("search_text needs thread_id or resource_id: memory is never searched globally.")
+        scope = (
+            messages.c.thread_id == thread_id
+            if thread_id is not None
+            else messages.c.resource_id == resource_id
+        )
+        where = and_(scope, messages.c.kind == "message")
+        if self.db.is_sqlite:
+            match = fts5_query(query)
+            if not match:
+                return []
+            fts = table("messages_fts", column("rowid"))
+            rank = func.bm25(literal_column("messages_fts"))
+            stmt: Select[Any] = (
+                select(messages, rank.label("rank"))
+                .select_from(messages.join(fts, fts.c.rowid == messages.c.id))
+                .where(literal_column("messages_fts").op("MATCH")(match), where)
+                .order_by(rank, messages.c.id.desc())
+                .limit(limit)
+            )
+            sign = -1.0  # bm25: lower is better
+        else:
+            words = tsquery_text(query)
+            if not words:
+                return []
+            vector = func.to_tsvector(literal_column("'english'"), messages.c.content)
+            tsq = func.to_tsquery(literal_column("'english'"), words)
+            rank = func.ts_rank(vector, tsq)
+            stmt = (
+                select(messages, rank.label("rank"))
+                .where(vector.op("@@")(tsq), where)
+                .order_by(rank.desc(), messages.c.id.desc())
+                .limit(limit)
+            )
+            sign = 1.0
+
+        async def fn(conn: AsyncConnection) -> list[TextHit]:
+            hits = []
+            for row in (await conn.execute(stmt)).mappings():
+                data = dict(row)
+                score = sign * float(data.pop("rank"))
+                hits.append(TextHit(message=MessageRow.model_validate(data), score=score))
+            return hits
+
+        return await self.db.read(fn)
+
+    async def add_vectors(self, vectors: Sequence[tuple[MessageRow, bytes]], model: str) -> None:
+        """Store embeddings of existing messages (replacing older ones for the same message)."""
+
+        async def fn(conn: AsyncConnection) -> None:
+            await self._add_vectors(conn, [(m.id, m, v) for m, v in vectors], model)
+
+        await self.db.write(fn)
+
+    async def _add_vectors(
+        self,
+        conn: AsyncConnection,
+        vectors: Sequence[tuple[int, NewMessage | MessageRow, bytes]],
+        model: str,
+    ) -> None:
+        if not vectors:
+            return
+        await conn.execute(
+            message_vectors.delete().where(message_vectors.c.message_id.in_([mid for mid, _, _ in vectors]))
+        )
+        await conn.execute(
+            insert(message_vectors),
+            [
+                {
+                    "message_id": mid,
+                    "thread_id": m.thread_id,
+                    "resource_id": m.resource_id,
+                    "model": model,
+                    "vector": vec,
+                }
+                for mid, m, vec in vectors
+            ],
+        )
+
+    async def vector_candidates(
+        self,
+        *,
+        model: str,
+        thread_id: str | None = None,
+        resource_id: str | None = None,
+        limit: int = 5000,
+    ) -> list[StoredVector]:
+        """The newest ``limit`` vectors of a thread or resource made by ``model`` (similarity is numpy's)."""
+        if thread_id is None and resource_id is None:
+            raise ValueError("vector_candidates needs thread_id or resource_id.")
+        scope = (
+            message_vectors.c.thread_id == thread_id
+            if thread_id is not None
+            else message_vectors.c.resource_id == resource_id
+        )
+        query = (
+            select(message_vectors)
+            .where(scope, message_vectors.c.model == model)
+            .order_by(message_vectors.c.message_id.desc())
+            .limit(limit)
+        )
+
+        async def fn(conn: AsyncConnection) -> list[StoredVector]:
+            return [StoredVector.model_validate(dict(r)) for r in (await conn.execute(query)).mappings()]
+
+        return await self.db.read(fn)
+
+    async def get_messages(self, ids: Sequence[int]) -> list[MessageRow]:
+        async def fn(conn: AsyncConnection) -> list[MessageRow]:
+            query = select(messages).where(messages.c.id.in_(list(ids))).order_by(messages.c.id)
+            return _message_rows((await conn.execute(query)).mappings())
+
+        return await self.db.read(fn)
+
+    # -- working memory -----------------------------------------------------------------------------
+
+    async def get_working_memory(self, scope: str, key: str) -> WorkingMemoryRow | None:
+        async def fn(conn: AsyncConnection) -> WorkingMemoryRow | None:
+            query = select(working_memory).where(working_memory.c.scope == scope, working_memory.c.key == key)
+            row = (await conn.execute(query)).mappings().first()
+            return None if row is None else WorkingMemoryRow.model_validate(dict(row))
+
+        return await self.db.read(fn)
+
+    async def set_working_memory(self, scope: str, key: str, content: str) -> None:
+        """Replace the working memory of ``(scope, key)`` (an upsert: last writer wins)."""
+
+        async def fn(conn: AsyncConnection) -> None:
+            values = {"scope": scope, "key": key, "content": content, "updated_at": time.time()}
+            dialect_insert = sqlite_insert if self.db.is_sqlite else pg_insert
+            stmt = dialect_insert(working_memory).values(**values)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["scope", "key"],
+                    set_={"content": stmt.excluded.content, "updated_at": stmt.excluded.updated_at},
+                )
+            )
+
+        await self.db.write(fn)
+
+    # -- agent contexts -----------------------------------------------------------------------------
+
+    async def record_agent_context(self, record: NewAgentContext) -> int:
+        async def fn(conn: AsyncConnection) -> int:
+            return await self._record_agent_context(conn, record)
+
+        return await self.db.write(fn)
+
+    async def _record_agent_context(self, conn: AsyncConnection, record: NewAgentContext) -> int:
+        values = record.model_dump() | {"created_at": time.time()}
+        result = await conn.execute(insert(agent_contexts).values(**values).returning(agent_contexts.c.id))
+        return int(result.scalar_one())
+
+    async def agent_contexts(self, run_id: str, *, path: str | None = None) -> list[AgentContextRow]:
+        """What each agent call of a run was given and answered, in call order."""
+
+        async def fn(conn: AsyncConnection) -> list[AgentContextRow]:
+            query = select(agent_contexts).where(agent_contexts.c.run_id == run_id)
+            if path is not None:
+                query = query.where(
+                    or_(
+                        agent_contexts.c.path == path,
+                        agent_contexts.c.path.startswith(f"{path}/", autoescape=True),
+                    )
+                )
+            query = query.order_by(agent_contexts.c.id)
+            return [AgentContextRow.model_validate(dict(r)) for r in (await conn.execute(query)).mappings()]
+
+        return await self.db.read(fn)
+
+
+def _message_rows(rows: Iterable[RowMapping]) -> list[MessageRow]:
+    return [MessageRow.model_validate(dict(row)) for row in rows]

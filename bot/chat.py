@@ -34,14 +34,17 @@ class ThreadChat:
 
     async def close(self) -> None:
         if self._assistant is not None:
-            await self._assistant.aclose()
+            close = getattr(self._assistant.model, "aclose", None)
+            if close is not None:
+                await close()
 
     def assistant(self) -> Any:
         if self._assistant is None:
             from workflows.agent import Agent
+            from workflows.models import resolve_model
 
-            self._assistant = Agent("assistant", ASSISTANT_INSTRUCTIONS, model=self.bot.settings.model_name,
-                                    memory=self.bot.engine.memory)
+            model = resolve_model(self.bot.settings.model_name, self.bot.settings)
+            self._assistant = Agent("assistant", ASSISTANT_INSTRUCTIONS, model=model, memory=self.bot.engine.memory)
         return self._assistant
 
     async def on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ def build_memory(settings: Settings, engine: Engine) -> Any:
         from workflows.models import resolve_embedder
     except ImportError:  # pragma: no cover - agents are part of every build; this keeps the core usable alone
         return None
-    embedder = resolve_embedder(settings.embedder) if settings.embedder else None
+    embedder = resolve_embedder(settings.embedder, settings) if settings.embedder else None
     return Memory(engine.db, embedder=embedder)
 
 

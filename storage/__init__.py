@@ -2,12 +2,14 @@
 
 from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_url
 from .errors import DatabaseURLError, MigrationError, StorageError
+from .memory_store import MemoryStore
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "ChangeSignal",
     "Database",
     "DatabaseURLError",
+    "MemoryStore",
     "MigrationError",
     "StorageError",
     "normalize_url",

@@ -3,6 +3,8 @@
     from workflows import Workflow, step, StepContext, Engine
 """
 
+from .agent import Agent, AgentResult
+from .agent_step import AgentText, agent_step
 from .context import StepContext
 from .engine import Engine
 from .errors import (
@@ -24,11 +26,29 @@ from .errors import (
     WorkflowNotFound,
 )
 from .events import WorkflowEvent
+from .memory import Memory, Recall, ThreadMemory, WorkingMemory
+from .models import FunctionModel, OfflineModel, resolve_embedder, resolve_model
 from .run import RunDetails, RunHandle, RunResult, SuspendedStep
 from .step import RetryPolicy, Step, step
+from .tools import Tool, ToolContext, tool
 from .workflow import CommittedWorkflow, Workflow
 
 __all__ = [
+    "Agent",
+    "AgentResult",
+    "AgentText",
+    "FunctionModel",
+    "Memory",
+    "OfflineModel",
+    "Recall",
+    "ThreadMemory",
+    "Tool",
+    "ToolContext",
+    "WorkingMemory",
+    "agent_step",
+    "resolve_embedder",
+    "resolve_model",
+    "tool",
     "AlreadyResumed",
     "CommittedWorkflow",
     "DefinitionError",

@@ -97,7 +97,7 @@ def render_terraform(spec: ArchitectureSpec, findings: list[str]) -> dict[str, s
     tagged = True  # every resource carries tags; validation checks it
     lines = [
         'terraform {\n  required_version = ">= 1.5"\n}\n',
-        f'provider "aws" {{\n  region = var.region\n}}\n',
+        'provider "aws" {\n  region = var.region\n}\n',
     ]
     for comp in spec.components:
         kind = TF_TYPES[comp.kind]

@@ -1,0 +1,280 @@
+"""Starting runs and reading their results: the smallest useful workflows, typed input and output."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from helpers import event_types
+from pydantic import BaseModel
+
+from workflows import (
+    Engine,
+    InvalidInput,
+    RunNotFound,
+    StepContext,
+    Workflow,
+    WorkflowNotFound,
+    step,
+)
+
+
+class Name(BaseModel):
+    name: str
+
+
+class Greeting(BaseModel):
+    text: str
+
+
+class Shout(BaseModel):
+    text: str
+    length: int
+
+
+@step(id="greet", input=Name, output=Greeting)
+async def greet(ctx: StepContext[Name]) -> Greeting:
+    return Greeting(text=f"Hello, {ctx.input.name}!")
+
+
+@step(id="shout", input=Greeting, output=Shout)
+async def shout(ctx: StepContext[Greeting]) -> Shout:
+    return Shout(text=ctx.input.text.upper(), length=len(ctx.input.text))
+
+
+greet_user = Workflow(id="greet-user", input=Name, output=Greeting).then(greet).commit()
+greet_loudly = Workflow(id="greet-loudly", input=Name, output=Shout).then(greet).then(shout).commit()
+
+
+async def test_a_one_step_workflow_returns_its_typed_output(engine):
+    e = engine(greet_user)
+
+    handle = await e.start("greet-user", {"name": "Ada"})
+    result = await handle.result(timeout=5)
+
+    assert result.status == "success"
+    assert result.output == {"text": "Hello, Ada!"}
+    assert result.run_id == handle.run_id
+    assert result.workflow_id == "greet-user"
+    assert result.error is None and result.suspended == []
+    assert await handle.status() == "success"
+
+
+async def test_input_may_be_a_model_instance(engine):
+    e = engine(greet_user)
+
+    result = await (await e.start("greet-user", Name(name="Grace"))).result(timeout=5)
+
+    assert result.output == {"text": "Hello, Grace!"}
+
+
+async def test_each_step_gets_the_previous_steps_output(engine):
+    e = engine(greet_loudly)
+
+    result = await (await e.start("greet-loudly", {"name": "Ada"})).result(timeout=5)
+
+    assert result.status == "success"
+    assert result.output == {"text": "HELLO, ADA!", "length": 11}
+    details = await e.details(result.run_id)
+    assert [s.path for s in details.steps] == ["greet", "shout"]
+    assert [s.output for s in details.steps] == [{"text": "Hello, Ada!"}, {"text": "HELLO, ADA!", "length": 11}]
+    assert all(s.attempts == 1 for s in details.steps)
+
+
+async def test_invalid_workflow_input_names_the_workflow_and_field_and_creates_no_run(engine):
+    e = engine(greet_user)
+
+    with pytest.raises(InvalidInput) as err:
+        await e.start("greet-user", {"nom": "Ada"})
+
+    message = str(err.value)
+    assert "greet-user" in message and "'name'" in message
+    assert [tuple(x["loc"]) for x in err.value.errors] == [("name",)]
+    assert await e.list_runs() == []
+
+
+async def test_starting_an_unknown_workflow_lists_the_known_ones(engine):
+    e = engine(greet_user, greet_loudly)
+
+    with pytest.raises(WorkflowNotFound) as err:
+        await e.start("greet-usr", {"name": "Ada"})
+
+    assert "greet-usr" in str(err.value)
+    assert "greet-loudly, greet-user" in str(err.value)
+
+
+async def test_unknown_run_ids_raise_run_not_found(engine):
+    e = engine(greet_user)
+
+    with pytest.raises(RunNotFound, match="nope"):
+        await e.get_run("nope")
+    with pytest.raises(RunNotFound):
+        await e.details("nope")
+    with pytest.raises(RunNotFound):
+        await e.resume("nope", data={})
+    with pytest.raises(RunNotFound):
+        await e.cancel("nope")
+
+
+async def test_a_step_that_raises_fails_the_run_with_its_error_and_path(engine):
+    @step(id="explode", input=Greeting, output=Greeting)
+    async def explode(ctx: StepContext[Greeting]) -> Greeting:
+        raise ValueError("the kettle is on fire")
+
+    after = Counter()
+
+    @step(id="after", input=Greeting, output=Greeting)
+    async def never(ctx: StepContext[Greeting]) -> Greeting:
+        after["ran"] += 1
+        return ctx.input
+
+    wf = Workflow(id="explodes", input=Name).then(greet).then(explode).then(never).commit()
+    e = engine(wf)
+
+    result = await (await e.start("explodes", {"name": "Ada"})).result(timeout=5)
+
+    assert result.status == "failed"
+    assert result.error_type == "ValueError"
+    assert result.error_path == "explode"
+    assert "the kettle is on fire" in result.error and "explode" in result.error
+    assert after["ran"] == 0
+    types = await event_types(e, result.run_id)
+    assert types[0] == "run.started"
+    assert "step.failed" in types and types[-1] == "run.finished"
+    details = await e.details(result.run_id)
+    assert [s.path for s in details.steps] == ["greet"]
+    assert details.run.error["type"] == "ValueError"
+
+
+async def test_output_that_does_not_fit_the_model_fails_naming_step_and_field(engine):
+    @step(id="sloppy", input=Name, output=Shout)
+    async def sloppy(ctx: StepContext[Name]) -> dict:
+        return {"text": ctx.input.name, "length": "long"}
+
+    wf = Workflow(id="sloppy-wf", input=Name).then(sloppy).commit()
+    e = engine(wf)
+
+    result = await (await e.start("sloppy-wf", {"name": "Ada"})).result(timeout=5)
+
+    assert result.status == "failed"
+    assert result.error_type == "OutputInvalid"
+    assert "'sloppy'" in result.error and "'length'" in result.error
+    assert result.error_path == "sloppy"
+    details = await e.details(result.run_id)
+    assert details.steps == []
+    failed = [ev for ev in details.events if ev.type == "step.failed"]
+    assert [ev.path for ev in failed] == ["sloppy"]
+
+
+async def test_input_that_does_not_fit_a_steps_model_fails_naming_step_and_field(engine):
+    # A map without an output model hands untyped data on; the next step validates it for real.
+    wf = Workflow(id="bad-map", input=Name).map(lambda n: {"name": 42}).then(greet).commit()
+    e = engine(wf)
+
+    result = await (await e.start("bad-map", {"name": "Ada"})).result(timeout=5)
+
+    assert result.status == "failed"
+    assert result.error_type == "InvalidInput"
+    assert "input of step 'greet'" in result.error and "'name'" in result.error
+    assert result.error_path == "greet"
+
+
+async def test_a_step_sees_its_run_thread_resource_and_earlier_outputs(engine):
+    seen = {}
+
+    @step(id="look", input=Greeting, output=Greeting)
+    async def look(ctx: StepContext[Greeting]) -> Greeting:
+        seen.update(
+            run_id=ctx.run_id, workflow_id=ctx.workflow_id, thread_id=ctx.thread_id, resource_id=ctx.resource_id,
+            started_by=ctx.started_by, workflow_input=ctx.workflow_input, path=ctx.path, attempt=ctx.attempt,
+            greet=ctx.step_output("greet"), missing=ctx.step_output("nothing-here"), resumed=ctx.is_resumed,
+        )
+        return ctx.input
+
+    wf = Workflow(id="looker", input=Name).then(greet).then(look).commit()
+    e = engine(wf)
+
+    handle = await e.start("looker", {"name": "Ada"}, thread_id="t-1", resource_id="r-1", started_by="U1")
+    assert (await handle.result(timeout=5)).status == "success"
+
+    assert seen == {
+        "run_id": handle.run_id, "workflow_id": "looker", "thread_id": "t-1", "resource_id": "r-1",
+        "started_by": "U1", "workflow_input": {"name": "Ada"}, "path": "look", "attempt": 1,
+        "greet": {"text": "Hello, Ada!"}, "missing": None, "resumed": False,
+    }
+    run = await e.get_run(handle.run_id)
+    assert (run.thread_id, run.resource_id, run.started_by) == ("t-1", "r-1", "U1")
+
+
+async def test_a_run_id_may_be_chosen_by_the_caller(engine):
+    e = engine(greet_user)
+
+    handle = await e.start("greet-user", {"name": "Ada"}, run_id="my-run-1")
+
+    assert handle.run_id == "my-run-1"
+    assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}
+
+
+async def test_successful_run_records_its_events_in_order(engine):
+    e = engine(greet_loudly)
+
+    result = await (await e.start("greet-loudly", {"name": "Ada"})).result(timeout=5)
+
+    details = await e.details(result.run_id)
+    assert [(ev.type, ev.path) for ev in details.events] == [
+        ("run.started", None),
+        ("step.started", "greet"),
+        ("step.succeeded", "greet"),
+        ("step.started", "shout"),
+        ("step.succeeded", "shout"),
+        ("run.finished", None),
+    ]
+    ids = [ev.id for ev in details.events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert details.events[-1].data == {"status": "success", "output": {"text": "HELLO, ADA!", "length": 11}}
+    assert details.run.status == "success" and details.run.finished_at is not None
+
+
+async def test_a_hundred_concurrent_runs_all_finish_and_share_commits(engine):
+    # Waiters are woken by the engine when their run settles; a long poll keeps 100 of them from
+    # flooding the reader pool with fallback polls.
+    e = engine(greet_loudly, poll_interval=1.0)
+    await e.open()
+    commits_before = e.db.commits
+
+    handles = await asyncio.gather(*(e.start("greet-loudly", {"name": f"n{i}"}) for i in range(100)))
+    results = await asyncio.gather(*(h.result(timeout=20) for h in handles))
+
+    assert [r.status for r in results] == ["success"] * 100
+    assert sorted(r.output["text"] for r in results) == sorted(f"HELLO, N{i}!" for i in range(100))
+    # 100 runs x (create + 2 steps + settle) = 400 state changes; group commit shares transactions.
+    assert e.db.commits - commits_before < 400
+
+
+async def test_the_engine_is_an_async_context_manager(db_url):
+    async with Engine.from_url(db_url, poll_interval=0.05).register(greet_user) as e:
+        result = await (await e.start("greet-user", {"name": "Ada"})).result(timeout=5)
+        assert result.status == "success"
+
+    async with Engine.from_url(db_url, poll_interval=0.05).register(greet_user) as again:
+        assert (await again.get_run(result.run_id)).output == {"text": "Hello, Ada!"}
+
+
+async def test_registering_an_uncommitted_workflow_is_refused(engine):
+    e = engine()
+
+    with pytest.raises(TypeError, match="commit"):
+        e.register(Workflow(id="draft", input=Name).then(greet))  # type: ignore[arg-type]
+
+
+async def test_list_runs_filters_by_status_and_workflow(engine):
+    e = engine(greet_user, greet_loudly)
+
+    a = await (await e.start("greet-user", {"name": "A"})).result(timeout=5)
+    b = await (await e.start("greet-loudly", {"name": "B"})).result(timeout=5)
+
+    assert {r.id for r in await e.list_runs()} == {a.run_id, b.run_id}
+    assert [r.id for r in await e.list_runs(workflow_id="greet-loudly")] == [b.run_id]
+    assert {r.id for r in await e.list_runs(status="success")} == {a.run_id, b.run_id}
+    assert await e.list_runs(status="failed") == []

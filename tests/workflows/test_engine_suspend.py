@@ -1,0 +1,394 @@
+"""Suspend and resume: a step waits for a person; resuming it is a compare-and-set that exactly one caller wins."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+from helpers import eventually, status_of
+from pydantic import BaseModel
+
+from workflows import (
+    AlreadyResumed,
+    InvalidInput,
+    NotSuspended,
+    RunHandle,
+    StepContext,
+    Workflow,
+    step,
+)
+
+
+class Num(BaseModel):
+    n: int
+
+
+class Request(BaseModel):
+    title: str
+
+
+class Decision(BaseModel):
+    approved: bool
+    by: str | None = None
+
+
+class Verdict(BaseModel):
+    n: int
+    approved: bool
+    by: str | None = None
+
+
+def approval_step(step_id: str, calls: Counter, **options):
+    """A step that asks for a Decision; ``calls`` counts how often its body ran."""
+
+    @step(id=step_id, input=Num, output=Verdict, suspend=Request, resume=Decision, **options)
+    async def approve(ctx: StepContext[Num]) -> Verdict:
+        calls[step_id] += 1
+        decision: Decision = await ctx.suspend(Request(title=f"{step_id}: approve {ctx.input.n}?"))
+        assert isinstance(decision, Decision)
+        assert ctx.is_resumed and ctx.resume_data == decision
+        return Verdict(n=ctx.input.n, approved=decision.approved, by=decision.by)
+
+    return approve
+
+
+def counted(step_id: str, calls: Counter):
+    @step(id=step_id, input=Num, output=Num)
+    async def body(ctx: StepContext[Num]) -> Num:
+        calls[step_id] += 1
+        return Num(n=ctx.input.n + 1)
+
+    return body
+
+
+async def test_a_suspended_run_reports_what_it_waits_for_and_resumes_with_the_data(engine):
+    calls = Counter()
+    wf = Workflow(id="approval", input=Num).then(counted("prepare", calls)).then(approval_step("approve", calls)).commit()
+    e = engine(wf)
+
+    handle = await e.start("approval", {"n": 1})
+    result = await handle.result(timeout=5)
+
+    assert result.status == "suspended"
+    assert [(s.path, s.step_id, s.kind, s.payload) for s in result.suspended] == [
+        ("approve", "approve", "suspend", {"title": "approve: approve 2?"})
+    ]
+    assert result.output is None
+
+    resumed = await e.resume(handle.run_id, step="approve", data={"approved": True, "by": "U1"}, by="U1")
+    assert isinstance(resumed, RunHandle) and resumed.run_id == handle.run_id
+    final = await resumed.result(timeout=5)
+
+    assert final.status == "success"
+    assert final.output == {"n": 2, "approved": True, "by": "U1"}
+    assert final.suspended == []
+    # The step before the suspension ran once; the suspending step runs again from the top on resume.
+    assert calls == Counter({"prepare": 1, "approve": 2})
+
+
+async def test_who_when_and_what_of_a_resume_are_recorded(engine):
+    calls = Counter()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).commit()
+    e = engine(wf)
+    run_id = (await (await e.start("approval", {"n": 1})).result(timeout=5)).run_id
+
+    before = time.time()
+    await (await e.resume(run_id, data={"approved": False}, by="U42")).result(timeout=5)
+    after = time.time()
+
+    details = await e.details(run_id)
+    [susp] = details.suspensions
+    assert susp.status == "resolved"
+    assert susp.resolved_by == "U42"
+    assert before <= susp.resolved_at <= after
+    assert susp.resume_data == {"approved": False, "by": None}
+    assert susp.payload == {"title": "approve: approve 1?"}
+    [resumed_event] = [ev for ev in details.events if ev.type == "run.resumed"]
+    assert resumed_event.path == "approve"
+    assert resumed_event.data == {"step_id": "approve", "by": "U42", "data": {"approved": False, "by": None}}
+    types = [ev.type for ev in details.events]
+    assert types.index("step.suspended") < types.index("run.suspended") < types.index("run.resumed")
+    assert types[-1] == "run.finished"
+
+
+async def test_invalid_resume_data_names_the_field_and_leaves_the_run_suspended(engine):
+    calls = Counter()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).commit()
+    e = engine(wf)
+    run_id = (await (await e.start("approval", {"n": 1})).result(timeout=5)).run_id
+
+    with pytest.raises(InvalidInput) as err:
+        await e.resume(run_id, data={"approved": "maybe"}, by="U1")
+
+    assert "resume data for step 'approve'" in str(err.value) and "'approved'" in str(err.value)
+    assert await status_of(e, run_id) == "suspended"
+    [susp] = (await e.details(run_id)).suspensions
+    assert susp.status == "open" and susp.resolved_by is None
+    assert calls["approve"] == 1
+
+    # A corrected resume still works.
+    final = await (await e.resume(run_id, data={"approved": True}, by="U1")).result(timeout=5)
+    assert final.status == "success" and final.output["approved"] is True
+
+
+async def test_resuming_twice_names_who_resumed_first(engine):
+    calls = Counter()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).commit()
+    e = engine(wf)
+    run_id = (await (await e.start("approval", {"n": 1})).result(timeout=5)).run_id
+    await (await e.resume(run_id, data={"approved": True}, by="alice")).result(timeout=5)
+
+    with pytest.raises(NotSuspended, match="success"):
+        await e.resume(run_id, data={"approved": False}, by="bob")
+    assert (await e.get_run(run_id)).output["approved"] is True
+
+
+async def test_resume_of_a_resolved_step_of_a_still_live_run_raises_already_resumed(engine):
+    calls = Counter()
+    wf = (
+        Workflow(id="two-approvals", input=Num)
+        .parallel([approval_step("legal", calls), approval_step("finance", calls)])
+        .commit()
+    )
+    e = engine(wf)
+    run_id = (await (await e.start("two-approvals", {"n": 1})).result(timeout=5)).run_id
+    await (await e.resume(run_id, step="legal", data={"approved": True}, by="alice")).result(timeout=5)
+
+    with pytest.raises(AlreadyResumed) as err:
+        await e.resume(run_id, step="legal", data={"approved": False}, by="bob")
+
+    assert err.value.by == "alice" and err.value.path == "legal"
+    assert "already resumed by alice" in str(err.value)
+
+
+async def test_a_run_that_is_not_suspended_cannot_be_resumed(engine):
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @step(id="busy", input=Num, output=Num)
+    async def busy(ctx: StepContext[Num]) -> Num:
+        started.set()
+        await release.wait()
+        return ctx.input
+
+    wf = Workflow(id="busy-wf", input=Num).then(busy).commit()
+    e = engine(wf)
+    handle = await e.start("busy-wf", {"n": 1})
+    await asyncio.wait_for(started.wait(), 5)
+
+    with pytest.raises(NotSuspended, match="nothing to resume"):
+        await e.resume(handle.run_id, data={})
+
+    release.set()
+    assert (await handle.result(timeout=5)).status == "success"
+    with pytest.raises(NotSuspended, match="success"):
+        await e.resume(handle.run_id, data={})
+
+
+async def test_suspensions_inside_parallel_are_resumed_one_at_a_time(engine):
+    calls = Counter()
+    wf = (
+        Workflow(id="two-approvals", input=Num)
+        .then(counted("prepare", calls))
+        .parallel([approval_step("legal", calls), approval_step("finance", calls)])
+        .commit()
+    )
+    e = engine(wf)
+    run_id = (await e.start("two-approvals", {"n": 1})).run_id
+
+    first = await e.handle(run_id).result(timeout=5)
+    assert first.status == "suspended"
+    assert sorted(s.path for s in first.suspended) == ["finance", "legal"]
+
+    with pytest.raises(NotSuspended, match="several steps"):
+        await e.resume(run_id, data={"approved": True})
+
+    second = await (await e.resume(run_id, step="finance", data={"approved": False, "by": "cfo"}, by="cfo")).result(timeout=5)
+    assert second.status == "suspended"
+    assert [s.path for s in second.suspended] == ["legal"]
+
+    final = await (await e.resume(run_id, step="legal", data={"approved": True, "by": "gc"}, by="gc")).result(timeout=5)
+    assert final.status == "success"
+    assert final.output == {
+        "legal": {"n": 2, "approved": True, "by": "gc"},
+        "finance": {"n": 2, "approved": False, "by": "cfo"},
+    }
+    # finance's recorded result was reused when legal was resumed; prepare never ran again.
+    assert calls == Counter({"prepare": 1, "legal": 2, "finance": 2})
+
+
+async def test_a_resume_that_arrives_while_other_branches_still_run_is_not_lost(engine):
+    calls = Counter()
+    release = asyncio.Event()
+
+    @step(id="slow", input=Num, output=Num)
+    async def slow(ctx: StepContext[Num]) -> Num:
+        await release.wait()
+        return ctx.input
+
+    wf = Workflow(id="resume-early", input=Num).parallel([approval_step("approve", calls), slow]).commit()
+    e = engine(wf)
+    handle = await e.start("resume-early", {"n": 7})
+    await eventually(lambda: calls["approve"] == 1)
+    await eventually(lambda: _has_open_suspension(e, handle.run_id))
+
+    await e.resume(handle.run_id, data={"approved": True}, by="U1")
+    assert await status_of(e, handle.run_id) == "running"
+    release.set()
+
+    final = await handle.result(timeout=5)
+    assert final.status == "success"
+    assert final.output == {"approve": {"n": 7, "approved": True, "by": None}, "slow": {"n": 7}}
+
+
+async def _has_open_suspension(e, run_id):
+    return any(s.status == "open" for s in (await e.details(run_id)).suspensions)
+
+
+async def test_foreach_items_suspend_independently_each_under_its_own_path(engine):
+    calls = Counter()
+    wf = (
+        Workflow(id="approve-each", input=Num)
+        .foreach(approval_step("approve", calls), items=lambda x: [{"n": i} for i in range(x.n)])
+        .commit()
+    )
+    e = engine(wf)
+    run_id = (await e.start("approve-each", {"n": 3})).run_id
+
+    first = await e.handle(run_id).result(timeout=5)
+    assert sorted(s.path for s in first.suspended) == ["approve[0]", "approve[1]", "approve[2]"]
+    assert {s.path: s.payload["title"] for s in first.suspended}["approve[2]"] == "approve: approve 2?"
+
+    with pytest.raises(NotSuspended, match="several paths"):
+        await e.resume(run_id, step="approve", data={"approved": True})
+
+    r = await (await e.resume(run_id, step="approve[1]", data={"approved": True}, by="a")).result(timeout=5)
+    assert sorted(s.path for s in r.suspended) == ["approve[0]", "approve[2]"]
+    r = await (await e.resume(run_id, step="approve[2]", data={"approved": False}, by="b")).result(timeout=5)
+    assert [s.path for s in r.suspended] == ["approve[0]"]
+    r = await (await e.resume(run_id, step="approve", data={"approved": True}, by="c")).result(timeout=5)
+
+    assert r.status == "success"
+    assert [o["approved"] for o in r.output] == [True, True, False]
+    assert {s.path: s.resolved_by for s in (await e.details(run_id)).suspensions} == {
+        "approve[0]": "c", "approve[1]": "a", "approve[2]": "b",
+    }
+
+
+async def test_a_suspension_inside_a_nested_workflow_has_the_nested_path(engine):
+    calls = Counter()
+    inner = Workflow(id="review", input=Num, output=Verdict).then(approval_step("approve", calls)).commit()
+    outer = Workflow(id="outer", input=Num).then(counted("prepare", calls)).then(inner).commit()
+    e = engine(outer)
+    run_id = (await e.start("outer", {"n": 1})).run_id
+
+    first = await e.handle(run_id).result(timeout=5)
+    assert [(s.path, s.step_id) for s in first.suspended] == [("review/approve", "approve")]
+
+    final = await (await e.resume(run_id, step="review/approve", data={"approved": True}, by="U1")).result(timeout=5)
+
+    assert final.status == "success"
+    assert final.output == {"n": 2, "approved": True, "by": None}
+    assert calls == Counter({"prepare": 1, "approve": 2})
+
+
+async def test_fifty_concurrent_resumes_one_wins_the_rest_learn_who(engine):
+    calls = Counter()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).commit()
+    # Two engines on one database: the compare-and-set must hold across connections, not just in-process.
+    e1, e2 = engine(wf), engine(wf)
+    run_id = (await (await e1.start("approval", {"n": 1})).result(timeout=5)).run_id
+    await e2.open()
+
+    outcomes = await asyncio.gather(
+        *((e1 if i % 2 else e2).resume(run_id, data={"approved": True, "by": f"U{i}"}, by=f"U{i}") for i in range(50)),
+        return_exceptions=True,
+    )
+
+    winners = [i for i, o in enumerate(outcomes) if isinstance(o, RunHandle)]
+    losers = [o for o in outcomes if not isinstance(o, RunHandle)]
+    assert len(winners) == 1, outcomes
+    winner = f"U{winners[0]}"
+    assert len(losers) == 49
+    assert all(isinstance(o, AlreadyResumed) for o in losers), losers
+    assert {o.by for o in losers} == {winner}
+    assert all(f"already resumed by {winner}" in str(o) for o in losers)
+
+    final = await e1.handle(run_id).result(timeout=5)
+    assert final.status == "success"
+    assert final.output["by"] == winner
+    assert calls["approve"] == 2
+    details = await e1.details(run_id)
+    assert [ev.data["by"] for ev in details.events if ev.type == "run.resumed"] == [winner]
+
+
+async def test_an_expired_suspension_is_resolved_by_system_as_a_rejection(engine):
+    calls = Counter()
+    wf = Workflow(id="expiring", input=Num).then(approval_step("approve", calls, suspend_ttl=0.3)).commit()
+    e = engine(wf)
+    handle = await e.start("expiring", {"n": 1})
+    first = await handle.result(timeout=5)
+    assert first.status == "suspended"
+    assert first.suspended[0].expires_at == pytest.approx(time.time() + 0.3, abs=0.3)
+
+    final = await eventually(lambda: _finished(e, handle.run_id), timeout=5)
+
+    assert final.status == "success"
+    assert final.output == {"n": 1, "approved": False, "by": "system"}
+    [susp] = (await e.details(handle.run_id)).suspensions
+    assert susp.resolved_by == "system"
+    with pytest.raises(NotSuspended):
+        await e.resume(handle.run_id, data={"approved": True}, by="late")
+
+
+async def _finished(e, run_id):
+    run = await e.get_run(run_id)
+    return await e.result_of(run) if run.is_terminal else None
+
+
+async def test_a_suspend_payload_that_does_not_fit_its_model_fails_the_run(engine):
+    @step(id="ask", input=Num, output=Num, suspend=Request, resume=Decision)
+    async def ask(ctx: StepContext[Num]) -> Num:
+        await ctx.suspend({"titel": "typo"})
+        return ctx.input
+
+    wf = Workflow(id="bad-payload", input=Num).then(ask).commit()
+    e = engine(wf)
+
+    result = await (await e.start("bad-payload", {"n": 1})).result(timeout=5)
+
+    assert result.status == "failed"
+    assert result.error_type == "InvalidInput"
+    assert "suspend payload of step 'ask'" in result.error and "'title'" in result.error
+
+
+async def test_a_suspended_run_survives_a_restart(engine):
+    calls = Counter()
+    wf = Workflow(id="approval", input=Num).then(counted("prepare", calls)).then(approval_step("approve", calls)).commit()
+    first = engine(wf)
+    run_id = (await (await first.start("approval", {"n": 1})).result(timeout=5)).run_id
+    await first.close()
+
+    second = engine(wf)
+    final = await (await second.resume(run_id, data={"approved": True}, by="U1")).result(timeout=5)
+
+    assert final.status == "success" and final.output["approved"] is True
+    assert calls == Counter({"prepare": 1, "approve": 2})
+
+
+async def test_steps_without_a_resume_model_get_the_data_as_given(engine):
+    @step(id="free-form", input=Num, output=Num)
+    async def free_form(ctx: StepContext[Num]) -> Num:
+        data = await ctx.suspend({"question": "how many?"})
+        return Num(n=data["count"])
+
+    wf = Workflow(id="free", input=Num, output=Num).then(free_form).commit()
+    e = engine(wf)
+    first = await (await e.start("free", {"n": 1})).result(timeout=5)
+    assert first.suspended[0].payload == {"question": "how many?"}
+
+    final = await (await e.resume(first.run_id, data={"count": 9})).result(timeout=5)
+
+    assert final.output == {"n": 9}

@@ -1,0 +1,167 @@
+"""Thread memory: history, recall (full text and vectors), working memory, context budgets, summaries."""
+
+from __future__ import annotations
+
+from storage import Database
+from tests.fakes import FakeOpenAI
+from workflows.memory import Memory, Recall, WorkingMemory, extractive_summary
+from workflows.models import OfflineModel, OpenAIChatModel, OpenAIEmbedder
+
+FILLER = [
+    "Lunch menu today is soup.",
+    "The weekly sync moved to Thursday.",
+    "Reminder: submit expense reports.",
+    "The office printer is fixed.",
+    "Coffee machine is empty again.",
+    "New hires start on Monday.",
+]
+
+
+async def fill(thread, *, first: str, count: int = 6) -> list[int]:  # type: ignore[no-untyped-def]
+    ids = [await thread.add("user", first, author="alice")]
+    for text in FILLER[:count]:
+        ids.append(await thread.add("user", text, author="bob"))
+    return ids
+
+
+async def test_history_returns_the_last_messages_in_order(memory: Memory) -> None:
+    thread = memory.thread("T1", "U1")
+    for i in range(6):
+        await thread.add("user" if i % 2 == 0 else "assistant", f"message {i}")
+    assert [m.content for m in await thread.history()] == ["message 2", "message 3", "message 4", "message 5"]
+    assert [m.content for m in await thread.history(2)] == ["message 4", "message 5"]
+    assert (await memory.store.get_thread("T1")) is not None
+
+
+async def test_recall_finds_an_old_message_beyond_the_window_with_neighbours(memory: Memory) -> None:
+    thread = memory.thread("T1", "U1")
+    ids = await fill(thread, first="Our kubernetes cluster runs version 1.29 on three nodes.")
+    context = await thread.build_context("which kubernetes version do we run?")
+    assert [m.id for m in context.messages] == ids[-4:]
+    matched = [r for r in context.recalled if r.matched]
+    assert [r.message.id for r in matched] == [ids[0]]
+    assert matched[0].score is not None
+    neighbours = [r.message.id for r in context.recalled if not r.matched]
+    assert neighbours == [ids[1]]  # window=1: the message after it (nothing before it)
+
+
+async def test_recall_skips_what_is_already_in_the_window(memory: Memory) -> None:
+    thread = memory.thread("T1", "U1")
+    await fill(thread, first="nothing relevant here")
+    await thread.add("user", "the kubernetes upgrade is tomorrow")
+    context = await thread.build_context("kubernetes?")
+    assert context.recalled == []
+
+
+async def test_recall_scope_resource_searches_the_users_other_threads(memory_db: Database) -> None:
+    by_resource = Memory(memory_db, last_messages=2, summarize_after_tokens=None)
+    await by_resource.thread("T-old", "U1").add("user", "My favourite editor is helix.")
+    await by_resource.thread("T-other-user", "U2").add("user", "I use the helix editor too.")
+    recalled = await by_resource.thread("T-new", "U1").recall("which editor do I like? helix?")
+    assert [(r.message.thread_id, r.matched) for r in recalled] == [("T-old", True)]
+    by_thread = Memory(memory_db, recall=Recall(scope="thread"), summarize_after_tokens=None)
+    assert await by_thread.thread("T-new", "U1").recall("helix") == []
+
+
+async def test_recall_with_embeddings_finds_what_words_do_not(
+    memory_db: Database, fake_openai: FakeOpenAI, openai_embedder: OpenAIEmbedder
+) -> None:
+    fake_openai.synonyms.update({"automobile": "car", "vehicle": "car", "colour": "color"})
+    memory = Memory(memory_db, last_messages=3, embedder=openai_embedder, summarize_after_tokens=None)
+    thread = memory.thread("T1", "U1")
+    ids = await fill(thread, first="My car has a red color.")
+    query = "automobile colour?"
+    assert await memory.store.search_text(query, thread_id="T1") == []  # no shared word
+    recalled = await thread.recall(query, exclude_ids=ids[-3:])
+    assert [r.message.id for r in recalled if r.matched] == [ids[0]]
+    # every stored message got a vector, embedded through the real HTTP API
+    assert len(await memory.store.vector_candidates(model="embed-test", thread_id="T1")) == len(ids)
+
+
+async def test_working_memory_scopes(memory_db: Database) -> None:
+    per_user = Memory(memory_db, working_memory=WorkingMemory(scope="resource"))
+    first, second = per_user.thread("T1", "U1"), per_user.thread("T2", "U1")
+    assert await first.working_memory() is None
+    context = await first.build_context("hi")
+    assert context.working_memory == per_user.working_memory.template  # type: ignore[union-attr]
+    await first.set_working_memory("- Name: Ada")
+    assert await second.working_memory() == "- Name: Ada"  # same user, other thread
+    per_thread = Memory(memory_db, working_memory=WorkingMemory(scope="thread"))
+    assert await per_thread.thread("T2", "U1").working_memory() is None
+    assert [t.name for t in per_user.tools()] == ["update_working_memory"]
+    assert Memory(memory_db).tools() == []
+
+
+async def test_context_is_trimmed_to_the_token_budget(memory_db: Database) -> None:
+    memory = Memory(memory_db, last_messages=10, token_budget=120, summarize_after_tokens=None)
+    thread = memory.thread("T1", "U1")
+    for i in range(10):
+        await thread.add("user", f"message {i} " + "word " * 30)  # ~40 tokens each
+    context = await thread.build_context("short prompt")
+    assert [m.content.split()[1] for m in context.messages] == ["8", "9"]  # newest kept
+    assert context.trimmed == 8
+    assert context.token_estimate <= 120
+
+
+async def test_summarises_old_messages_once_past_the_threshold(memory_db: Database) -> None:
+    memory = Memory(memory_db, last_messages=3, summarize_after_tokens=60)
+    thread = memory.thread("T1", "U1")
+    ids = [
+        await thread.add("user", f"Fact {i}: the value is {i * 7}. More detail follows here.")
+        for i in range(8)
+    ]
+    assert (await thread.maybe_summarize(OfflineModel())).total_tokens == 0
+    summary = await memory.store.latest_summary("T1")
+    assert summary is not None and summary.through_id == ids[4]
+    assert "Fact 0: the value is 0." in summary.message.content
+    assert "Fact 5" not in summary.message.content  # still in the recent window
+    context = await thread.build_context("what is fact 1?")
+    assert context.summary == summary.message.content
+    assert [m.id for m in context.messages] == ids[5:]
+    assert ids[1] in [r.message.id for r in context.recalled if r.matched]  # originals stay for recall
+    # nothing new outside the window: no second summary
+    await thread.maybe_summarize(OfflineModel())
+    assert (await memory.store.latest_summary("T1")).message.id == summary.message.id  # type: ignore[union-attr]
+    # a rolling summary keeps the earlier lines
+    for i in range(8, 12):
+        await thread.add("user", f"Fact {i}: the value is {i * 7}. More detail follows here.")
+    await thread.maybe_summarize(OfflineModel())
+    rolled = await memory.store.latest_summary("T1")
+    assert rolled is not None and "Fact 0:" in rolled.message.content and "Fact 8:" in rolled.message.content
+
+
+async def test_summaries_use_a_real_model_when_there_is_one(
+    memory_db: Database, fake_openai: FakeOpenAI, openai_model: OpenAIChatModel
+) -> None:
+    memory = Memory(memory_db, last_messages=1, summarize_after_tokens=10)
+    thread = memory.thread("T1", "U1")
+    for text in ["We chose PostgreSQL 16.", "Backups run nightly at 02:00.", "Next: load testing."]:
+        await thread.add("user", text, author="alice")
+    fake_openai.reply_text("Chose PostgreSQL 16; nightly backups at 02:00.")
+    usage = await thread.maybe_summarize(openai_model)
+    assert usage.total_tokens == 15
+    (sent,) = fake_openai.chat_requests
+    assert "[alice] We chose PostgreSQL 16." in sent["messages"][1]["content"]
+    summary = await memory.store.latest_summary("T1")
+    assert summary is not None and summary.message.content.startswith("Chose PostgreSQL 16")
+
+
+def test_extractive_summary_is_bounded_and_keeps_the_newest() -> None:
+    from storage.memory_store import MessageRow
+
+    rows = [
+        MessageRow(
+            id=i,
+            thread_id="T",
+            resource_id=None,
+            role="user",
+            kind="message",
+            author="a",
+            content=f"Sentence {i}. Second sentence.",
+            created_at=0.0,
+        )
+        for i in range(100)
+    ]
+    text = extractive_summary(None, rows, max_chars=400)
+    assert len(text) <= 400 and "Sentence 99." in text and "Second sentence" not in text
+    assert extractive_summary(None, rows[:2]) == extractive_summary(None, rows[:2])

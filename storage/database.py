@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -108,6 +109,8 @@ class Database:
         self.commits = 0
         self.batched_writes = 0
         self._after_commit_hooks: list[Callable[[int], None]] = []
+        self._batch_started = time.perf_counter()
+        self.last_commit_seconds = 0.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -210,12 +213,13 @@ class Database:
         return result
 
     def on_commit(self, hook: Callable[[int], None]) -> None:
-        """Call ``hook(batch_size)`` after every commit (metrics)."""
+        """Call ``hook(batch_size)`` after every commit (metrics; ``last_commit_seconds`` has its latency)."""
         self._after_commit_hooks.append(hook)
 
     def _committed(self, size: int = 1) -> None:
         self.commits += 1
         self.batched_writes += size
+        self.last_commit_seconds = time.perf_counter() - self._batch_started
         for hook in self._after_commit_hooks:
             hook(size)
         self.changes.notify()
@@ -232,6 +236,7 @@ class Database:
 
     async def _commit_batch(self, writer: AsyncEngine, batch: list[tuple[WriteFn[Any], asyncio.Future[Any]]]) -> None:
         results: list[Any] = []
+        self._batch_started = time.perf_counter()
         try:
             async with writer.begin() as conn:
                 for fn, _ in batch:
@@ -256,6 +261,7 @@ class Database:
                 fut.set_result(result)
 
     async def _commit_one(self, writer: AsyncEngine, fn: WriteFn[Any], fut: asyncio.Future[Any]) -> None:
+        self._batch_started = time.perf_counter()
         try:
             async with writer.begin() as conn:
                 result = await fn(conn)

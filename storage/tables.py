@@ -190,6 +190,8 @@ slack_runs = Table(
     Column("started_by", String(40), nullable=True),
     Column("last_event_id", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
+    Column("renderer", String(200), nullable=True),
+    Column("renderer_expires_at", Float, nullable=True),
     Index("ix_slack_runs_thread", "thread_id"),
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
@@ -21,6 +22,7 @@ from storage.memory_store import NewAgentContext
 from .errors import DefinitionError, ModelError, format_validation_errors
 from .memory import AgentContext, Memory, ThreadMemory
 from .models import Message, Model, ToolCall, Usage, estimate_tokens, resolve_model
+from .observe import emit
 from .tools import Tool, ToolContext, ToolOutcome
 
 log = logging.getLogger("threadflow.agent")
@@ -213,7 +215,15 @@ class Agent:
         repaired = False
         while True:
             steps += 1
-            response = await model.complete(messages, specs, schema)
+            started = time.perf_counter()
+            try:
+                response = await model.complete(messages, specs, schema)
+            except ModelError as exc:
+                emit("llm.call", model=model.name, agent=self.name, prompt_tokens=0, completion_tokens=0,
+                     duration=time.perf_counter() - started, error=type(exc.__cause__ or exc).__name__)
+                raise
+            emit("llm.call", model=model.name, agent=self.name, prompt_tokens=response.usage.prompt_tokens,
+                 completion_tokens=response.usage.completion_tokens, duration=time.perf_counter() - started, error=None)
             turn.usage = turn.usage + response.usage
             if response.tool_calls:
                 if steps >= self.max_steps:

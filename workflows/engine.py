@@ -33,6 +33,7 @@ from .errors import (
 from .events import WorkflowEvent
 from .executor import RunExecution
 from .graph import Node, WaitForEventNode, WorkflowNode
+from .observe import emit
 from .rerun import plan_rerun
 from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
 from .step import Step, dump_value, parse_model
@@ -183,6 +184,7 @@ class Engine:
         await self.store.create_run(row, [NewEvent(type="run.started", data={
             "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
         })])
+        emit("run.started", workflow_id=wf.id)
         await self._ensure_thread(thread_id, resource_id)
         if row["owner"] == self.owner:
             self._spawn(run_id, fresh=True)
@@ -236,6 +238,9 @@ class Engine:
                 raise AlreadyResumed(run_id, target.path, current.resolved_by, current.resolved_at) from None
             raise NotSuspended(f"Run {run_id} can no longer be resumed (it was canceled or finished).") from None
         self._changed(run_id)
+        decision = json_data.get("approved") if isinstance(json_data, dict) else None
+        emit("approval.decided", workflow_id=wf.id, step_id=target.step_id, by=by,
+             decision="resumed" if decision is None else "approved" if decision else "rejected")
         return RunHandle(self, run_id)
 
     async def send_event(self, run_id: str, name: str, data: Any = None) -> str:

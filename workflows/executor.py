@@ -34,6 +34,7 @@ from .graph import (
     WaitForEventNode,
     WorkflowNode,
 )
+from .observe import emit
 from .step import NO_RETRY, Step, dump_value, parse_model, to_jsonable
 from .workflow import CommittedWorkflow
 
@@ -112,6 +113,7 @@ class RunExecution:
             run_id, owner, "success", [NewEvent(type="run.finished", data={"status": "success", "output": output})],
             output=output,
         )
+        emit("run.finished", workflow_id=self.run.workflow_id, status="success")
 
     async def _settle_halt(self, halt: Halt) -> None:
         run_id, owner = self.run.id, self.engine.owner
@@ -131,6 +133,7 @@ class RunExecution:
         log.info("run %s failed: %s", self.run.id, error["message"])
         events = self.failure_events + [NewEvent(type="run.finished", data={"status": "failed", "error": error})]
         await self.store.settle(self.run.id, self.engine.owner, "failed", events, error=error)
+        emit("run.finished", workflow_id=self.run.workflow_id, status="failed")
 
     def output_of(self, step_id: str) -> Any:
         """Latest recorded output of a step id (the last iteration of a loop, for instance)."""
@@ -329,7 +332,10 @@ class RunExecution:
             try:
                 result = await step.fn(ctx)
                 output = step.dump_output(result)
-            except (Halt, asyncio.CancelledError, LeaseLost):
+            except Halt:
+                self._observe_step(step, "suspended", started)
+                raise
+            except (asyncio.CancelledError, LeaseLost):
                 raise
             except OutputInvalid as exc:
                 self._record_failure(step, path, exc, attempt)
@@ -338,6 +344,7 @@ class RunExecution:
                 deliberate = isinstance(exc, RunFailure)
                 if not deliberate and policy.should_retry(exc, attempt):
                     delay = policy.delay(attempt)
+                    emit("step.retrying", workflow_id=self.run.workflow_id, step_id=step.id, attempt=attempt)
                     self.store.add_events_nowait(self.run.id, [NewEvent(type="step.retrying", path=path, data={
                         "step_id": step.id, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
                         "delay": round(delay, 3),
@@ -345,6 +352,7 @@ class RunExecution:
                     await asyncio.sleep(delay)
                     continue
                 self._record_failure(step, path, exc, attempt)
+                self._observe_step(step, "failed", started)
                 raise StepFailed(path, str(exc), type(exc).__name__, attempt, deliberate=deliberate) from exc
             rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
                 NewEvent(type="step.succeeded", path=path, data={
@@ -352,8 +360,13 @@ class RunExecution:
                     "duration": round(time.time() - started, 6),
                 })
             ])
+            self._observe_step(step, "success", started)
             self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
             return rec.output
+
+    def _observe_step(self, step: Step[Any, Any], status: str, started: float) -> None:
+        emit("step.finished", workflow_id=self.run.workflow_id, step_id=step.id, status=status,
+             duration=time.time() - started)
 
     def _record_failure(self, step: Step[Any, Any], path: str, exc: BaseException, attempts: int) -> None:
         if isinstance(exc, ThreadflowError) and getattr(exc, "path", None) is None:

@@ -1,0 +1,42 @@
+"""In-process observation hooks: metrics, logs and traces subscribe here; the engine only emits.
+
+Observers are plain callables ``observer(kind, data)``. A failing observer is logged and never breaks a run.
+
+Kinds and their data:
+    run.started      workflow_id
+    run.finished     workflow_id, status
+    step.finished    workflow_id, step_id, status ("success"|"failed"|"suspended"), duration
+    step.retrying    workflow_id, step_id, attempt
+    approval.decided workflow_id, step_id, decision ("approved"|"rejected"|"resumed"), by
+    llm.call         model, prompt_tokens, completion_tokens, duration, error (None or the error type)
+    commit           batch_size, duration
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("threadflow.observe")
+
+Observer = Callable[[str, dict[str, Any]], None]
+_observers: list[Observer] = []
+
+
+def add_observer(observer: Observer) -> None:
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def remove_observer(observer: Observer) -> None:
+    if observer in _observers:
+        _observers.remove(observer)
+
+
+def emit(kind: str, **data: Any) -> None:
+    for observer in list(_observers):
+        try:
+            observer(kind, data)
+        except Exception:
+            log.exception("observer %r failed on %s", observer, kind)

@@ -23,6 +23,8 @@ def build_memory(settings: Settings, engine: Engine) -> Any:
 
 def build_engine(settings: Settings, *, execute: bool = True, **kwargs: Any) -> Engine:
     """An engine on ``THREADFLOW_DATABASE_URL`` with the built-in and configured workflows registered."""
+    kwargs.setdefault("lease_seconds", settings.lease_seconds)
+    kwargs.setdefault("poll_interval", settings.poll_interval)
     engine = Engine(settings.database_url, execute=execute, **kwargs)
     engine.memory = build_memory(settings, engine)
     engine.register(*load_workflows(settings.workflows))

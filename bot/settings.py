@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", validation_alias="THREADFLOW_LOG_LEVEL")
     log_format: str = Field("text", validation_alias="THREADFLOW_LOG_FORMAT")
     progress_interval: float = Field(1.0, validation_alias="THREADFLOW_PROGRESS_INTERVAL", ge=0)
+    lease_seconds: float = Field(30.0, validation_alias="THREADFLOW_LEASE_SECONDS", gt=0)
+    poll_interval: float = Field(1.0, validation_alias="THREADFLOW_POLL_INTERVAL", gt=0)
 
     @field_validator("approvers", mode="before")
     @classmethod

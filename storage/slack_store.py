@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .database import Database
-from .tables import runs, slack_approvals, slack_runs, slack_seen_events
+from .tables import events, runs, slack_approvals, slack_runs, slack_seen_events
 
 
 class SlackRun(BaseModel):
@@ -28,6 +28,8 @@ class SlackRun(BaseModel):
     started_by: str | None
     last_event_id: int = 0
     created_at: float
+    renderer: str | None = None
+    renderer_expires_at: float | None = None
 
 
 class SlackApproval(BaseModel):
@@ -70,18 +72,70 @@ class SlackStore:
 
         return await self.db.read(op)
 
-    async def runs_to_render(self) -> list[SlackRun]:
-        """Runs shown in Slack whose final event may not be rendered yet (for restart)."""
+    async def runs_needing_render(self, now: float | None = None) -> list[SlackRun]:
+        """Runs shown in Slack with events not rendered yet and no live renderer (after a restart or a crash)."""
+        now = time.time() if now is None else now
+        latest = (
+            select(func.max(events.c.id)).where(events.c.run_id == slack_runs.c.run_id).scalar_subquery()
+        )
 
         async def op(conn: AsyncConnection) -> list[SlackRun]:
             q = (
                 select(slack_runs)
                 .join(runs, runs.c.id == slack_runs.c.run_id)
-                .where(runs.c.status.not_in(("success", "failed", "canceled")) | (runs.c.finished_at > time.time() - 3600))
+                .where(
+                    or_(slack_runs.c.renderer.is_(None), slack_runs.c.renderer_expires_at < now),
+                    or_(runs.c.status.not_in(("success", "failed", "canceled")), slack_runs.c.last_event_id < latest),
+                )
             )
             return [SlackRun.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
         return await self.db.read(op)
+
+    async def runs_to_render(self) -> list[SlackRun]:
+        return await self.runs_needing_render()
+
+    async def claim_render(self, run_id: str, owner: str, lease: float) -> bool:
+        """Become the one process rendering this run (compare-and-set on the render lease)."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> bool:
+            res = await conn.execute(
+                update(slack_runs)
+                .where(
+                    slack_runs.c.run_id == run_id,
+                    or_(slack_runs.c.renderer.is_(None), slack_runs.c.renderer == owner,
+                        slack_runs.c.renderer_expires_at < now),
+                )
+                .values(renderer=owner, renderer_expires_at=now + lease)
+            )
+            return bool(res.rowcount)
+
+        return await self.db.write(op)
+
+    async def renew_renders(self, owner: str, run_ids: list[str], lease: float) -> None:
+        if not run_ids:
+            return
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(slack_runs)
+                .where(slack_runs.c.run_id.in_(run_ids), slack_runs.c.renderer == owner)
+                .values(renderer_expires_at=now + lease)
+            )
+
+        await self.db.write(op)
+
+    async def release_render(self, run_id: str, owner: str) -> None:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                update(slack_runs)
+                .where(slack_runs.c.run_id == run_id, slack_runs.c.renderer == owner)
+                .values(renderer=None, renderer_expires_at=None)
+            )
+
+        await self.db.write(op)
 
     async def save_offset(self, run_id: str, last_event_id: int) -> None:
         async def op(conn: AsyncConnection) -> None:

@@ -12,6 +12,7 @@ EventType = Literal[
     "run.started",
     "run.resumed",
     "run.recovered",
+    "run.released",
     "run.suspended",
     "run.waiting",
     "run.finished",

@@ -119,7 +119,7 @@ class Database:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the engines and apply migrations; safe to call more than once."""
+        """Create the engines and apply migrations; safe to call more than once (reads and writes call it)."""
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
@@ -136,11 +136,14 @@ class Database:
     async def close(self) -> None:
         drainer, self._drainer = self._drainer, None
         if drainer is not None:
-            # Let queued writes finish: they are results a caller is waiting for.
-            while self._queue:
-                assert self._queue_event is not None
-                self._queue_event.set()
-                await asyncio.sleep(0)
+            # Let queued writes finish: they are results a caller is waiting for. The queue is drained in
+            # order, so a no-op queued last completes only after every write before it, including a batch
+            # already taken off the queue and in flight (an empty queue alone does not mean "committed").
+            assert self._queue_event is not None
+            barrier: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queue.append((_noop, barrier))
+            self._queue_event.set()
+            await asyncio.wait({barrier, drainer}, return_when=asyncio.FIRST_COMPLETED)
             drainer.cancel()
             try:
                 await drainer
@@ -177,6 +180,8 @@ class Database:
 
     async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``fn`` on a reader connection (no write lock, sees everything committed)."""
+        if self._reader is None:
+            await self.open()
         _, reader = self._require_open()
         async with reader.connect() as conn:
             return await fn(conn)
@@ -187,7 +192,8 @@ class Database:
         The write happens even if the caller is cancelled while waiting: a step result that reached the
         queue is committed, so a canceled task never loses (or re-runs) a finished step.
         """
-        self._require_open()
+        if self._writer is None:
+            await self.open()
         assert self._queue_event is not None
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((fn, fut))
@@ -206,6 +212,8 @@ class Database:
 
     async def run_in_transaction(self, fn: WriteFn[T]) -> T:
         """Run ``fn`` in a transaction of its own, bypassing the queue (migrations, maintenance)."""
+        if self._writer is None:
+            await self.open()
         writer, _ = self._require_open()
         async with writer.begin() as conn:
             result = await fn(conn)
@@ -272,6 +280,10 @@ class Database:
         self._committed()
         if not fut.done():
             fut.set_result(result)
+
+
+async def _noop(conn: AsyncConnection) -> None:
+    return None
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:

@@ -225,7 +225,10 @@ class Engine:
         wf = self.get_workflow(run.workflow_id)
         step_def = wf.find_step(target.step_id)
         model = step_def.resume if step_def else None
-        parsed = parse_model(model, data if data is not None else {}, f"resume data for step {target.step_id!r}")
+        data = data if data is not None else {}
+        if by is not None and isinstance(data, dict) and model is not None and "by" in model.model_fields and "by" not in data:
+            data = {**data, "by": by}  # the step's resume model wants to know who decided
+        parsed = parse_model(model, data, f"resume data for step {target.step_id!r}")
         json_data = dump_value(model, parsed)
         self.fault("before_resume_commit", run_id=run_id, path=target.path)
         try:

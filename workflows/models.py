@@ -21,13 +21,15 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
-import openai
 from pydantic import BaseModel, ConfigDict
 
 from .errors import DefinitionError, ModelError
 from .step import RetryPolicy
+
+if TYPE_CHECKING:
+    import openai
 
 #: An OpenAI function-tool declaration: ``{"type": "function", "function": {name, description, parameters}}``.
 ToolSpec: TypeAlias = dict[str, Any]
@@ -224,6 +226,7 @@ class _OpenAIClient:
         return f"{type(self).__name__}({self.name!r}, base_url={self.base_url!r})"
 
     def client(self) -> openai.AsyncOpenAI:
+        import openai  # imported on first use: it is the slowest import of the CLI
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             self._client = openai.AsyncOpenAI(
@@ -238,6 +241,7 @@ class _OpenAIClient:
             await client.close()
 
     async def _with_retries(self, what: str, call: Callable[[openai.AsyncOpenAI], Awaitable[Any]]) -> Any:
+        import openai
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None

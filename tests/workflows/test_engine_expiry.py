@@ -1,0 +1,87 @@
+"""Approvals with a time to live: when nobody decides in time, the run takes the reject path."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel
+
+from workflows import StepContext, Workflow, step
+from workflows.errors import RunFailure
+
+
+class Ask(BaseModel):
+    what: str = "deploy"
+
+
+class Decision(BaseModel):
+    approved: bool
+    by: str | None = None
+    reason: str | None = None
+
+
+class Done(BaseModel):
+    ok: bool
+
+
+@step(id="approve", input=Ask, output=Done, resume=Decision, suspend_ttl=0.3)
+async def approve(ctx: StepContext[Ask]) -> Done:
+    decision: Decision = await ctx.suspend({"title": f"Approve {ctx.input.what}?"})
+    if not decision.approved:
+        raise RunFailure(f"Rejected by {decision.by}: {decision.reason}")
+    return Done(ok=True)
+
+
+expiring = Workflow(id="expiring", input=Ask, output=Done).then(approve).commit()
+
+
+@step(id="approve-later", input=Ask, output=Done, resume=Decision)
+async def approve_later(ctx: StepContext[Ask]) -> Done:
+    decision: Decision = await ctx.suspend({})
+    return Done(ok=decision.approved)
+
+
+workflow_ttl = Workflow(id="workflow-ttl", input=Ask, output=Done, suspend_ttl=0.3).then(approve_later).commit()
+
+
+async def settled_beyond_suspension(e, run_id: str, timeout: float = 10.0):
+    """Wait until the run is no longer suspended (the dispatcher expires approvals on its own clock)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await e.wait_for(run_id, timeout=timeout)
+        if result.status != "suspended" or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.02)
+
+
+async def test_an_unanswered_approval_expires_into_the_reject_path(engine) -> None:
+    e = engine(expiring)
+    run = await e.start("expiring", {})
+    waiting = await run.result()
+    assert waiting.status == "suspended"
+    assert waiting.suspended[0].expires_at is not None
+
+    result = await settled_beyond_suspension(e, run.run_id)
+    assert result.status == "failed"
+    assert "Rejected by system: expired" in (result.error or "")
+    details = await e.details(run.run_id)
+    [susp] = details.suspensions
+    assert susp.resolved_by == "system" and susp.resume_data["approved"] is False
+    resumed = [ev for ev in details.events if ev.type == "run.resumed"]
+    assert resumed and resumed[0].data["expired"] is True
+
+
+async def test_the_workflow_level_ttl_applies_to_its_steps(engine) -> None:
+    e = engine(workflow_ttl)
+    run = await e.start("workflow-ttl", {})
+    assert (await run.result()).status == "suspended"
+    result = await settled_beyond_suspension(e, run.run_id)
+    assert result.status == "success" and result.output == {"ok": False}
+
+
+async def test_a_decision_before_expiry_wins(engine) -> None:
+    e = engine(expiring)
+    run = await e.start("expiring", {})
+    assert (await run.result()).status == "suspended"
+    handle = await e.resume(run.run_id, data={"approved": True}, by="U1")
+    assert (await handle.result()).status == "success"

@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands_server import add_server_commands
 
     add_server_commands(sub)
+    from .commands_ops import add_ops_commands
+
+    add_ops_commands(sub)
     return parser
 
 

@@ -1,13 +1,29 @@
-"""Logging: plain text by default, one JSON object per line with ``THREADFLOW_LOG_FORMAT=json``."""
+"""Logging: plain text by default, one JSON object per line with ``THREADFLOW_LOG_FORMAT=json``.
+
+Each line carries the run, step path and Slack thread it concerns: the engine and the bot set them with
+``workflows.tracing.log_context`` and :class:`~workflows.tracing.ContextFilter` copies them onto records.
+Tokens that slip into a message (a library's error text, say) are masked on the way out; message bodies
+are logged only at debug level by our own code.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
-_EXTRA_FIELDS = ("run_id", "path", "step_id", "workflow_id", "slack_thread", "team_id", "channel_id")
+from workflows.tracing import CONTEXT_FIELDS, ContextFilter
+
+_EXTRA_FIELDS = CONTEXT_FIELDS
+
+#: Slack tokens (bot, user, app, refresh, config) and OpenAI-style keys.
+_SECRET = re.compile(r"\b(xox[abpre]|xapp|xoxe\.xox[bp])-[A-Za-z0-9-]{6,}|\bsk-[A-Za-z0-9_\-]{8,}")
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(lambda m: m.group(0)[:5] + "…" if not m.group(0).startswith("sk-") else "sk-…", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,7 +33,7 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for key in _EXTRA_FIELDS:
             value = getattr(record, key, None)
@@ -25,16 +41,26 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-            data["exc"] = self.formatException(record.exc_info)
+            data["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message [run_id=… path=…]``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = redact(super().format(record))
+        context = " ".join(f"{k}={getattr(record, k)}" for k in _EXTRA_FIELDS if getattr(record, k, None) is not None)
+        return f"{text} [{context}]" if context else text
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler()
-    if fmt.lower() == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt.lower() == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,4 +1,5 @@
-"""The HTTP server: bolt at ``POST /slack/events``, ``GET /healthz``, and the engine in the same event loop."""
+"""The HTTP server: bolt at ``POST /slack/events``, ``GET /healthz``, ``GET /metrics``, and the engine in the same
+event loop."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from workflows import Engine
 
 from .app import SlackBot
+from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
 
 log = logging.getLogger("threadflow.bot.server")
 
 BOT_KEY: web.AppKey[SlackBot] = web.AppKey("bot", SlackBot)
+METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
 async def slack_events(request: web.Request) -> web.Response:
@@ -35,18 +38,31 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "database": bot.engine.db.dialect, "owner": bot.engine.owner})
 
 
-def create_web_app(bot: SlackBot) -> web.Application:
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text format; gauges that live in the database are read now."""
+    body = await request.app[METRICS_KEY].render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+def create_web_app(bot: SlackBot, metrics: Metrics | None = None) -> web.Application:
     app = web.Application()
     app[BOT_KEY] = bot
+    # The bot's own metrics when it has them (it counts its Slack calls there), else a set for this app.
+    existing = getattr(bot, "metrics", None)
+    app[METRICS_KEY] = metrics or (existing if isinstance(existing, Metrics) else Metrics(bot.engine))
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
 
     async def on_startup(_: web.Application) -> None:
         await bot.start()
 
-    async def on_cleanup(_: web.Application) -> None:
+    async def on_cleanup(app_: web.Application) -> None:
         await bot.close()
         await bot.engine.close()
+        app_[METRICS_KEY].close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     progress_interval: float = Field(1.0, validation_alias="THREADFLOW_PROGRESS_INTERVAL", ge=0)
     lease_seconds: float = Field(30.0, validation_alias="THREADFLOW_LEASE_SECONDS", gt=0)
     poll_interval: float = Field(1.0, validation_alias="THREADFLOW_POLL_INTERVAL", gt=0)
+    timezone: str = Field("UTC", validation_alias="THREADFLOW_TIMEZONE")
+    retention_days: float = Field(30.0, validation_alias="THREADFLOW_RETENTION_DAYS", gt=0)
+    schedule_interval: float = Field(15.0, validation_alias="THREADFLOW_SCHEDULE_INTERVAL", gt=0)
 
     @field_validator("approvers", mode="before")
     @classmethod
@@ -54,6 +57,18 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value.startswith("/") or " " in value:
             raise ValueError("must be a slash command like /flow")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        value = value.strip()
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a known time zone; use an IANA name like UTC or Europe/Oslo") from None
         return value
 
     @field_validator("slack_api_url")

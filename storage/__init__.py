@@ -3,6 +3,8 @@
 from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_url
 from .errors import DatabaseURLError, MigrationError, StorageError
 from .memory_store import MemoryStore
+from .retention import PruneReport, prune
+from .schedule_store import ScheduleRecord, ScheduleStore
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -11,6 +13,10 @@ __all__ = [
     "DatabaseURLError",
     "MemoryStore",
     "MigrationError",
+    "PruneReport",
+    "ScheduleRecord",
+    "ScheduleStore",
     "StorageError",
     "normalize_url",
+    "prune",
 ]

@@ -24,6 +24,7 @@ from .memory import AgentContext, Memory, ThreadMemory
 from .models import Message, Model, ToolCall, Usage, estimate_tokens, resolve_model
 from .observe import emit
 from .tools import Tool, ToolContext, ToolOutcome
+from .tracing import span
 
 log = logging.getLogger("threadflow.agent")
 
@@ -217,7 +218,8 @@ class Agent:
             steps += 1
             started = time.perf_counter()
             try:
-                response = await model.complete(messages, specs, schema)
+                with span("agent.call", agent=self.name, model=model.name):
+                    response = await model.complete(messages, specs, schema)
             except ModelError as exc:
                 emit("llm.call", model=model.name, agent=self.name, prompt_tokens=0, completion_tokens=0,
                      duration=time.perf_counter() - started, error=type(exc.__cause__ or exc).__name__)
@@ -269,7 +271,8 @@ class Agent:
             return ToolOutcome(
                 f"Error: there is no tool named {call.name!r}. Available tools: {known}.", True
             )
-        return await found.invoke(call.arguments, ctx)
+        with span("tool.call", tool=call.name, agent=self.name):
+            return await found.invoke(call.arguments, ctx)
 
     def _thread(
         self, thread: str | ThreadMemory | None, resource: str | None, run_id: str | None, path: str | None

@@ -37,6 +37,7 @@ from .observe import emit
 from .rerun import plan_rerun
 from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
 from .step import Step, dump_value, parse_model
+from .tracing import log_context, scope
 from .workflow import CommittedWorkflow, _walk
 
 log = logging.getLogger("threadflow.engine")
@@ -278,7 +279,9 @@ class Engine:
         if task is not None:
             task.cancel()
         self._changed(run_id)
-        return await self.result_of(await self.get_run(run_id))
+        run = await self.get_run(run_id)
+        emit("run.finished", workflow_id=run.workflow_id, status="canceled")
+        return await self.result_of(run)
 
     async def rerun(self, run_id: str, from_step: str, input: Any = None, *, started_by: str | None = None) -> RunHandle:
         """Start a new run of the same workflow that reuses the results recorded before ``from_step``."""
@@ -429,7 +432,8 @@ class Engine:
                 await self.store.release_run(run_id, self.owner)
                 return
             progress = RunProgress(results={}, suspensions={}, signals=[]) if fresh else await self.store.load_progress(run_id)
-            await RunExecution(self, wf, run, progress).execute()
+            with log_context(run_id=run_id), scope("run", run_id=run_id, workflow_id=run.workflow_id):
+                await RunExecution(self, wf, run, progress).execute()
         except asyncio.CancelledError:
             pass
         except Exception:

@@ -1,0 +1,283 @@
+"""``threadflow doctor``: check the configuration and say, in plain words, what is wrong and what to do.
+
+Checks, in order: the settings (present and well-formed), the database (reachable, migrated to this
+version's head), the Slack token (``auth.test``) and its scopes against what ``threadflow manifest`` asks
+for, and the model (one tiny call) when an OpenAI key is set. Secrets are never printed: a token shows as
+``xoxb-…abcd``. The exit status is 1 when anything failed, 0 otherwise ("could not check" is not a failure).
+
+Doctor only looks: it does not create or migrate the database (that is ``threadflow migrate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+from .settings import Settings
+
+Status = Literal["ok", "fail", "warn"]
+_LABELS = {"ok": "[ ok ]", "fail": "[FAIL]", "warn": "[warn]"}
+TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+    def line(self) -> str:
+        return f"{_LABELS[self.status]} {self.name}: {self.detail}"
+
+
+def mask(secret: str | None) -> str:
+    """``xoxb-…abcd``: the kind of token and its last four characters, never more."""
+    if not secret:
+        return "(empty)"
+    prefix = secret.split("-", 1)[0] + "-" if "-" in secret[:6] else ""
+    return f"{prefix}…{secret[-4:]}" if len(secret) >= 12 else f"{prefix}…"
+
+
+def _secret(value: Any) -> str | None:
+    text = value.get_secret_value().strip() if value is not None else ""
+    return text or None
+
+
+# -- settings -----------------------------------------------------------------------------------------
+
+
+def check_settings(settings: Settings) -> list[Check]:
+    checks: list[Check] = []
+    token = _secret(settings.slack_bot_token)
+    if token is None:
+        checks.append(Check("SLACK_BOT_TOKEN", "fail", "not set. Copy the Bot User OAuth Token (xoxb-…) from your "
+                            "Slack app's OAuth & Permissions page into the environment or .env."))
+    elif not token.startswith("xoxb-"):
+        checks.append(Check("SLACK_BOT_TOKEN", "fail", f"{mask(token)} is not a bot token; it should start with "
+                            "xoxb- (the Bot User OAuth Token, not a user or app-level token)."))
+    else:
+        checks.append(Check("SLACK_BOT_TOKEN", "ok", f"set ({mask(token)})."))
+    if _secret(settings.slack_signing_secret) is None:
+        checks.append(Check("SLACK_SIGNING_SECRET", "fail", "not set. Copy the Signing Secret from your Slack "
+                            "app's Basic Information page."))
+    else:
+        checks.append(Check("SLACK_SIGNING_SECRET", "ok", "set."))
+    app_token = _secret(settings.slack_app_token)
+    if app_token is not None and not app_token.startswith("xapp-"):
+        checks.append(Check("SLACK_APP_TOKEN", "fail", f"{mask(app_token)} is not an app-level token; Socket Mode "
+                            "needs one starting with xapp- (Basic Information > App-Level Tokens, scope "
+                            "connections:write). Unset it to receive Slack requests over HTTP instead."))
+    if not settings.slack_api_url.startswith(("http://", "https://")):
+        checks.append(Check("SLACK_API_URL", "fail", f"{settings.slack_api_url!r} is not an http(s) URL; leave it "
+                            "unset for Slack itself (https://slack.com/api/)."))
+    if settings.public_url and not settings.public_url.startswith(("http://", "https://")):
+        checks.append(Check("THREADFLOW_PUBLIC_URL", "fail", f"{settings.public_url!r} is not an http(s) URL, "
+                            "e.g. https://bot.example.com."))
+    elif not settings.public_url and app_token is None:
+        checks.append(Check("THREADFLOW_PUBLIC_URL", "warn", "not set: Slack must reach this bot at "
+                            "https://YOUR-HOST/slack/events; set it so `threadflow manifest` fills in the URLs."))
+    checks.append(_check_workflows(settings))
+    checks.extend(_check_models(settings))
+    checks.append(Check("THREADFLOW_TIMEZONE", "ok", f"schedules default to {settings.timezone}."))
+    return checks
+
+
+def _check_workflows(settings: Settings) -> Check:
+    from workflows.errors import ThreadflowError
+    from workflows.loading import load_workflows
+
+    try:
+        found = load_workflows(settings.workflows)
+    except ThreadflowError as exc:
+        return Check("THREADFLOW_WORKFLOWS", "fail", str(exc))
+    return Check("THREADFLOW_WORKFLOWS", "ok", f"{len(found)} workflows: {', '.join(sorted(w.id for w in found))}.")
+
+
+def _check_models(settings: Settings) -> list[Check]:
+    from workflows.errors import ThreadflowError
+    from workflows.models import resolve_embedder, resolve_model
+
+    checks: list[Check] = []
+    try:
+        resolve_model(settings.model_name, _model_settings(settings))
+        checks.append(Check("THREADFLOW_MODEL", "ok", f"agents use {settings.model_name}."))
+    except ThreadflowError as exc:
+        checks.append(Check("THREADFLOW_MODEL", "fail", str(exc)))
+    if settings.embedder:
+        try:
+            resolve_embedder(settings.embedder, _model_settings(settings))
+            checks.append(Check("THREADFLOW_EMBEDDER", "ok", f"memory recall uses {settings.embedder}."))
+        except ThreadflowError as exc:
+            checks.append(Check("THREADFLOW_EMBEDDER", "fail", str(exc)))
+    return checks
+
+
+def _model_settings(settings: Settings) -> Any:
+    """The model settings with one attempt and a short timeout: doctor should answer in seconds."""
+    return SimpleNamespace(model=settings.model, embedder=settings.embedder, openai_api_key=settings.openai_api_key,
+                           openai_base_url=settings.openai_base_url, model_timeout=TIMEOUT, model_max_attempts=1)
+
+
+# -- database -----------------------------------------------------------------------------------------
+
+
+async def check_database(settings: Settings) -> Check:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from storage.database import normalize_url
+    from storage.errors import StorageError
+    from storage.migrations import current_revision_sync, head_revision
+
+    try:
+        url = normalize_url(settings.database_url)
+    except StorageError as exc:
+        return Check("Database", "fail", f"THREADFLOW_DATABASE_URL: {exc}")
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if not path or path == ":memory:":
+            return Check("Database", "warn", "in memory: every process gets its own empty database; use a file.")
+        if not _file_exists(path):
+            return Check("Database", "fail", f"{shown}: the file {path} does not exist yet. Run `threadflow migrate` "
+                         "(or start the bot) to create it, or fix THREADFLOW_DATABASE_URL.")
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async def revision() -> str | None:
+            async with engine.connect() as conn:
+                return await conn.run_sync(current_revision_sync)
+
+        current = await asyncio.wait_for(revision(), TIMEOUT)
+    except Exception as exc:  # any driver error: say what it was, never the URL's password
+        return Check("Database", "fail", f"cannot connect to {shown}: {type(exc).__name__}: "
+                     f"{_first_line(exc)}. Check THREADFLOW_DATABASE_URL and that the server is running.")
+    finally:
+        await engine.dispose()
+    head = head_revision()
+    if current == head:
+        return Check("Database", "ok", f"{shown} is reachable and migrated (revision {head}).")
+    if current is None:
+        return Check("Database", "fail", f"{shown} has no threadflow schema yet. Run `threadflow migrate`.")
+    return Check("Database", "fail", f"{shown} is at schema revision {current}, this version needs {head}. "
+                 "Run `threadflow migrate` (if the database is newer, upgrade threadflow instead).")
+
+
+def _file_exists(path: str) -> bool:
+    return Path(path).expanduser().exists()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else "no details"
+
+
+# -- Slack --------------------------------------------------------------------------------------------
+
+
+async def check_slack(settings: Settings) -> list[Check]:
+    from slack_sdk.errors import SlackApiError
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from .commands_server import manifest
+
+    token = _secret(settings.slack_bot_token)
+    if token is None:
+        return [Check("Slack", "warn", "not checked: SLACK_BOT_TOKEN is not set.")]
+    client = AsyncWebClient(token=token, base_url=settings.slack_api_url, timeout=int(TIMEOUT))
+    try:
+        response = await client.auth_test()
+    except SlackApiError as exc:
+        error = exc.response.get("error") if exc.response is not None else "unknown_error"
+        hint = ("Copy the Bot User OAuth Token again from OAuth & Permissions; reinstall the app if it was revoked."
+                if error in ("invalid_auth", "not_authed", "token_revoked", "account_inactive", "token_expired")
+                else "See https://api.slack.com/methods/auth.test for what it means.")
+        return [Check("Slack token", "fail", f"Slack rejected SLACK_BOT_TOKEN ({mask(token)}): {error}. {hint}")]
+    except Exception as exc:
+        return [Check("Slack token", "fail", f"could not reach Slack at {settings.slack_api_url}: "
+                      f"{type(exc).__name__}. Check SLACK_API_URL and the network.")]
+    who = f"bot @{response.get('user')} in {response.get('team')} ({response.get('team_id')})"
+    checks = [Check("Slack token", "ok", f"{mask(token)} works: {who}.")]
+    wanted = manifest(settings, None)["oauth_config"]["scopes"]["bot"]
+    granted_header = next((v for k, v in (response.headers or {}).items() if k.lower() == "x-oauth-scopes"), None)
+    if isinstance(granted_header, list):
+        granted_header = ",".join(granted_header)
+    if granted_header is None:
+        checks.append(Check("Slack scopes", "warn", "could not be checked: Slack sent no x-oauth-scopes header. "
+                            f"The app needs: {', '.join(wanted)}."))
+        return checks
+    granted = {s.strip() for s in str(granted_header).split(",") if s.strip()}
+    missing = [s for s in wanted if s not in granted]
+    if missing:
+        checks.append(Check("Slack scopes", "fail", f"the token lacks {', '.join(missing)}. Add them under OAuth & "
+                            "Permissions > Bot Token Scopes (or paste `threadflow manifest`), then reinstall the app."))
+    else:
+        checks.append(Check("Slack scopes", "ok", f"all {len(wanted)} scopes the manifest asks for are granted."))
+    return checks
+
+
+# -- model --------------------------------------------------------------------------------------------
+
+
+async def check_model(settings: Settings) -> Check:
+    from workflows.errors import ThreadflowError
+    from workflows.models import resolve_model
+
+    if _secret(settings.openai_api_key) is None:
+        return Check("Model", "ok", "no OPENAI_API_KEY: agents use the offline model (nothing to reach).")
+    if settings.model_name == "offline":
+        return Check("Model", "ok", "THREADFLOW_MODEL=offline: agents use the offline model (nothing to reach).")
+    try:
+        model = resolve_model(settings.model_name, _model_settings(settings))
+    except ThreadflowError:
+        return Check("Model", "warn", "not checked: the model setting is invalid (see above).")
+    try:
+        await model.complete([{"role": "user", "content": "Reply with the single word OK."}], [], None)
+    except ThreadflowError as exc:
+        return Check("Model", "fail", f"{settings.model_name} is not reachable: {exc}")
+    finally:
+        close = getattr(model, "aclose", None)
+        if close is not None:
+            await close()
+    where = f" at {settings.openai_base_url}" if settings.openai_base_url else ""
+    return Check("Model", "ok", f"{settings.model_name}{where} answered.")
+
+
+# -- all of it ----------------------------------------------------------------------------------------
+
+
+async def diagnose(settings: Settings) -> list[Check]:
+    checks = check_settings(settings)
+    checks.append(await check_database(settings))
+    checks.extend(await check_slack(settings))
+    checks.append(await check_model(settings))
+    return checks
+
+
+def report(checks: list[Check]) -> tuple[str, int]:
+    """The printed report and the exit status."""
+    failed = [c for c in checks if c.failed]
+    lines = ["threadflow doctor", *(c.line() for c in checks), ""]
+    if failed:
+        lines.append(f"{len(failed)} problem{'s' if len(failed) > 1 else ''} found.")
+    else:
+        lines.append("No problems found.")
+    return "\n".join(lines), 1 if failed else 0
+
+
+def run_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    text, code = report(asyncio.run(diagnose(settings)))
+    print(text, flush=True)
+    return code
+
+
+__all__ = ["Check", "diagnose", "mask", "report", "run_doctor"]

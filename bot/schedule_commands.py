@@ -1,0 +1,226 @@
+"""``/flow schedule|schedules|unschedule`` and firing a schedule into the Slack channel it was made in.
+
+The slash-command side validates everything before storing (workflow, input, cron, time zone), so a bad
+schedule is refused with the reason and the usage instead of failing at 9 the next morning. A schedule
+made in a channel fires like a person typing ``/flow run`` there: a root message in that channel, and the
+run in its thread. Its creator is the run's starter, so, as for a run they started by hand, they may
+approve its steps when no approvers are configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from storage.schedule_store import ScheduleRecord, ScheduleStore
+from workflows.errors import UsageError
+from workflows.schedules import CRON_HELP, FireFn, ScheduleError, Scheduler, check_timezone, create_schedule
+from workflows.tracing import log_context
+
+from .commands import CommandError, parse_run_input
+
+if TYPE_CHECKING:
+    from .app import SlackBot
+
+log = logging.getLogger("threadflow.bot.schedules")
+
+_QUOTES = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'"})
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?#]+$")
+_FIVE_FIELDS = re.compile(r"^((?:\S+\s+){4}\S+)(?:\s+(.*))?$", re.S)
+_TZ_OPTION = re.compile(r"(?:^|\s)--tz(?:=|\s+)(\S+)")
+_BARE_TZ = re.compile(r"(?:^|\s)tz=(\S+)")
+
+
+def schedule_usage(command: str = "/flow") -> str:
+    return "\n".join([
+        f"*Scheduling with `{command}`*",
+        f"• `{command} schedule WORKFLOW \"CRON\" [input] [tz=Europe/Oslo]`: run a workflow on a schedule, "
+        "posting in this channel",
+        f"• `{command} schedules`: list schedules and their next time",
+        f"• `{command} unschedule ID`: remove a schedule",
+        CRON_HELP,
+    ])
+
+
+class ScheduleRequest:
+    """What ``/flow schedule`` asked for, before validation against the workflow."""
+
+    def __init__(self, workflow_id: str, cron: str, timezone: str | None, raw_input: str) -> None:
+        self.workflow_id, self.cron, self.timezone, self.raw_input = workflow_id, cron, timezone, raw_input
+
+
+def parse_schedule_args(args: str, command: str = "/flow", *, bare_tz: bool = True) -> ScheduleRequest:
+    """``WORKFLOW "CRON" [input] [tz=ZONE]``; the cron may also be given unquoted as its 5 fields.
+
+    ``bare_tz=False`` when the workflow itself has a ``tz`` input field: then only ``--tz`` sets the zone.
+    """
+    text = (args or "").translate(_QUOTES).strip()
+    workflow_id, _, rest = text.partition(" ")
+    rest = rest.strip()
+    if not workflow_id:
+        raise CommandError(f"`{command} schedule` needs a workflow id and a schedule.")
+    cron, remaining = _split_cron(rest, command)
+    timezone: str | None = None
+    for pattern in (_TZ_OPTION, _BARE_TZ) if bare_tz else (_TZ_OPTION,):
+        found = pattern.search(remaining)
+        if found:
+            timezone = found.group(1)
+            remaining = (remaining[: found.start()] + " " + remaining[found.end():]).strip()
+            break
+    return ScheduleRequest(workflow_id, cron, timezone, remaining)
+
+
+def _split_cron(rest: str, command: str) -> tuple[str, str]:
+    if rest[:1] in ('"', "'"):
+        end = rest.find(rest[0], 1)
+        if end < 0:
+            raise CommandError(f"The schedule's closing quote is missing: {rest!r}.")
+        return rest[1:end].strip(), rest[end + 1:].strip()
+    if rest.startswith("@"):
+        cron, _, remaining = rest.partition(" ")
+        return cron, remaining.strip()
+    five = _FIVE_FIELDS.match(rest)
+    if five and all(_CRON_FIELD.match(f) for f in five.group(1).split()):
+        return five.group(1), (five.group(2) or "").strip()
+    raise CommandError(
+        f"`{command} schedule` needs a schedule after the workflow id, in quotes, e.g. "
+        f"`{command} schedule daily-report \"0 9 * * 1-5\"`. {CRON_HELP}"
+    )
+
+
+def format_time(ts: float | None, timezone: str) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, check_timezone(timezone)).strftime("%a %Y-%m-%d %H:%M") + f" {timezone}"
+
+
+def describe(schedule: ScheduleRecord, *, mention_channel: bool = True) -> str:
+    where = f" in <#{schedule.channel_id}>" if mention_channel and schedule.channel_id else ""
+    data = json.dumps(schedule.input, ensure_ascii=False, separators=(",", ":")) if schedule.input else ""
+    data = f" with `{data[:77] + '...' if len(data) > 80 else data}`" if data else ""
+    return (f"`{schedule.id}` runs `{schedule.workflow_id}`{data} at `{schedule.cron}` ({schedule.timezone}){where}; "
+            f"next: {format_time(schedule.next_at, schedule.timezone)}")
+
+
+async def handle_schedule_command(bot: SlackBot, verb: str, args: str, command: dict[str, Any]) -> str:
+    """The ephemeral answer to ``schedule``, ``schedules`` or ``unschedule`` (errors included, with usage)."""
+    name = bot.settings.command
+    store = ScheduleStore(bot.engine.db)
+    try:
+        if verb == "schedule":
+            return await _schedule(bot, store, args, command)
+        if verb == "schedules":
+            return await _list(bot, store, command)
+        if verb == "unschedule":
+            return await _unschedule(bot, store, args, command)
+        raise CommandError(f"Unknown subcommand `{verb}`.")
+    except UsageError as exc:
+        return f":warning: {exc}\n{schedule_usage(name)}"
+
+
+async def _schedule(bot: SlackBot, store: ScheduleStore, args: str, command: dict[str, Any]) -> str:
+    name = bot.settings.command
+    first = (args or "").split(" ", 1)[0]
+    wf = bot.engine.workflows.get(first)
+    bare_tz = wf is None or wf.input is None or "tz" not in wf.input.model_fields
+    request = parse_schedule_args(args, name, bare_tz=bare_tz)
+    wf = bot.engine.get_workflow(request.workflow_id)
+    data = parse_run_input(wf, request.raw_input)
+    schedule = await create_schedule(
+        bot.engine, store, wf.id, request.cron, input=data, timezone=request.timezone or bot.settings.timezone,
+        team_id=command.get("team_id") or None, channel_id=command["channel_id"], created_by=command["user_id"],
+    )
+    scheduler = getattr(bot, "scheduler", None)
+    if isinstance(scheduler, Scheduler):
+        scheduler.wake()
+    log.info("schedule %s created for %s", schedule.id, schedule.workflow_id)
+    return (f":calendar: Scheduled. {describe(schedule, mention_channel=False)}. Runs will post in this channel.\n"
+            f"Remove it with `{name} unschedule {schedule.id}`.")
+
+
+async def _list(bot: SlackBot, store: ScheduleStore, command: dict[str, Any]) -> str:
+    schedules = await store.list_schedules(team_id=command.get("team_id") or None)
+    if not schedules:
+        return f"No schedules yet. Add one with `{bot.settings.command} schedule WORKFLOW \"CRON\"`."
+    return "\n".join(["*Schedules*", *(f"• {describe(s)}" for s in schedules)])
+
+
+async def _unschedule(bot: SlackBot, store: ScheduleStore, args: str, command: dict[str, Any]) -> str:
+    name = bot.settings.command
+    schedule_id = (args or "").split()[0] if (args or "").split() else ""
+    schedule = await store.get(schedule_id) if schedule_id else None
+    team = command.get("team_id") or None
+    if schedule is None or (team and schedule.team_id not in (None, team)):
+        raise ScheduleError(f"There is no schedule {schedule_id!r}. List them with `{name} schedules`.")
+    user = command["user_id"]
+    allowed = set(bot.settings.approvers)
+    if schedule.created_by and _is_slack_user(schedule.created_by):
+        allowed.add(schedule.created_by)
+    if allowed and user not in allowed:
+        who = ", ".join(f"<@{u}>" for u in sorted(allowed))
+        return f":no_entry: Only {who} may remove schedule `{schedule.id}`. Nothing was changed."
+    if not await store.remove(schedule.id):
+        raise ScheduleError(f"Schedule {schedule.id!r} was removed already.")
+    return f"Removed schedule `{schedule.id}` (`{schedule.workflow_id}` at `{schedule.cron}`)."
+
+
+def _is_slack_user(user: str | None) -> bool:
+    return user is not None and user[:1] in ("U", "W") and user.isalnum()
+
+
+# -- firing -------------------------------------------------------------------------------------------
+
+
+class ScheduleFireError(Exception):
+    """The scheduled run could not be started in its channel (the reason is what a person would have seen)."""
+
+
+async def fire_in_slack(bot: SlackBot, schedule: ScheduleRecord, run_input: Any = None) -> None:
+    """Start the schedule's run as ``/flow run`` in its channel would: root message there, run in its thread.
+
+    A schedule made outside Slack (no channel) starts its run on the engine alone.
+    """
+    data = schedule.input if run_input is None else run_input
+    if not schedule.channel_id:
+        await bot.engine.start(schedule.workflow_id, data, started_by=f"schedule:{schedule.id}")
+        return
+    user = schedule.created_by if _is_slack_user(schedule.created_by) else f"schedule:{schedule.id}"
+    command = {"team_id": schedule.team_id or "", "channel_id": schedule.channel_id, "user_id": user}
+    problems: list[str] = []
+
+    async def respond(**kwargs: Any) -> None:  # no person is waiting for an ephemeral answer: keep it
+        problems.append(str(kwargs.get("text") or "unknown problem"))
+
+    with log_context(schedule_id=schedule.id, channel_id=schedule.channel_id, team_id=schedule.team_id):
+        await bot.start_run(command, schedule.workflow_id, data, respond)
+    if problems:
+        raise ScheduleFireError(f"Schedule {schedule.id} could not start {schedule.workflow_id!r} in "
+                                f"{schedule.channel_id}: {problems[0]}")
+
+
+def slack_fire(bot: SlackBot) -> FireFn:
+    """``fire`` for :class:`~workflows.schedules.Scheduler`: every schedule fires through :func:`fire_in_slack`."""
+
+    async def fire(schedule: ScheduleRecord, run_input: Any) -> None:
+        await fire_in_slack(bot, schedule, run_input)
+
+    return fire
+
+
+def make_scheduler(bot: SlackBot) -> Scheduler:
+    """The bot process's scheduler: fires every schedule, posting those made in a channel there."""
+    return Scheduler(bot.engine, ScheduleStore(bot.engine.db), fire=slack_fire(bot))
+
+
+__all__ = [
+    "ScheduleFireError",
+    "fire_in_slack",
+    "handle_schedule_command",
+    "make_scheduler",
+    "parse_schedule_args",
+    "schedule_usage",
+    "slack_fire",
+]

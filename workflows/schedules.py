@@ -1,0 +1,231 @@
+"""Cron schedules that start runs: the rows live in the database, the :class:`Scheduler` fires them.
+
+Every process that executes runs may run a scheduler; they need no coordination. A tick reads the due
+rows and claims each with a compare-and-set on ``next_at`` (``storage.schedule_store.ScheduleStore.advance``):
+exactly one replica's update matches, and only that one starts the run. The next time is computed from
+*now*, not from the missed time, so times missed while every process was down fire once at start-up,
+not once per miss.
+
+The claim commits before the run starts: a process killed between the two loses that one firing rather
+than risking two (at most once in that window; every other path is exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from storage.schedule_store import ScheduleRecord, ScheduleStore
+
+from .errors import UsageError
+from .tracing import log_context
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("threadflow.schedules")
+
+#: ``fire(schedule, run_input)``: start the schedule's run (the default starts it on the engine).
+FireFn = Callable[[ScheduleRecord, Any], Awaitable[None]]
+
+CRON_HELP = (
+    "A schedule is a cron expression with 5 fields (minute hour day-of-month month day-of-week), "
+    "e.g. \"0 9 * * 1-5\" for 9:00 on weekdays, or @hourly, @daily, @weekly, @monthly."
+)
+
+
+class ScheduleError(UsageError):
+    """A schedule request that cannot be honoured: bad cron, unknown time zone, unknown schedule."""
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(
+            f"Time zone {name!r} is not known. Use an IANA name such as UTC, Europe/Oslo or America/New_York."
+        ) from None
+
+
+def check_cron(expression: str) -> str:
+    """The expression, normalised; raises ScheduleError with the accepted forms when it is not valid."""
+    expression = " ".join(expression.split())
+    fields = expression.split(" ")
+    if not expression.startswith("@") and len(fields) != 5:
+        raise ScheduleError(f"{expression!r} is not a schedule. {CRON_HELP}")
+    if not croniter.is_valid(expression):
+        raise ScheduleError(f"{expression!r} is not a valid cron expression. {CRON_HELP}")
+    return expression
+
+
+def next_fire_time(cron: str, timezone: str, after: float) -> float:
+    """The first time strictly after ``after`` (seconds since the epoch) matching ``cron`` in ``timezone``."""
+    start = datetime.fromtimestamp(after, check_timezone(timezone))
+    return float(croniter(check_cron(cron), start).get_next(float))
+
+
+def new_schedule_id() -> str:
+    return "s" + uuid.uuid4().hex[:8]
+
+
+async def create_schedule(
+    engine: Engine,
+    store: ScheduleStore,
+    workflow_id: str,
+    cron: str,
+    *,
+    input: Any = None,
+    timezone: str = "UTC",
+    team_id: str | None = None,
+    channel_id: str | None = None,
+    created_by: str | None = None,
+    now: float | None = None,
+) -> ScheduleRecord:
+    """Validate (workflow registered, input fits it, cron and time zone valid) and store a schedule."""
+    await engine.open()
+    wf = engine.get_workflow(workflow_id)
+    cron = check_cron(cron)
+    check_timezone(timezone)
+    data = wf.parse_input(input if input is not None else {})
+    now = time.time() if now is None else now
+    record = ScheduleRecord(
+        id=new_schedule_id(), workflow_id=wf.id, cron=cron, timezone=timezone, input=data, team_id=team_id,
+        channel_id=channel_id, created_by=created_by, next_at=next_fire_time(cron, timezone, now), created_at=now,
+    )
+    await store.add(record)
+    return record
+
+
+@dataclass(frozen=True)
+class Fired:
+    """One due time this scheduler claimed and fired; ``error`` says why starting its run failed, if it did."""
+
+    schedule: ScheduleRecord
+    due_at: float
+    fired_at: float
+    error: str | None = None
+
+
+class Scheduler:
+    """Fires due schedules through the engine (or ``fire``); safe to run in every replica at once.
+
+    Without a ``fire`` of its own, a scheduler only fires schedules that have no Slack channel: a run made
+    for a channel must be started by a process that can post there (the bot passes its own ``fire``).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: ScheduleStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        fire: FireFn | None = None,
+        handles: Callable[[ScheduleRecord], bool] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store or ScheduleStore(engine.db)
+        self.clock = clock
+        self.fire = fire or self._start_on_engine
+        if handles is None:
+            handles = (lambda s: True) if fire is not None else (lambda s: s.channel_id is None)
+        self.handles = handles
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _start_on_engine(self, schedule: ScheduleRecord, run_input: Any) -> None:
+        from .engine import new_run_id
+
+        run_id = new_run_id()
+        with log_context(run_id=run_id):  # the run's task, spawned inside, logs with its id
+            await self.engine.start(schedule.workflow_id, run_input, started_by=f"schedule:{schedule.id}", run_id=run_id)
+
+    async def tick(self) -> list[Fired]:
+        """Fire every due schedule this process can run; returns what it fired (other replicas fire the rest)."""
+        await self.engine.open()
+        now = self.clock()
+        fired: list[Fired] = []
+        for schedule in await self.store.due(now):
+            if schedule.workflow_id not in self.engine.workflows or not self.handles(schedule):
+                continue  # a process that knows the workflow (or can post in its channel) fires it
+            with log_context(schedule_id=schedule.id, workflow_id=schedule.workflow_id):
+                try:
+                    new_next = next_fire_time(schedule.cron, schedule.timezone, now)
+                except ScheduleError as exc:
+                    log.error("schedule %s cannot be fired: %s", schedule.id, exc)
+                    continue
+                if not await self.store.advance(schedule.id, schedule.next_at, new_next, now):
+                    continue  # another replica claimed this due time
+                claimed = schedule.model_copy(update={"next_at": new_next, "last_fired_at": now})
+                error: str | None = None
+                try:
+                    await self.fire(claimed, schedule.input)
+                    log.info("schedule %s fired %s (due %.0f)", schedule.id, schedule.workflow_id, schedule.next_at)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the claim stands: a failing start is reported, not retried forever
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.error("schedule %s could not start %s: %s", schedule.id, schedule.workflow_id, error)
+                fired.append(Fired(claimed, schedule.next_at, now, error))
+        return fired
+
+    def wake(self) -> None:
+        """Tick now (a schedule was added): otherwise a sleeping scheduler notices it within ``interval``."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run_forever(self, interval: float = 15.0) -> None:
+        """Tick until cancelled, sleeping until the next due time or ``interval``, whichever is sooner."""
+        self._wake = asyncio.Event()
+        while True:
+            self._wake.clear()
+            timeout = interval
+            try:
+                await self.tick()
+                next_at = await self.store.next_due_at()
+                if next_at is not None:
+                    timeout = min(interval, max(0.0, next_at - self.clock()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler tick failed; retrying in %.0f s", interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def start(self, interval: float = 15.0) -> asyncio.Task[None]:
+        """Run :meth:`run_forever` as a task this scheduler keeps (cancel it with :meth:`stop`)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run_forever(interval), name="threadflow-scheduler")
+        return self._task
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
+__all__ = [
+    "CRON_HELP",
+    "Fired",
+    "FireFn",
+    "ScheduleError",
+    "Scheduler",
+    "check_cron",
+    "check_timezone",
+    "create_schedule",
+    "next_fire_time",
+]

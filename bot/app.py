@@ -26,25 +26,28 @@ from storage.slack_store import SlackRun, SlackStore
 from workflows import Engine
 from workflows.engine import new_run_id
 from workflows.errors import ThreadflowError, UsageError
+from workflows.tracing import log_context
 
 from . import blocks
 from .blocks import APPROVE, REJECT, REJECT_REASON_VIEW, REJECT_WITH_REASON
 from .chat import ThreadChat
-from .commands import CommandError, parse_command, parse_run_input, split_run_args, usage
+from .commands import parse_command, parse_run_input, split_run_args, usage
+from .metrics import Metrics
 from .progress import ProgressRenderer
+from .schedule_commands import handle_schedule_command, make_scheduler
 from .settings import Settings
 
 log = logging.getLogger("threadflow.bot")
 
 
-def make_client(settings: Settings) -> AsyncWebClient:
+def make_client(settings: Settings, metrics: Metrics | None = None) -> AsyncWebClient:
     """The Web API client: Slack's base URL is a setting; 429s, 5xx and dropped connections are retried."""
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     return AsyncWebClient(
         token=token,
         base_url=settings.slack_api_url,
         retry_handlers=[
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            metrics.rate_limit_handler(3) if metrics is not None else AsyncRateLimitErrorRetryHandler(max_retry_count=3),
             AsyncServerErrorRetryHandler(max_retry_count=2),
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
         ],
@@ -59,17 +62,28 @@ def resource_id_for(team: str, channel: str) -> str:
     return f"slack:{team}:{channel}"
 
 
+def clicked_in_thread(body: dict[str, Any]) -> str | None:
+    """The thread a clicked message lives in (approval messages are thread replies), if any."""
+    thread_ts = (body.get("container") or {}).get("thread_ts") or (body.get("message") or {}).get("thread_ts")
+    return str(thread_ts) if thread_ts else None
+
+
 class SlackBot:
     def __init__(self, settings: Settings, engine: Engine, *, client: AsyncWebClient | None = None) -> None:
         settings.require_slack()
         assert settings.slack_signing_secret is not None
         self.settings = settings
         self.engine = engine
-        self.client = client or make_client(settings)
+        self.metrics = Metrics(engine)
+        self.client = client or make_client(settings, self.metrics)
         self.store = SlackStore(engine.db)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.renderers: dict[str, asyncio.Task[None]] = {}
         self.chat = ThreadChat(self)
+        self.scheduler = make_scheduler(self)
+        #: How long this process may render a run before another one takes over (renewed while it renders).
+        self.render_lease = max(5.0, 3 * settings.poll_interval)
+        self._sweeper: asyncio.Task[None] | None = None
         self.app = AsyncApp(
             client=self.client,
             signing_secret=settings.slack_signing_secret.get_secret_value(),
@@ -80,17 +94,47 @@ class SlackBot:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the engine and pick up rendering of runs shown in Slack (after a restart, too)."""
+        """Open the engine, start the scheduler, and render every run shown in Slack that needs it.
+
+        Rendering is leased per run in the database: after a restart, or when the replica rendering a run
+        died, the sweep here picks it up, so one process renders each run at a time.
+        """
         await self.engine.open()
-        for slack_run in await self.store.runs_to_render():
-            self.render(slack_run)
+        await self.sweep_renders()
+        self._sweeper = asyncio.get_running_loop().create_task(self._render_sweeper(), name="threadflow-render-sweep")
+        self.scheduler.start(self.settings.schedule_interval)
 
     async def close(self) -> None:
+        await self.scheduler.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for run_id in list(self.renderers):
+            await self.store.release_render(run_id, self.engine.owner)
         await self.chat.close()
+        self.metrics.close()
+
+    async def sweep_renders(self) -> None:
+        live = [run_id for run_id, task in self.renderers.items() if not task.done()]
+        await self.store.renew_renders(self.engine.owner, live, self.render_lease)
+        for slack_run in await self.store.runs_needing_render():
+            if slack_run.run_id not in live:
+                await self.render(slack_run)
+
+    async def _render_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.render_lease / 3)
+            try:
+                await self.sweep_renders()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("render sweep failed; retrying")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -103,11 +147,22 @@ class SlackBot:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
 
-    def render(self, slack_run: SlackRun) -> None:
+    async def render(self, slack_run: SlackRun) -> None:
+        """Render this run's progress here, if no other live process does."""
         current = self.renderers.get(slack_run.run_id)
         if current is not None and not current.done():
             return
-        self.renderers[slack_run.run_id] = self.spawn(ProgressRenderer(self, slack_run).render())
+        if not await self.store.claim_render(slack_run.run_id, self.engine.owner, self.render_lease):
+            return
+        self.renderers[slack_run.run_id] = self.spawn(self._render(slack_run))
+
+    async def _render(self, slack_run: SlackRun) -> None:
+        try:
+            with log_context(run_id=slack_run.run_id, slack_thread=slack_run.thread_id):
+                await ProgressRenderer(self, slack_run).render()
+        finally:
+            self.renderers.pop(slack_run.run_id, None)
+            await self.store.release_render(slack_run.run_id, self.engine.owner)
 
     # -- Slack calls -------------------------------------------------------------------------------------
 
@@ -115,20 +170,26 @@ class SlackBot:
         """Call the Web API; failures are logged (never raised): Slack trouble must not fail a run."""
         try:
             response = await getattr(self.client, method)(**kwargs)
-            return dict(response.data) if isinstance(response.data, dict) else None
         except SlackApiError as exc:
+            limited = exc.response is not None and exc.response.status_code == 429
+            self.metrics.slack_call(method, ok=False, ratelimited=limited)
             log.warning("Slack %s failed: %s", method, exc.response.get("error") if exc.response else exc)
+            return None
         except Exception as exc:
+            self.metrics.slack_call(method, ok=False)
             log.warning("Slack %s failed: %s", method, type(exc).__name__)
-        return None
+            return None
+        self.metrics.slack_call(method, ok=True)
+        return dict(response.data) if isinstance(response.data, dict) else None
 
     async def post_in_thread(self, run: SlackRun, text: str, blocks_: list[dict[str, Any]] | None = None) -> str | None:
         data = await self.slack_call("chat_postMessage", channel=run.channel_id, thread_ts=run.root_ts, text=text,
                                      blocks=blocks_)
         return str(data["ts"]) if data and data.get("ts") else None
 
-    async def ephemeral(self, channel: str, user: str, text: str) -> None:
-        await self.slack_call("chat_postEphemeral", channel=channel, user=user, text=text)
+    async def ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
+        """Show ``text`` to ``user`` only; in the thread it concerns, else it lands in the channel unseen."""
+        await self.slack_call("chat_postEphemeral", channel=channel, user=user, text=text, thread_ts=thread_ts)
 
     async def remember(self, run: SlackRun, text: str) -> None:
         """Note what happened in the thread's memory, so the agents answering there know it."""
@@ -188,7 +249,9 @@ class SlackBot:
                 self.spawn(self.start_run(command, wf.id, data, respond))
                 return
             if cmd.verb in ("schedule", "schedules", "unschedule"):
-                raise CommandError(f"Scheduling is not available in this version.\n{usage(name)}")
+                await ack()
+                self.spawn(self.answer_schedule(cmd.verb, cmd.args, command, respond))
+                return
         except UsageError as exc:
             await ack(response_type="ephemeral", text=f":warning: {exc}\n{usage(name)}" if "Usage" not in str(exc) else f":warning: {exc}")
             return
@@ -227,7 +290,11 @@ class SlackBot:
             await self.slack_call("chat_update", channel=channel, ts=root_ts, text=f"Could not start: {exc}",
                                   blocks=blocks.text_reply(f":x: Could not start `{workflow_id}`: {exc}"))
             return
-        self.render(slack_run)
+        await self.render(slack_run)
+
+    async def answer_schedule(self, verb: str, args: str, command: dict[str, Any], respond: Any) -> None:
+        text = await handle_schedule_command(self, verb, args, command)
+        await respond(response_type="ephemeral", replace_original=False, text=text)
 
     async def answer(self, verb: str, args: str, command: dict[str, Any], respond: Any) -> None:
         """``runs``, ``status`` and ``cancel``: answered ephemerally through the response_url."""
@@ -298,7 +365,7 @@ class SlackBot:
         if target is None:
             return
         run_id, path, channel, message_ts = target
-        view = blocks.reject_reason_view(run_id, path, channel, message_ts)
+        view = blocks.reject_reason_view(run_id, path, channel, message_ts, clicked_in_thread(body))
         await self.slack_call("views_open", trigger_id=body.get("trigger_id"), view=view)
 
     async def on_reject_reason(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -307,7 +374,7 @@ class SlackBot:
         values = view.get("state", {}).get("values", {})
         reason = (values.get("reason", {}).get("reason", {}) or {}).get("value")
         fake_body = {"user": body.get("user", {}), "channel": {"id": meta.get("channel")},
-                     "message": {"ts": meta.get("ts")}}
+                     "message": {"ts": meta.get("ts"), "thread_ts": meta.get("thread_ts")}}
         action = {"action_id": REJECT, "value": json.dumps({"run_id": meta.get("run_id"), "step": meta.get("step")})}
         self.spawn(self.decide(fake_body, action, approved=False, reason=reason))
 
@@ -316,23 +383,25 @@ class SlackBot:
         user = (body.get("user") or {}).get("id", "")
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         message_ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts", "")
+        thread_ts = clicked_in_thread(body)
         try:
             value = json.loads(action.get("value") or "{}")
             run_id, path = str(value["run_id"]), str(value["step"])
         except (ValueError, KeyError, TypeError):
-            await self.ephemeral(channel, user, ":warning: This button is malformed; nothing was changed.")
+            await self.ephemeral(channel, user, ":warning: This button is malformed; nothing was changed.", thread_ts)
             return None
         try:
             run = await self.engine.get_run(run_id)
         except UsageError as exc:
-            await self.ephemeral(channel, user, f":warning: {exc}")
+            await self.ephemeral(channel, user, f":warning: {exc}", thread_ts)
             return None
         suspension = next((s for s in await self.engine.store.suspensions_of(run_id) if s.path == path), None)
         step_id = suspension.step_id if suspension else path.rsplit("/", 1)[-1]
         allowed = self.approvers_for(run.workflow_id, step_id, run.started_by)
         if user not in allowed:
             who = ", ".join(blocks.mention(u) for u in sorted(allowed)) or "nobody"
-            await self.ephemeral(channel, user, f":no_entry: You can't decide this one; it is up to {who}. Nothing was changed.")
+            await self.ephemeral(channel, user, f":no_entry: You can't decide this one; it is up to {who}. Nothing was changed.",
+                                 thread_ts)
             return None
         return run_id, path, channel, message_ts
 
@@ -351,7 +420,7 @@ class SlackBot:
             already = getattr(exc, "by", None)
             text = (f":information_source: Already decided by {blocks.mention(already)}; nothing was changed."
                     if type(exc).__name__ == "AlreadyResumed" else f":warning: {exc}")
-            await self.ephemeral(channel, user, text)
+            await self.ephemeral(channel, user, text, clicked_in_thread(body))
             return
         suspension = next((s for s in await self.engine.store.suspensions_of(run_id) if s.path == path), None)
         text, decided = blocks.decided_message(run_id, path, suspension.payload if suspension else None, approved, user, reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,8 @@ from slack_sdk.models.views import View
 #: Slack caps a section's text at 3,000 characters and a message at 50 blocks.
 SECTION_LIMIT = 2900
 MAX_BLOCKS = 50
+
+_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
 APPROVE, REJECT, REJECT_WITH_REASON = "approve", "reject", "reject_with_reason"
 REJECT_REASON_VIEW = "reject_reason"
@@ -122,7 +125,7 @@ def approval_message(run_id: str, path: str, payload: Any, expires_at: float | N
     """A suspension: its payload and Approve / Reject buttons whose value carries the run and step."""
     title, body = describe_payload(payload)
     value = json.dumps({"run_id": run_id, "step": path})
-    context = f"Run `{run_id}` · step `{path}`"
+    context = step_context(run_id, path)
     if expires_at:
         context += f" · expires {datetime.fromtimestamp(expires_at, tz=UTC).strftime('%Y-%m-%d %H:%M UTC')}"
     blocks: list[Block] = [
@@ -148,12 +151,40 @@ def decided_message(run_id: str, path: str, payload: Any, approved: bool, by: st
         verdict = f":white_check_mark: Approved by {mention(by)}"
     else:
         verdict = f":x: Rejected by {mention(by)}" + (f": {reason}" if reason else "")
+    return verdict, _closed_approval(run_id, path, title, body, verdict)
+
+
+def withdrawn_message(run_id: str, path: str, payload: Any, why: str) -> tuple[str, list[dict[str, Any]]]:
+    """The approval message of a run that ended while it waited (canceled, or failed elsewhere): no buttons."""
+    title, body = describe_payload(payload)
+    verdict = f":no_entry_sign: No decision needed any more: {why}"
+    return verdict, _closed_approval(run_id, path, title, body, verdict)
+
+
+def _closed_approval(run_id: str, path: str, title: str, body: str, verdict: str) -> list[dict[str, Any]]:
     blocks: list[Block] = [
         SectionBlock(text=MarkdownTextObject(text=clip(f"*{title}*\n{body}" if body else f"*{title}*"))),
-        SectionBlock(text=MarkdownTextObject(text=verdict)),
-        ContextBlock(elements=[MarkdownTextObject(text=f"Run `{run_id}` · step `{path}`")]),
+        SectionBlock(text=MarkdownTextObject(text=clip(verdict))),
+        ContextBlock(elements=[MarkdownTextObject(text=step_context(run_id, path))]),
     ]
-    return verdict, [b.to_dict() for b in blocks]
+    return [b.to_dict() for b in blocks]
+
+
+def step_context(run_id: str, path: str) -> str:
+    """The context line of approval messages; it also lets a restarted bot recognise one it posted."""
+    return f"Run `{run_id}` · step `{path}`"
+
+
+def shows_step(message: dict[str, Any], run_id: str, path: str) -> bool:
+    """Whether ``message`` (Slack's wire shape) is the approval message of this run's step."""
+    marker = step_context(run_id, path)
+    for block in message.get("blocks") or []:
+        if block.get("type") == "context":
+            for element in block.get("elements") or []:
+                text = str(element.get("text") or "")
+                if text == marker or text.startswith(marker + " ·"):
+                    return True
+    return False
 
 
 def describe_payload(payload: Any) -> tuple[str, str]:
@@ -165,12 +196,15 @@ def describe_payload(payload: Any) -> tuple[str, str]:
         if key in ("title",):
             continue
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        if isinstance(value, str) and _USER_ID.fullmatch(value):
+            shown = mention(value)
         lines.append(f"*{key.replace('_', ' ')}:* {shown}")
     return title, clip("\n".join(lines), 2500)
 
 
-def reject_reason_view(run_id: str, path: str, channel: str, message_ts: str) -> dict[str, Any]:
-    meta = json.dumps({"run_id": run_id, "step": path, "channel": channel, "ts": message_ts})
+def reject_reason_view(run_id: str, path: str, channel: str, message_ts: str,
+                       thread_ts: str | None = None) -> dict[str, Any]:
+    meta = json.dumps({"run_id": run_id, "step": path, "channel": channel, "ts": message_ts, "thread_ts": thread_ts})
     view = View(
         type="modal",
         callback_id=REJECT_REASON_VIEW,

@@ -78,7 +78,9 @@ class ThreadChat:
         try:
             wf_id = (await bot.engine.get_run(slack_run.run_id)).workflow_id if slack_run else None
             agent = self.agent_for_workflow(wf_id) if wf_id else agent
-            result = await agent.generate(text, thread=thread_id, resource=resource_id_for(team, channel), author=user)
+            # A thread bound to this bot's engine: shared agents stay free of any one database.
+            thread = bot.engine.memory.thread(thread_id, resource_id_for(team, channel))
+            result = await agent.generate(text, thread=thread, author=user)
             reply = result.text or "(no answer)"
         except ThreadflowError as exc:
             reply = f":warning: I could not answer: {exc}"
@@ -97,8 +99,6 @@ class ThreadChat:
         wf = self.bot.engine.workflows.get(workflow_id)
         chat_agent = wf.options.chat_agent if wf else None
         if chat_agent is not None:
-            if getattr(chat_agent, "memory", None) is None:
-                chat_agent.memory = self.bot.engine.memory
             return chat_agent
         return self.assistant()
 

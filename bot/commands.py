@@ -37,6 +37,8 @@ def usage(command: str = "/flow") -> str:
         f"• `{command} runs`: recent runs",
         f"• `{command} status RUN_ID`: where a run stands",
         f"• `{command} cancel RUN_ID`: cancel a run",
+        f"• `{command} schedule WORKFLOW \"CRON\" [tz=Area/City] [input]`: run on a schedule in this channel",
+        f"• `{command} schedules`: list this channel's schedules; `{command} unschedule ID` removes one",
     ])
 
 
@@ -65,13 +67,20 @@ def text_field(model: type[BaseModel] | None) -> str | None:
     if model is None:
         return None
     fields = model.model_fields
-    strings = [n for n, f in fields.items() if f.annotation in (str, str | None)]
+    strings = string_fields(model)
     if len(fields) == 1 and strings:
         return strings[0]
     required = [n for n in strings if fields[n].is_required()]
     if len(required) == 1:
         return required[0]
     return strings[0] if len(strings) == 1 else None
+
+
+def string_fields(model: type[BaseModel] | None) -> list[str]:
+    """Fields that take text as typed: ``name=42`` must stay ``"42"`` there, not become a number."""
+    if model is None:
+        return []
+    return [n for n, f in model.model_fields.items() if f.annotation in (str, str | None)]
 
 
 def parse_run_input(wf: CommittedWorkflow, raw: str) -> Any:
@@ -85,7 +94,7 @@ def parse_run_input(wf: CommittedWorkflow, raw: str) -> Any:
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"input of workflow {wf.id!r}", f"the JSON is malformed ({exc.msg} at column {exc.colno})") from None
     elif _looks_like_pairs(raw):
-        data = _parse_pairs(raw)
+        data = _parse_pairs(raw, string_fields(wf.input))
     else:
         field = text_field(wf.input)
         if field is None:
@@ -105,10 +114,14 @@ def _looks_like_pairs(raw: str) -> bool:
     return bool(parts) and all("=" in p and p.split("=", 1)[0].isidentifier() for p in parts)
 
 
-def _parse_pairs(raw: str) -> dict[str, Any]:
+def _parse_pairs(raw: str, text_fields: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON (numbers, booleans, lists) except for text fields."""
     out: dict[str, Any] = {}
     for part in shlex.split(raw):
         key, _, value = part.partition("=")
+        if key in text_fields:
+            out[key] = value
+            continue
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -75,10 +75,15 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(settings)
 
     async def main() -> None:
+        from workflows.schedules import Scheduler
+
         engine = build_engine(settings, capacity=args.concurrency)
         await engine.open()
+        scheduler = Scheduler(engine)  # fires schedules that post nowhere; the bot fires channel schedules
+        scheduler.start(settings.schedule_interval)
         print(f"threadflow worker {engine.owner} executing runs ({engine.db.dialect})", flush=True)
         await wait_for_stop_signal()
+        await scheduler.stop()
         await engine.close()
 
     asyncio.run(main())
@@ -93,7 +98,7 @@ def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> d
     command: dict[str, Any] = {
         "command": settings.command,
         "description": "Run and follow AI agent workflows",
-        "usage_hint": "run WORKFLOW [input] | runs | status RUN_ID | cancel RUN_ID | help",
+        "usage_hint": "run WORKFLOW [input] | runs | status RUN_ID | cancel RUN_ID | schedule | schedules | help",
         "should_escape": False,
     }
     if not socket_mode:

@@ -72,6 +72,10 @@ class ProgressRenderer:
             if slack_run.root_ts else None
         )
         self.payloads: dict[str, Any] = {}
+        self.open_approvals: set[str] = set()  # paths shown with buttons and not decided yet
+        # The first event past the saved offset may be half done: the previous process could have stopped
+        # between posting a message and saving the offset. Side effects for it check Slack first.
+        self.maybe_half_done = True
 
     async def render(self) -> None:
         engine = self.bot.engine
@@ -88,6 +92,7 @@ class ProgressRenderer:
                 except Exception:
                     log.exception("run %s: rendering event %s failed", self.run.run_id, ev.type)
                 self.offset = ev.id
+                self.maybe_half_done = False
                 await self.bot.store.save_offset(self.run.run_id, ev.id)
             self.refresh()
         if self.updater is not None:
@@ -114,10 +119,13 @@ class ProgressRenderer:
             line.state = "waiting" if ev.data.get("event") else "suspended"
             line.note = f"waiting for event {ev.data['event']}" if ev.data.get("event") else "waiting for approval"
             self.payloads[path] = ev.data.get("payload")
+            if not ev.data.get("event"):
+                self.open_approvals.add(path)
         elif ev.type == "run.resumed":
             line = cl.step(path, ev.step_id)
             decision = ev.data.get("data") or {}
             line.state, line.note = "running", describe_decision(decision, ev.data)
+            self.open_approvals.discard(path)
             cl.status = "running"
         elif ev.type == "event.received":
             cl.step(path, ev.step_id).state = "done"
@@ -141,7 +149,10 @@ class ProgressRenderer:
 
     async def side_effects(self, ev: WorkflowEvent) -> None:
         bot, run = self.bot, self.run
-        if ev.type == "step.succeeded":
+        if ev.type == "run.started" and not ev.data.get("rerun_of"):
+            await bot.remember(run, f"Run {run.run_id} of workflow {ev.data.get('workflow_id')} was started by "
+                                    f"{ev.data.get('started_by') or 'someone'} with input {summary(ev.data.get('input'))}.")
+        elif ev.type == "step.succeeded":
             text = bot.readable_output(self.checklist.workflow_id, ev.step_id, ev.data.get("output"))
             if text:
                 await bot.post_in_thread(run, text)
@@ -155,20 +166,54 @@ class ProgressRenderer:
                                                 error.get("message"), error.get("path"))
             await bot.post_in_thread(run, text, blocks_)
             await bot.remember(run, f"The run finished with status {ev.data.get('status')}: {text}")
+            await self.withdraw_approvals(f"the run {ev.data.get('status', 'finished')}.")
         elif ev.type == "run.canceled":
-            text, blocks_ = blocks.result_reply("canceled", None, f"Canceled by {blocks.mention(ev.data.get('by'))}.", None)
+            by = blocks.mention(ev.data.get("by"))
+            text, blocks_ = blocks.result_reply("canceled", None, f"Canceled by {by}.", None)
             await bot.post_in_thread(run, text, blocks_)
+            await self.withdraw_approvals(f"the run was canceled by {by}.")
 
     async def post_approval(self, ev: WorkflowEvent) -> None:
         path = ev.path or ""
         if await self.bot.store.get_approval(self.run.run_id, path) is not None:
             return
-        text, blocks_ = blocks.approval_message(self.run.run_id, path, ev.data.get("payload"), ev.data.get("expires_at"))
-        ts = await self.bot.post_in_thread(self.run, text, blocks_)
+        ts = await self.find_approval_message(path) if self.maybe_half_done else None
+        if ts is None:
+            text, blocks_ = blocks.approval_message(self.run.run_id, path, ev.data.get("payload"), ev.data.get("expires_at"))
+            ts = await self.bot.post_in_thread(self.run, text, blocks_)
+            # The thread's agents should know what the run waits for, even if Slack did not take the message.
+            await self.bot.remember(self.run, f"Step {path} is waiting for approval: {summary(ev.data.get('payload'))}.")
         if ts:
             await self.bot.store.add_approval(SlackApproval(
                 run_id=self.run.run_id, path=path, channel_id=self.run.channel_id, message_ts=ts, created_at=time.time(),
             ))
+
+    async def withdraw_approvals(self, why: str) -> None:
+        """Take the buttons off approvals the ended run no longer waits for, so nobody clicks in vain."""
+        for path in sorted(self.open_approvals):
+            approval = await self.bot.store.get_approval(self.run.run_id, path)
+            if approval is not None:
+                text, blocks_ = blocks.withdrawn_message(self.run.run_id, path, self.payloads.get(path), why)
+                await self.bot.slack_call("chat_update", channel=approval.channel_id, ts=approval.message_ts,
+                                          text=text, blocks=blocks_)
+
+    async def find_approval_message(self, path: str) -> str | None:
+        """The ts of this step's approval message if a previous process posted it without recording it."""
+        if not self.run.root_ts:
+            return None
+        cursor = None
+        for _ in range(20):  # 20 pages of 200: far more than any thread we would post approvals in
+            data = await self.bot.slack_call("conversations_replies", channel=self.run.channel_id, ts=self.run.root_ts,
+                                             limit=200, cursor=cursor)
+            if data is None:
+                return None
+            for message in data.get("messages") or []:
+                if message.get("bot_id") and blocks.shows_step(message, self.run.run_id, path):
+                    return str(message["ts"])
+            cursor = (data.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return None
+        return None
 
     async def show_decision(self, ev: WorkflowEvent) -> None:
         path = ev.path or ""
@@ -184,6 +229,13 @@ class ProgressRenderer:
         await self.bot.slack_call("chat_update", channel=approval.channel_id, ts=approval.message_ts, text=text, blocks=blocks_)
         verdict = "approved" if approved else "rejected"
         await self.bot.remember(self.run, f"Step {path} was {verdict} by {ev.data.get('by') or 'someone'}.")
+
+
+def summary(value: Any) -> str:
+    """A one-line plain-text rendering of an input or payload, for the thread's memory."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in value.items() if v not in (None, "")) or "(none)"
+    return clip_note(value if value is not None else "(none)")
 
 
 def clip_note(value: Any) -> str:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -44,6 +44,18 @@ class CompareAndSetFailed(Exception):
 
 
 _TERMINAL = tuple(TERMINAL_STATUSES)
+
+#: An event row, inserted only if its run is not terminal (bound per row: run_id, type, path, data, at).
+_INSERT_EVENT_IF_LIVE = insert(events).from_select(
+    ["run_id", "type", "path", "data", "at"],
+    select(
+        bindparam("run_id", type_=String),
+        bindparam("type", type_=String),
+        bindparam("path", type_=String),
+        bindparam("data", type_=JSON),
+        bindparam("at", type_=Float),
+    ).where(exists().where(runs.c.id == bindparam("run_id", type_=String), runs.c.status.not_in(_TERMINAL))),
+)
 
 
 class RunStore:
@@ -166,11 +178,17 @@ class RunStore:
         await self.db.write(op)
 
     def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
-        """Queue events that describe no state change (step started, retrying): they ride the next commit."""
+        """Queue events that describe no state change (step started, retrying): they ride the next commit.
+
+        They are written only while the run is live (one ``INSERT ... SELECT ... WHERE EXISTS``, no extra
+        round trip): a holder that has not yet noticed a cancel says nothing after the run's final event.
+        """
         now = time.time()
+        rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": now} for e in new_events]
 
         async def op(conn: AsyncConnection) -> None:
-            await self._add_events(conn, run_id, new_events, now)
+            if rows:
+                await conn.execute(_INSERT_EVENT_IF_LIVE, rows)
 
         self.db.write_nowait(op)
 

@@ -1,7 +1,8 @@
 """Shared fixtures: a database URL per test and an engine factory, on SQLite and (when configured) PostgreSQL.
 
 PostgreSQL runs when ``THREADFLOW_TEST_POSTGRES_URL`` is set (``postgresql+asyncpg://postgres@127.0.0.1/test``):
-each test gets a fresh database cloned from a migrated template, dropped afterwards.
+the session creates one database of its own (``CREATE DATABASE tf_<random>``, dropped at the end) and each
+test starts with it emptied.
 """
 
 from __future__ import annotations
@@ -67,17 +68,42 @@ async def _migrate(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_template() -> Iterator[str | None]:
-    """A migrated database that each test's database is cloned from (cloning beats migrating per test)."""
+def postgres_database() -> Iterator[str | None]:
+    """A migrated PostgreSQL database of this test session's own, dropped at its end."""
     url = _postgres_url()
     if url is None:
         yield None
         return
-    name = f"tf_template_{uuid.uuid4().hex[:10]}"
+    name = f"tf_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
-    asyncio.run(_migrate(_database_url(url, name)))
-    yield name
-    asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        asyncio.run(_migrate(_database_url(url, name)))
+        yield _database_url(url, name)
+    finally:
+        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _empty(url: str) -> None:
+    """Make the session's database empty again: what a fresh one would be, in milliseconds, not a second."""
+    import asyncpg
+
+    conn = await asyncpg.connect(_admin_dsn(url))
+    try:
+        # Connections a previous test left open must not hold locks (or see the next test's rows).
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            )
+        ]
+        if tables:
+            await conn.execute(f"TRUNCATE {', '.join(chr(34) + t + chr(34) for t in tables)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -87,20 +113,15 @@ def sqlite_url(tmp_path: Any) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, sqlite_url: str, postgres_template: str | None) -> AsyncIterator[str]:
-    """A fresh, empty database: a SQLite file in tmp_path, or a PostgreSQL database of this test's own."""
+async def db_url(request: pytest.FixtureRequest, sqlite_url: str, postgres_database: str | None) -> AsyncIterator[str]:
+    """An empty, migrated database: a SQLite file in tmp_path, or the session's PostgreSQL database emptied."""
     if request.param == "sqlite":
         yield sqlite_url
         return
-    url = _postgres_url()
-    if url is None or postgres_template is None:
+    if postgres_database is None:
         pytest.skip(f"PostgreSQL tests run when {POSTGRES_ENV} is set (e.g. postgresql+asyncpg://postgres@127.0.0.1/test).")
-    name = f"tf_{uuid.uuid4().hex[:12]}"
-    await _admin(url, f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
-    try:
-        yield _database_url(url, name)
-    finally:
-        await _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _empty(postgres_database)
+    yield postgres_database
 
 
 EngineFactory = Callable[..., Engine]

@@ -50,7 +50,7 @@ class WorkflowNotFound(UsageError):
 class RunNotFound(UsageError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        super().__init__(f"Run {run_id!r} does not exist. List runs with `threadflow runs`.")
+        super().__init__(f"Run {run_id!r} does not exist. List recent runs with `runs`.")
 
 
 class InvalidInput(UsageError):

@@ -36,6 +36,7 @@ from .graph import (
 )
 from .observe import emit
 from .step import NO_RETRY, Step, dump_value, parse_model, to_jsonable
+from .tracing import scope
 from .workflow import CommittedWorkflow
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ class RunExecution:
         if isinstance(node, MapNode):
             return await self._exec_map(node, value, upstream)
         if isinstance(node, SleepNode):
-            return await self._exec_sleep(node, path, value)
+            return await self._exec_sleep(node, path, value, upstream)
         if isinstance(node, WaitForEventNode):
             return await self._exec_wait(node, path)
         raise TypeError(f"unknown node {node!r}")
@@ -246,10 +247,10 @@ class RunExecution:
         except Exception as exc:
             raise OutputInvalid(f"Map {node.id!r} returned data that does not fit its output model: {exc}") from exc
 
-    async def _exec_sleep(self, node: SleepNode, path: str, value: Any) -> Any:
+    async def _exec_sleep(self, node: SleepNode, path: str, value: Any, upstream: type[BaseModel] | None) -> Any:
         rec = self.results.get(path)
         if rec is None:
-            until = _wake_time(node, value)
+            until = _wake_time(node, view(value, upstream))  # ``when(input)`` sees what conditions see
             rec = await self._commit(path, node.id, "sleep", {"until": until}, attempts=1, started=time.time(),
                                      events=[])
         until = float(rec.output["until"])
@@ -330,7 +331,8 @@ class RunExecution:
                 resume_data=resume_data, suspend_payload=payload,
             )
             try:
-                result = await step.fn(ctx)
+                with scope("step", path=path, step_id=step.id, attempt=attempt):
+                    result = await step.fn(ctx)
                 output = step.dump_output(result)
             except Halt:
                 self._observe_step(step, "suspended", started)

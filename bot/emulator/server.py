@@ -237,6 +237,15 @@ class SlackEmulator:
                     self.state.notify("view.closed", id=other.id, user=other.user)
         return result
 
+    def close_view(self, view_id: str) -> View:
+        """The person dismissed the modal (its Close button or Escape); no request reaches the bot
+        unless the view asked for ``notify_on_close``, which the bot's views do not."""
+        record = self.state.views[view_id]
+        if not record.closed:
+            record.closed = True
+            self.state.notify("view.closed", id=record.id, user=record.user)
+        return record
+
     @staticmethod
     def _state_values(view: Json, values: Mapping[str, Any]) -> Json:
         block_of = {b.get("element", {}).get("action_id"): b.get("block_id") for b in view.get("blocks", [])

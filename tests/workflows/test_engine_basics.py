@@ -6,9 +6,9 @@ import asyncio
 from collections import Counter
 
 import pytest
-from helpers import event_types
 from pydantic import BaseModel
 
+from tests.helpers import event_types
 from workflows import (
     Engine,
     InvalidInput,

@@ -7,9 +7,9 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import eventually, status_of
 from pydantic import BaseModel
 
+from tests.helpers import eventually, status_of
 from workflows import (
     AlreadyResumed,
     InvalidInput,
@@ -103,11 +103,12 @@ async def test_who_when_and_what_of_a_resume_are_recorded(engine):
     assert susp.status == "resolved"
     assert susp.resolved_by == "U42"
     assert before <= susp.resolved_at <= after
-    assert susp.resume_data == {"approved": False, "by": None}
+    # The resume model has a `by` field the data left out: it is filled with who resumed.
+    assert susp.resume_data == {"approved": False, "by": "U42"}
     assert susp.payload == {"title": "approve: approve 1?"}
     [resumed_event] = [ev for ev in details.events if ev.type == "run.resumed"]
     assert resumed_event.path == "approve"
-    assert resumed_event.data == {"step_id": "approve", "by": "U42", "data": {"approved": False, "by": None}}
+    assert resumed_event.data == {"step_id": "approve", "by": "U42", "data": {"approved": False, "by": "U42"}}
     types = [ev.type for ev in details.events]
     assert types.index("step.suspended") < types.index("run.suspended") < types.index("run.resumed")
     assert types[-1] == "run.finished"
@@ -240,7 +241,7 @@ async def test_a_resume_that_arrives_while_other_branches_still_run_is_not_lost(
 
     final = await handle.result(timeout=5)
     assert final.status == "success"
-    assert final.output == {"approve": {"n": 7, "approved": True, "by": None}, "slow": {"n": 7}}
+    assert final.output == {"approve": {"n": 7, "approved": True, "by": "U1"}, "slow": {"n": 7}}
 
 
 async def _has_open_suspension(e, run_id):
@@ -290,7 +291,7 @@ async def test_a_suspension_inside_a_nested_workflow_has_the_nested_path(engine)
     final = await (await e.resume(run_id, step="review/approve", data={"approved": True}, by="U1")).result(timeout=5)
 
     assert final.status == "success"
-    assert final.output == {"n": 2, "approved": True, "by": None}
+    assert final.output == {"n": 2, "approved": True, "by": "U1"}
     assert calls == Counter({"prepare": 1, "approve": 2})
 
 
@@ -392,3 +393,41 @@ async def test_steps_without_a_resume_model_get_the_data_as_given(engine):
     final = await (await e.resume(first.run_id, data={"count": 9})).result(timeout=5)
 
     assert final.output == {"n": 9}
+
+
+async def test_a_suspension_inside_a_loop_opens_again_in_each_iteration_under_its_own_path(engine):
+    @step(id="ask", input=Num, output=Num, resume=Num)
+    async def ask(ctx: StepContext[Num]) -> Num:
+        more: Num = await ctx.suspend({"so_far": ctx.input.n})
+        return Num(n=ctx.input.n + more.n)
+
+    wf = Workflow(id="ask-until", input=Num, output=Num).dountil(ask, lambda x: x.n >= 10).commit()
+    e = engine(wf)
+
+    r = await (await e.start("ask-until", {"n": 0})).result(timeout=5)
+    assert [(s.path, s.payload) for s in r.suspended] == [("ask#0", {"so_far": 0})]
+    r = await (await e.resume(r.run_id, data={"n": 4})).result(timeout=5)
+    assert [(s.path, s.payload) for s in r.suspended] == [("ask#1", {"so_far": 4})]
+    r = await (await e.resume(r.run_id, step="ask", data={"n": 7})).result(timeout=5)
+
+    assert r.status == "success" and r.output == {"n": 11}
+
+
+async def test_suspensions_in_nested_workflows_inside_foreach_are_resumed_in_any_order(engine):
+    calls = Counter()
+    review = Workflow(id="review", input=Num, output=Verdict).then(approval_step("approve", calls)).commit()
+    wf = (
+        Workflow(id="reviews", input=Num)
+        .foreach(review, concurrency=2, items=lambda x: [{"n": i} for i in range(x.n)])
+        .commit()
+    )
+    e = engine(wf)
+
+    r = await (await e.start("reviews", {"n": 3})).result(timeout=5)
+    assert sorted(s.path for s in r.suspended) == ["review[0]/approve", "review[1]/approve", "review[2]/approve"]
+    for path in ["review[2]/approve", "review[0]/approve", "review[1]/approve"]:
+        r = await (await e.resume(r.run_id, step=path, data={"approved": True}, by=path)).result(timeout=5)
+
+    assert r.status == "success"
+    assert [o["by"] for o in r.output] == ["review[0]/approve", "review[1]/approve", "review[2]/approve"]
+    assert calls["approve"] == 6  # each item: once to suspend, once resumed

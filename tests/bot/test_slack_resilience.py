@@ -1,0 +1,244 @@
+"""When Slack or the bot misbehaves: rate limits, outages, restarts and a killed ``threadflow serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+import pytest
+
+from bot.blocks import shows_step
+from bot.emulator import Message, SlackEmulator
+from tests.bot.conftest import (
+    ALICE,
+    CHANNEL,
+    SIGNING_SECRET,
+    TOKEN,
+    RunningBot,
+    StartBot,
+    approval_messages,
+    block_text,
+    button_value,
+    free_port,
+    has_buttons,
+    replies,
+    root_for,
+    suspend_approval,
+)
+from tests.helpers import eventually
+from workflows import Engine
+
+
+def decided_and_finished(emu: SlackEmulator, approval: Message, root: Message) -> bool:
+    """The approval message shows Alice's decision without buttons, and the thread has the result."""
+    current = emu.message(approval.ts, approval.channel)
+    return (current is not None and not has_buttons(current) and f"Approved by <@{ALICE}>" in block_text(current)
+            and any("Run finished" in m.text for m in replies(emu, root)))
+
+
+def statuses(emu: SlackEmulator, method: str) -> list[int]:
+    return [c.status for c in emu.calls(method)]
+
+
+async def test_rate_limited_calls_are_retried_and_the_run_completes(bot: RunningBot) -> None:
+    emu = bot.emu
+    emu.fail_next("chat.postMessage", status=429, retry_after=0)  # the root message
+    run = await suspend_approval(bot)
+    assert statuses(emu, "chat.postMessage")[:2] == [429, 200]
+
+    emu.fail_next("chat.update", status=429, retry_after=0)
+    emu.fail_next("chat.postMessage", status=429, retry_after=0)  # the result reply
+    await emu.click(run.approval, "approve", user=ALICE)
+    assert await bot.settled(run.run_id) == "success"
+    await emu.wait_for(lambda: decided_and_finished(emu, run.approval, run.root), timeout=10)
+    await emu.wait_for(lambda: (m := root_for(emu, run.run_id)) is not None and "success" in m.text, timeout=5)
+    assert statuses(emu, "chat.update").count(429) == 1 and statuses(emu, "chat.postMessage").count(429) == 2
+
+    # Retries never duplicate a post: one root, one approval request, one result.
+    assert len(emu.messages(CHANNEL)) == 1
+    texts = [m.text for m in replies(emu, run.root)]
+    assert len(texts) == 2 and "Run finished" in texts[1]
+
+
+async def test_a_persistent_slack_failure_never_fails_the_run(bot: RunningBot) -> None:
+    emu = bot.emu
+    run = await suspend_approval(bot)
+    for method in ("chat.update", "chat.postMessage", "chat.postEphemeral"):
+        emu.fail_next(method, status=200, error="fatal_error", retry_after=None, times=1000)
+    await emu.click(run.approval, "approve", user=ALICE)
+    assert await bot.settled(run.run_id) == "success"
+    assert (await bot.engine.get_run(run.run_id)).output == {"ok": True}
+    await bot.idle()
+    await eventually(lambda: all(t.done() for t in bot.bot.renderers.values()))  # it rendered all it could
+    assert emu.message(run.approval.ts).edited is None  # type: ignore[union-attr]  # Slack took nothing
+    assert any(c.response == {"ok": False, "error": "fatal_error"} for c in emu.calls("chat.postMessage"))
+
+
+async def test_a_run_is_not_started_when_the_bot_cannot_post(bot: RunningBot) -> None:
+    emu = bot.emu
+    emu.fail_next("chat.postMessage", status=200, error="not_in_channel", retry_after=None)
+    await bot.command("run approval")
+    told = await emu.wait_for(lambda: emu.ephemerals(ALICE), timeout=5)
+    assert "I could not post in this channel" in told[0].text and "/invite @threadflow" in told[0].text
+    await bot.idle()
+    assert await bot.engine.list_runs() == []
+
+
+async def test_a_new_bot_on_the_same_database_finishes_a_run_started_by_the_old_one(start_bot: StartBot) -> None:
+    first = await start_bot()
+    emu = first.emu
+    run = await suspend_approval(first)
+    await first.stop()
+
+    second = await start_bot()
+    assert second.port != first.port and emu.bot_url == second.url
+    await emu.click(run.approval, "approve", user=ALICE)  # a button the first bot posted
+    assert await second.settled(run.run_id) == "success"
+    await emu.wait_for(lambda: decided_and_finished(emu, run.approval, run.root), timeout=5)
+    await emu.wait_for(lambda: (m := root_for(emu, run.run_id)) is not None and "success" in m.text, timeout=5)
+    posted = [m.text for m in replies(emu, run.root)]  # nothing posted twice
+    assert posted == [f":white_check_mark: Approved by <@{ALICE}>", ":white_check_mark: *Run finished.*"]
+    assert {c.token for c in emu.calls("chat.update")} == {TOKEN}
+
+
+async def test_an_approval_posted_but_not_recorded_is_not_posted_again(start_bot: StartBot, tmp_path: Path) -> None:
+    first = await start_bot()
+    emu = first.emu
+    run = await suspend_approval(first)
+    events = (await first.engine.details(run.run_id)).events
+    before_suspension = max(ev.id for ev in events if ev.type != "step.suspended" and ev.id < next(
+        e.id for e in events if e.type == "step.suspended"))
+    await first.stop()
+    # The state a crash leaves between posting the approval message and recording it.
+    with sqlite3.connect(tmp_path / "threadflow.db") as db:
+        db.execute("DELETE FROM slack_approvals WHERE run_id = ?", (run.run_id,))
+        db.execute("UPDATE slack_runs SET last_event_id = ? WHERE run_id = ?", (before_suspension, run.run_id))
+    db.close()
+
+    second = await start_bot()
+    recorded = await eventually(lambda: second.bot.store.get_approval(run.run_id, "approve"))
+    assert recorded.message_ts == run.approval.ts
+    assert len(approval_messages(emu)) == 1  # the one the first bot posted, found again
+    await emu.click(run.approval, "approve", user=ALICE)
+    assert await second.settled(run.run_id) == "success"
+    await emu.wait_for(lambda: decided_and_finished(emu, run.approval, run.root), timeout=5)
+    assert len(replies(emu, run.root)) == 2
+
+
+# -- a real ``threadflow serve`` process -----------------------------------------------------------------
+
+
+class ServeProcess:
+    """``threadflow serve`` in a child process, its output in files the test can read afterwards."""
+
+    def __init__(self, emu: SlackEmulator, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.tmp_path = tmp_path
+        self.database_url = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
+        self.env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_API_URL": emu.api_url,
+            "THREADFLOW_HOST": "127.0.0.1",
+            "THREADFLOW_PORT": str(self.port),
+            "THREADFLOW_DATABASE_URL": self.database_url,
+            "THREADFLOW_PROGRESS_INTERVAL": "0.05",
+            "THREADFLOW_MODEL": "offline",
+        }
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/slack/events"
+
+    def output(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.tmp_path.glob("serve-*.log")))
+
+    def _new_log(self) -> BinaryIO:
+        self.starts += 1
+        return open(self.tmp_path / f"serve-{self.starts}.log", "wb")  # a local file: instant, fine to block
+
+    async def start(self) -> None:
+        with self._new_log() as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "threadflow"), "serve", env=self.env, cwd=self.tmp_path,
+                stdout=log, stderr=asyncio.subprocess.STDOUT)
+        async with aiohttp.ClientSession() as session:
+
+            async def healthy() -> bool:
+                assert self.proc is not None and self.proc.returncode is None, self.output()
+                try:
+                    async with session.get(f"http://127.0.0.1:{self.port}/healthz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await eventually(healthy, timeout=20, every=0.05)
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert await self.proc.wait() == -signal.SIGKILL
+
+    async def stop(self) -> int | None:
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
+
+
+@pytest.fixture
+async def serve(emu: SlackEmulator, tmp_path: Path) -> AsyncIterator[ServeProcess]:
+    process = ServeProcess(emu, tmp_path)
+    emu.bot_url = process.url
+    yield process
+    await process.stop()
+
+
+async def run_status(database_url: str, run_id: str) -> Any:
+    """Read the run from the database as another process would (without executing anything)."""
+    engine = Engine(database_url, execute=False)
+    try:
+        return await engine.get_run(run_id)
+    finally:
+        await engine.close()
+
+
+async def test_a_killed_serve_process_resumes_the_run_after_restart(emu: SlackEmulator, serve: ServeProcess) -> None:
+    await serve.start()
+    ack = await emu.slash_command("/flow", "run approval ship it from a process", user=ALICE)
+    assert ack.status == 200
+    approval = await emu.wait_for(lambda: next(iter(approval_messages(emu)), None), timeout=10)
+    run_id = button_value(approval)["run_id"]
+    root = root_for(emu, run_id)
+    assert root is not None
+    assert (await run_status(serve.database_url, run_id)).status == "suspended"
+
+    await serve.kill()
+    await serve.start()
+    click = await emu.click(approval, "approve", user=ALICE)
+    assert click.status == 200
+    await emu.wait_for(lambda: decided_and_finished(emu, approval, root), timeout=10)
+    assert [m.ts for m in replies(emu, root) if shows_step(m.to_api(), run_id, "approve")] == [approval.ts]
+    record = await run_status(serve.database_url, run_id)
+    assert record.status == "success" and record.output == {"ok": True}
+    assert await serve.stop() == 0  # SIGTERM: a clean shutdown
+
+    logs = serve.output()
+    assert "threadflow is listening on http://127.0.0.1:" in logs
+    assert TOKEN not in logs and SIGNING_SECRET not in logs
+    assert TOKEN not in json.dumps(emu.snapshot()) and SIGNING_SECRET not in json.dumps(emu.snapshot())

@@ -1,0 +1,286 @@
+"""The run repository's exactly-once guarantees come from keys and compare-and-set, not read-then-write:
+step results are insert-if-absent, claims and resumes are compare-and-set, leases are checked on every write."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from storage import Database
+from storage.records import NewEvent, StepResultRecord, SuspensionRecord
+from storage.runs import CompareAndSetFailed, LeaseLost, RunStore
+
+LEASE = 30.0
+
+
+@pytest.fixture
+async def databases(db_url: str) -> AsyncIterator[list[Database]]:
+    """Two independent handles on one database, as two processes would have."""
+    dbs = [Database(db_url), Database(db_url)]
+    for db in dbs:
+        await db.open()
+    yield dbs
+    for db in dbs:
+        await db.close()
+
+
+@pytest.fixture
+def store(databases: list[Database]) -> RunStore:
+    return RunStore(databases[0])
+
+
+def run_row(status: str = "pending", owner: str | None = None, **extra: Any) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "id": uuid.uuid4().hex[:16], "workflow_id": "wf", "status": status, "input": {"n": 1},
+        "owner": owner, "lease_expires_at": now + LEASE if owner else None, "ready_at": now,
+        "created_at": now, "updated_at": now, **extra,
+    }
+
+
+async def held_run(store: RunStore, owner: str = "me") -> str:
+    row = run_row("running", owner)
+    await store.create_run(row, [NewEvent(type="run.started")])
+    return row["id"]
+
+
+def result(run_id: str, path: str, output: Any) -> StepResultRecord:
+    return StepResultRecord(run_id=run_id, path=path, step_id=path.split("/")[-1], output=output, finished_at=time.time())
+
+
+def suspension(run_id: str, path: str = "approve") -> SuspensionRecord:
+    return SuspensionRecord(run_id=run_id, path=path, step_id=path, payload={"q": "?"}, created_at=time.time())
+
+
+# -- step results -------------------------------------------------------------------------------------
+
+
+async def test_a_step_result_is_written_once_the_first_one_wins(store):
+    run_id = await held_run(store)
+
+    await store.commit_step(result(run_id, "a", {"v": 1}), "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+    await store.commit_step(result(run_id, "a", {"v": 2}), "me", LEASE, [])
+
+    progress = await store.load_progress(run_id)
+    assert list(progress.results) == ["a"]
+    assert progress.results["a"].output == {"v": 1}
+
+
+async def test_concurrent_commits_of_one_path_leave_exactly_one_result(databases):
+    stores = [RunStore(db) for db in databases]
+    run_id = await held_run(stores[0])
+
+    await asyncio.gather(*(stores[i % 2].commit_step(result(run_id, "a", {"v": i}), "me", LEASE, []) for i in range(20)))
+
+    progress = await stores[1].load_progress(run_id)
+    assert len(progress.results) == 1 and progress.results["a"].output["v"] in range(20)
+
+
+async def test_a_step_result_from_a_process_that_lost_the_run_is_refused(store):
+    run_id = await held_run(store, owner="someone-else")
+
+    with pytest.raises(LeaseLost):
+        await store.commit_step(result(run_id, "a", {"v": 1}), "me", LEASE, [NewEvent(type="step.succeeded")])
+
+    assert (await store.load_progress(run_id)).results == {}
+    assert [e.type for e in await store.read_events(run_id)] == ["run.started"]
+
+
+async def test_results_events_and_the_lease_commit_together(store):
+    run_id = await held_run(store)
+    before = (await store.get_run(run_id)).lease_expires_at
+
+    await store.commit_step(result(run_id, "a", 1), "me", LEASE + 10, [NewEvent(type="step.succeeded", path="a")])
+
+    run = await store.get_run(run_id)
+    assert run.lease_expires_at > before
+    assert [(e.type, e.path) for e in await store.read_events(run_id)] == [("run.started", None), ("step.succeeded", "a")]
+
+
+# -- claims -------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_claims_never_hand_one_run_to_two_owners(databases):
+    stores = [RunStore(db) for db in databases]
+    ids = []
+    for _ in range(30):
+        row = run_row("pending")
+        await stores[0].create_run(row, [])
+        ids.append(row["id"])
+
+    claims = await asyncio.gather(*(stores[i % 2].claim(f"owner-{i}", 7, LEASE) for i in range(6)))
+
+    claimed = [run_id for c in claims for run_id in c]
+    assert sorted(claimed) == sorted(ids)  # every run claimed, none twice
+    for owner_index, c in enumerate(claims):
+        for run_id in c:
+            run = await stores[1].get_run(run_id)
+            assert run.status == "running" and run.owner == f"owner-{owner_index}"
+
+
+async def test_what_is_ready_to_claim(store):
+    now = time.time()
+    ready = {
+        "new": run_row("pending"),
+        "woken": run_row("waiting", ready_at=now - 1),
+        "abandoned": run_row("running", "dead", lease_expires_at=now - 1),
+    }
+    not_ready = {
+        "sleeping": run_row("waiting", ready_at=now + 60),
+        "waiting-for-event": run_row("waiting", ready_at=None, waiting_for="go"),
+        "held": run_row("running", "alive"),
+        "suspended": run_row("suspended"),
+        "done": run_row("success"),
+        "canceled": run_row("canceled"),
+    }
+    for row in [*ready.values(), *not_ready.values()]:
+        await store.create_run(row, [])
+
+    assert await store.has_ready()
+    claimed = await store.claim("me", 100, LEASE)
+
+    assert sorted(claimed) == sorted(r["id"] for r in ready.values())
+    assert await store.claim("me-too", 100, LEASE) == []
+    assert not await store.has_ready()
+
+
+async def test_a_process_whose_run_was_taken_over_can_no_longer_write_to_it(store):
+    row = run_row("running", "slow", lease_expires_at=time.time() - 1)
+    await store.create_run(row, [])
+
+    assert await store.claim("fast", 10, LEASE) == [row["id"]]
+
+    with pytest.raises(LeaseLost):
+        await store.commit_step(result(row["id"], "a", 1), "slow", LEASE, [])
+    with pytest.raises(LeaseLost):
+        await store.settle(row["id"], "slow", "success", [], output=1)
+    assert await store.heartbeat("slow", [row["id"]], LEASE) == {row["id"]}
+    assert await store.heartbeat("fast", [row["id"]], LEASE) == set()
+    await store.settle(row["id"], "fast", "success", [NewEvent(type="run.finished")], output=2)
+    assert (await store.get_run(row["id"])).output == 2
+
+
+async def test_release_owner_hands_runs_back_for_anyone_to_claim(store):
+    a, b = await held_run(store, "crashed"), await held_run(store, "crashed")
+    other = await held_run(store, "healthy")
+
+    released = await store.release_owner("crashed")
+
+    assert sorted(released) == sorted([a, b])
+    assert {(await store.get_run(i)).status for i in (a, b)} == {"pending"}
+    assert (await store.get_run(other)).owner == "healthy"
+    assert [e.type for e in await store.read_events(a)][-1] == "run.recovered"
+    assert sorted(await store.claim("rescuer", 10, LEASE)) == sorted([a, b])
+
+
+# -- resume -------------------------------------------------------------------------------------------
+
+
+async def suspended_run(store: RunStore, path: str = "approve") -> str:
+    run_id = await held_run(store)
+    await store.open_suspension(suspension(run_id, path), "me", LEASE, [NewEvent(type="step.suspended", path=path)])
+    await store.settle(run_id, "me", "suspended", [NewEvent(type="run.suspended")])
+    return run_id
+
+
+async def test_resume_is_a_compare_and_set_the_second_learns_who_won(store):
+    run_id = await suspended_run(store)
+
+    await store.resolve_suspension(run_id, "approve", {"ok": True}, "alice", [NewEvent(type="run.resumed")])
+    with pytest.raises(CompareAndSetFailed) as err:
+        await store.resolve_suspension(run_id, "approve", {"ok": False}, "bob", [NewEvent(type="run.resumed")])
+
+    current = err.value.current
+    assert isinstance(current, SuspensionRecord)
+    assert (current.status, current.resolved_by, current.resume_data) == ("resolved", "alice", {"ok": True})
+    assert (await store.get_run(run_id)).status == "pending"  # ready for a dispatcher to continue
+    assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
+
+
+async def test_concurrent_resumes_through_two_databases_exactly_one_wins(databases):
+    stores = [RunStore(db) for db in databases]
+    run_id = await suspended_run(stores[0])
+
+    outcomes = await asyncio.gather(
+        *(stores[i % 2].resolve_suspension(run_id, "approve", {"i": i}, f"U{i}", []) for i in range(40)),
+        return_exceptions=True,
+    )
+
+    winners = [i for i, o in enumerate(outcomes) if o is None]
+    assert len(winners) == 1
+    losers = [o for o in outcomes if o is not None]
+    assert all(isinstance(o, CompareAndSetFailed) for o in losers)
+    assert {o.current.resolved_by for o in losers} == {f"U{winners[0]}"}
+
+
+async def test_a_canceled_runs_suspension_cannot_be_resolved(store):
+    run_id = await suspended_run(store)
+    await store.cancel(run_id, "admin", [NewEvent(type="run.canceled")])
+
+    with pytest.raises(CompareAndSetFailed) as err:
+        await store.resolve_suspension(run_id, "approve", {}, "late", [])
+
+    assert err.value.current.status == "open"
+    assert (await store.get_run(run_id)).status == "canceled"
+
+
+async def test_a_resume_during_execution_turns_the_suspended_settle_into_pending(store):
+    run_id = await held_run(store)
+    await store.open_suspension(suspension(run_id, "left"), "me", LEASE, [])
+    await store.open_suspension(suspension(run_id, "right"), "me", LEASE, [])
+    # "left" is resumed while the run still executes another branch...
+    await store.resolve_suspension(run_id, "left", {"ok": True}, "alice", [])
+    assert (await store.get_run(run_id)).status == "running"
+
+    # ...so when the executor settles as suspended, the run is made ready again instead.
+    status = await store.settle(run_id, "me", "suspended", [NewEvent(type="run.suspended")])
+
+    assert status == "pending"
+    assert "run.suspended" not in [e.type for e in await store.read_events(run_id)]
+
+
+# -- cancel and events ---------------------------------------------------------------------------------
+
+
+async def test_cancel_is_a_compare_and_set_on_a_live_run(store):
+    run_id = await held_run(store)
+
+    await store.cancel(run_id, "U1", [NewEvent(type="run.canceled")])
+    with pytest.raises(CompareAndSetFailed) as err:
+        await store.cancel(run_id, "U2", [])
+
+    assert err.value.current == "canceled"
+    run = await store.get_run(run_id)
+    assert (run.status, run.owner, run.error["message"]) == ("canceled", None, "Canceled by U1.")
+    with pytest.raises(LeaseLost):
+        await store.settle(run_id, "me", "success", [], output=1)
+    with pytest.raises(CompareAndSetFailed):
+        await store.cancel("no-such-run", "U1", [])
+
+
+async def test_buffered_signals_are_consumed_once(store):
+    run_id = await held_run(store)
+
+    assert await store.send_signal(run_id, "go", {"x": 1}, []) == "buffered"
+    [sig] = (await store.load_progress(run_id)).signals
+
+    results = await asyncio.gather(*(store.consume_signal(run_id, sig.id, f"wait-{i}") for i in range(5)))
+
+    assert sorted(results) == [False, False, False, False, True]
+
+
+async def test_events_are_read_in_order_from_an_offset(store):
+    run_id = await held_run(store)
+    await store.add_events(run_id, [NewEvent(type="step.started", path=f"s{i}") for i in range(10)])
+
+    everything = await store.read_events(run_id)
+    later = await store.read_events(run_id, after=everything[4].id)
+
+    assert [e.path for e in everything] == [None] + [f"s{i}" for i in range(10)]
+    assert later == everything[5:]
+    assert [e.id for e in await store.read_events(run_id, limit=3)] == [e.id for e in everything[:3]]

@@ -20,6 +20,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from storage.slack_store import SlackRun, SlackStore
@@ -62,6 +63,13 @@ def resource_id_for(team: str, channel: str) -> str:
     return f"slack:{team}:{channel}"
 
 
+def _first(value: Any) -> str:
+    """Header values arrive as a string or a list of strings, depending on the adapter."""
+    if isinstance(value, list | tuple):
+        return str(value[0]) if value else ""
+    return str(value or "")
+
+
 def clicked_in_thread(body: dict[str, Any]) -> str | None:
     """The thread a clicked message lives in (approval messages are thread replies), if any."""
     thread_ts = (body.get("container") or {}).get("thread_ts") or (body.get("message") or {}).get("thread_ts")
@@ -84,6 +92,7 @@ class SlackBot:
         #: How long this process may render a run before another one takes over (renewed while it renders).
         self.render_lease = max(5.0, 3 * settings.poll_interval)
         self._sweeper: asyncio.Task[None] | None = None
+        self._verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
         self.app = AsyncApp(
             client=self.client,
             signing_secret=settings.slack_signing_secret.get_secret_value(),
@@ -163,6 +172,19 @@ class SlackBot:
         finally:
             self.renderers.pop(slack_run.run_id, None)
             await self.store.release_render(slack_run.run_id, self.engine.owner)
+
+    async def is_replay(self, body: str, headers: dict[str, Any]) -> bool:
+        """A validly signed request whose exact signature was seen before is a replay, never a Slack retry.
+
+        Slack signs every delivery (retries included) with a fresh timestamp, so a byte-identical request is
+        someone replaying a captured one within the 5-minute timestamp window. Unsigned or badly signed
+        requests are left to bolt, which refuses them without touching the database.
+        """
+        flat = {str(k).lower(): _first(v) for k, v in headers.items()}
+        if not self._verifier.is_valid_request(body, flat):
+            return False
+        signature = flat.get("x-slack-signature", "")
+        return not await self.store.first_time(f"signature:{signature}")
 
     # -- Slack calls -------------------------------------------------------------------------------------
 

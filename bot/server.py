@@ -25,6 +25,9 @@ async def slack_events(request: web.Request) -> web.Response:
     """Every Slack request (commands, interactivity, events) arrives here; bolt verifies the signature."""
     bot = request.app[BOT_KEY]
     bolt_request = await to_bolt_request(request)
+    if await bot.is_replay(bolt_request.raw_body, bolt_request.headers):
+        log.warning("refused a replayed Slack request (same signature seen before)")
+        return web.json_response({"error": "replayed request"}, status=401)
     bolt_response = await bot.app.async_dispatch(bolt_request)
     return await to_aiohttp_response(bolt_response)
 

@@ -396,7 +396,8 @@ class RunStore:
     async def expired_suspensions(self, now: float) -> list[SuspensionRecord]:
         async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
             q = select(suspensions).where(
-                suspensions.c.status == "open", suspensions.c.expires_at.is_not(None), suspensions.c.expires_at <= now
+                suspensions.c.status == "open", suspensions.c.kind == "suspend",
+                suspensions.c.expires_at.is_not(None), suspensions.c.expires_at <= now,
             )
             return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
@@ -404,7 +405,9 @@ class RunStore:
 
     async def next_expiry(self) -> float | None:
         async def op(conn: AsyncConnection) -> float | None:
-            q = select(func.min(suspensions.c.expires_at)).where(suspensions.c.status == "open")
+            q = select(func.min(suspensions.c.expires_at)).where(
+                suspensions.c.status == "open", suspensions.c.kind == "suspend"
+            )
             value = (await conn.execute(q)).scalar_one_or_none()
             return float(value) if value is not None else None
 

@@ -10,6 +10,7 @@ from .engine import Engine
 from .errors import (
     AlreadyResumed,
     DefinitionError,
+    EventTimeout,
     InvalidInput,
     LoopLimitExceeded,
     ModelError,
@@ -52,6 +53,7 @@ __all__ = [
     "AlreadyResumed",
     "CommittedWorkflow",
     "DefinitionError",
+    "EventTimeout",
     "Engine",
     "InvalidInput",
     "LoopLimitExceeded",

@@ -16,6 +16,7 @@ Split by whose fault it is, so callers (the CLI, the Slack adapter) know what to
           +-- StepFailed            a step raised after its retries
           +-- OutputInvalid         a step returned data that does not fit its output model
           +-- LoopLimitExceeded     a loop ran past its iteration cap
+          +-- EventTimeout          an awaited event did not arrive in time
           +-- ModelError            the LLM failed after retries (429, 5xx, timeout, bad response)
           +-- ToolFailed            a tool raised (reported back to the model, not fatal by itself)
 """
@@ -115,6 +116,12 @@ class OutputInvalid(RunFailure):
 
 class LoopLimitExceeded(RunFailure):
     """A dowhile/dountil loop reached its iteration cap without its condition ending it."""
+
+
+class EventTimeout(RunFailure):
+    """``wait_for_event(..., timeout=)`` passed without the event arriving."""
+
+    path: str | None = None
 
 
 class ModelError(RunFailure):

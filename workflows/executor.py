@@ -20,7 +20,15 @@ from storage.records import NewEvent, RunProgress, RunRecord, StepResultRecord, 
 from storage.runs import LeaseLost
 
 from .context import Halt, StepContext
-from .errors import InvalidInput, LoopLimitExceeded, OutputInvalid, RunFailure, StepFailed, ThreadflowError
+from .errors import (
+    EventTimeout,
+    InvalidInput,
+    LoopLimitExceeded,
+    OutputInvalid,
+    RunFailure,
+    StepFailed,
+    ThreadflowError,
+)
 from .graph import (
     BranchNode,
     ForeachNode,
@@ -281,15 +289,22 @@ class RunExecution:
                         break
         if not found:
             if susp is None:
-                record = SuspensionRecord(
+                now = time.time()
+                susp = SuspensionRecord(
                     run_id=self.run.id, path=path, step_id=node.id, kind="event", event_name=node.event,
-                    created_at=time.time(), expires_at=None,
+                    created_at=now, expires_at=now + node.timeout if node.timeout else None,
                 )
-                await self.store.open_suspension(record, self.engine.owner, self.engine.lease_seconds, [
-                    NewEvent(type="step.suspended", path=path, data={"step_id": node.id, "event": node.event})
+                await self.store.open_suspension(susp, self.engine.owner, self.engine.lease_seconds, [
+                    NewEvent(type="step.suspended", path=path, data={
+                        "step_id": node.id, "event": node.event, "expires_at": susp.expires_at,
+                    })
                 ])
-                self.suspensions[path] = record
-            raise Halt(events=[node.event])
+                self.suspensions[path] = susp
+            if susp.expires_at is not None and time.time() >= susp.expires_at:
+                timeout = EventTimeout(f"Event {node.event!r} did not arrive within {node.timeout:g} seconds.")
+                timeout.path = path
+                raise timeout
+            raise Halt(events=[node.event], wake_at=susp.expires_at)
         out = dump_value(node.schema, parse_model(node.schema, data, f"event {node.event!r}"))
         rec = await self._commit(path, node.id, "event", out, attempts=1, started=time.time(), events=[
             NewEvent(type="event.received", path=path, data={"step_id": node.id, "event": node.event})

@@ -85,3 +85,32 @@ async def test_a_decision_before_expiry_wins(engine) -> None:
     assert (await run.result()).status == "suspended"
     handle = await e.resume(run.run_id, data={"approved": True}, by="U1")
     assert (await handle.result()).status == "success"
+
+
+class Ping(BaseModel):
+    pong: str
+
+
+impatient = Workflow(id="impatient", input=Ask).wait_for_event("ping", Ping, timeout=0.3).commit()
+
+
+async def test_an_awaited_event_that_never_comes_fails_the_run_after_its_timeout(engine) -> None:
+    e = engine(impatient)
+    run = await e.start("impatient", {})
+    waiting = await run.result()
+    assert waiting.status == "waiting" and waiting.suspended[0].event == "ping"
+    deadline = asyncio.get_running_loop().time() + 10
+    while (result := await e.wait_for(run.run_id)).status == "waiting" and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert result.status == "failed"
+    assert result.error_type == "EventTimeout" and result.error_path == "wait-ping"
+    assert "did not arrive within 0.3 seconds" in (result.error or "")
+
+
+async def test_an_event_in_time_beats_the_timeout(engine) -> None:
+    e = engine(impatient)
+    run = await e.start("impatient", {})
+    assert (await run.result()).status == "waiting"
+    await e.send_event(run.run_id, "ping", {"pong": "here"})
+    result = await e.wait_for(run.run_id, timeout=10)
+    assert result.status == "success" and result.output == {"pong": "here"}

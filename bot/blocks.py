@@ -196,6 +196,8 @@ def describe_payload(payload: Any) -> tuple[str, str]:
         if key in ("title",):
             continue
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+        if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+            shown = ", ".join(str(v) for v in value)
         if isinstance(value, str) and _USER_ID.fullmatch(value):
             shown = mention(value)
         lines.append(f"*{key.replace('_', ' ')}:* {shown}")

@@ -51,5 +51,5 @@ class WorkflowEvent(BaseModel):
 
     @classmethod
     def from_record(cls, record: EventRecord) -> WorkflowEvent:
-        return cls(id=record.id, run_id=record.run_id, type=record.type, path=record.path,  # type: ignore[arg-type]
+        return cls(id=record.id, run_id=record.run_id, type=record.type, path=record.path,
                    data=record.data or {}, at=record.at)

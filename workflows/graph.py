@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, create_model
 
@@ -117,7 +117,7 @@ class BranchNode(Node):
     @property
     def output_model(self) -> type[BaseModel] | None:
         if self._output is None and all(n.output_model for _, n in self.branches):
-            fields: dict[str, Any] = {n.id: (n.output_model | None, None) for _, n in self.branches}
+            fields: dict[str, Any] = {n.id: (Optional[n.output_model], None) for _, n in self.branches}  # noqa: UP045
             self._output = create_model(f"Branch_{'_'.join(n.id for _, n in self.branches)}", **fields)
         return self._output
 

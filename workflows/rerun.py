@@ -36,7 +36,7 @@ def plan_rerun(
         )
     start_path = min(matches, key=lambda r: r.started_at or r.finished_at).path if matches else from_step
     target = top_segment(start_path)
-    order = {}
+    order: dict[str, int] = {}
     for index, node in enumerate(wf.root.children):
         ids = {node.id, *node.step_ids()}
         for i in ids:

@@ -10,16 +10,20 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
-from ..agent import Agent
+from ..agent import Agent, AgentResult
 from ..agent_step import AgentText, agent_step, run_thread
 from ..context import StepContext
+from ..errors import ModelError
 from ..step import step
 from ..workflow import Workflow
 from .approval import Decision, Rejected
 from .terraform import ArchitectureSpec, complete_spec, render_terraform, validate_terraform, write_files
+
+T = TypeVar("T", bound=BaseModel)
 
 # -- models -------------------------------------------------------------------------------------------
 
@@ -115,7 +119,7 @@ async def plan(ctx: StepContext[DeployRequest]) -> Requirements:
         f"Write the requirements for: {ctx.input.request}", output=Requirements, thread=run_thread(ctx),
         resource=ctx.resource_id, run_id=ctx.run_id, path=ctx.path, author="workflow",
     )
-    req = result.output
+    req = answer(result)
     users = users_in(ctx.input.request)
     if users is not None:
         req = req.model_copy(update={"expected_users": users})
@@ -148,7 +152,7 @@ async def architecture(ctx: StepContext[Requirements]) -> ArchitectureSpec:
         output=ArchitectureSpec, thread=run_thread(ctx), resource=ctx.resource_id, run_id=ctx.run_id,
         path=ctx.path, author="workflow",
     )
-    spec = complete_spec(result.output, needs_database=req.needs_database, expected_users=req.expected_users)
+    spec = complete_spec(answer(result), needs_database=req.needs_database, expected_users=req.expected_users)
     memory = run_thread(ctx)
     if memory is not None:
         parts = ", ".join(f"{c.count}x {c.kind} {c.name} ({c.size})" for c in spec.components)
@@ -212,13 +216,20 @@ async def deploy(ctx: StepContext[ApprovedPlan]) -> Deployment:
         output=DeployPlan, thread=run_thread(ctx), resource=ctx.resource_id, run_id=ctx.run_id, path=ctx.path,
         author="workflow",
     )
-    plan_ = result.output
+    plan_ = answer(result)
     steps = ["terraform init", "terraform plan -out=tfplan", *plan_.steps, "terraform apply tfplan (skipped: dry run)"]
     memory = run_thread(ctx)
     if memory is not None:
         await memory.add("assistant", "Deployment plan (dry run, nothing deployed): " + "; ".join(steps), author="deployer")
     return Deployment(workspace=ctx.input.workspace, summary=plan_.summary, steps=steps,
                       estimated_monthly_cost=ctx.input.estimated_monthly_cost)
+
+
+def answer(result: AgentResult[T]) -> T:
+    """The structured answer of an agent call made with ``output=`` (the agent validated it)."""
+    if result.output is None:
+        raise ModelError("The agent gave no structured answer.")
+    return result.output
 
 
 def workspace(run_id: str) -> Path:

@@ -176,12 +176,16 @@ class SlackBot:
     async def is_replay(self, body: str, headers: dict[str, Any]) -> bool:
         """A validly signed request whose exact signature was seen before is a replay, never a Slack retry.
 
-        Slack signs every delivery (retries included) with a fresh timestamp, so a byte-identical request is
-        someone replaying a captured one within the 5-minute timestamp window. Unsigned or badly signed
-        requests are left to bolt, which refuses them without touching the database.
+        A byte-identical request is someone replaying a captured one within the 5-minute timestamp window:
+        Slack never retries slash commands or clicks. Event retries (``X-Slack-Retry-Num``) may repeat a
+        signature; those pass, and the per-message dedupe answers each message once. Unsigned or badly
+        signed requests are left to bolt, which refuses them without touching the database.
         """
         flat = {str(k).lower(): _first(v) for k, v in headers.items()}
         if not self._verifier.is_valid_request(body, flat):
+            return False
+        if flat.get("x-slack-retry-num") and body.lstrip().startswith("{"):
+            # Slack's own retry of an Events API delivery: answered once by the per-message dedupe instead.
             return False
         signature = flat.get("x-slack-signature", "")
         return not await self.store.first_time(f"signature:{signature}")

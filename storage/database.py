@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .backends import AsyncBackend, Backend, ThreadBackend
 from .errors import DatabaseURLError
 
 T = TypeVar("T")
@@ -99,8 +96,7 @@ class Database:
         parsed = make_url(self.url)
         self.dialect = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
         self._echo = echo
-        self._writer: AsyncEngine | None = None
-        self._reader: AsyncEngine | None = None
+        self._backend: Backend | None = None
         self._queue: deque[tuple[WriteFn[Any], asyncio.Future[Any]]] = deque()
         self._queue_event: asyncio.Event | None = None
         self._drainer: asyncio.Task[None] | None = None
@@ -109,7 +105,6 @@ class Database:
         self.commits = 0
         self.batched_writes = 0
         self._after_commit_hooks: list[Callable[[int], None]] = []
-        self._batch_started = time.perf_counter()
         self.last_commit_seconds = 0.0
 
     @property
@@ -123,13 +118,15 @@ class Database:
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
         async with self._open_lock:
-            if self._writer is not None:
+            if self._backend is not None:
                 return
-            writer, reader = self._create_engines()
-            from .migrations import upgrade_to_head
-
-            await upgrade_to_head(writer, self.dialect)
-            self._writer, self._reader = writer, reader
+            backend: Backend = ThreadBackend(self.url, self._echo) if self.is_sqlite else AsyncBackend(self.url, self._echo)
+            try:
+                await backend.migrate()
+            except Exception:
+                await backend.dispose()
+                raise
+            self._backend = backend
             self._queue_event = asyncio.Event()
             self._drainer = asyncio.get_running_loop().create_task(self._drain(), name="threadflow-commit-queue")
 
@@ -149,42 +146,27 @@ class Database:
                 await drainer
             except asyncio.CancelledError:
                 pass
-        for eng in {id(e): e for e in (self._writer, self._reader) if e is not None}.values():
-            await eng.dispose()
-        self._writer = self._reader = None
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            await backend.dispose()
 
-    def _create_engines(self) -> tuple[AsyncEngine, AsyncEngine]:
-        if not self.is_sqlite:
-            writer = create_async_engine(self.url, echo=self._echo, pool_size=5, max_overflow=5, pool_pre_ping=True)
-            reader = create_async_engine(self.url, echo=self._echo, pool_size=5, max_overflow=10, pool_pre_ping=True)
-            return writer, reader
-        database = make_url(self.url).database
-        if not database or database == ":memory:":
-            # One shared connection: separate connections would each see their own empty database.
-            single = create_async_engine(self.url, echo=self._echo, poolclass=StaticPool)
-            _configure_sqlite(single, begin="BEGIN IMMEDIATE")
-            return single, single
-        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-        writer = create_async_engine(self.url, echo=self._echo, pool_size=1, max_overflow=0)
-        reader = create_async_engine(self.url, echo=self._echo, pool_size=4, max_overflow=4)
-        _configure_sqlite(writer, begin="BEGIN IMMEDIATE")
-        _configure_sqlite(reader, begin=None)
-        return writer, reader
-
-    def _require_open(self) -> tuple[AsyncEngine, AsyncEngine]:
-        if self._writer is None or self._reader is None:
+    def _require_open(self) -> Backend:
+        if self._backend is None:
             raise RuntimeError("Database is not open: call `await database.open()` first.")
-        return self._writer, self._reader
+        return self._backend
 
     # -- reads and writes ----------------------------------------------------------------------------
 
     async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``fn`` on a reader connection (no write lock, sees everything committed)."""
-        if self._reader is None:
+        """Run ``fn`` on a reader connection (no write lock, sees everything committed).
+
+        ``fn`` may await only ``conn.execute`` / ``exec_driver_sql`` / ``run_sync`` (on SQLite it runs in a
+        reader thread, in one hop).
+        """
+        if self._backend is None:
             await self.open()
-        _, reader = self._require_open()
-        async with reader.connect() as conn:
-            return await fn(conn)
+        result: T = await self._require_open().read(fn)
+        return result
 
     async def write(self, fn: WriteFn[T]) -> T:
         """Run ``fn`` inside a shared write transaction and return its result once committed.
@@ -192,7 +174,7 @@ class Database:
         The write happens even if the caller is cancelled while waiting: a step result that reached the
         queue is committed, so a canceled task never loses (or re-runs) a finished step.
         """
-        if self._writer is None:
+        if self._backend is None:
             await self.open()
         assert self._queue_event is not None
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -211,75 +193,59 @@ class Database:
         return fut
 
     async def run_in_transaction(self, fn: WriteFn[T]) -> T:
-        """Run ``fn`` in a transaction of its own, bypassing the queue (migrations, maintenance)."""
-        if self._writer is None:
+        """Run ``fn`` in a transaction of its own, bypassing the queue (maintenance like pruning)."""
+        if self._backend is None:
             await self.open()
-        writer, _ = self._require_open()
-        async with writer.begin() as conn:
-            result = await fn(conn)
-        self._committed()
+        started = time.perf_counter()
+        [(ok, value)], commits = await self._require_open().run_batch([fn])
+        if not ok:
+            raise value
+        self._committed(1, time.perf_counter() - started)
+        result: T = value
         return result
 
     def on_commit(self, hook: Callable[[int], None]) -> None:
         """Call ``hook(batch_size)`` after every commit (metrics; ``last_commit_seconds`` has its latency)."""
         self._after_commit_hooks.append(hook)
 
-    def _committed(self, size: int = 1) -> None:
+    def _committed(self, size: int, seconds: float) -> None:
         self.commits += 1
         self.batched_writes += size
-        self.last_commit_seconds = time.perf_counter() - self._batch_started
+        self.last_commit_seconds = seconds
         for hook in self._after_commit_hooks:
             hook(size)
         self.changes.notify()
 
     async def _drain(self) -> None:
         assert self._queue_event is not None
-        writer, _ = self._require_open()
+        backend = self._require_open()
         while True:
             await self._queue_event.wait()
             self._queue_event.clear()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-                await self._commit_batch(writer, batch)
+                await self._commit_batch(backend, batch)
 
-    async def _commit_batch(self, writer: AsyncEngine, batch: list[tuple[WriteFn[Any], asyncio.Future[Any]]]) -> None:
-        results: list[Any] = []
-        self._batch_started = time.perf_counter()
+    async def _commit_batch(self, backend: Backend, batch: list[tuple[WriteFn[Any], asyncio.Future[Any]]]) -> None:
+        started = time.perf_counter()
         try:
-            async with writer.begin() as conn:
-                for fn, _ in batch:
-                    results.append(await fn(conn))
+            outcomes, commits = await backend.run_batch([fn for fn, _ in batch])
         except asyncio.CancelledError:
             for _, fut in batch:
                 if not fut.done():
                     fut.cancel()
             raise
-        except Exception:
-            if len(batch) == 1:
-                fn, fut = batch[0]
-                await self._commit_one(writer, fn, fut)
-                return
-            # Someone's write failed: roll back and give every writer its own transaction.
-            for fn, fut in batch:
-                await self._commit_one(writer, fn, fut)
-            return
-        self._committed(len(batch))
-        for (_, fut), result in zip(batch, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
-
-    async def _commit_one(self, writer: AsyncEngine, fn: WriteFn[Any], fut: asyncio.Future[Any]) -> None:
-        self._batch_started = time.perf_counter()
-        try:
-            async with writer.begin() as conn:
-                result = await fn(conn)
-        except Exception as exc:  # handed to the writer who queued it
-            if not fut.done():
-                fut.set_exception(exc)
-            return
-        self._committed()
-        if not fut.done():
-            fut.set_result(result)
+        except Exception as exc:  # the database itself failed (not one writer's function)
+            outcomes, commits = [(False, exc)] * len(batch), 0
+        if commits:
+            self._committed(sum(1 for ok, _ in outcomes if ok), time.perf_counter() - started)
+        for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+            if fut.done():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
 
 
 async def _noop(conn: AsyncConnection) -> None:
@@ -289,25 +255,3 @@ async def _noop(conn: AsyncConnection) -> None:
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("background write failed: %s", fut.exception())
-
-
-def _configure_sqlite(engine: AsyncEngine, *, begin: str | None) -> None:
-    """WAL, a busy timeout, and explicit transaction control (pysqlite's own is off)."""
-    busy_ms = int(os.environ.get("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "30000"))
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a crash of the process (SIGKILL); only a power loss or
-        # OS crash may lose the last commits. FULL would fsync every commit, several times slower.
-        cursor.execute(f"PRAGMA synchronous={os.environ.get('THREADFLOW_SQLITE_SYNCHRONOUS', 'NORMAL')}")
-        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cursor.execute("PRAGMA foreign_keys=OFF")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        if begin is not None:
-            conn.exec_driver_sql(begin)

@@ -26,6 +26,14 @@ def alembic_config() -> Config:
     return cfg
 
 
+def upgrade_sync(sync_conn: Any) -> None:
+    """Upgrade on a sync connection inside a transaction (SQLite's writer thread; BEGIN IMMEDIATE serializes)."""
+    try:
+        _upgrade(sync_conn)
+    except Exception as exc:
+        raise MigrationError(f"Could not bring the database schema up to date: {exc}") from exc
+
+
 def _upgrade(sync_conn: Any) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = sync_conn

@@ -4,6 +4,7 @@ SQLite's BEGIN IMMEDIATE that lets several processes write one file without "dat
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -145,18 +146,23 @@ async def test_a_database_error_of_one_writer_only_fails_that_writer(db):
 
 
 async def test_a_write_commits_even_if_its_caller_is_cancelled(db):
-    gate = asyncio.Event()
+    hold = threading.Event()
 
-    async def slow(conn: AsyncConnection) -> int:
-        await gate.wait()
-        return await add_event("kept")(conn)
+    async def busy(conn: AsyncConnection) -> None:  # holds the writer while the next write queues
+        if db.is_sqlite:
+            await conn.run_sync(lambda _sync: hold.wait(5))
+        else:
+            await asyncio.to_thread(hold.wait, 5)
 
-    task = asyncio.create_task(db.write(slow))
+    blocker = asyncio.create_task(db.write(busy))
+    await asyncio.sleep(0.01)
+    task = asyncio.create_task(db.write(add_event("kept")))
     await asyncio.sleep(0.01)
     task.cancel()
-    gate.set()
+    hold.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await blocker
 
     # The queued write still commits: a finished step's result is never lost to a cancellation.
     for _ in range(200):
@@ -194,16 +200,20 @@ async def test_commits_notify_watchers(db):
 
 async def test_reads_are_not_blocked_by_an_open_write_transaction(db):
     await db.write(add_event("before"))
-    inside = asyncio.Event()
-    finish = asyncio.Event()
+    # SQLite's writes run in the writer thread, so the open transaction is held with thread events there;
+    # on PostgreSQL the write function runs on the event loop and may await an asyncio event.
+    inside, finish = threading.Event(), threading.Event()
 
     async def long_write(conn: AsyncConnection) -> None:
         await add_event("during")(conn)
-        inside.set()
-        await finish.wait()
+        if db.is_sqlite:
+            await conn.run_sync(lambda _sync: (inside.set(), finish.wait(5)))
+        else:
+            inside.set()
+            await asyncio.to_thread(finish.wait, 5)
 
     writing = asyncio.create_task(db.write(long_write))
-    await asyncio.wait_for(inside.wait(), 5)
+    assert await asyncio.to_thread(inside.wait, 5)
 
     # The reader sees what was committed, not the open transaction's row, and does not wait for it.
     assert await asyncio.wait_for(count_events(db), 2) == 1
@@ -227,7 +237,7 @@ async def test_two_databases_on_one_sqlite_file_write_concurrently_without_locki
     def read_then_write(run_id: str):
         async def op(conn: AsyncConnection) -> int:
             seen = (await conn.execute(select(func.count()).select_from(events))).scalar_one()
-            await asyncio.sleep(0)  # let the other handle's transaction interleave
+            await conn.run_sync(lambda _sync: time.sleep(0.001))  # let the other handle's transaction interleave
             await conn.execute(insert(events).values(run_id=run_id, type="x", at=time.time(), data={"seen": seen}))
             return int(seen)
 

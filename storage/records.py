@@ -82,11 +82,12 @@ class EventRecord(BaseModel):
 
 
 class NewEvent(BaseModel):
-    """An event to commit together with the state change it describes."""
+    """An event to commit together with the state change it describes (``at``: when it happened, if earlier)."""
 
     type: str
     path: str | None = None
     data: dict[str, Any] | None = None
+    at: float | None = None
 
 
 class SignalRecord(BaseModel):

@@ -58,9 +58,19 @@ _INSERT_EVENT_IF_LIVE = insert(events).from_select(
 )
 
 
+#: Hot-path statements are built once: building a Core statement costs more than executing it on SQLite.
+_INSERT_EVENTS = insert(events)
+_TOUCH_LEASE = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_id"), runs.c.owner == bindparam("b_owner"), runs.c.status == "running")
+    .values(updated_at=bindparam("b_now"), lease_expires_at=bindparam("b_expires"))
+)
+
+
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._insert_result = self._insert_ignore(step_results)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -72,9 +82,9 @@ class RunStore:
 
     @staticmethod
     async def _add_events(conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
-        rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": now} for e in new]
+        rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now} for e in new]
         if rows:
-            await conn.execute(insert(events), rows)
+            await conn.execute(_INSERT_EVENTS, rows)
 
     # -- runs ----------------------------------------------------------------------------------------
 
@@ -157,11 +167,7 @@ class RunStore:
         return await self.db.read(op)
 
     async def _touch_lease(self, conn: AsyncConnection, run_id: str, owner: str, now: float, lease: float) -> None:
-        res = await conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == "running")
-            .values(updated_at=now, lease_expires_at=now + lease)
-        )
+        res = await conn.execute(_TOUCH_LEASE, {"b_id": run_id, "b_owner": owner, "b_now": now, "b_expires": now + lease})
         if res.rowcount == 0:
             raise LeaseLost(run_id)
 
@@ -172,7 +178,7 @@ class RunStore:
 
         async def op(conn: AsyncConnection) -> None:
             await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)
-            await conn.execute(self._insert_ignore(step_results).values(**result.model_dump()))
+            await conn.execute(self._insert_result, result.model_dump())
             await self._add_events(conn, result.run_id, new_events, result.finished_at)
 
         await self.db.write(op)
@@ -184,7 +190,7 @@ class RunStore:
         round trip): a holder that has not yet noticed a cancel says nothing after the run's final event.
         """
         now = time.time()
-        rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": now} for e in new_events]
+        rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now} for e in new_events]
 
         async def op(conn: AsyncConnection) -> None:
             if rows:

@@ -84,6 +84,8 @@ class Engine:
         self._run_changed: dict[str, asyncio.Event] = {}
         self._opened = False
         self._closing = False
+        self._next_timer: float | None = None
+        self._timers_checked_at = 0.0
         self._open_lock: asyncio.Lock | None = None
         self.faults: dict[str, FaultHook] = {}
         crash_at = os.environ.get("THREADFLOW_CRASH_AT")
@@ -409,6 +411,12 @@ class Engine:
 
     # -- the dispatcher ---------------------------------------------------------------------------------
 
+    def note_timer(self, at: float | None) -> None:
+        """A run here started waiting until ``at``: make sure the dispatcher wakes then."""
+        if at is not None and (self._next_timer is None or at < self._next_timer):
+            self._next_timer = at
+            self._wake.set()
+
     def _changed(self, run_id: str) -> None:
         event = self._run_changed.get(run_id)
         if event is not None:
@@ -461,13 +469,19 @@ class Engine:
             self._wake.clear()
             try:
                 await self._claim_and_spawn()
-                await self._expire_suspensions()
+                now = time.time()
+                # Timers (sleeps, leases, approval expiries) are re-read at most once per poll interval, or
+                # when one is due: a wake-up for a finished or resumed run needs only the claim above.
+                if now >= self._timers_checked_at + self.poll_interval or (
+                    self._next_timer is not None and self._next_timer <= now
+                ):
+                    await self._expire_suspensions()
+                    times = [t for t in (await self.store.next_wakeup(), await self.store.next_expiry()) if t is not None]
+                    self._next_timer = min(times) if times else None
+                    self._timers_checked_at = time.time()
                 timeout = self.poll_interval
-                next_at = await self.store.next_wakeup()
-                expiry = await self.store.next_expiry()
-                for t in (next_at, expiry):
-                    if t is not None:
-                        timeout = min(timeout, max(0.0, t - time.time()))
+                if self._next_timer is not None:
+                    timeout = min(timeout, max(0.0, self._next_timer - time.time()))
             except asyncio.CancelledError:
                 raise
             except Exception:

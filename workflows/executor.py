@@ -57,6 +57,9 @@ IN_PROCESS_SLEEP = 1.0
 
 OVERRIDE_PREFIX = "__input__/"
 
+#: A step that runs longer than this has its ``step.started`` event written on its own (seconds).
+ANNOUNCE_AFTER = 0.05
+
 
 def join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
@@ -99,6 +102,7 @@ class RunExecution:
         self.suspensions = dict(progress.suspensions)
         self.signals = list(progress.signals)
         self.failure_events: list[NewEvent] = []
+        self._announcements: dict[str, StartAnnouncement] = {}
 
     # -- the run ---------------------------------------------------------------------------------------
 
@@ -127,6 +131,7 @@ class RunExecution:
     async def _settle_halt(self, halt: Halt) -> None:
         run_id, owner = self.run.id, self.engine.owner
         if halt.wake_at is not None or halt.events:
+            self.engine.note_timer(halt.wake_at)
             data: dict[str, Any] = {"until": halt.wake_at, "events": halt.events, "suspended": halt.suspended}
             await self.store.settle(
                 run_id, owner, "waiting", [NewEvent(type="run.waiting", data=data)],
@@ -338,9 +343,7 @@ class RunExecution:
         attempt = 0
         while True:
             attempt += 1
-            self.store.add_events_nowait(
-                self.run.id, [NewEvent(type="step.started", path=path, data={"step_id": step.id, "attempt": attempt})]
-            )
+            announcement = self._announce_start(path, step.id, attempt)
             ctx: StepContext[Any] = StepContext(
                 execution=self, step=step, path=path, input=parsed, attempt=attempt,
                 resume_data=resume_data, suspend_payload=payload,
@@ -350,14 +353,18 @@ class RunExecution:
                     result = await step.fn(ctx)
                 output = step.dump_output(result)
             except Halt:
+                announcement.flush()
                 self._observe_step(step, "suspended", started)
                 raise
             except (asyncio.CancelledError, LeaseLost):
+                announcement.cancel()
                 raise
             except OutputInvalid as exc:
+                announcement.flush()
                 self._record_failure(step, path, exc, attempt)
                 raise
             except Exception as exc:
+                announcement.flush()
                 deliberate = isinstance(exc, RunFailure)
                 if not deliberate and policy.should_retry(exc, attempt):
                     delay = policy.delay(attempt)
@@ -372,6 +379,7 @@ class RunExecution:
                 self._observe_step(step, "failed", started)
                 raise StepFailed(path, str(exc), type(exc).__name__, attempt, deliberate=deliberate) from exc
             rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
+                *announcement.take(),
                 NewEvent(type="step.succeeded", path=path, data={
                     "step_id": step.id, "output": output, "attempts": attempt,
                     "duration": round(time.time() - started, 6),
@@ -380,6 +388,12 @@ class RunExecution:
             self._observe_step(step, "success", started)
             self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
             return rec.output
+
+    def _announce_start(self, path: str, step_id: str, attempt: int) -> StartAnnouncement:
+        announcement = StartAnnouncement(self, NewEvent(
+            type="step.started", path=path, data={"step_id": step_id, "attempt": attempt}, at=time.time()))
+        self._announcements[path] = announcement
+        return announcement
 
     def _observe_step(self, step: Step[Any, Any], status: str, started: float) -> None:
         emit("step.finished", workflow_id=self.run.workflow_id, step_id=step.id, status=status,
@@ -410,12 +424,42 @@ class RunExecution:
             run_id=self.run.id, path=path, step_id=step.id, kind="suspend", payload=payload, created_at=now,
             expires_at=now + ttl if ttl else None,
         )
+        started = self._announcements.pop(path, None)
+        self.engine.note_timer(record.expires_at)
         await self.store.open_suspension(record, self.engine.owner, self.engine.lease_seconds, [
+            *(started.take() if started is not None else []),
             NewEvent(type="step.suspended", path=path, data={
                 "step_id": step.id, "payload": payload, "expires_at": record.expires_at,
             })
         ])
         self.suspensions[path] = record
+
+
+class StartAnnouncement:
+    """A step's ``step.started`` event, written only if the step runs longer than ANNOUNCE_AFTER.
+
+    A quick step's start rides in the same commit as its result (one commit per step); a slow one's is
+    queued on its own after the delay, so watchers (the Slack checklist) see it running live.
+    """
+
+    def __init__(self, execution: RunExecution, event: NewEvent) -> None:
+        self._execution = execution
+        self._event: NewEvent | None = event
+        self._timer = asyncio.get_running_loop().call_later(ANNOUNCE_AFTER, self.flush)
+
+    def take(self) -> list[NewEvent]:
+        """The event, if not written yet, to commit with the step's next state change."""
+        self._timer.cancel()
+        event, self._event = self._event, None
+        return [event] if event is not None else []
+
+    def flush(self) -> None:
+        """Write the event now (queued; it commits before anything queued after it)."""
+        for event in self.take():
+            self._execution.store.add_events_nowait(self._execution.run.id, [event])
+
+    def cancel(self) -> None:
+        self.take()
 
 
 class MapContext:

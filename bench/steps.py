@@ -1,0 +1,305 @@
+"""1. Durable step overhead: a 10-step no-op workflow on an SQLite file, vs LangGraph and DBOS.
+
+Each system runs the same graph: 10 steps that do nothing, each step's completion made durable before
+the next starts. Measured one run at a time and with 100 runs in flight; throughput is durable steps per
+second (10 per run; the run's own start and finish records are not counted as steps).
+
+SQLite durability differs by default, so it is printed with every row and matched variants are run:
+threadflow uses WAL + synchronous=NORMAL (a commit survives a process crash; a power loss may lose the
+last commits); LangGraph's AsyncSqliteSaver uses WAL with SQLite's default synchronous=FULL; DBOS uses
+SQLite's default rollback journal with synchronous=FULL.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .common import Clock, Report, Row, env, latency_fields, run_limited, scratch_dir, sqlite_url, version_of
+from .workloads import STEPS, noop_workflow
+
+NAME = "steps"
+BENCH = "1. durable steps"
+CONCURRENCY = 100
+WARMUP = 10
+
+
+def sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"seq": 50, "conc": 100, "peer_seq": 30, "peer_conc": 100, "dbos_seq": 10, "dbos_conc": 20,
+                "raw": 2000}
+    return {"seq": 1000, "conc": 1000, "peer_seq": 1000, "peer_conc": 1000, "dbos_seq": 300, "dbos_conc": 300,
+            "raw": 20000}
+
+
+async def _measure(n: int, concurrency: int, one: Any) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+
+    async def timed(i: int) -> None:
+        t0 = time.perf_counter()
+        await one(i)
+        latencies.append(time.perf_counter() - t0)
+
+    with Clock() as clock:
+        if concurrency == 1:
+            for i in range(n):
+                await timed(i)
+        else:
+            await run_limited(n, concurrency, timed)
+    return clock.seconds, latencies
+
+
+def _row(system: str, setup: str, n: int, seconds: float, latencies: list[float], **kw: Any) -> Row:
+    return Row(bench=BENCH, system=system, setup=setup, n=n, throughput=n * STEPS / seconds, unit="steps/s",
+               total_s=seconds, **latency_fields(latencies), **kw)
+
+
+def _setup(concurrency: int, n: int, sync: str) -> str:
+    mode = "1 at a time" if concurrency == 1 else f"{min(concurrency, n)} in flight"
+    return f"{mode}, {n:,} runs, {sync}"
+
+
+# -- threadflow -----------------------------------------------------------------------------------------
+
+async def threadflow(directory: Path, n: int, concurrency: int, synchronous: str) -> tuple[float, list[float], dict[str, Any]]:
+    from workflows import Engine
+
+    wf = noop_workflow()
+    with env(THREADFLOW_SQLITE_SYNCHRONOUS=synchronous):
+        engine = Engine.from_url(sqlite_url(directory / f"tf-{synchronous}-{concurrency}.db"), poll_interval=1.0)
+        engine.register(wf)
+        await engine.open()
+        try:
+            async def one(_: int) -> None:
+                handle = await engine.start(wf.id, {})
+                result = await handle.result()
+                if result.status != "success":
+                    raise RuntimeError(f"run ended {result.status}: {result.error}")
+
+            for i in range(WARMUP):
+                await one(i)
+            commits0, writes0 = engine.db.commits, engine.db.batched_writes
+            seconds, latencies = await _measure(n, concurrency, one)
+            stats = {"commits": engine.db.commits - commits0, "queued_writes": engine.db.batched_writes - writes0}
+        finally:
+            await engine.close()
+    return seconds, latencies, stats
+
+
+# -- LangGraph ------------------------------------------------------------------------------------------
+
+def _langgraph_graph() -> Any:
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class State(TypedDict, total=False):
+        n: int
+
+    def node(_: int) -> Any:
+        async def noop(state: State) -> None:
+            return None
+
+        return noop
+
+    builder = StateGraph(State)
+    previous = START
+    for i in range(STEPS):
+        builder.add_node(f"s{i}", node(i))
+        builder.add_edge(previous, f"s{i}")
+        previous = f"s{i}"
+    builder.add_edge(previous, END)
+    return builder
+
+
+async def langgraph(directory: Path, n: int, concurrency: int, synchronous: str | None) -> tuple[float, list[float], str]:
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    builder = _langgraph_graph()
+    path = directory / f"lg-{synchronous}-{concurrency}.db"
+    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
+        await saver.setup()
+        if synchronous is not None:
+            await saver.conn.execute(f"PRAGMA synchronous={synchronous}")
+        cur = await saver.conn.execute("PRAGMA synchronous")
+        sync_level = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get((await cur.fetchone())[0], "?")
+        cur = await saver.conn.execute("PRAGMA journal_mode")
+        journal = (await cur.fetchone())[0]
+        graph = builder.compile(checkpointer=saver)
+        kwargs: dict[str, Any] = {}
+        if "durability" in inspect.signature(graph.ainvoke).parameters:
+            kwargs["durability"] = "sync"
+            how = 'durability="sync"'
+        else:  # older LangGraph: checkpoints are written before the next step by default
+            how = "default checkpointing (no durability parameter)"
+
+        async def one(_: int) -> None:
+            await graph.ainvoke({"n": 0}, {"configurable": {"thread_id": uuid.uuid4().hex}}, **kwargs)
+
+        for i in range(WARMUP):
+            await one(i)
+        seconds, latencies = await _measure(n, concurrency, one)
+    return seconds, latencies, f"{journal.upper()}+{sync_level}; {how}"
+
+
+# -- DBOS -----------------------------------------------------------------------------------------------
+
+_DBOS_WORKFLOW: Any = None
+
+
+def _dbos_workflow() -> Any:
+    global _DBOS_WORKFLOW
+    if _DBOS_WORKFLOW is not None:
+        return _DBOS_WORKFLOW
+    from dbos import DBOS
+
+    steps = []
+    for i in range(STEPS):
+        async def noop() -> None:
+            return None
+
+        steps.append(DBOS.step(name=f"tfbench_noop_{i}")(noop))
+
+    async def ten_steps() -> None:
+        for s in steps:
+            await s()
+
+    _DBOS_WORKFLOW = DBOS.workflow(name="tfbench_ten_steps")(ten_steps)
+    return _DBOS_WORKFLOW
+
+
+async def dbos(directory: Path, runs: list[tuple[int, int]]) -> list[tuple[float, list[float], str]]:
+    """DBOS is a process-wide singleton: launch it once and run every configuration in ``runs``."""
+    import sqlalchemy as sa
+    from dbos import DBOS
+
+    workflow = _dbos_workflow()
+    path = directory / "dbos.db"
+    DBOS(config={"name": "tfbench", "system_database_url": f"sqlite:///{path}", "log_level": "WARNING"})
+    DBOS.launch()
+    out = []
+    try:
+        async def one(_: int) -> None:
+            await workflow()
+
+        for i in range(WARMUP):
+            await one(i)
+        for n, concurrency in runs:
+            seconds, latencies = await _measure(n, concurrency, one)
+            out.append((seconds, latencies, ""))
+        engine = sa.create_engine(f"sqlite:///{path}")
+        with engine.connect() as conn:
+            journal = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
+        engine.dispose()
+        # DBOS sets no synchronous pragma: SQLite's default (FULL) applies on its connections.
+        mode = f"{str(journal).upper()} journal+FULL (SQLite defaults)"
+        out = [(s, lat, mode) for s, lat, _ in out]
+    finally:
+        DBOS.destroy(destroy_registry=False)
+    return out
+
+
+# -- floors ---------------------------------------------------------------------------------------------
+
+async def raw_aiosqlite(directory: Path, n: int, synchronous: str) -> tuple[float, list[float]]:
+    """One INSERT + COMMIT per iteration on one aiosqlite connection: the floor of any aiosqlite engine."""
+    import aiosqlite
+
+    async with aiosqlite.connect(directory / f"raw-{synchronous}.db", isolation_level=None) as conn:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={synchronous}")
+        await conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, run TEXT, data TEXT)")
+        latencies = []
+        with Clock() as clock:
+            for i in range(n):
+                t0 = time.perf_counter()
+                await conn.execute("BEGIN IMMEDIATE")
+                await conn.execute("INSERT INTO t (run, data) VALUES (?, ?)", ("r", f"step {i}"))
+                await conn.execute("COMMIT")
+                latencies.append(time.perf_counter() - t0)
+    return clock.seconds, latencies
+
+
+# -- the benchmark ----------------------------------------------------------------------------------------
+
+def _ratio(mine: float | None, peers: dict[str, float | None]) -> str:
+    parts = [f"{mine / v:.2f}x {name}" for name, v in peers.items() if mine and v]
+    return ", ".join(parts)
+
+
+async def run(report: Report, quick: bool) -> None:
+    size = sizes(quick)
+    lg_version = version_of("langgraph")
+    dbos_version = version_of("dbos")
+    results: dict[tuple[str, str], Row] = {}
+
+    with scratch_dir("steps") as directory:
+        # --quick skips the matched-durability variants (threadflow FULL, LangGraph NORMAL).
+        for label, sync in (("NORMAL", "NORMAL"),) + ((("FULL", "FULL"),) if not quick else ()):
+            for mode, n, concurrency in (("seq", size["seq"], 1), ("conc", size["conc"], CONCURRENCY)):
+                try:
+                    seconds, latencies, stats = await threadflow(directory, n, concurrency, sync)
+                    per_commit = stats["queued_writes"] / max(1, stats["commits"])
+                    results[("tf-" + label, mode)] = report.add(_row(
+                        "threadflow", _setup(concurrency, n, f"WAL+{sync}"), n, seconds, latencies,
+                        note=f"{stats['commits'] / n:.1f} commits/run, {per_commit:.1f} writes/commit",
+                        extra=stats))
+                except Exception as exc:
+                    report.failed(BENCH, f"threadflow WAL+{sync}", exc)
+
+        if lg_version is None or version_of("langgraph-checkpoint-sqlite") is None:
+            report.add(Row(bench=BENCH, system="LangGraph", note="skipped: pip install langgraph langgraph-checkpoint-sqlite"))
+        else:
+            for label, sync in (("default", None),) + ((("NORMAL", "NORMAL"),) if not quick else ()):
+                for mode, n, concurrency in (("seq", size["peer_seq"], 1), ("conc", size["peer_conc"], CONCURRENCY)):
+                    try:
+                        seconds, latencies, how = await langgraph(directory, n, concurrency, sync)
+                        results[("lg-" + label, mode)] = report.add(_row(
+                            f"LangGraph {lg_version}", _setup(concurrency, n, how.split(";")[0]), n, seconds, latencies,
+                            note=("AsyncSqliteSaver, " + how.split("; ")[1]) + (" (PRAGMA set by the benchmark)" if sync else "")))
+                    except Exception as exc:
+                        report.failed(BENCH, f"LangGraph {lg_version}", exc)
+
+        if dbos_version is None:
+            report.add(Row(bench=BENCH, system="DBOS", note="skipped: pip install dbos"))
+        else:
+            try:
+                plan = [("seq", size["dbos_seq"], 1), ("conc", size["dbos_conc"], CONCURRENCY)]
+                measured = await dbos(directory, [(n, c) for _, n, c in plan])
+                for (mode, n, concurrency), (seconds, latencies, how) in zip(plan, measured, strict=True):
+                    results[("dbos", mode)] = report.add(_row(
+                        f"DBOS {dbos_version}", _setup(concurrency, n, how.split(" (")[0]), n, seconds, latencies,
+                        note="async @DBOS.workflow of 10 @DBOS.step, SQLite system database (defaults)"))
+            except Exception as exc:
+                report.failed(BENCH, f"DBOS {dbos_version}", exc)
+
+        for sync in ("NORMAL", "FULL"):
+            try:
+                seconds, latencies = await raw_aiosqlite(directory, size["raw"], sync)
+                report.add(Row(bench=BENCH, system="floor: raw aiosqlite", setup=f"INSERT+COMMIT loop, WAL+{sync}",
+                               n=size["raw"], throughput=size["raw"] / seconds, unit="commits/s", total_s=seconds,
+                               **latency_fields(latencies), note="one connection, 3 thread hops per commit"))
+            except Exception as exc:
+                report.failed(BENCH, f"raw aiosqlite {sync}", exc)
+
+    def tput(key: tuple[str, str]) -> float | None:
+        row = results.get(key)
+        return row.throughput if row else None
+
+    for mode in ("seq", "conc"):
+        for tf_label, peers in (
+            ("NORMAL", {"LangGraph": ("lg-default", mode), "LangGraph@NORMAL": ("lg-NORMAL", mode), "DBOS": ("dbos", mode)}),
+            ("FULL", {"LangGraph@FULL": ("lg-default", mode), "DBOS": ("dbos", mode)}),
+        ):
+            row = results.get(("tf-" + tf_label, mode))
+            if row is not None:
+                row.ratio = _ratio(row.throughput, {name: tput(key) for name, key in peers.items()})
+
+    seq_tf, seq_lg = tput(("tf-NORMAL", "seq")), tput(("lg-default", "seq"))
+    report.target(BENCH, "one run at a time >= 3x LangGraph (threadflow WAL+NORMAL / LangGraph default)",
+                  seq_tf / seq_lg if seq_tf and seq_lg else None, 3.0, higher_is_better=True, unit="x")
+    report.target(BENCH, "100 runs in flight >= 5,000 durable steps/s", tput(("tf-NORMAL", "conc")), 5000,
+                  higher_is_better=True, unit="steps/s")

@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -63,6 +65,12 @@ def normalize_url(url: str) -> str:
             "and PostgreSQL (postgresql+asyncpg://)."
         )
     return parsed.render_as_string(hide_password=False)
+
+
+def insert_ignore(db: Database, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the database's dialect: exactly-once rows by their key."""
+    dialect = sqlite_dialect if db.is_sqlite else pg_dialect
+    return dialect.insert(table).on_conflict_do_nothing()
 
 
 class ChangeSignal:

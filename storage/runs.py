@@ -13,11 +13,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .database import Database
+from .database import Database, insert_ignore
 from .records import (
     TERMINAL_STATUSES,
     EventRecord,
@@ -70,15 +68,9 @@ _TOUCH_LEASE = (
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._insert_result = self._insert_ignore(step_results)
+        self._insert_result = insert_ignore(self.db, step_results)
 
     # -- helpers -------------------------------------------------------------------------------------
-
-    def _insert_ignore(self, table: Any) -> Any:
-        """``INSERT ... ON CONFLICT DO NOTHING`` in the current dialect."""
-        if self.db.is_sqlite:
-            return sqlite_dialect.insert(table).on_conflict_do_nothing()
-        return pg_dialect.insert(table).on_conflict_do_nothing()
 
     @staticmethod
     async def _add_events(conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
@@ -211,7 +203,7 @@ class RunStore:
     ) -> None:
         async def op(conn: AsyncConnection) -> None:
             await self._touch_lease(conn, suspension.run_id, owner, suspension.created_at, lease)
-            await conn.execute(self._insert_ignore(suspensions).values(**suspension.model_dump()))
+            await conn.execute(insert_ignore(self.db, suspensions).values(**suspension.model_dump()))
             await self._add_events(conn, suspension.run_id, new_events, suspension.created_at)
 
         await self.db.write(op)

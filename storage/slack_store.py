@@ -7,15 +7,12 @@ answered twice.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import delete, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql as pg_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .database import Database
+from .database import Database, insert_ignore
 from .tables import events, runs, slack_approvals, slack_runs, slack_seen_events
 
 
@@ -43,11 +40,6 @@ class SlackApproval(BaseModel):
 class SlackStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-
-    def _insert_ignore(self, table: Any) -> Any:
-        if self.db.is_sqlite:
-            return sqlite_dialect.insert(table).on_conflict_do_nothing()
-        return pg_dialect.insert(table).on_conflict_do_nothing()
 
     async def add_run(self, run: SlackRun) -> None:
         async def op(conn: AsyncConnection) -> None:
@@ -151,7 +143,7 @@ class SlackStore:
         """Record the message showing a suspension; False if one was already posted (insert-if-absent)."""
 
         async def op(conn: AsyncConnection) -> bool:
-            res = await conn.execute(self._insert_ignore(slack_approvals).values(**approval.model_dump()))
+            res = await conn.execute(insert_ignore(self.db, slack_approvals).values(**approval.model_dump()))
             return bool(res.rowcount)
 
         return await self.db.write(op)
@@ -169,7 +161,7 @@ class SlackStore:
         now = time.time()
 
         async def op(conn: AsyncConnection) -> bool:
-            res = await conn.execute(self._insert_ignore(slack_seen_events).values(key=key, seen_at=now))
+            res = await conn.execute(insert_ignore(self.db, slack_seen_events).values(key=key, seen_at=now))
             return bool(res.rowcount)
 
         return await self.db.write(op)

@@ -387,7 +387,7 @@ class SlackBot:
 
     async def on_reject_with_reason(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        target = await self.check_decider(body, action)
+        target = await self.check_decider(body, action, require_open=True)
         if target is None:
             return
         run_id, path, channel, message_ts = target
@@ -404,8 +404,13 @@ class SlackBot:
         action = {"action_id": REJECT, "value": json.dumps({"run_id": meta.get("run_id"), "step": meta.get("step")})}
         self.spawn(self.decide(fake_body, action, approved=False, reason=reason))
 
-    async def check_decider(self, body: dict[str, Any], action: dict[str, Any]) -> tuple[str, str, str, str] | None:
-        """Parse the button and check the clicker may decide; tell them ephemerally if not."""
+    async def check_decider(
+        self, body: dict[str, Any], action: dict[str, Any], *, require_open: bool = False
+    ) -> tuple[str, str, str, str] | None:
+        """Parse the button and check the clicker may decide, on this message; tell them ephemerally if not.
+
+        ``require_open`` also refuses a step that no longer waits (before opening a form for it).
+        """
         user = (body.get("user") or {}).get("id", "")
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id", "")
         message_ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts", "")
@@ -422,12 +427,26 @@ class SlackBot:
             await self.ephemeral(channel, user, f":warning: {exc}", thread_ts)
             return None
         suspension = next((s for s in await self.engine.store.suspensions_of(run_id) if s.path == path), None)
-        step_id = suspension.step_id if suspension else path.rsplit("/", 1)[-1]
-        allowed = self.approvers_for(run.workflow_id, step_id, run.started_by)
+        shown = await self.store.get_approval(run_id, path)
+        if suspension is None:
+            await self.ephemeral(channel, user, f":warning: Run `{run_id}` has no step `{path}` waiting for a decision; "
+                                 "nothing was changed.", thread_ts)
+            return None
+        if shown is not None and message_ts and shown.message_ts != message_ts:
+            # The button does not belong to this message: never let one run's message decide another's step.
+            await self.ephemeral(channel, user, ":warning: This button does not match this message; nothing was changed.",
+                                 thread_ts)
+            return None
+        allowed = self.approvers_for(run.workflow_id, suspension.step_id, run.started_by)
         if user not in allowed:
             who = ", ".join(blocks.mention(u) for u in sorted(allowed)) or "nobody"
             await self.ephemeral(channel, user, f":no_entry: You can't decide this one; it is up to {who}. Nothing was changed.",
                                  thread_ts)
+            return None
+        if require_open and (suspension.status != "open" or run.is_terminal):
+            text = (f":information_source: Already decided by {blocks.mention(suspension.resolved_by)}; nothing was changed."
+                    if suspension.status == "resolved" else f":information_source: Run `{run_id}` is {run.status}; nothing to decide.")
+            await self.ephemeral(channel, user, text, thread_ts)
             return None
         return run_id, path, channel, message_ts
 

@@ -91,6 +91,8 @@ def parse_run_input(wf: CommittedWorkflow, raw: str) -> Any:
     elif raw.startswith("{"):
         try:
             data = json.loads(raw)
+        except RecursionError:
+            raise InvalidInput(f"input of workflow {wf.id!r}", "the JSON is nested too deeply") from None
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"input of workflow {wf.id!r}", f"the JSON is malformed ({exc.msg} at column {exc.colno})") from None
     elif _looks_like_pairs(raw):
@@ -124,6 +126,8 @@ def _parse_pairs(raw: str, text_fields: list[str]) -> dict[str, Any]:
             continue
         try:
             out[key] = json.loads(value)
+        except RecursionError:
+            raise InvalidInput("input", f"the value of {key!r} is nested too deeply") from None
         except json.JSONDecodeError:
             out[key] = value
     return out

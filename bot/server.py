@@ -24,12 +24,39 @@ METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 async def slack_events(request: web.Request) -> web.Response:
     """Every Slack request (commands, interactivity, events) arrives here; bolt verifies the signature."""
     bot = request.app[BOT_KEY]
-    bolt_request = await to_bolt_request(request)
-    if await bot.is_replay(bolt_request.raw_body, bolt_request.headers):
-        log.warning("refused a replayed Slack request (same signature seen before)")
-        return web.json_response({"error": "replayed request"}, status=401)
-    bolt_response = await bot.app.async_dispatch(bolt_request)
+    try:
+        bolt_request = await to_bolt_request(request)
+        if await bot.is_replay(bolt_request.raw_body, bolt_request.headers):
+            log.warning("refused a replayed Slack request (same signature seen before)")
+            return web.json_response({"error": "replayed request"}, status=401)
+        problem = malformed_interaction(bolt_request.body)
+        if problem is not None:
+            log.warning("refused a malformed Slack interaction: %s", problem)
+            return web.json_response({"error": f"malformed request: {problem}"}, status=400)
+        bolt_response = await bot.app.async_dispatch(bolt_request)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+        # A signed request bolt cannot parse or route (malformed payload): a client error, not a crash.
+        log.warning("refused a malformed Slack request: %s", type(exc).__name__)
+        return web.json_response({"error": "malformed request"}, status=400)
     return await to_aiohttp_response(bolt_response)
+
+
+def malformed_interaction(body: Any) -> str | None:
+    """What is wrong with an interaction payload bolt would choke on (it answers those with a 500)."""
+    if not isinstance(body, dict) or body.get("type") not in ("block_actions", "view_submission"):
+        return None
+    user = body.get("user")
+    if not isinstance(user, dict) or not isinstance(user.get("id"), str):
+        return "no user"
+    if body["type"] == "block_actions":
+        actions = body.get("actions")
+        if not isinstance(actions, list) or not actions:
+            return "no actions"
+        if not all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions):
+            return "an action without action_id"
+    elif not isinstance(body.get("view"), dict):
+        return "no view"
+    return None
 
 
 async def healthz(request: web.Request) -> web.Response:

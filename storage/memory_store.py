@@ -14,25 +14,56 @@ of the last message it covers in ``tool_call_id`` (as text); only this module re
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, and_, column, func, insert, literal_column, or_, select, table, update
+from sqlalchemy import (
+    Select,
+    String,
+    and_,
+    bindparam,
+    column,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    table,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
 from .database import Database
 from .tables import agent_contexts, message_vectors, messages, threads, working_memory
 
 Role = Literal["system", "user", "assistant", "tool"]
 
-#: FTS queries are built from at most this many distinct words: long pastes stay cheap to search.
+#: FTS queries consider at most this many distinct words of the text: long pastes stay cheap to search.
 MAX_QUERY_TOKENS = 32
+#: ... and search only the rarest few of them (see :meth:`MemoryStore.search_text`).
+MAX_SEARCH_TERMS = 6
+#: A word in more than this share of messages is "common": searched only when the text has no rarer word.
+COMMON_TERM_SHARE = 0.02
+#: ... and in more than this many messages: small stores search every word (up to ``MAX_SEARCH_TERMS``).
+COMMON_TERM_MIN_DOCS = 100
+#: When every word is common, the rarest this many are searched (their frequencies counted up to
+#: ``COMMON_TERM_RANK_SHARE`` of the messages, so "deploy" beats "the" without counting all of "the").
+MAX_COMMON_SEARCH_TERMS = 2
+COMMON_TERM_RANK_SHARE = 0.2
+#: Recall compares a query with at most this many of the newest vectors of its scope (per query: a
+#: 384-d float32 vector is 1.5 KB, a 1536-d one 6 KB read from the database).
+DEFAULT_VECTOR_CANDIDATES = 5000
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -152,12 +183,28 @@ def fts5_query(text: str) -> str:
     FTS5 gives meaning to ``"*:^()-`` and the words AND/OR/NOT/NEAR; quoting each word (the regex keeps
     only word characters, so no quote can appear inside) makes every one a plain term.
     """
-    return " OR ".join(f'"{word}"' for word in _query_words(text))
+    return _fts5_match(_query_words(text))
 
 
 def tsquery_text(text: str) -> str:
     """The PostgreSQL counterpart of :func:`fts5_query`: ``word | word`` for ``to_tsquery``."""
     return " | ".join(_query_words(text))
+
+
+def rarest_terms(
+    words: Sequence[str], counts: Sequence[float], common_above: float, *, limit: int = MAX_SEARCH_TERMS
+) -> list[str]:
+    """Up to ``limit`` of ``words`` counted in ``0 < count <= common_above`` messages, rarest first.
+
+    A word that no message contains is left out: it cannot match, and it would take the place of one
+    that can. Ties keep the order of the text.
+    """
+    ranked = sorted((count, i) for i, count in enumerate(counts) if 0 < count <= common_above)
+    return [words[i] for _, i in ranked[:limit]]
+
+
+def _fts5_match(words: Iterable[str]) -> str:
+    return " OR ".join(f'"{word}"' for word in words)
 
 
 def _query_words(text: str) -> list[str]:
@@ -169,6 +216,51 @@ def _query_words(text: str) -> list[str]:
         if len(seen) >= MAX_QUERY_TOKENS:
             break
     return list(seen)
+
+
+@lru_cache(maxsize=MAX_QUERY_TOKENS)
+def _fts5_counts_statement(n: int) -> TextClause:
+    """``cap, count(w0), ..., count(wn-1)``: messages matching each word, counted up to ``cap``.
+
+    ``cap`` is one more than ``max(:min_docs, :share * messages)`` (the message count estimated by the
+    largest id, an O(log n) lookup), so a count below ``cap`` is exact and one at ``cap`` means "more".
+    FTS5 itself tokenizes each quoted word, so the count sees exactly the terms the search will
+    (porter stems, unicode61 case and diacritics folding, ``db_01`` as the phrase "db 01"), and it reads
+    at most ``cap`` entries of a word's posting list however common the word is.
+    """
+    counts = ", ".join(
+        f"(SELECT count(*) FROM (SELECT 1 FROM messages_fts WHERE messages_fts MATCH :w{i} "
+        "LIMIT (SELECT cap FROM n)))"
+        for i in range(n)
+    )
+    return text(
+        "WITH n(cap) AS (SELECT CAST(max(:min_docs, coalesce(max(id), 0) * :share) AS INTEGER) + 1 "
+        f"FROM messages) SELECT (SELECT cap FROM n), {counts}"
+    )
+
+
+#: Per word of the query: how many lexemes ``to_tsvector`` keeps (0: a stop word) and the share of
+#: messages containing its rarest lexeme, from the statistics ANALYZE keeps on the full-text index
+#: (``most_common_elems``: lexemes above roughly 0.1-0.5 % of rows; 0 = not among them, so rarer).
+#: ``have_stats`` is 0 until the index has been analyzed (autovacuum does it).
+_PG_TERM_FREQUENCIES = text(
+    """
+WITH stats AS (
+    SELECT CAST(CAST(most_common_elems AS text) AS text[]) AS elems, most_common_elem_freqs AS freqs
+    FROM pg_stats
+    WHERE schemaname = current_schema() AND tablename = 'ix_messages_fts' AND attname = 'to_tsvector'
+    LIMIT 1
+)
+SELECT
+    (SELECT count(*) FROM stats WHERE elems IS NOT NULL) AS have_stats,
+    (SELECT reltuples FROM pg_class WHERE oid = to_regclass('messages')) AS rows,
+    cardinality(tsvector_to_array(to_tsvector('english', w.word))) AS lexemes,
+    (SELECT min(coalesce(stats.freqs[array_position(stats.elems, lexeme)], 0))
+     FROM stats, unnest(tsvector_to_array(to_tsvector('english', w.word))) AS lexeme) AS freq
+FROM unnest(CAST(:words AS text[])) WITH ORDINALITY AS w(word, ord)
+ORDER BY w.ord
+"""
+).bindparams(bindparam("words", type_=ARRAY(String)))
 
 
 class MemoryStore:
@@ -392,45 +484,57 @@ class MemoryStore:
         resource_id: str | None = None,
         limit: int = 10,
     ) -> list[TextHit]:
-        """Full-text search over conversation messages, best first; any user text is a valid query."""
+        """Full-text search over conversation messages, best first; any user text is a valid query.
+
+        A prompt is mostly common words, and an OR of common words matches (and ranks) most of the store.
+        So only the rarest words are searched: of the first ``MAX_QUERY_TOKENS`` distinct words, the up to
+        ``MAX_SEARCH_TERMS`` rarest that some message contains, leaving out common words (in more than
+        ``COMMON_TERM_SHARE`` of the messages and more than ``COMMON_TERM_MIN_DOCS``) whenever a rarer
+        word is there. A text of only common words searches its ``MAX_COMMON_SEARCH_TERMS`` rarest. What
+        remains is ranked exactly as before (BM25 on SQLite, ``ts_rank`` on PostgreSQL). See
+        :meth:`_fts5_terms` and :meth:`_pg_terms` for how each database counts words.
+        """
         if thread_id is None and resource_id is None:
             raise ValueError("search_text needs thread_id or resource_id: memory is never searched globally.")
+        words = _query_words(query)
+        if not words:
+            return []
         scope = (
             messages.c.thread_id == thread_id
             if thread_id is not None
             else messages.c.resource_id == resource_id
         )
         where = and_(scope, messages.c.kind == "message")
-        if self.db.is_sqlite:
-            match = fts5_query(query)
-            if not match:
-                return []
-            fts = table("messages_fts", column("rowid"))
-            rank = func.bm25(literal_column("messages_fts"))
-            stmt: Select[Any] = (
-                select(messages, rank.label("rank"))
-                .select_from(messages.join(fts, fts.c.rowid == messages.c.id))
-                .where(literal_column("messages_fts").op("MATCH")(match), where)
-                .order_by(rank, messages.c.id.desc())
-                .limit(limit)
-            )
-            sign = -1.0  # bm25: lower is better
-        else:
-            words = tsquery_text(query)
-            if not words:
-                return []
-            vector = func.to_tsvector(literal_column("'english'"), messages.c.content)
-            tsq = func.to_tsquery(literal_column("'english'"), words)
-            rank = func.ts_rank(vector, tsq)
-            stmt = (
-                select(messages, rank.label("rank"))
-                .where(vector.op("@@")(tsq), where)
-                .order_by(rank.desc(), messages.c.id.desc())
-                .limit(limit)
-            )
-            sign = 1.0
 
         async def fn(conn: AsyncConnection) -> list[TextHit]:
+            if self.db.is_sqlite:
+                terms = await self._fts5_terms(conn, words)
+                if not terms:
+                    return []
+                fts = table("messages_fts", column("rowid"))
+                rank = func.bm25(literal_column("messages_fts"))
+                stmt: Select[Any] = (
+                    select(messages, rank.label("rank"))
+                    .select_from(messages.join(fts, fts.c.rowid == messages.c.id))
+                    .where(literal_column("messages_fts").op("MATCH")(_fts5_match(terms)), where)
+                    .order_by(rank, messages.c.id.desc())
+                    .limit(limit)
+                )
+                sign = -1.0  # bm25: lower is better
+            else:
+                terms = await self._pg_terms(conn, words)
+                if not terms:
+                    return []
+                vector = func.to_tsvector(literal_column("'english'"), messages.c.content)
+                tsq = func.to_tsquery(literal_column("'english'"), " | ".join(terms))
+                rank = func.ts_rank(vector, tsq)
+                stmt = (
+                    select(messages, rank.label("rank"))
+                    .where(vector.op("@@")(tsq), where)
+                    .order_by(rank.desc(), messages.c.id.desc())
+                    .limit(limit)
+                )
+                sign = 1.0
             hits = []
             for row in (await conn.execute(stmt)).mappings():
                 data = dict(row)
@@ -439,6 +543,58 @@ class MemoryStore:
             return hits
 
         return await self.db.read(fn)
+
+    async def _fts5_terms(self, conn: AsyncConnection, words: list[str]) -> list[str]:
+        """The words to search on SQLite, from per-word message counts that FTS5 makes itself.
+
+        Why not the ``fts5vocab`` table: its terms are stemmed and diacritics-folded, so a query word
+        would need a Python copy of FTS5's porter/unicode61 tokenizer to be looked up ("deployments" is
+        stored as "deploy", "café" as "cafe"), and its ``doc`` column is computed by reading the term's
+        whole posting list (2 ms for a word in 70 % of 100,000 messages). Counting ``MATCH '"word"'``
+        rows with a LIMIT lets FTS5 tokenize the word and stops after ``cap`` rows: about 1 ms for 15
+        words on 100,000 messages, whatever the words.
+        """
+        params: dict[str, Any] = {f"w{i}": f'"{w}"' for i, w in enumerate(words)}
+        row = (
+            await conn.execute(
+                _fts5_counts_statement(len(words)),
+                params | {"min_docs": COMMON_TERM_MIN_DOCS, "share": COMMON_TERM_SHARE},
+            )
+        ).one()
+        cap, counts = int(row[0]), [int(c) for c in row[1:]]
+        terms = rarest_terms(words, counts, cap - 1)
+        if terms:
+            return terms
+        present = [w for w, count in zip(words, counts, strict=True) if count > 0]
+        if not present:
+            return []
+        # Every word is common: count further (up to COMMON_TERM_RANK_SHARE) to keep the least common.
+        params = {f"w{i}": f'"{w}"' for i, w in enumerate(present)}
+        row = (
+            await conn.execute(
+                _fts5_counts_statement(len(present)),
+                params | {"min_docs": COMMON_TERM_MIN_DOCS, "share": COMMON_TERM_RANK_SHARE},
+            )
+        ).one()
+        return rarest_terms(present, [int(c) for c in row[1:]], math.inf, limit=MAX_COMMON_SEARCH_TERMS)
+
+    async def _pg_terms(self, conn: AsyncConnection, words: list[str]) -> list[str]:
+        """The words to search on PostgreSQL, rarest first by the full-text index's ANALYZE statistics.
+
+        PostgreSQL stems each word (``to_tsvector('english', word)``, stop words give no lexeme and are
+        left out) and ``pg_stats.most_common_elems`` gives the share of rows containing each frequent
+        lexeme: one catalog read, no scan. A word whose lexemes are not listed is rarer than every listed
+        one. Before the first ANALYZE there are no statistics and every word is searched, as before.
+        """
+        rows = (await conn.execute(_PG_TERM_FREQUENCIES, {"words": words})).all()
+        if not rows or not rows[0].have_stats or not rows[0].rows or rows[0].rows <= 0:
+            return words
+        # Not among the most common lexemes: rarer than all of them, order unknown (the text's then).
+        counts = [0.0 if not r.lexemes else float(r.freq or 0.0) or 1e-9 for r in rows]
+        common_above = max(COMMON_TERM_SHARE, COMMON_TERM_MIN_DOCS / float(rows[0].rows))
+        return rarest_terms(words, counts, common_above) or rarest_terms(
+            words, counts, math.inf, limit=MAX_COMMON_SEARCH_TERMS
+        )
 
     async def add_vectors(self, vectors: Sequence[tuple[MessageRow, bytes]], model: str) -> None:
         """Store embeddings of existing messages (replacing older ones for the same message)."""
@@ -479,27 +635,78 @@ class MemoryStore:
         model: str,
         thread_id: str | None = None,
         resource_id: str | None = None,
-        limit: int = 5000,
+        limit: int | None = DEFAULT_VECTOR_CANDIDATES,
     ) -> list[StoredVector]:
-        """The newest ``limit`` vectors of a thread or resource made by ``model`` (similarity is numpy's)."""
-        if thread_id is None and resource_id is None:
-            raise ValueError("vector_candidates needs thread_id or resource_id.")
-        scope = (
-            message_vectors.c.thread_id == thread_id
-            if thread_id is not None
-            else message_vectors.c.resource_id == resource_id
-        )
-        query = (
-            select(message_vectors)
-            .where(scope, message_vectors.c.model == model)
-            .order_by(message_vectors.c.message_id.desc())
-            .limit(limit)
+        """The newest ``limit`` (None: all) vectors of a thread or resource made by ``model``, newest first.
+
+        Recall uses :meth:`vector_rows`, the same rows without a model per row.
+        """
+        query = self._vector_query(
+            (message_vectors,), model=model, thread_id=thread_id, resource_id=resource_id, limit=limit
         )
 
         async def fn(conn: AsyncConnection) -> list[StoredVector]:
             return [StoredVector.model_validate(dict(r)) for r in (await conn.execute(query)).mappings()]
 
         return await self.db.read(fn)
+
+    async def vector_rows(
+        self,
+        *,
+        model: str,
+        thread_id: str | None = None,
+        resource_id: str | None = None,
+        limit: int | None = DEFAULT_VECTOR_CANDIDATES,
+    ) -> list[tuple[int, bytes]]:
+        """``(message_id, vector)`` of the newest ``limit`` (None: all) vectors of the scope, newest first.
+
+        Plain tuples because recall reads thousands of them per query: validating a model per row cost
+        more than the similarity itself (numpy's, in ``workflows.memory``).
+        """
+        query = self._vector_query(
+            (message_vectors.c.message_id, message_vectors.c.vector),
+            model=model,
+            thread_id=thread_id,
+            resource_id=resource_id,
+            limit=limit,
+        )
+
+        async def fn(conn: AsyncConnection) -> list[tuple[int, bytes]]:
+            return [(int(mid), bytes(vector)) for mid, vector in await conn.execute(query)]
+
+        return await self.db.read(fn)
+
+    def _vector_query(
+        self,
+        columns: Sequence[Any],
+        *,
+        model: str,
+        thread_id: str | None,
+        resource_id: str | None,
+        limit: int | None,
+    ) -> Select[Any]:
+        if thread_id is None and resource_id is None:
+            raise ValueError("vector_candidates needs thread_id or resource_id.")
+        if thread_id is not None:
+            # message_vectors has no thread index: walk the thread's messages (ix_messages_thread) newest
+            # first and look each vector up by its key, rather than scanning every vector.
+            query = (
+                select(*columns)
+                .select_from(message_vectors.join(messages, messages.c.id == message_vectors.c.message_id))
+                .where(
+                    messages.c.thread_id == thread_id,
+                    message_vectors.c.thread_id == thread_id,
+                    message_vectors.c.model == model,
+                )
+                .order_by(messages.c.id.desc())
+            )
+        else:
+            query = (
+                select(*columns)
+                .where(message_vectors.c.resource_id == resource_id, message_vectors.c.model == model)
+                .order_by(message_vectors.c.message_id.desc())
+            )
+        return query if limit is None else query.limit(limit)
 
     async def get_messages(self, ids: Sequence[int]) -> list[MessageRow]:
         async def fn(conn: AsyncConnection) -> list[MessageRow]:

@@ -356,7 +356,9 @@ class Engine:
             run = await self.get_run(run_id)
             if run.status in SETTLED_STATUSES or (run.status == "waiting" and run.waiting_for):
                 return await self.result_of(run)
-            wait = self.poll_interval / 2
+            # A run executing here wakes this waiter itself; only runs elsewhere need polling (cheaply:
+            # hundreds of waiters polling fast would starve the event loop and the leases with it).
+            wait = max(2.0, 10 * self.poll_interval) if run_id in self._tasks else self.poll_interval / 2
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -187,7 +187,7 @@ async def run(report: Report, quick: bool) -> None:
                         bench=BENCH, system=system, setup=f"{n:,} messages, {query_kind} queries", n=len(qs),
                         throughput=len(qs) / sum(latencies), unit="queries/s", **latency_fields(latencies),
                         note=f"{hits / len(qs):.1f} results/query"
-                        + ("; vectors: newest 5,000 of the scope (vector_candidates limit)" if "vectors" in system else "")))
+                        + ("; vectors: newest 2,000 of the scope (Recall.vector_candidates default)" if "vectors" in system else "")))
                 except Exception as exc:
                     report.failed(BENCH, system, exc)
 

@@ -7,10 +7,11 @@ to (bolt does not keep them). The bot never executes workflows itself: the engin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -92,6 +93,8 @@ class SlackBot:
         #: How long this process may render a run before another one takes over (renewed while it renders).
         self.render_lease = max(5.0, 3 * settings.poll_interval)
         self._sweeper: asyncio.Task[None] | None = None
+        self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._channel_last_post: dict[str, float] = {}
         self._verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
         self.app = AsyncApp(
             client=self.client,
@@ -209,9 +212,24 @@ class SlackBot:
         return dict(response.data) if isinstance(response.data, dict) else None
 
     async def post_in_thread(self, run: SlackRun, text: str, blocks_: list[dict[str, Any]] | None = None) -> str | None:
-        data = await self.slack_call("chat_postMessage", channel=run.channel_id, thread_ts=run.root_ts, text=text,
-                                     blocks=blocks_)
+        async with self._channel_pace(run.channel_id):
+            data = await self.slack_call("chat_postMessage", channel=run.channel_id, thread_ts=run.root_ts, text=text,
+                                         blocks=blocks_)
         return str(data["ts"]) if data and data.get("ts") else None
+
+    @contextlib.asynccontextmanager
+    async def _channel_pace(self, channel: str) -> AsyncIterator[None]:
+        """Slack allows about one message per second per channel: posts to one channel go one at a time,
+        at least THREADFLOW_PROGRESS_INTERVAL apart (429s that still happen are retried by slack_sdk)."""
+        lock = self._channel_locks.setdefault(channel, asyncio.Lock())
+        async with lock:
+            wait = self._channel_last_post.get(channel, 0.0) + self.settings.progress_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                yield
+            finally:
+                self._channel_last_post[channel] = time.monotonic()
 
     async def ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         """Show ``text`` to ``user`` only; in the thread it concerns, else it lands in the channel unseen."""

@@ -57,13 +57,13 @@ MAX_SEARCH_TERMS = 6
 COMMON_TERM_SHARE = 0.02
 #: ... and in more than this many messages: small stores search every word (up to ``MAX_SEARCH_TERMS``).
 COMMON_TERM_MIN_DOCS = 100
-#: When every word is common, the rarest this many are searched (their frequencies counted up to
-#: ``COMMON_TERM_RANK_SHARE`` of the messages, so "deploy" beats "the" without counting all of "the").
+#: When every word is common, the rarest this many are searched (on SQLite their messages are counted
+#: up to ``COMMON_TERM_RANK_SHARE`` of all, so "deploy" beats "the" without counting all of "the").
 MAX_COMMON_SEARCH_TERMS = 2
 COMMON_TERM_RANK_SHARE = 0.2
-#: Recall compares a query with at most this many of the newest vectors of its scope (per query: a
-#: 384-d float32 vector is 1.5 KB, a 1536-d one 6 KB read from the database).
-DEFAULT_VECTOR_CANDIDATES = 5000
+#: Recall compares a query with at most this many of the newest vectors of its scope, all read from the
+#: database on every query (see ``workflows.memory.Recall.vector_candidates``).
+DEFAULT_VECTOR_CANDIDATES = 2000
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -239,26 +239,55 @@ def _fts5_counts_statement(n: int) -> TextClause:
     )
 
 
-#: Per word of the query: how many lexemes ``to_tsvector`` keeps (0: a stop word) and the share of
-#: messages containing its rarest lexeme, from the statistics ANALYZE keeps on the full-text index
-#: (``most_common_elems``: lexemes above roughly 0.1-0.5 % of rows; 0 = not among them, so rarer).
-#: ``have_stats`` is 0 until the index has been analyzed (autovacuum does it).
-_PG_TERM_FREQUENCIES = text(
+#: Per word of the query, in order: ``lexemes`` (0: only stop words), ``share`` (the share of messages
+#: containing its rarest lexeme per the statistics ANALYZE keeps on the full-text index, or NULL when a
+#: lexeme is not among the ``most_common_elems``, i.e. rare, or there are no statistics yet) and, only
+#: when ``share`` is NULL, ``counted``: messages matching the word, counted up to ``cap`` through the GIN
+#: index (cheap for a rare word; a listed common word is never counted). Counting is skipped (NULL) when
+#: it cannot change the choice: at most ``:max_terms`` words and none listed as common. ``total``
+#: estimates the number of messages (the largest id), ``cap`` is one more than the "common" threshold.
+_PG_TERM_COUNTS = text(
     """
-WITH stats AS (
+WITH n AS (
+    SELECT coalesce(max(id), 0) AS total,
+           CAST(GREATEST(CAST(:min_docs AS float8), coalesce(max(id), 0) * CAST(:share AS float8)) AS INTEGER)
+           + 1 AS cap
+    FROM messages
+),
+stats AS (
     SELECT CAST(CAST(most_common_elems AS text) AS text[]) AS elems, most_common_elem_freqs AS freqs
     FROM pg_stats
     WHERE schemaname = current_schema() AND tablename = 'ix_messages_fts' AND attname = 'to_tsvector'
+      AND most_common_elems IS NOT NULL
     LIMIT 1
+),
+w AS (
+    SELECT word, ord, tsvector_to_array(to_tsvector('english', word)) AS lexemes
+    FROM unnest(CAST(:words AS text[])) WITH ORDINALITY AS u(word, ord)
+),
+listed AS (
+    SELECT w.*,
+           (SELECT CASE WHEN count(*) > 0 AND bool_and(f IS NOT NULL) THEN min(f) END
+            FROM (SELECT stats.freqs[array_position(stats.elems, lexeme)] AS f
+                  FROM stats, unnest(w.lexemes) AS lexeme) AS x) AS share
+    FROM w
+),
+choice AS (
+    SELECT listed.*,
+           count(*) FILTER (WHERE cardinality(lexemes) > 0) OVER () > :max_terms
+           OR coalesce(bool_or(share * n.total >= n.cap) OVER (), false) AS must_count
+    FROM listed, n
 )
-SELECT
-    (SELECT count(*) FROM stats WHERE elems IS NOT NULL) AS have_stats,
-    (SELECT reltuples FROM pg_class WHERE oid = to_regclass('messages')) AS rows,
-    cardinality(tsvector_to_array(to_tsvector('english', w.word))) AS lexemes,
-    (SELECT min(coalesce(stats.freqs[array_position(stats.elems, lexeme)], 0))
-     FROM stats, unnest(tsvector_to_array(to_tsvector('english', w.word))) AS lexeme) AS freq
-FROM unnest(CAST(:words AS text[])) WITH ORDINALITY AS w(word, ord)
-ORDER BY w.ord
+SELECT (SELECT total FROM n) AS total, (SELECT cap FROM n) AS cap,
+       cardinality(lexemes) AS lexemes, share,
+       CASE WHEN must_count AND cardinality(lexemes) > 0 AND share IS NULL THEN
+           (SELECT count(*) FROM (
+               SELECT 1 FROM messages
+               WHERE to_tsvector('english', content) @@ phraseto_tsquery('english', choice.word)
+               LIMIT (SELECT cap FROM n)) AS c)
+       END AS counted
+FROM choice
+ORDER BY ord
 """
 ).bindparams(bindparam("words", type_=ARRAY(String)))
 
@@ -425,17 +454,43 @@ class MemoryStore:
         """Each of ``around_ids`` with up to ``window`` conversation messages either side, oldest first."""
 
         async def fn(conn: AsyncConnection) -> list[MessageRow]:
-            found: dict[int, MessageRow] = {}
-            base = (messages.c.thread_id == thread_id) & (messages.c.kind == "message")
-            for mid in sorted(set(around_ids)):
-                before = select(messages).where(base, messages.c.id <= mid).order_by(messages.c.id.desc())
-                after = select(messages).where(base, messages.c.id > mid).order_by(messages.c.id)
-                for query in (before.limit(window + 1), after.limit(window)):
-                    for row in _message_rows((await conn.execute(query)).mappings()):
-                        found[row.id] = row
-            return [found[k] for k in sorted(found)]
+            return await self._messages_range(conn, thread_id, around_ids, window)
 
         return await self.db.read(fn)
+
+    async def messages_around(self, ids: Sequence[int], window: int) -> list[tuple[str, list[MessageRow]]]:
+        """:meth:`messages_range` for messages of any threads, in one read: per thread (in the order
+        its first message appears in ``ids``), its messages among ``ids`` and their neighbours, oldest
+        first. Ids of messages that no longer exist are skipped."""
+        if not ids:
+            return []
+
+        async def fn(conn: AsyncConnection) -> list[tuple[str, list[MessageRow]]]:
+            query = select(messages.c.id, messages.c.thread_id).where(messages.c.id.in_(list(ids)))
+            thread_of = {int(mid): tid for mid, tid in await conn.execute(query)}
+            by_thread: dict[str, list[int]] = {}
+            for mid in ids:
+                if mid in thread_of:
+                    by_thread.setdefault(thread_of[mid], []).append(mid)
+            return [
+                (tid, await self._messages_range(conn, tid, around, window))
+                for tid, around in by_thread.items()
+            ]
+
+        return await self.db.read(fn)
+
+    async def _messages_range(
+        self, conn: AsyncConnection, thread_id: str, around_ids: Sequence[int], window: int
+    ) -> list[MessageRow]:
+        found: dict[int, MessageRow] = {}
+        base = (messages.c.thread_id == thread_id) & (messages.c.kind == "message")
+        for mid in sorted(set(around_ids)):
+            before = select(messages).where(base, messages.c.id <= mid).order_by(messages.c.id.desc())
+            after = select(messages).where(base, messages.c.id > mid).order_by(messages.c.id)
+            for query in (before.limit(window + 1), after.limit(window)):
+                for row in _message_rows((await conn.execute(query)).mappings()):
+                    found[row.id] = row
+        return [found[k] for k in sorted(found)]
 
     async def add_summary(
         self,
@@ -579,20 +634,39 @@ class MemoryStore:
         return rarest_terms(present, [int(c) for c in row[1:]], math.inf, limit=MAX_COMMON_SEARCH_TERMS)
 
     async def _pg_terms(self, conn: AsyncConnection, words: list[str]) -> list[str]:
-        """The words to search on PostgreSQL, rarest first by the full-text index's ANALYZE statistics.
+        """The words to search on PostgreSQL, rarest first, from one statement (``_PG_TERM_COUNTS``).
 
-        PostgreSQL stems each word (``to_tsvector('english', word)``, stop words give no lexeme and are
-        left out) and ``pg_stats.most_common_elems`` gives the share of rows containing each frequent
-        lexeme: one catalog read, no scan. A word whose lexemes are not listed is rarer than every listed
-        one. Before the first ANALYZE there are no statistics and every word is searched, as before.
+        PostgreSQL stems each word itself (``to_tsvector('english', word)``; a stop word gives no lexeme
+        and is left out). A word whose lexemes are all among the index's ``most_common_elems`` (ANALYZE
+        statistics: one catalog read) takes that share; any other word is rare, so counting its messages
+        through the GIN index is cheap, and the count drops words no message contains. Before the first
+        ANALYZE no word is listed, so all are counted (up to ``cap``) when there are more than
+        ``MAX_SEARCH_TERMS`` to choose from.
         """
-        rows = (await conn.execute(_PG_TERM_FREQUENCIES, {"words": words})).all()
-        if not rows or not rows[0].have_stats or not rows[0].rows or rows[0].rows <= 0:
-            return words
-        # Not among the most common lexemes: rarer than all of them, order unknown (the text's then).
-        counts = [0.0 if not r.lexemes else float(r.freq or 0.0) or 1e-9 for r in rows]
-        common_above = max(COMMON_TERM_SHARE, COMMON_TERM_MIN_DOCS / float(rows[0].rows))
-        return rarest_terms(words, counts, common_above) or rarest_terms(
+        rows = (
+            await conn.execute(
+                _PG_TERM_COUNTS,
+                {
+                    "words": words,
+                    "min_docs": COMMON_TERM_MIN_DOCS,
+                    "share": COMMON_TERM_SHARE,
+                    "max_terms": MAX_SEARCH_TERMS,
+                },
+            )
+        ).all()
+        if not rows:
+            return []
+        cap = int(rows[0].cap)
+
+        def messages_with(r: Any) -> float:
+            if not r.lexemes:
+                return 0.0  # stop words only
+            if r.share is not None:
+                return float(r.share) * float(r.total)
+            return 1.0 if r.counted is None else float(r.counted)  # None: not counted, all are searched
+
+        counts = [messages_with(r) for r in rows]
+        return rarest_terms(words, counts, cap - 1) or rarest_terms(
             words, counts, math.inf, limit=MAX_COMMON_SEARCH_TERMS
         )
 

@@ -10,7 +10,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import Database
-from storage.memory_store import MemoryStore, NewAgentContext, NewMessage, NewVector, fts5_query, tsquery_text
+from storage.memory_store import (
+    COMMON_TERM_MIN_DOCS,
+    MAX_SEARCH_TERMS,
+    MemoryStore,
+    NewAgentContext,
+    NewMessage,
+    NewVector,
+    fts5_query,
+    rarest_terms,
+    tsquery_text,
+)
 
 
 @pytest.fixture
@@ -56,6 +66,13 @@ async def test_messages_range_returns_neighbours_of_each_hit(store: MemoryStore)
     assert [m.content for m in got] == ["m1", "m2", "m3", "m6", "m7", "m8"]
     edge = await store.messages_range("T1", [ids[0]], window=2)
     assert [m.content for m in edge] == ["m0", "m1", "m2"]
+    other = await store.add_messages([msg("T2", f"o{i}") for i in range(3)])
+    around = await store.messages_around([other[1], ids[7], 10**9, ids[2]], window=1)  # 10**9: no such id
+    assert [(t, [m.content for m in rows]) for t, rows in around] == [
+        ("T2", ["o0", "o1", "o2"]),
+        ("T1", ["m1", "m2", "m3", "m6", "m7", "m8"]),
+    ]
+    assert await store.messages_around([], window=1) == []
 
 
 async def test_search_text_ranks_matches_and_respects_scope(store: MemoryStore) -> None:
@@ -114,6 +131,62 @@ def test_query_builders_only_emit_quoted_words(text: str) -> None:
     assert all(w.replace("_", "").isalnum() for w in filter(None, tsquery_text(text).split(" | ")))
 
 
+#: Words of every filler message: each is in more than COMMON_TERM_MIN_DOCS messages, so "common".
+COMMON = "please can you check the deploy status for our team today thanks".split()
+#: Words no message contains: as many as the search keeps, so keeping them would crowd out the rare word.
+ABSENT = ["zorblat", "quexil", "vintrop", "malkoor", "drezzik", "plonkus"]
+
+
+async def _old_message_under_common_ones(store: MemoryStore) -> int:
+    """One old message with a rare word, then many newer ones made only of common words."""
+    assert len(ABSENT) >= MAX_SEARCH_TERMS
+    (old,) = await store.add_messages([msg("T1", "The flumoxicating gateway crashed twice last night.")])
+    fillers = [msg("T1" if i % 2 else "T2", " ".join(COMMON[i % 3 :] + COMMON[: i % 3])) for i in range(300)]
+    assert 300 > COMMON_TERM_MIN_DOCS
+    await store.add_messages(fillers)
+    return old
+
+
+async def _analyze(store: MemoryStore) -> None:
+    """PostgreSQL picks words from ANALYZE statistics once they exist (SQLite counts every time)."""
+    if not store.db.is_sqlite:
+        await store.db.write(lambda conn: conn.exec_driver_sql("ANALYZE messages"))
+
+
+async def test_a_rare_word_in_a_long_prompt_of_common_words_finds_the_old_message(store: MemoryStore) -> None:
+    old = await _old_message_under_common_ones(store)
+    # common words first, then words no message has, then the rare word in another inflection:
+    # "flumoxicated" and the stored "flumoxicating" share one stem ("flumox"), which only the index's own
+    # tokenizer knows; neither a raw vocabulary lookup nor a prefix of the query word finds it.
+    prompt = " ".join(COMMON) + ", " + " ".join(ABSENT) + " - what happened to the flumoxicated gateway?"
+    for analyzed in (False, True):
+        if analyzed:
+            await _analyze(store)
+        for scope in ({"thread_id": "T1"}, {"resource_id": "R1"}):
+            hits = await store.search_text(prompt, limit=10, **scope)
+            # the common words were left out: only the message with the rare word matches
+            assert [h.message.id for h in hits] == [old], (analyzed, scope)
+
+
+async def test_a_prompt_of_only_common_words_still_searches_its_rarest(store: MemoryStore) -> None:
+    await _old_message_under_common_ones(store)
+    for analyzed in (False, True):
+        if analyzed:
+            await _analyze(store)
+        hits = await store.search_text("can you check the deploy status?", thread_id="T1", limit=5)
+        assert len(hits) == 5 and all(h.message.thread_id == "T1" for h in hits)
+        assert await store.search_text(" ".join(ABSENT), thread_id="T1") == []
+
+
+def test_rarest_terms_keeps_the_rarest_words_that_occur() -> None:
+    words = ["the", "zorblat", "gateway", "flumox", "deploy", "a", "b"]
+    counts = [900, 0, 40, 1, 40, 5, 5]
+    assert rarest_terms(words, counts, 100) == ["flumox", "a", "b", "gateway", "deploy"]
+    assert rarest_terms(words, counts, 100, limit=2) == ["flumox", "a"]  # ties keep the text's order
+    assert rarest_terms(words, counts, 0) == []  # nothing rare: the caller falls back
+    assert rarest_terms(["x"], [0], float("inf")) == []  # a word no message has is never searched
+
+
 async def test_summaries_record_what_they_cover(store: MemoryStore) -> None:
     ids = await store.add_messages([msg("T1", "x" * 10) for _ in range(4)])
     assert await store.latest_summary("T1") is None
@@ -143,6 +216,28 @@ async def test_vectors_are_stored_with_their_messages(store: MemoryStore) -> Non
     assert [
         v.vector for v in await store.vector_candidates(model="m", thread_id="T1") if v.message_id == beta.id
     ] == [b"\x04" * 8]
+
+
+async def test_vector_rows_are_the_newest_of_the_scope_up_to_the_cap(store: MemoryStore) -> None:
+    new = [msg("T1", f"t1 {i}") for i in range(5)] + [msg("T2", "t2"), msg("T3", "other user", resource="R2")]
+    ids = await store.save_turn(
+        new, vectors=[NewVector(index=i, vector=bytes([i]) * 8) for i in range(len(new))], vector_model="m"
+    )
+    assert await store.vector_rows(model="m", thread_id="T1", limit=2) == [
+        (ids[4], b"\x04" * 8),
+        (ids[3], b"\x03" * 8),
+    ]
+    assert [mid for mid, _ in await store.vector_rows(model="m", thread_id="T1", limit=None)] == ids[4::-1]
+    assert [mid for mid, _ in await store.vector_rows(model="m", resource_id="R1", limit=3)] == [
+        ids[5],
+        ids[4],
+        ids[3],
+    ]
+    assert await store.vector_rows(model="other", resource_id="R1") == []
+    assert [v.message_id for v in await store.vector_candidates(model="m", resource_id="R1", limit=2)] == [
+        ids[5],
+        ids[4],
+    ]
 
 
 async def test_working_memory_upserts(store: MemoryStore) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from storage import Database
+from storage.memory_store import DEFAULT_VECTOR_CANDIDATES
 from tests.fakes import FakeOpenAI
 from workflows.memory import Memory, Recall, WorkingMemory, extractive_summary
 from workflows.models import OfflineModel, OpenAIChatModel, OpenAIEmbedder
@@ -76,6 +77,34 @@ async def test_recall_with_embeddings_finds_what_words_do_not(
     assert [r.message.id for r in recalled if r.matched] == [ids[0]]
     # every stored message got a vector, embedded through the real HTTP API
     assert len(await memory.store.vector_candidates(model="embed-test", thread_id="T1")) == len(ids)
+
+
+async def test_recall_finds_a_rare_word_in_a_long_prompt_of_common_words(memory: Memory) -> None:
+    thread = memory.thread("T1", "U1")
+    common = "please can you check the deploy status for our team today thanks"
+    (old,) = await thread.save([thread.new_message("user", "The flumoxicating gateway crashed twice.")])
+    # enough newer messages that their words are common (COMMON_TERM_MIN_DOCS), in one commit
+    await thread.save([thread.new_message("user", f"{common} {i % 7}") for i in range(150)])
+    prompt = f"{common}: did the flumoxicated gateway crash again? {common.upper()}"
+    context = await thread.build_context(prompt)
+    assert [r.message.id for r in context.recalled if r.matched] == [old]
+
+
+async def test_vector_recall_compares_with_the_newest_vector_candidates(
+    memory_db: Database, fake_openai: FakeOpenAI, openai_embedder: OpenAIEmbedder
+) -> None:
+    fake_openai.synonyms.update({"automobile": "car", "colour": "color"})
+    memory = Memory(memory_db, last_messages=3, embedder=openai_embedder, summarize_after_tokens=None)
+    ids = await fill(memory.thread("T1", "U1"), first="My car has a red color.")
+    query, recent = "automobile colour?", ids[-3:]
+    found = await memory.thread("T1", "U1").recall(query, exclude_ids=recent)
+    assert [r.message.id for r in found if r.matched] == [ids[0]]
+    assert Recall().vector_candidates == DEFAULT_VECTOR_CANDIDATES
+    capped = Memory(memory_db, recall=Recall(vector_candidates=len(ids) - 1), embedder=openai_embedder)
+    assert await capped.thread("T1", "U1").recall(query, exclude_ids=recent) == []  # oldest vector not read
+    unbounded = Memory(memory_db, recall=Recall(vector_candidates=None), embedder=openai_embedder)
+    found = await unbounded.thread("T1", "U1").recall(query, exclude_ids=recent)
+    assert [r.message.id for r in found if r.matched] == [ids[0]]
 
 
 async def test_working_memory_scopes(memory_db: Database) -> None:

@@ -65,10 +65,23 @@ _TOUCH_LEASE = (
 )
 
 
+def insert_result_if_held(db: Database) -> Any:
+    """``INSERT INTO step_results SELECT :values WHERE <run held by :b_owner> ON CONFLICT DO NOTHING``."""
+    cols = [c.name for c in step_results.columns]
+    values = select(*(bindparam(c, type_=step_results.c[c].type) for c in cols)).where(
+        exists().where(
+            runs.c.id == bindparam("run_id", type_=String), runs.c.owner == bindparam("b_owner", type_=String),
+            runs.c.status == "running",
+        )
+    )
+    return insert_ignore(db, step_results).from_select(cols, values)
+
+
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert_result = insert_ignore(self.db, step_results)
+        self._insert_result_if_held = insert_result_if_held(self.db)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -169,8 +182,12 @@ class RunStore:
         """Record a finished step with its events, if this process still holds the run."""
 
         async def op(conn: AsyncConnection) -> None:
-            await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)
-            await conn.execute(self._insert_result, result.model_dump())
+            # One statement both fences and records: the row goes in only while this process holds the run.
+            # The lease itself is renewed by the heartbeat, not by every step.
+            inserted = await conn.execute(self._insert_result_if_held, {**result.model_dump(), "b_owner": owner})
+            if inserted.rowcount == 0:
+                await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
+                return  # already recorded (insert-if-absent): nothing more to say
             await self._add_events(conn, result.run_id, new_events, result.finished_at)
 
         await self.db.write(op)

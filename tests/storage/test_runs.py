@@ -91,15 +91,17 @@ async def test_a_step_result_from_a_process_that_lost_the_run_is_refused(store):
     assert [e.type for e in await store.read_events(run_id)] == ["run.started"]
 
 
-async def test_results_events_and_the_lease_commit_together(store):
+async def test_results_and_events_commit_together_while_the_run_is_held(store):
     run_id = await held_run(store)
-    before = (await store.get_run(run_id)).lease_expires_at
 
     await store.commit_step(result(run_id, "a", 1), "me", LEASE + 10, [NewEvent(type="step.succeeded", path="a")])
 
-    run = await store.get_run(run_id)
-    assert run.lease_expires_at > before
+    assert set((await store.load_progress(run_id)).results) == {"a"}
     assert [(e.type, e.path) for e in await store.read_events(run_id)] == [("run.started", None), ("step.succeeded", "a")]
+    # Leases are renewed by the heartbeat, not by every step (one statement per step fences and records).
+    before = (await store.get_run(run_id)).lease_expires_at
+    assert await store.heartbeat("me", [run_id], LEASE + 20) == set()
+    assert (await store.get_run(run_id)).lease_expires_at > before
 
 
 # -- claims -------------------------------------------------------------------------------------------

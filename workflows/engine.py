@@ -350,11 +350,14 @@ class Engine:
         """Wait until the run is finished or suspended (or waits for an event), then return its result."""
         await self.open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        event = self._run_changed.setdefault(run_id, asyncio.Event())
         while True:
+            # Fetched each time: the executor drops a run's event when its task ends.
+            event = self._run_changed.setdefault(run_id, asyncio.Event())
             event.clear()
             run = await self.get_run(run_id)
             if run.status in SETTLED_STATUSES or (run.status == "waiting" and run.waiting_for):
+                if run_id not in self._tasks:
+                    self._run_changed.pop(run_id, None)
                 return await self.result_of(run)
             # A run executing here wakes this waiter itself; only runs elsewhere need polling (cheaply:
             # hundreds of waiters polling fast would starve the event loop and the leases with it).

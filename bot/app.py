@@ -450,7 +450,10 @@ class SlackBot:
             await self.ephemeral(channel, user, f":warning: Run `{run_id}` has no step `{path}` waiting for a decision; "
                                  "nothing was changed.", thread_ts)
             return None
-        if shown is not None and message_ts and shown.message_ts != message_ts:
+        clicked = body.get("message") or {}
+        if (shown is not None and message_ts and shown.message_ts != message_ts) or (
+            clicked.get("blocks") and not blocks.shows_step(clicked, run_id, path)
+        ):
             # The button does not belong to this message: never let one run's message decide another's step.
             await self.ephemeral(channel, user, ":warning: This button does not match this message; nothing was changed.",
                                  thread_ts)

@@ -8,11 +8,8 @@ exactly-once for committed ones).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -24,55 +21,13 @@ from storage import Database
 from storage.runs import RunStore
 from tests.helpers import eventually
 from tests.helpers.crash_worker import HOLD, build_workflows, executions
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Worker:
-    """A worker process started with ``python -m tests.helpers.crash_worker``."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, stderr: Path) -> None:
-        self.proc = proc
-        self.stderr = stderr
-
-    async def line(self, timeout: float = 30) -> str:
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not raw:
-            await self.proc.wait()
-            raise AssertionError(f"worker exited ({self.proc.returncode}) without output:\n{self.stderr.read_text()}")
-        return raw.decode().strip()
-
-    async def kill(self) -> int:
-        self.proc.send_signal(signal.SIGKILL)
-        return await self.exit_code()
-
-    async def exit_code(self, timeout: float = 30) -> int:
-        # Waiting reaps the process: a zombie would still look alive to the pid-based dead-owner check.
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+from tests.helpers.processes import Spawn, spawner
 
 
 @pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator:
-    workers: list[Worker] = []
-
-    async def start(*args: str, env: dict[str, str] | None = None) -> Worker:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("THREADFLOW_")}
-        stderr = tmp_path / f"worker-{len(workers)}.err"
-        with stderr.open("wb") as err:  # the child keeps its own copy of the descriptor
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.helpers.crash_worker", *args,
-                cwd=ROOT, env=clean | {"PYTHONPATH": str(ROOT)} | (env or {}),
-                stdout=asyncio.subprocess.PIPE, stderr=err,
-            )
-        worker = Worker(proc, stderr)
-        workers.append(worker)
-        return worker
-
-    yield start
-    for w in workers:
-        if w.proc.returncode is None:
-            w.proc.kill()
-            await w.proc.wait()
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    async with spawner("tests.helpers.crash_worker", tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

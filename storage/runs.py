@@ -80,7 +80,6 @@ def insert_result_if_held(db: Database) -> Any:
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._insert_result = insert_ignore(self.db, step_results)
         self._insert_result_if_held = insert_result_if_held(self.db)
 
     # -- helpers -------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .database import Database, insert_ignore
@@ -83,9 +83,6 @@ class SlackStore:
             return [SlackRun.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
         return await self.db.read(op)
-
-    async def runs_to_render(self) -> list[SlackRun]:
-        return await self.runs_needing_render()
 
     async def claim_render(self, run_id: str, owner: str, lease: float) -> bool:
         """Become the one process rendering this run (compare-and-set on the render lease)."""
@@ -163,12 +160,5 @@ class SlackStore:
         async def op(conn: AsyncConnection) -> bool:
             res = await conn.execute(insert_ignore(self.db, slack_seen_events).values(key=key, seen_at=now))
             return bool(res.rowcount)
-
-        return await self.db.write(op)
-
-    async def forget_seen_before(self, cutoff: float) -> int:
-        async def op(conn: AsyncConnection) -> int:
-            res = await conn.execute(delete(slack_seen_events).where(slack_seen_events.c.seen_at < cutoff))
-            return int(res.rowcount or 0)
 
         return await self.db.write(op)

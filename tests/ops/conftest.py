@@ -18,11 +18,10 @@ from bot.emulator import SlackEmulator
 from bot.runtime import build_engine
 from bot.server import start_server
 from bot.settings import Settings
+from tests.bot.conftest import SIGNING_SECRET, TOKEN, make_settings
 from workflows import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "xoxb-test-1234-token-do-not-leak"
-SIGNING_SECRET = "signing-secret-do-not-leak-5678"
 CHANNEL = "C0GENERAL"
 ALICE, BOB = "U0ALICE", "U0BOB"
 _ENV_PREFIXES = ("SLACK_", "THREADFLOW_", "OPENAI_")
@@ -54,19 +53,6 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 async def emu() -> AsyncIterator[SlackEmulator]:
     async with SlackEmulator(signing_secret=SIGNING_SECRET, bot_token=TOKEN) as emulator:
         yield emulator
-
-
-def make_settings(emu: SlackEmulator, database: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "SLACK_BOT_TOKEN": TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": emu.api_url,
-        "THREADFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-        "THREADFLOW_PROGRESS_INTERVAL": 0.05,
-        "THREADFLOW_MODEL": "offline",
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+
+from .prepared import plan_for
 
 DbFn = Callable[[AsyncConnection], Awaitable[Any]]
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.
@@ -34,8 +37,11 @@ class Backend:
     async def read(self, fn: DbFn) -> Any:
         raise NotImplementedError
 
-    async def run_batch(self, fns: Sequence[DbFn]) -> Outcomes:
-        """Run ``fns`` in one transaction; if any raises, roll back and give each its own transaction."""
+    async def run_batch(self, fns: Sequence[DbFn], *, inline: bool = False) -> Outcomes:
+        """Run ``fns`` in one transaction; if any raises, roll back and give each its own transaction.
+
+        ``inline``: the caller is the commit queue, and a backend may run a small batch on its own thread.
+        """
         raise NotImplementedError
 
     async def dispose(self) -> None:
@@ -58,7 +64,7 @@ class AsyncBackend(Backend):
         async with self.reader.connect() as conn:
             return await fn(conn)
 
-    async def run_batch(self, fns: Sequence[DbFn]) -> Outcomes:
+    async def run_batch(self, fns: Sequence[DbFn], *, inline: bool = False) -> Outcomes:
         try:
             async with self.writer.begin() as conn:
                 results = [await fn(conn) for fn in fns]
@@ -83,16 +89,27 @@ class AsyncBackend(Backend):
 
 
 class SyncConnection:
-    """Looks like an AsyncConnection to database functions, but executes at once on a sync connection."""
+    """Looks like an AsyncConnection to database functions, but executes at once on a sync connection.
+
+    Statements marked :func:`~storage.prepared.prepared` skip SQLAlchemy's execution layer and run on the
+    DBAPI cursor (inside the same transaction); everything else goes through SQLAlchemy as usual.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.sync_connection = conn
+        self._cursor: Any = None
 
     @property
     def dialect(self) -> Any:
         return self.sync_connection.dialect
 
     async def execute(self, statement: Any, parameters: Any = None, **kwargs: Any) -> Any:
+        if not kwargs:
+            plan = plan_for(statement, parameters, self.sync_connection.dialect)
+            if plan is not None:
+                if self._cursor is None:
+                    self._cursor = self.sync_connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                return plan.run(self._cursor, parameters)
         return self.sync_connection.execute(statement, parameters, **kwargs)
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None, **kwargs: Any) -> Any:
@@ -102,9 +119,9 @@ class SyncConnection:
         return fn(self.sync_connection, *args, **kwargs)
 
 
-def drive(fn: DbFn, conn: Connection) -> Any:
+def drive(fn: DbFn, conn: Connection | SyncConnection) -> Any:
     """Run a database function to completion without an event loop (it never really suspends here)."""
-    coro = fn(SyncConnection(conn))  # type: ignore[arg-type]
+    coro = fn(conn if isinstance(conn, SyncConnection) else SyncConnection(conn))  # type: ignore[arg-type]
     try:
         coro.send(None)  # type: ignore[attr-defined]
     except StopIteration as stop:
@@ -134,6 +151,14 @@ class ThreadBackend(Backend):
             self.reader = create_engine(sync_url, echo=echo, pool_size=4, max_overflow=0, connect_args=args)
             self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="threadflow-db-writer")
             self.read_threads = ThreadPoolExecutor(4, thread_name_prefix="threadflow-db-reader")
+        self._local = threading.local()
+        self._opened: list[Connection] = []
+        self._opened_lock = threading.Lock()
+        self._writer_conn: Connection | None = None
+        self._write_lock = threading.Lock()
+        self._busy_ms = busy_timeout_ms()
+        # In memory, reads and writes share one connection and one thread: writes stay in that thread too.
+        self._inline = self.reader is not self.writer
         configure_sqlite(self.writer, begin="BEGIN IMMEDIATE")
         if self.reader is not self.writer:
             configure_sqlite(self.reader, begin=None)
@@ -150,21 +175,72 @@ class ThreadBackend(Backend):
 
         await self._in(self.write_thread, run)
 
+    def _connection(self, engine: Engine) -> Connection:
+        """This thread's connection to ``engine``, opened once and kept: a checkout costs more than a statement."""
+        conns: dict[int, Connection] = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(id(engine))
+        if conn is None or conn.closed:
+            conn = conns[id(engine)] = engine.connect()
+            with self._opened_lock:
+                self._opened.append(conn)
+        return conn
+
     async def read(self, fn: DbFn) -> Any:
         def run() -> Any:
-            with self.reader.connect() as conn:
+            conn = self._connection(self.reader)
+            try:
                 return drive(fn, conn)
+            finally:
+                conn.rollback()  # end the read transaction: the next read sees newer commits
 
         return await self._in(self.read_threads, run)
 
-    async def run_batch(self, fns: Sequence[DbFn]) -> Outcomes:
+    async def run_batch(self, fns: Sequence[DbFn], *, inline: bool = False) -> Outcomes:
+        """Run the batch; ``inline`` (the commit queue) tries it on the event loop's thread first.
+
+        A small batch costs less than the two thread hops it would take to run it elsewhere, and running
+        it here avoids handing the GIL back and forth with the writer thread after every statement. It is
+        only tried when the write lock is free at once (no waiting on the loop): if another process holds
+        SQLite's lock, or maintenance holds the connection, or a function fails, the batch runs in the
+        writer thread instead, which waits up to the busy timeout as before.
+        """
+        if inline and self._inline and self._write_lock.acquire(blocking=False):
+            try:
+                outcome = self._try_inline(fns)
+            finally:
+                self._write_lock.release()
+            if outcome is not None:
+                return outcome
         return await self._in(self.write_thread, lambda: self._batch(fns))  # type: ignore[no-any-return]
 
-    def _batch(self, fns: Sequence[DbFn]) -> Outcomes:
+    def _writer_connection(self) -> Connection:
+        """The one writer connection, kept open (callers hold ``_write_lock``); its busy timeout is 0 at rest."""
+        if self._writer_conn is None or self._writer_conn.closed:
+            self._writer_conn = self.writer.connect()
+            self._writer_conn.connection.dbapi_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+        return self._writer_conn
+
+    def _try_inline(self, fns: Sequence[DbFn]) -> Outcomes | None:
+        """One transaction for the whole batch without waiting for any lock, or None if that did not work."""
+        conn = self._writer_connection()
         try:
-            with self.writer.begin() as conn:
-                results = [drive(fn, conn) for fn in fns]
-            return [(True, r) for r in results], 1
+            return [(True, r) for r in self._transaction(conn, fns)], 1
+        except Exception:
+            return None  # nothing was committed: the writer thread takes the batch (and sorts out failures)
+
+    def _batch(self, fns: Sequence[DbFn]) -> Outcomes:
+        with self._write_lock:
+            conn = self._writer_connection()
+            raw: Any = conn.connection.dbapi_connection
+            raw.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            try:
+                return self._batch_waiting(conn, fns)
+            finally:
+                raw.execute("PRAGMA busy_timeout=0")
+
+    def _batch_waiting(self, conn: Connection, fns: Sequence[DbFn]) -> Outcomes:
+        try:
+            return [(True, r) for r in self._transaction(conn, fns)], 1
         except Exception as exc:
             if len(fns) == 1:
                 return [(False, exc)], 0
@@ -172,15 +248,52 @@ class ThreadBackend(Backend):
         commits = 0
         for fn in fns:
             try:
-                with self.writer.begin() as conn:
-                    outcomes.append((True, drive(fn, conn)))
+                [value] = self._transaction(conn, [fn])
+                outcomes.append((True, value))
                 commits += 1
             except Exception as exc:
                 outcomes.append((False, exc))
         return outcomes, commits
 
+    @staticmethod
+    def _transaction(conn: Connection, fns: Sequence[DbFn]) -> list[Any]:
+        """``BEGIN IMMEDIATE``, the functions, ``COMMIT`` (or ``ROLLBACK`` if one raises), on the kept connection.
+
+        The transaction is begun on the DBAPI connection; a statement that goes through SQLAlchemy makes it
+        begin its own bookkeeping on top (the ``begin`` listener sees the open transaction and adds nothing),
+        so the end goes through SQLAlchemy in that case.
+        """
+        raw: Any = conn.connection.dbapi_connection
+        sync = SyncConnection(conn)
+        raw.execute("BEGIN IMMEDIATE")
+        commit = False
+        try:
+            results = [drive(fn, sync) for fn in fns]
+            commit = True
+            return results
+        finally:
+            try:
+                if conn.in_transaction():
+                    conn.commit() if commit else conn.rollback()
+                else:
+                    raw.commit() if commit else raw.rollback()
+            except BaseException:
+                if raw.in_transaction:
+                    raw.rollback()
+                if conn.in_transaction():
+                    conn.rollback()
+                raise
+
     async def dispose(self) -> None:
         def run() -> None:
+            with self._opened_lock:
+                opened, self._opened = self._opened, []
+            with self._write_lock:
+                if self._writer_conn is not None:
+                    opened.append(self._writer_conn)
+                    self._writer_conn = None
+            for conn in opened:
+                conn.close()
             self.writer.dispose()
             if self.reader is not self.writer:
                 self.reader.dispose()
@@ -191,9 +304,14 @@ class ThreadBackend(Backend):
             self.read_threads.shutdown(wait=True)
 
 
+def busy_timeout_ms() -> int:
+    """How long a SQLite connection waits for another connection's lock before "database is locked"."""
+    return int(os.environ.get("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "30000"))
+
+
 def configure_sqlite(engine: Engine, *, begin: str | None) -> None:
     """WAL, a busy timeout, and explicit transaction control (pysqlite's own is off)."""
-    busy_ms = int(os.environ.get("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "30000"))
+    busy_ms = busy_timeout_ms()
     synchronous = os.environ.get("THREADFLOW_SQLITE_SYNCHRONOUS", "NORMAL").upper()
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         synchronous = "NORMAL"
@@ -212,5 +330,6 @@ def configure_sqlite(engine: Engine, *, begin: str | None) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if begin is not None:
+        # A batch begins its transaction on the DBAPI connection itself; only begin one if none is open.
+        if begin is not None and not conn.connection.dbapi_connection.in_transaction:
             conn.exec_driver_sql(begin)

@@ -105,7 +105,7 @@ class Database:
         self.dialect = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql"
         self._echo = echo
         self._backend: Backend | None = None
-        self._queue: deque[tuple[WriteFn[Any], asyncio.Future[Any]]] = deque()
+        self._queue: deque[tuple[WriteFn[Any], asyncio.Future[Any], bool]] = deque()
         self._queue_event: asyncio.Event | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._open_lock: asyncio.Lock | None = None
@@ -146,7 +146,7 @@ class Database:
             # already taken off the queue and in flight (an empty queue alone does not mean "committed").
             assert self._queue_event is not None
             barrier: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._queue.append((_noop, barrier))
+            self._queue.append((_noop, barrier, True))
             self._queue_event.set()
             await asyncio.wait({barrier, drainer}, return_when=asyncio.FIRST_COMPLETED)
             drainer.cancel()
@@ -176,27 +176,31 @@ class Database:
         result: T = await self._require_open().read(fn)
         return result
 
-    async def write(self, fn: WriteFn[T]) -> T:
+    async def write(self, fn: WriteFn[T], *, inline: bool = False) -> T:
         """Run ``fn`` inside a shared write transaction and return its result once committed.
 
         The write happens even if the caller is cancelled while waiting: a step result that reached the
         queue is committed, so a canceled task never loses (or re-runs) a finished step.
+
+        ``inline=True`` says ``fn`` runs a few small, bounded statements (the engine's hot path). On SQLite
+        a batch made only of such writes may run on the event loop's own thread, saving two thread hops;
+        anything that may take long (bulk inserts, deletes of many rows) must leave it False.
         """
         if self._backend is None:
             await self.open()
         assert self._queue_event is not None
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, fut))
+        self._queue.append((fn, fut, inline))
         self._queue_event.set()
         return await asyncio.shield(fut)
 
-    def write_nowait(self, fn: WriteFn[Any]) -> asyncio.Future[Any]:
-        """Queue a write without waiting for it (events whose loss in a crash is harmless)."""
+    def write_nowait(self, fn: WriteFn[Any], *, inline: bool = False) -> asyncio.Future[Any]:
+        """Queue a write without waiting for it (events whose loss in a crash is harmless); ``inline`` as in write."""
         self._require_open()
         assert self._queue_event is not None
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
-        self._queue.append((fn, fut))
+        self._queue.append((fn, fut, inline))
         self._queue_event.set()
         return fut
 
@@ -234,12 +238,15 @@ class Database:
                 batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
                 await self._commit_batch(backend, batch)
 
-    async def _commit_batch(self, backend: Backend, batch: list[tuple[WriteFn[Any], asyncio.Future[Any]]]) -> None:
+    async def _commit_batch(
+        self, backend: Backend, batch: list[tuple[WriteFn[Any], asyncio.Future[Any], bool]]
+    ) -> None:
         started = time.perf_counter()
         try:
-            outcomes, commits = await backend.run_batch([fn for fn, _ in batch])
+            inline = all(quick for _, _, quick in batch)
+            outcomes, commits = await backend.run_batch([fn for fn, _, _ in batch], inline=inline)
         except asyncio.CancelledError:
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.cancel()
             raise
@@ -247,7 +254,7 @@ class Database:
             outcomes, commits = [(False, exc)] * len(batch), 0
         if commits:
             self._committed(sum(1 for ok, _ in outcomes if ok), time.perf_counter() - started)
-        for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+        for (_, fut, _), (ok, value) in zip(batch, outcomes, strict=True):
             if fut.done():
                 continue
             if ok:

@@ -16,6 +16,7 @@ from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, inser
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .database import Database, insert_ignore
+from .prepared import prepared
 from .records import (
     TERMINAL_STATUSES,
     EventRecord,
@@ -44,7 +45,7 @@ class CompareAndSetFailed(Exception):
 _TERMINAL = tuple(TERMINAL_STATUSES)
 
 #: An event row, inserted only if its run is not terminal (bound per row: run_id, type, path, data, at).
-_INSERT_EVENT_IF_LIVE = insert(events).from_select(
+_INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
     ["run_id", "type", "path", "data", "at"],
     select(
         bindparam("run_id", type_=String),
@@ -53,20 +54,48 @@ _INSERT_EVENT_IF_LIVE = insert(events).from_select(
         bindparam("data", type_=JSON),
         bindparam("at", type_=Float),
     ).where(exists().where(runs.c.id == bindparam("run_id", type_=String), runs.c.status.not_in(_TERMINAL))),
-)
+))
 
 
 #: Hot-path statements are built once: building a Core statement costs more than executing it on SQLite.
-_INSERT_EVENTS = insert(events)
-_TOUCH_LEASE = (
+_INSERT_EVENTS = prepared(insert(events))
+_INSERT_RUN = prepared(insert(runs))
+_TOUCH_LEASE = prepared(
     update(runs)
     .where(runs.c.id == bindparam("b_id"), runs.c.owner == bindparam("b_owner"), runs.c.status == "running")
     .values(updated_at=bindparam("b_now"), lease_expires_at=bindparam("b_expires"))
+)
+#: Move a held run out of ``running``; the columns to set are the parameters besides ``b_id``/``b_owner``.
+_SETTLE = prepared(
+    update(runs).where(runs.c.id == bindparam("b_id"), runs.c.owner == bindparam("b_owner"), runs.c.status == "running")
+)
+_INSERT_RESULT_IF_HELD: dict[str, Any] = {}
+#: Resume's compare-and-set: an open suspension of a live run becomes resolved.
+_RESOLVE_SUSPENSION = prepared(
+    update(suspensions)
+    .where(
+        suspensions.c.run_id == bindparam("b_run_id"),
+        suspensions.c.path == bindparam("b_path"),
+        suspensions.c.status == "open",
+        # The run must still be live: a canceled run's suspensions are closed for good.
+        exists().where(and_(runs.c.id == bindparam("b_run_id"), runs.c.status.not_in(_TERMINAL))),
+    )
+    .values(status="resolved", resolved_by=bindparam("b_by"), resolved_at=bindparam("b_now"),
+            resume_data=bindparam("b_data", type_=JSON))
+)
+#: A suspended or waiting run is claimed by the process that just resumed it.
+_CLAIM_WAITING = prepared(
+    update(runs)
+    .where(runs.c.id == bindparam("b_id"), runs.c.status.in_(("suspended", "waiting")))
+    .values(status="running", owner=bindparam("b_owner"), lease_expires_at=bindparam("b_expires"),
+            updated_at=bindparam("b_now"), ready_at=bindparam("b_now"), waiting_for=None)
 )
 
 
 def insert_result_if_held(db: Database) -> Any:
     """``INSERT INTO step_results SELECT :values WHERE <run held by :b_owner> ON CONFLICT DO NOTHING``."""
+    if db.dialect in _INSERT_RESULT_IF_HELD:
+        return _INSERT_RESULT_IF_HELD[db.dialect]
     cols = [c.name for c in step_results.columns]
     values = select(*(bindparam(c, type_=step_results.c[c].type) for c in cols)).where(
         exists().where(
@@ -74,7 +103,8 @@ def insert_result_if_held(db: Database) -> Any:
             runs.c.status == "running",
         )
     )
-    return insert_ignore(db, step_results).from_select(cols, values)
+    statement = _INSERT_RESULT_IF_HELD[db.dialect] = prepared(insert_ignore(db, step_results).from_select(cols, values))
+    return statement
 
 
 class RunStore:
@@ -94,10 +124,10 @@ class RunStore:
 
     async def create_run(self, row: dict[str, Any], new_events: Sequence[NewEvent]) -> None:
         async def op(conn: AsyncConnection) -> None:
-            await conn.execute(insert(runs).values(**row))
+            await conn.execute(_INSERT_RUN, row)
             await self._add_events(conn, row["id"], new_events, row["created_at"])
 
-        await self.db.write(op)
+        await self.db.write(op, inline=True)
 
     async def create_rerun(
         self,
@@ -189,7 +219,7 @@ class RunStore:
                 return  # already recorded (insert-if-absent): nothing more to say
             await self._add_events(conn, result.run_id, new_events, result.finished_at)
 
-        await self.db.write(op)
+        await self.db.write(op, inline=True)
 
     def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         """Queue events that describe no state change (step started, retrying): they ride the next commit.
@@ -204,7 +234,7 @@ class RunStore:
             if rows:
                 await conn.execute(_INSERT_EVENT_IF_LIVE, rows)
 
-        self.db.write_nowait(op)
+        self.db.write_nowait(op, inline=True)
 
     async def add_events(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         now = time.time()
@@ -212,7 +242,7 @@ class RunStore:
         async def op(conn: AsyncConnection) -> None:
             await self._add_events(conn, run_id, new_events, now)
 
-        await self.db.write(op)
+        await self.db.write(op, inline=True)
 
     async def open_suspension(
         self, suspension: SuspensionRecord, owner: str, lease: float, new_events: Sequence[NewEvent]
@@ -222,7 +252,7 @@ class RunStore:
             await conn.execute(insert_ignore(self.db, suspensions).values(**suspension.model_dump()))
             await self._add_events(conn, suspension.run_id, new_events, suspension.created_at)
 
-        await self.db.write(op)
+        await self.db.write(op, inline=True)
 
     async def settle(
         self,
@@ -235,15 +265,15 @@ class RunStore:
         error: dict[str, Any] | None = None,
         ready_at: float | None = None,
         waiting_for: str | None = None,
-    ) -> str:
-        """Move a run this process holds out of ``running``; return the status actually set.
+    ) -> dict[str, Any]:
+        """Move a run this process holds out of ``running``; return the columns set (``status`` is the one set).
 
         A resume or an event may arrive while the run is still executing other branches. If one did, a run
         about to become ``suspended``/``waiting`` becomes ``pending`` instead, so it is picked up again.
         """
         now = time.time()
 
-        async def op(conn: AsyncConnection) -> str:
+        async def op(conn: AsyncConnection) -> dict[str, Any]:
             target = status
             if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id):
                 target = "pending"
@@ -257,18 +287,16 @@ class RunStore:
             }
             if target in TERMINAL_STATUSES:
                 values.update(output=output, error=error, finished_at=now)
-            res = await conn.execute(
-                update(runs).where(runs.c.id == run_id, runs.c.owner == owner, runs.c.status == "running").values(**values)
-            )
+            res = await conn.execute(_SETTLE, {**values, "b_id": run_id, "b_owner": owner})
             if res.rowcount == 0:
                 raise LeaseLost(run_id)
             evs = list(new_events)
             if target == "pending" and status != "pending":
                 evs = [e for e in evs if e.type not in ("run.suspended", "run.waiting")]
             await self._add_events(conn, run_id, evs, now)
-            return target
+            return values
 
-        return await self.db.write(op)
+        return await self.db.write(op, inline=True)
 
     async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str) -> bool:
         resolved_unused = select(suspensions.c.path).where(
@@ -292,23 +320,21 @@ class RunStore:
     # -- resume, events, cancel ---------------------------------------------------------------------
 
     async def resolve_suspension(
-        self, run_id: str, path: str, data: Any, by: str | None, new_events: Sequence[NewEvent]
-    ) -> None:
-        """The compare-and-set behind resume: raises CompareAndSetFailed(current row) if not open."""
+        self, run_id: str, path: str, data: Any, by: str | None, new_events: Sequence[NewEvent],
+        *, claim_for: str | None = None, lease: float = 0.0,
+    ) -> bool:
+        """The compare-and-set behind resume: raises CompareAndSetFailed(current row) if not open.
+
+        With ``claim_for``, the same transaction also claims the run for that owner if it was suspended or
+        waiting (returns True): the resumer executes it at once, without a round through the dispatcher.
+        Otherwise (or if the run is still executing elsewhere) the run becomes ready for any dispatcher.
+        """
         now = time.time()
 
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(
-                update(suspensions)
-                .where(
-                    suspensions.c.run_id == run_id,
-                    suspensions.c.path == path,
-                    suspensions.c.status == "open",
-                    # The run must still be live: a canceled run's suspensions are closed for good.
-                    exists().where(and_(runs.c.id == run_id, runs.c.status.not_in(_TERMINAL))),
-                )
-                .values(status="resolved", resolved_by=by, resolved_at=now, resume_data=data)
-            )
+        async def op(conn: AsyncConnection) -> bool:
+            res = await conn.execute(_RESOLVE_SUSPENSION, {
+                "b_run_id": run_id, "b_path": path, "b_now": now, "b_by": by, "b_data": data,
+            })
             if res.rowcount == 0:
                 row = (
                     await conn.execute(
@@ -316,10 +342,17 @@ class RunStore:
                     )
                 ).mappings().first()
                 raise CompareAndSetFailed(SuspensionRecord.model_validate(dict(row)) if row else None)
-            await self._make_ready(conn, run_id, now)
+            claimed = False
+            if claim_for is not None:
+                claimed = (await conn.execute(_CLAIM_WAITING, {
+                    "b_id": run_id, "b_owner": claim_for, "b_now": now, "b_expires": now + lease,
+                })).rowcount == 1
+            if not claimed:
+                await self._make_ready(conn, run_id, now)
             await self._add_events(conn, run_id, new_events, now)
+            return claimed
 
-        await self.db.write(op)
+        return await self.db.write(op, inline=True)
 
     @staticmethod
     async def _make_ready(conn: AsyncConnection, run_id: str, now: float) -> None:
@@ -466,7 +499,7 @@ class RunStore:
             )
             return [r[0] for r in res]
 
-        return await self.db.write(op)
+        return await self.db.write(op, inline=True)
 
     async def has_ready(self) -> bool:
         now = time.time()

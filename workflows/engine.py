@@ -31,7 +31,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .events import WorkflowEvent
-from .executor import RunExecution
+from .executor import Announcer, RunExecution
 from .graph import Node, WaitForEventNode, WorkflowNode
 from .observe import emit
 from .rerun import plan_rerun
@@ -81,7 +81,12 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
-        self._run_changed: dict[str, asyncio.Event] = {}
+        self._run_changed: dict[str, RunChanged] = {}
+        self.announcer = Announcer()
+        #: The last claim found more ready runs than free capacity: a finished run should wake the dispatcher.
+        self._backlog = True
+        #: Claims in flight (a resume that will execute its run here once committed) count toward capacity.
+        self._reserved = 0
         self._opened = False
         self._closing = False
         self._next_timer: float | None = None
@@ -151,6 +156,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*self._background, *tasks, return_exceptions=True)
         self._background = []
+        self.announcer.close()
         try:
             await self.store.release_owner(self.owner, "run.released")
         except Exception as exc:  # the database may be gone already; leases expire on their own
@@ -190,7 +196,10 @@ class Engine:
         emit("run.started", workflow_id=wf.id)
         await self._ensure_thread(thread_id, resource_id)
         if row["owner"] == self.owner:
-            self._spawn(run_id, fresh=True)
+            self._spawn(run_id, fresh=True, run=RunRecord.model_validate(row))
+        else:
+            self._backlog = True
+            self._wake.set()
         return RunHandle(self, run_id)
 
     def _new_run_row(
@@ -198,7 +207,7 @@ class Engine:
         started_by: str | None, **extra: Any,
     ) -> dict[str, Any]:
         now = time.time()
-        mine = self.execute_runs and len(self._tasks) < self.capacity
+        mine = self.execute_runs and len(self._tasks) + self._reserved < self.capacity
         return {
             "id": run_id, "workflow_id": workflow_id, "status": "running" if mine else "pending", "input": data,
             "thread_id": thread_id, "resource_id": resource_id, "started_by": started_by,
@@ -234,16 +243,30 @@ class Engine:
         parsed = parse_model(model, data, f"resume data for step {target.step_id!r}")
         json_data = dump_value(model, parsed)
         self.fault("before_resume_commit", run_id=run_id, path=target.path)
+        # Claim the run in the same transaction when this process has room to execute it right away.
+        claim = self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
+        self._reserved += claim
         try:
-            await self.store.resolve_suspension(run_id, target.path, json_data, by, [NewEvent(
-                type="run.resumed", path=target.path, data={"step_id": target.step_id, "by": by, "data": json_data},
-            )])
+            claimed = await self.store.resolve_suspension(
+                run_id, target.path, json_data, by, [NewEvent(
+                    type="run.resumed", path=target.path, data={"step_id": target.step_id, "by": by, "data": json_data},
+                )],
+                claim_for=self.owner if claim else None, lease=self.lease_seconds,
+            )
         except CompareAndSetFailed as exc:
             current = exc.current
             if current is not None and current.status == "resolved":
                 raise AlreadyResumed(run_id, target.path, current.resolved_by, current.resolved_at) from None
             raise NotSuspended(f"Run {run_id} can no longer be resumed (it was canceled or finished).") from None
-        self._changed(run_id)
+        finally:
+            self._reserved -= claim
+        if claimed:
+            self._spawn(run_id, fresh=False, run=run.model_copy(update={
+                "status": "running", "owner": self.owner, "waiting_for": None,
+            }))
+            self._changed(run_id, wake=False)
+        else:
+            self._changed(run_id)
         decision = json_data.get("approved") if isinstance(json_data, dict) else None
         emit("approval.decided", workflow_id=wf.id, step_id=target.step_id, by=by,
              decision="resumed" if decision is None else "approved" if decision else "rejected")
@@ -350,27 +373,36 @@ class Engine:
         """Wait until the run is finished or suspended (or waits for an event), then return its result."""
         await self.open()
         deadline = None if timeout is None else time.monotonic() + timeout
+        final: RunRecord | None = None
         while True:
             # Fetched each time: the executor drops a run's event when its task ends.
-            event = self._run_changed.setdefault(run_id, asyncio.Event())
+            event = self._run_changed.setdefault(run_id, RunChanged())
             event.clear()
-            run = await self.get_run(run_id)
-            if run.status in SETTLED_STATUSES or (run.status == "waiting" and run.waiting_for):
+            local = run_id in self._tasks
+            # A run executing here is still running (its task ends after it settles, and hands the settled
+            # record to this waiter): no need to read it. Any other run is read from the database.
+            run = final if final is not None else None if local else await self.get_run(run_id)
+            final = None
+            if run is not None and (
+                run.status in SETTLED_STATUSES or (run.status == "waiting" and run.waiting_for)
+            ):
                 if run_id not in self._tasks:
                     self._run_changed.pop(run_id, None)
                 return await self.result_of(run)
             # A run executing here wakes this waiter itself; only runs elsewhere need polling (cheaply:
             # hundreds of waiters polling fast would starve the event loop and the leases with it).
-            wait = max(2.0, 10 * self.poll_interval) if run_id in self._tasks else self.poll_interval / 2
+            wait = max(2.0, 10 * self.poll_interval) if local else self.poll_interval / 2
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"Run {run_id} is still {run.status} after {timeout} seconds.")
+                    status = run.status if run is not None else "running"
+                    raise TimeoutError(f"Run {run_id} is still {status} after {timeout} seconds.")
                 wait = min(wait, remaining)
             try:
                 await asyncio.wait_for(event.wait(), wait)
             except TimeoutError:
                 pass
+            final = event.final
 
     async def watch(self, run_id: str, after: int = 0, *, follow: bool = False) -> AsyncIterator[WorkflowEvent]:
         """Yield the run's events from offset ``after``, live, until the run finishes (forever with ``follow``)."""
@@ -422,21 +454,26 @@ class Engine:
             self._next_timer = at
             self._wake.set()
 
-    def _changed(self, run_id: str) -> None:
+    def _changed(self, run_id: str, *, wake: bool = True) -> None:
+        """Tell waiters the run changed; ``wake``: the dispatcher may have something to claim."""
         event = self._run_changed.get(run_id)
         if event is not None:
             event.set()
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
-    def _spawn(self, run_id: str, *, fresh: bool) -> None:
+    def _spawn(self, run_id: str, *, fresh: bool, run: RunRecord | None = None) -> None:
         if run_id in self._tasks:
             return
-        task = asyncio.get_running_loop().create_task(self._execute(run_id, fresh), name=f"threadflow-run-{run_id}")
+        task = asyncio.get_running_loop().create_task(self._execute(run_id, fresh, run), name=f"threadflow-run-{run_id}")
         self._tasks[run_id] = task
 
-    async def _execute(self, run_id: str, fresh: bool) -> None:
+    async def _execute(self, run_id: str, fresh: bool, run: RunRecord | None = None) -> None:
+        """Execute a run this process holds: ``run`` is its record when the caller just wrote it (a fresh start)."""
+        execution: RunExecution | None = None
         try:
-            run = await self.store.get_run(run_id)
+            if run is None:
+                run = await self.store.get_run(run_id)
             if run is None or run.owner != self.owner or run.status != "running":
                 return
             wf = self._workflows.get(run.workflow_id)
@@ -445,25 +482,35 @@ class Engine:
                 await self.store.release_run(run_id, self.owner)
                 return
             progress = RunProgress(results={}, suspensions={}, signals=[]) if fresh else await self.store.load_progress(run_id)
+            execution = RunExecution(self, wf, run, progress)
             with log_context(run_id=run_id), scope("run", run_id=run_id, workflow_id=run.workflow_id):
-                await RunExecution(self, wf, run, progress).execute()
+                await execution.execute()
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("run %s: unexpected error in the executor", run_id)
         finally:
             self._tasks.pop(run_id, None)
-            self._changed(run_id)
-            event = self._run_changed.get(run_id)
-            if event is not None and run_id not in self._tasks:
-                self._run_changed.pop(run_id, None)
+            final = execution.final if execution is not None else None
+            # Wake the dispatcher if capacity just freed up for runs waiting for it, or if input arrived
+            # while this run executed (it settled as pending and must be picked up again).
+            if self._backlog or (final is not None and final.status == "pending"):
+                self._wake.set()
+            event = self._run_changed.pop(run_id, None)
+            if event is not None:
+                event.final = final
                 event.set()
 
     async def _claim_and_spawn(self) -> list[str]:
-        free = self.capacity - len(self._tasks)
-        if free <= 0 or not await self.store.has_ready():
+        free = self.capacity - len(self._tasks) - self._reserved
+        if free <= 0:
+            self._backlog = True
+            return []
+        if not await self.store.has_ready():
+            self._backlog = False
             return []
         claimed = await self.store.claim(self.owner, free, self.lease_seconds)
+        self._backlog = len(claimed) >= free
         for run_id in claimed:
             self._spawn(run_id, fresh=False)
         return claimed
@@ -548,6 +595,14 @@ class Engine:
                 self._changed(susp.run_id)
             except CompareAndSetFailed:
                 continue  # someone decided first
+
+
+class RunChanged(asyncio.Event):
+    """Set when a run changed here; ``final`` is the run as settled by a local execution that just ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.final: RunRecord | None = None
 
 
 def expiry_data(step_def: Step[Any, Any] | None) -> Any:

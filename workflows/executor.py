@@ -103,6 +103,8 @@ class RunExecution:
         self.signals = list(progress.signals)
         self.failure_events: list[NewEvent] = []
         self._announcements: dict[str, StartAnnouncement] = {}
+        #: The run as settled by this execution (None until it settles, or if it lost its lease).
+        self.final: RunRecord | None = None
 
     # -- the run ---------------------------------------------------------------------------------------
 
@@ -122,10 +124,10 @@ class RunExecution:
         except Exception as exc:
             await self._settle_failed(exc)
             return
-        await self.store.settle(
+        self._settled(await self.store.settle(
             run_id, owner, "success", [NewEvent(type="run.finished", data={"status": "success", "output": output})],
             output=output,
-        )
+        ))
         emit("run.finished", workflow_id=self.run.workflow_id, status="success")
 
     async def _settle_halt(self, halt: Halt) -> None:
@@ -133,21 +135,25 @@ class RunExecution:
         if halt.wake_at is not None or halt.events:
             self.engine.note_timer(halt.wake_at)
             data: dict[str, Any] = {"until": halt.wake_at, "events": halt.events, "suspended": halt.suspended}
-            await self.store.settle(
+            self._settled(await self.store.settle(
                 run_id, owner, "waiting", [NewEvent(type="run.waiting", data=data)],
                 ready_at=halt.wake_at, waiting_for=",".join(halt.events) or None,
-            )
+            ))
             return
-        await self.store.settle(
+        self._settled(await self.store.settle(
             run_id, owner, "suspended", [NewEvent(type="run.suspended", data={"paths": halt.suspended})]
-        )
+        ))
 
     async def _settle_failed(self, exc: Exception) -> None:
         error = error_dict(exc)
         log.info("run %s failed: %s", self.run.id, error["message"])
         events = self.failure_events + [NewEvent(type="run.finished", data={"status": "failed", "error": error})]
-        await self.store.settle(self.run.id, self.engine.owner, "failed", events, error=error)
+        self._settled(await self.store.settle(self.run.id, self.engine.owner, "failed", events, error=error))
         emit("run.finished", workflow_id=self.run.workflow_id, status="failed")
+
+    def _settled(self, values: dict[str, Any]) -> None:
+        """The run as this process just committed it: local waiters get it without reading it back."""
+        self.final = self.run.model_copy(update=values)
 
     def output_of(self, step_id: str) -> Any:
         """Latest recorded output of a step id (the last iteration of a loop, for instance)."""
@@ -380,7 +386,7 @@ class RunExecution:
                 raise StepFailed(path, str(exc), type(exc).__name__, attempt, deliberate=deliberate) from exc
             rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
                 *announcement.take(),
-                NewEvent(type="step.succeeded", path=path, data={
+                NewEvent.model_construct(type="step.succeeded", path=path, at=None, data={
                     "step_id": step.id, "output": output, "attempts": attempt,
                     "duration": round(time.time() - started, 6),
                 })
@@ -390,7 +396,7 @@ class RunExecution:
             return rec.output
 
     def _announce_start(self, path: str, step_id: str, attempt: int) -> StartAnnouncement:
-        announcement = StartAnnouncement(self, NewEvent(
+        announcement = StartAnnouncement(self, NewEvent.model_construct(
             type="step.started", path=path, data={"step_id": step_id, "attempt": attempt}, at=time.time()))
         self._announcements[path] = announcement
         return announcement
@@ -409,7 +415,8 @@ class RunExecution:
     async def _commit(
         self, path: str, step_id: str, kind: str, output: Any, *, attempts: int, started: float, events: list[NewEvent]
     ) -> StepResultRecord:
-        record = StepResultRecord(
+        # Built without validation: every field comes from the engine itself, already of the right type.
+        record = StepResultRecord.model_construct(
             run_id=self.run.id, path=path, step_id=step_id, kind=kind, output=output, attempts=attempts,
             started_at=started, finished_at=time.time(),
         )
@@ -445,11 +452,12 @@ class StartAnnouncement:
     def __init__(self, execution: RunExecution, event: NewEvent) -> None:
         self._execution = execution
         self._event: NewEvent | None = event
-        self._timer = asyncio.get_running_loop().call_later(ANNOUNCE_AFTER, self.flush)
+        self.since = time.monotonic()
+        execution.engine.announcer.add(self)
 
     def take(self) -> list[NewEvent]:
         """The event, if not written yet, to commit with the step's next state change."""
-        self._timer.cancel()
+        self._execution.engine.announcer.discard(self)
         event, self._event = self._event, None
         return [event] if event is not None else []
 
@@ -460,6 +468,42 @@ class StartAnnouncement:
 
     def cancel(self) -> None:
         self.take()
+
+
+class Announcer:
+    """Flushes the start announcements of steps running longer than ANNOUNCE_AFTER, with one timer.
+
+    One timer per engine, not one per step: a hundred runs in flight would otherwise push and cancel a
+    hundred timers for every round of steps.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[int, StartAnnouncement] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, announcement: StartAnnouncement) -> None:
+        self._pending[id(announcement)] = announcement
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(ANNOUNCE_AFTER, self._tick)
+
+    def discard(self, announcement: StartAnnouncement) -> None:
+        self._pending.pop(id(announcement), None)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        for announcement in [a for a in self._pending.values() if now - a.since >= ANNOUNCE_AFTER]:
+            announcement.flush()
+        if self._pending:
+            oldest = min(a.since for a in self._pending.values())
+            delay = max(0.001, oldest + ANNOUNCE_AFTER - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending.clear()
 
 
 class MapContext:

@@ -83,15 +83,40 @@ def span(name: str, **attrs: Any) -> Iterator[Any]:
         yield current
 
 
-@contextlib.contextmanager
-def scope(name: str, **fields: Any) -> Iterator[Any]:
+class scope:  # noqa: N801 (used like the context-manager functions beside it)
     """Both at once: ``fields`` on every log line inside the block, and a span named ``name`` around it.
 
     The engine wraps a run (``scope("run", run_id=..., workflow_id=...)``) and each step attempt
     (``scope("step", path=..., step_id=...)``); agents wrap model and tool calls in :func:`span`.
+    A class, not a generator: it runs once per step, and without OpenTelemetry it only sets the log context.
     """
-    with log_context(**fields), span(name, **fields) as current:
-        yield current
+
+    __slots__ = ("_fields", "_name", "_span", "_token")
+
+    def __init__(self, name: str, **fields: Any) -> None:
+        self._name = name
+        self._fields = fields
+        self._span: Any = None
+
+    def __enter__(self) -> Any:
+        fields = self._fields
+        self._token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+        if _otel_trace is None:
+            return None
+        self._span = span(self._name, **fields)
+        try:
+            return self._span.__enter__()
+        except BaseException:
+            _context.reset(self._token)
+            raise
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        try:
+            if self._span is not None:
+                return bool(self._span.__exit__(*exc))
+            return None
+        finally:
+            _context.reset(self._token)
 
 
 __all__ = ["CONTEXT_FIELDS", "ContextFilter", "current_context", "log_context", "scope", "span", "tracing_available"]

@@ -213,9 +213,10 @@ async def test_concurrent_resumes_through_two_databases_exactly_one_wins(databas
         return_exceptions=True,
     )
 
-    winners = [i for i, o in enumerate(outcomes) if o is None]
+    winners = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
     assert len(winners) == 1
-    losers = [o for o in outcomes if o is not None]
+    assert outcomes[winners[0]] is False  # nobody asked to claim the run: it is left to a dispatcher
+    losers = [o for o in outcomes if isinstance(o, BaseException)]
     assert all(isinstance(o, CompareAndSetFailed) for o in losers)
     assert {o.current.resolved_by for o in losers} == {f"U{winners[0]}"}
 
@@ -240,9 +241,9 @@ async def test_a_resume_during_execution_turns_the_suspended_settle_into_pending
     assert (await store.get_run(run_id)).status == "running"
 
     # ...so when the executor settles as suspended, the run is made ready again instead.
-    status = await store.settle(run_id, "me", "suspended", [NewEvent(type="run.suspended")])
+    settled = await store.settle(run_id, "me", "suspended", [NewEvent(type="run.suspended")])
 
-    assert status == "pending"
+    assert settled["status"] == "pending" and settled["owner"] is None
     assert "run.suspended" not in [e.type for e in await store.read_events(run_id)]
 
 

@@ -278,3 +278,24 @@ async def test_list_runs_filters_by_status_and_workflow(engine):
     assert [r.id for r in await e.list_runs(workflow_id="greet-loudly")] == [b.run_id]
     assert {r.id for r in await e.list_runs(status="success")} == {a.run_id, b.run_id}
     assert await e.list_runs(status="failed") == []
+
+
+async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    @step(id="hold", input=Name, output=Greeting)
+    async def hold(ctx: StepContext[Name]) -> Greeting:
+        started.append(ctx.input.name)
+        await gate.wait()
+        return Greeting(text=ctx.input.name)
+
+    e = engine(Workflow(id="held", input=Name).then(hold).commit(), capacity=2, poll_interval=30.0)
+    handles = [await e.start("held", {"name": f"n{i}"}) for i in range(5)]
+    await asyncio.sleep(0.2)
+    assert sorted(started) == ["n0", "n1"]  # two slots; the other three are pending in the database
+    assert [(await e.get_run(h.run_id)).status for h in handles[2:]] == ["pending"] * 3
+    gate.set()
+    # A finished run frees its slot and wakes the dispatcher at once (its poll interval is 30 s here).
+    results = [await h.result(timeout=5) for h in handles]
+    assert [r.output for r in results] == [{"text": f"n{i}"} for i in range(5)]

@@ -431,3 +431,48 @@ async def test_suspensions_in_nested_workflows_inside_foreach_are_resumed_in_any
     assert r.status == "success"
     assert [o["by"] for o in r.output] == ["review[0]/approve", "review[1]/approve", "review[2]/approve"]
     assert calls["approve"] == 6  # each item: once to suspend, once resumed
+
+
+def gated(step_id: str, gate: asyncio.Event, calls: Counter):
+    """A step that waits for ``gate`` (so its run stays running while the test looks at it)."""
+
+    @step(id=step_id, input=Verdict, output=Verdict)
+    async def body(ctx: StepContext[Verdict]) -> Verdict:
+        calls[step_id] += 1
+        await gate.wait()
+        return ctx.input
+
+    return body
+
+
+async def test_the_resumer_claims_the_run_in_the_same_commit_and_runs_it_at_once(engine):
+    calls, gate = Counter(), asyncio.Event()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).then(gated("after", gate, calls)).commit()
+    e = engine(wf, poll_interval=30.0)  # the dispatcher would not look again for 30 s
+    run_id = (await (await e.start("approval", {"n": 1})).result(timeout=5)).run_id
+
+    await e.resume(run_id, data={"approved": True}, by="U1")
+    # Already claimed by this process when resume() returns: never "pending" waiting for a dispatcher.
+    run = await e.get_run(run_id)
+    assert (run.status, run.owner) == ("running", e.owner)
+    await eventually(lambda: calls["after"] == 1, timeout=5)
+    gate.set()
+    assert (await e.wait_for(run_id, timeout=5)).status == "success"
+    assert calls == Counter({"approve": 2, "after": 1})
+
+
+async def test_a_resume_with_no_room_to_execute_leaves_the_run_to_the_dispatcher(engine):
+    calls, gate = Counter(), asyncio.Event()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).then(gated("after", gate, calls)).commit()
+    e = engine(wf, capacity=1)
+    first = (await (await e.start("approval", {"n": 1})).result(timeout=5)).run_id
+    second = (await (await e.start("approval", {"n": 2})).result(timeout=5)).run_id
+
+    await e.resume(first, data={"approved": True}, by="U1")
+    await eventually(lambda: calls["after"] == 1, timeout=5)  # the only slot is busy with the first run
+    await e.resume(second, data={"approved": True}, by="U1")
+    assert await status_of(e, second) == "pending"  # not claimed beyond capacity
+    gate.set()
+    assert (await e.wait_for(first, timeout=5)).status == "success"
+    assert (await e.wait_for(second, timeout=5)).status == "success"  # picked up once the slot freed
+    assert calls["after"] == 2

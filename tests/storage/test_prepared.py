@@ -1,0 +1,200 @@
+"""Prepared statements and the inline commit path on SQLite.
+
+Prepared statements skip SQLAlchemy's execution layer on SQLite, so each test compares what they store
+with what SQLAlchemy itself stores for the same statement. The inline path runs the engine's small writes
+on the event loop's thread; it must never make the loop wait for another process's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import JSON, bindparam, insert, select, text, update
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage import Database
+from storage.prepared import plan_for, prepared
+from storage.tables import events, runs, step_results
+
+_INSERT_EVENT = prepared(insert(events))
+_INSERT_RESULT = prepared(insert(step_results))
+_SET_STATUS = prepared(
+    update(runs).where(runs.c.id == bindparam("b_id"), runs.c.status.in_(("pending", "running")))
+)
+
+
+@pytest.fixture
+async def db(sqlite_url: str) -> AsyncIterator[Database]:
+    database = Database(sqlite_url)
+    await database.open()
+    yield database
+    await database.close()
+
+
+def raw_rows(db: Database, sql: str) -> list[tuple[Any, ...]]:
+    """What is really in the file, read with plain sqlite3 (no SQLAlchemy type processing)."""
+    path = db.url.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def run_row(run_id: str, status: str = "pending") -> dict[str, Any]:
+    now = time.time()
+    return {"id": run_id, "workflow_id": "wf", "status": status, "input": {"n": 1}, "created_at": now, "updated_at": now}
+
+
+async def test_a_prepared_insert_stores_exactly_what_sqlalchemy_stores(db: Database) -> None:
+    rows = [
+        {"run_id": "r", "type": "step.succeeded", "path": "a", "data": {"nested": [1, "two", None]}, "at": 1.5},
+        {"run_id": "r", "type": "step.started", "path": None, "data": None, "at": 2.0},
+    ]
+
+    async def fast(conn: AsyncConnection) -> int:
+        return int((await conn.execute(_INSERT_EVENT, rows)).rowcount)
+
+    async def slow(conn: AsyncConnection) -> None:
+        for row in rows:  # a statement built per call is never prepared: SQLAlchemy runs it
+            await conn.execute(insert(events).values(**row | {"run_id": "s"}))
+
+    assert await db.write(fast, inline=True) == 2
+    await db.write(slow)
+    stored = raw_rows(db, "SELECT run_id, type, path, data, at FROM events ORDER BY id")
+    assert [r[1:] for r in stored if r[0] == "r"] == [r[1:] for r in stored if r[0] == "s"]
+    assert stored[0][3] == '{"nested": [1, "two", null]}'
+    assert stored[1][3] == "null"  # JSON None is stored as SQLAlchemy stores it (the JSON null)
+
+
+async def test_a_prepared_update_binds_literals_and_in_lists(db: Database) -> None:
+    await db.write(lambda conn: conn.execute(insert(runs), [run_row("a"), run_row("b", "success")]))
+
+    async def settle(run_id: str) -> Any:
+        async def op(conn: AsyncConnection) -> int:
+            res = await conn.execute(_SET_STATUS, {"b_id": run_id, "status": "failed", "error": {"why": "x"}})
+            return int(res.rowcount)
+
+        return await db.write(op, inline=True)
+
+    assert await settle("a") == 1
+    assert await settle("b") == 0  # not pending or running: the IN list of the WHERE holds
+    assert raw_rows(db, "SELECT id, status, error FROM runs ORDER BY id") == [
+        ("a", "failed", '{"why": "x"}'), ("b", "success", None),
+    ]
+
+
+def test_statements_sqlalchemy_must_run_are_not_prepared() -> None:
+    dialect = sqlite_dialect.dialect(paramstyle="qmark")
+    row = {"run_id": "r", "path": "p", "step_id": "s", "kind": "step", "output": None, "finished_at": 1.0}
+    # A Python-side default (attempts=1) needs SQLAlchemy's execution context.
+    assert plan_for(_INSERT_RESULT, row, dialect) is None
+    assert plan_for(_INSERT_RESULT, row | {"attempts": 2, "started_at": None}, dialect) is not None
+    # Rows with different columns in one executemany.
+    assert plan_for(_INSERT_EVENT, [{"run_id": "r", "type": "x", "at": 1.0}, {"run_id": "r", "type": "x"}], dialect) is None
+    # Statements nobody marked, and SELECTs, which cannot be marked.
+    assert plan_for(insert(events), {"run_id": "r", "type": "x", "at": 1.0}, dialect) is None
+    with pytest.raises(TypeError, match="only INSERT/UPDATE/DELETE"):
+        prepared(select(runs))
+
+
+async def test_a_python_default_still_applies_through_the_fallback(db: Database) -> None:
+    async def op(conn: AsyncConnection) -> None:
+        await conn.execute(_INSERT_RESULT, {
+            "run_id": "r", "path": "p", "step_id": "s", "kind": "step", "output": {"v": 1}, "finished_at": 1.0,
+        })
+
+    await db.write(op, inline=True)
+    assert raw_rows(db, "SELECT attempts, output FROM step_results") == [(1, '{"v": 1}')]
+
+
+async def test_a_failed_prepared_batch_rolls_back_and_each_writer_gets_its_own_outcome(db: Database) -> None:
+    async def good(conn: AsyncConnection) -> None:
+        await conn.execute(_INSERT_EVENT, {"run_id": "ok", "type": "x", "path": None, "data": None, "at": 1.0})
+
+    async def bad(conn: AsyncConnection) -> None:
+        await conn.execute(_INSERT_EVENT, {"run_id": "bad", "type": "x", "path": None, "data": None, "at": 1.0})
+        raise RuntimeError("this writer fails after its statement")
+
+    results = await asyncio.gather(db.write(good, inline=True), db.write(bad, inline=True), return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], RuntimeError)
+    assert raw_rows(db, "SELECT run_id FROM events") == [("ok",)]
+
+
+async def test_an_inline_write_waits_off_the_loop_while_another_process_holds_the_lock(db: Database) -> None:
+    """The event loop keeps ticking while SQLite's write lock is held elsewhere; the write lands after."""
+    path = db.url.split("///", 1)[1]
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process (the CLI, a second replica) holds the write lock
+    released = threading.Event()
+
+    def release_later() -> None:
+        time.sleep(0.5)
+        other.execute("COMMIT")
+        released.set()
+
+    async def op(conn: AsyncConnection) -> None:
+        await conn.execute(_INSERT_EVENT, {"run_id": "late", "type": "x", "path": None, "data": None, "at": 1.0})
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not released.is_set():
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    threading.Thread(target=release_later).start()
+    try:
+        ticking = asyncio.create_task(ticker())
+        await db.write(op, inline=True)
+        await ticking
+    finally:
+        other.close()
+    assert released.is_set()
+    assert ticks >= 20  # the loop was free for the half second the lock was held elsewhere
+    assert raw_rows(db, "SELECT run_id FROM events") == [("late",)]
+
+
+async def test_only_writes_marked_inline_run_on_the_loop_thread(db: Database) -> None:
+    threads: dict[str, str] = {}
+
+    def where(name: str) -> Any:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.run_sync(lambda _sync: threads.__setitem__(name, threading.current_thread().name))
+            await conn.execute(text("SELECT 1"))
+
+        return op
+
+    await db.write(where("hot"), inline=True)
+    await db.write(where("other"))
+    assert threads["hot"] == threading.current_thread().name
+    assert threads["other"].startswith("threadflow-db-writer")
+
+
+async def test_a_memory_database_keeps_every_write_in_its_one_thread() -> None:
+    db = Database("sqlite+aiosqlite:///:memory:")
+    await db.open()
+    try:
+        seen: list[str] = []
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.run_sync(lambda _sync: seen.append(threading.current_thread().name))
+
+        await db.write(op, inline=True)
+        assert seen and seen[0].startswith("threadflow-db")
+    finally:
+        await db.close()
+
+
+def test_json_columns_keep_their_sqlalchemy_type() -> None:
+    # The plan's bind processors come from the column types: JSON must serialise, not pass dicts through.
+    dialect = sqlite_dialect.dialect(paramstyle="qmark")
+    plan = plan_for(_INSERT_EVENT, {"run_id": "r", "type": "x", "path": None, "data": {"a": 1}, "at": 1.0}, dialect)
+    assert plan is not None
+    assert '{"a": 1}' in plan.values({"run_id": "r", "type": "x", "path": None, "data": {"a": 1}, "at": 1.0})
+    assert isinstance(events.c.data.type, JSON)

@@ -34,7 +34,8 @@ class Backend:
     async def migrate(self) -> None:
         raise NotImplementedError
 
-    async def read(self, fn: DbFn) -> Any:
+    async def read(self, fn: DbFn, *, inline: bool = False) -> Any:
+        """Run ``fn`` on a reader connection; ``inline``: a small, bounded read the backend may run in place."""
         raise NotImplementedError
 
     async def run_batch(self, fns: Sequence[DbFn], *, inline: bool = False) -> Outcomes:
@@ -60,7 +61,7 @@ class AsyncBackend(Backend):
 
         await upgrade_to_head(self.writer, "postgresql")
 
-    async def read(self, fn: DbFn) -> Any:
+    async def read(self, fn: DbFn, *, inline: bool = False) -> Any:
         async with self.reader.connect() as conn:
             return await fn(conn)
 
@@ -148,7 +149,8 @@ class ThreadBackend(Backend):
         else:
             Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
             self.writer = create_engine(sync_url, echo=echo, pool_size=1, max_overflow=0, connect_args=args)
-            self.reader = create_engine(sync_url, echo=echo, pool_size=4, max_overflow=0, connect_args=args)
+            # Four reader threads and the event loop's own reader connection.
+            self.reader = create_engine(sync_url, echo=echo, pool_size=5, max_overflow=0, connect_args=args)
             self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="threadflow-db-writer")
             self.read_threads = ThreadPoolExecutor(4, thread_name_prefix="threadflow-db-reader")
         self._local = threading.local()
@@ -185,13 +187,32 @@ class ThreadBackend(Backend):
                 self._opened.append(conn)
         return conn
 
-    async def read(self, fn: DbFn) -> Any:
+    async def read(self, fn: DbFn, *, inline: bool = False) -> Any:
+        """Run ``fn`` in a reader thread or, ``inline``, on the event loop's own reader connection.
+
+        A small read (one run's rows) costs less than the hop, and reader threads running Python beside
+        the loop make every SQLite call on the loop wait for the GIL. SQLite in WAL mode does not block
+        readers; in the rare case it reports busy, the read is repeated in a reader thread, which waits.
+        """
+        if inline and self._inline:
+            conn = self._connection(self.reader)
+            if not conn.info.get("threadflow_nowait"):
+                conn.connection.dbapi_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+                conn.info["threadflow_nowait"] = True
+            try:
+                return drive(fn, conn)
+            except Exception as exc:
+                if not _is_busy(exc):
+                    raise
+            finally:
+                conn.rollback()  # end the read transaction: the next read sees newer commits
+
         def run() -> Any:
             conn = self._connection(self.reader)
             try:
                 return drive(fn, conn)
             finally:
-                conn.rollback()  # end the read transaction: the next read sees newer commits
+                conn.rollback()
 
         return await self._in(self.read_threads, run)
 
@@ -302,6 +323,13 @@ class ThreadBackend(Backend):
         self.write_thread.shutdown(wait=True)
         if self.read_threads is not self.write_thread:
             self.read_threads.shutdown(wait=True)
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """SQLite said another connection holds a lock it needs (SQLITE_BUSY / SQLITE_LOCKED)."""
+    orig = getattr(exc, "orig", exc)
+    name = str(getattr(orig, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(orig)
 
 
 def busy_timeout_ms() -> int:

@@ -165,15 +165,16 @@ class Database:
 
     # -- reads and writes ----------------------------------------------------------------------------
 
-    async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def read(self, fn: Callable[[AsyncConnection], Awaitable[T]], *, inline: bool = False) -> T:
         """Run ``fn`` on a reader connection (no write lock, sees everything committed).
 
         ``fn`` may await only ``conn.execute`` / ``exec_driver_sql`` / ``run_sync`` (on SQLite it runs in a
-        reader thread, in one hop).
+        reader thread, in one hop). ``inline=True`` says it reads a few rows by key (one run's records):
+        on SQLite it then runs on the event loop's thread. Searches and listings must leave it False.
         """
         if self._backend is None:
             await self.open()
-        result: T = await self._require_open().read(fn)
+        result: T = await self._require_open().read(fn, inline=inline)
         return result
 
     async def write(self, fn: WriteFn[T], *, inline: bool = False) -> T:

@@ -70,6 +70,13 @@ _SETTLE = prepared(
     update(runs).where(runs.c.id == bindparam("b_id"), runs.c.owner == bindparam("b_owner"), runs.c.status == "running")
 )
 _INSERT_RESULT_IF_HELD: dict[str, Any] = {}
+#: The reads of one run's records (by key; ordered as they were written).
+_GET_RUN = prepared(select(runs).where(runs.c.id == bindparam("b_id")))
+_RESULTS_OF = prepared(select(step_results).where(step_results.c.run_id == bindparam("b_run_id")))
+_SUSPENSIONS_OF = prepared(
+    select(suspensions).where(suspensions.c.run_id == bindparam("b_run_id")).order_by(suspensions.c.created_at)
+)
+_SIGNALS_OF = prepared(select(signals).where(signals.c.run_id == bindparam("b_run_id")).order_by(signals.c.id))
 #: Resume's compare-and-set: an open suspension of a live run becomes resolved.
 _RESOLVE_SUSPENSION = prepared(
     update(suspensions)
@@ -82,6 +89,12 @@ _RESOLVE_SUSPENSION = prepared(
     )
     .values(status="resolved", resolved_by=bindparam("b_by"), resolved_at=bindparam("b_now"),
             resume_data=bindparam("b_data", type_=JSON))
+)
+#: A suspended or waiting run becomes ready for any dispatcher.
+_MAKE_READY = prepared(
+    update(runs)
+    .where(runs.c.id == bindparam("b_id"), runs.c.status.in_(("suspended", "waiting")))
+    .values(status="pending", ready_at=bindparam("b_now"), updated_at=bindparam("b_now"), waiting_for=None)
 )
 #: A suspended or waiting run is claimed by the process that just resumed it.
 _CLAIM_WAITING = prepared(
@@ -156,10 +169,10 @@ class RunStore:
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def op(conn: AsyncConnection) -> RunRecord | None:
-            row = (await conn.execute(select(runs).where(runs.c.id == run_id))).mappings().first()
+            row = (await conn.execute(_GET_RUN, {"b_id": run_id})).mappings().first()
             return RunRecord.model_validate(dict(row)) if row else None
 
-        return await self.db.read(op)
+        return await self.db.read(op, inline=True)
 
     async def list_runs(
         self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
@@ -184,21 +197,19 @@ class RunStore:
         async def op(conn: AsyncConnection) -> RunProgress:
             results = {
                 r["path"]: StepResultRecord.model_validate(dict(r))
-                for r in (await conn.execute(select(step_results).where(step_results.c.run_id == run_id))).mappings()
+                for r in (await conn.execute(_RESULTS_OF, {"b_run_id": run_id})).mappings()
             }
             susp = {
                 r["path"]: SuspensionRecord.model_validate(dict(r))
-                for r in (await conn.execute(select(suspensions).where(suspensions.c.run_id == run_id))).mappings()
+                for r in (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": run_id})).mappings()
             }
             sigs = [
                 SignalRecord.model_validate(dict(r))
-                for r in (
-                    await conn.execute(select(signals).where(signals.c.run_id == run_id).order_by(signals.c.id))
-                ).mappings()
+                for r in (await conn.execute(_SIGNALS_OF, {"b_run_id": run_id})).mappings()
             ]
             return RunProgress(results=results, suspensions=susp, signals=sigs)
 
-        return await self.db.read(op)
+        return await self.db.read(op, inline=True)
 
     async def _touch_lease(self, conn: AsyncConnection, run_id: str, owner: str, now: float, lease: float) -> None:
         res = await conn.execute(_TOUCH_LEASE, {"b_id": run_id, "b_owner": owner, "b_now": now, "b_expires": now + lease})
@@ -356,11 +367,7 @@ class RunStore:
 
     @staticmethod
     async def _make_ready(conn: AsyncConnection, run_id: str, now: float) -> None:
-        await conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.status.in_(("suspended", "waiting")))
-            .values(status="pending", ready_at=now, updated_at=now, waiting_for=None)
-        )
+        await conn.execute(_MAKE_READY, {"b_id": run_id, "b_now": now})
 
     async def send_signal(self, run_id: str, name: str, data: Any, new_events: Sequence[NewEvent]) -> str:
         """Resolve the open wait for ``name`` if there is one, else buffer the event. Returns which."""
@@ -428,17 +435,16 @@ class RunStore:
 
     async def open_suspensions(self, run_id: str) -> list[SuspensionRecord]:
         async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
-            q = select(suspensions).where(suspensions.c.run_id == run_id, suspensions.c.status == "open")
-            return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(q.order_by(suspensions.c.created_at))).mappings()]
+            rows = (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": run_id})).mappings()
+            return [SuspensionRecord.model_validate(dict(r)) for r in rows if r["status"] == "open"]
 
-        return await self.db.read(op)
+        return await self.db.read(op, inline=True)
 
     async def suspensions_of(self, run_id: str) -> list[SuspensionRecord]:
         async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
-            q = select(suspensions).where(suspensions.c.run_id == run_id).order_by(suspensions.c.created_at)
-            return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
+            return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": run_id})).mappings()]
 
-        return await self.db.read(op)
+        return await self.db.read(op, inline=True)
 
     async def expired_suspensions(self, now: float) -> list[SuspensionRecord]:
         async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
@@ -514,7 +520,7 @@ class RunStore:
             )
             return (await conn.execute(q.limit(1))).first() is not None
 
-        return await self.db.read(op)
+        return await self.db.read(op, inline=True)
 
     async def next_wakeup(self) -> float | None:
         """The earliest time a waiting run becomes ready or a held run's lease runs out."""

@@ -386,7 +386,7 @@ class RunExecution:
                 raise StepFailed(path, str(exc), type(exc).__name__, attempt, deliberate=deliberate) from exc
             rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
                 *announcement.take(),
-                NewEvent.model_construct(type="step.succeeded", path=path, at=None, data={
+                NewEvent(type="step.succeeded", path=path, data={
                     "step_id": step.id, "output": output, "attempts": attempt,
                     "duration": round(time.time() - started, 6),
                 })
@@ -396,7 +396,7 @@ class RunExecution:
             return rec.output
 
     def _announce_start(self, path: str, step_id: str, attempt: int) -> StartAnnouncement:
-        announcement = StartAnnouncement(self, NewEvent.model_construct(
+        announcement = StartAnnouncement(self, NewEvent(
             type="step.started", path=path, data={"step_id": step_id, "attempt": attempt}, at=time.time()))
         self._announcements[path] = announcement
         return announcement
@@ -415,8 +415,7 @@ class RunExecution:
     async def _commit(
         self, path: str, step_id: str, kind: str, output: Any, *, attempts: int, started: float, events: list[NewEvent]
     ) -> StepResultRecord:
-        # Built without validation: every field comes from the engine itself, already of the right type.
-        record = StepResultRecord.model_construct(
+        record = StepResultRecord(
             run_id=self.run.id, path=path, step_id=step_id, kind=kind, output=output, attempts=attempts,
             started_at=started, finished_at=time.time(),
         )

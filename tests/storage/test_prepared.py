@@ -96,10 +96,11 @@ def test_statements_sqlalchemy_must_run_are_not_prepared() -> None:
     assert plan_for(_INSERT_RESULT, row | {"attempts": 2, "started_at": None}, dialect) is not None
     # Rows with different columns in one executemany.
     assert plan_for(_INSERT_EVENT, [{"run_id": "r", "type": "x", "at": 1.0}, {"run_id": "r", "type": "x"}], dialect) is None
-    # Statements nobody marked, and SELECTs, which cannot be marked.
+    # Statements nobody marked, a SELECT with many parameter sets, and things that are not statements.
     assert plan_for(insert(events), {"run_id": "r", "type": "x", "at": 1.0}, dialect) is None
-    with pytest.raises(TypeError, match="only INSERT/UPDATE/DELETE"):
-        prepared(select(runs))
+    assert plan_for(_GET_RUN, [{"b_id": "a"}, {"b_id": "b"}], dialect) is None
+    with pytest.raises(TypeError, match="only INSERT/UPDATE/DELETE/SELECT"):
+        prepared(text("SELECT 1"))
 
 
 async def test_a_python_default_still_applies_through_the_fallback(db: Database) -> None:
@@ -198,3 +199,42 @@ def test_json_columns_keep_their_sqlalchemy_type() -> None:
     assert plan is not None
     assert '{"a": 1}' in plan.values({"run_id": "r", "type": "x", "path": None, "data": {"a": 1}, "at": 1.0})
     assert isinstance(events.c.data.type, JSON)
+
+
+_GET_RUN = prepared(select(runs).where(runs.c.id == bindparam("b_id")))
+
+
+async def test_a_prepared_select_returns_what_sqlalchemy_returns(db: Database) -> None:
+    row = run_row("a") | {"output": {"list": [1, 2.5, None], "text": "é"}, "error": None, "finished_at": 3.25}
+    await db.write(lambda conn: conn.execute(insert(runs), [row]))
+
+    async def fast(conn: AsyncConnection) -> Any:
+        return (await conn.execute(_GET_RUN, {"b_id": "a"})).mappings().first()
+
+    async def slow(conn: AsyncConnection) -> Any:
+        return dict((await conn.execute(select(runs).where(runs.c.id == "a"))).mappings().one())
+
+    assert await db.read(fast, inline=True) == await db.read(slow)
+    assert (await db.read(fast, inline=True))["output"] == {"list": [1, 2.5, None], "text": "é"}
+
+    async def missing(conn: AsyncConnection) -> Any:
+        result = await conn.execute(_GET_RUN, {"b_id": "nope"})
+        return result.mappings().first(), result.first()
+
+    assert await db.read(missing, inline=True) == (None, None)
+
+
+async def test_an_inline_read_runs_on_the_loop_thread_and_sees_the_latest_commit(db: Database) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    async def op(conn: AsyncConnection) -> None:
+        row = (await conn.execute(_GET_RUN, {"b_id": "a"})).mappings().first()
+        await conn.run_sync(lambda _sync: seen.append((threading.current_thread().name, row and row["status"])))
+
+    await db.read(op, inline=True)
+    await db.write(lambda conn: conn.execute(insert(runs), [run_row("a")]))
+    await db.read(op, inline=True)
+    await db.write(lambda conn: conn.execute(update(runs).values(status="running")))
+    await db.read(op, inline=True)
+    here = threading.current_thread().name
+    assert seen == [(here, None), (here, "pending"), (here, "running")]

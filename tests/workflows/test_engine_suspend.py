@@ -329,10 +329,12 @@ async def test_an_expired_suspension_is_resolved_by_system_as_a_rejection(engine
     calls = Counter()
     wf = Workflow(id="expiring", input=Num).then(approval_step("approve", calls, suspend_ttl=0.3)).commit()
     e = engine(wf)
+    before = time.time()
     handle = await e.start("expiring", {"n": 1})
     first = await handle.result(timeout=5)
     assert first.status == "suspended"
-    assert first.suspended[0].expires_at == pytest.approx(time.time() + 0.3, abs=0.3)
+    # Created between `before` and now, it expires 0.3 s after it was created.
+    assert before + 0.3 <= first.suspended[0].expires_at <= time.time() + 0.3
 
     final = await eventually(lambda: _finished(e, handle.run_id), timeout=5)
 

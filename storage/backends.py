@@ -11,8 +11,10 @@ one hop per commit, as the design asks, whatever the number of statements in it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +28,11 @@ from sqlalchemy.pool import StaticPool
 from .prepared import plan_for
 
 DbFn = Callable[[AsyncConnection], Awaitable[Any]]
+
+log = logging.getLogger("threadflow.storage")
+
+#: Commits between two WAL checkpoints (SQLite's own default is every 1,000 pages, about as often).
+CHECKPOINT_EVERY = 200
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.
 Outcomes = tuple[list[tuple[bool, Any]], int]
 
@@ -159,6 +166,8 @@ class ThreadBackend(Backend):
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
         self._busy_ms = busy_timeout_ms()
+        self._commits_since_checkpoint = 0
+        self._checkpointing = False
         # In memory, reads and writes share one connection and one thread: writes stay in that thread too.
         self._inline = self.reader is not self.writer
         configure_sqlite(self.writer, begin="BEGIN IMMEDIATE")
@@ -225,21 +234,51 @@ class ThreadBackend(Backend):
         SQLite's lock, or maintenance holds the connection, or a function fails, the batch runs in the
         writer thread instead, which waits up to the busy timeout as before.
         """
+        outcome: Outcomes | None = None
         if inline and self._inline and self._write_lock.acquire(blocking=False):
             try:
                 outcome = self._try_inline(fns)
             finally:
                 self._write_lock.release()
-            if outcome is not None:
-                return outcome
-        return await self._in(self.write_thread, lambda: self._batch(fns))  # type: ignore[no-any-return]
+        if outcome is None:
+            outcome = await self._in(self.write_thread, lambda: self._batch(fns))
+        if self._inline:
+            self._maybe_checkpoint(outcome[1])
+        return outcome
 
     def _writer_connection(self) -> Connection:
-        """The one writer connection, kept open (callers hold ``_write_lock``); its busy timeout is 0 at rest."""
+        """The one writer connection, kept open (callers hold ``_write_lock``).
+
+        Its busy timeout is 0 at rest (the writer thread raises it while it waits), and it never checkpoints
+        the WAL itself: a checkpoint syncs the database file, which would stall the commit that triggers it
+        (on the event loop's thread). Reader threads checkpoint instead, see ``_maybe_checkpoint``.
+        """
         if self._writer_conn is None or self._writer_conn.closed:
             self._writer_conn = self.writer.connect()
-            self._writer_conn.connection.dbapi_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+            raw: Any = self._writer_conn.connection.dbapi_connection
+            raw.execute("PRAGMA busy_timeout=0")
+            if self._inline:
+                raw.execute("PRAGMA wal_autocheckpoint=0")
         return self._writer_conn
+
+    def _maybe_checkpoint(self, commits: int) -> None:
+        """Every CHECKPOINT_EVERY commits, a passive checkpoint in a reader thread (writers go on meanwhile)."""
+        self._commits_since_checkpoint += commits
+        if self._commits_since_checkpoint < CHECKPOINT_EVERY or self._checkpointing:
+            return
+        self._commits_since_checkpoint = 0
+        self._checkpointing = True
+
+        def checkpoint() -> None:
+            try:
+                conn = self._connection(self.reader)
+                conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+            except Exception as exc:  # a later checkpoint tries again; the WAL only grows meanwhile
+                log.warning("WAL checkpoint failed: %s", exc)
+            finally:
+                self._checkpointing = False
+
+        self.read_threads.submit(checkpoint)
 
     def _try_inline(self, fns: Sequence[DbFn]) -> Outcomes | None:
         """One transaction for the whole batch without waiting for any lock, or None if that did not work."""
@@ -306,6 +345,10 @@ class ThreadBackend(Backend):
                 raise
 
     async def dispose(self) -> None:
+        if self.read_threads is not self.write_thread:
+            # Reads and a checkpoint in flight finish before their connections close.
+            await asyncio.get_running_loop().run_in_executor(None, self.read_threads.shutdown, True)
+
         def run() -> None:
             with self._opened_lock:
                 opened, self._opened = self._opened, []
@@ -337,6 +380,23 @@ def busy_timeout_ms() -> int:
     return int(os.environ.get("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "30000"))
 
 
+def _enable_wal(cursor: Any, busy_ms: int) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection is creating the same new file.
+
+    Switching a new database to WAL needs an exclusive lock, and SQLite answers "database is locked" at
+    once (without its busy handler) when two processes open the same new file at the same moment.
+    """
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except Exception as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def configure_sqlite(engine: Engine, *, begin: str | None) -> None:
     """WAL, a busy timeout, and explicit transaction control (pysqlite's own is off)."""
     busy_ms = busy_timeout_ms()
@@ -348,11 +408,11 @@ def configure_sqlite(engine: Engine, *, begin: str | None) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        _enable_wal(cursor, busy_ms)
         # NORMAL in WAL mode: a commit survives a crash of the process (SIGKILL); only a power loss or
         # OS crash may lose the last commits. FULL would fsync every commit, several times slower.
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=OFF")
         cursor.close()
 

@@ -129,7 +129,7 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect) -> Plan | 
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
     if isinstance(statement, Select):
         columns = tuple(
-            (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
+            (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
             for column in statement.selected_columns
         )
         if len({key for key, _ in columns}) != len(columns):

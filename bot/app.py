@@ -99,7 +99,11 @@ class SlackBot:
         self.app = AsyncApp(
             client=self.client,
             signing_secret=settings.slack_signing_secret.get_secret_value(),
-            process_before_response=False,
+            # Every listener acks first and leaves slow work to a background task (``spawn``), so the HTTP
+            # response can go out as soon as the listener returns. With False, bolt would run the listener
+            # in a task and poll every 10 ms for its ack: up to 10 ms more per request, and 50 pollers
+            # spinning under a burst of slash commands.
+            process_before_response=True,
         )
         self._register()
 
@@ -405,6 +409,9 @@ class SlackBot:
 
     async def on_reject_with_reason(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
+        self.spawn(self.open_reject_form(body, action))
+
+    async def open_reject_form(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         target = await self.check_decider(body, action, require_open=True)
         if target is None:
             return

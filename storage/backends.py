@@ -31,8 +31,9 @@ DbFn = Callable[[AsyncConnection], Awaitable[Any]]
 
 log = logging.getLogger("threadflow.storage")
 
-#: Commits between two WAL checkpoints (SQLite's own default is every 1,000 pages, about as often).
-CHECKPOINT_EVERY = 200
+#: Queued writes between two WAL checkpoints: an engine write adds a few pages, so this is about as
+#: often as SQLite's own default (every 1,000 pages). Any other batch is followed by a checkpoint.
+CHECKPOINT_EVERY = 400
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.
 Outcomes = tuple[list[tuple[bool, Any]], int]
 
@@ -166,7 +167,7 @@ class ThreadBackend(Backend):
         self._writer_conn: Connection | None = None
         self._write_lock = threading.Lock()
         self._busy_ms = busy_timeout_ms()
-        self._commits_since_checkpoint = 0
+        self._writes_since_checkpoint = 0
         self._checkpointing = False
         # In memory, reads and writes share one connection and one thread: writes stay in that thread too.
         self._inline = self.reader is not self.writer
@@ -240,10 +241,13 @@ class ThreadBackend(Backend):
                 outcome = self._try_inline(fns)
             finally:
                 self._write_lock.release()
-        if outcome is None:
-            outcome = await self._in(self.write_thread, lambda: self._batch(fns))
+            if outcome is not None:
+                self._maybe_checkpoint(len(fns))
+                return outcome
+        outcome = await self._in(self.write_thread, lambda: self._batch(fns))
         if self._inline:
-            self._maybe_checkpoint(outcome[1])
+            # Not the engine's small writes: maybe bulk inserts or deletes. Checkpoint after each.
+            self._maybe_checkpoint(CHECKPOINT_EVERY)
         return outcome
 
     def _writer_connection(self) -> Connection:
@@ -261,12 +265,12 @@ class ThreadBackend(Backend):
                 raw.execute("PRAGMA wal_autocheckpoint=0")
         return self._writer_conn
 
-    def _maybe_checkpoint(self, commits: int) -> None:
-        """Every CHECKPOINT_EVERY commits, a passive checkpoint in a reader thread (writers go on meanwhile)."""
-        self._commits_since_checkpoint += commits
-        if self._commits_since_checkpoint < CHECKPOINT_EVERY or self._checkpointing:
+    def _maybe_checkpoint(self, writes: int) -> None:
+        """Every CHECKPOINT_EVERY writes, a passive checkpoint in a reader thread (writers go on meanwhile)."""
+        self._writes_since_checkpoint += writes
+        if self._writes_since_checkpoint < CHECKPOINT_EVERY or self._checkpointing:
             return
-        self._commits_since_checkpoint = 0
+        self._writes_since_checkpoint = 0
         self._checkpointing = True
 
         def checkpoint() -> None:

@@ -193,7 +193,8 @@ class Database:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((fn, fut, inline))
         self._queue_event.set()
-        return await asyncio.shield(fut)
+        # No shield needed: a queued function runs whether or not its future was cancelled meanwhile.
+        return await fut
 
     def write_nowait(self, fn: WriteFn[Any], *, inline: bool = False) -> asyncio.Future[Any]:
         """Queue a write without waiting for it (events whose loss in a crash is harmless); ``inline`` as in write."""

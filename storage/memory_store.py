@@ -297,6 +297,8 @@ class MemoryStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        #: Bumped when vectors of existing messages change here (in-memory vector caches reload).
+        self.vector_generation = 0
 
     # -- threads ------------------------------------------------------------------------------------
 
@@ -677,6 +679,7 @@ class MemoryStore:
             await self._add_vectors(conn, [(m.id, m, v) for m, v in vectors], model)
 
         await self.db.write(fn)
+        self.vector_generation += 1
 
     async def _add_vectors(
         self,
@@ -731,11 +734,12 @@ class MemoryStore:
         thread_id: str | None = None,
         resource_id: str | None = None,
         limit: int | None = DEFAULT_VECTOR_CANDIDATES,
+        after_id: int | None = None,
     ) -> list[tuple[int, bytes]]:
         """``(message_id, vector)`` of the newest ``limit`` (None: all) vectors of the scope, newest first.
 
-        Plain tuples because recall reads thousands of them per query: validating a model per row cost
-        more than the similarity itself (numpy's, in ``workflows.memory``).
+        Plain tuples because recall reads thousands of them: validating a model per row cost more than
+        the similarity itself (numpy's, in ``workflows.memory``). ``after_id``: only messages newer than it.
         """
         query = self._vector_query(
             (message_vectors.c.message_id, message_vectors.c.vector),
@@ -744,6 +748,8 @@ class MemoryStore:
             resource_id=resource_id,
             limit=limit,
         )
+        if after_id is not None:
+            query = query.where(message_vectors.c.message_id > after_id)
 
         async def fn(conn: AsyncConnection) -> list[tuple[int, bytes]]:
             return [(int(mid), bytes(vector)) for mid, vector in await conn.execute(query)]

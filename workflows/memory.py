@@ -12,6 +12,7 @@ to keep a context under a budget without a tokenizer dependency.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections import defaultdict
@@ -35,6 +36,7 @@ from storage.memory_store import (
 from .errors import ToolFailed
 from .models import Embedder, Model, OfflineModel, Usage, estimate_tokens, resolve_embedder
 from .tools import Tool, ToolContext
+from .vector_cache import VectorCache
 
 log = logging.getLogger("threadflow.memory")
 
@@ -123,6 +125,7 @@ class Memory:
         self.token_budget = token_budget
         self.summarize_after_tokens = summarize_after_tokens
         self.embedder = resolve_embedder(embedder) if embedder is not None else None
+        self.vectors = VectorCache(self.store)
 
     async def ensure_thread(self, thread_id: str, resource_id: str | None = None) -> None:
         """Create the thread row if missing (the engine calls this when a run starts on a thread)."""
@@ -239,16 +242,15 @@ class ThreadMemory:
         thread_id, resource_id = (None, self.resource_id) if by_resource else (self.thread_id, None)
         fetch = cfg.top_k * 3 + len(exclude)
         fused: dict[int, float] = defaultdict(float)
-        text_hits = [
-            h
-            for h in await self.store.search_text(
-                query, thread_id=thread_id, resource_id=resource_id, limit=fetch
-            )
-            if h.message.id not in exclude
-        ]
+        # Full-text search and similarity are independent reads: both run at once.
+        found, similar = await asyncio.gather(
+            self.store.search_text(query, thread_id=thread_id, resource_id=resource_id, limit=fetch),
+            self._similar(query, exclude, fetch, thread_id, resource_id),
+        )
+        text_hits = [h for h in found if h.message.id not in exclude]
         for rank, hit in enumerate(text_hits):
             fused[hit.message.id] += 1 / (RRF_K + rank)
-        for rank, message_id in enumerate(await self._similar(query, exclude, fetch, thread_id, resource_id)):
+        for rank, message_id in enumerate(similar):
             fused[message_id] += 1 / (RRF_K + rank)
         top = sorted(fused, key=lambda i: (-fused[i], -i))[: cfg.top_k]
         matched = set(top)
@@ -265,29 +267,33 @@ class ThreadMemory:
     async def _similar(
         self, query: str, exclude: set[int], limit: int, thread_id: str | None, resource_id: str | None
     ) -> list[int]:
-        """Message ids by cosine similarity to ``query``: one matrix product over the scope's vectors."""
+        """Message ids by cosine similarity to ``query``: one matrix product over the scope's vectors.
+
+        The scope's newest vectors come from the memory's in-process cache (``workflows.vector_cache``),
+        which reads only the vectors written since the previous query.
+        """
         embedder = self.memory.embedder
         cfg = self.memory.recall
         if embedder is None or cfg is None:
             return []
-        rows = await self.store.vector_rows(
-            model=embedder.name, thread_id=thread_id, resource_id=resource_id, limit=cfg.vector_candidates
-        )
-        rows = [r for r in rows if r[0] not in exclude]
-        if not rows:
-            return []
         query_vector = np.asarray((await embedder.embed([query]))[0], dtype=np.float32)
-        rows = [r for r in rows if len(r[1]) == query_vector.nbytes]  # another dimension: not comparable
-        if not rows or query_vector.size == 0:
+        if query_vector.size == 0:
             return []
-        matrix = np.frombuffer(b"".join(vector for _, vector in rows), dtype=np.float32).reshape(
-            len(rows), query_vector.size
+        scope = await self.memory.vectors.vectors(
+            model=embedder.name, dim=query_vector.size, thread_id=thread_id, resource_id=resource_id,
+            limit=cfg.vector_candidates,
         )
-        # row norms without a matrix-sized temporary (np.linalg.norm squares a copy of the matrix)
-        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix)) * (np.linalg.norm(query_vector) or 1.0)
-        similarity = (matrix @ query_vector) / np.where(norms == 0, 1.0, norms)
-        order = np.argsort(-similarity, kind="stable")[:limit]
-        return [rows[i][0] for i in order if similarity[i] >= cfg.min_similarity]
+        if not scope.ids:
+            return []
+        norms = scope.norms * (np.linalg.norm(query_vector) or 1.0)
+        similarity = (scope.matrix @ query_vector) / np.where(norms == 0, 1.0, norms)
+        found: list[int] = []
+        for i in np.argsort(-similarity, kind="stable"):
+            if similarity[i] < cfg.min_similarity or len(found) >= limit:
+                break
+            if scope.ids[i] not in exclude:
+                found.append(scope.ids[i])
+        return found
 
     # -- working memory -----------------------------------------------------------------------------
 

@@ -147,7 +147,8 @@ class RunningBot:
 
 
 def _is_bolt_listener(task: asyncio.Task[Any]) -> bool:
-    """bolt runs each listener in an untracked task after acking (``process_before_response=False``)."""
+    """A listener bolt runs in an untracked task (only with ``process_before_response=False``; the bot runs
+    its listeners before responding, so this finds none unless that setting changes)."""
     return getattr(task.get_coro(), "__name__", "") == "run_ack_function_asynchronously"
 
 

@@ -241,21 +241,20 @@ class ThreadBackend(Backend):
                 outcome = self._try_inline(fns)
             finally:
                 self._write_lock.release()
-            if outcome is not None:
-                self._maybe_checkpoint(len(fns))
-                return outcome
-        outcome = await self._in(self.write_thread, lambda: self._batch(fns))
+        if outcome is None:
+            outcome = await self._in(self.write_thread, lambda: self._batch(fns))
         if self._inline:
-            # Not the engine's small writes: maybe bulk inserts or deletes. Checkpoint after each.
-            self._maybe_checkpoint(CHECKPOINT_EVERY)
+            # The engine's small writes add a few pages each; any other batch may be a bulk insert or
+            # delete, so a checkpoint follows it.
+            self._maybe_checkpoint(len(fns) if inline else CHECKPOINT_EVERY)
         return outcome
 
     def _writer_connection(self) -> Connection:
         """The one writer connection, kept open (callers hold ``_write_lock``).
 
         Its busy timeout is 0 at rest (the writer thread raises it while it waits), and it never checkpoints
-        the WAL itself: a checkpoint syncs the database file, which would stall the commit that triggers it
-        (on the event loop's thread). Reader threads checkpoint instead, see ``_maybe_checkpoint``.
+        the WAL on commit: a checkpoint syncs the database file, which would stall the commit that triggers
+        it (on the event loop's thread). The writer thread checkpoints instead, see ``_maybe_checkpoint``.
         """
         if self._writer_conn is None or self._writer_conn.closed:
             self._writer_conn = self.writer.connect()
@@ -266,7 +265,12 @@ class ThreadBackend(Backend):
         return self._writer_conn
 
     def _maybe_checkpoint(self, writes: int) -> None:
-        """Every CHECKPOINT_EVERY writes, a passive checkpoint in a reader thread (writers go on meanwhile)."""
+        """Every CHECKPOINT_EVERY writes, a checkpoint in the writer thread, off the event loop.
+
+        It holds the write lock, so no commit lands while it copies the WAL into the database: it
+        completes, and the next commit starts the WAL over instead of growing it. Commits tried meanwhile
+        find the lock taken and queue behind it in the writer thread; the event loop never waits.
+        """
         self._writes_since_checkpoint += writes
         if self._writes_since_checkpoint < CHECKPOINT_EVERY or self._checkpointing:
             return
@@ -275,14 +279,15 @@ class ThreadBackend(Backend):
 
         def checkpoint() -> None:
             try:
-                conn = self._connection(self.reader)
-                conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # type: ignore[union-attr]
+                with self._write_lock:
+                    raw: Any = self._writer_connection().connection.dbapi_connection
+                    raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except Exception as exc:  # a later checkpoint tries again; the WAL only grows meanwhile
                 log.warning("WAL checkpoint failed: %s", exc)
             finally:
                 self._checkpointing = False
 
-        self.read_threads.submit(checkpoint)
+        self.write_thread.submit(checkpoint)
 
     def _try_inline(self, fns: Sequence[DbFn]) -> Outcomes | None:
         """One transaction for the whole batch without waiting for any lock, or None if that did not work."""

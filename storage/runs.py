@@ -53,7 +53,14 @@ _INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
         bindparam("path", type_=String),
         bindparam("data", type_=JSON),
         bindparam("at", type_=Float),
-    ).where(exists().where(runs.c.id == bindparam("run_id", type_=String), runs.c.status.not_in(_TERMINAL))),
+    ).where(
+        # FOR SHARE (PostgreSQL; SQLite has one writer anyway): a cancel committing meanwhile is waited for
+        # and seen, so no event lands after the run's final one.
+        select(runs.c.id)
+        .where(runs.c.id == bindparam("run_id", type_=String), runs.c.status.not_in(_TERMINAL))
+        .with_for_update(read=True)
+        .exists()
+    ),
 ))
 
 

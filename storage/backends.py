@@ -354,11 +354,9 @@ class ThreadBackend(Backend):
                 raise
 
     async def dispose(self) -> None:
-        if self.read_threads is not self.write_thread:
-            # Reads and a checkpoint in flight finish before their connections close.
-            await asyncio.get_running_loop().run_in_executor(None, self.read_threads.shutdown, True)
-
         def run() -> None:
+            if self.read_threads is not self.write_thread:
+                self.read_threads.shutdown(wait=True)  # reads in flight finish before their connections close
             with self._opened_lock:
                 opened, self._opened = self._opened, []
             with self._write_lock:

@@ -94,6 +94,7 @@ class SlackBot:
         self.render_lease = max(5.0, 3 * settings.poll_interval)
         self._sweeper: asyncio.Task[None] | None = None
         self._channel_locks: dict[str, asyncio.Lock] = {}
+        self._claiming_render: set[str] = set()
         self._channel_last_post: dict[str, float] = {}
         self._verifier = SignatureVerifier(settings.slack_signing_secret.get_secret_value())
         self.app = AsyncApp(
@@ -165,12 +166,19 @@ class SlackBot:
 
     async def render(self, slack_run: SlackRun) -> None:
         """Render this run's progress here, if no other live process does."""
-        current = self.renderers.get(slack_run.run_id)
-        if current is not None and not current.done():
+        run_id = slack_run.run_id
+        current = self.renderers.get(run_id)
+        if (current is not None and not current.done()) or run_id in self._claiming_render:
             return
-        if not await self.store.claim_render(slack_run.run_id, self.engine.owner, self.render_lease):
-            return
-        self.renderers[slack_run.run_id] = self.spawn(self._render(slack_run))
+        # Marked before the claim's await: the sweeper and the command that started the run may both get
+        # here at once, and the lease (held by this same process) would let both render, posting twice.
+        self._claiming_render.add(run_id)
+        try:
+            if not await self.store.claim_render(run_id, self.engine.owner, self.render_lease):
+                return
+            self.renderers[run_id] = self.spawn(self._render(slack_run))
+        finally:
+            self._claiming_render.discard(run_id)
 
     async def _render(self, slack_run: SlackRun) -> None:
         try:

@@ -230,6 +230,16 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+async def until(predicate: Callable[[], Awaitable[Any]], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``await predicate()`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
 async def run_limited(n: int, concurrency: int, fn: Callable[[int], Awaitable[Any]]) -> list[Any]:
     """Call ``fn(i)`` for i in range(n) with at most ``concurrency`` in flight; return results in order."""
     sem = asyncio.Semaphore(concurrency)

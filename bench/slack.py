@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Report, Row, latency_fields, scratch_dir
+from .common import Report, Row, latency_fields, scratch_dir, until
 
 NAME = "slack"
 BENCH = "3. Slack path"
@@ -47,15 +47,6 @@ def _approval_buttons(emu: Any) -> dict[str, Any]:
     return found
 
 
-async def _wait(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return False
-
-
 async def run(report: Report, quick: bool) -> None:
     from bot.emulator import SlackEmulator
     from bot.runtime import build_engine
@@ -79,7 +70,7 @@ async def run(report: Report, quick: bool) -> None:
                 n = size["commands"]
                 for _ in range(3):
                     await emu.slash_command("/flow", "run greet-user name=Warm", user=USER, channel=CHANNEL)
-                await _wait(lambda: _count(engine, "success", 3), 20)
+                await until(lambda: _count(engine, "success", 3), 20)
 
                 # -- 50 concurrent slash commands, sent by another process (Slack's side) -----------------------
                 before = await engine.store.count_runs("success")
@@ -87,7 +78,7 @@ async def run(report: Report, quick: bool) -> None:
                        "warmup": [_form(emu, "help") for _ in range(n)],  # n keep-alive connections, as Slack keeps
                        "forms": [_form(emu, f"run greet-user name=Ada{i}") for i in range(n)]}
                 sent = await _load_process(job)
-                done = await _wait(lambda: _count(engine, "success", before + n), 60)
+                done = await until(lambda: _count(engine, "success", before + n), 60)
                 seconds = time.time() - sent["started_at"]  # from the first request sent to the last run done
                 acks, statuses, acked = sent["latencies"], sent["statuses"], sent["all_acked"]
                 bad = sum(1 for s in statuses if s != 200)
@@ -107,7 +98,7 @@ async def run(report: Report, quick: bool) -> None:
                 async def shown() -> bool:
                     return len(_approval_buttons(emu)) >= k
 
-                await _wait(shown, 60, 0.05)
+                await until(shown, 60, 0.05)
                 buttons = _approval_buttons(emu)
                 click_acks: list[float] = []
                 to_step: list[float] = []

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-from .common import Clock, Report, Row, latency_fields, run_limited, scratch_dir, sqlite_url
+from .common import Clock, Report, Row, latency_fields, run_limited, scratch_dir, sqlite_url, until
 from .workloads import RESUMED_AT, suspend_workflow
 
 NAME = "waiting"
@@ -22,15 +21,6 @@ BENCH = "2. waiting runs"
 
 def sizes(quick: bool) -> dict[str, int]:
     return {"runs": 200, "one_by_one": 30} if quick else {"runs": 2000, "one_by_one": 200}
-
-
-async def _until(predicate: Any, timeout: float, interval: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return False
 
 
 async def run(report: Report, quick: bool, *, url: str | None = None, label: str = "SQLite (WAL+NORMAL)") -> None:
@@ -55,7 +45,7 @@ async def run(report: Report, quick: bool, *, url: str | None = None, label: str
                 async def all_suspended() -> bool:
                     return await engine.store.count_runs("suspended") >= n
 
-                ok = await _until(all_suspended, 120)
+                ok = await until(all_suspended, 120, 0.005)
             report.add(Row(bench=BENCH, system="threadflow", setup=f"start -> suspended, {label}", n=n,
                            throughput=n / started.seconds, unit="runs/s", total_s=started.seconds,
                            note="" if ok else "timed out waiting for every run to suspend"))
@@ -97,13 +87,13 @@ async def run(report: Report, quick: bool, *, url: str | None = None, label: str
                 async def all_started() -> bool:
                     return all(r in RESUMED_AT for r in rest)
 
-                ok = await _until(all_started, 300)
+                ok = await until(all_started, 300, 0.005)
                 next_step_all = time.perf_counter() - burst.start
 
                 async def all_done() -> bool:
                     return await engine.store.count_runs("success") >= n
 
-                await _until(all_done, 300)
+                await until(all_done, 300, 0.005)
             latencies = [RESUMED_AT[r] - called[r] for r in rest if r in RESUMED_AT]
             call = latency_fields([returned[r] - called[r] for r in rest if r in returned])
             row = report.add(Row(

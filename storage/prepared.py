@@ -80,14 +80,8 @@ class PreparedResult:
     keys: tuple[str, ...] = ()
     rows: list[tuple[Any, ...]] | None = None
 
-    def __iter__(self) -> Any:
-        return iter(self.rows or [])
-
     def first(self) -> tuple[Any, ...] | None:
         return self.rows[0] if self.rows else None
-
-    def scalar(self) -> Any:
-        return self.rows[0][0] if self.rows else None
 
     def mappings(self) -> Mappings:
         return Mappings(dict(zip(self.keys, row, strict=True)) for row in self.rows or [])
@@ -96,9 +90,6 @@ class PreparedResult:
 class Mappings(list[dict[str, Any]]):
     def first(self) -> dict[str, Any] | None:
         return self[0] if self else None
-
-    def all(self) -> list[dict[str, Any]]:
-        return list(self)
 
 
 def plan_for(statement: Any, parameters: Any, dialect: Dialect) -> Plan | None:

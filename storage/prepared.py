@@ -10,6 +10,10 @@ set of parameter names with SQLAlchemy's own compiler and bind processors (JSON 
 :meth:`Plan.run` binds the values positionally on the DBAPI cursor. DML without RETURNING and without
 Python-side column defaults qualifies, and SELECTs of plain columns, whose rows come back through the
 columns' own result processors (JSON parsed); everything else falls back.
+
+An INSERT marked ``deferrable`` (the events outbox: append-only, nobody needs its row count) may be held
+back by a batch's connection and executed as one ``executemany`` for every writer in the batch, just
+before anything else touches its table and before the commit (see ``SyncConnection`` in backends.py).
 """
 
 from __future__ import annotations
@@ -19,23 +23,46 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.util import find_tables
 
 S = TypeVar("S")
 
 #: id(statement) -> statement (kept alive, so an id is never reused for another object).
 _PREPARED: dict[int, Any] = {}
+#: ids of the prepared INSERTs whose execution a batch may defer to the end (see the module docstring).
+_DEFERRABLE: set[int] = set()
+#: id(statement) -> names of its ``bindparam(..., expanding=True)`` lists, given at execution (``IN :ids``).
+_EXPANDING: dict[int, tuple[str, ...]] = {}
 #: (id(statement), parameter names) -> compiled plan, or None when the statement must go through SQLAlchemy.
-_PLANS: dict[tuple[int, tuple[str, ...]], Plan | None] = {}
+_PLANS: dict[tuple[Any, ...], Plan | None] = {}
+#: (id(statement), parameter names in the order the caller gave them) -> the same plans. Both keys end
+#: with the compiled size of each list parameter, if the statement has any.
+_BY_ORDER: dict[tuple[Any, ...], Plan | None] = {}
 
 _MISSING = object()
 
 
-def prepared(statement: S) -> S:
-    """Mark a module-level (or long-lived) statement as hot; returns it unchanged."""
+def prepared(statement: S, *, deferrable: bool = False) -> S:
+    """Mark a module-level (or long-lived) statement as hot; returns it unchanged.
+
+    ``deferrable``: a plain INSERT whose callers never look at its result, so a batch may run it later
+    (still inside the same transaction, before anything reads or writes its table).
+    """
     if not isinstance(statement, UpdateBase | Select):
         raise TypeError(f"only INSERT/UPDATE/DELETE/SELECT statements can be prepared, not {type(statement).__name__}")
+    if deferrable:
+        if not isinstance(statement, Insert) or statement.select is not None or statement._returning:
+            raise TypeError("only a plain INSERT ... VALUES without RETURNING can be deferred")
+        _DEFERRABLE.add(id(statement))
+    expanding = tuple(sorted({
+        b.key for b in visitors.iterate(statement) if isinstance(b, BindParameter) and b.expanding and b.required
+    }))
+    if expanding:
+        _EXPANDING[id(statement)] = expanding
     _PREPARED[id(statement)] = statement
     return statement
 
@@ -47,9 +74,30 @@ class Plan:
     slots: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...]
     #: for a SELECT: per result column, (key, result processor or None)
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
+    #: the tables the statement reads or writes
+    tables: frozenset[str] = frozenset()
+    #: a plain INSERT a batch may execute later (``prepared(..., deferrable=True)``)
+    deferrable: bool = False
+    #: some slots are items of a list parameter (``IN :ids``; see ``_Item``)
+    expanding: bool = False
+
+    def rows(self, parameters: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """The positional values of each row (bind processors applied: a bad value fails here, not later)."""
+        if isinstance(parameters, Mapping):
+            return [self.values(parameters)]
+        return [self.values(p) for p in parameters]
 
     def values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         out = []
+        if self.expanding:
+            for name, literal, process in self.slots:
+                if isinstance(literal, _Item):
+                    items = params[name]
+                    value = items[min(literal.index, len(items) - 1)]
+                else:
+                    value = params[name] if literal is _MISSING else literal
+                out.append(process(value) if process is not None else value)
+            return tuple(out)
         for name, literal, process in self.slots:
             value = params[name] if literal is _MISSING else literal
             out.append(process(value) if process is not None else value)  # as SQLAlchemy: None too
@@ -87,6 +135,14 @@ class PreparedResult:
         return Mappings(dict(zip(self.keys, row, strict=True)) for row in self.rows or [])
 
 
+@dataclass(frozen=True)
+class _Item:
+    """A slot holding item ``index`` of a list parameter. Plans are compiled for lists of 1, 2, 4, 8, ...
+    items; a shorter list repeats its last item, which changes nothing in ``IN (...)``."""
+
+    index: int
+
+
 class Mappings(list[dict[str, Any]]):
     def first(self) -> dict[str, Any] | None:
         return self[0] if self else None
@@ -94,27 +150,49 @@ class Mappings(list[dict[str, Any]]):
 
 def plan_for(statement: Any, parameters: Any, dialect: Dialect) -> Plan | None:
     """The compiled plan for a prepared statement and these parameters, or None to use SQLAlchemy."""
-    if id(statement) not in _PREPARED or not parameters:
+    sid = id(statement)
+    if sid not in _PREPARED or not parameters:
         return None
     if isinstance(parameters, Mapping):
-        keys = tuple(sorted(parameters))
-    elif isinstance(statement, Select):
+        first = parameters
+    elif isinstance(statement, Select) or not isinstance(parameters, list | tuple):
         return None  # a SELECT runs with one set of parameters
-    elif isinstance(parameters, Sequence) and all(isinstance(p, Mapping) for p in parameters):
-        keys = tuple(sorted(parameters[0]))
-        if any(len(p) != len(keys) or any(k not in p for k in keys) for p in parameters):
-            return None  # rows with different columns: SQLAlchemy handles that
     else:
-        return None
-    key = (id(statement), keys)
+        first = parameters[0]
+        if not isinstance(first, Mapping):
+            return None
+        names = first.keys()
+        for p in parameters:
+            if not isinstance(p, Mapping) or p.keys() != names:
+                return None  # rows with different columns: SQLAlchemy handles that
+    expanding = _EXPANDING.get(sid)
+    sizes: tuple[int, ...] = ()
+    if expanding is not None:
+        if first is not parameters:
+            return None  # list parameters only in a single execution (a SELECT ... IN)
+        try:
+            lengths = [len(first[name]) for name in expanding]
+        except (KeyError, TypeError):
+            return None  # missing or not a list: let SQLAlchemy raise its own clear error
+        if min(lengths) == 0:
+            return None  # SQLAlchemy renders an empty IN correctly
+        sizes = tuple(1 << (n - 1).bit_length() for n in lengths)
+    # Dicts built by the same code list their keys in the same order: look the plan up by that order, so
+    # the hot path does not sort the names on every call.
+    order = (sid, tuple(first), *sizes)
     try:
-        return _PLANS[key]
+        return _BY_ORDER[order]
     except KeyError:
-        plan = _PLANS[key] = _compile(statement, keys, dialect)
-        return plan
+        pass
+    keys = tuple(sorted(first))
+    key = (sid, keys, *sizes)
+    if key not in _PLANS:
+        _PLANS[key] = _compile(statement, keys, dialect, dict(zip(expanding or (), sizes, strict=True)))
+    plan = _BY_ORDER[order] = _PLANS[key]
+    return plan
 
 
-def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect) -> Plan | None:
+def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect, sizes: Mapping[str, int]) -> Plan | None:
     if dialect.paramstyle != "qmark":
         return None
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
@@ -133,7 +211,10 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect) -> Plan | 
     for name in compiled.positiontup:
         bind = compiled.binds[name]
         process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if bind.expanding:
+        if bind.expanding and name in sizes:
+            sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * sizes[name]), 1)
+            slots.extend((name, _Item(i), process) for i in range(sizes[name]))
+        elif bind.expanding:
             values = bind.effective_value
             if bind.callable is not None or not isinstance(values, (list, tuple)) or not values:
                 return None
@@ -147,4 +228,8 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect) -> Plan | 
             return None  # a required value is missing: let SQLAlchemy raise its own clear error
     if "__[POSTCOMPILE_" in sql:
         return None
-    return Plan(sql, tuple(slots), columns)
+    tables = frozenset(
+        str(t.name) for t in find_tables(statement, include_crud=True, include_selects=True, include_aliases=True,
+                                         include_joins=True, check_columns=True) if hasattr(t, "name")
+    )
+    return Plan(sql, tuple(slots), columns, tables, id(statement) in _DEFERRABLE, bool(sizes))

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .coalesce import Coalescer
 from .database import Database, insert_ignore
 from .prepared import prepared
 from .records import (
@@ -43,6 +44,7 @@ class CompareAndSetFailed(Exception):
 
 
 _TERMINAL = tuple(TERMINAL_STATUSES)
+_NO_PROGRESS = RunProgress(results={}, suspensions={}, signals=[])
 
 #: An event row, inserted only if its run is not terminal (bound per row: run_id, type, path, data, at).
 _INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
@@ -65,7 +67,7 @@ _INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
 
 
 #: Hot-path statements are built once: building a Core statement costs more than executing it on SQLite.
-_INSERT_EVENTS = prepared(insert(events))
+_INSERT_EVENTS = prepared(insert(events), deferrable=True)
 _INSERT_RUN = prepared(insert(runs))
 _TOUCH_LEASE = prepared(
     update(runs)
@@ -84,6 +86,15 @@ _SUSPENSIONS_OF = prepared(
     select(suspensions).where(suspensions.c.run_id == bindparam("b_run_id")).order_by(suspensions.c.created_at)
 )
 _SIGNALS_OF = prepared(select(signals).where(signals.c.run_id == bindparam("b_run_id")).order_by(signals.c.id))
+#: The same reads for many runs at once (coalesced callers; ``ids`` is a list).
+_RUNS_IN = prepared(select(runs).where(runs.c.id.in_(bindparam("ids", expanding=True))))
+_RESULTS_IN = prepared(select(step_results).where(step_results.c.run_id.in_(bindparam("ids", expanding=True))))
+_SUSPENSIONS_IN = prepared(
+    select(suspensions).where(suspensions.c.run_id.in_(bindparam("ids", expanding=True))).order_by(suspensions.c.created_at)
+)
+_SIGNALS_IN = prepared(
+    select(signals).where(signals.c.run_id.in_(bindparam("ids", expanding=True))).order_by(signals.c.id)
+)
 #: Resume's compare-and-set: an open suspension of a live run becomes resolved.
 _RESOLVE_SUSPENSION = prepared(
     update(suspensions)
@@ -131,6 +142,10 @@ class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert_result_if_held = insert_result_if_held(self.db)
+        # One run's records, read by key: callers in the same loop turn share one query (see coalesce.py).
+        self._runs: Coalescer[str, RunRecord | None] = Coalescer(self._get_runs, missing=None)
+        self._suspensions: Coalescer[str, list[SuspensionRecord]] = Coalescer(self._get_suspensions, missing=[])
+        self._progress: Coalescer[str, RunProgress] = Coalescer(self._get_progress, missing=_NO_PROGRESS)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -175,9 +190,15 @@ class RunStore:
         await self.db.write(op)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        async def op(conn: AsyncConnection) -> RunRecord | None:
-            row = (await conn.execute(_GET_RUN, {"b_id": run_id})).mappings().first()
-            return RunRecord.model_validate(dict(row)) if row else None
+        return await self._runs.load(run_id)
+
+    async def _get_runs(self, ids: Sequence[str]) -> dict[str, RunRecord]:
+        async def op(conn: AsyncConnection) -> dict[str, RunRecord]:
+            if len(ids) == 1:
+                rows = (await conn.execute(_GET_RUN, {"b_id": ids[0]})).mappings()
+            else:
+                rows = (await conn.execute(_RUNS_IN, {"ids": list(ids)})).mappings()
+            return {r["id"]: RunRecord.model_validate(dict(r)) for r in rows}
 
         return await self.db.read(op, inline=True)
 
@@ -201,20 +222,23 @@ class RunStore:
         return await self.db.read(op)
 
     async def load_progress(self, run_id: str) -> RunProgress:
-        async def op(conn: AsyncConnection) -> RunProgress:
-            results = {
-                r["path"]: StepResultRecord.model_validate(dict(r))
-                for r in (await conn.execute(_RESULTS_OF, {"b_run_id": run_id})).mappings()
-            }
-            susp = {
-                r["path"]: SuspensionRecord.model_validate(dict(r))
-                for r in (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": run_id})).mappings()
-            }
-            sigs = [
-                SignalRecord.model_validate(dict(r))
-                for r in (await conn.execute(_SIGNALS_OF, {"b_run_id": run_id})).mappings()
-            ]
-            return RunProgress(results=results, suspensions=susp, signals=sigs)
+        """Everything the walk needs to continue the run: its results, suspensions and buffered events."""
+        return await self._progress.load(run_id)
+
+    async def _get_progress(self, ids: Sequence[str]) -> dict[str, RunProgress]:
+        async def op(conn: AsyncConnection) -> dict[str, RunProgress]:
+            one = len(ids) == 1
+            progress = {i: RunProgress(results={}, suspensions={}, signals=[]) for i in ids}
+            by_key, by_ids = {"b_run_id": ids[0]}, {"ids": list(ids)}
+            for r in (await conn.execute(_RESULTS_OF, by_key) if one else await conn.execute(_RESULTS_IN, by_ids)).mappings():
+                progress[r["run_id"]].results[r["path"]] = StepResultRecord.model_validate(dict(r))
+            for r in (
+                await conn.execute(_SUSPENSIONS_OF, by_key) if one else await conn.execute(_SUSPENSIONS_IN, by_ids)
+            ).mappings():
+                progress[r["run_id"]].suspensions[r["path"]] = SuspensionRecord.model_validate(dict(r))
+            for r in (await conn.execute(_SIGNALS_OF, by_key) if one else await conn.execute(_SIGNALS_IN, by_ids)).mappings():
+                progress[r["run_id"]].signals.append(SignalRecord.model_validate(dict(r)))
+            return progress
 
         return await self.db.read(op, inline=True)
 
@@ -441,15 +465,22 @@ class RunStore:
         await self.db.write(op)
 
     async def open_suspensions(self, run_id: str) -> list[SuspensionRecord]:
-        async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
-            rows = (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": run_id})).mappings()
-            return [SuspensionRecord.model_validate(dict(r)) for r in rows if r["status"] == "open"]
-
-        return await self.db.read(op, inline=True)
+        return [s for s in await self.suspensions_of(run_id) if s.status == "open"]
 
     async def suspensions_of(self, run_id: str) -> list[SuspensionRecord]:
-        async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
-            return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": run_id})).mappings()]
+        """The run's suspensions, open and resolved, in the order they were opened."""
+        return list(await self._suspensions.load(run_id))
+
+    async def _get_suspensions(self, ids: Sequence[str]) -> dict[str, list[SuspensionRecord]]:
+        async def op(conn: AsyncConnection) -> dict[str, list[SuspensionRecord]]:
+            found: dict[str, list[SuspensionRecord]] = {i: [] for i in ids}
+            if len(ids) == 1:
+                rows = (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": ids[0]})).mappings()
+            else:
+                rows = (await conn.execute(_SUSPENSIONS_IN, {"ids": list(ids)})).mappings()
+            for r in rows:
+                found[r["run_id"]].append(SuspensionRecord.model_validate(dict(r)))
+            return found
 
         return await self.db.read(op, inline=True)
 

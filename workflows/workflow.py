@@ -178,7 +178,14 @@ class CommittedWorkflow:
 
     def find_step(self, step_id: str) -> Step[Any, Any] | None:
         """The step with this id anywhere in the tree (nested workflows included)."""
-        return _find_step(self.root, step_id)
+        index = self.__dict__.get("_steps_by_id")
+        if index is None:
+            # The tree never changes once committed; every resume looks its step up.
+            index = {}
+            for s in self.steps():
+                index.setdefault(s.id, s)
+            self.__dict__["_steps_by_id"] = index
+        return index.get(step_id)
 
     def steps(self) -> list[Step[Any, Any]]:
         out: list[Step[Any, Any]] = []
@@ -225,17 +232,6 @@ def _check_unique_ids(workflow_id: str, root: SequenceNode) -> None:
                 "(their results are stored under them); give one of the steps another id."
             )
         seen.add(node.id)
-
-
-def _find_step(node: Node, step_id: str) -> Step[Any, Any] | None:
-    for n in _walk(node):
-        if isinstance(n, StepNode) and n.step.id == step_id:
-            return n.step
-        if isinstance(n, WorkflowNode):
-            found = _find_step(n.workflow.root, step_id)
-            if found is not None:
-                return found
-    return None
 
 
 def _collect_steps(node: Node, out: list[Step[Any, Any]]) -> None:

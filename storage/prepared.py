@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import visitors
@@ -59,7 +59,7 @@ def prepared(statement: S, *, deferrable: bool = False) -> S:
             raise TypeError("only a plain INSERT ... VALUES without RETURNING can be deferred")
         _DEFERRABLE.add(id(statement))
     expanding = tuple(sorted({
-        b.key for b in visitors.iterate(statement) if isinstance(b, BindParameter) and b.expanding and b.required
+        b.key for b in visitors.iterate(cast(Any, statement)) if isinstance(b, BindParameter) and b.expanding and b.required
     }))
     if expanding:
         _EXPANDING[id(statement)] = expanding

@@ -254,3 +254,102 @@ async def test_the_wal_stays_small_under_a_steady_stream_of_commits(db: Database
     # 3,000 commits of a page or more each would be 12 MB or more of WAL without checkpoints.
     assert wal < 8 * 1024 * 1024, wal
     assert raw_rows(db, "SELECT count(*) FROM events") == [(3000,)]
+
+
+_RUNS_IN = prepared(select(runs).where(runs.c.id.in_(bindparam("ids", expanding=True))).order_by(runs.c.id))
+
+
+async def test_a_prepared_in_list_returns_what_sqlalchemy_returns_for_any_length(db: Database) -> None:
+    await db.write(lambda conn: conn.execute(insert(runs), [run_row(f"r{i:02}") for i in range(20)]))
+
+    async def both(ids: list[str]) -> tuple[Any, Any]:
+        async def fast(conn: AsyncConnection) -> Any:
+            return list((await conn.execute(_RUNS_IN, {"ids": ids})).mappings())
+
+        async def slow(conn: AsyncConnection) -> Any:
+            q = select(runs).where(runs.c.id.in_(ids)).order_by(runs.c.id)
+            return [dict(r) for r in (await conn.execute(q)).mappings()]
+
+        return await db.read(fast, inline=True), await db.read(slow)
+
+    for n in [1, 2, 3, 5, 8, 9, 17, 20]:  # plans are compiled for 1, 2, 4, 8, ... items and padded
+        ids = [f"r{i:02}" for i in range(0, 2 * n, 2)] + ["missing"]
+        fast, slow = await both(ids)
+        assert fast == slow
+        assert [r["id"] for r in fast] == sorted(i for i in ids if i != "missing" and i < "r20")
+    assert await both([]) == ([], [])  # an empty list goes through SQLAlchemy, which renders it correctly
+    dialect = sqlite_dialect.dialect(paramstyle="qmark")
+    assert plan_for(_RUNS_IN, {"ids": []}, dialect) is None
+    assert plan_for(_RUNS_IN, {"ids": ["a", "b", "c"]}, dialect) is plan_for(_RUNS_IN, {"ids": ["x", "y", "z", "w"]}, dialect)
+
+
+# -- deferred inserts -------------------------------------------------------------------------------
+
+
+_DEFERRED_EVENT = prepared(insert(events), deferrable=True)
+_EVENTS_OF = prepared(select(events.c.run_id, events.c.type).where(events.c.run_id.in_(bindparam("ids", expanding=True)))
+                      .order_by(events.c.id))
+
+
+def event(run_id: str, kind: str = "x") -> dict[str, Any]:
+    return {"run_id": run_id, "type": kind, "path": None, "data": {"k": kind}, "at": 1.0}
+
+
+def rows_in_transaction(conn: AsyncConnection) -> int:
+    """Count events on the writer's own DBAPI connection, past the repository layer (same transaction)."""
+    raw: Any = conn.sync_connection.connection.dbapi_connection  # type: ignore[attr-defined]
+    return int(raw.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+async def test_a_deferred_insert_waits_until_its_table_is_touched_then_runs_in_the_same_transaction(db: Database) -> None:
+    seen: dict[str, Any] = {}
+
+    async def writer(conn: AsyncConnection) -> None:
+        await conn.execute(_DEFERRED_EVENT, [event("a", "one"), event("a", "two")])
+        await conn.execute(_DEFERRED_EVENT, event("a", "three"))
+        seen["held back"] = rows_in_transaction(conn)
+        await conn.execute(_SET_STATUS, {"b_id": "a", "status": "running"})  # another table: still held back
+        seen["after another table"] = rows_in_transaction(conn)
+        # A statement on the same table sees every row added before it.
+        seen["read"] = list((await conn.execute(_EVENTS_OF, {"ids": ["a"]})).mappings())
+        await conn.execute(_DEFERRED_EVENT, event("a", "four"))
+
+    await db.write(writer, inline=True)
+
+    assert seen["held back"] == 0 and seen["after another table"] == 0
+    assert [r["type"] for r in seen["read"]] == ["one", "two", "three"]
+    # The rows held back at the end commit with the batch, in the order they were added.
+    assert raw_rows(db, "SELECT type, data FROM events ORDER BY id") == [
+        ("one", '{"k": "one"}'), ("two", '{"k": "two"}'), ("three", '{"k": "three"}'), ("four", '{"k": "four"}'),
+    ]
+
+
+async def test_writers_sharing_a_batch_keep_their_event_order_and_a_failed_one_loses_only_its_own(db: Database) -> None:
+    def good(run_id: str) -> Any:
+        async def op(conn: AsyncConnection) -> None:
+            for i in range(3):
+                await conn.execute(_DEFERRED_EVENT, event(run_id, f"{run_id}-{i}"))
+
+        return op
+
+    async def bad(conn: AsyncConnection) -> None:
+        await conn.execute(_DEFERRED_EVENT, event("bad"))
+        raise RuntimeError("this writer fails after adding its event")
+
+    writers = [good("a"), good("b"), bad, good("c")]
+    results = await asyncio.gather(*(db.write(w, inline=True) for w in writers), return_exceptions=True)
+
+    assert results[:2] == [None, None] and results[3] is None and isinstance(results[2], RuntimeError)
+    assert raw_rows(db, "SELECT type FROM events ORDER BY id") == [
+        (f"{r}-{i}",) for r in "abc" for i in range(3)
+    ]
+
+
+def test_only_a_plain_insert_can_be_deferred() -> None:
+    for statement in [
+        update(events).values(type="x"),
+        insert(events).from_select(["run_id", "type", "at"], select(runs.c.id, runs.c.status, runs.c.created_at)),
+        insert(events).returning(events.c.id),
+    ]:
+        with pytest.raises(TypeError, match="plain INSERT"):
+            prepared(statement, deferrable=True)

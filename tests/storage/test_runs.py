@@ -287,3 +287,55 @@ async def test_events_are_read_in_order_from_an_offset(store):
     assert [e.path for e in everything] == [None] + [f"s{i}" for i in range(10)]
     assert later == everything[5:]
     assert [e.id for e in await store.read_events(run_id, limit=3)] == [e.id for e in everything[:3]]
+
+
+# -- reads of one run's records -------------------------------------------------------------------------
+
+
+async def test_many_concurrent_reads_each_get_their_own_runs_records(store, databases):
+    """Reads made at the same moment share queries; each caller still gets exactly its own run's rows."""
+    ids = []
+    for i in range(37):  # not a power of two: the IN lists of a shared query are padded
+        run_id = await held_run(store)
+        for step in range(i % 3):
+            await store.commit_step(result(run_id, f"s{step}", {"i": i, "step": step}), "me", LEASE, [])
+        if i % 4 == 0:
+            await store.open_suspension(suspension(run_id, f"approve-{i}"), "me", LEASE, [])
+        if i % 5 == 0:
+            await store.send_signal(run_id, f"go-{i}", {"i": i}, [])
+        ids.append(run_id)
+    missing = "no-such-run"
+    # What each read returns on its own, through a second handle (no reads to share there).
+    alone = RunStore(databases[1])
+    expected = {run_id: (await alone.get_run(run_id), await alone.load_progress(run_id),
+                         await alone.suspensions_of(run_id)) for run_id in ids}
+
+    runs, progress, suspensions = await asyncio.gather(
+        asyncio.gather(*(store.get_run(r) for r in [*ids, missing])),
+        asyncio.gather(*(store.load_progress(r) for r in [*ids, missing])),
+        asyncio.gather(*(store.suspensions_of(r) for r in [*ids, missing])),
+    )
+
+    assert runs[-1] is None and suspensions[-1] == []
+    assert progress[-1].results == {} and progress[-1].suspensions == {} and progress[-1].signals == []
+    for i, run_id in enumerate(ids):
+        run, prog, susp = expected[run_id]
+        assert runs[i] == run
+        assert progress[i] == prog
+        assert suspensions[i] == susp
+        assert set(prog.results) == {f"s{step}" for step in range(i % 3)}
+        assert [s.path for s in susp] == ([f"approve-{i}"] if i % 4 == 0 else [])
+        assert [s.name for s in prog.signals] == ([f"go-{i}"] if i % 5 == 0 else [])
+
+
+async def test_a_read_made_after_a_commit_sees_it_even_while_others_share_a_query(store):
+    run_id = await held_run(store)
+
+    async def commit_then_read() -> set[str]:
+        await store.commit_step(result(run_id, "late", 1), "me", LEASE, [])
+        return set((await store.load_progress(run_id)).results)
+
+    seen = await asyncio.gather(store.load_progress(run_id), commit_then_read(), store.load_progress(run_id))
+
+    assert seen[1] == {"late"}
+    assert set((await store.load_progress(run_id)).results) == {"late"}

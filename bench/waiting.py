@@ -5,12 +5,19 @@ Resume latency is measured from the ``engine.resume(...)`` call to the moment th
 time while all the others still wait (the latency of the path itself with 2,000 runs in the store), then
 all the rest at once (the burst: its p99 is bound by throughput, since the last of N simultaneous resumes
 waits for the N-1 before it: p99 < 50 ms for 1,800 at once would need ~36,000 resumes/s).
+
+A floor row shows what the burst costs SQLite alone: the same rows written and read by plain sqlite3 on
+the same schema, in the fewest statements possible (IN lists, executemany, two transactions) and with no
+engine at all. Whatever an engine does on top (validation, the step itself, asyncio) comes after that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import time
+from pathlib import Path
 
 from .common import Clock, Report, Row, latency_fields, run_limited, scratch_dir, sqlite_url, until
 from .workloads import RESUMED_AT, suspend_workflow
@@ -107,4 +114,69 @@ async def run(report: Report, quick: bool, *, url: str | None = None, label: str
                           50, higher_is_better=False, unit="ms")
         finally:
             await engine.close()
+        if url is None:
+            await _floor(report, directory / "floor.db", len(ids) - m)
+
+
+async def _floor(report: Report, path: Path, n: int) -> None:
+    """Plain sqlite3, the engine's schema and pragmas: the SQL of ``n`` resumes, batched as far as it goes."""
+    from storage import Database
+
+    db = Database(sqlite_url(path))
+    await db.open()  # migrations: the same tables and indexes the engine uses
+    await db.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        now = time.time()
+        ids = [f"floor{i:06}" for i in range(n)]
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO runs (id, workflow_id, status, input, created_at, updated_at) VALUES (?, 'f', 'suspended', '{}', ?, ?)",
+            [(i, now, now) for i in ids])
+        conn.executemany(
+            "INSERT INTO suspensions (run_id, path, step_id, kind, payload, status, created_at) "
+            "VALUES (?, 'wait', 'wait', 'suspend', '{\"why\": \"benchmark\"}', 'open', ?)", [(i, now) for i in ids])
+        conn.execute("COMMIT")
+        chunks = [ids[k:k + 256] for k in range(0, n, 256)]
+        resume_data = json.dumps({"ok": True})
+        with Clock() as clock:
+            for chunk in chunks:  # resume(): the run and its suspensions
+                marks = ", ".join("?" * len(chunk))
+                conn.execute(f"SELECT * FROM runs WHERE id IN ({marks})", chunk).fetchall()
+                conn.execute(f"SELECT * FROM suspensions WHERE run_id IN ({marks})", chunk).fetchall()
+            conn.execute("BEGIN IMMEDIATE")  # the compare-and-set, the claim and the event, for every resume
+            conn.executemany(
+                "UPDATE suspensions SET status = 'resolved', resolved_by = 'bench', resolved_at = ?, resume_data = ? "
+                "WHERE run_id = ? AND path = 'wait' AND status = 'open'", [(now, resume_data, i) for i in ids])
+            conn.executemany(
+                "UPDATE runs SET status = 'running', owner = 'floor', lease_expires_at = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'suspended'", [(now + 30, now, i) for i in ids])
+            conn.executemany(
+                "INSERT INTO events (run_id, type, path, data, at) VALUES (?, 'run.resumed', 'wait', ?, ?)",
+                [(i, json.dumps({"step_id": "wait", "by": "bench", "data": {"ok": True}}), now) for i in ids])
+            conn.execute("COMMIT")
+            for chunk in chunks:  # the executor: what the run has done so far
+                marks = ", ".join("?" * len(chunk))
+                conn.execute(f"SELECT * FROM step_results WHERE run_id IN ({marks})", chunk).fetchall()
+                conn.execute(f"SELECT * FROM suspensions WHERE run_id IN ({marks})", chunk).fetchall()
+                conn.execute(f"SELECT * FROM signals WHERE run_id IN ({marks})", chunk).fetchall()
+            conn.execute("BEGIN IMMEDIATE")  # the resumed step's result and its events: then the next may start
+            conn.executemany(
+                "INSERT INTO step_results (run_id, path, step_id, kind, output, attempts, started_at, finished_at) "
+                "VALUES (?, 'wait', 'wait', 'step', ?, 1, ?, ?)", [(i, resume_data, now, now) for i in ids])
+            conn.executemany(
+                "INSERT INTO events (run_id, type, path, data, at) VALUES (?, ?, 'wait', ?, ?)",
+                [(i, kind, json.dumps({"step_id": "wait", "attempt": 1}), now)
+                 for i in ids for kind in ("step.started", "step.succeeded")])
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+    report.add(Row(
+        bench=BENCH, system="floor: raw sqlite3", setup=f"the SQL of {n:,} resumes up to the next step, no engine",
+        n=n, throughput=n / clock.seconds, unit="runs/s", total_s=clock.seconds,
+        note=(f"{clock.seconds * 1000:.0f} ms for what every resume must write and read (resolve, claim, event; "
+              "the resumed step's result and events) in 2 transactions, IN lists and executemany: the last of "
+              f"{n:,} simultaneous resumes waits at least this long, before any engine work")))
 

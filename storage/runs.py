@@ -123,6 +123,41 @@ _CLAIM_WAITING = prepared(
 )
 
 
+#: A settle checks for input that arrived while the run executed (``_has_unconsumed_input``): a resolved
+#: suspension whose step has no result yet, or a buffered event one of its open waits is for.
+_RESOLVED_UNUSED = prepared(
+    select(suspensions.c.path)
+    .where(
+        suspensions.c.run_id == bindparam("b_run_id"),
+        suspensions.c.status == "resolved",
+        ~exists().where(and_(step_results.c.run_id == bindparam("b_run_id"), step_results.c.path == suspensions.c.path)),
+    )
+    .limit(1)
+)
+_OPEN_EVENT_WAITS = prepared(
+    select(suspensions.c.event_name).where(
+        suspensions.c.run_id == bindparam("b_run_id"), suspensions.c.status == "open", suspensions.c.kind == "event"
+    )
+)
+_PENDING_SIGNAL = prepared(
+    select(signals.c.id)
+    .where(
+        signals.c.run_id == bindparam("b_run_id"),
+        signals.c.name.in_(bindparam("names", expanding=True)),
+        signals.c.consumed_path.is_(None),
+    )
+    .limit(1)
+)
+_INSERT_SUSPENSION: dict[str, Any] = {}
+
+
+def insert_suspension(db: Database) -> Any:
+    """``INSERT INTO suspensions ... ON CONFLICT DO NOTHING`` (a suspension is opened once per path)."""
+    if db.dialect not in _INSERT_SUSPENSION:
+        _INSERT_SUSPENSION[db.dialect] = prepared(insert_ignore(db, suspensions))
+    return _INSERT_SUSPENSION[db.dialect]
+
+
 def insert_result_if_held(db: Database) -> Any:
     """``INSERT INTO step_results SELECT :values WHERE <run held by :b_owner> ON CONFLICT DO NOTHING``."""
     if db.dialect in _INSERT_RESULT_IF_HELD:
@@ -142,6 +177,7 @@ class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._insert_result_if_held = insert_result_if_held(self.db)
+        self._insert_suspension = insert_suspension(self.db)
         # One run's records, read by key: callers in the same loop turn share one query (see coalesce.py).
         self._runs: Coalescer[str, RunRecord | None] = Coalescer(self._get_runs, missing=None)
         self._suspensions: Coalescer[str, list[SuspensionRecord]] = Coalescer(self._get_suspensions, missing=[])
@@ -291,7 +327,7 @@ class RunStore:
     ) -> None:
         async def op(conn: AsyncConnection) -> None:
             await self._touch_lease(conn, suspension.run_id, owner, suspension.created_at, lease)
-            await conn.execute(insert_ignore(self.db, suspensions).values(**suspension.model_dump()))
+            await conn.execute(self._insert_suspension, suspension.model_dump())
             await self._add_events(conn, suspension.run_id, new_events, suspension.created_at)
 
         await self.db.write(op, inline=True)
@@ -341,23 +377,13 @@ class RunStore:
         return await self.db.write(op, inline=True)
 
     async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str) -> bool:
-        resolved_unused = select(suspensions.c.path).where(
-            suspensions.c.run_id == run_id,
-            suspensions.c.status == "resolved",
-            ~exists().where(and_(step_results.c.run_id == run_id, step_results.c.path == suspensions.c.path)),
-        )
-        if (await conn.execute(resolved_unused.limit(1))).first() is not None:
+        by_run = {"b_run_id": run_id}
+        if (await conn.execute(_RESOLVED_UNUSED, by_run)).first() is not None:
             return True
-        open_events = select(suspensions.c.event_name).where(
-            suspensions.c.run_id == run_id, suspensions.c.status == "open", suspensions.c.kind == "event"
-        )
-        waiting_names = [r[0] for r in await conn.execute(open_events)]
+        waiting_names = [r["event_name"] for r in (await conn.execute(_OPEN_EVENT_WAITS, by_run)).mappings()]
         if not waiting_names:
             return False
-        pending_signal = select(signals.c.id).where(
-            signals.c.run_id == run_id, signals.c.name.in_(waiting_names), signals.c.consumed_path.is_(None)
-        )
-        return (await conn.execute(pending_signal.limit(1))).first() is not None
+        return (await conn.execute(_PENDING_SIGNAL, {**by_run, "names": waiting_names})).first() is not None
 
     # -- resume, events, cancel ---------------------------------------------------------------------
 

@@ -279,9 +279,11 @@ class ThreadBackend(Backend):
         if outcome is None:
             outcome = await self._in(self.write_thread, lambda: self._batch(fns))
         if self._inline:
-            # The engine's small writes add a few pages each; any other batch may be a bulk insert or
-            # delete, so a checkpoint follows it.
-            self._maybe_checkpoint(PAGES_PER_COMMIT + PAGES_PER_WRITE * len(fns) if inline else CHECKPOINT_PAGES)
+            # The engine's small writes add a few pages each (a batch that failed as a whole was committed
+            # again one function at a time: each of those commits counts); any other batch may be a bulk
+            # insert or delete, so a checkpoint follows it.
+            commits = max(1, outcome[1])
+            self._maybe_checkpoint(PAGES_PER_COMMIT * commits + PAGES_PER_WRITE * len(fns) if inline else CHECKPOINT_PAGES)
         return outcome
 
     def _writer_connection(self) -> Connection:

@@ -13,6 +13,7 @@ sees at least what was committed before it called. A lone caller reads by key, a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -26,8 +27,9 @@ MAX_KEYS = 256
 class Coalescer(Generic[K, V]):
     """``await loader.load(key)``: concurrent loads in one loop turn become one ``load_many(keys)`` call.
 
-    ``load_many`` returns a value per key it found; ``load`` returns ``missing`` for the others. An error
-    raised by ``load_many`` reaches every caller of that batch.
+    ``load_many`` returns a value per key it found; ``load`` returns ``missing`` for the others. If a
+    shared ``load_many`` raises, each key is read again on its own, so an error reaches only the callers
+    of the key that caused it.
     """
 
     def __init__(
@@ -59,7 +61,8 @@ class Coalescer(Generic[K, V]):
             # reading one run after another without yielding) read at once too.
             if self._waiting is None or self._loop is not loop:
                 self._waiting, self._loop, self._opener = {}, loop, task
-                loop.call_soon(self._dispatch)
+                # In a context of its own: a shared read belongs to no one caller's run (log fields, spans).
+                loop.call_soon(self._dispatch, context=contextvars.Context())
             found = await self._load_many([key])
             return found.get(key, self._missing)
         fut: asyncio.Future[V] = loop.create_future()
@@ -77,20 +80,38 @@ class Coalescer(Generic[K, V]):
 
     async def _read(self, waiting: dict[K, list[asyncio.Future[V]]]) -> None:
         try:
-            found = await self._load_many(list(waiting))
-        except asyncio.CancelledError:
-            for futures in waiting.values():
-                for fut in futures:
-                    fut.cancel()
-            raise
+            try:
+                found = await self._load_many(list(waiting))
+            except Exception:
+                if len(waiting) == 1:
+                    raise
+                # One bad row must not fail everyone who shared its query: read each key on its own.
+                for key, futures in waiting.items():
+                    try:
+                        value = (await self._load_many([key])).get(key, self._missing)
+                    except Exception as exc:
+                        _fail(futures, exc)
+                    else:
+                        _resolve(futures, value)
+                return
+            for key, futures in waiting.items():
+                _resolve(futures, found.get(key, self._missing))
         except Exception as exc:
             for futures in waiting.values():
-                for fut in futures:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            return
-        for key, futures in waiting.items():
-            value = found.get(key, self._missing)
-            for fut in futures:
-                if not fut.done():
-                    fut.set_result(value)
+                _fail(futures, exc)
+        finally:
+            # Whatever ended the read (the loop shutting down cancels this task), no caller waits forever.
+            for futures in waiting.values():
+                _fail(futures, RuntimeError("The shared read was interrupted before it finished; try again."))
+
+
+def _resolve(futures: list[asyncio.Future[V]], value: V) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_result(value)
+
+
+def _fail(futures: list[asyncio.Future[V]], exc: Exception) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(exc)

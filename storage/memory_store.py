@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
 from .database import Database
+from .prepared import prepared
 from .tables import agent_contexts, message_vectors, messages, threads, working_memory
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -292,6 +293,40 @@ ORDER BY ord
 ).bindparams(bindparam("words", type_=ARRAY(String)))
 
 
+#: Recall's reads, built once (prepared: on SQLite they run on the sqlite3 cursor). The neighbours of a
+#: message: up to ``b_n`` conversation messages of its thread up to it (newest first), and after it.
+_CONVERSATION = (messages.c.thread_id == bindparam("b_thread")) & (messages.c.kind == "message")
+_MESSAGES_UP_TO = prepared(
+    select(messages).where(_CONVERSATION, messages.c.id <= bindparam("b_id"))
+    .order_by(messages.c.id.desc()).limit(bindparam("b_n"))
+)
+_MESSAGES_AFTER = prepared(
+    select(messages).where(_CONVERSATION, messages.c.id > bindparam("b_id"))
+    .order_by(messages.c.id).limit(bindparam("b_n"))
+)
+_THREADS_OF_MESSAGES = prepared(
+    select(messages.c.id, messages.c.thread_id).where(messages.c.id.in_(bindparam("ids", expanding=True)))
+)
+
+
+def _fts5_search(scope: Any) -> Any:
+    """Messages matching ``:b_match`` (an FTS5 query) in a scope, best BM25 first, ``:b_limit`` of them."""
+    fts = table("messages_fts", column("rowid"))
+    rank = func.bm25(literal_column("messages_fts"))
+    return prepared(
+        select(messages, rank.label("rank"))
+        .select_from(messages.join(fts, fts.c.rowid == messages.c.id))
+        .where(literal_column("messages_fts").op("MATCH")(bindparam("b_match", type_=String)), scope,
+               messages.c.kind == "message")
+        .order_by(rank, messages.c.id.desc())
+        .limit(bindparam("b_limit"))
+    )
+
+
+_FTS5_IN_THREAD = _fts5_search(messages.c.thread_id == bindparam("b_scope"))
+_FTS5_IN_RESOURCE = _fts5_search(messages.c.resource_id == bindparam("b_scope"))
+
+
 class MemoryStore:
     """Core queries for memory; the only code that knows how memory is laid out in SQL."""
 
@@ -468,8 +503,8 @@ class MemoryStore:
             return []
 
         async def fn(conn: AsyncConnection) -> list[tuple[str, list[MessageRow]]]:
-            query = select(messages.c.id, messages.c.thread_id).where(messages.c.id.in_(list(ids)))
-            thread_of = {int(mid): tid for mid, tid in await conn.execute(query)}
+            rows = (await conn.execute(_THREADS_OF_MESSAGES, {"ids": list(ids)})).mappings()
+            thread_of = {int(r["id"]): r["thread_id"] for r in rows}
             by_thread: dict[str, list[int]] = {}
             for mid in ids:
                 if mid in thread_of:
@@ -485,12 +520,9 @@ class MemoryStore:
         self, conn: AsyncConnection, thread_id: str, around_ids: Sequence[int], window: int
     ) -> list[MessageRow]:
         found: dict[int, MessageRow] = {}
-        base = (messages.c.thread_id == thread_id) & (messages.c.kind == "message")
         for mid in sorted(set(around_ids)):
-            before = select(messages).where(base, messages.c.id <= mid).order_by(messages.c.id.desc())
-            after = select(messages).where(base, messages.c.id > mid).order_by(messages.c.id)
-            for query in (before.limit(window + 1), after.limit(window)):
-                for row in _message_rows((await conn.execute(query)).mappings()):
+            for query, n in ((_MESSAGES_UP_TO, window + 1), (_MESSAGES_AFTER, window)):
+                for row in _message_rows((await conn.execute(query, {"b_thread": thread_id, "b_id": mid, "b_n": n})).mappings()):
                     found[row.id] = row
         return [found[k] for k in sorted(found)]
 
@@ -568,36 +600,23 @@ class MemoryStore:
                 terms = await self._fts5_terms(conn, words)
                 if not terms:
                     return []
-                fts = table("messages_fts", column("rowid"))
-                rank = func.bm25(literal_column("messages_fts"))
-                stmt: Select[Any] = (
-                    select(messages, rank.label("rank"))
-                    .select_from(messages.join(fts, fts.c.rowid == messages.c.id))
-                    .where(literal_column("messages_fts").op("MATCH")(_fts5_match(terms)), where)
-                    .order_by(rank, messages.c.id.desc())
-                    .limit(limit)
-                )
-                sign = -1.0  # bm25: lower is better
-            else:
-                terms = await self._pg_terms(conn, words)
-                if not terms:
-                    return []
-                vector = func.to_tsvector(literal_column("'english'"), messages.c.content)
-                tsq = func.to_tsquery(literal_column("'english'"), " | ".join(terms))
-                rank = func.ts_rank(vector, tsq)
-                stmt = (
-                    select(messages, rank.label("rank"))
-                    .where(vector.op("@@")(tsq), where)
-                    .order_by(rank.desc(), messages.c.id.desc())
-                    .limit(limit)
-                )
-                sign = 1.0
-            hits = []
-            for row in (await conn.execute(stmt)).mappings():
-                data = dict(row)
-                score = sign * float(data.pop("rank"))
-                hits.append(TextHit(message=MessageRow.model_validate(data), score=score))
-            return hits
+                search = _FTS5_IN_THREAD if thread_id is not None else _FTS5_IN_RESOURCE
+                params = {"b_match": _fts5_match(terms), "b_scope": thread_id or resource_id, "b_limit": limit}
+                rows = (await conn.execute(search, params)).mappings()
+                return [_text_hit(row, -1.0) for row in rows]  # bm25: lower is better
+            terms = await self._pg_terms(conn, words)
+            if not terms:
+                return []
+            vector = func.to_tsvector(literal_column("'english'"), messages.c.content)
+            tsq = func.to_tsquery(literal_column("'english'"), " | ".join(terms))
+            rank = func.ts_rank(vector, tsq)
+            stmt = (
+                select(messages, rank.label("rank"))
+                .where(vector.op("@@")(tsq), where)
+                .order_by(rank.desc(), messages.c.id.desc())
+                .limit(limit)
+            )
+            return [_text_hit(row, 1.0) for row in (await conn.execute(stmt)).mappings()]
 
         return await self.db.read(fn)
 
@@ -850,6 +869,11 @@ class MemoryStore:
             return [AgentContextRow.model_validate(dict(r)) for r in (await conn.execute(query)).mappings()]
 
         return await self.db.read(fn)
+
+
+def _text_hit(row: Any, sign: float) -> TextHit:
+    data = dict(row)
+    return TextHit(score=sign * float(data.pop("rank")), message=MessageRow.model_validate(data))
 
 
 def _message_rows(rows: Iterable[RowMapping]) -> list[MessageRow]:

@@ -179,6 +179,8 @@ class RunStore:
         self._insert_result_if_held = insert_result_if_held(self.db)
         self._insert_suspension = insert_suspension(self.db)
         # One run's records, read by key: callers in the same loop turn share one query (see coalesce.py).
+        # One run's rows are read on the event loop's thread (inline); a shared query for many runs may
+        # return thousands of rows, so it runs in a reader thread and the loop stays responsive.
         self._runs: Coalescer[str, RunRecord | None] = Coalescer(self._get_runs, missing=None)
         self._suspensions: Coalescer[str, list[SuspensionRecord]] = Coalescer(self._get_suspensions, missing=[])
         self._progress: Coalescer[str, RunProgress] = Coalescer(self._get_progress, missing=_NO_PROGRESS)
@@ -236,7 +238,7 @@ class RunStore:
                 rows = (await conn.execute(_RUNS_IN, {"ids": list(ids)})).mappings()
             return {r["id"]: RunRecord.model_validate(dict(r)) for r in rows}
 
-        return await self.db.read(op, inline=True)
+        return await self.db.read(op, inline=len(ids) == 1)
 
     async def list_runs(
         self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
@@ -276,7 +278,7 @@ class RunStore:
                 progress[r["run_id"]].signals.append(SignalRecord.model_validate(dict(r)))
             return progress
 
-        return await self.db.read(op, inline=True)
+        return await self.db.read(op, inline=len(ids) == 1)
 
     async def _touch_lease(self, conn: AsyncConnection, run_id: str, owner: str, now: float, lease: float) -> None:
         res = await conn.execute(_TOUCH_LEASE, {"b_id": run_id, "b_owner": owner, "b_now": now, "b_expires": now + lease})
@@ -508,7 +510,7 @@ class RunStore:
                 found[r["run_id"]].append(SuspensionRecord.model_validate(dict(r)))
             return found
 
-        return await self.db.read(op, inline=True)
+        return await self.db.read(op, inline=len(ids) == 1)
 
     async def expired_suspensions(self, now: float) -> list[SuspensionRecord]:
         async def op(conn: AsyncConnection) -> list[SuspensionRecord]:

@@ -17,11 +17,15 @@ class Source:
         self.batches: list[list[int]] = []
         self.version = 0
         self.fail_with: Exception | None = None
+        #: a key whose row cannot be read (a corrupt record): any read that includes it fails
+        self.bad_key: int | None = None
 
     async def load_many(self, keys: Sequence[int]) -> Mapping[int, int]:
         self.batches.append(list(keys))
         if self.fail_with is not None:
             raise self.fail_with
+        if self.bad_key in keys:
+            raise ValueError(f"row {self.bad_key} is corrupt")
         return {k: k * 10 + self.version for k in keys if k >= 0}
 
 
@@ -83,6 +87,19 @@ async def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_rea
     assert all(isinstance(r, RuntimeError) and str(r) == "database is gone" for r in results)
     source.fail_with = None
     assert await asyncio.gather(loader.load(1), loader.load(2)) == [10, 20]
+
+
+async def test_one_bad_record_fails_only_its_own_callers() -> None:
+    source = Source()
+    loader = Coalescer(source.load_many, missing=-1)
+    source.bad_key = 3
+
+    results = await asyncio.gather(*(loader.load(k) for k in [1, 2, 3, 4, 3]), return_exceptions=True)
+
+    assert results[:2] == [10, 20] and results[3] == 40
+    assert [str(r) for r in (results[2], results[4])] == ["row 3 is corrupt"] * 2
+    # The shared read failed, so each of its keys was read again on its own.
+    assert source.batches == [[1], [2, 3, 4], [2], [3], [4]]
 
 
 def test_a_loader_outlives_its_event_loop() -> None:

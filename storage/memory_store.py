@@ -601,7 +601,8 @@ class MemoryStore:
                 if not terms:
                     return []
                 search = _FTS5_IN_THREAD if thread_id is not None else _FTS5_IN_RESOURCE
-                params = {"b_match": _fts5_match(terms), "b_scope": thread_id if thread_id is not None else resource_id, "b_limit": limit}
+                scope_id = thread_id if thread_id is not None else resource_id
+                params = {"b_match": _fts5_match(terms), "b_scope": scope_id, "b_limit": limit}
                 rows = (await conn.execute(search, params)).mappings()
                 return [_text_hit(row, -1.0) for row in rows]  # bm25: lower is better
             terms = await self._pg_terms(conn, words)

@@ -141,9 +141,7 @@ class SyncConnection:
                     else:
                         self._pending[1].extend(rows)
                     return PreparedResult(len(rows))
-                if self._cursor is None:
-                    self._cursor = self.sync_connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                return plan.run(self._cursor, parameters)
+                return plan.run(self._raw_cursor(), parameters)
         self.flush()
         return self.sync_connection.execute(statement, parameters, **kwargs)
 
@@ -152,9 +150,12 @@ class SyncConnection:
         if self._pending is None:
             return
         (plan, rows), self._pending = self._pending, None
+        self._raw_cursor().executemany(plan.sql, rows)
+
+    def _raw_cursor(self) -> Any:
         if self._cursor is None:
             self._cursor = self.sync_connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        self._cursor.executemany(plan.sql, rows)
+        return self._cursor
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None, **kwargs: Any) -> Any:
         self.flush()

@@ -67,9 +67,10 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def insert_ignore(db: Database, table: Any) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` in the database's dialect: exactly-once rows by their key."""
-    dialect = sqlite_dialect if db.is_sqlite else pg_dialect
+def insert_ignore(db: Database | str, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the database's dialect (``db`` or its name): exactly-once rows."""
+    name = db if isinstance(db, str) else db.dialect
+    dialect = sqlite_dialect if name == "sqlite" else pg_dialect
     return dialect.insert(table).on_conflict_do_nothing()
 
 

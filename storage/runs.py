@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from functools import cache
 from typing import Any
 
 from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, insert, or_, select, update
@@ -78,7 +79,6 @@ _TOUCH_LEASE = prepared(
 _SETTLE = prepared(
     update(runs).where(runs.c.id == bindparam("b_id"), runs.c.owner == bindparam("b_owner"), runs.c.status == "running")
 )
-_INSERT_RESULT_IF_HELD: dict[str, Any] = {}
 #: The reads of one run's records (by key; ordered as they were written).
 _GET_RUN = prepared(select(runs).where(runs.c.id == bindparam("b_id")))
 _RESULTS_OF = prepared(select(step_results).where(step_results.c.run_id == bindparam("b_run_id")))
@@ -148,20 +148,15 @@ _PENDING_SIGNAL = prepared(
     )
     .limit(1)
 )
-_INSERT_SUSPENSION: dict[str, Any] = {}
-
-
-def insert_suspension(db: Database) -> Any:
+@cache
+def insert_suspension(dialect: str) -> Any:
     """``INSERT INTO suspensions ... ON CONFLICT DO NOTHING`` (a suspension is opened once per path)."""
-    if db.dialect not in _INSERT_SUSPENSION:
-        _INSERT_SUSPENSION[db.dialect] = prepared(insert_ignore(db, suspensions))
-    return _INSERT_SUSPENSION[db.dialect]
+    return prepared(insert_ignore(dialect, suspensions))
 
 
-def insert_result_if_held(db: Database) -> Any:
+@cache
+def insert_result_if_held(dialect: str) -> Any:
     """``INSERT INTO step_results SELECT :values WHERE <run held by :b_owner> ON CONFLICT DO NOTHING``."""
-    if db.dialect in _INSERT_RESULT_IF_HELD:
-        return _INSERT_RESULT_IF_HELD[db.dialect]
     cols = [c.name for c in step_results.columns]
     values = select(*(bindparam(c, type_=step_results.c[c].type) for c in cols)).where(
         exists().where(
@@ -169,15 +164,14 @@ def insert_result_if_held(db: Database) -> Any:
             runs.c.status == "running",
         )
     )
-    statement = _INSERT_RESULT_IF_HELD[db.dialect] = prepared(insert_ignore(db, step_results).from_select(cols, values))
-    return statement
+    return prepared(insert_ignore(dialect, step_results).from_select(cols, values))
 
 
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._insert_result_if_held = insert_result_if_held(self.db)
-        self._insert_suspension = insert_suspension(self.db)
+        self._insert_result_if_held = insert_result_if_held(self.db.dialect)
+        self._insert_suspension = insert_suspension(self.db.dialect)
         # One run's records, read by key: callers in the same loop turn share one query (see coalesce.py).
         # One run's rows are read on the event loop's thread (inline); a shared query for many runs may
         # return thousands of rows, so it runs in a reader thread and the loop stays responsive.

@@ -35,6 +35,7 @@ from .blocks import APPROVE, REJECT, REJECT_REASON_VIEW, REJECT_WITH_REASON
 from .chat import ThreadChat
 from .commands import parse_command, parse_run_input, split_run_args, usage
 from .metrics import Metrics
+from .policy import approvers_for
 from .progress import ProgressRenderer
 from .schedule_commands import handle_schedule_command, make_scheduler
 from .settings import Settings
@@ -403,13 +404,7 @@ class SlackBot:
     # -- approvals ---------------------------------------------------------------------------------------
 
     def approvers_for(self, workflow_id: str, step_id: str, started_by: str | None) -> set[str]:
-        """Who may decide: the step's approvers, else the workflow's, else THREADFLOW_APPROVERS, else the starter."""
-        wf = self.engine.workflows.get(workflow_id)
-        step = wf.find_step(step_id) if wf else None
-        for candidates in (step.approvers if step else None, wf.options.approvers if wf else None, self.settings.approvers):
-            if candidates:
-                return set(candidates)
-        return {started_by} if started_by else set()
+        return approvers_for(self.engine, workflow_id, step_id, started_by, self.settings.approvers)
 
     async def on_decision(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,8 +21,23 @@ from storage.memory_store import NewAgentContext
 
 from .errors import DefinitionError, ModelError, format_validation_errors
 from .memory import AgentContext, Memory, ThreadMemory
-from .models import Message, Model, ToolCall, Usage, estimate_tokens, resolve_model
+from .model_capabilities import ModelProfile, resolve_profile
+from .model_streaming import complete, stream_or_complete
+from .model_types import (
+    CallOptions,
+    Message,
+    Model,
+    ModelResponse,
+    ResponseDone,
+    TextDelta,
+    ToolCall,
+    ToolCallDone,
+    Usage,
+    estimate_tokens,
+)
+from .models import resolve_model
 from .observe import emit
+from .structured import extract_json, quote_reply
 from .tools import Tool, ToolContext, ToolOutcome
 from .tracing import span
 
@@ -31,7 +46,8 @@ log = logging.getLogger("threadflow.agent")
 OutputT = TypeVar("OutputT")
 T = TypeVar("T", bound=BaseModel)
 
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+#: How often an answer that does not fit the output model is sent back with the error, by default.
+DEFAULT_OUTPUT_RETRIES = 1
 
 
 class ToolCallRecord(BaseModel):
@@ -48,6 +64,8 @@ class _Turn:
 
     calls: list[ToolCallRecord] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    text: str = ""
+    parsed: BaseModel | None = None
 
 
 class AgentResult(BaseModel, Generic[OutputT]):
@@ -61,9 +79,45 @@ class AgentResult(BaseModel, Generic[OutputT]):
     context: AgentContext | None = None
 
 
+# -- what a streamed agent call yields (besides the model's TextDelta and ToolCallDone) ----------------
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """A tool the model called has run; ``record`` holds its arguments and result."""
+
+    record: ToolCallRecord
+
+
+@dataclass(frozen=True)
+class OutputRejected:
+    """The answer did not fit the output model; it is sent back with ``errors`` and asked again."""
+
+    text: str
+    errors: str
+
+
+@dataclass(frozen=True)
+class AgentDone:
+    """The end of the call: the same result ``generate`` returns."""
+
+    result: AgentResult[Any]
+
+
+AgentEvent: TypeAlias = TextDelta | ToolCallDone | ToolResult | OutputRejected | AgentDone
+
+
 class Agent:
     """A named assistant. ``model`` is ``"openai:<name>"``, ``"offline"``, a :class:`Model`, or None for the
-    configured default (``THREADFLOW_MODEL``; resolved at the first call, not at import)."""
+    configured default (``THREADFLOW_MODEL``; resolved at the first call, not at import).
+
+    ``profile`` names what the model server is (``openai``, ``ollama``, ``vllm``, ``llamacpp``,
+    ``lmstudio``, ``generic``; default ``THREADFLOW_MODEL_PROFILE``) for an ``openai:`` model.
+    ``output_retries`` is how often an answer that does not fit the output model is sent back with the
+    error before the call fails. ``tool_choice`` is ``"auto"``, ``"none"``, or ``"required"`` or a tool's
+    name to force a tool call in the first model call of each turn (later calls are ``auto``, so the
+    model can answer); a server that refuses it is called without it.
+    """
 
     def __init__(
         self,
@@ -73,9 +127,16 @@ class Agent:
         tools: Sequence[Tool] = (),
         memory: Memory | None = None,
         max_steps: int = 8,
+        *,
+        profile: str | ModelProfile | None = None,
+        output_retries: int = DEFAULT_OUTPUT_RETRIES,
+        tool_choice: str | None = None,
+        parallel_tool_calls: bool | None = None,
     ) -> None:
         if max_steps < 1:
             raise DefinitionError(f"Agent {name!r}: max_steps must be at least 1, got {max_steps}.")
+        if not 0 <= output_retries <= 5:
+            raise DefinitionError(f"Agent {name!r}: output_retries must be between 0 and 5, got {output_retries}.")
         names = [t.name for t in tools]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise DefinitionError(
@@ -83,13 +144,34 @@ class Agent:
             )
         if memory is not None and (clash := {t.name for t in memory.tools()} & set(names)):
             raise DefinitionError(f"Agent {name!r}: tool name(s) {sorted(clash)} are reserved for memory.")
+        known = [*names, *(t.name for t in (memory.tools() if memory is not None else []))]
+        if tool_choice is not None and tool_choice not in ("auto", "required", "none", *known):
+            raise DefinitionError(
+                f"Agent {name!r}: tool_choice={tool_choice!r} is neither 'auto', 'required', 'none' nor one of "
+                f"its tools ({', '.join(known) or 'none'})."
+            )
         self.name = name
         self.instructions = instructions
         self.tools = list(tools)
         self.memory = memory
         self.max_steps = max_steps
+        self.profile = resolve_profile(profile) if profile is not None else None
+        self.output_retries = output_retries
+        self.options = (
+            CallOptions(tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
+            if tool_choice is not None or parallel_tool_calls is not None
+            else None
+        )
         self._model_spec = model
-        self._model: Model | None = model if model is not None and not isinstance(model, str) else None
+        self._model: Model | None = None
+        self._owns_model = model is None or isinstance(model, str)
+        if model is not None and not isinstance(model, str):
+            with_profile = getattr(model, "with_profile", None)
+            if self.profile is not None and with_profile is not None:
+                self._model, self._owns_model = with_profile(self.profile), True
+            else:
+                self._model = model
+        _known_agents.add(self)
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r})"
@@ -97,12 +179,13 @@ class Agent:
     @property
     def model(self) -> Model:
         if self._model is None:
-            self._model = resolve_model(self._model_spec)
+            spec = self._model_spec if isinstance(self._model_spec, str) else None
+            self._model = resolve_model(spec, profile=self.profile)
         return self._model
 
     async def aclose(self) -> None:
-        """Close the model's HTTP client if this agent created the model from a name."""
-        if isinstance(self._model_spec, (str, type(None))) and self._model is not None:
+        """Close the model's HTTP client if this agent created the model (from a name or a profile)."""
+        if self._owns_model and self._model is not None:
             close = getattr(self._model, "aclose", None)
             if close is not None:
                 await close()
@@ -152,6 +235,48 @@ class Agent:
         ``thread`` is a thread id (needs ``memory=``) or a bound :class:`ThreadMemory` (what a run's
         ``ctx.memory`` is). ``store_prompt=False`` when the caller already stored the user's message.
         """
+        async for event in self._run(prompt, output, thread, resource, run_id, path, author, store_prompt,
+                                     streaming=False):
+            if isinstance(event, AgentDone):
+                return event.result
+        raise AssertionError("an agent call always ends with AgentDone")
+
+    async def stream(
+        self,
+        prompt: str,
+        *,
+        output: type[BaseModel] | None = None,
+        thread: str | ThreadMemory | None = None,
+        resource: str | None = None,
+        run_id: str | None = None,
+        path: str | None = None,
+        author: str | None = None,
+        store_prompt: bool = True,
+    ) -> AsyncIterator[AgentEvent]:
+        """Like :meth:`generate`, calling the model with streaming and yielding what happens as it happens.
+
+        Yields :class:`TextDelta` pieces of the answer, :class:`ToolCallDone` when the model has asked for a
+        tool, :class:`ToolResult` when the tool has run, :class:`OutputRejected` when a structured answer is
+        sent back to be fixed (text shown so far was that answer), and finally :class:`AgentDone` with the
+        same :class:`AgentResult` ``generate`` returns. Models that cannot stream answer in one delta.
+        """
+        async for event in self._run(prompt, output, thread, resource, run_id, path, author, store_prompt,
+                                     streaming=True):
+            yield event
+
+    async def _run(
+        self,
+        prompt: str,
+        output: type[BaseModel] | None,
+        thread: str | ThreadMemory | None,
+        resource: str | None,
+        run_id: str | None,
+        path: str | None,
+        author: str | None,
+        store_prompt: bool,
+        *,
+        streaming: bool,
+    ) -> AsyncIterator[AgentEvent]:
         model = self.model
         memory = self._thread(thread, resource, run_id, path)
         run_id = memory.run_id if memory is not None else run_id
@@ -173,14 +298,19 @@ class Agent:
         tool_ctx = ToolContext(agent=self.name, thread=memory, run_id=run_id, path=path)
         turn = _Turn()
         try:
-            text, parsed = await self._loop(model, messages, tools, output, tool_ctx, turn)
+            async for event in self._loop(model, messages, tools, output, tool_ctx, turn, record, streaming):
+                yield event
         except ModelError as exc:
-            failed: dict[str, Any] = {"error": str(exc), "tool_calls": [c.model_dump() for c in turn.calls]}
+            failed: dict[str, Any] = {
+                "error": str(exc), "text": turn.text or None, "tool_calls": [c.model_dump() for c in turn.calls]}
             await self._record(memory, run_id, path, record, failed, turn.usage)
             raise
-        usage = turn.usage
+        usage, parsed = turn.usage, turn.parsed
+        # A structured answer is kept as its validated JSON: fences and prose around it are the server's
+        # habit, not something the next agent in the thread should read.
+        text = parsed.model_dump_json() if parsed is not None else turn.text
         answer: dict[str, Any] = {
-            "text": text,
+            "text": turn.text,
             "output": parsed.model_dump(mode="json") if parsed is not None else None,
             "tool_calls": [c.model_dump() for c in turn.calls],
         }
@@ -196,9 +326,8 @@ class Agent:
                 log.warning("agent %s: summarising thread %s failed: %s", self.name, memory.thread_id, exc)
         else:
             await self._record(None, run_id, path, record, answer, usage)
-        return AgentResult(
-            text=text, output=parsed, tool_calls=turn.calls, usage=usage, model=model.name, context=context
-        )
+        yield AgentDone(AgentResult(
+            text=text, output=parsed, tool_calls=turn.calls, usage=usage, model=model.name, context=context))
 
     async def _loop(
         self,
@@ -208,18 +337,31 @@ class Agent:
         output: type[BaseModel] | None,
         tool_ctx: ToolContext,
         turn: _Turn,
-    ) -> tuple[str, BaseModel | None]:
+        record: dict[str, Any],
+        streaming: bool,
+    ) -> AsyncIterator[AgentEvent]:
         """Call the model until it answers without tool calls; validate the answer if asked to."""
         specs = [t.spec for t in tools.values()]
         schema = output.model_json_schema() if output is not None else None
         steps = 0
-        repaired = False
+        reasks = 0
         while True:
             steps += 1
+            options = self.options if steps == 1 or self.options is None else _after_first(self.options)
             started = time.perf_counter()
+            response: ModelResponse | None = None
             try:
-                with span("agent.call", agent=self.name, model=model.name):
-                    response = await model.complete(messages, specs, schema)
+                if streaming:  # no span around the yields: a span's context must not outlive its task step
+                    async for event in stream_or_complete(model, messages, specs, schema, options):
+                        if isinstance(event, ResponseDone):
+                            response = event.response
+                        else:
+                            yield event
+                    if response is None:
+                        raise ModelError(f"Model {model.name!r} ended its stream without a final answer.")
+                else:
+                    with span("agent.call", agent=self.name, model=model.name):
+                        response = await complete(model, messages, specs, schema, options)
             except ModelError as exc:
                 emit("llm.call", model=model.name, agent=self.name, prompt_tokens=0, completion_tokens=0,
                      duration=time.perf_counter() - started, error=type(exc.__cause__ or exc).__name__)
@@ -227,6 +369,9 @@ class Agent:
             emit("llm.call", model=model.name, agent=self.name, prompt_tokens=response.usage.prompt_tokens,
                  completion_tokens=response.usage.completion_tokens, duration=time.perf_counter() - started, error=None)
             turn.usage = turn.usage + response.usage
+            if output is not None:
+                record["output_mode"] = response.output_mode
+                record["output_instructions"] = response.output_instructions
             if response.tool_calls:
                 if steps >= self.max_steps:
                     raise ModelError(
@@ -237,32 +382,36 @@ class Agent:
                 messages.append(_assistant_tool_message(response.text, response.tool_calls))
                 for call in response.tool_calls:
                     outcome = await self._run_tool(tools, call, tool_ctx)
-                    turn.calls.append(
-                        ToolCallRecord(**call.model_dump(), result=outcome.content, error=outcome.is_error)
-                    )
+                    done = ToolCallRecord(**call.model_dump(), result=outcome.content, error=outcome.is_error)
+                    turn.calls.append(done)
                     messages.append({"role": "tool", "tool_call_id": call.id, "content": outcome.content})
+                    yield ToolResult(done)
                 continue
-            text = response.text or ""
+            turn.text = response.text or ""
             if output is None:
-                return text, None
-            try:
-                return text, output.model_validate_json(_strip_fence(text))
-            except ValidationError as exc:
-                errors = format_validation_errors([dict(e) for e in exc.errors(include_url=False)])
-                if repaired:
-                    raise ModelError(
-                        f"Agent {self.name!r}: the model's reply does not fit {output.__name__} even after "
-                        f"being shown the error: {errors}. Try a more capable model or a simpler output model."
-                    ) from exc
-                repaired = True
-                messages.append({"role": "assistant", "content": text})
-                messages.append(
-                    {
-                        "role": "user",
-                        "content": f"Your reply does not match the {output.__name__} JSON schema: {errors}. "
-                        "Reply again with only a JSON object that matches the schema.",
-                    }
+                return
+            parsed, errors = _parse_output(turn.text, output)
+            if parsed is not None:
+                turn.parsed = parsed
+                return
+            if reasks >= self.output_retries:
+                shown = f" even after being shown the error ({reasks} re-ask{'s' if reasks != 1 else ''})" if reasks else ""
+                raise ModelError(
+                    f"Agent {self.name!r}: the model's reply does not fit {output.__name__}{shown}: {errors}. "
+                    f"It answered: {quote_reply(turn.text)}. Try a more capable model, a simpler output model, "
+                    "or the THREADFLOW_MODEL_PROFILE that matches the model server."
                 )
+            reasks += 1
+            emit("llm.output_retry", model=model.name, agent=self.name)
+            yield OutputRejected(turn.text, errors)
+            messages.append({"role": "assistant", "content": turn.text})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": f"Your reply does not match the {output.__name__} JSON schema: {errors}. "
+                    "Reply again with only a JSON object that matches the schema.",
+                }
+            )
 
     async def _run_tool(self, tools: dict[str, Tool], call: ToolCall, ctx: ToolContext) -> ToolOutcome:
         found = tools.get(call.name)
@@ -373,7 +522,29 @@ def _assistant_tool_message(text: str | None, calls: list[ToolCall]) -> Message:
     }
 
 
-def _strip_fence(text: str) -> str:
-    """Models sometimes wrap JSON in a Markdown code fence even when asked for JSON only."""
-    match = _FENCE.match(text)
-    return match.group(1) if match else text
+def _parse_output(text: str, output: type[BaseModel]) -> tuple[BaseModel | None, str]:
+    """The reply validated against ``output`` (its JSON found wherever it is), or the reason it is not."""
+    found = extract_json(text)
+    if found is None:
+        return None, "the reply contains no JSON object"
+    try:
+        return output.model_validate_json(found), ""
+    except ValidationError as exc:
+        return None, format_validation_errors([dict(e) for e in exc.errors(include_url=False)])
+
+
+def _after_first(options: CallOptions) -> CallOptions | None:
+    """Options for the calls after the first in a turn: a forced tool call is lifted so the model can answer."""
+    if options.tool_choice in (None, "auto", "none"):
+        return options
+    if options.parallel_tool_calls is None:
+        return None
+    return CallOptions(parallel_tool_calls=options.parallel_tool_calls)
+
+
+_known_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
+
+
+def known_agents() -> list[Agent]:
+    """Every agent alive in this process (``threadflow doctor`` looks at what the registered ones use)."""
+    return list(_known_agents)

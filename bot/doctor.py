@@ -2,7 +2,8 @@
 
 Checks, in order: the settings (present and well-formed), the database (reachable, migrated to this
 version's head), the Slack token (``auth.test``) and its scopes against what ``threadflow manifest`` asks
-for, and the model (one tiny call) when an OpenAI key is set. Secrets are never printed: a token shows as
+for, and, when an OpenAI key is set, the model server: one probe per capability the registered agents use
+(plain chat, structured output, tools, streaming), saying what works and what will fall back. Secrets are never printed: a token shows as
 ``xoxb-…abcd``. The exit status is 1 when anything failed, 0 otherwise ("could not check" is not a failure).
 
 Doctor only looks: it does not create or migrate the database (that is ``threadflow migrate``).
@@ -108,7 +109,8 @@ def _check_models(settings: Settings) -> list[Check]:
     checks: list[Check] = []
     try:
         resolve_model(settings.model_name, _model_settings(settings))
-        checks.append(Check("THREADFLOW_MODEL", "ok", f"agents use {settings.model_name}."))
+        profile = f" (THREADFLOW_MODEL_PROFILE={settings.model_profile})" if settings.model_profile else ""
+        checks.append(Check("THREADFLOW_MODEL", "ok", f"agents use {settings.model_name}{profile}."))
     except ThreadflowError as exc:
         checks.append(Check("THREADFLOW_MODEL", "fail", str(exc)))
     if settings.embedder:
@@ -123,7 +125,8 @@ def _check_models(settings: Settings) -> list[Check]:
 def _model_settings(settings: Settings) -> Any:
     """The model settings with one attempt and a short timeout: doctor should answer in seconds."""
     return SimpleNamespace(model=settings.model, embedder=settings.embedder, openai_api_key=settings.openai_api_key,
-                           openai_base_url=settings.openai_base_url, model_timeout=TIMEOUT, model_max_attempts=1)
+                           openai_base_url=settings.openai_base_url, model_timeout=TIMEOUT, model_max_attempts=1,
+                           model_profile=settings.model_profile)
 
 
 # -- database -----------------------------------------------------------------------------------------
@@ -228,28 +231,43 @@ async def check_slack(settings: Settings) -> list[Check]:
 # -- model --------------------------------------------------------------------------------------------
 
 
-async def check_model(settings: Settings) -> Check:
+async def check_model(settings: Settings) -> list[Check]:
+    """With a key: one probe per capability the registered agents use (see :mod:`bot.model_probes`)."""
     from workflows.errors import ThreadflowError
-    from workflows.models import resolve_model
+    from workflows.loading import load_workflows
+    from workflows.models import OpenAIChatModel, resolve_model
+
+    from .model_probes import capabilities_used, probe
 
     if _secret(settings.openai_api_key) is None:
-        return Check("Model", "ok", "no OPENAI_API_KEY: agents use the offline model (nothing to reach).")
+        return [Check("Model", "ok", "no OPENAI_API_KEY: agents use the offline model (nothing to reach).")]
     if settings.model_name == "offline":
-        return Check("Model", "ok", "THREADFLOW_MODEL=offline: agents use the offline model (nothing to reach).")
+        return [Check("Model", "ok", "THREADFLOW_MODEL=offline: agents use the offline model (nothing to reach).")]
     try:
         model = resolve_model(settings.model_name, _model_settings(settings))
     except ThreadflowError:
-        return Check("Model", "warn", "not checked: the model setting is invalid (see above).")
+        return [Check("Model", "warn", "not checked: the model setting is invalid (see above).")]
+    if not isinstance(model, OpenAIChatModel):
+        return [Check("Model", "ok", f"{settings.model_name} needs no server.")]
     try:
-        await model.complete([{"role": "user", "content": "Reply with the single word OK."}], [], None)
-    except ThreadflowError as exc:
-        return Check("Model", "fail", f"{settings.model_name} is not reachable: {exc}")
+        used = capabilities_used(load_workflows(settings.workflows))
+    except ThreadflowError:  # reported by the THREADFLOW_WORKFLOWS check; probe what the bot itself uses
+        used = capabilities_used([])
+    checks: list[Check] = []
+    try:
+        for capability in used:
+            result = await probe(model, capability)
+            if capability == "chat":
+                if result.status == "fail":
+                    return [Check("Model", "fail", f"{settings.model_name} is not reachable: {result.detail}")]
+                where = f" at {settings.openai_base_url}" if settings.openai_base_url else ""
+                result_detail = f"{settings.model_name}{where} answered (profile {model.profile.name}): {result.detail}"
+                checks.append(Check(result.name, result.status, result_detail))
+            else:
+                checks.append(Check(result.name, result.status, result.detail))
     finally:
-        close = getattr(model, "aclose", None)
-        if close is not None:
-            await close()
-    where = f" at {settings.openai_base_url}" if settings.openai_base_url else ""
-    return Check("Model", "ok", f"{settings.model_name}{where} answered.")
+        await model.aclose()
+    return checks
 
 
 # -- all of it ----------------------------------------------------------------------------------------
@@ -259,7 +277,7 @@ async def diagnose(settings: Settings) -> list[Check]:
     checks = check_settings(settings)
     checks.append(await check_database(settings))
     checks.extend(await check_slack(settings))
-    checks.append(await check_model(settings))
+    checks.extend(await check_model(settings))
     return checks
 
 

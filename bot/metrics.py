@@ -71,6 +71,12 @@ class Metrics:
                                   ["model", "kind"], registry=r)
         self.llm_errors = Counter("threadflow_llm_errors", "Model calls that failed, by error type.",
                                   ["model", "error"], registry=r)
+        self.llm_output_retries = Counter(
+            "threadflow_llm_output_retries", "Structured answers that did not fit and were asked for again.",
+            ["model", "agent"], registry=r)
+        self.llm_fallbacks = Counter(
+            "threadflow_llm_fallbacks", "Capabilities a model server refused, so calls go without them from then on.",
+            ["model", "capability"], registry=r)
         self.llm_duration = Histogram("threadflow_llm_call_duration_seconds", "Time a model call took.", ["model"],
                                       buckets=_STEP_BUCKETS, registry=r)
         self.commit_size = Histogram("threadflow_commit_batch_size", "Writes committed per transaction.",
@@ -105,6 +111,10 @@ class Metrics:
             self.approvals.labels(workflow, str(data.get("step_id")), str(data.get("decision"))).inc()
         elif kind == "llm.call":
             self._llm_call(data)
+        elif kind == "llm.output_retry":
+            self.llm_output_retries.labels(str(data.get("model") or ""), str(data.get("agent") or "")).inc()
+        elif kind == "llm.fallback":
+            self.llm_fallbacks.labels(str(data.get("model") or ""), str(data.get("capability") or "")).inc()
         elif kind == "commit":
             self._commit(int(data.get("batch_size") or 0), float(data.get("duration") or 0.0))
 

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     workflows: str = Field("", validation_alias="THREADFLOW_WORKFLOWS")
     model: str | None = Field(None, validation_alias="THREADFLOW_MODEL")
     embedder: str | None = Field(None, validation_alias="THREADFLOW_EMBEDDER")
+    model_profile: str | None = Field(None, validation_alias="THREADFLOW_MODEL_PROFILE")
     openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
     workspace_dir: str = Field("threadflow-workspace", validation_alias="THREADFLOW_WORKSPACE")
@@ -57,6 +58,18 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value.startswith("/") or " " in value:
             raise ValueError("must be a slash command like /flow")
+        return value
+
+    @field_validator("model_profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        from workflows.model_capabilities import PROFILE_NAMES
+
+        if value is None or not value.strip():
+            return None
+        value = value.strip().lower()
+        if value not in PROFILE_NAMES:
+            raise ValueError(f"must be one of {', '.join(PROFILE_NAMES)}")
         return value
 
     @field_validator("timezone")

@@ -9,6 +9,8 @@ Kinds and their data:
     step.retrying    workflow_id, step_id, attempt
     approval.decided workflow_id, step_id, decision ("approved"|"rejected"|"resumed"), by
     llm.call         model, prompt_tokens, completion_tokens, duration, error (None or the error type)
+    llm.output_retry model, agent (a structured answer did not fit and was asked for again)
+    llm.fallback     model, capability (refused by the server: json_schema, json_object, stream_options, ...)
     commit           batch_size, duration
 """
 

@@ -92,7 +92,7 @@ class _OpenAIClient:
             try:
                 return await call(self.client())
             except openai.APIStatusError as exc:
-                text = self._scrub(error_text(exc))
+                text = self._scrub(error_text(exc)).rstrip(". ")
                 problem = f"HTTP {exc.status_code}: {text}"
                 refusal = classify_refusal(exc.status_code, text, request) if request is not None else None
                 if refusal is not None:

@@ -9,6 +9,13 @@ are exactly what a patched client would skip. Tests script it:
     fake.handler = lambda request: Reply.text("...")           # or answer computed from the request
     fake.chat_requests[-1]["messages"]                         # what the client sent
 
+``FakeOpenAI(profile="vllm")`` behaves like that server family (see :mod:`tests.fakes.server_families`:
+what it refuses, with which status and words, how it wraps JSON and cuts streams), and answers every
+request nobody scripted like a small model would: the tool the prompt names, else a valid instance of
+the schema it was asked for (read from ``response_format`` or from the instructions), else text.
+``tools=False`` makes it a server started without tool calling. Requests with ``stream: true`` get
+server-sent events, scripted replies included, cut the family's way (``openai`` without a profile).
+
 Embeddings are deterministic bag-of-words vectors (hashed words, optional synonyms) so similarity
 search can be tested without a model.
 """
@@ -31,6 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from workflows.offline_model import fill_schema
+
+from .server_families import FAMILY, Family, json_mode, schema_from_request, stream_chunks
 
 #: What tests put in OPENAI_API_KEY; shaped like a real key so scrubbing it from errors is tested too.
 DUMMY_KEY = "sk-test-not-a-real-key-0000"
@@ -61,9 +72,23 @@ class Reply:
     """One scripted HTTP response (``delay`` seconds late)."""
 
     status: int = 200
-    body: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] | str = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    #: For a streamed request: these ``chat.completion.chunk`` bodies, exactly (else ``body`` is cut up).
+    chunks: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def stream(cls, *deltas: dict[str, Any], usage: tuple[int, int] | None = (10, 5)) -> Reply:
+        """A stream of exactly these ``delta`` objects (then ``[DONE]``), for odd-chunking tests."""
+        made = [{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "",
+                 "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        if usage is not None:
+            made.append({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                         "model": "", "choices": [],
+                         "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1],
+                                   "total_tokens": sum(usage)}})
+        return cls(chunks=made)
 
     @classmethod
     def text(cls, text: str, *, usage: tuple[int, int] = (10, 5)) -> Reply:
@@ -130,7 +155,16 @@ def bag_of_words(text: str, dim: int = 256, synonyms: dict[str, str] | None = No
 class FakeOpenAI:
     """``POST /v1/chat/completions`` and ``POST /v1/embeddings`` on 127.0.0.1, on a free port."""
 
-    def __init__(self, *, embedding_dim: int = 256, synonyms: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        embedding_dim: int = 256,
+        synonyms: dict[str, str] | None = None,
+        profile: str | None = None,
+        tools: bool = True,
+    ) -> None:
+        self.family: Family | None = FAMILY[profile] if profile is not None else None
+        self.tools_enabled = tools
         self.embedding_dim = embedding_dim
         self.synonyms = dict(synonyms or {})
         self.requests: list[tuple[str, dict[str, Any], dict[str, str]]] = []
@@ -212,24 +246,74 @@ class FakeOpenAI:
             return _json_response(Reply.error(401, "No API key provided."))
         return dict(body)
 
+    @property
+    def profile(self) -> str | None:
+        return self.family.name if self.family is not None else None
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._receive(request)
         if isinstance(body, web.Response):
             return body
+        refused = self.family.refuse(body, self.tools_enabled) if self.family is not None else None
+        if refused is not None:
+            status, error = refused
+            return web.json_response(error, status=status)
         if self.chat_replies:
             reply = self.chat_replies.popleft()
         elif self.handler is not None:
             made = self.handler(body)
             reply = await made if inspect.isawaitable(made) else made
+        elif self.family is not None:
+            reply = self.answer(body)
         else:
             reply = Reply.error(
                 500, "FakeOpenAI has no scripted reply: queue one (fake.reply_text(...)) or set fake.handler."
             )
-        if reply.status == 200 and reply.body.get("object") == "chat.completion":
+        if reply.status == 200 and isinstance(reply.body, dict) and reply.body.get("object") == "chat.completion":
             reply = Reply(
-                reply.status, {**reply.body, "model": body.get("model", "")}, reply.headers, reply.delay
+                reply.status, {**reply.body, "model": body.get("model", "")}, reply.headers, reply.delay, reply.chunks
             )
+        if body.get("stream") and reply.status == 200:
+            return await self._stream(request, body, reply)
         return await self._respond(reply)
+
+    def answer(self, body: dict[str, Any]) -> Reply:
+        """What a small, obliging model would say to ``body`` (the same whatever the family)."""
+        messages = body.get("messages", [])
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+        prompt = str(messages[last_user].get("content") or "") if last_user >= 0 else ""
+        tool_results = [m for m in messages[last_user + 1 :] if m.get("role") == "tool"]
+        if body.get("tools") and not tool_results:
+            named = [t["function"] for t in body["tools"] if t["function"]["name"] in prompt]
+            if named:
+                return Reply.tool_calls(*[(f["name"], fill_schema(f.get("parameters") or {}, hint=prompt))
+                                          for f in named])
+        schema, _ = schema_from_request(body)
+        if schema is not None:
+            data = json.dumps(fill_schema(schema, hint=prompt))
+            habit = self.family.json_habit if self.family is not None and not json_mode(body) else str
+            return Reply.text(habit(data))
+        if tool_results:
+            return Reply.text("Tool results: " + "; ".join(str(m.get("content")) for m in tool_results))
+        return Reply.text(f"You asked: {' '.join(prompt.split())[:200]}")
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], reply: Reply) -> web.StreamResponse:
+        """Server-sent events: the reply's chunks, or its completion cut up the family's way."""
+        family = self.family or FAMILY["openai"]
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        chunks = reply.chunks
+        if chunks is None:
+            assert isinstance(reply.body, dict), "a streamed reply needs a completion body or chunks"
+            chunks = stream_chunks(family, reply.body, include_usage)
+        if reply.delay:
+            await self._wait(reply.delay)
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", **reply.headers})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps({**chunk, 'model': body.get('model', '')})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await self._receive(request)
@@ -259,11 +343,14 @@ class FakeOpenAI:
 
     async def _respond(self, reply: Reply) -> web.Response:
         if reply.delay:
-            try:  # a slow reply ends early when the server closes, so tests never wait it out
-                await asyncio.wait_for(self._closing.wait(), reply.delay)
-            except TimeoutError:
-                pass
+            await self._wait(reply.delay)
         return _json_response(reply)
+
+    async def _wait(self, delay: float) -> None:
+        try:  # a slow reply ends early when the server closes, so tests never wait it out
+            await asyncio.wait_for(self._closing.wait(), delay)
+        except TimeoutError:
+            pass
 
 
 class SleepRecorder:
@@ -278,3 +365,6 @@ class SleepRecorder:
 
 def _json_response(reply: Reply) -> web.Response:
     return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+
+
+__all__ = ["DUMMY_KEY", "FAMILY", "FakeOpenAI", "Reply", "SleepRecorder", "bag_of_words"]

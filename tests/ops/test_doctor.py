@@ -33,7 +33,7 @@ async def doctor(tmp_path: Path, **env: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    async with FakeOpenAI() as fake:
+    async with FakeOpenAI(profile="openai") as fake:
         yield fake
 
 
@@ -60,7 +60,6 @@ def assert_no_secret(output: str) -> None:
 
 
 async def test_a_healthy_setup_passes(tmp_path: Path, emu: SlackEmulator, fake_openai: FakeOpenAI, migrated: str) -> None:
-    fake_openai.reply_text("OK")
     code, out, err = await doctor(tmp_path, **good_env(emu, fake_openai, migrated))
     assert code == 0, out + err
     assert out.strip().endswith("No problems found.") and "[FAIL]" not in out
@@ -70,7 +69,13 @@ async def test_a_healthy_setup_passes(tmp_path: Path, emu: SlackEmulator, fake_o
     # The emulator sends no x-oauth-scopes header: that is said, and is not a failure.
     assert "[warn] Slack scopes: could not be checked" in out
     assert "[ ok ] Model: openai:gpt-4o-mini at http://127.0.0.1" in out and "answered" in out
-    assert len(fake_openai.chat_requests) == 1 and [c.method for c in emu.calls()] == ["auth.test"]
+    # The built-in agents use plain chat, structured output and (the thread chat) streaming: one probe each.
+    assert "[ ok ] Model structured output: json_schema works." in out
+    assert "[ ok ] Model streaming: streaming works" in out and "usage reported" in out
+    assert "Model tools" not in out  # no registered agent has tools
+    assert len(fake_openai.chat_requests) == 3 and [c.method for c in emu.calls()] == ["auth.test"]
+    assert [bool(r.get("stream")) for r in fake_openai.chat_requests] == [False, False, True]
+    assert fake_openai.chat_requests[1]["response_format"]["type"] == "json_schema"
     assert_no_secret(out + err)
 
 
@@ -159,3 +164,60 @@ async def test_scopes_are_compared_with_the_manifest(granted: str | None, status
 ])
 def test_mask_shows_the_kind_and_last_four_only(secret: Any, shown: str) -> None:
     assert mask(secret) == shown
+
+
+# -- the model server's capabilities --------------------------------------------------------------------
+
+TOOL_FLOWS = """
+from pydantic import BaseModel
+from workflows import Agent, Workflow, agent_step, tool
+
+class Host(BaseModel):
+    host: str
+
+@tool
+async def ping(args: Host) -> str:
+    \"\"\"Ping a host.\"\"\"
+    return "pong"
+
+checker = Agent("checker", "Check hosts.", tools=[ping])
+checks = Workflow(id="check-host", input=Host).then(agent_step(checker, input=Host, prompt="ping {host}")).commit()
+"""
+
+
+async def model_doctor(tmp_path: Path, fake: FakeOpenAI, database_url: str, **env: str) -> str:
+    """The model lines of ``threadflow doctor`` (Slack is not configured here, so its exit status says nothing)."""
+    (tmp_path / "tool_flows.py").write_text(TOOL_FLOWS)
+    code, out, err = await doctor(tmp_path, THREADFLOW_DATABASE_URL=database_url, OPENAI_API_KEY=DUMMY_KEY,
+                                  OPENAI_BASE_URL=fake.base_url, THREADFLOW_WORKFLOWS="tool_flows", **env)
+    assert_no_secret(out + err)
+    return "\n".join(line for line in out.splitlines() if " Model" in line)
+
+
+async def test_doctor_says_what_falls_back_and_names_the_flag_a_server_needs_for_tools(
+        tmp_path: Path, migrated: str) -> None:
+    async with FakeOpenAI(profile="llamacpp", tools=False) as fake:  # an older llama-server without --jinja
+        out = await model_doctor(tmp_path, fake, migrated)
+    assert "[ ok ] Model: openai:gpt-4o-mini" in out and "(profile openai)" in out
+    assert ("[warn] Model structured output: the server refused json_schema; agents will use json_object with the "
+            "schema in the instructions.") in out
+    assert "[FAIL] Model tools: The model server at http://127.0.0.1" in out
+    assert "tools param requires --jinja flag" in out and "Start llama-server with --jinja" in out
+    assert "[ ok ] Model streaming: streaming works" in out
+    # One probe per capability: chat 1, structured 2 (json_schema refused, then json_object), tools 1, streaming 1.
+    assert len(fake.chat_requests) == 5
+
+
+async def test_doctor_on_a_minimal_server_with_the_vllm_flag_missing(tmp_path: Path, migrated: str) -> None:
+    async with FakeOpenAI(profile="vllm", tools=False) as fake:
+        out = await model_doctor(tmp_path, fake, migrated, THREADFLOW_MODEL_PROFILE="vllm")
+    assert "(profile vllm)" in out and "[ ok ] Model structured output: json_schema works." in out
+    assert "--enable-auto-tool-choice and --tool-call-parser to be set" in out
+    assert "Start vLLM with --enable-auto-tool-choice and a --tool-call-parser" in out
+    async with FakeOpenAI(profile="generic") as fake:
+        out = await model_doctor(tmp_path, fake, migrated)
+    assert "[FAIL]" not in out
+    assert ("[warn] Model structured output: the server refused json_schema, json_object; agents will use plain "
+            "text with the schema in the instructions, the JSON taken from the answer.") in out
+    assert "[ ok ] Model tools: tools work" in out
+    assert "[warn] Model streaming: streaming works" in out and "takes no stream_options" in out

@@ -35,7 +35,7 @@ from .model_types import (
     Usage,
     estimate_tokens,
 )
-from .models import resolve_model
+from .models import ModelConfig, resolve_model
 from .observe import emit
 from .structured import extract_json, quote_reply
 from .tools import Tool, ToolContext, ToolOutcome
@@ -164,6 +164,8 @@ class Agent:
         )
         self._model_spec = model
         self._model: Model | None = None
+        self._model_key: tuple[ModelConfig, ModelProfile | None] | None = None
+        self._retired: list[Model] = []
         self._owns_model = model is None or isinstance(model, str)
         if model is not None and not isinstance(model, str):
             with_profile = getattr(model, "with_profile", None)
@@ -178,15 +180,22 @@ class Agent:
 
     @property
     def model(self) -> Model:
-        if self._model is None:
+        """The model; one named by settings is resolved again when they change (a new key, base URL, ...)."""
+        if self._model is not None and self._model_key is None:
+            return self._model  # given as an object
+        key = (ModelConfig.load(), self.profile)
+        if self._model is None or key != self._model_key:
+            if self._model is not None:
+                self._retired.append(self._model)  # closed by aclose(); a call may still be using it
             spec = self._model_spec if isinstance(self._model_spec, str) else None
-            self._model = resolve_model(spec, profile=self.profile)
+            self._model, self._model_key = resolve_model(spec, profile=self.profile), key
         return self._model
 
     async def aclose(self) -> None:
         """Close the model's HTTP client if this agent created the model (from a name or a profile)."""
-        if self._owns_model and self._model is not None:
-            close = getattr(self._model, "aclose", None)
+        retired, self._retired = self._retired, []
+        for model in [*retired, *([self._model] if self._owns_model and self._model is not None else [])]:
+            close = getattr(model, "aclose", None)
             if close is not None:
                 await close()
 

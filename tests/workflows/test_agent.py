@@ -301,3 +301,118 @@ async def test_function_model_scripts_a_conversation() -> None:
 
     result = await Agent("echo", "Echo.", model=FunctionModel(answer)).generate("ping")
     assert result.text == "echo: ping" and seen[0][0] == {"role": "system", "content": "Echo."}
+
+
+# -- structured output on any server ----------------------------------------------------------------
+
+
+async def test_invalid_answers_are_re_asked_up_to_the_bound_and_counted(
+    openai_model: OpenAIChatModel, fake_openai: FakeOpenAI
+) -> None:
+    from workflows.observe import add_observer, remove_observer
+
+    retries: list[dict[str, Any]] = []
+
+    def observe(kind: str, data: dict[str, Any]) -> None:
+        if kind == "llm.output_retry":
+            retries.append(data)
+
+    add_observer(observe)
+    try:
+        fake_openai.reply_text("I approve!")
+        fake_openai.reply_json({"approved": "maybe"})
+        fake_openai.reply_text('Fine:\n```json\n{"approved": true, "reason": "ok"}\n```\nBye.')
+        agent = Agent("reviewer", "Review.", model=openai_model, output_retries=2)
+        result = await agent.generate("Review PR 7", output=Verdict)
+    finally:
+        remove_observer(observe)
+    assert result.output == Verdict(approved=True, reason="ok")
+    assert result.text == '{"approved":true,"reason":"ok"}'  # the validated JSON, without the prose around it
+    assert retries == [{"model": "gpt-test", "agent": "reviewer"}] * 2
+    second, third = fake_openai.chat_requests[1:]
+    assert "the reply contains no JSON object" in second["messages"][-1]["content"]
+    assert "field 'approved': Input should be a valid boolean" in third["messages"][-1]["content"]
+
+
+async def test_the_failure_quotes_what_came_back(openai_model: OpenAIChatModel, fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply_text("no")
+    with pytest.raises(ModelError) as caught:
+        await Agent("reviewer", "Review.", model=openai_model, output_retries=0).generate("Review", output=Verdict)
+    assert str(caught.value).startswith(
+        "Agent 'reviewer': the model's reply does not fit Verdict: the reply contains no JSON object. "
+        "It answered: 'no'.")
+    with pytest.raises(DefinitionError, match="output_retries must be between 0 and 5"):
+        Agent("a", "x", output_retries=9)
+
+
+async def test_a_structured_answer_is_remembered_as_its_json_and_the_record_says_how_it_was_asked(
+    memory: Memory, fake_openai: FakeOpenAI
+) -> None:
+    from workflows.models import forget_capabilities
+
+    forget_capabilities()
+    agent = Agent("reviewer", "Review.", model="openai:gpt-test", memory=memory, profile="generic")
+    fake_openai.reply_text('Sure.\n```json\n{"approved": false, "reason": "no tests"}\n```')
+    await agent.generate("Review PR 9", output=Verdict, thread="T1", run_id="run-9")
+    await agent.aclose()
+    sent = fake_openai.chat_requests[0]
+    assert "response_format" not in sent  # the generic profile asks in plain text
+    (record,) = await memory.store.agent_contexts("run-9")
+    assert record.context["output_mode"] == "text"
+    assert record.context["output_instructions"] in sent["messages"][0]["content"]
+    assert record.context["messages"][0] == {"role": "system", "content": "Review."}
+    assert record.answer is not None and record.answer["text"].startswith("Sure.")  # what came back, as it came
+    history = await memory.thread("T1").history()
+    assert history[-1].content == '{"approved":false,"reason":"no tests"}'
+
+
+# -- streaming ----------------------------------------------------------------------------------------
+
+
+async def test_an_agent_streams_deltas_tool_calls_and_results_then_the_same_result(
+    openai_model: OpenAIChatModel, fake_openai: FakeOpenAI
+) -> None:
+    from workflows.agent import AgentDone, ToolResult
+    from workflows.models import TextDelta, ToolCallDone
+
+    agent = Agent("forecaster", "You report the weather.", model=openai_model, tools=[get_weather])
+    fake_openai.reply_tool_calls(("get_weather", {"city": "Oslo"}))
+    fake_openai.reply_text("Sunny in Oslo, 21 degrees.")
+    events = [e async for e in agent.stream("Weather in Oslo?")]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:2] == ["ToolCallDone", "ToolResult"] and kinds[-1] == "AgentDone"
+    assert set(kinds[2:-1]) == {"TextDelta"} and len(kinds[2:-1]) > 1
+    call, ran, done = events[0], events[1], events[-1]
+    assert isinstance(call, ToolCallDone) and isinstance(ran, ToolResult) and isinstance(done, AgentDone)
+    assert json.loads(ran.record.result)["celsius"] == 21 and ran.record.id == call.call.id
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == done.result.text == "Sunny in Oslo, 21 degrees."
+    assert all(r.get("stream") is True for r in fake_openai.chat_requests)
+    assert fake_openai.chat_requests[0]["stream_options"] == {"include_usage": True}
+    assert done.result.usage.total_tokens == 30
+
+
+async def test_the_offline_agent_streams_word_by_word(memory: Memory) -> None:
+    from workflows.agent import AgentDone, OutputRejected
+    from workflows.models import OfflineModel, TextDelta
+
+    agent = Agent("helper", "Help.", model=OfflineModel(stream_delay=0), memory=memory)
+    events = [e async for e in agent.stream("What is threadflow?", thread="T1")]
+    words = [e.text for e in events if isinstance(e, TextDelta)]
+    done = events[-1]
+    assert isinstance(done, AgentDone) and "".join(words) == done.result.text and len(words) > 5
+    assert not any(isinstance(e, OutputRejected) for e in events)
+    assert [m.role for m in await memory.thread("T1").history()] == ["user", "assistant"]
+
+
+async def test_tool_choice_forces_the_first_call_only(openai_model: OpenAIChatModel, fake_openai: FakeOpenAI) -> None:
+    agent = Agent("forecaster", "Weather.", model=openai_model, tools=[get_weather], tool_choice="get_weather",
+                  parallel_tool_calls=False)
+    fake_openai.reply_tool_calls(("get_weather", {"city": "Oslo"}))
+    fake_openai.reply_text("Sunny.")
+    await agent.generate("Oslo?")
+    first, second = fake_openai.chat_requests
+    assert first["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert "tool_choice" not in second  # forced once, then the model may answer
+    assert first["parallel_tool_calls"] is second["parallel_tool_calls"] is False
+    with pytest.raises(DefinitionError, match="tool_choice='get_forecast' is neither 'auto', 'required', 'none'"):
+        Agent("a", "x", tools=[get_weather], tool_choice="get_forecast")

@@ -7,7 +7,13 @@ import pytest
 from bot.settings import SettingsError, load_settings
 from tests.fakes import DUMMY_KEY
 from workflows.errors import DefinitionError
-from workflows.model_capabilities import PROFILE_NAMES, PROFILES, classify_refusal, resolve_profile, tools_hint
+from workflows.model_capabilities import (
+    PROFILE_NAMES,
+    PROFILES,
+    classify_refusal,
+    resolve_profile,
+    tools_hint,
+)
 from workflows.models import OfflineModel, OpenAIChatModel, resolve_model
 
 TOOLS = [{"type": "function", "function": {"name": "ping", "parameters": {"type": "object"}}}]

@@ -147,6 +147,15 @@ def _parses(text: str) -> bool:
     return True
 
 
+async def response_events(response: ModelResponse) -> AsyncIterator[StreamEvent]:
+    """A whole answer as a stream: its text as one delta, its tool calls, the end."""
+    if response.text:
+        yield TextDelta(response.text)
+    for call in response.tool_calls:
+        yield ToolCallDone(call)
+    yield ResponseDone(response)
+
+
 def option_kwargs(options: CallOptions | None) -> dict[str, Any]:
     """``options=`` only when there are some, so models written without the keyword keep working."""
     return {"options": options} if options is not None else {}
@@ -178,9 +187,5 @@ async def stream_or_complete(
         async for event in stream(messages, tools, output_schema, **option_kwargs(options)):
             yield event
         return
-    response = await complete(model, messages, tools, output_schema, options)
-    if response.text:
-        yield TextDelta(response.text)
-    for call in response.tool_calls:
-        yield ToolCallDone(call)
-    yield ResponseDone(response)
+    async for event in response_events(await complete(model, messages, tools, output_schema, options)):
+        yield event

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import DefinitionError
 from .model_capabilities import PROFILES, ModelProfile, forget_capabilities, resolve_profile
-from .model_streaming import StreamAssembler, stream_or_complete
+from .model_streaming import StreamAssembler, response_events, stream_or_complete
 from .model_types import (
     CallOptions,
     Embedder,
@@ -110,12 +110,8 @@ class FunctionModel:
         options: CallOptions | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """The function's one answer as a single text delta, its tool calls, and the end."""
-        response = await self.fn(messages, tools, output_schema)
-        if response.text:
-            yield TextDelta(response.text)
-        for call in response.tool_calls:
-            yield ToolCallDone(call)
-        yield ResponseDone(response)
+        async for event in response_events(await self.fn(messages, tools, output_schema)):
+            yield event
 
 
 # -- configuration ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ A refusal of ``tools`` is one clear error naming what to change on the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ from .model_capabilities import (
     resolve_profile,
     tools_hint,
 )
-from .model_streaming import StreamAssembler
+from .model_streaming import StreamAssembler, response_events
 from .model_types import (
     CallOptions,
     Message,
@@ -31,9 +32,7 @@ from .model_types import (
     OutputMode,
     ResponseDone,
     StreamEvent,
-    TextDelta,
     ToolCall,
-    ToolCallDone,
     ToolSpec,
     Usage,
     estimate_tokens,
@@ -126,14 +125,14 @@ class OpenAIChatModel(_OpenAIClient):
         like any call; a stream that breaks after it is a :class:`ModelError` (a retry would repeat text
         the caller has already shown).
         """
-        if tools and self.capabilities.stream_with_tools_refused:
-            async for event in self._as_events(await self.complete(messages, tools, output_schema, options=options)):
-                yield event
-            return
-        try:
-            stream, prepared = await self._send(messages, tools, output_schema, options, stream=True)
-        except _StreamWithToolsRefused:
-            async for event in self._as_events(await self.complete(messages, tools, output_schema, options=options)):
+        stream: Any = None
+        if not (tools and self.capabilities.stream_with_tools_refused):
+            try:
+                stream, prepared = await self._send(messages, tools, output_schema, options, stream=True)
+            except _StreamWithToolsRefused:
+                stream = None
+        if stream is None:
+            async for event in response_events(await self.complete(messages, tools, output_schema, options=options)):
                 yield event
             return
         assembler = StreamAssembler(self.name)
@@ -169,14 +168,6 @@ class OpenAIChatModel(_OpenAIClient):
         return response.model_copy(update={
             "usage": usage, "output_mode": prepared.mode, "output_instructions": prepared.instructions})
 
-    @staticmethod
-    async def _as_events(response: ModelResponse) -> AsyncIterator[StreamEvent]:
-        if response.text:
-            yield TextDelta(response.text)
-        for call in response.tool_calls:
-            yield ToolCallDone(call)
-        yield ResponseDone(response)
-
     # -- negotiating with the server ------------------------------------------------------------------
 
     async def _send(
@@ -188,45 +179,34 @@ class OpenAIChatModel(_OpenAIClient):
         *,
         stream: bool,
     ) -> tuple[Any, _Prepared]:
+        """Send the call, dropping what the server refuses; until a structured mode is confirmed, concurrent
+        structured calls wait for each other, so they find out once, not once each."""
         caps = self.capabilities
-        if output_schema is not None and caps.confirmed_mode is None:
-            async with caps.probe_lock():  # concurrent first calls find out once, not once each
-                return await self._negotiate(messages, tools, output_schema, options, stream=stream)
-        return await self._negotiate(messages, tools, output_schema, options, stream=stream)
-
-    async def _negotiate(
-        self,
-        messages: list[Message],
-        tools: list[ToolSpec],
-        output_schema: dict[str, Any] | None,
-        options: CallOptions | None,
-        *,
-        stream: bool,
-    ) -> tuple[Any, _Prepared]:
-        caps = self.capabilities
-        dropped: set[str] = set()
-        while True:
-            prepared = self._prepare(messages, tools, output_schema, options, stream=stream)
-            try:
-                result = await self._with_retries(self._what, _create(prepared.kwargs), prepared.kwargs)
-            except Refused as refused:
-                refusal = refused.refusal
-                if refusal.kind == "tools":
-                    raise ModelError(
-                        f"The model server at {self.base_url or 'api.openai.com'} refuses tools for model "
-                        f"{self.name!r}: {refusal.text} {tools_hint(refusal.text, self.profile)} (Agents with "
-                        "tools cannot run on it until then.)"
-                    ) from refused
-                what = caps.learn(refusal, self.name)
-                if refusal.kind == "stream":
-                    raise _StreamWithToolsRefused(str(refused)) from refused
-                if what in dropped:  # dropping it did not help: the error stands
-                    raise
-                dropped.add(what)
-                continue
-            if output_schema is not None and prepared.mode is not None:
-                caps.confirmed_mode = prepared.mode
-            return result, prepared
+        probing = output_schema is not None and caps.confirmed_mode is None
+        async with caps.probe_lock() if probing else contextlib.nullcontext():
+            dropped: set[str] = set()
+            while True:
+                prepared = self._prepare(messages, tools, output_schema, options, stream=stream)
+                try:
+                    result = await self._with_retries(self._what, _create(prepared.kwargs), prepared.kwargs)
+                except Refused as refused:
+                    refusal = refused.refusal
+                    if refusal.kind == "tools":
+                        raise ModelError(
+                            f"The model server at {self.base_url or 'api.openai.com'} refuses tools for model "
+                            f"{self.name!r}: {refusal.text}. {tools_hint(refusal.text, self.profile)} (Agents with "
+                            "tools cannot run on it until then.)"
+                        ) from refused
+                    what = caps.learn(refusal, self.name)
+                    if refusal.kind == "stream":
+                        raise _StreamWithToolsRefused(str(refused)) from refused
+                    if what in dropped:  # dropping it did not help: the error stands
+                        raise
+                    dropped.add(what)
+                    continue
+                if output_schema is not None and prepared.mode is not None:
+                    caps.confirmed_mode = prepared.mode
+                return result, prepared
 
     def _prepare(
         self,

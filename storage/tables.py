@@ -47,6 +47,9 @@ runs = Table(
     Index("ix_runs_status_ready", "status", "ready_at"),
     Index("ix_runs_owner", "owner"),
     Index("ix_runs_workflow", "workflow_id", "created_at"),
+    # The inspector lists runs newest first, with keyset pagination on (created_at, id).
+    Index("ix_runs_created", "created_at", "id"),
+    Index("ix_runs_status_created", "status", "created_at", "id"),
 )
 
 #: One row per finished step instance, keyed by its path; inserted once, never updated.
@@ -193,6 +196,7 @@ slack_runs = Table(
     Column("renderer", String(200), nullable=True),
     Column("renderer_expires_at", Float, nullable=True),
     Index("ix_slack_runs_thread", "thread_id"),
+    Index("ix_slack_runs_channel", "channel_id", "run_id"),
 )
 
 slack_approvals = Table(

@@ -306,12 +306,14 @@ class Agent:
         }
         tool_ctx = ToolContext(agent=self.name, thread=memory, run_id=run_id, path=path)
         turn = _Turn()
+        began = time.perf_counter()
         try:
             async for event in self._loop(model, messages, tools, output, tool_ctx, turn, record, streaming):
                 yield event
         except ModelError as exc:
             failed: dict[str, Any] = {
-                "error": str(exc), "text": turn.text or None, "tool_calls": [c.model_dump() for c in turn.calls]}
+                "error": str(exc), "text": turn.text or None, "tool_calls": [c.model_dump() for c in turn.calls],
+                "latency_ms": _ms_since(began)}
             await self._record(memory, run_id, path, record, failed, turn.usage)
             raise
         usage, parsed = turn.usage, turn.parsed
@@ -322,6 +324,7 @@ class Agent:
             "text": turn.text,
             "output": parsed.model_dump(mode="json") if parsed is not None else None,
             "tool_calls": [c.model_dump() for c in turn.calls],
+            "latency_ms": _ms_since(began),  # model calls and tools, as the run inspector shows it
         }
         if memory is not None:
             new = [memory.new_message("user", prompt, author)] if store_prompt else []
@@ -557,3 +560,7 @@ _known_agents: weakref.WeakSet[Agent] = weakref.WeakSet()
 def known_agents() -> list[Agent]:
     """Every agent alive in this process (``threadflow doctor`` looks at what the registered ones use)."""
     return list(_known_agents)
+
+
+def _ms_since(began: float) -> float:
+    return round((time.perf_counter() - began) * 1000, 1)

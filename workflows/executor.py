@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import time
+import traceback
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -349,7 +350,7 @@ class RunExecution:
         attempt = 0
         while True:
             attempt += 1
-            announcement = self._announce_start(path, step.id, attempt)
+            announcement = self._announce_start(path, step.id, attempt, value if attempt == 1 else _NO_INPUT)
             ctx: StepContext[Any] = StepContext(
                 execution=self, step=step, path=path, input=parsed, attempt=attempt,
                 resume_data=resume_data, suspend_payload=payload,
@@ -377,7 +378,7 @@ class RunExecution:
                     emit("step.retrying", workflow_id=self.run.workflow_id, step_id=step.id, attempt=attempt)
                     self.store.add_events_nowait(self.run.id, [NewEvent(type="step.retrying", path=path, data={
                         "step_id": step.id, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
-                        "delay": round(delay, 3),
+                        "delay": round(delay, 3), "traceback": traceback_text(exc),
                     })])
                     await asyncio.sleep(delay)
                     continue
@@ -395,9 +396,11 @@ class RunExecution:
             self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
             return rec.output
 
-    def _announce_start(self, path: str, step_id: str, attempt: int) -> StartAnnouncement:
-        announcement = StartAnnouncement(self, NewEvent(
-            type="step.started", path=path, data={"step_id": step_id, "attempt": attempt}, at=time.time()))
+    def _announce_start(self, path: str, step_id: str, attempt: int, value: Any = None) -> StartAnnouncement:
+        data: dict[str, Any] = {"step_id": step_id, "attempt": attempt}
+        if value is not _NO_INPUT:
+            data["input"] = to_jsonable(value)  # the step's input, once: the inspector shows it
+        announcement = StartAnnouncement(self, NewEvent(type="step.started", path=path, data=data, at=time.time()))
         self._announcements[path] = announcement
         return announcement
 
@@ -410,6 +413,7 @@ class RunExecution:
             setattr(exc, "path", path)  # noqa: B010 (error_dict reads it: the run's error names the step)
         self.failure_events.append(NewEvent(type="step.failed", path=path, data={
             "step_id": step.id, "attempts": attempts, "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback_text(exc),
         }))
 
     async def _commit(
@@ -532,6 +536,18 @@ def _wake_time(node: SleepNode, value: Any) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+#: Marks "no input to record" (a retry's start; None is a valid input).
+_NO_INPUT: Any = object()
+#: Tracebacks kept in events are cut to this many characters (the end, where the error is, is kept).
+MAX_TRACEBACK = 16_000
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The exception's traceback as text for the step's failure event (the run inspector shows it)."""
+    text = "".join(traceback.format_exception(exc))
+    return text if len(text) <= MAX_TRACEBACK else "...\n" + text[-MAX_TRACEBACK:]
 
 
 def error_dict(exc: BaseException) -> dict[str, Any]:

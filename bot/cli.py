@@ -17,6 +17,7 @@ from typing import Any
 from workflows import Engine, ThreadflowError
 from workflows.errors import DefinitionError, InvalidInput, UsageError
 
+from .inspector.config import InspectorError
 from .render_text import print_details, print_runs, print_workflows
 from .settings import Settings, SettingsError, load_settings
 
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = asyncio.run(_run_engine_command(settings, args))
         else:
             code = args.handler(settings, args)
-    except (CLIError, SettingsError, UsageError, InvalidInput, DefinitionError) as exc:
+    except (CLIError, SettingsError, UsageError, InvalidInput, DefinitionError, InspectorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     except ThreadflowError as exc:

@@ -19,6 +19,8 @@ def add_server_commands(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the Slack bot (HTTP on THREADFLOW_PORT, or Socket Mode with SLACK_APP_TOKEN)")
     p.add_argument("--host", help="overrides THREADFLOW_HOST")
     p.add_argument("--port", type=int, help="overrides THREADFLOW_PORT")
+    p.add_argument("--ui", action="store_true", default=None,
+                   help="also serve the run inspector (THREADFLOW_UI=true) on THREADFLOW_UI_HOST:THREADFLOW_UI_PORT")
     p.set_defaults(handler=run_serve)
 
     p = sub.add_parser("worker", help="execute runs only (scale-out); no Slack")
@@ -31,8 +33,10 @@ def add_server_commands(sub: Any) -> None:
     p.set_defaults(handler=run_manifest)
 
     from .dev import add_dev_command
+    from .inspector.command import add_ui_command
 
     add_dev_command(sub)
+    add_ui_command(sub)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -47,10 +51,21 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     settings.require_slack()
     configure_logging(settings)
+    with_ui = args.ui or settings.ui
+    if with_ui:
+        from .inspector import InspectorConfig
+
+        InspectorConfig.from_settings(settings).check_exposure()  # refuse before anything starts
 
     async def main() -> None:
         engine = build_engine(settings)
         runner, bot, port = await start_server(settings, engine, host=args.host, port=args.port)
+        inspector = None
+        if with_ui:
+            from .inspector.command import start_for
+
+            inspector = await start_for(settings, engine)
+            print(f"threadflow inspector: open {inspector.url}runs", flush=True)
         socket_handler = None
         if settings.slack_app_token is not None:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -63,6 +78,8 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
         await wait_for_stop_signal()
         if socket_handler is not None:
             await socket_handler.close_async()
+        if inspector is not None:
+            await inspector.stop()
         await runner.cleanup()
 
     asyncio.run(main())

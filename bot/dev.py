@@ -12,6 +12,7 @@ def add_dev_command(sub: Any) -> None:
     p = sub.add_parser("dev", help="try threadflow locally: the bot plus a Slack sandbox page, on SQLite")
     p.add_argument("--port", type=int, default=8080, help="port of the sandbox page")
     p.add_argument("--bot-port", type=int, default=0, help="port of the bot (default: any free port)")
+    p.add_argument("--ui-port", type=int, default=8090, help="port of the run inspector (0: any free port)")
     p.add_argument("--no-browser", action="store_true")
     p.set_defaults(handler=run_dev)
 

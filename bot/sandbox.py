@@ -40,6 +40,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from .emulator import DeliveryResult, SlackEmulator
+from .inspector.command import RunningInspector, start_for_sandbox
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ class Sandbox:
     wraps it in :func:`run_sandbox`.
     """
 
-    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, bot_port: int = 0) -> None:
-        self.host, self.port, self.bot_port = host, port, bot_port
+    def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, bot_port: int = 0,
+                 ui_port: int = 0) -> None:
+        self.host, self.port, self.bot_port, self.ui_port = host, port, bot_port, ui_port
         self.emulator = SlackEmulator(signing_secret=secrets.token_urlsafe(32), bot_token=SANDBOX_BOT_TOKEN)
         self.page = SandboxPage(self.emulator, settings.command, model=settings.model_name)
         self.page.install(self.emulator.app)
@@ -88,6 +90,7 @@ class Sandbox:
         self.settings = settings
         self.bot: SlackBot | None = None
         self._bot_runner: web.AppRunner | None = None
+        self.inspector: RunningInspector | None = None
 
     @property
     def url(self) -> str:
@@ -118,11 +121,22 @@ class Sandbox:
                                    "Pass another port with --bot-port, or 0 for any free port.") from exc
             raise
         self.emulator.bot_url = f"http://{self.host}:{bound}/slack/events"
+        try:
+            self.inspector = await start_for_sandbox(engine, self.emulator, host=self.host, port=self.ui_port,
+                                                     approvers=tuple(self.settings.approvers))
+        except OSError as exc:
+            await self.stop()
+            raise SandboxError(f"The run inspector cannot listen on {self.host}:{self.ui_port} "
+                               f"({exc.strerror or exc}). Pass another port with --ui-port.") from exc
+        self.page.inspector_url = self.inspector.url + "runs"
         return self
 
     async def stop(self) -> None:
         """End the page's event streams, stop the bot (its runs are handed back), then the emulator."""
         self.emulator.state.close_subscriptions()
+        if self.inspector is not None:
+            await self.inspector.stop()
+            self.inspector = None
         if self._bot_runner is not None:
             await self._bot_runner.cleanup()  # closes the bot and its engine (server.py's on_cleanup)
             self._bot_runner = None
@@ -151,6 +165,7 @@ class SandboxPage:
         self.state = emulator.state
         self.command = command
         self.model = model
+        self.inspector_url: str | None = None
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/", self.index)
@@ -176,6 +191,7 @@ class SandboxPage:
         snap["bot_user_id"] = self.state.bot_user_id
         snap["command"] = self.command
         snap["model"] = self.model
+        snap["inspector_url"] = self.inspector_url
         snap["people"] = [u.id for u in self.state.users.values() if not u.bot_id]
         return snap
 
@@ -370,7 +386,7 @@ def run_sandbox(settings: Settings, args: argparse.Namespace) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migration chatter on every start
 
     async def main() -> int:
-        sandbox = Sandbox(settings, port=args.port, bot_port=args.bot_port)
+        sandbox = Sandbox(settings, port=args.port, bot_port=args.bot_port, ui_port=args.ui_port)
         try:
             await sandbox.start()
         except SandboxError as exc:
@@ -380,6 +396,7 @@ def run_sandbox(settings: Settings, args: argparse.Namespace) -> int:
             print(f"threadflow sandbox: open {sandbox.url}", flush=True)
             print(f"  bot {sandbox.emulator.bot_url} · model {sandbox.settings.model_name} · "
                   f"database {safe_url(sandbox.settings.database_url)} · Ctrl+C to stop", flush=True)
+            print(f"  run inspector {sandbox.page.inspector_url}", flush=True)
             if not args.no_browser:
                 await asyncio.get_running_loop().run_in_executor(None, open_browser, sandbox.url)
             await wait_for_stop_signal()

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     timezone: str = Field("UTC", validation_alias="THREADFLOW_TIMEZONE")
     retention_days: float = Field(30.0, validation_alias="THREADFLOW_RETENTION_DAYS", gt=0)
     schedule_interval: float = Field(15.0, validation_alias="THREADFLOW_SCHEDULE_INTERVAL", gt=0)
+    # The run inspector (``threadflow ui``; ``serve`` too with THREADFLOW_UI=true); see bot/inspector.
+    ui: bool = Field(False, validation_alias="THREADFLOW_UI")
+    ui_host: str = Field("127.0.0.1", validation_alias="THREADFLOW_UI_HOST")
+    ui_port: int = Field(8090, validation_alias="THREADFLOW_UI_PORT", ge=0, le=65535)
+    ui_token: SecretStr | None = Field(None, validation_alias="THREADFLOW_UI_TOKEN")
+    ui_url: str | None = Field(None, validation_alias="THREADFLOW_UI_URL")
+    ui_secret: SecretStr | None = Field(None, validation_alias="THREADFLOW_UI_SECRET")
+    slack_client_id: str | None = Field(None, validation_alias="SLACK_CLIENT_ID")
+    slack_client_secret: SecretStr | None = Field(None, validation_alias="SLACK_CLIENT_SECRET")
 
     @field_validator("approvers", mode="before")
     @classmethod

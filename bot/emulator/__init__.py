@@ -4,6 +4,7 @@ Used by the bot's tests (real HTTP, real slack_sdk/bolt) and by the ``threadflow
 """
 
 from .delivery import DeliveryResult, sign
+from .openid import OpenIdProvider
 from .server import SlackEmulator, UserPost
 from .state import (
     ApiCall,
@@ -27,6 +28,7 @@ __all__ = [
     "DeliveryResult",
     "Ephemeral",
     "Message",
+    "OpenIdProvider",
     "ResponseUrl",
     "SlackEmulator",
     "Subscription",

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from .delivery import BotDelivery, DeliveryResult, action_payload, find_action
+from .openid import OpenIdProvider
 from .state import (
     ApiCall,
     Channel,
@@ -60,6 +61,8 @@ class SlackEmulator:
         self.web_api = SlackWebApi(self.state, on_bot_message=self._echo)
         self.app = web.Application()  # add sandbox routes here before start()
         self.web_api.install(self.app)
+        self.openid = OpenIdProvider(self.state, self.web_api)  # Sign in with Slack, channel membership
+        self.openid.install(self.app)
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

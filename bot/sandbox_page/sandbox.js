@@ -169,12 +169,16 @@
     S.bot = snap.bot_user_id;
     S.command = snap.command;
     S.model = snap.model;
+    const inspector = $('inspector-link');
+    if (snap.inspector_url) { inspector.href = snap.inspector_url; inspector.hidden = false; }
     S.msgs = {};
     for (const [cid, list] of Object.entries(snap.messages)) list.forEach((m) => put(cid, m));
     S.ephemerals = snap.ephemerals;
     S.views = Object.fromEntries(snap.views.map((v) => [v.id, v]));
     if (!S.people.includes(S.me)) S.me = S.people[0];
     renderAll();
+    const link = /^#thread=([^:]+):([\d.]+)$/.exec(location.hash); // a Slack permalink from the inspector
+    if (link && !S.thread && channelMsgs(link[1]).has(link[2])) openThread(link[1], link[2]);
   }
 
   function applyChange(ch) {

@@ -1,0 +1,19 @@
+"""The run inspector: every run, every step, and what each agent knew, in a browser.
+
+``threadflow ui`` serves it alone; ``threadflow serve`` serves it too with THREADFLOW_UI=true;
+``threadflow dev`` serves it next to the sandbox. Server-rendered pages (aiohttp + Jinja2) with a few
+kilobytes of script for live updates and the graph (laid out by the vendored dagre).
+"""
+
+from .app import RunningInspector, create_app, start_inspector
+from .config import InspectorConfig, InspectorError, SlackSignIn, is_loopback
+
+__all__ = [
+    "InspectorConfig",
+    "InspectorError",
+    "RunningInspector",
+    "SlackSignIn",
+    "create_app",
+    "is_loopback",
+    "start_inspector",
+]

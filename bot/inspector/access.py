@@ -1,0 +1,58 @@
+"""Who may see which runs, and who may act on them: the same rules as in Slack.
+
+- An operator (no sign-in on 127.0.0.1, or THREADFLOW_UI_TOKEN) sees every run and may do everything, as
+  the ``threadflow`` CLI may.
+- A person signed in with Slack sees the runs started in the Slack channels they belong to, plus runs
+  they started themselves (from the inspector's forms). Any other run is "not found" for them (404), so
+  they cannot even learn that it exists.
+- Approving or rejecting a suspension follows ``bot.policy.approvers_for`` (the step's approvers, else the
+  workflow's, else THREADFLOW_APPROVERS, else the person who started the run), as the Slack buttons do.
+  Cancel, re-run and send-event follow ``bot.policy.may_cancel`` (the approvers and the run's starter).
+"""
+
+from __future__ import annotations
+
+from storage.records import RunRecord
+from storage.run_queries import RunQueries, Visibility
+from workflows import Engine
+
+from ..policy import approvers_for, may_cancel
+from .session import Viewer
+from .slack import SlackDirectory
+
+
+class Access:
+    def __init__(self, engine: Engine, queries: RunQueries, directory: SlackDirectory | None,
+                 approvers: tuple[str, ...]) -> None:
+        self.engine = engine
+        self.queries = queries
+        self.directory = directory
+        self.approvers = approvers
+
+    async def visibility(self, viewer: Viewer) -> Visibility | None:
+        """The runs ``viewer`` may see (None: all of them). Raises SlackUnavailable rather than guess."""
+        if viewer.is_operator:
+            return None
+        channels: frozenset[str] = frozenset()
+        if self.directory is not None and viewer.user:
+            channels = await self.directory.channels_of(viewer.user)
+        return Visibility(channels=channels, user=viewer.user)
+
+    async def can_see(self, viewer: Viewer, run: RunRecord) -> bool:
+        seen = await self.visibility(viewer)
+        if seen is None:
+            return True
+        if seen.user and run.started_by == seen.user:
+            return True
+        channel = (await self.queries.channels_of([run.id])).get(run.id)
+        return channel is not None and channel in seen.channels
+
+    def deciders(self, run: RunRecord, step_id: str) -> set[str]:
+        return approvers_for(self.engine, run.workflow_id, step_id, run.started_by, self.approvers)
+
+    def may_decide(self, viewer: Viewer, run: RunRecord, step_id: str) -> bool:
+        return viewer.is_operator or (viewer.user is not None and viewer.user in self.deciders(run, step_id))
+
+    def may_act(self, viewer: Viewer, run: RunRecord) -> bool:
+        """Cancel, re-run from a step, send an event."""
+        return viewer.is_operator or (viewer.user is not None and may_cancel(viewer.user, run.started_by, self.approvers))

@@ -1,0 +1,80 @@
+"""``threadflow ui [--host 127.0.0.1] [--port 8090]``, and the inspector next to ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+from typing import Any
+
+from workflows import Engine
+
+from ..settings import Settings
+from .app import RunningInspector, start_inspector
+from .config import InspectorConfig, InspectorError
+
+
+def add_ui_command(sub: Any) -> None:
+    p = sub.add_parser("ui", help="serve the run inspector in a browser (127.0.0.1:8090 by default)")
+    p.add_argument("--host", help="address to listen on (THREADFLOW_UI_HOST, default 127.0.0.1); any other "
+                                  "than loopback needs THREADFLOW_UI_TOKEN or Sign in with Slack")
+    p.add_argument("--port", type=int, help="port (THREADFLOW_UI_PORT, default 8090; 0 picks a free one)")
+    p.set_defaults(handler=run_ui)
+
+
+async def start_for(settings: Settings, engine: Engine, *, host: str | None = None,
+                    port: int | None = None) -> RunningInspector:
+    """Start the inspector on ``engine`` as the settings say; InspectorError if it may not, OSError if it cannot."""
+    return await start_inspector(engine, InspectorConfig.from_settings(settings, host=host, port=port))
+
+
+def run_ui(settings: Settings, args: argparse.Namespace) -> int:
+    from ..commands_server import configure_logging, wait_for_stop_signal
+    from ..runtime import build_engine
+
+    configure_logging(settings)
+
+    async def main() -> int:
+        try:
+            config = InspectorConfig.from_settings(settings, host=args.host, port=args.port)
+            config.check_exposure()
+        except InspectorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        # The inspector's engine executes runs too: a run started or resumed from a page continues here
+        # (any other process may take it as well; claims are compare-and-set).
+        engine = build_engine(settings)
+        try:
+            await engine.open()
+            try:
+                running = await start_inspector(engine, config)
+            except OSError as exc:
+                print(f"error: the inspector cannot listen on {config.host}:{config.port} "
+                      f"({exc.strerror or exc}); pass another --port.", file=sys.stderr)
+                return 2
+            print(f"threadflow inspector: open {running.url}runs", flush=True)
+            try:
+                await wait_for_stop_signal()
+            finally:
+                await running.stop()
+        finally:
+            await engine.close()
+        return 0
+
+    return asyncio.run(main())
+
+
+async def start_for_sandbox(engine: Engine, emulator: Any, *, host: str, port: int,
+                            approvers: tuple[str, ...] = ()) -> RunningInspector:
+    """The inspector of ``threadflow dev``: open to this machine, with Sign in with Slack through the emulator
+    (optional: sign in as alice or bob to see the channel and approver rules apply to a person)."""
+    from .config import SlackSignIn
+
+    client_id, secret = "sandbox-inspector", secrets.token_urlsafe(24)
+    emulator.openid.register_client(client_id, secret)
+    config = InspectorConfig(
+        host=host, port=port, slack=SlackSignIn(client_id, secret, emulator.api_url), bot_token=emulator.bot_token,
+        slack_api_url=emulator.api_url, sign_in_optional=True, approvers=approvers,
+    )
+    return await start_inspector(engine, config)

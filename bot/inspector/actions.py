@@ -19,7 +19,7 @@ from workflows.errors import AlreadyResumed, ThreadflowError
 
 from .forms import FormError, parse_form, parse_json_object
 from .pages import safe_next, viewer_of, visible_run, workflow_cards
-from .session import OPERATOR, Session, Viewer
+from .session import OPERATOR, SESSION, Session, Viewer
 from .slack import SignInFailed
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _insp(request: web.Request) -> Inspector:
 
 
 def _session(request: web.Request) -> Session:
-    session: Session = request["session"]
+    session: Session = request[SESSION]
     return session
 
 
@@ -55,9 +55,13 @@ async def _form(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
 
 
-def _back(request: web.Request, message: str, location: str | None = None) -> web.HTTPSeeOther:
+def _done(request: web.Request, message: str, location: str | None = None, *, ok: bool = True) -> web.Response:
+    """Tell the person what happened: JSON for the page's script (it stays open and live), else a redirect."""
+    location = location or f"/runs/{request.match_info['run_id']}"
+    if request.headers.get("X-Requested-With") == "fetch":
+        return web.json_response({"ok": ok, "message": message, "location": location}, status=200 if ok else 409)
     _session(request).flash(message)
-    return web.HTTPSeeOther(location or f"/runs/{request.match_info['run_id']}")
+    raise web.HTTPSeeOther(location)
 
 
 def _refuse(request: web.Request, what: str) -> web.Response:
@@ -75,7 +79,7 @@ async def resume(request: web.Request) -> web.Response:
     suspensions = [s for s in await insp.engine.store.suspensions_of(run.id) if s.kind == "suspend"]
     target = next((s for s in suspensions if path in (s.path, s.step_id)), None)
     if target is None:
-        raise _back(request, f"Run {run.id} does not wait at {path or 'any step'}.")
+        return _done(request, f"Run {run.id} does not wait at {path or 'any step'}.", ok=False)
     if not insp.access.may_decide(viewer, run, target.step_id):
         who = ", ".join(sorted(insp.access.deciders(run, target.step_id))) or "nobody"
         log.info("refused a decision on %s/%s by %s (approvers: %s)", run.id, target.path, viewer.actor, who)
@@ -90,11 +94,11 @@ async def resume(request: web.Request) -> web.Response:
             data = parse_json_object(form.get("data"), "The resume data") or {}
         await insp.engine.resume(run.id, step=target.path, data=data, by=viewer.actor)
     except AlreadyResumed as exc:
-        raise _back(request, str(exc)) from None
+        return _done(request, str(exc), ok=False)
     except (ThreadflowError, FormError) as exc:
-        raise _back(request, f"Not resumed: {exc}") from None
+        return _done(request, f"Not resumed: {exc}", ok=False)
     verdict = {"approve": "Approved", "reject": "Rejected"}.get(decision or "", "Resumed")
-    raise _back(request, f"{verdict} {target.path}.")
+    return _done(request, f"{verdict} {target.path}.")
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -105,8 +109,8 @@ async def cancel(request: web.Request) -> web.Response:
     try:
         await insp.engine.cancel(run.id, by=viewer.actor)
     except ThreadflowError as exc:
-        raise _back(request, f"Not canceled: {exc}") from None
-    raise _back(request, f"Canceled run {run.id}.")
+        return _done(request, f"Not canceled: {exc}", ok=False)
+    return _done(request, f"Canceled run {run.id}.")
 
 
 async def rerun(request: web.Request) -> web.Response:
@@ -119,8 +123,8 @@ async def rerun(request: web.Request) -> web.Response:
         data = parse_json_object(form.get("input"), "The new input")
         handle = await insp.engine.rerun(run.id, form.get("from") or "", data, started_by=viewer.user or run.started_by)
     except (ThreadflowError, FormError) as exc:
-        raise _back(request, f"Not re-run: {exc}") from None
-    raise _back(request, f"Re-running {run.id} from {form.get('from')}.", f"/runs/{handle.run_id}")
+        return _done(request, f"Not re-run: {exc}", ok=False)
+    return _done(request, f"Re-running {run.id} from {form.get('from')}.", f"/runs/{handle.run_id}")
 
 
 async def send_event(request: web.Request) -> web.Response:
@@ -133,8 +137,8 @@ async def send_event(request: web.Request) -> web.Response:
     try:
         outcome = await insp.engine.send_event(run.id, name, parse_json_object(form.get("data"), "The event data"))
     except (ThreadflowError, FormError) as exc:
-        raise _back(request, f"Event not sent: {exc}") from None
-    raise _back(request, f"Event {name} {outcome}.")
+        return _done(request, f"Event not sent: {exc}", ok=False)
+    return _done(request, f"Event {name} {outcome}.")
 
 
 async def start(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from . import actions, live, pages
 from .access import Access
 from .config import InspectorConfig, is_loopback
 from .render import environment, render
-from .session import COOKIE, OPERATOR, Session, cross_site, decode, save
+from .session import COOKIE, OPERATOR, SESSION, VIEWER, Session, cross_site, decode, save
 from .slack import SlackDirectory, SlackUnavailable
 
 log = logging.getLogger("threadflow.inspector")
@@ -63,8 +63,9 @@ class Inspector:
 
     def page(self, request: web.Request, name: str, *, http_status: int = 200, **context: object) -> web.Response:
         """Render a page with what every page shows (who is looking, the CSRF token, a one-time notice)."""
-        session: Session = request["session"]
-        viewer = request.get("viewer")
+        session: Session = request[SESSION]
+        viewer = request.get(VIEWER)
+        context.setdefault("nav", None)
         return render(
             self.templates, name, http_status=http_status, viewer=viewer, csrf=session.csrf, flash=session.pop("flash"),
             signed_in=session.viewer is not None, sign_in_offered=self.config.sign_in_configured,
@@ -91,11 +92,13 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     session = Session(decode(request.cookies.get(COOKIE), cfg.secret))
     bearer = _bearer(request, cfg.token)
     viewer = OPERATOR if bearer else session.viewer or (None if cfg.sign_in_required else OPERATOR)
-    request["session"], request["viewer"] = session, viewer
+    request[SESSION], request[VIEWER] = session, viewer
     path = request.path
     if viewer is None and not (path in PUBLIC or path.startswith("/static/")):
         if request.method in ("GET", "HEAD"):
-            raise web.HTTPFound(f"/login?next={_quote(request.path_qs)}", headers=_cookie_headers(session, request))
+            redirect = web.HTTPFound(f"/login?next={_quote(request.path_qs)}")
+            _finish(redirect, session, request)
+            raise redirect
         return web.Response(status=401, text="Sign in first.")
     if request.method not in ("GET", "HEAD", "OPTIONS") and not bearer:
         why = cross_site(request, cfg.public_url)
@@ -142,12 +145,6 @@ def _form_targets(request: web.Request) -> str:
 
     parts = urlsplit(slack.authorize_url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def _cookie_headers(session: Session, request: web.Request) -> dict[str, str]:
-    probe = web.Response()
-    save(probe, session, inspector_of(request).config.secret, secure=_secure(request))
-    return {"Set-Cookie": probe.headers["Set-Cookie"]} if session.changed else {}
 
 
 def _secure(request: web.Request) -> bool:

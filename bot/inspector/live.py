@@ -21,6 +21,7 @@ from workflows.events import WorkflowEvent
 from workflows.run_view import load_run_view
 
 from .pages import live_context, viewer_of, visible_run
+from .session import SESSION
 
 if TYPE_CHECKING:
     from .app import Inspector
@@ -99,7 +100,7 @@ async def run_feed(request: web.Request) -> web.StreamResponse:
                 break
             events = [e for e in batch if e is not None]
             if events:
-                await resp.write(await _update(insp, viewer, request["session"].csrf, run.id, events))
+                await resp.write(await _update(insp, viewer, request[SESSION].csrf, run.id, events))
             if None in batch or any(e.is_final for e in events):
                 await resp.write(sse("end", {}))
                 break

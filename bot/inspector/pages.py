@@ -18,7 +18,7 @@ from workflows.workflow import CommittedWorkflow, _walk
 
 from .forms import form_fields
 from .render import STATUSES, render, timeline
-from .session import Session, Viewer
+from .session import SESSION, VIEWER, Session, Viewer
 
 if TYPE_CHECKING:
     from .app import Inspector
@@ -41,7 +41,7 @@ def _insp(request: web.Request) -> Inspector:
 
 
 def viewer_of(request: web.Request) -> Viewer:
-    viewer: Viewer = request["viewer"]
+    viewer: Viewer = request[VIEWER]
     return viewer
 
 
@@ -74,7 +74,7 @@ async def runs_page(request: web.Request) -> web.Response:
         newer_url=f"/runs?{urlencode({**base, 'after': page.newer.token})}" if page.newer else None,
     )
     if q.get("partial") == "table":
-        session: Session = request["session"]
+        session: Session = request[SESSION]
         return render(insp.templates, "_runs_table.html", csrf=session.csrf, **context)
     keep = {k: v for k, v in q.items() if k != "partial"}
     return insp.page(request, "runs.html", nav="runs", workflow_ids=sorted(insp.engine.workflows),
@@ -93,13 +93,9 @@ async def visible_run(request: web.Request) -> RunRecord:
     except RunNotFound:
         run = None
     if run is None or not await insp.access.can_see(viewer_of(request), run):
-        raise web.HTTPNotFound(
-            text=insp.templates.get_template("error.html").render(
-                viewer=request.get("viewer"), csrf=request["session"].csrf, flash=None, signed_in=False,
-                sign_in_offered=False, heading="No such run",
-                message=f"There is no run {run_id!r}, or it was started in a Slack channel you are not in."),
-            content_type="text/html",
-        )
+        page = insp.page(request, "error.html", http_status=404, heading="No such run",
+                         message=f"There is no run {run_id!r}, or it was started in a Slack channel you are not in.")
+        raise web.HTTPNotFound(text=page.text, content_type="text/html")
     return run
 
 

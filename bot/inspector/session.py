@@ -142,3 +142,8 @@ def cross_site(request: web.Request, also: str | None = None) -> str | None:
     if origin.rstrip("/") not in allowed:
         return f"Origin {origin} is not this inspector"
     return None
+
+
+SESSION: web.RequestKey[Session] = web.RequestKey("threadflow_session", Session)
+#: None while nobody is signed in (only the sign-in pages answer then).
+VIEWER: web.RequestKey[Viewer | None] = web.RequestKey("threadflow_viewer", object)  # type: ignore[arg-type]

@@ -106,10 +106,12 @@ class SlackDirectory:
         if self.sign_in is None:
             raise SignInFailed("Sign in with Slack is not configured.")
         try:
-            token = await self._anonymous.openid_connect_token(
-                client_id=self.sign_in.client_id, client_secret=self.sign_in.client_secret, code=code,
-                redirect_uri=redirect_uri,
-            )
+            # The client's id and secret as form fields (Slack takes either those or HTTP Basic; slack_sdk's
+            # helper uses aiohttp's deprecated BasicAuth).
+            token = await self._anonymous.api_call("openid.connect.token", data={
+                "client_id": self.sign_in.client_id, "client_secret": self.sign_in.client_secret, "code": code,
+                "redirect_uri": redirect_uri,
+            })
             info = await self._anonymous.openid_connect_userInfo(token=token["access_token"])
         except SlackApiError as exc:
             raise SignInFailed(f"Slack refused the sign-in ({_why(exc)}); try again.") from exc

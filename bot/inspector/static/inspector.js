@@ -151,6 +151,36 @@
     if (form) form.querySelectorAll('select').forEach((s) => s.addEventListener('change', () => form.submit()));
   }
 
+  // -- actions: posted by fetch, so the page stays open and its live updates show what followed ------
+  function flash(text, bad) {
+    const box = $('flash');
+    if (!box) return;
+    box.textContent = text;
+    box.hidden = false;
+    box.classList.toggle('bad', !!bad);
+  }
+
+  document.addEventListener('submit', async (ev) => {
+    const form = ev.target;
+    if (!(form instanceof HTMLFormElement) || !form.hasAttribute('data-fetch')) return;
+    ev.preventDefault();
+    const body = new URLSearchParams(new FormData(form, ev.submitter));
+    form.querySelectorAll('button').forEach((b) => { b.disabled = true; });
+    try {
+      const resp = await fetch(form.action, { method: 'POST', body, credentials: 'same-origin',
+        headers: { 'X-Requested-With': 'fetch' } });
+      const text = await resp.text();
+      let data = null;
+      try { data = JSON.parse(text); } catch (_) { data = { ok: false, message: text || resp.statusText }; }
+      flash(data.message, !resp.ok);
+      if (data.location && data.location !== location.pathname) location.assign(data.location);
+    } catch (err) {
+      flash(`The request failed: ${err}`, true);
+    } finally {
+      form.querySelectorAll('button').forEach((b) => { b.disabled = false; });
+    }
+  });
+
   function init() {
     const page = document.body.dataset.page;
     if (page === 'run') {

@@ -1,0 +1,198 @@
+"""The inspector's security rules: where it may listen, who sees which run, CSRF, and who may approve."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from bot.emulator import SlackEmulator
+from bot.inspector import InspectorConfig, InspectorError
+from workflows import Engine
+
+from tests.inspector.conftest import ALICE, BOB, GENERAL, SECRET, Browser, StartInspector, slack_config, slack_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- where it listens ---------------------------------------------------------------------------------
+
+
+def test_off_loopback_without_sign_in_the_ui_command_refuses_to_start(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ui", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "will not listen on 0.0.0.0 without sign-in" in err
+    assert "THREADFLOW_UI_TOKEN" in err and err.count("\n") == 1
+
+
+async def test_off_loopback_without_sign_in_start_inspector_refuses(engine: Engine, start: StartInspector) -> None:
+    for host in ("0.0.0.0", "192.0.2.10", "::"):
+        with pytest.raises(InspectorError, match="without sign-in"):
+            await start(InspectorConfig(host=host, port=0))
+
+
+def test_serve_with_the_ui_off_loopback_refuses_before_starting(capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-x")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "s")
+    monkeypatch.setenv("THREADFLOW_UI_HOST", "0.0.0.0")
+    assert main(["serve", "--ui", "--port", "0"]) == 2
+    assert "will not listen on 0.0.0.0 without sign-in" in capsys.readouterr().err
+
+
+async def test_the_ui_command_prints_its_address_and_with_a_token_may_listen_anywhere(tmp_path: Path) -> None:
+    env = {**os.environ, "THREADFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'ui.db'}",
+           "THREADFLOW_UI_TOKEN": "operator-token-for-tests", "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "ui", "--host", "0.0.0.0", "--port", "0", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        found = re.search(r"http://[\d.]+:(\d+)/runs", line)
+        assert found, line
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{found.group(1)}/runs"
+            async with http.get(url, allow_redirects=False) as resp:
+                assert resp.status == 302 and resp.headers["Location"].startswith("/login")
+            async with http.get(url, headers={"Authorization": "Bearer operator-token-for-tests"}) as resp:
+                assert resp.status == 200 and "Runs" in await resp.text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_without_sign_in_it_answers_only_to_loopback_host_names(engine: Engine, start: StartInspector,
+                                                                    browser: type[Browser]) -> None:
+    running = await start(InspectorConfig(port=0))
+    client = browser(running.url)
+    assert (await client.get("/runs"))[0] == 200
+    status, text = await client.get("/runs", headers={"Host": "rebound.example:8090"})
+    assert status == 403 and "only on 127.0.0.1" in text
+
+
+# -- who sees what ------------------------------------------------------------------------------------
+
+
+async def test_a_signed_in_person_not_in_a_runs_channel_gets_404(
+    engine: Engine, emulator: SlackEmulator, start: StartInspector, browser: type[Browser],
+) -> None:
+    secret_run = await slack_run(engine, "greet-user", {"name": "Secret"}, channel=SECRET, user=ALICE)
+    open_run = await slack_run(engine, "greet-user", {"name": "Open"}, channel=GENERAL, user=ALICE)
+    running = await start(slack_config(emulator))
+
+    bob = browser(running.url)
+    status, _ = await bob.get("/runs", allow_redirects=False)
+    assert status == 302  # sign-in is required once it is configured
+    await bob.sign_in_with_slack(emulator, BOB)
+    status, listing = await bob.get("/runs")
+    assert status == 200 and open_run in listing and secret_run not in listing
+    assert (await bob.get(f"/runs/{secret_run}"))[0] == 404
+    assert (await bob.get(f"/runs/{secret_run}/live"))[0] == 404
+    assert (await bob.get(f"/runs/{open_run}"))[0] == 200
+    status, search = await bob.get(f"/runs?q={secret_run}")
+    assert status == 200 and f'href="/runs/{secret_run}"' not in search and "No runs match" in search
+
+    alice = browser(running.url)
+    await alice.sign_in_with_slack(emulator, ALICE)
+    status, page = await alice.get(f"/runs/{secret_run}")
+    assert status == 200 and "Hello, Secret!" in page
+    asked = [c.params.get("user") for c in emulator.calls("users.conversations")]
+    assert BOB in asked and ALICE in asked
+
+
+async def test_a_forged_or_replayed_sign_in_is_refused(
+    engine: Engine, emulator: SlackEmulator, start: StartInspector, browser: type[Browser],
+) -> None:
+    running = await start(slack_config(emulator))
+    mallory = browser(running.url)
+    status, page = await mallory.get("/login")
+    assert status == 200 and "Sign in with Slack" in page and "Operator token" not in page
+    status, _, _ = await mallory.post("/login", {"token": "x"})
+    assert status == 403
+    async with mallory.http.get(mallory.url("/auth/slack/callback?code=made-up&state=made-up"),
+                                allow_redirects=False) as resp:
+        assert resp.status == 303 and "expired" in resp.headers["Location"]
+    assert (await mallory.get("/runs", allow_redirects=False))[0] == 302
+
+
+# -- CSRF ---------------------------------------------------------------------------------------------
+
+
+async def test_a_cross_site_post_is_refused(engine: Engine, start: StartInspector, browser: type[Browser]) -> None:
+    handle = await engine.start("approval", {"request": "ship it"}, started_by=ALICE)
+    assert (await handle.result(timeout=10)).status == "suspended"
+    running = await start(InspectorConfig(port=0))
+    client = browser(running.url)
+    token = await client.csrf(f"/runs/{handle.run_id}")
+
+    # another site's page posting the form (the browser sends the cookie, and says where it came from)
+    status, text, _ = await client.post(f"/runs/{handle.run_id}/cancel", {"csrf": token},
+                                        headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert status == 403 and "cross-site" in text
+    # a post without the session's token (an old browser that sends no Origin)
+    status, text, _ = await client.post(f"/runs/{handle.run_id}/cancel", {"csrf": "guessed"})
+    assert status == 403 and "stale or came from another site" in text
+    assert (await engine.get_run(handle.run_id)).status == "suspended"
+
+    status, _, location = await client.post(f"/runs/{handle.run_id}/cancel", {"csrf": token},
+                                            headers={"Origin": running.url.rstrip("/")})
+    assert status == 303 and location == f"/runs/{handle.run_id}"
+    assert (await engine.get_run(handle.run_id)).status == "canceled"
+
+
+# -- who may act --------------------------------------------------------------------------------------
+
+
+async def test_a_non_approver_cannot_approve(
+    engine: Engine, emulator: SlackEmulator, start: StartInspector, browser: type[Browser],
+) -> None:
+    run_id = await slack_run(engine, "approval", {"request": "ship it"}, channel=GENERAL, user=ALICE)
+    running = await start(slack_config(emulator))
+
+    bob = browser(running.url)
+    await bob.sign_in_with_slack(emulator, BOB)
+    status, page = await bob.get(f"/runs/{run_id}")
+    assert status == 200 and "Only U0ALICE may decide this." in page and 'value="approve"' not in page
+    token = await bob.csrf(f"/runs/{run_id}")
+    status, text, _ = await bob.post(f"/runs/{run_id}/resume", {"csrf": token, "path": "approve", "decision": "approve"})
+    assert status == 403 and "only U0ALICE may" in text
+    status, text, _ = await bob.post(f"/runs/{run_id}/cancel", {"csrf": token})
+    assert status == 403
+    assert (await engine.get_run(run_id)).status == "suspended"
+
+    alice = browser(running.url)
+    await alice.sign_in_with_slack(emulator, ALICE)
+    token = await alice.csrf(f"/runs/{run_id}")
+    status, _, _ = await alice.post(f"/runs/{run_id}/resume", {"csrf": token, "path": "approve", "decision": "approve"})
+    assert status == 303
+    result = await engine.wait_for(run_id, timeout=10)
+    assert result.status == "success"
+    suspension = (await engine.store.suspensions_of(run_id))[0]
+    assert suspension.resolved_by == ALICE
+
+
+async def test_the_operator_token_signs_in_one_operator(engine: Engine, start: StartInspector,
+                                                        browser: type[Browser]) -> None:
+    handle = await engine.start("greet-user", {"name": "Ada"})
+    await handle.result(timeout=10)
+    running = await start(InspectorConfig(port=0, token="s3cret-operator"))
+    client = browser(running.url)
+    status, _ = await client.get("/runs", allow_redirects=False)
+    assert status == 302
+    token = await client.csrf("/login")
+    status, _, location = await client.post("/login", {"csrf": token, "token": "wrong", "next": "/runs"})
+    assert status == 303 and location is not None and "error=" in location
+    status, _, location = await client.post("/login", {"csrf": token, "token": "s3cret-operator", "next": "/workflows"})
+    assert status == 303 and location == "/workflows"
+    status, page = await client.get("/runs")
+    assert status == 200 and handle.run_id in page

@@ -4,6 +4,7 @@
   const $ = (id) => document.getElementById(id);
   const SVG = 'http://www.w3.org/2000/svg';
   const CLUSTERS = new Set(['loop', 'foreach', 'workflow']);
+  const BAND = 18;
   const SIZES = { start: [64, 26], end: [64, 26], join: [14, 14], parallel: [96, 28], branch: [96, 28], map: [130, 32] };
   const api = { updates: [] };
   window.threadflowInspector = api;
@@ -21,7 +22,7 @@
   function drawGraph(box, graph, statuses) {
     if (!window.dagre) { box.textContent = 'The graph library did not load.'; return null; }
     const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
-    g.setGraph({ rankdir: 'TB', nodesep: 22, ranksep: 30, edgesep: 12, marginx: 10, marginy: 10 });
+    g.setGraph({ rankdir: 'TB', nodesep: 22, ranksep: 36, edgesep: 12, marginx: 10, marginy: 10 + BAND });
     const byId = new Map(graph.nodes.map((n) => [n.id, n]));
     for (const n of graph.nodes) {
       if (CLUSTERS.has(n.kind)) g.setNode(n.id, { paddingTop: 30, paddingBottom: 10, paddingLeft: 12, paddingRight: 12 });
@@ -43,8 +44,12 @@
     for (const n of clusters) {
       const b = g.node(n.id);
       const grp = el('g', { class: `cluster kind-${n.kind}`, 'data-id': n.id, ...(n.key ? { 'data-key': n.key } : {}) }, svg);
-      el('rect', { x: b.x - b.width / 2, y: b.y - b.height / 2, width: b.width, height: b.height, rx: 8 }, grp);
-      const t = el('text', { x: b.x - b.width / 2 + 10, y: b.y - b.height / 2 + 18, class: 'cluster-label' }, grp);
+      // A loop says its condition at the bottom (where it is checked), other clusters name themselves on top;
+      // each gets a band of its own, so nested clusters' labels do not overlap.
+      const bottom = n.kind === 'loop';
+      const top = b.y - b.height / 2 - (bottom ? 0 : BAND), height = b.height + BAND;
+      el('rect', { x: b.x - b.width / 2, y: top, width: b.width, height, rx: 8 }, grp);
+      const t = el('text', { x: b.x - b.width / 2 + 10, y: bottom ? top + height - 7 : top + 15, class: 'cluster-label' }, grp);
       t.textContent = clip(n.label + (n.detail ? ` · ${n.detail}` : ''), Math.max(12, Math.floor(b.width / 7)));
       el('title', {}, grp).textContent = n.label;
     }
@@ -65,12 +70,10 @@
       const rx = n.kind === 'start' || n.kind === 'end' || n.kind === 'join' ? b.height / 2 : 6;
       el('rect', { x, y, width: b.width, height: b.height, rx }, grp);
       if (n.kind !== 'join') {
-        const t = el('text', { x: b.x, y: b.y + (n.kind === 'start' || n.kind === 'end' ? 4 : 0), 'text-anchor': 'middle', class: 'label' }, grp);
+        const sub = ['start', 'end', 'step'].includes(n.kind) ? '' : clip(n.kind === 'agent' ? n.detail : n.kind, 26);
+        const t = el('text', { x: b.x, y: b.y + (sub ? -3 : 1), 'text-anchor': 'middle', class: 'label' }, grp);
         t.textContent = clip(n.label, 22);
-        if (!['start', 'end'].includes(n.kind)) {
-          const s = el('text', { x: b.x, y: b.y + 13, 'text-anchor': 'middle', class: 'sub' }, grp);
-          s.textContent = n.kind === 'step' ? '' : clip(n.kind === 'agent' ? n.detail : n.kind, 26);
-        }
+        if (sub) el('text', { x: b.x, y: b.y + 13, 'text-anchor': 'middle', class: 'sub' }, grp).textContent = sub;
       }
       el('title', {}, grp).textContent = `${n.label}${n.detail ? ' — ' + n.detail : ''}`;
       if (n.key) {

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "slack": "bench.slack",
     "recall": "bench.recall",
     "scaleout": "bench.scaleout",
+    "inspector": "bench.inspector",
 }
 
 

@@ -141,8 +141,11 @@ def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> d
                 "bot": [
                     "commands", "chat:write", "chat:write.public", "app_mentions:read", "channels:history",
                     "groups:history", "im:history", "users:read",
+                    # the run inspector asks which channels a signed-in person belongs to (users.conversations)
+                    "channels:read", "groups:read", "im:read", "mpim:read",
                 ]
-            }
+            },
+            **({"redirect_urls": [settings.ui_url.rstrip("/") + "/auth/slack/callback"]} if settings.ui_url else {}),
         },
         "settings": settings_section,
     }

@@ -173,8 +173,11 @@ def _filtered(q: Select[Any], where: RunFilter) -> Select[Any]:
 
 
 def _older_than(c: RunCursor) -> ColumnElement[bool]:
-    return or_(runs.c.created_at < c.created_at, and_(runs.c.created_at == c.created_at, runs.c.id < c.id))
+    # The bare range on created_at comes first so both databases seek the index to the cursor.
+    return and_(runs.c.created_at <= c.created_at,
+                or_(runs.c.created_at < c.created_at, runs.c.id < c.id))
 
 
 def _newer_than(c: RunCursor) -> ColumnElement[bool]:
-    return or_(runs.c.created_at > c.created_at, and_(runs.c.created_at == c.created_at, runs.c.id > c.id))
+    return and_(runs.c.created_at >= c.created_at,
+                or_(runs.c.created_at > c.created_at, runs.c.id > c.id))

@@ -40,7 +40,8 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from .emulator import DeliveryResult, SlackEmulator
-from .inspector.command import RunningInspector, start_for_sandbox
+from .inspector import RunningInspector
+from .inspector.command import start_for_sandbox
 from .settings import Settings
 
 if TYPE_CHECKING:

@@ -41,7 +41,9 @@ def _insp(request: web.Request) -> Inspector:
 
 
 def viewer_of(request: web.Request) -> Viewer:
-    viewer: Viewer = request[VIEWER]
+    """Who is looking; the guard lets no request without a viewer reach a page that calls this."""
+    viewer = request[VIEWER]
+    assert viewer is not None
     return viewer
 
 

@@ -64,7 +64,7 @@ class SlackDirectory:
                     user=user, types="public_channel,private_channel,mpim,im", limit=200, cursor=cursor,
                     exclude_archived=True,
                 )
-                found.update(c["id"] for c in resp.get("channels", []))
+                found.update(str(c["id"]) for c in resp.get("channels") or [])
                 cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
                 if not cursor:
                     break

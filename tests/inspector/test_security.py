@@ -14,9 +14,17 @@ import pytest
 from bot.cli import main
 from bot.emulator import SlackEmulator
 from bot.inspector import InspectorConfig, InspectorError
+from tests.inspector.conftest import (
+    ALICE,
+    BOB,
+    GENERAL,
+    SECRET,
+    Browser,
+    StartInspector,
+    slack_config,
+    slack_run,
+)
 from workflows import Engine
-
-from tests.inspector.conftest import ALICE, BOB, GENERAL, SECRET, Browser, StartInspector, slack_config, slack_run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from aiohttp import web
 
+from storage.records import RunRecord
 from workflows.errors import AlreadyResumed, ThreadflowError
 
 from .forms import FormError, parse_form, parse_json_object
 from .pages import safe_next, viewer_of, visible_run, workflow_cards
 from .session import OPERATOR, SESSION, Session, Viewer
 from .slack import SignInFailed
-
-if TYPE_CHECKING:
-    from .app import Inspector
+from .state import Inspector, inspector_of
 
 log = logging.getLogger("threadflow.inspector")
 
@@ -38,12 +36,6 @@ def install(app: web.Application) -> None:
     app.router.add_post("/logout", logout)
     app.router.add_get("/auth/slack", slack_start)
     app.router.add_get("/auth/slack/callback", slack_callback)
-
-
-def _insp(request: web.Request) -> Inspector:
-    from .app import inspector_of
-
-    return inspector_of(request)
 
 
 def _session(request: web.Request) -> Session:
@@ -64,15 +56,20 @@ def _done(request: web.Request, message: str, location: str | None = None, *, ok
     raise web.HTTPSeeOther(location)
 
 
-def _refuse(request: web.Request, what: str) -> web.Response:
-    return web.Response(status=403, text=f"You may not {what} this run.")
+async def _run_to_act_on(request: web.Request, what: str) -> tuple[Inspector, Viewer, RunRecord]:
+    """The run in the URL, if this viewer may see it (else 404) and may ``what`` it (else 403)."""
+    insp, viewer = inspector_of(request), viewer_of(request)
+    run = await visible_run(request)
+    if not insp.access.may_act(viewer, run):
+        raise web.HTTPForbidden(text=f"You may not {what} this run.")
+    return insp, viewer, run
 
 
 # -- runs --------------------------------------------------------------------------------------------
 
 
 async def resume(request: web.Request) -> web.Response:
-    insp, viewer = _insp(request), viewer_of(request)
+    insp, viewer = inspector_of(request), viewer_of(request)
     run = await visible_run(request)
     form = await _form(request)
     path = form.get("path") or None
@@ -102,10 +99,7 @@ async def resume(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    insp, viewer = _insp(request), viewer_of(request)
-    run = await visible_run(request)
-    if not insp.access.may_act(viewer, run):
-        return _refuse(request, "cancel")
+    insp, viewer, run = await _run_to_act_on(request, "cancel")
     try:
         await insp.engine.cancel(run.id, by=viewer.actor)
     except ThreadflowError as exc:
@@ -114,10 +108,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def rerun(request: web.Request) -> web.Response:
-    insp, viewer = _insp(request), viewer_of(request)
-    run = await visible_run(request)
-    if not insp.access.may_act(viewer, run):
-        return _refuse(request, "re-run")
+    insp, viewer, run = await _run_to_act_on(request, "re-run")
     form = await _form(request)
     try:
         data = parse_json_object(form.get("input"), "The new input")
@@ -128,10 +119,7 @@ async def rerun(request: web.Request) -> web.Response:
 
 
 async def send_event(request: web.Request) -> web.Response:
-    insp, viewer = _insp(request), viewer_of(request)
-    run = await visible_run(request)
-    if not insp.access.may_act(viewer, run):
-        return _refuse(request, "send events to")
+    insp, viewer, run = await _run_to_act_on(request, "send events to")
     form = await _form(request)
     name = form.get("name") or ""
     try:
@@ -142,7 +130,7 @@ async def send_event(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
-    insp, viewer = _insp(request), viewer_of(request)
+    insp, viewer = inspector_of(request), viewer_of(request)
     workflow_id = request.match_info["workflow_id"]
     wf = insp.engine.workflows.get(workflow_id)
     if wf is None:
@@ -163,7 +151,7 @@ async def start(request: web.Request) -> web.Response:
 
 
 async def token_login(request: web.Request) -> web.Response:
-    insp = _insp(request)
+    insp = inspector_of(request)
     form = await _form(request)
     token, nxt = insp.config.token, safe_next(form.get("next"))
     if token is None or not hmac.compare_digest(form.get("token", "").encode(), token.encode()):
@@ -174,17 +162,17 @@ async def token_login(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     _session(request).sign_out()
-    raise web.HTTPSeeOther("/login" if _insp(request).config.sign_in_required else "/runs")
+    raise web.HTTPSeeOther("/login" if inspector_of(request).config.sign_in_required else "/runs")
 
 
 def _redirect_uri(request: web.Request) -> str:
-    base = _insp(request).config.public_url or f"{request.scheme}://{request.host}"
+    base = inspector_of(request).config.public_url or f"{request.scheme}://{request.host}"
     return base.rstrip("/") + "/auth/slack/callback"
 
 
 async def slack_start(request: web.Request) -> web.Response:
     """Send the person to Slack's consent page; ``state`` (kept in their session) comes back with the code."""
-    slack = _insp(request).config.slack
+    slack = inspector_of(request).config.slack
     if slack is None:
         raise web.HTTPNotFound(text="Sign in with Slack is not configured (SLACK_CLIENT_ID, SLACK_CLIENT_SECRET).")
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -195,7 +183,7 @@ async def slack_start(request: web.Request) -> web.Response:
 
 
 async def slack_callback(request: web.Request) -> web.Response:
-    insp = _insp(request)
+    insp = inspector_of(request)
     session = _session(request)
     pending = session.pop("oidc") or {}
     state, code = request.query.get("state", ""), request.query.get("code", "")

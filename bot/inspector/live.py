@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -22,9 +22,7 @@ from workflows.run_view import load_run_view
 
 from .pages import live_context, viewer_of, visible_run
 from .session import SESSION
-
-if TYPE_CHECKING:
-    from .app import Inspector
+from .state import Inspector, inspector_of
 
 log = logging.getLogger("threadflow.inspector")
 
@@ -36,12 +34,6 @@ RUNS_FEED_INTERVAL = 0.5
 def install(app: web.Application) -> None:
     app.router.add_get("/runs/live", runs_feed)
     app.router.add_get("/runs/{run_id}/live", run_feed)
-
-
-def _insp(request: web.Request) -> Inspector:
-    from .app import inspector_of
-
-    return inspector_of(request)
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -76,7 +68,7 @@ async def _next_batch(queue: asyncio.Queue[WorkflowEvent | None], closing: async
 
 
 async def run_feed(request: web.Request) -> web.StreamResponse:
-    insp = _insp(request)
+    insp = inspector_of(request)
     run = await visible_run(request)
     viewer = viewer_of(request)
     try:
@@ -133,7 +125,7 @@ async def _update(insp: Inspector, viewer: Any, csrf: str, run_id: str, events: 
 
 async def runs_feed(request: web.Request) -> web.StreamResponse:
     """``changed`` whenever any run started or changed (the page reloads its table, filters applied there)."""
-    insp = _insp(request)
+    insp = inspector_of(request)
     resp = await _open_stream(request)
     last = await insp.queries.last_event_id()
     changes = insp.engine.db.changes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -19,9 +19,7 @@ from workflows.workflow import CommittedWorkflow, _walk
 from .forms import form_fields
 from .render import STATUSES, render, timeline
 from .session import SESSION, VIEWER, Session, Viewer
-
-if TYPE_CHECKING:
-    from .app import Inspector
+from .state import Inspector, inspector_of
 
 PAGE_SIZE = 50
 _RUN_ID = re.compile(r"^[0-9a-zA-Z_-]{1,40}$")
@@ -32,12 +30,6 @@ def install(app: web.Application) -> None:
     app.router.add_get("/runs/{run_id}", run_page)
     app.router.add_get("/workflows", workflows_page)
     app.router.add_get("/login", login_page)
-
-
-def _insp(request: web.Request) -> Inspector:
-    from .app import inspector_of
-
-    return inspector_of(request)
 
 
 def viewer_of(request: web.Request) -> Viewer:
@@ -51,7 +43,7 @@ def viewer_of(request: web.Request) -> Viewer:
 
 
 async def runs_page(request: web.Request) -> web.Response:
-    insp, viewer = _insp(request), viewer_of(request)
+    insp, viewer = inspector_of(request), viewer_of(request)
     q = request.query
     status = q.get("status") if q.get("status") in STATUSES else None
     workflow = q.get("workflow") or None
@@ -88,7 +80,7 @@ async def runs_page(request: web.Request) -> web.Response:
 
 async def visible_run(request: web.Request) -> RunRecord:
     """The run in the URL, if this viewer may see it; 404 otherwise (whether or not it exists)."""
-    insp = _insp(request)
+    insp = inspector_of(request)
     run_id = request.match_info["run_id"]
     try:
         run = await insp.engine.get_run(run_id)
@@ -102,7 +94,7 @@ async def visible_run(request: web.Request) -> RunRecord:
 
 
 async def run_page(request: web.Request) -> web.Response:
-    insp = _insp(request)
+    insp = inspector_of(request)
     run = await visible_run(request)
     view = await load_run_view(insp.engine, run.id)
     wf = insp.engine.workflows.get(run.workflow_id)
@@ -170,7 +162,7 @@ def workflow_cards(insp: Inspector, errors: dict[str, str] | None = None,
 
 
 async def workflows_page(request: web.Request) -> web.Response:
-    insp = _insp(request)
+    insp = inspector_of(request)
     return insp.page(request, "workflows.html", nav="workflows", workflows=workflow_cards(insp))
 
 
@@ -185,7 +177,7 @@ def safe_next(value: str | None) -> str:
 
 
 async def login_page(request: web.Request) -> web.Response:
-    insp = _insp(request)
+    insp = inspector_of(request)
     cfg = insp.config
     return insp.page(request, "login.html", slack=cfg.slack is not None, token=cfg.token is not None,
                      next=safe_next(request.query.get("next")), error=request.query.get("error"))

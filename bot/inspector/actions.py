@@ -155,7 +155,8 @@ async def token_login(request: web.Request) -> web.Response:
     form = await _form(request)
     token, nxt = insp.config.token, safe_next(form.get("next"))
     if token is None or not hmac.compare_digest(form.get("token", "").encode(), token.encode()):
-        raise web.HTTPSeeOther("/login?" + urlencode({"next": nxt, "error": "That token is not right."}))
+        _session(request).flash("That token is not right.")  # in the session, not the URL: no spoofed notices
+        raise web.HTTPSeeOther("/login?" + urlencode({"next": nxt}))
     _session(request).sign_in(OPERATOR)
     raise web.HTTPSeeOther(nxt)
 
@@ -188,13 +189,14 @@ async def slack_callback(request: web.Request) -> web.Response:
     pending = session.pop("oidc") or {}
     state, code = request.query.get("state", ""), request.query.get("code", "")
     if not pending or not code or not hmac.compare_digest(str(pending.get("state")), state):
-        raise web.HTTPSeeOther("/login?" + urlencode({"error": "The sign-in expired or was not started here; "
-                                                               "try again."}))
+        session.flash("The sign-in expired or was not started here; try again.")
+        raise web.HTTPSeeOther("/login")
     if insp.directory is None:
         raise web.HTTPNotFound(text="Sign in with Slack is not configured.")
     try:
         who = await insp.directory.identify(code, _redirect_uri(request))
     except SignInFailed as exc:
-        raise web.HTTPSeeOther("/login?" + urlencode({"error": str(exc)})) from None
+        session.flash(str(exc))
+        raise web.HTTPSeeOther("/login") from None
     session.sign_in(Viewer(kind="slack", name=who.name, user=who.user, team=who.team))
     raise web.HTTPSeeOther(safe_next(pending.get("next")))

@@ -180,4 +180,4 @@ async def login_page(request: web.Request) -> web.Response:
     insp = inspector_of(request)
     cfg = insp.config
     return insp.page(request, "login.html", slack=cfg.slack is not None, token=cfg.token is not None,
-                     next=safe_next(request.query.get("next")), error=request.query.get("error"))
+                     next=safe_next(request.query.get("next")))

@@ -103,6 +103,7 @@ async def test_a_deploy_app_run_is_followed_live_inspected_and_approved_from_its
     for key in ("approve-cost", "deploy"):
         await expect(graph.locator(f'g.node[data-key="{key}"]')).to_have_attribute("data-status", "success")
     await expect(page.locator("#suspensions")).to_have_count(0)
+    await expect(page.locator("#cancel-form")).to_be_hidden()  # nothing left to cancel
     await expect(page.locator('.tl-row[data-path="deploy"] .bar.attempt')).to_have_count(1)
     assert await still_same_page(page)
 

@@ -129,7 +129,9 @@ async def test_a_forged_or_replayed_sign_in_is_refused(
     assert status == 403
     async with mallory.http.get(mallory.url("/auth/slack/callback?code=made-up&state=made-up"),
                                 allow_redirects=False) as resp:
-        assert resp.status == 303 and "expired" in resp.headers["Location"]
+        assert resp.status == 303 and resp.headers["Location"] == "/login"
+    assert "The sign-in expired or was not started here" in (await mallory.get("/login"))[1]
+    assert "spoofed" not in (await mallory.get("/login?error=spoofed"))[1]
     assert (await mallory.get("/runs", allow_redirects=False))[0] == 302
 
 
@@ -199,7 +201,8 @@ async def test_the_operator_token_signs_in_one_operator(engine: Engine, start: S
     assert status == 302
     token = await client.csrf("/login")
     status, _, location = await client.post("/login", {"csrf": token, "token": "wrong", "next": "/runs"})
-    assert status == 303 and location is not None and "error=" in location
+    assert status == 303 and location is not None and location.startswith("/login?next=")
+    assert "That token is not right." in (await client.get(location))[1]
     status, _, location = await client.post("/login", {"csrf": token, "token": "s3cret-operator", "next": "/workflows"})
     assert status == 303 and location == "/workflows"
     status, page = await client.get("/runs")

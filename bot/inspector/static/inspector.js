@@ -131,6 +131,9 @@
       api.updates.push({ received: Date.now(), events: data.events, status: data.status });
       if (!swap(live, data.html)) pending = data.html;
       document.body.dataset.runStatus = data.status;
+      if (['success', 'failed', 'canceled'].includes(data.status)) {
+        ['cancel-form', 'event-form'].forEach((id) => { if ($(id)) $(id).hidden = true; });
+      }
       document.body.dataset.lastEvent = data.last_event_id;
     });
     live.addEventListener('focusout', () => { if (pending && swap(live, pending)) pending = null; });

@@ -4,6 +4,7 @@ from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_ur
 from .errors import DatabaseURLError, MigrationError, StorageError
 from .memory_store import MemoryStore
 from .retention import PruneReport, prune
+from .run_queries import RunCursor, RunFilter, RunPage, RunQueries, Visibility
 from .schedule_store import ScheduleRecord, ScheduleStore
 
 __all__ = [
@@ -14,9 +15,14 @@ __all__ = [
     "MemoryStore",
     "MigrationError",
     "PruneReport",
+    "RunCursor",
+    "RunFilter",
+    "RunPage",
+    "RunQueries",
     "ScheduleRecord",
     "ScheduleStore",
     "StorageError",
+    "Visibility",
     "normalize_url",
     "prune",
 ]

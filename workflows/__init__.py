@@ -27,9 +27,11 @@ from .errors import (
     WorkflowNotFound,
 )
 from .events import WorkflowEvent
+from .graph_export import WorkflowGraph, workflow_graph
 from .memory import Memory, Recall, ThreadMemory, WorkingMemory
 from .models import FunctionModel, OfflineModel, resolve_embedder, resolve_model
 from .run import RunDetails, RunHandle, RunResult, SuspendedStep
+from .run_view import RunView, load_run_view
 from .step import RetryPolicy, Step, step
 from .tools import Tool, ToolContext, tool
 from .workflow import CommittedWorkflow, Workflow
@@ -38,6 +40,10 @@ __all__ = [
     "Agent",
     "AgentResult",
     "AgentText",
+    "RunView",
+    "WorkflowGraph",
+    "load_run_view",
+    "workflow_graph",
     "FunctionModel",
     "Memory",
     "OfflineModel",

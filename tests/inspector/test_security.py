@@ -207,3 +207,28 @@ async def test_the_operator_token_signs_in_one_operator(engine: Engine, start: S
     assert status == 303 and location == "/workflows"
     status, page = await client.get("/runs")
     assert status == 200 and handle.run_id in page
+
+
+async def test_serve_with_the_ui_serves_it_on_its_own_loopback_port(tmp_path: Path, emulator: SlackEmulator) -> None:
+    env = {**os.environ, "THREADFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+           "SLACK_BOT_TOKEN": "xoxb-inspector-test", "SLACK_SIGNING_SECRET": "test-signing-secret",
+           "SLACK_API_URL": emulator.api_url, "THREADFLOW_UI": "true", "THREADFLOW_UI_PORT": "0",
+           "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", "--port", "0", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        found = None
+        while found is None:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "serve ended before printing the inspector's address"
+            found = re.search(r"threadflow inspector: open (http://127\.0\.0\.1:\d+/)runs", line)
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http, http.get(found.group(1) + "workflows") as resp:
+            assert resp.status == 200 and "deploy-app" in await resp.text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0

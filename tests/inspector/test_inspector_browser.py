@@ -58,7 +58,9 @@ async def test_a_deploy_app_run_is_followed_live_inspected_and_approved_from_its
 ) -> None:
     assert sandbox.inspector is not None
     base = sandbox.inspector.url.rstrip("/")
-    assert sandbox.page.page_state()["inspector_url"] == base + "/runs"  # the sandbox page links here
+    await page.goto(sandbox.url)  # the sandbox page links here
+    await expect(page.locator("#inspector-link")).to_have_attribute("href", base + "/runs")
+    await expect(page.locator("#inspector-link")).to_be_visible()
 
     # The runs page shows a run started in Slack as it starts, without a reload.
     await page.goto(base + "/runs")

@@ -232,3 +232,12 @@ async def test_serve_with_the_ui_serves_it_on_its_own_loopback_port(tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+def test_the_manifest_lists_the_sign_in_redirect_and_membership_scopes() -> None:
+    from bot.commands_server import manifest
+    from bot.settings import Settings
+
+    made = manifest(Settings(_env_file=None, THREADFLOW_UI_URL="https://runs.example.com/"), None)  # type: ignore[call-arg]
+    assert made["oauth_config"]["redirect_urls"] == ["https://runs.example.com/auth/slack/callback"]
+    assert {"channels:read", "groups:read"} <= set(made["oauth_config"]["scopes"]["bot"])

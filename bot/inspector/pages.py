@@ -47,7 +47,7 @@ async def runs_page(request: web.Request) -> web.Response:
     q = request.query
     status = q.get("status") if q.get("status") in STATUSES else None
     workflow = q.get("workflow") or None
-    search = (q.get("q") or "").strip().lower()
+    search = (q.get("q") or "").strip()
     visible = await insp.access.visibility(viewer)
     if search and _RUN_ID.match(search):
         exact = await insp.engine.store.get_run(search)

@@ -11,10 +11,11 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from workflows import Engine, ThreadflowError
+from workflows import Engine, RunHandle, ThreadflowError
 from workflows.errors import DefinitionError, InvalidInput, UsageError
 
 from .inspector.config import InspectorError
@@ -45,21 +46,43 @@ def emit(data: Any) -> None:
 
 
 async def cmd_workflows(engine: Engine, args: argparse.Namespace) -> int:
+    statuses = await engine.version_status()
+    newest = engine.workflows
     if args.json:
-        emit([{"id": wf.id, "description": wf.description, "input_schema": wf.input_schema()}
-              for wf in engine.workflows.values()])
+        emit([{
+            "id": wid, "description": wf.description if wf else None, "input_schema": wf.input_schema() if wf else None,
+            "version": wf.version if wf else None, "fingerprint": wf.fingerprint if wf else None,
+            "registered": wf is not None, "open_runs": sum(v.open_runs for v in statuses if v.workflow_id == wid),
+            "versions": [v.model_dump(mode="json", exclude={"workflow_id"}) for v in statuses if v.workflow_id == wid],
+        } for wid, wf in ((wid, newest.get(wid)) for wid in dict.fromkeys(v.workflow_id for v in statuses))])
     else:
-        print_workflows(engine.workflows.values())
+        print_workflows(newest.values(), statuses)
     return EXIT_OK
+
+
+async def settle_and_report(engine: Engine, handle: RunHandle, args: argparse.Namespace) -> int:
+    """Print the run's result once it settles, waiting at most ``--wait`` seconds (or not at all: ``--no-wait``)."""
+    if args.no_wait:
+        emit((await engine.result_of(await engine.get_run(handle.run_id))).to_json())
+        return EXIT_OK
+    try:
+        result = await handle.result(timeout=args.wait)
+    except TimeoutError:
+        result = await engine.result_of(await engine.get_run(handle.run_id))
+        emit(result.to_json())
+        print(f"threadflow: stopped waiting after {args.wait:g} seconds: run {handle.run_id} is still {result.status}. "
+              "It goes on in the processes that execute runs (threadflow serve or worker); follow it with "
+              f"`threadflow show {handle.run_id}`, or wait longer with --wait SECONDS.", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    emit(result.to_json())
+    return EXIT_RUN_FAILED if result.status in ("failed", "canceled") else EXIT_OK
 
 
 async def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
     data = parse_json(args.input, "--input") if args.input is not None else {}
     handle = await engine.start(args.workflow, data, thread_id=args.thread, resource_id=args.resource,
                                 started_by=args.by)
-    result = await handle.result()
-    emit(result.to_json())
-    return EXIT_RUN_FAILED if result.status in ("failed", "canceled") else EXIT_OK
+    return await settle_and_report(engine, handle, args)
 
 
 async def cmd_runs(engine: Engine, args: argparse.Namespace) -> int:
@@ -98,9 +121,7 @@ async def _agent_contexts(engine: Engine, run_id: str) -> list[dict[str, Any]]:
 async def cmd_resume(engine: Engine, args: argparse.Namespace) -> int:
     data = parse_json(args.data, "--data") if args.data is not None else {}
     handle = await engine.resume(args.run_id, step=args.step, data=data, by=args.by)
-    result = await handle.result()
-    emit(result.to_json())
-    return EXIT_RUN_FAILED if result.status in ("failed", "canceled") else EXIT_OK
+    return await settle_and_report(engine, handle, args)
 
 
 async def cmd_cancel(engine: Engine, args: argparse.Namespace) -> int:
@@ -112,9 +133,7 @@ async def cmd_cancel(engine: Engine, args: argparse.Namespace) -> int:
 async def cmd_rerun(engine: Engine, args: argparse.Namespace) -> int:
     data = parse_json(args.input, "--input")
     handle = await engine.rerun(args.run_id, from_step=args.from_step, input=data, started_by=args.by)
-    result = await handle.result()
-    emit(result.to_json())
-    return EXIT_RUN_FAILED if result.status in ("failed", "canceled") else EXIT_OK
+    return await settle_and_report(engine, handle, args)
 
 
 async def cmd_send_event(engine: Engine, args: argparse.Namespace) -> int:
@@ -125,8 +144,19 @@ async def cmd_send_event(engine: Engine, args: argparse.Namespace) -> int:
 
 async def cmd_recover(engine: Engine, args: argparse.Namespace) -> int:
     recovered = await engine.recover()
-    results = [(await engine.wait_for(run_id)).to_json() for run_id in recovered]
+    deadline = time.monotonic() + args.wait
+    results = []
+    for run_id in recovered:
+        try:
+            results.append((await engine.wait_for(run_id, max(0.001, deadline - time.monotonic()))).to_json())
+        except TimeoutError:
+            results.append((await engine.result_of(await engine.get_run(run_id))).to_json())
     emit({"recovered": recovered, "results": results})
+    unsettled = [r["run_id"] for r in results if r["status"] in ("running", "pending")]
+    if unsettled:
+        print(f"threadflow: stopped waiting after {args.wait:g} seconds; still running: {', '.join(unsettled)}. "
+              "They go on in the processes that execute runs (threadflow serve or worker).", file=sys.stderr)
+        return EXIT_RUN_FAILED
     return EXIT_OK
 
 
@@ -153,12 +183,35 @@ ENGINE_COMMANDS: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]
 READ_ONLY = {"workflows", "runs", "show", "migrate", "cancel", "send-event"}
 
 
+#: How long ``run``, ``resume`` and ``rerun`` wait for the run to settle by default (seconds).
+DEFAULT_WAIT = 60.0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0, or use --no-wait")
+    return value
+
+
+def add_wait_options(p: argparse.ArgumentParser) -> None:
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
+                      help=f"wait at most this long for the run to settle (default {DEFAULT_WAIT:g}); "
+                      "then print where it stands and exit with status 1")
+    wait.add_argument("--no-wait", action="store_true",
+                      help="return at once; a process that executes runs (serve, worker) continues the run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="threadflow", description="Durable AI agent workflows, run from Slack.")
     parser.add_argument("--database-url", help="overrides THREADFLOW_DATABASE_URL")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("workflows", help="list registered workflows and their input schema")
+    p = sub.add_parser("workflows", help="list workflows: input schema, versions, and how many runs each version has open")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("run", help="run a workflow and print its result as JSON")
@@ -167,9 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thread", help="memory thread id for agent steps")
     p.add_argument("--resource", help="resource id the thread belongs to")
     p.add_argument("--by", default="cli", help="who started it (recorded)")
+    add_wait_options(p)
 
     p = sub.add_parser("runs", help="list runs")
-    p.add_argument("--status", choices=["pending", "running", "waiting", "suspended", "success", "failed", "canceled"])
+    p.add_argument("--status", choices=["pending", "running", "waiting", "suspended", "success", "failed", "canceled",
+                                        "stranded"],
+                   help="stranded: unfinished runs whose workflow version no running process (nor this one) has")
     p.add_argument("--workflow")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
@@ -184,23 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", help="step id or path (needed when several steps wait)")
     p.add_argument("--data", help="resume data as JSON, e.g. '{\"approved\": true}'")
     p.add_argument("--by", default="cli", help="who resumes it (recorded)")
+    add_wait_options(p)
 
     p = sub.add_parser("cancel", help="cancel a run")
     p.add_argument("run_id")
     p.add_argument("--by", default="cli")
 
-    p = sub.add_parser("rerun", help="re-run a run from a step, reusing earlier results")
+    p = sub.add_parser("rerun", help="re-run a run from a step on the newest version, reusing earlier results "
+                       "(a stranded run is moved: the old one is canceled)")
     p.add_argument("run_id")
     p.add_argument("--from", dest="from_step", required=True, help="step id or path to re-run from")
     p.add_argument("--input", help="new input for that step, as JSON")
     p.add_argument("--by", default="cli")
+    add_wait_options(p)
 
     p = sub.add_parser("send-event", help="send an event a run waits for")
     p.add_argument("run_id")
     p.add_argument("name")
     p.add_argument("--data", help="event data as JSON")
 
-    sub.add_parser("recover", help="continue runs whose process died, and wait for them")
+    p = sub.add_parser("recover", help="continue runs whose process died, and wait for them")
+    p.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
+                   help=f"wait at most this long for them to settle (default {DEFAULT_WAIT:g})")
     sub.add_parser("migrate", help="create or upgrade the database schema")
 
     from .commands_server import add_server_commands
@@ -215,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run_engine_command(settings: Settings, args: argparse.Namespace) -> int:
     from .runtime import build_engine
 
-    engine = build_engine(settings, execute=args.command not in READ_ONLY)
+    # --no-wait: leave the run to the processes that execute runs (this one would hand it back on exit).
+    engine = build_engine(settings, execute=args.command not in READ_ONLY and not getattr(args, "no_wait", False))
     try:
         return await ENGINE_COMMANDS[args.command](engine, args)
     finally:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from storage.records import RunRecord
-from workflows import CommittedWorkflow, RunDetails
+from workflows import CommittedWorkflow, RunDetails, VersionStatus, describe_version
 
 
 def when(ts: float | None) -> str:
@@ -22,33 +22,58 @@ def short(value: Any, limit: int = 100) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def print_workflows(workflows: Iterable[CommittedWorkflow]) -> None:
-    for wf in sorted(workflows, key=lambda w: w.id):
-        print(f"{wf.id}" + (f"  - {wf.description}" if wf.description else ""))
-        schema = wf.input_schema()
-        if not schema or not schema.get("properties"):
-            print("    input: (none)")
-            continue
-        required = set(schema.get("required", []))
-        for name, prop in schema["properties"].items():
-            kind = prop.get("type") or "/".join(p.get("type", "?") for p in prop.get("anyOf", [])) or "object"
-            flag = "required" if name in required else f"optional, default {json.dumps(prop.get('default'))}"
-            desc = f"  {prop['description']}" if prop.get("description") else ""
-            print(f"    input.{name}: {kind} ({flag}){desc}")
+def print_workflows(workflows: Iterable[CommittedWorkflow], versions: Sequence[VersionStatus] = ()) -> None:
+    """Each workflow's input, then its versions: registered here or elsewhere, and how many runs each has open."""
+    registered = {wf.id: wf for wf in workflows}
+    for wid in sorted(set(registered) | {v.workflow_id for v in versions}):
+        wf = registered.get(wid)
+        if wf is None:
+            print(f"{wid}  (not registered here)")
+        else:
+            print(f"{wf.id}" + (f"  - {wf.description}" if wf.description else ""))
+            _print_input(wf)
+        mine = [v for v in versions if v.workflow_id == wid]
+        if mine:
+            print("    versions:")
+        for v in mine:
+            where = ["newest"] if v.newest else []
+            where.append("registered here" if v.registered else "not registered here")
+            if v.served_by:
+                where.append(f"served by {len(v.served_by)} running process{'es' if len(v.served_by) > 1 else ''}")
+            elif v.open_runs and not v.registered:
+                where.append("STRANDED: no running process has it")
+            runs = f"{v.open_runs} open run{'s' if v.open_runs != 1 else ''}"
+            print(f"      {v.describe():<24} {runs:<14} {', '.join(where)}")
+
+
+def _print_input(wf: CommittedWorkflow) -> None:
+    schema = wf.input_schema()
+    if not schema or not schema.get("properties"):
+        print("    input: (none)")
+        return
+    required = set(schema.get("required", []))
+    for name, prop in schema["properties"].items():
+        kind = prop.get("type") or "/".join(p.get("type", "?") for p in prop.get("anyOf", [])) or "object"
+        flag = "required" if name in required else f"optional, default {json.dumps(prop.get('default'))}"
+        desc = f"  {prop['description']}" if prop.get("description") else ""
+        print(f"    input.{name}: {kind} ({flag}){desc}")
 
 
 def print_runs(runs: list[RunRecord]) -> None:
     if not runs:
         print("No runs.")
         return
-    print(f"{'RUN ID':<18} {'WORKFLOW':<20} {'STATUS':<10} {'STARTED':<24} BY")
+    print(f"{'RUN ID':<18} {'WORKFLOW':<20} {'VERSION':<14} {'STATUS':<10} {'STARTED':<24} BY")
     for r in runs:
-        print(f"{r.id:<18} {r.workflow_id:<20} {r.status:<10} {when(r.created_at):<24} {r.started_by or '-'}")
+        version = describe_version(r.workflow_version, r.workflow_fingerprint) if r.workflow_fingerprint else "-"
+        print(f"{r.id:<18} {r.workflow_id:<20} {version:<14} {r.status:<10} {when(r.created_at):<24} "
+              f"{r.started_by or '-'}")
 
 
 def print_details(details: RunDetails, contexts: list[dict[str, Any]] | None = None) -> None:
     run = details.run
-    print(f"Run {run.id}  workflow={run.workflow_id}  status={run.status}")
+    version = f"  version={describe_version(run.workflow_version, run.workflow_fingerprint)}" if run.workflow_fingerprint else ""
+    print(f"Run {run.id}  workflow={run.workflow_id}{version}  status={run.status}")
     print(f"  started {when(run.created_at)} by {run.started_by or '-'}; finished {when(run.finished_at)}")
     if run.rerun_of:
         print(f"  re-run of {run.rerun_of} from {run.rerun_from}")

@@ -32,10 +32,39 @@ class RunRecord(BaseModel):
     created_at: float
     updated_at: float
     finished_at: float | None = None
+    #: The explicit version of the workflow the run started on, and the fingerprint of that definition
+    #: (None for runs started before versions were recorded: any definition of the id may continue them).
+    workflow_version: str | None = None
+    workflow_fingerprint: str | None = None
+    #: When a ``run.stranded`` event said no live process has the run's version (None again once one has).
+    stranded_at: float | None = None
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class ServedVersion(BaseModel):
+    """A workflow version one live process executes (``served_versions``; refreshed with its heartbeat)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    owner: str
+    workflow_id: str
+    version: str | None = None
+    fingerprint: str
+    expires_at: float
+
+
+class VersionCount(BaseModel):
+    """How many unfinished runs one version of a workflow has (``threadflow workflows``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str
+    version: str | None = None
+    fingerprint: str | None = None
+    open_runs: int
 
 
 class StepResultRecord(BaseModel):

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from .coalesce import Coalescer
 from .database import Database, insert_ignore
@@ -30,6 +31,7 @@ from .records import (
     SuspensionRecord,
 )
 from .tables import events, runs, signals, step_results, suspensions
+from .versions import Serving
 
 
 class LeaseLost(Exception):
@@ -134,6 +136,10 @@ _RESOLVED_UNUSED = prepared(
     )
     .limit(1)
 )
+#: The same, leaving out decisions the execution already had (``seen``) and whose steps its walk never reached.
+_RESOLVED_UNUSED_UNSEEN = prepared(
+    _RESOLVED_UNUSED.where(suspensions.c.path.not_in(bindparam("seen", expanding=True)))
+)
 _OPEN_EVENT_WAITS = prepared(
     select(suspensions.c.event_name).where(
         suspensions.c.run_id == bindparam("b_run_id"), suspensions.c.status == "open", suspensions.c.kind == "event"
@@ -178,6 +184,13 @@ class RunStore:
         self._runs: Coalescer[str, RunRecord | None] = Coalescer(self._get_runs, missing=None)
         self._suspensions: Coalescer[str, list[SuspensionRecord]] = Coalescer(self._get_suspensions, missing=[])
         self._progress: Coalescer[str, RunProgress] = Coalescer(self._get_progress, missing=_NO_PROGRESS)
+        #: The workflow versions this process executes: claims and timers only consider their runs
+        #: (None: every run, for a store that is not an engine's).
+        self.serving: Serving | None = None
+
+    def _mine(self) -> ColumnElement[bool]:
+        """Runs this process may execute (``serving``)."""
+        return true() if self.serving is None else self.serving.clause()
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -203,10 +216,22 @@ class RunStore:
         override_path: str | None,
         override_input: Any,
         new_events: Sequence[NewEvent],
+        *,
+        supersede: tuple[str, NewEvent] | None = None,
     ) -> None:
-        """Create a run that starts with another run's earlier results (and optionally new input for a step)."""
+        """Create a run that starts with another run's earlier results (and optionally new input for a step).
+
+        ``supersede=(run_id, event)``: the new run replaces that unfinished run, which is canceled in the same
+        transaction (CompareAndSetFailed, and nothing created, if it finished meanwhile).
+        """
 
         async def op(conn: AsyncConnection) -> None:
+            if supersede is not None:
+                old_id, event = supersede
+                by = (event.data or {}).get("by")
+                await self._cancel(conn, old_id, row["created_at"], {
+                    "type": "Moved", "message": f"Moved to run {row['id']} by {by or 'a user'}.",
+                }, [event])
             await conn.execute(insert(runs).values(**row))
             rows = [r.model_dump() | {"run_id": row["id"]} for r in copied]
             if override_path is not None:
@@ -339,17 +364,20 @@ class RunStore:
         error: dict[str, Any] | None = None,
         ready_at: float | None = None,
         waiting_for: str | None = None,
+        seen: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Move a run this process holds out of ``running``; return the columns set (``status`` is the one set).
 
         A resume or an event may arrive while the run is still executing other branches. If one did, a run
         about to become ``suspended``/``waiting`` becomes ``pending`` instead, so it is picked up again.
+        ``seen``: paths of decisions the execution had when it started; they did not arrive meanwhile (a
+        decision its walk did not reach must not send the run round again, and again).
         """
         now = time.time()
 
         async def op(conn: AsyncConnection) -> dict[str, Any]:
             target = status
-            if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id):
+            if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id, seen):
                 target = "pending"
             values: dict[str, Any] = {
                 "status": target,
@@ -372,9 +400,13 @@ class RunStore:
 
         return await self.db.write(op, inline=True)
 
-    async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str) -> bool:
+    async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str, seen: Sequence[str] = ()) -> bool:
         by_run = {"b_run_id": run_id}
-        if (await conn.execute(_RESOLVED_UNUSED, by_run)).first() is not None:
+        resolved = (
+            await conn.execute(_RESOLVED_UNUSED_UNSEEN, {**by_run, "seen": list(seen)}) if seen
+            else await conn.execute(_RESOLVED_UNUSED, by_run)
+        )
+        if resolved.first() is not None:
             return True
         waiting_names = [r["event_name"] for r in (await conn.execute(_OPEN_EVENT_WAITS, by_run)).mappings()]
         if not waiting_names:
@@ -471,20 +503,21 @@ class RunStore:
 
     async def cancel(self, run_id: str, by: str | None, new_events: Sequence[NewEvent]) -> None:
         now = time.time()
+        error = {"type": "Canceled", "message": f"Canceled by {by or 'a user'}."}
+        await self.db.write(lambda conn: self._cancel(conn, run_id, now, error, new_events))
 
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status.not_in(_TERMINAL))
-                .values(status="canceled", owner=None, lease_expires_at=None, updated_at=now, finished_at=now,
-                        error={"type": "Canceled", "message": f"Canceled by {by or 'a user'}."})
-            )
-            if res.rowcount == 0:
-                status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
-                raise CompareAndSetFailed(status)
-            await self._add_events(conn, run_id, new_events, now)
-
-        await self.db.write(op)
+    async def _cancel(
+        self, conn: AsyncConnection, run_id: str, now: float, error: dict[str, Any], new_events: Sequence[NewEvent]
+    ) -> None:
+        res = await conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status.not_in(_TERMINAL))
+            .values(status="canceled", owner=None, lease_expires_at=None, updated_at=now, finished_at=now, error=error)
+        )
+        if res.rowcount == 0:
+            status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
+            raise CompareAndSetFailed(status)
+        await self._add_events(conn, run_id, new_events, now)
 
     async def open_suspensions(self, run_id: str) -> list[SuspensionRecord]:
         return [s for s in await self.suspensions_of(run_id) if s.status == "open"]
@@ -510,7 +543,7 @@ class RunStore:
         async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
             q = select(suspensions).where(
                 suspensions.c.status == "open", suspensions.c.kind == "suspend",
-                suspensions.c.expires_at.is_not(None), suspensions.c.expires_at <= now,
+                suspensions.c.expires_at.is_not(None), suspensions.c.expires_at <= now, self._live_run_of_mine(),
             )
             return [SuspensionRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
@@ -518,13 +551,19 @@ class RunStore:
 
     async def next_expiry(self) -> float | None:
         async def op(conn: AsyncConnection) -> float | None:
+            # Only live runs this process executes: a past expiry it will never act on would keep the
+            # dispatcher's timer due, and its loop busy.
             q = select(func.min(suspensions.c.expires_at)).where(
-                suspensions.c.status == "open", suspensions.c.kind == "suspend"
+                suspensions.c.status == "open", suspensions.c.kind == "suspend", self._live_run_of_mine()
             )
             value = (await conn.execute(q)).scalar_one_or_none()
             return float(value) if value is not None else None
 
         return await self.db.read(op)
+
+    def _live_run_of_mine(self) -> ColumnElement[bool]:
+        """The suspension's run is unfinished and this process executes it."""
+        return exists().where(runs.c.id == suspensions.c.run_id, runs.c.status.not_in(_TERMINAL), self._mine())
 
     async def read_events(self, run_id: str, after: int = 0, limit: int = 500) -> list[EventRecord]:
         async def op(conn: AsyncConnection) -> list[EventRecord]:
@@ -549,7 +588,8 @@ class RunStore:
         )
 
         async def op(conn: AsyncConnection) -> list[str]:
-            q = select(runs.c.id).where(ready).order_by(runs.c.ready_at, runs.c.created_at).limit(limit)
+            # Only runs of versions this process has: another replica that has the version takes the rest.
+            q = select(runs.c.id).where(ready, self._mine()).order_by(runs.c.ready_at, runs.c.created_at).limit(limit)
             if only is not None:
                 q = q.where(runs.c.id.in_(list(only)))
             if not self.db.is_sqlite:
@@ -576,18 +616,19 @@ class RunStore:
                     runs.c.status == "pending",
                     and_(runs.c.status == "waiting", runs.c.ready_at <= now),
                     and_(runs.c.status == "running", runs.c.lease_expires_at < now),
-                )
+                ),
+                self._mine(),
             )
             return (await conn.execute(q.limit(1))).first() is not None
 
         return await self.db.read(op, inline=True)
 
     async def next_wakeup(self) -> float | None:
-        """The earliest time a waiting run becomes ready or a held run's lease runs out."""
+        """The earliest time a waiting run becomes ready or a held run's lease runs out (of runs this process executes)."""
 
         async def op(conn: AsyncConnection) -> float | None:
-            waiting = select(func.min(runs.c.ready_at)).where(runs.c.status == "waiting")
-            leases = select(func.min(runs.c.lease_expires_at)).where(runs.c.status == "running")
+            waiting = select(func.min(runs.c.ready_at)).where(runs.c.status == "waiting", self._mine())
+            leases = select(func.min(runs.c.lease_expires_at)).where(runs.c.status == "running", self._mine())
             times = [(await conn.execute(q)).scalar_one_or_none() for q in (waiting, leases)]
             present = [float(t) for t in times if t is not None]
             return min(present) if present else None

@@ -44,12 +44,28 @@ runs = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    Column("workflow_version", String(100), nullable=True),
+    Column("workflow_fingerprint", String(64), nullable=True),
+    Column("stranded_at", Float, nullable=True),
     Index("ix_runs_status_ready", "status", "ready_at"),
     Index("ix_runs_owner", "owner"),
     Index("ix_runs_workflow", "workflow_id", "created_at"),
     # The inspector lists runs newest first, with keyset pagination on (created_at, id).
     Index("ix_runs_created", "created_at", "id"),
     Index("ix_runs_status_created", "status", "created_at", "id"),
+)
+
+#: The workflow versions each live process executes, refreshed with its heartbeat until ``expires_at``.
+#: A run whose version no live row has is stranded.
+served_versions = Table(
+    "served_versions",
+    metadata,
+    Column("owner", String(200), primary_key=True),
+    Column("fingerprint", String(64), primary_key=True),
+    Column("workflow_id", String(200), nullable=False),
+    Column("version", String(100), nullable=True),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_served_versions_fingerprint", "fingerprint", "expires_at"),
 )
 
 #: One row per finished step instance, keyed by its path; inserted once, never updated.

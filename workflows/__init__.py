@@ -24,6 +24,7 @@ from .errors import (
     ThreadflowError,
     ToolFailed,
     UsageError,
+    VersionNotRegistered,
     WorkflowNotFound,
 )
 from .events import WorkflowEvent
@@ -34,6 +35,7 @@ from .run import RunDetails, RunHandle, RunResult, SuspendedStep
 from .run_view import RunView, load_run_view
 from .step import RetryPolicy, Step, step
 from .tools import Tool, ToolContext, tool
+from .versions import VersionInfo, VersionStatus, describe_version
 from .workflow import CommittedWorkflow, Workflow
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "ToolContext",
     "WorkingMemory",
     "agent_step",
+    "describe_version",
     "resolve_embedder",
     "resolve_model",
     "tool",
@@ -81,6 +84,9 @@ __all__ = [
     "ThreadflowError",
     "ToolFailed",
     "UsageError",
+    "VersionInfo",
+    "VersionNotRegistered",
+    "VersionStatus",
     "Workflow",
     "WorkflowEvent",
     "WorkflowNotFound",

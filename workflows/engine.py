@@ -34,10 +34,12 @@ from .events import WorkflowEvent
 from .executor import Announcer, RunExecution
 from .graph import Node, WaitForEventNode, WorkflowNode
 from .observe import emit
+from .replicas import Replica
 from .rerun import plan_rerun
 from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
 from .step import Step, dump_value, parse_model
 from .tracing import log_context, scope
+from .versions import Registry, VersionInfo, VersionStatus
 from .workflow import CommittedWorkflow, _walk
 
 log = logging.getLogger("threadflow.engine")
@@ -77,7 +79,8 @@ class Engine:
         self.poll_interval = poll_interval
         self.execute_runs = execute
         self._memory = memory
-        self._workflows: dict[str, CommittedWorkflow] = {}
+        #: Every registered version of every workflow id (new runs take the newest of their id).
+        self.registry = Registry()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
@@ -93,6 +96,8 @@ class Engine:
         self._timers_checked_at = 0.0
         self._open_lock: asyncio.Lock | None = None
         self.faults: dict[str, FaultHook] = {}
+        self.replica = Replica(self)
+        self.replica.registered()
         crash_at = os.environ.get("THREADFLOW_CRASH_AT")
         if crash_at:
             point, _, where = crash_at.partition(":")
@@ -106,21 +111,34 @@ class Engine:
     # -- registry --------------------------------------------------------------------------------------
 
     def register(self, *workflows: CommittedWorkflow) -> Engine:
+        """Register definitions; a second version of an id goes beside the first (see ``workflows/versions.py``)."""
         for wf in workflows:
             if not isinstance(wf, CommittedWorkflow):
                 raise TypeError(f"register() takes committed workflows; call .commit() on {wf!r} first.")
-            self._workflows[wf.id] = wf
+            self.registry.add(wf)
+        self.replica.registered()
         return self
 
     @property
     def workflows(self) -> dict[str, CommittedWorkflow]:
-        return dict(self._workflows)
+        """The newest registered version of each workflow id."""
+        return self.registry.newest()
 
     def get_workflow(self, workflow_id: str) -> CommittedWorkflow:
-        try:
-            return self._workflows[workflow_id]
-        except KeyError:
-            raise WorkflowNotFound(workflow_id, list(self._workflows)) from None
+        """The newest registered version of ``workflow_id`` (the one new runs take)."""
+        wf = self.registry.get(workflow_id)
+        if wf is None:
+            raise WorkflowNotFound(workflow_id, list(self.registry.workflow_ids()))
+        return wf
+
+    def versions(self, workflow_id: str | None = None) -> list[VersionInfo]:
+        """Every registered version (of one workflow id, or of all), newest first within an id."""
+        return self.registry.infos(workflow_id)
+
+    async def version_status(self) -> list[VersionStatus]:
+        """Versions registered here or by live processes, or with unfinished runs, and how many runs each has open."""
+        await self.open()
+        return await self.replica.report()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -140,6 +158,7 @@ class Engine:
                 self._background = [
                     loop.create_task(self._dispatch_loop(), name="threadflow-dispatcher"),
                     loop.create_task(self._heartbeat_loop(), name="threadflow-heartbeat"),
+                    loop.create_task(self.replica.run(), name="threadflow-versions"),
                 ]
             self._opened = True
         return self
@@ -159,6 +178,8 @@ class Engine:
         self.announcer.close()
         try:
             await self.store.release_owner(self.owner, "run.released")
+            if self.execute_runs:
+                await self.replica.withdraw()
         except Exception as exc:  # the database may be gone already; leases expire on their own
             log.warning("could not hand back runs at shutdown: %s", exc)
         if self._memory is not None and hasattr(self._memory, "close"):
@@ -189,9 +210,10 @@ class Engine:
         wf = self.get_workflow(workflow_id)
         data = wf.parse_input(input if input is not None else {})
         run_id = run_id or new_run_id()
-        row = self._new_run_row(run_id, wf.id, data, thread_id, resource_id, started_by)
+        row = self._new_run_row(run_id, wf, data, thread_id, resource_id, started_by)
         await self.store.create_run(row, [NewEvent(type="run.started", data={
             "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
+            "version": wf.version, "fingerprint": wf.fingerprint,
         })])
         emit("run.started", workflow_id=wf.id)
         await self._ensure_thread(thread_id, resource_id)
@@ -203,13 +225,14 @@ class Engine:
         return RunHandle(self, run_id)
 
     def _new_run_row(
-        self, run_id: str, workflow_id: str, data: Any, thread_id: str | None, resource_id: str | None,
+        self, run_id: str, wf: CommittedWorkflow, data: Any, thread_id: str | None, resource_id: str | None,
         started_by: str | None, **extra: Any,
     ) -> dict[str, Any]:
         now = time.time()
         mine = self.execute_runs and len(self._tasks) + self._reserved < self.capacity
         return {
-            "id": run_id, "workflow_id": workflow_id, "status": "running" if mine else "pending", "input": data,
+            "id": run_id, "workflow_id": wf.id, "workflow_version": wf.version, "workflow_fingerprint": wf.fingerprint,
+            "status": "running" if mine else "pending", "input": data,
             "thread_id": thread_id, "resource_id": resource_id, "started_by": started_by,
             "owner": self.owner if mine else None, "lease_expires_at": now + self.lease_seconds if mine else None,
             "ready_at": now, "created_at": now, "updated_at": now, **extra,
@@ -234,7 +257,9 @@ class Engine:
             raise AlreadyResumed(run_id, target.path, target.resolved_by, target.resolved_at)
         if run.is_terminal:
             raise NotSuspended(f"Run {run_id} is {run.status}; only a suspended run can be resumed.")
-        wf = self.get_workflow(run.workflow_id)
+        # The run's own version (never another one's reading of its paths); if this process lacks it, the
+        # error names it and what is registered, and nothing is consumed: the decision can be given again.
+        wf = await self.replica.definition_for(run)
         step_def = wf.find_step(target.step_id)
         model = step_def.resume if step_def else None
         data = data if data is not None else {}
@@ -278,7 +303,7 @@ class Engine:
         run = await self.get_run(run_id)
         if run.is_terminal:
             raise NotWaitingForEvent(f"Run {run_id} is {run.status}; it cannot receive event {name!r}.")
-        wf = self.get_workflow(run.workflow_id)
+        wf = await self.replica.definition_for(run)
         nodes = [n for n in _all_nodes(wf) if isinstance(n, WaitForEventNode) and n.event == name]
         if not nodes:
             raise UsageError(f"Workflow {wf.id!r} never waits for event {name!r}; nothing would receive it.")
@@ -309,23 +334,37 @@ class Engine:
         return await self.result_of(run)
 
     async def rerun(self, run_id: str, from_step: str, input: Any = None, *, started_by: str | None = None) -> RunHandle:
-        """Start a new run of the same workflow that reuses the results recorded before ``from_step``."""
+        """Start a new run of the workflow's newest version that reuses the results recorded before ``from_step``.
+
+        A stranded run (unfinished, its version registered nowhere) is *moved*: it is canceled in the same
+        transaction, so what waited on the old version now waits, or goes on, on the new one.
+        """
         await self.open()
         original = await self.get_run(run_id)
         wf = self.get_workflow(original.workflow_id)
         progress = await self.store.load_progress(run_id)
         new_id = new_run_id()
         copied, override_path, step_def = plan_rerun(wf, original, progress, from_step)
+        data = original.input if original.workflow_fingerprint == wf.fingerprint else wf.parse_input(original.input)
         override = None
         if input is not None:
             model = step_def.input if step_def else None
             override = dump_value(model, parse_model(model, input, f"input of step {from_step!r}"))
-        row = self._new_run_row(new_id, wf.id, original.input, original.thread_id, original.resource_id,
+        row = self._new_run_row(new_id, wf, data, original.thread_id, original.resource_id,
                                 started_by or original.started_by, rerun_of=run_id, rerun_from=override_path)
-        await self.store.create_rerun(row, copied, override_path if override is not None else None, override, [
-            NewEvent(type="run.started", data={"workflow_id": wf.id, "input": original.input, "rerun_of": run_id,
-                                               "rerun_from": override_path, "started_by": row["started_by"]})
-        ])
+        moved = await self.replica.is_stranded(original)
+        supersede = (run_id, NewEvent(type="run.canceled", data={"by": row["started_by"], "moved_to": new_id})) if moved else None
+        try:
+            await self.store.create_rerun(row, copied, override_path if override is not None else None, override, [
+                NewEvent(type="run.started", data={
+                    "workflow_id": wf.id, "input": data, "rerun_of": run_id, "rerun_from": override_path,
+                    "started_by": row["started_by"], "version": wf.version, "fingerprint": wf.fingerprint,
+                })
+            ], supersede=supersede)
+        except CompareAndSetFailed as exc:
+            raise RunFinished(f"Run {run_id} finished ({exc.current}) while it was being moved; nothing was created.") from None
+        if moved:
+            self._changed(run_id)
         if row["owner"] == self.owner:
             self._spawn(new_id, fresh=False)
         return RunHandle(self, new_id)
@@ -346,7 +385,12 @@ class Engine:
         return run
 
     async def list_runs(self, status: str | None = None, workflow_id: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """Recent runs, newest first. ``status="stranded"``: unfinished runs whose version neither a live
+        process nor this one has (oldest first), the ones nothing will continue."""
         await self.open()
+        if status == "stranded":
+            found = await self.replica.store.stranded(self.replica.mine(), limit)
+            return [r for r in found if workflow_id is None or r.workflow_id == workflow_id]
         return await self.store.list_runs(status=status, workflow_id=workflow_id, limit=limit)
 
     async def details(self, run_id: str) -> RunDetails:
@@ -476,9 +520,10 @@ class Engine:
                 run = await self.store.get_run(run_id)
             if run is None or run.owner != self.owner or run.status != "running":
                 return
-            wf = self._workflows.get(run.workflow_id)
-            if wf is None:
-                log.warning("run %s: workflow %r is not registered here; handing it back", run_id, run.workflow_id)
+            wf = self.registry.for_run(run)
+            if wf is None:  # claims take only runs of registered versions; a racing change of the registry
+                log.warning("run %s: its version of workflow %r is not registered here; handing it back", run_id,
+                            run.workflow_id)
                 await self.store.release_run(run_id, self.owner)
                 return
             progress = RunProgress(results={}, suspensions={}, signals=[]) if fresh else await self.store.load_progress(run_id)
@@ -588,7 +633,7 @@ class Engine:
         """Suspensions past their TTL are resolved by ``system`` and take the reject path."""
         for susp in await self.store.expired_suspensions(time.time()):
             run = await self.store.get_run(susp.run_id)
-            wf = self._workflows.get(run.workflow_id) if run else None
+            wf = self.registry.for_run(run) if run else None
             if run is None or wf is None or run.is_terminal:
                 continue
             step_def = wf.find_step(susp.step_id)

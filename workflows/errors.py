@@ -12,6 +12,7 @@ Split by whose fault it is, so callers (the CLI, the Slack adapter) know what to
      |    +-- AlreadyResumed        someone else resumed that suspension first (names who)
      |    +-- NotWaitingForEvent    send_event to a run that can no longer receive it
      |    +-- RunFinished           the run is terminal; it cannot be changed
+     |    +-- VersionNotRegistered  the run's workflow version is not registered (here, or anywhere live)
      +-- RunFailure                 something failed while a run executed (recorded on the run)
           +-- StepFailed            a step raised after its retries
           +-- OutputInvalid         a step returned data that does not fit its output model
@@ -90,6 +91,36 @@ class NotWaitingForEvent(UsageError):
 
 class RunFinished(UsageError):
     """The run is in a terminal status (success, failed, canceled); it cannot change again."""
+
+
+class VersionNotRegistered(UsageError):
+    """The run's workflow version is not registered in this process (``served_by``: live replicas that have it).
+
+    Raised before anything changes: a resume that gets it consumed nothing, so the decision can be given
+    again once the version is registered.
+    """
+
+    def __init__(
+        self, run_id: str, workflow_id: str, version: str, registered: str, served_by: list[str] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+        self.version = version
+        self.registered = registered
+        self.served_by = served_by or []
+        if self.served_by:
+            super().__init__(
+                f"Run {run_id} is on version {version} of workflow {workflow_id!r}, which this process does not "
+                f"have (it has: {registered}); {', '.join(self.served_by)} runs it. Nothing was changed: do this "
+                f"there, or register version {version} here."
+            )
+            return
+        super().__init__(
+            f"Run {run_id} is on version {version} of workflow {workflow_id!r}, which no running process has "
+            f"registered. Registered versions of {workflow_id!r}: {registered}. Nothing was changed: the run still "
+            f"waits and can be decided once version {version} is registered again; or move it onto the current "
+            f"version with `threadflow rerun {run_id} --from STEP`, or cancel it with `threadflow cancel {run_id}`."
+        )
 
 
 class RunFailure(ThreadflowError):

@@ -17,6 +17,7 @@ EventType = Literal[
     "run.waiting",
     "run.finished",
     "run.canceled",
+    "run.stranded",
     "step.started",
     "step.succeeded",
     "step.failed",

@@ -102,6 +102,8 @@ class RunExecution:
         self.results = dict(progress.results)
         self.suspensions = dict(progress.suspensions)
         self.signals = list(progress.signals)
+        #: Decisions recorded before this execution started (a settle must not mistake them for new input).
+        self.decided_before = [p for p, susp in progress.suspensions.items() if susp.status == "resolved"]
         self.failure_events: list[NewEvent] = []
         self._announcements: dict[str, StartAnnouncement] = {}
         #: The run as settled by this execution (None until it settles, or if it lost its lease).
@@ -133,16 +135,18 @@ class RunExecution:
 
     async def _settle_halt(self, halt: Halt) -> None:
         run_id, owner = self.run.id, self.engine.owner
+        unreached = [p for p in self.decided_before if p not in self.results]
         if halt.wake_at is not None or halt.events:
             self.engine.note_timer(halt.wake_at)
             data: dict[str, Any] = {"until": halt.wake_at, "events": halt.events, "suspended": halt.suspended}
             self._settled(await self.store.settle(
                 run_id, owner, "waiting", [NewEvent(type="run.waiting", data=data)],
-                ready_at=halt.wake_at, waiting_for=",".join(halt.events) or None,
+                ready_at=halt.wake_at, waiting_for=",".join(halt.events) or None, seen=unreached,
             ))
             return
         self._settled(await self.store.settle(
-            run_id, owner, "suspended", [NewEvent(type="run.suspended", data={"paths": halt.suspended})]
+            run_id, owner, "suspended", [NewEvent(type="run.suspended", data={"paths": halt.suspended})],
+            seen=unreached,
         ))
 
     async def _settle_failed(self, exc: Exception) -> None:

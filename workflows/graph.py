@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from pydantic import BaseModel, create_model
 
 from .step import RetryPolicy, Step
+from .versions import schema_shape
 
 if TYPE_CHECKING:
     from .workflow import CommittedWorkflow
@@ -38,6 +39,14 @@ class Node:
         """Ids of every step under this node (used for duplicate checks and path lookups)."""
         return []
 
+    def shape(self) -> list[Any]:
+        """What a run's recorded paths depend on: kind, id, schemas and children, never code.
+
+        A workflow's fingerprint hashes its root's shape (see ``versions.py``): two commits with the same
+        shape can continue each other's runs; a different shape is a different version.
+        """
+        return [type(self).__name__, self.id]
+
 
 @dataclass
 class StepNode(Node):
@@ -53,6 +62,10 @@ class StepNode(Node):
 
     def step_ids(self) -> list[str]:
         return [self.step.id]
+
+    def shape(self) -> list[Any]:
+        s = self.step
+        return [*super().shape(), s.id, *(schema_shape(m) for m in (s.input, s.output, s.suspend, s.resume))]
 
 
 @dataclass
@@ -72,6 +85,10 @@ class WorkflowNode(Node):
     def step_ids(self) -> list[str]:
         return [self.id]
 
+    def shape(self) -> list[Any]:
+        inner = self.workflow
+        return [*super().shape(), schema_shape(inner.input), schema_shape(inner.output), inner.root.shape()]
+
 
 @dataclass
 class SequenceNode(Node):
@@ -87,6 +104,9 @@ class SequenceNode(Node):
 
     def step_ids(self) -> list[str]:
         return [i for c in self.children for i in c.step_ids()]
+
+    def shape(self) -> list[Any]:
+        return [*super().shape(), [c.shape() for c in self.children]]
 
 
 @dataclass
@@ -106,6 +126,9 @@ class ParallelNode(Node):
     def step_ids(self) -> list[str]:
         return [i for c in self.children for i in c.step_ids()]
 
+    def shape(self) -> list[Any]:
+        return [*super().shape(), [c.shape() for c in self.children]]
+
 
 @dataclass
 class BranchNode(Node):
@@ -123,6 +146,9 @@ class BranchNode(Node):
 
     def step_ids(self) -> list[str]:
         return [i for _, n in self.branches for i in n.step_ids()]
+
+    def shape(self) -> list[Any]:
+        return [*super().shape(), [n.shape() for _, n in self.branches]]
 
 
 @dataclass
@@ -145,6 +171,9 @@ class LoopNode(Node):
     def step_ids(self) -> list[str]:
         return self.body.step_ids()
 
+    def shape(self) -> list[Any]:
+        return [*super().shape(), self.body.shape()]
+
 
 @dataclass
 class ForeachNode(Node):
@@ -157,6 +186,9 @@ class ForeachNode(Node):
     def step_ids(self) -> list[str]:
         return self.body.step_ids()
 
+    def shape(self) -> list[Any]:
+        return [*super().shape(), self.body.shape()]
+
 
 @dataclass
 class MapNode(Node):
@@ -168,6 +200,9 @@ class MapNode(Node):
     @property
     def output_model(self) -> type[BaseModel] | None:
         return self.output
+
+    def shape(self) -> list[Any]:
+        return [*super().shape(), schema_shape(self.output)]
 
 
 @dataclass
@@ -189,6 +224,9 @@ class WaitForEventNode(Node):
     @property
     def output_model(self) -> type[BaseModel] | None:
         return self.schema
+
+    def shape(self) -> list[Any]:
+        return [*super().shape(), self.event, schema_shape(self.schema)]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from typing import Any
 
 from storage.records import RunProgress, RunRecord, StepResultRecord
 
-from .errors import UsageError
-from .step import Step
+from .errors import InvalidInput, UsageError
+from .step import Step, parse_model
+from .versions import describe_version
 from .workflow import CommittedWorkflow
 
 _SEGMENT_SUFFIX = re.compile(r"(#\d+|\[\d+\])+$")
@@ -48,4 +49,22 @@ def plan_rerun(
         r for r in progress.results.values()
         if not r.path.startswith("__") and order.get(top_segment(r.path), cutoff) < cutoff
     ]
+    if original.workflow_fingerprint != wf.fingerprint:
+        _check_fit(wf, original, copied)
     return copied, start_path, step_def
+
+
+def _check_fit(wf: CommittedWorkflow, original: RunRecord, copied: list[StepResultRecord]) -> None:
+    """Moving a run onto another version: the results it keeps must fit that version's steps."""
+    for r in sorted(copied, key=lambda r: r.finished_at):
+        step = wf.find_step(r.step_id) if r.kind == "step" else None
+        if step is None or step.output is None:
+            continue
+        try:
+            parse_model(step.output, r.output, f"recorded output of step {r.path!r}")
+        except InvalidInput as exc:
+            where = describe_version(wf.version, wf.fingerprint)
+            raise UsageError(
+                f"Run {original.id} cannot keep its result of step {r.path!r} on version {where} of {wf.id!r}: "
+                f"{exc} Re-run from {top_segment(r.path)!r} (or an earlier step) instead."
+            ) from None

@@ -32,6 +32,7 @@ from .graph import (
     WorkflowOptions,
 )
 from .step import RetryPolicy, Step, dump_value, parse_model, validate_id
+from .versions import check_version, fingerprint_of, schema_shape
 
 Runnable = Union[Step[Any, Any], "CommittedWorkflow"]  # noqa: UP007 (forward reference)
 
@@ -50,9 +51,11 @@ class Workflow:
         suspend_ttl: float | None = None,
         approvers: Sequence[str] | None = None,
         chat_agent: Any = None,
+        version: str | None = None,
     ) -> None:
         validate_id(id, "workflow")
         self.id = id
+        self.version = check_version(id, version)
         self.input = input
         self.output = output
         self.description = description
@@ -151,7 +154,8 @@ class Workflow:
         _check_schemas(self.id, self.input, self.output, root)
         self._committed = True
         return CommittedWorkflow(
-            id=self.id, input=self.input, output=self.output, description=self.description, root=root, options=self.options
+            id=self.id, input=self.input, output=self.output, description=self.description, root=root, options=self.options,
+            version=self.version,
         )
 
 
@@ -165,9 +169,25 @@ class CommittedWorkflow:
     description: str | None
     root: SequenceNode
     options: WorkflowOptions = field(default_factory=WorkflowOptions)
+    #: The explicit version (``Workflow(id=..., version="2")``), or None.
+    version: str | None = None
 
     def __repr__(self) -> str:
-        return f"CommittedWorkflow(id={self.id!r})"
+        version = f", version={self.version!r}" if self.version else ""
+        return f"CommittedWorkflow(id={self.id!r}{version}, fingerprint={self.fingerprint[:8]!r})"
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the id, the version and the tree (step ids, kinds, nesting, schemas), not of step code.
+
+        Runs record it at start and only a definition with the same fingerprint executes them.
+        """
+        found = self.__dict__.get("_fingerprint")
+        if found is None:
+            found = self.__dict__["_fingerprint"] = fingerprint_of(self.id, self.version, [
+                schema_shape(self.input), schema_shape(self.output), self.root.shape(),
+            ])
+        return str(found)
 
     def parse_input(self, data: Any) -> Any:
         """Validate the run's input; the JSON-ready form is what gets stored."""

@@ -184,6 +184,45 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else "no details"
 
 
+async def check_stranded_runs(settings: Settings, database: Check) -> Check | None:
+    """Unfinished runs whose workflow version neither a live process nor these settings' modules have."""
+    import time
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from storage.database import normalize_url
+    from storage.versions import Serving, find_stranded
+    from workflows import describe_version
+    from workflows.errors import ThreadflowError
+    from workflows.loading import load_workflows
+
+    if database.status != "ok":
+        return None  # nothing to read (the database check said why)
+    try:
+        found = load_workflows(settings.workflows)
+    except ThreadflowError:
+        return None  # THREADFLOW_WORKFLOWS failed above
+    mine = Serving(tuple(wf.fingerprint for wf in found), tuple({wf.id for wf in found}))
+    engine = create_async_engine(normalize_url(settings.database_url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            stranded = await asyncio.wait_for(find_stranded(conn, mine, time.time(), limit=21), TIMEOUT)
+    except Exception as exc:  # any driver error: said, not raised
+        return Check("Stranded runs", "warn", f"could not be checked: {type(exc).__name__}: {_first_line(exc)}")
+    finally:
+        await engine.dispose()
+    if not stranded:
+        return Check("Stranded runs", "ok", "every unfinished run's workflow version is registered.")
+    listed = "; ".join(
+        f"{r.id} ({r.workflow_id} version {describe_version(r.workflow_version, r.workflow_fingerprint)}, {r.status})"
+        for r in stranded[:20]
+    ) + ("; and more (threadflow runs --status stranded)" if len(stranded) > 20 else "")
+    return Check("Stranded runs", "fail", f"{len(stranded) if len(stranded) <= 20 else 'over 20'} unfinished run(s) are "
+                 f"on workflow versions no running process nor THREADFLOW_WORKFLOWS has: {listed}. Register the old "
+                 "version again, move a run with `threadflow rerun RUN --from STEP`, or `threadflow cancel RUN`.")
+
+
 # -- Slack --------------------------------------------------------------------------------------------
 
 
@@ -276,6 +315,9 @@ async def check_model(settings: Settings) -> list[Check]:
 async def diagnose(settings: Settings) -> list[Check]:
     checks = check_settings(settings)
     checks.append(await check_database(settings))
+    stranded = await check_stranded_runs(settings, checks[-1])
+    if stranded is not None:
+        checks.append(stranded)
     checks.extend(await check_slack(settings))
     checks.extend(await check_model(settings))
     return checks

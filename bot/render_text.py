@@ -32,10 +32,7 @@ def print_workflows(workflows: Iterable[CommittedWorkflow], versions: Sequence[V
         else:
             print(f"{wf.id}" + (f"  - {wf.description}" if wf.description else ""))
             _print_input(wf)
-        mine = [v for v in versions if v.workflow_id == wid]
-        if mine:
-            print("    versions:")
-        for v in mine:
+        for v in (v for v in versions if v.workflow_id == wid):
             where = ["newest"] if v.newest else []
             where.append("registered here" if v.registered else "not registered here")
             if v.served_by:
@@ -43,7 +40,7 @@ def print_workflows(workflows: Iterable[CommittedWorkflow], versions: Sequence[V
             elif v.open_runs and not v.registered:
                 where.append("STRANDED: no running process has it")
             runs = f"{v.open_runs} open run{'s' if v.open_runs != 1 else ''}"
-            print(f"      {v.describe():<24} {runs:<14} {', '.join(where)}")
+            print(f"    version {v.describe()}: {', '.join(where)}; {runs}")
 
 
 def _print_input(wf: CommittedWorkflow) -> None:

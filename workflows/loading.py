@@ -15,24 +15,27 @@ def load_workflows(modules: Iterable[str] | str | None = None, *, builtins: bool
     """Import each ``module`` or ``module:attribute`` and collect its committed workflows.
 
     A module contributes every module-level :class:`CommittedWorkflow` (or the list in its ``WORKFLOWS``).
-    Later definitions replace earlier ones with the same id, so a team can override a built-in example.
+    Several definitions of one id are kept, in order, as versions of it (``deploy_app_v1`` beside
+    ``deploy_app``; see ``workflows/versions.py``); the same definition found twice counts once. A module's
+    definition of a built-in example's id replaces the built-in.
     """
     if modules is None:
         modules = os.environ.get("THREADFLOW_WORKFLOWS", "")
     if isinstance(modules, str):
         modules = [m.strip() for m in modules.split(",") if m.strip()]
-    found: dict[str, CommittedWorkflow] = {}
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    found: dict[tuple[str, str], CommittedWorkflow] = {}
+    for spec in modules:
+        for wf in _load_one(spec):
+            found.setdefault((wf.id, wf.fingerprint), wf)
+    builtin: list[CommittedWorkflow] = []
     if builtins:
         from .examples import builtin_workflows
 
-        for wf in builtin_workflows():
-            found[wf.id] = wf
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    for spec in modules:
-        for wf in _load_one(spec):
-            found[wf.id] = wf
-    return list(found.values())
+        ids = {wid for wid, _ in found}
+        builtin = [wf for wf in builtin_workflows() if wf.id not in ids]
+    return builtin + list(found.values())
 
 
 def _load_one(spec: str) -> list[CommittedWorkflow]:

@@ -1,0 +1,34 @@
+"""``threadflow doctor`` lists runs stranded on a workflow version nothing running (nor its modules) has."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.versioned_flows import deploy_v1
+from tests.ops.conftest import ROOT, cli_env
+from workflows import Engine
+
+
+def doctor(tmp_path: Path, flows: str) -> subprocess.CompletedProcess[str]:
+    env = cli_env(tmp_path, THREADFLOW_WORKFLOWS=f"tests.helpers.versioned_flows:{flows}")
+    return subprocess.run([sys.executable, "-m", "bot.cli", "doctor"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+async def test_doctor_lists_a_stranded_run_and_is_content_once_its_version_is_registered(tmp_path: Path) -> None:
+    engine = Engine.from_url(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", poll_interval=0.05)
+    engine.register(deploy_v1())
+    run_id = (await (await engine.start("deploy", {})).result(timeout=15)).run_id
+    await engine.close()
+
+    stranded = doctor(tmp_path, "V2")
+    line = next(ln for ln in stranded.stdout.splitlines() if "Stranded runs" in ln)
+    assert line.startswith("[FAIL] Stranded runs: 1 unfinished run(s)")
+    assert f"{run_id} (deploy version 1 ({deploy_v1().fingerprint[:8]}), suspended)" in line
+    assert "threadflow rerun RUN --from STEP" in line
+    assert stranded.returncode == 1
+
+    fine = doctor(tmp_path, "BOTH")
+    assert "[ ok ] Stranded runs: every unfinished run's workflow version is registered." in fine.stdout

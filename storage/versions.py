@@ -67,7 +67,9 @@ def served_live(now: float) -> ColumnElement[bool]:
     )
 
 
-async def find_stranded(conn: AsyncConnection, mine: Serving, now: float, limit: int = 100) -> list[RunRecord]:
+async def find_stranded(
+    conn: AsyncConnection, mine: Serving, now: float, limit: int = 100, workflow_id: str | None = None,
+) -> list[RunRecord]:
     """Unfinished runs that neither a live process nor the asking one (``mine``) can execute, oldest first.
 
     Takes a connection so ``threadflow doctor`` can ask without opening (and so migrating) the database.
@@ -78,6 +80,8 @@ async def find_stranded(conn: AsyncConnection, mine: Serving, now: float, limit:
         .order_by(runs.c.created_at, runs.c.id)
         .limit(limit)
     )
+    if workflow_id is not None:
+        q = q.where(runs.c.workflow_id == workflow_id)
     return [RunRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
 
@@ -125,9 +129,9 @@ class VersionStore:
 
         return await self.db.read(op)
 
-    async def stranded(self, mine: Serving, limit: int = 100) -> list[RunRecord]:
+    async def stranded(self, mine: Serving, limit: int = 100, workflow_id: str | None = None) -> list[RunRecord]:
         now = time.time()
-        return await self.db.read(lambda conn: find_stranded(conn, mine, now, limit))
+        return await self.db.read(lambda conn: find_stranded(conn, mine, now, limit, workflow_id))
 
     async def open_counts(self) -> list[VersionCount]:
         """Unfinished runs per workflow version."""

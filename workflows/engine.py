@@ -389,8 +389,7 @@ class Engine:
         process nor this one has (oldest first), the ones nothing will continue."""
         await self.open()
         if status == "stranded":
-            found = await self.replica.store.stranded(self.replica.mine(), limit)
-            return [r for r in found if workflow_id is None or r.workflow_id == workflow_id]
+            return await self.replica.store.stranded(self.replica.mine(), limit, workflow_id)
         return await self.store.list_runs(status=status, workflow_id=workflow_id, limit=limit)
 
     async def details(self, run_id: str) -> RunDetails:

@@ -40,8 +40,7 @@ class Replica:
 
     def registered(self) -> None:
         """The engine's registry changed: claim only its runs now, and tell the others soon."""
-        registry = self.engine.registry
-        self.engine.store.serving = Serving(registry.fingerprints(), registry.workflow_ids())
+        self.engine.store.serving = self.mine()
         self._changed.set()
 
     async def run(self) -> None:
@@ -49,7 +48,7 @@ class Replica:
         engine = self.engine
         interval = max(0.05, min(engine.lease_seconds / 3, 10.0))
         up_since = time.monotonic()
-        while not engine._closing:
+        while True:  # until the engine cancels it on close
             self._changed.clear()
             try:
                 served = [(wf.id, wf.version, wf.fingerprint) for wf in engine.registry]
@@ -112,7 +111,7 @@ class Replica:
         if run.is_terminal or self.engine.registry.for_run(run) is not None:
             return False
         if run.workflow_fingerprint is None:
-            return not any(v.workflow_id == run.workflow_id for v in await self.store.live(run.workflow_id))
+            return not await self.store.live(run.workflow_id)
         return not await self.store.served_by(run.workflow_fingerprint)
 
     async def report(self) -> list[VersionStatus]:
@@ -139,6 +138,7 @@ class Replica:
         return sorted(by_version, key=lambda r: (r.workflow_id, not r.newest, not r.registered, r.fingerprint is None))
 
     def mine(self) -> Serving:
+        """The versions this process has (fingerprints, and workflow ids for runs recorded without one)."""
         registry = self.engine.registry
         return Serving(registry.fingerprints(), registry.workflow_ids())
 

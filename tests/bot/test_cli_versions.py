@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.helpers.versioned_flows import V2 as V2_FLOWS
 from tests.helpers.versioned_flows import deploy_v1, deploy_v2
+from workflows import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = "tests.helpers.versioned_flows"
@@ -126,14 +128,22 @@ def test_resume_of_a_run_that_never_settles_returns_within_its_wait_bound_using_
     assert "already resumed" in again.stderr
 
 
-def test_no_wait_returns_at_once_and_leaves_the_run_to_a_process_that_executes_runs(cli: CLI) -> None:
+async def test_no_wait_returns_at_once_and_leaves_the_run_to_a_process_that_executes_runs(
+    cli: CLI, tmp_path: Path,
+) -> None:
     run_id = as_json(cli("run", "deploy"))["run_id"]
     started = time.monotonic()
     handed = as_json(cli("resume", run_id, "--data", '{"approved": true}', "--no-wait"))
     assert handed["status"] == "pending" and time.monotonic() - started < 30
-    recovered = as_json(cli("recover", "--wait", "20"))
-    assert recovered["recovered"] == [run_id] and recovered["results"][0]["status"] == "success"
     queued = as_json(cli("run", "deploy", "--no-wait"))
     assert queued["status"] == "pending"
+
+    worker = Engine.from_url(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", poll_interval=0.05).register(*V2_FLOWS)
+    try:
+        assert (await worker.wait_for(run_id, timeout=20)).status == "success"
+        assert (await worker.wait_for(queued["run_id"], timeout=20)).status == "suspended"
+    finally:
+        await worker.close()
+    assert as_json(cli("recover", "--wait", "5")) == {"recovered": [], "results": []}
     bad = cli("resume", run_id, "--wait", "0", expect=2)
     assert "--wait" in bad.stderr and "--no-wait" in bad.stderr

@@ -112,11 +112,13 @@ class Engine:
 
     def register(self, *workflows: CommittedWorkflow) -> Engine:
         """Register definitions; a second version of an id goes beside the first (see ``workflows/versions.py``)."""
-        for wf in workflows:
-            if not isinstance(wf, CommittedWorkflow):
-                raise TypeError(f"register() takes committed workflows; call .commit() on {wf!r} first.")
-            self.registry.add(wf)
-        self.replica.registered()
+        try:
+            for wf in workflows:
+                if not isinstance(wf, CommittedWorkflow):
+                    raise TypeError(f"register() takes committed workflows; call .commit() on {wf!r} first.")
+                self.registry.add(wf)
+        finally:
+            self.replica.registered()
         return self
 
     @property

@@ -133,6 +133,10 @@ class Engine:
             raise WorkflowNotFound(workflow_id, list(self.registry.workflow_ids()))
         return wf
 
+    def workflow_of(self, run: RunRecord) -> CommittedWorkflow | None:
+        """The definition of the run's own version, if registered here (the one that executes it)."""
+        return self.registry.for_run(run)
+
     def versions(self, workflow_id: str | None = None) -> list[VersionInfo]:
         """Every registered version (of one workflow id, or of all), newest first within an id."""
         return self.registry.infos(workflow_id)

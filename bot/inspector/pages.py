@@ -97,12 +97,13 @@ async def run_page(request: web.Request) -> web.Response:
     insp = inspector_of(request)
     run = await visible_run(request)
     view = await load_run_view(insp.engine, run.id)
-    wf = insp.engine.workflows.get(run.workflow_id)
+    wf = insp.engine.workflow_of(run)  # the run's own version: its graph, its steps
     viewer = viewer_of(request)
     return insp.page(
         request, "run.html", nav="runs", graph=workflow_graph(wf).model_dump() if wf else None,
         may_act=insp.access.may_act(viewer, view.run), approvers=list(insp.config.approvers),
-        step_ids=rerun_targets(wf, view), event_names=event_names(wf),
+        step_ids=rerun_targets(insp.engine.workflows.get(run.workflow_id), view),  # a re-run takes the newest
+        event_names=event_names(wf),
         **await live_context(insp, viewer, view),
     )
 
@@ -114,7 +115,7 @@ async def live_context(insp: Inspector, viewer: Viewer, view: RunView) -> dict[s
     link = None
     if slack is not None and slack.root_ts and insp.directory is not None:
         link = await insp.directory.permalink(slack.channel_id, slack.root_ts)
-    wf = insp.engine.workflows.get(run.workflow_id)
+    wf = insp.engine.workflow_of(run)
     suspensions = []
     for susp in view.open_suspensions:
         step = wf.find_step(susp.step_id) if wf else None

@@ -51,13 +51,19 @@ STEP_ICON = {
 }
 
 
+def escape(text: str) -> str:
+    """Text that did not come from the bot's own markup, made safe for mrkdwn: Slack reads ``&``, ``<`` and
+    ``>`` as control characters (``<!channel>`` would ping everyone, ``<https://x|y>`` disguise a link)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def clip(text: str, limit: int = SECTION_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def pretty(value: Any, limit: int = 1500) -> str:
     text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False, default=str)
-    return clip(text, limit)
+    return clip(escape(text), limit)
 
 
 @dataclass
@@ -79,6 +85,7 @@ class Checklist:
     status: str = "running"
     steps: dict[str, StepLine] = field(default_factory=dict)
     error: str | None = None
+    canceled_by: str | None = None
 
     def step(self, path: str, step_id: str | None) -> StepLine:
         line = self.steps.get(path)
@@ -96,9 +103,9 @@ def root_message(cl: Checklist) -> tuple[str, list[dict[str, Any]]]:
     """The run's root message: header, status, who started it, and the live checklist."""
     lines = []
     for line in cl.steps.values():
-        note = f" _{line.note}_" if line.note else ""
+        note = f" _{escape(line.note)}_" if line.note else ""
         retry = f" (attempt {line.attempts})" if line.attempts > 1 else ""
-        lines.append(f"{STEP_ICON.get(line.state, '')} `{line.path}`{retry}{note}")
+        lines.append(f"{STEP_ICON.get(line.state, '')} `{escape(line.path)}`{retry}{note}")
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=clip(f"Workflow {cl.workflow_id}", 150))),
         SectionBlock(text=MarkdownTextObject(text=f"*Status:* {status_text(cl.status)}   ·   Run `{cl.run_id}`")),
@@ -110,7 +117,9 @@ def root_message(cl: Checklist) -> tuple[str, list[dict[str, Any]]]:
         blocks.append(DividerBlock())
         blocks.append(SectionBlock(text=MarkdownTextObject(text=clip("\n".join(lines)))))
     if cl.error:
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(f":x: {cl.error}"))))
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip(f":x: {escape(cl.error)}"))))
+    if cl.status == "canceled":
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=f":no_entry_sign: Canceled by {mention(cl.canceled_by)}.")))
     fallback = f"Workflow {cl.workflow_id} ({cl.run_id}): {cl.status}"
     return fallback, [b.to_dict() for b in blocks[:MAX_BLOCKS]]
 
@@ -118,7 +127,7 @@ def root_message(cl: Checklist) -> tuple[str, list[dict[str, Any]]]:
 def mention(user: str | None) -> str:
     if not user:
         return "someone"
-    return f"<@{user}>" if user[:1] in "UW" and user.isalnum() else user
+    return f"<@{user}>" if user[:1] in "UW" and user.isalnum() else escape(user)
 
 
 def approval_message(run_id: str, path: str, payload: Any, expires_at: float | None) -> tuple[str, list[dict[str, Any]]]:
@@ -150,7 +159,7 @@ def decided_message(run_id: str, path: str, payload: Any, approved: bool, by: st
     elif approved:
         verdict = f":white_check_mark: Approved by {mention(by)}"
     else:
-        verdict = f":x: Rejected by {mention(by)}" + (f": {reason}" if reason else "")
+        verdict = f":x: Rejected by {mention(by)}" + (f": {escape(reason)}" if reason else "")
     return verdict, _closed_approval(run_id, path, title, body, verdict)
 
 
@@ -190,7 +199,7 @@ def shows_step(message: dict[str, Any], run_id: str, path: str) -> bool:
 def describe_payload(payload: Any) -> tuple[str, str]:
     if not isinstance(payload, dict):
         return "Approval needed", pretty(payload) if payload is not None else ""
-    title = str(payload.get("title") or payload.get("summary") or "Approval needed")
+    title = escape(str(payload.get("title") or payload.get("summary") or "Approval needed"))
     lines = []
     for key, value in payload.items():
         if key in ("title",):
@@ -198,9 +207,8 @@ def describe_payload(payload: Any) -> tuple[str, str]:
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
         if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
             shown = ", ".join(str(v) for v in value)
-        if isinstance(value, str) and _USER_ID.fullmatch(value):
-            shown = mention(value)
-        lines.append(f"*{key.replace('_', ' ')}:* {shown}")
+        shown = mention(value) if isinstance(value, str) and _USER_ID.fullmatch(value) else escape(shown)
+        lines.append(f"*{escape(key.replace('_', ' '))}:* {shown}")
     return title, clip("\n".join(lines), 2500)
 
 
@@ -235,6 +243,6 @@ def result_reply(status: str, output: Any, error: str | None, error_path: str | 
     elif status == "canceled":
         text = ":no_entry_sign: *Run canceled.*" + (f" {error}" if error else "")
     else:
-        where = f" at step `{error_path}`" if error_path else ""
-        text = f":x: *Run failed{where}.*\n{error or 'unknown error'}"
+        where = f" at step `{escape(error_path)}`" if error_path else ""
+        text = f":x: *Run failed{where}.*\n{escape(error or 'unknown error')}"
     return text.split("\n")[0], text_reply(text)

@@ -19,6 +19,12 @@ Verb = Literal["help", "workflows", "run", "runs", "status", "cancel", "schedule
 VERBS: tuple[str, ...] = ("help", "workflows", "run", "runs", "status", "cancel", "schedule", "schedules", "unschedule")
 
 
+#: Bounds on what a slash command may carry: Slack must get an answer within 3 seconds, whatever was typed.
+MAX_TEXT = 8_000
+MAX_DEPTH = 32
+MAX_INT_DIGITS = 64
+
+
 class Command(BaseModel):
     verb: Verb
     args: str = ""
@@ -43,6 +49,8 @@ def usage(command: str = "/flow") -> str:
 
 
 def parse_command(text: str, command: str = "/flow") -> Command:
+    if len(text or "") > MAX_TEXT:
+        raise CommandError(f"That command is {len(text):,} characters long; `{command}` takes at most {MAX_TEXT:,}.")
     stripped = (text or "").strip()
     if not stripped:
         return Command(verb="help")
@@ -89,12 +97,7 @@ def parse_run_input(wf: CommittedWorkflow, raw: str) -> Any:
     if not raw:
         data: Any = {}
     elif raw.startswith("{"):
-        try:
-            data = json.loads(raw)
-        except RecursionError:
-            raise InvalidInput(f"input of workflow {wf.id!r}", "the JSON is nested too deeply") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"input of workflow {wf.id!r}", f"the JSON is malformed ({exc.msg} at column {exc.colno})") from None
+        data = loads_bounded(raw, f"input of workflow {wf.id!r}")
     elif _looks_like_pairs(raw):
         data = _parse_pairs(raw, string_fields(wf.input))
     else:
@@ -125,12 +128,53 @@ def _parse_pairs(raw: str, text_fields: list[str]) -> dict[str, Any]:
             out[key] = value
             continue
         try:
-            out[key] = json.loads(value)
-        except RecursionError:
-            raise InvalidInput("input", f"the value of {key!r} is nested too deeply") from None
-        except json.JSONDecodeError:
+            out[key] = loads_bounded(value, f"input field {key!r}")
+        except _NotJson:
             out[key] = value
     return out
+
+
+class _NotJson(ValueError):
+    """The text is not JSON at all (a plain value of a ``key=value`` pair)."""
+
+
+def loads_bounded(raw: str, where: str) -> Any:
+    """``json.loads`` with bounds on nesting and on the length of integers, checked before parsing, so no
+    input can make the parser spin past Slack's deadline or fail with something other than a clear error."""
+    depth = 0
+    in_string = escaped = False
+    for ch in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise InvalidInput(where, f"the JSON is nested more than {MAX_DEPTH} levels deep")
+        elif ch in "]}":
+            depth -= 1
+
+    def bounded_int(text: str) -> int:
+        if len(text.lstrip("-")) > MAX_INT_DIGITS:
+            raise InvalidInput(where, f"a number has more than {MAX_INT_DIGITS} digits")
+        return int(text)
+
+    try:
+        return json.loads(raw, parse_int=bounded_int)
+    except json.JSONDecodeError as exc:
+        if raw.lstrip()[:1] not in ("{", "["):
+            raise _NotJson(raw) from None
+        raise InvalidInput(where, f"the JSON is malformed ({exc.msg} at column {exc.colno})") from None
+    except (RecursionError, ValueError) as exc:
+        if isinstance(exc, InvalidInput):
+            raise
+        raise InvalidInput(where, "the JSON could not be read (too large or too deep)") from None
 
 
 def _unquote(raw: str) -> str:

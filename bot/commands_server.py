@@ -107,6 +107,25 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+#: Every scope the bot asks for, and what it uses it for (the README's table is made from this).
+BOT_SCOPES: dict[str, str] = {
+    "commands": "the slash command",
+    "chat:write": "post and update run messages, approval cards, answers and ephemeral notes",
+    "chat:write.public": "post a run's messages in a public channel the bot was not invited to",
+    "app_mentions:read": "answer when someone mentions the bot",
+    "channels:history": "thread replies in public channels (chat with the agents; a deleted approval card)",
+    "groups:history": "the same in private channels the bot was invited to",
+    "im:history": "direct messages to the bot (answered there)",
+    # The run inspector shows a signed-in person only runs of channels they belong to (users.conversations).
+    "channels:read": "the run inspector: which public channels a signed-in person is in",
+    "groups:read": "the run inspector: which private channels a signed-in person is in",
+    "im:read": "the run inspector: a signed-in person's direct-message conversations",
+    "mpim:read": "the run inspector: a signed-in person's group direct messages",
+}
+
+BOT_EVENTS = ["app_mention", "message.channels", "message.groups", "message.im"]
+
+
 def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> dict[str, Any]:
     """The Slack app manifest: the slash command, scopes, interactivity and event URLs."""
     base = (url or settings.public_url or "https://YOUR-PUBLIC-HOST").rstrip("/")
@@ -121,7 +140,7 @@ def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> d
     if not socket_mode:
         command["url"] = events_url
     settings_section: dict[str, Any] = {
-        "event_subscriptions": {"bot_events": ["app_mention", "message.channels", "message.groups", "message.im"]},
+        "event_subscriptions": {"bot_events": list(BOT_EVENTS)},
         "interactivity": {"is_enabled": True},
         "org_deploy_enabled": False,
         "socket_mode_enabled": socket_mode,
@@ -133,18 +152,12 @@ def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> d
     return {
         "display_information": {"name": name, "description": "Durable AI agent workflows, run from Slack."},
         "features": {
+            "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
             "bot_user": {"display_name": name, "always_online": True},
             "slash_commands": [command],
         },
         "oauth_config": {
-            "scopes": {
-                "bot": [
-                    "commands", "chat:write", "chat:write.public", "app_mentions:read", "channels:history",
-                    "groups:history", "im:history", "users:read",
-                    # the run inspector asks which channels a signed-in person belongs to (users.conversations)
-                    "channels:read", "groups:read", "im:read", "mpim:read",
-                ]
-            },
+            "scopes": {"bot": list(BOT_SCOPES)},
             **({"redirect_urls": [settings.ui_url.rstrip("/") + "/auth/slack/callback"]} if settings.ui_url else {}),
         },
         "settings": settings_section,

@@ -66,6 +66,14 @@ class Metrics:
         self.slack_ratelimited = Counter(
             "threadflow_slack_ratelimited", "Slack Web API responses with HTTP 429 (retried ones included).",
             ["method"], registry=r)
+        self.slack_deliveries = Counter(
+            "threadflow_slack_deliveries", "Outbox deliveries to Slack, by message kind and outcome "
+            "(sent, found, retried, ratelimited, shortened, reposted, failed).", ["kind", "outcome"], registry=r)
+        self.slack_delivery_failures = Counter(
+            "threadflow_slack_delivery_failures", "Messages Slack refused for good, by Slack error code.",
+            ["error"], registry=r)
+        self.slack_outbox = Gauge("threadflow_slack_outbox", "Outbox messages by state (pending: not taken by "
+                                  "Slack yet).", ["state"], registry=r)
         self.llm_calls = Counter("threadflow_llm_calls", "Model calls, by outcome.", ["model", "outcome"], registry=r)
         self.llm_tokens = Counter("threadflow_llm_tokens", "Tokens used, by kind (prompt or completion).",
                                   ["model", "kind"], registry=r)
@@ -162,8 +170,13 @@ class Metrics:
             return
         try:
             self.runs_suspended.set(await self.engine.store.count_runs("suspended"))
-        except Exception as exc:  # a scrape still answers; the gauge keeps its last value
-            log.warning("metrics: could not count suspended runs: %s", type(exc).__name__)
+            from storage.slack_store import SlackStore
+
+            counts = await SlackStore(self.engine.db).delivery_counts()
+            for state in ("pending", "sent", "failed"):
+                self.slack_outbox.labels(state).set(counts.get(state, 0))
+        except Exception as exc:  # a scrape still answers; the gauges keep their last values
+            log.warning("metrics: could not read the database's gauges: %s", type(exc).__name__)
 
     async def render(self) -> bytes:
         await self.refresh()

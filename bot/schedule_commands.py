@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from storage.schedule_store import ScheduleRecord, ScheduleStore
+from workflows import Engine
 from workflows.errors import UsageError
 from workflows.schedules import CRON_HELP, FireFn, ScheduleError, Scheduler, check_timezone, create_schedule
 from workflows.tracing import log_context
 
 from .commands import CommandError, parse_run_input
+from .settings import Settings
 
 if TYPE_CHECKING:
-    from .app import SlackBot
+    from .deps import BotDeps
 
 log = logging.getLogger("threadflow.bot.schedules")
 
@@ -105,58 +108,61 @@ def describe(schedule: ScheduleRecord, *, mention_channel: bool = True) -> str:
             f"next: {format_time(schedule.next_at, schedule.timezone)}")
 
 
-async def handle_schedule_command(bot: SlackBot, verb: str, args: str, command: dict[str, Any]) -> str:
-    """The ephemeral answer to ``schedule``, ``schedules`` or ``unschedule`` (errors included, with usage)."""
-    name = bot.settings.command
-    store = ScheduleStore(bot.engine.db)
+async def handle_schedule_command(settings: Settings, engine: Engine, verb: str, args: str,
+                                  command: dict[str, Any], *, wake: Callable[[], None] | None = None) -> str:
+    """The ephemeral answer to ``schedule``, ``schedules`` or ``unschedule`` (errors included, with usage).
+
+    ``wake`` tells this process's scheduler that a schedule was added (so a near one is not missed)."""
+    name = settings.command
+    store = ScheduleStore(engine.db)
     try:
         if verb == "schedule":
-            return await _schedule(bot, store, args, command)
+            return await _schedule(settings, engine, store, args, command, wake)
         if verb == "schedules":
-            return await _list(bot, store, command)
+            return await _list(settings, store, command)
         if verb == "unschedule":
-            return await _unschedule(bot, store, args, command)
+            return await _unschedule(settings, store, args, command)
         raise CommandError(f"Unknown subcommand `{verb}`.")
     except UsageError as exc:
         return f":warning: {exc}\n{schedule_usage(name)}"
 
 
-async def _schedule(bot: SlackBot, store: ScheduleStore, args: str, command: dict[str, Any]) -> str:
-    name = bot.settings.command
+async def _schedule(settings: Settings, engine: Engine, store: ScheduleStore, args: str, command: dict[str, Any],
+                    wake: Callable[[], None] | None) -> str:
+    name = settings.command
     first = (args or "").split(" ", 1)[0]
-    wf = bot.engine.workflows.get(first)
+    wf = engine.workflows.get(first)
     bare_tz = wf is None or wf.input is None or "tz" not in wf.input.model_fields
     request = parse_schedule_args(args, name, bare_tz=bare_tz)
-    wf = bot.engine.get_workflow(request.workflow_id)
+    wf = engine.get_workflow(request.workflow_id)
     data = parse_run_input(wf, request.raw_input)
     schedule = await create_schedule(
-        bot.engine, store, wf.id, request.cron, input=data, timezone=request.timezone or bot.settings.timezone,
+        engine, store, wf.id, request.cron, input=data, timezone=request.timezone or settings.timezone,
         team_id=command.get("team_id") or None, channel_id=command["channel_id"], created_by=command["user_id"],
     )
-    scheduler = getattr(bot, "scheduler", None)
-    if isinstance(scheduler, Scheduler):
-        scheduler.wake()
+    if wake is not None:
+        wake()
     log.info("schedule %s created for %s", schedule.id, schedule.workflow_id)
     return (f":calendar: Scheduled. {describe(schedule, mention_channel=False)}. Runs will post in this channel.\n"
             f"Remove it with `{name} unschedule {schedule.id}`.")
 
 
-async def _list(bot: SlackBot, store: ScheduleStore, command: dict[str, Any]) -> str:
+async def _list(settings: Settings, store: ScheduleStore, command: dict[str, Any]) -> str:
     schedules = await store.list_schedules(team_id=command.get("team_id") or None)
     if not schedules:
-        return f"No schedules yet. Add one with `{bot.settings.command} schedule WORKFLOW \"CRON\"`."
+        return f"No schedules yet. Add one with `{settings.command} schedule WORKFLOW \"CRON\"`."
     return "\n".join(["*Schedules*", *(f"• {describe(s)}" for s in schedules)])
 
 
-async def _unschedule(bot: SlackBot, store: ScheduleStore, args: str, command: dict[str, Any]) -> str:
-    name = bot.settings.command
+async def _unschedule(settings: Settings, store: ScheduleStore, args: str, command: dict[str, Any]) -> str:
+    name = settings.command
     schedule_id = (args or "").split()[0] if (args or "").split() else ""
     schedule = await store.get(schedule_id) if schedule_id else None
     team = command.get("team_id") or None
     if schedule is None or (team and schedule.team_id not in (None, team)):
         raise ScheduleError(f"There is no schedule {schedule_id!r}. List them with `{name} schedules`.")
     user = command["user_id"]
-    allowed = set(bot.settings.approvers)
+    allowed = set(settings.approvers)
     if schedule.created_by and _is_slack_user(schedule.created_by):
         allowed.add(schedule.created_by)
     if allowed and user not in allowed:
@@ -178,41 +184,39 @@ class ScheduleFireError(Exception):
     """The scheduled run could not be started in its channel (the reason is what a person would have seen)."""
 
 
-async def fire_in_slack(bot: SlackBot, schedule: ScheduleRecord, run_input: Any = None) -> None:
+async def fire_in_slack(deps: BotDeps, schedule: ScheduleRecord, run_input: Any = None) -> None:
     """Start the schedule's run as ``/flow run`` in its channel would: root message there, run in its thread.
 
     A schedule made outside Slack (no channel) starts its run on the engine alone.
     """
+    from .run_start import StartRequest, start_run_in_channel
+
     data = schedule.input if run_input is None else run_input
     if not schedule.channel_id:
-        await bot.engine.start(schedule.workflow_id, data, started_by=f"schedule:{schedule.id}")
+        await deps.engine.start(schedule.workflow_id, data, started_by=f"schedule:{schedule.id}")
         return
     user = schedule.created_by if _is_slack_user(schedule.created_by) else f"schedule:{schedule.id}"
-    command = {"team_id": schedule.team_id or "", "channel_id": schedule.channel_id, "user_id": user}
-    problems: list[str] = []
-
-    async def respond(**kwargs: Any) -> None:  # no person is waiting for an ephemeral answer: keep it
-        problems.append(str(kwargs.get("text") or "unknown problem"))
-
+    request = StartRequest(team_id=schedule.team_id or "", channel_id=schedule.channel_id, user_id=user or "",
+                           workflow_id=schedule.workflow_id, data=data)
     with log_context(schedule_id=schedule.id, channel_id=schedule.channel_id, team_id=schedule.team_id):
-        await bot.start_run(command, schedule.workflow_id, data, respond)
-    if problems:
+        outcome = await start_run_in_channel(deps, request)
+    if outcome.problem is not None:
         raise ScheduleFireError(f"Schedule {schedule.id} could not start {schedule.workflow_id!r} in "
-                                f"{schedule.channel_id}: {problems[0]}")
+                                f"{schedule.channel_id}: {outcome.problem}")
 
 
-def slack_fire(bot: SlackBot) -> FireFn:
+def slack_fire(deps: BotDeps) -> FireFn:
     """``fire`` for :class:`~workflows.schedules.Scheduler`: every schedule fires through :func:`fire_in_slack`."""
 
     async def fire(schedule: ScheduleRecord, run_input: Any) -> None:
-        await fire_in_slack(bot, schedule, run_input)
+        await fire_in_slack(deps, schedule, run_input)
 
     return fire
 
 
-def make_scheduler(bot: SlackBot) -> Scheduler:
+def make_scheduler(deps: BotDeps) -> Scheduler:
     """The bot process's scheduler: fires every schedule, posting those made in a channel there."""
-    return Scheduler(bot.engine, ScheduleStore(bot.engine.db), fire=slack_fire(bot))
+    return Scheduler(deps.engine, ScheduleStore(deps.engine.db), fire=slack_fire(deps))
 
 
 __all__ = [

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", validation_alias="THREADFLOW_LOG_LEVEL")
     log_format: str = Field("text", validation_alias="THREADFLOW_LOG_FORMAT")
     progress_interval: float = Field(1.0, validation_alias="THREADFLOW_PROGRESS_INTERVAL", ge=0)
+    slack_timeout: float = Field(10.0, validation_alias="THREADFLOW_SLACK_TIMEOUT", gt=0)
+    slack_pacing: bool = Field(True, validation_alias="THREADFLOW_SLACK_PACING")
+    max_connections: int = Field(512, validation_alias="THREADFLOW_MAX_CONNECTIONS", gt=0)
     lease_seconds: float = Field(30.0, validation_alias="THREADFLOW_LEASE_SECONDS", gt=0)
     poll_interval: float = Field(1.0, validation_alias="THREADFLOW_POLL_INTERVAL", gt=0)
     timezone: str = Field("UTC", validation_alias="THREADFLOW_TIMEZONE")
@@ -105,9 +108,19 @@ class Settings(BaseSettings):
             return self.model
         return "openai:gpt-4o-mini" if self.openai_api_key else "offline"
 
+    @property
+    def socket_mode(self) -> bool:
+        return self.slack_app_token is not None and bool(self.slack_app_token.get_secret_value().strip())
+
     def require_slack(self) -> None:
-        """Stop start-up with one clear line naming the first missing Slack setting."""
-        for env, value in (("SLACK_BOT_TOKEN", self.slack_bot_token), ("SLACK_SIGNING_SECRET", self.slack_signing_secret)):
+        """Stop start-up with one clear line naming the first missing Slack setting.
+
+        Socket Mode (``SLACK_APP_TOKEN``) needs no signing secret: Slack's requests arrive over a connection
+        the app token authenticates, not as signed HTTP requests."""
+        required = [("SLACK_BOT_TOKEN", self.slack_bot_token)]
+        if not self.socket_mode:
+            required.append(("SLACK_SIGNING_SECRET", self.slack_signing_secret))
+        for env, value in required:
             if value is None or not value.get_secret_value().strip():
                 raise SettingsError(
                     f"{env} is not set. Set it in the environment or in .env "

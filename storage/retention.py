@@ -35,7 +35,7 @@ from .tables import (
     messages,
     runs,
     signals,
-    slack_approvals,
+    slack_messages,
     slack_runs,
     slack_seen_events,
     step_results,
@@ -50,7 +50,7 @@ SEEN_EVENTS_KEEP = DAY
 DEFAULT_BATCH = 500
 
 #: Tables whose rows belong to one run, keyed by ``run_id``.
-_RUN_TABLES = (step_results, suspensions, events, signals, agent_contexts, slack_runs, slack_approvals)
+_RUN_TABLES = (step_results, suspensions, events, signals, agent_contexts, slack_runs, slack_messages)
 
 TABLES = ("runs", *(t.name for t in _RUN_TABLES), "slack_seen_events", "threads", "messages",
           "message_vectors", "working_memory")

@@ -215,14 +215,43 @@ slack_runs = Table(
     Index("ix_slack_runs_channel", "channel_id", "run_id"),
 )
 
-slack_approvals = Table(
-    "slack_approvals",
+#: The Slack outbox: what each message the bot shows for a run should say, and what Slack has taken.
+#: One row per message: the run's root, one approval card per suspension, and one per thread post. A row is
+#: "delivered up to" ``sent_version``; ``version`` is the content wanted now (latest wins, so edits coalesce).
+slack_messages = Table(
+    "slack_messages",
     metadata,
-    Column("run_id", String(40), primary_key=True),
-    Column("path", String(500), primary_key=True),
+    Column("key", String(600), primary_key=True),
+    Column("run_id", String(40), nullable=True),
+    Column("team_id", String(40), nullable=False),
     Column("channel_id", String(40), nullable=False),
-    Column("message_ts", String(40), nullable=False),
+    Column("thread_ts", String(40), nullable=True),
+    Column("kind", String(20), nullable=False),
+    Column("seq", Integer, nullable=False, default=0),
+    Column("content", JSON, nullable=True),
+    Column("version", Integer, nullable=False, default=1),
+    Column("sent_version", Integer, nullable=False, default=0),
+    Column("ts", String(40), nullable=True),
+    Column("state", String(20), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False, default=0.0),
+    Column("attempt_started_at", Float, nullable=True),
+    Column("last_sent_at", Float, nullable=True),
+    Column("last_error", String(500), nullable=True),
     Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_slack_messages_run", "run_id", "seq"),
+    Index("ix_slack_messages_state", "state", "next_attempt_at"),
+    Index("ix_slack_messages_ts", "channel_id", "ts"),
+)
+
+#: Slack's rate limits as reservations shared by every replica: the earliest time the next call in a scope
+#: (a channel's posts, a workspace's method tier) may go out (GCRA's "theoretical arrival time").
+slack_pacing = Table(
+    "slack_pacing",
+    metadata,
+    Column("scope", String(300), primary_key=True),
+    Column("tat", Float, nullable=False),
 )
 
 slack_seen_events = Table(

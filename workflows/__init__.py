@@ -6,7 +6,7 @@
 from .agent import Agent, AgentResult
 from .agent_step import AgentText, agent_step
 from .context import StepContext
-from .engine import Engine
+from .engine import Engine, new_run_id
 from .errors import (
     AlreadyResumed,
     DefinitionError,
@@ -58,6 +58,7 @@ __all__ = [
     "describe_version",
     "resolve_embedder",
     "resolve_model",
+    "new_run_id",
     "tool",
     "AlreadyResumed",
     "CommittedWorkflow",

@@ -18,7 +18,14 @@ from typing import Any
 
 from storage import Database
 from storage.database import DEFAULT_DATABASE_URL
-from storage.records import SETTLED_STATUSES, TERMINAL_STATUSES, NewEvent, RunProgress, RunRecord
+from storage.records import (
+    SETTLED_STATUSES,
+    TERMINAL_STATUSES,
+    NewEvent,
+    RunProgress,
+    RunRecord,
+    SuspensionRecord,
+)
 from storage.runs import CompareAndSetFailed, RunStore
 
 from .errors import (
@@ -397,6 +404,11 @@ class Engine:
         if status == "stranded":
             return await self.replica.store.stranded(self.replica.mine(), limit, workflow_id)
         return await self.store.list_runs(status=status, workflow_id=workflow_id, limit=limit)
+
+    async def suspensions(self, run_id: str) -> list[SuspensionRecord]:
+        """The run's suspensions, open and resolved (who resumed them, with what)."""
+        await self.get_run(run_id)
+        return list(await self.store.suspensions_of(run_id))
 
     async def details(self, run_id: str) -> RunDetails:
         run = await self.get_run(run_id)

@@ -7,8 +7,8 @@ import asyncio
 from tests.bot.conftest import RunningBot, suspend_approval
 
 
-def renderer_tasks(bot: RunningBot) -> list[asyncio.Task[object]]:
-    return [t for t in bot.bot.tasks if getattr(t.get_coro(), "__name__", "") == "_render" and not t.done()]
+def renderer_tasks(bot: RunningBot) -> list[asyncio.Task[None]]:
+    return [t for t in bot.bot.delivery.render_tasks.values() if not t.done()]
 
 
 async def test_two_render_calls_at_once_start_one_renderer(bot: RunningBot) -> None:
@@ -23,7 +23,7 @@ async def test_two_render_calls_at_once_start_one_renderer(bot: RunningBot) -> N
     assert renderer_tasks(bot) == []
 
     # The sweeper and a command both render the run at once: the lease is this process's either way.
-    await asyncio.gather(bot.bot.render(slack_run), bot.bot.render(slack_run))
+    await asyncio.gather(bot.bot.delivery.ensure_rendering(slack_run), bot.bot.delivery.ensure_rendering(slack_run))
 
     assert len(renderer_tasks(bot)) == 1
     await asyncio.sleep(0.2)

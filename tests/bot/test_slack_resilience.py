@@ -68,18 +68,20 @@ async def test_rate_limited_calls_are_retried_and_the_run_completes(bot: Running
     assert len(texts) == 2 and "Run finished" in texts[1]
 
 
-async def test_a_persistent_slack_failure_never_fails_the_run(bot: RunningBot) -> None:
+async def test_a_long_slack_outage_never_fails_the_run_and_everything_lands_when_it_ends(bot: RunningBot) -> None:
     emu = bot.emu
     run = await suspend_approval(bot)
     for method in ("chat.update", "chat.postMessage", "chat.postEphemeral"):
-        emu.fail_next(method, status=200, error="fatal_error", retry_after=None, times=1000)
+        emu.fail_next(method, status=503, retry_after=None, times=5)
     await emu.click(run.approval, "approve", user=ALICE)
     assert await bot.settled(run.run_id) == "success"
     assert (await bot.engine.get_run(run.run_id)).output == {"ok": True}
-    await bot.idle()
-    await eventually(lambda: all(t.done() for t in bot.bot.renderers.values()))  # it rendered all it could
-    assert emu.message(run.approval.ts).edited is None  # type: ignore[union-attr]  # Slack took nothing
-    assert any(c.response == {"ok": False, "error": "fatal_error"} for c in emu.calls("chat.postMessage"))
+    # Slack answered 503 for a while; the outbox kept trying (with backoff) until it took everything.
+    await emu.wait_for(lambda: decided_and_finished(emu, run.approval, run.root), timeout=40)
+    await emu.wait_for(lambda: (m := root_for(emu, run.run_id)) is not None and "success" in m.text, timeout=40)
+    assert 503 in statuses(emu, "chat.update") and 503 in statuses(emu, "chat.postMessage")
+    assert [m.text for m in replies(emu, run.root)] == [f":white_check_mark: Approved by <@{ALICE}>",
+                                                         ":white_check_mark: *Run finished.*"]
 
 
 async def test_a_run_is_not_started_when_the_bot_cannot_post(bot: RunningBot) -> None:
@@ -113,24 +115,28 @@ async def test_an_approval_posted_but_not_recorded_is_not_posted_again(start_bot
     first = await start_bot()
     emu = first.emu
     run = await suspend_approval(first)
-    events = (await first.engine.details(run.run_id)).events
-    before_suspension = max(ev.id for ev in events if ev.type != "step.suspended" and ev.id < next(
-        e.id for e in events if e.type == "step.suspended"))
     await first.stop()
-    # The state a crash leaves between posting the approval message and recording it.
+    # The state a crash leaves between Slack taking the approval card and the outbox recording it.
     with sqlite3.connect(tmp_path / "threadflow.db") as db:
-        db.execute("DELETE FROM slack_approvals WHERE run_id = ?", (run.run_id,))
-        db.execute("UPDATE slack_runs SET last_event_id = ? WHERE run_id = ?", (before_suspension, run.run_id))
+        db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', "
+                   "attempt_started_at = ? WHERE key = ?", (float(run.approval.ts) - 0.5, f"approval:{run.run_id}:approve"))
     db.close()
 
     second = await start_bot()
-    recorded = await eventually(lambda: second.bot.store.get_approval(run.run_id, "approve"))
-    assert recorded.message_ts == run.approval.ts
-    assert len(approval_messages(emu)) == 1  # the one the first bot posted, found again
+    await eventually(lambda: _sent(second, run.run_id))
+    recorded = await second.bot.store.approval_message(run.run_id, "approve")
+    assert recorded is not None and recorded.ts == run.approval.ts
+    assert len(approval_messages(emu)) == 1  # the one the first bot posted, found again by its delivery id
+    assert emu.calls("conversations.replies")  # found by looking, not by guessing
     await emu.click(run.approval, "approve", user=ALICE)
     assert await second.settled(run.run_id) == "success"
     await emu.wait_for(lambda: decided_and_finished(emu, run.approval, run.root), timeout=5)
     assert len(replies(emu, run.root)) == 2
+
+
+async def _sent(bot: RunningBot, run_id: str) -> bool:
+    card = await bot.bot.store.approval_message(run_id, "approve")
+    return card is not None and card.state == "sent"
 
 
 # -- a real ``threadflow serve`` process -----------------------------------------------------------------

@@ -22,7 +22,7 @@ from storage.tables import (
     messages,
     runs,
     signals,
-    slack_approvals,
+    slack_messages,
     slack_runs,
     slack_seen_events,
     step_results,
@@ -36,7 +36,7 @@ from workflows.examples import builtin_workflows
 NOW = time.time()
 OLD = NOW - 40 * DAY
 
-RUN_TABLES = (step_results, suspensions, events, signals, agent_contexts, slack_runs, slack_approvals)
+RUN_TABLES = (step_results, suspensions, events, signals, agent_contexts, slack_runs, slack_messages)
 
 
 class Nothing(BaseModel):
@@ -79,8 +79,10 @@ async def seed(engine: Engine) -> dict[str, str]:
                 run_id=ids[key], team_id="T", channel_id="C", root_ts=f"{key}.1", thread_id=f"slack:T:C:{key}.1",
                 started_by="U1", last_event_id=0, created_at=OLD))
         for key in ("old_canceled", "old_suspended"):
-            await conn.execute(insert(slack_approvals).values(run_id=ids[key], path="approve", channel_id="C",
-                                                               message_ts=f"{key}.2", created_at=OLD))
+            await conn.execute(insert(slack_messages).values(
+                key=f"approval:{ids[key]}:approve", run_id=ids[key], team_id="T", channel_id="C", thread_ts=f"{key}.1",
+                kind="approval", seq=1, content={"text": "Approve?"}, version=1, sent_version=1, ts=f"{key}.2",
+                state="sent", attempts=0, next_attempt_at=0.0, created_at=OLD, updated_at=OLD))
         await conn.execute(insert(slack_seen_events), [{"key": "ev-old", "seen_at": NOW - 2 * DAY},
                                                        {"key": "ev-new", "seen_at": NOW - 60}])
         for thread_id, at in (("t-old-done", OLD), ("t-suspended", OLD), ("t-idle", OLD), ("t-recent", OLD),
@@ -153,7 +155,7 @@ async def test_a_dry_run_counts_exactly_what_a_prune_deletes_and_changes_nothing
     assert dry.counts["runs"] == 3
     assert dry.counts["threads"] == 2  # t-old-done (its only run goes) and t-idle
     assert dry.counts["messages"] == 3 and dry.counts["message_vectors"] == 1 and dry.counts["working_memory"] == 1
-    assert dry.counts["slack_runs"] == 1 and dry.counts["slack_approvals"] == 1 and dry.counts["slack_seen_events"] == 1
+    assert dry.counts["slack_runs"] == 1 and dry.counts["slack_messages"] == 1 and dry.counts["slack_seen_events"] == 1
     assert dry.counts["signals"] == 1
     assert dry.counts["agent_contexts"] == 3  # the old run's, the idle thread's, and the loose old one
     assert dry.counts["events"] == sum(1 for r in before["events"] if r[1] in gone_runs) > 0

@@ -42,7 +42,7 @@ async def test_schedule_list_and_unschedule_from_slack(start_bot: StartBot) -> N
     bot = await start_bot(THREADFLOW_TIMEZONE="Europe/Oslo")
     store = ScheduleStore(bot.engine.db)
 
-    text = await handle_schedule_command(bot.bot, "schedule", 'greet-user "0 9 * * 1-5" name=Ada', command())
+    text = await handle_schedule_command(bot.settings, bot.engine, "schedule", 'greet-user "0 9 * * 1-5" name=Ada', command())
     [made] = await store.list_schedules()
     assert text.startswith(":calendar: Scheduled.") and made.id in text and "Europe/Oslo" in text
     assert f"/flow unschedule {made.id}" in text
@@ -50,17 +50,17 @@ async def test_schedule_list_and_unschedule_from_slack(start_bot: StartBot) -> N
                                                                         {"name": "Ada"})
     assert (made.team_id, made.channel_id, made.created_by) == (TEAM, CHANNEL, ALICE)
 
-    await handle_schedule_command(bot.bot, "schedule", "approval @hourly tz=UTC", command(BOB))
-    listing = await handle_schedule_command(bot.bot, "schedules", "", command())
+    await handle_schedule_command(bot.settings, bot.engine, "schedule", "approval @hourly tz=UTC", command(BOB))
+    listing = await handle_schedule_command(bot.settings, bot.engine, "schedules", "", command())
     assert listing.startswith("*Schedules*") and listing.count("\n•") == 2
     assert f"`{made.id}` runs `greet-user`" in listing and f"<#{CHANNEL}>" in listing and "next: " in listing
 
-    refused = await handle_schedule_command(bot.bot, "unschedule", made.id, command(BOB))
+    refused = await handle_schedule_command(bot.settings, bot.engine, "unschedule", made.id, command(BOB))
     assert refused.startswith(":no_entry:") and len(await store.list_schedules()) == 2
-    removed = await handle_schedule_command(bot.bot, "unschedule", made.id, command(ALICE))
+    removed = await handle_schedule_command(bot.settings, bot.engine, "unschedule", made.id, command(ALICE))
     assert removed == f"Removed schedule `{made.id}` (`greet-user` at `0 9 * * 1-5`)."
     assert [s.workflow_id for s in await store.list_schedules()] == ["approval"]
-    gone = await handle_schedule_command(bot.bot, "unschedule", made.id, command(ALICE))
+    gone = await handle_schedule_command(bot.settings, bot.engine, "unschedule", made.id, command(ALICE))
     assert f"There is no schedule '{made.id}'" in gone and "/flow schedules" in gone
 
 
@@ -74,7 +74,7 @@ async def test_schedule_list_and_unschedule_from_slack(start_bot: StartBot) -> N
 ])
 async def test_bad_schedule_commands_get_the_reason_and_the_usage(start_bot: StartBot, text: str, expected: str) -> None:
     bot = await start_bot()
-    answer = await handle_schedule_command(bot.bot, "schedule", text, command())
+    answer = await handle_schedule_command(bot.settings, bot.engine, "schedule", text, command())
     assert answer.startswith(":warning:") and expected in answer
     assert "*Scheduling with `/flow`*" in answer and "/flow unschedule ID" in answer
     assert await ScheduleStore(bot.engine.db).list_schedules() == []
@@ -83,10 +83,10 @@ async def test_bad_schedule_commands_get_the_reason_and_the_usage(start_bot: Sta
 async def test_a_schedule_fires_into_the_channel_it_was_made_in(start_bot: StartBot) -> None:
     bot = await start_bot()
     emu = bot.emu
-    await handle_schedule_command(bot.bot, "schedule", 'greet-user "30 7 * * *" Ada', command())
+    await handle_schedule_command(bot.settings, bot.engine, "schedule", 'greet-user "30 7 * * *" Ada', command())
     [made] = await ScheduleStore(bot.engine.db).list_schedules()
     clock = FakeClock(made.next_at)
-    scheduler = make_scheduler(bot.bot)
+    scheduler = make_scheduler(bot.bot.deps)
     scheduler.clock = clock
 
     [fired] = await scheduler.tick()
@@ -102,9 +102,9 @@ async def test_a_schedule_fires_into_the_channel_it_was_made_in(start_bot: Start
 
 async def test_a_schedule_that_cannot_post_reports_why(start_bot: StartBot) -> None:
     bot = await start_bot()
-    await handle_schedule_command(bot.bot, "schedule", 'greet-user "30 7 * * *" Ada', command())
+    await handle_schedule_command(bot.settings, bot.engine, "schedule", 'greet-user "30 7 * * *" Ada', command())
     [made] = await ScheduleStore(bot.engine.db).list_schedules()
-    scheduler = make_scheduler(bot.bot)
+    scheduler = make_scheduler(bot.bot.deps)
     scheduler.clock = FakeClock(made.next_at)
     bot.emu.fail_next("chat.postMessage", status=200, error="not_in_channel", retry_after=None)
     [fired] = await scheduler.tick()

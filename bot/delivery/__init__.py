@@ -1,0 +1,7 @@
+"""Getting what a person must see into Slack: a projection of each run's events, delivered until Slack takes it."""
+
+from .planner import RunView, plan
+from .sender import Sender
+from .service import DeliveryService
+
+__all__ = ["DeliveryService", "RunView", "Sender", "plan"]

@@ -1,0 +1,246 @@
+"""What a run should look like in Slack, from its events alone (pure: no I/O, replayable from offset 0).
+
+:class:`RunView` folds a run's events into what a person should see: the root checklist, one approval card
+per suspension (open, decided, withdrawn, expired) and the thread posts (readable agent outputs, the final
+reply). :func:`plan` turns the view into the messages the outbox should hold. Root and approval cards are
+wanted with their latest content every time (the outbox keeps the newest version and sends it when Slack's
+pace allows, so edits coalesce and none is lost); posts are wanted once, for events past the render offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage.slack_store import SlackRun, WantedMessage, approval_key, root_key
+from workflows import WorkflowEvent
+from workflows.events import (
+    RunCanceled,
+    RunFinished,
+    RunResumed,
+    StepFailed,
+    StepRetrying,
+    StepStarted,
+    StepSucceeded,
+    StepSuspended,
+)
+
+from .. import blocks
+from ..blocks import Checklist
+
+
+@dataclass(frozen=True)
+class StepPresentation:
+    """How the bot shows a step's output: posted in the thread (agent steps), and under which name."""
+
+    post_output: bool
+    name: str
+
+
+#: ``describe(workflow_id, step_id)``: how to show that step, or None for a step it does not know.
+DescribeStep = Callable[[str, str], StepPresentation | None]
+
+
+@dataclass
+class ApprovalCard:
+    """One suspension waiting for a person, and what became of it."""
+
+    path: str
+    seq: int
+    payload: Any
+    expires_at: float | None
+    decision: RunResumed | None = None
+    withdrawn_because: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.decision is None and self.withdrawn_because is None
+
+
+@dataclass
+class Post:
+    """A thread reply planned for one event (posted once)."""
+
+    key: str
+    seq: int
+    text: str
+    blocks: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class RunView:
+    """Everything Slack should show for one run, folded from its events."""
+
+    run: SlackRun
+    workflow_id: str = ""
+    checklist: Checklist = field(init=False)
+    approvals: dict[str, ApprovalCard] = field(default_factory=dict)
+    last_event_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.checklist = Checklist(run_id=self.run.run_id, workflow_id=self.workflow_id, started_by=self.run.started_by)
+
+    @property
+    def open_approvals(self) -> list[ApprovalCard]:
+        return [card for card in self.approvals.values() if card.is_open]
+
+    def apply(self, ev: WorkflowEvent) -> None:
+        """Fold one event into the view."""
+        self.last_event_id = max(self.last_event_id, ev.id)
+        cl, path, data = self.checklist, ev.path or "", ev.payload
+        if isinstance(data, StepStarted):
+            line = cl.step(path, ev.step_id)
+            line.state, line.attempts, line.note = "running", data.attempt, ""
+        elif isinstance(data, StepRetrying):
+            line = cl.step(path, ev.step_id)
+            line.state, line.note = "retrying", clip_note(data.error)
+        elif isinstance(data, StepSucceeded):
+            line = cl.step(path, ev.step_id)
+            line.state, line.note = "done", ""
+        elif isinstance(data, StepFailed):
+            line = cl.step(path, ev.step_id)
+            line.state, line.note = "failed", clip_note(data.error)
+        elif isinstance(data, StepSuspended):
+            line = cl.step(path, ev.step_id)
+            if data.is_approval:
+                line.state, line.note = "suspended", "waiting for approval"
+                self.approvals.setdefault(path, ApprovalCard(path, ev.id, data.payload, data.expires_at))
+            else:
+                line.state, line.note = "waiting", f"waiting for event {data.event}"
+        elif isinstance(data, RunResumed):
+            line = cl.step(path, ev.step_id)
+            line.state, line.note = "running", describe_decision(data)
+            card = self.approvals.get(path)
+            if card is not None and card.decision is None:
+                card.decision = data
+            cl.status = "running"
+        elif ev.type == "event.received":
+            cl.step(path, ev.step_id).state = "done"
+        elif ev.type == "run.suspended":
+            cl.status = "suspended"
+        elif ev.type == "run.waiting":
+            cl.status = "waiting"
+        elif ev.type in ("run.started", "run.recovered", "run.released"):
+            if ev.type == "run.started" and ev.data.get("workflow_id"):
+                self.workflow_id = cl.workflow_id = str(ev.data["workflow_id"])
+            cl.status = "running"
+        elif isinstance(data, RunFinished):
+            cl.status, cl.error = data.status, data.error_message
+            self._withdraw_open(f"the run {data.status}.")
+        elif isinstance(data, RunCanceled):
+            cl.status, cl.canceled_by = "canceled", data.by
+            self._withdraw_open(f"the run was canceled by {blocks.mention(data.by)}.")
+
+    def _withdraw_open(self, why: str) -> None:
+        for card in self.open_approvals:
+            card.withdrawn_because = why
+
+
+@dataclass
+class Plan:
+    """What the outbox should hold after some events, and what the thread's memory should note."""
+
+    wanted: list[WantedMessage]
+    notes: list[str]
+
+
+def wanted_cards(view: RunView) -> list[WantedMessage]:
+    """The root message and every approval card, with what they should show now."""
+    run = view.run
+    text, root_blocks = blocks.root_message(view.checklist)
+    wanted = []
+    if run.root_ts is not None:
+        wanted.append(WantedMessage(key=root_key(run.run_id), kind="root", channel_id=run.channel_id, seq=0,
+                                    content={"text": text, "blocks": root_blocks}))
+    for card in view.approvals.values():
+        wanted.append(WantedMessage(key=approval_key(run.run_id, card.path), kind="approval",
+                                    channel_id=run.channel_id, thread_ts=run.root_ts, seq=card.seq,
+                                    content=card_content(run.run_id, card)))
+    return wanted
+
+
+def card_content(run_id: str, card: ApprovalCard) -> dict[str, Any]:
+    if card.decision is not None:
+        d = card.decision
+        text, card_blocks = blocks.decided_message(run_id, card.path, card.payload, d.approved is not False, d.by,
+                                                   d.reason, expired=d.expired)
+    elif card.withdrawn_because is not None:
+        text, card_blocks = blocks.withdrawn_message(run_id, card.path, card.payload, card.withdrawn_because)
+    else:
+        text, card_blocks = blocks.approval_message(run_id, card.path, card.payload, card.expires_at)
+    return {"text": text, "blocks": card_blocks}
+
+
+def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep) -> Plan:
+    """Fold ``new_events`` (past the render offset) into ``view``; return the messages wanted and the notes
+    for the thread's memory that these events call for."""
+    run = view.run
+    posts: list[WantedMessage] = []
+    notes: list[str] = []
+
+    def post(ev: WorkflowEvent, suffix: str, text: str, post_blocks: list[dict[str, Any]] | None = None) -> None:
+        content: dict[str, Any] = {"text": text}
+        if post_blocks is not None:
+            content["blocks"] = post_blocks
+        posts.append(WantedMessage(key=f"post:{run.run_id}:{ev.id}:{suffix}", kind="post", channel_id=run.channel_id,
+                                   thread_ts=run.root_ts, seq=ev.id, content=content))
+
+    for ev in new_events:
+        view.apply(ev)
+        data = ev.payload
+        if ev.type == "run.started" and not ev.data.get("rerun_of"):
+            notes.append(f"Run {run.run_id} of workflow {ev.data.get('workflow_id')} was started by "
+                         f"{ev.data.get('started_by') or 'someone'} with input {summary(ev.data.get('input'))}.")
+        elif isinstance(data, StepSucceeded) and ev.step_id:
+            text = readable_output(describe(view.workflow_id, ev.step_id), ev.step_id, data.output)
+            if text:
+                post(ev, "output", text)
+        elif isinstance(data, StepSuspended) and data.is_approval:
+            notes.append(f"Step {ev.path} is waiting for approval: {summary(data.payload)}.")
+        elif isinstance(data, RunResumed) and view.approvals.get(ev.path or "") is not None:
+            verdict = "approved" if data.approved is not False else "rejected"
+            if data.expired:
+                verdict = "rejected (the approval expired)"
+            notes.append(f"Step {ev.path} was {verdict} by {data.by or 'someone'}.")
+        elif isinstance(data, RunFinished):
+            text, reply = blocks.result_reply(data.status, data.output, data.error_message, data.error_path)
+            post(ev, "result", text, reply)
+            notes.append(f"The run finished with status {data.status}: {text}")
+        elif isinstance(data, RunCanceled):
+            by = blocks.mention(data.by)
+            text, reply = blocks.result_reply("canceled", None, f"Canceled by {by}.", None)
+            post(ev, "result", text, reply)
+    return Plan(wanted=wanted_cards(view) + posts if run.root_ts is not None else [], notes=notes)
+
+
+def readable_output(step: StepPresentation | None, step_id: str, output: Any) -> str | None:
+    """An agent step's output worth posting in the thread (plain steps stay in the checklist)."""
+    if step is None or not step.post_output:
+        return None
+    name = blocks.escape(step.name)
+    if isinstance(output, dict):
+        for key in ("text", "answer", "summary", "message"):
+            if isinstance(output.get(key), str):
+                return f"*{name}* (`{step_id}`):\n{blocks.clip(blocks.escape(output[key]), 2800)}"
+    return f"*{name}* (`{step_id}`):\n```{blocks.pretty(output, 2600)}```"
+
+
+def summary(value: Any) -> str:
+    """A one-line plain-text rendering of an input or payload, for the thread's memory."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in value.items() if v not in (None, "")) or "(none)"
+    return clip_note(value if value is not None else "(none)")
+
+
+def clip_note(value: Any) -> str:
+    text = str(value or "")
+    return text if len(text) <= 120 else text[:119] + "…"
+
+
+def describe_decision(data: RunResumed) -> str:
+    if data.expired:
+        return "approval expired"
+    if data.approved is not None:
+        return f"{'approved' if data.approved else 'rejected'} by {data.by or 'someone'}"
+    return f"resumed by {data.by or 'someone'}"

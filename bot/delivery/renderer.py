@@ -1,0 +1,100 @@
+"""One renderer per run shown in Slack: the run's events in, the outbox recorded, Slack calls out.
+
+A renderer holds the run's render lease (in the database, renewed by the sweeper), replays the run's events
+into a :class:`~bot.delivery.planner.RunView`, records what the events past the render offset call for
+(messages and the new offset in one commit), writes the notes the thread's memory should have, and lets the
+:class:`~bot.delivery.sender.Sender` deliver. It ends when the run has ended and Slack has taken everything
+(or refused it for good); until then it keeps retrying, and after a restart the sweeper starts it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from storage.slack_store import SlackRun, SlackStore
+from workflows import Engine, WorkflowEvent
+
+from .planner import DescribeStep, RunView, plan
+from .sender import Sender
+
+log = logging.getLogger("threadflow.bot.delivery")
+
+#: Seconds to wait for more events before planning what arrived: a burst becomes one commit.
+BATCH_WINDOW = 0.02
+
+
+class RunRenderer:
+    def __init__(self, engine: Engine, store: SlackStore, sender: Sender, slack_run: SlackRun,
+                 describe: DescribeStep, remember: Callable[[SlackRun, str], Any]) -> None:
+        self.engine = engine
+        self.store = store
+        self.sender = sender
+        self.run = slack_run
+        self.view = RunView(slack_run)
+        self.describe = describe
+        self.remember = remember
+        self._events: list[WorkflowEvent] = []
+        self._watch_ended = False
+        self._wake = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Look at the outbox again now (a message was marked for reposting, say)."""
+        self._wake.set()
+
+    async def render(self) -> None:
+        run = await self.engine.get_run(self.run.run_id)
+        self.view.workflow_id = self.view.checklist.workflow_id = run.workflow_id
+        self.view.checklist.status = run.status if run.status != "pending" else "running"
+        pump = asyncio.get_running_loop().create_task(self._pump(), name=f"threadflow-events-{self.run.run_id}")
+        try:
+            await self._loop(pump)
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+    async def _pump(self) -> None:
+        try:
+            async for ev in self.engine.watch(self.run.run_id, after=0):
+                self._events.append(ev)
+                self._wake.set()
+        finally:
+            self._watch_ended = True
+            self._wake.set()
+
+    async def _loop(self, pump: asyncio.Task[None]) -> None:
+        offset = self.run.last_event_id
+        replayed = False
+        while True:
+            if self._events:
+                await asyncio.sleep(BATCH_WINDOW)  # let a burst gather: one commit for all of it
+            self._wake.clear()
+            ended = self._watch_ended
+            batch, self._events = self._events, []
+            old = [ev for ev in batch if ev.id <= offset]
+            new = [ev for ev in batch if ev.id > offset]
+            for ev in old:
+                self.view.apply(ev)
+            if new or not replayed:
+                # The first pass records the cards even without new events: that restores a card that was
+                # never delivered, or is wanted again (the reconciler's invariant), from the database alone.
+                result = plan(self.view, new, self.describe)
+                for note in result.notes:
+                    await self.remember(self.run, note)
+                upto = new[-1].id if new else offset
+                await self.store.record(self.run, upto, result.wanted)
+                offset = max(offset, upto)
+                replayed = True
+            next_due = await self.sender.deliver(self.run)
+            if ended and next_due is None and not self._events:
+                return
+            if self._events or self._wake.is_set():
+                continue
+            timeout = None if next_due is None else max(0.0, next_due - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)

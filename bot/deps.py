@@ -1,0 +1,55 @@
+"""What the Slack listeners work with: plain dependencies, built once by :mod:`bot.app`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from storage.slack_store import SlackStore
+from workflows import Engine
+
+from .delivery.service import DeliveryService
+from .metrics import Metrics
+from .settings import Settings
+from .slack import SlackClient
+
+log = logging.getLogger("threadflow.bot")
+
+
+class BackgroundTasks:
+    """Work a listener hands off after acking: referenced until done (bolt keeps no reference), failures
+    logged, all cancelled on shutdown."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class BotDeps:
+    settings: Settings
+    engine: Engine
+    store: SlackStore
+    slack: SlackClient
+    delivery: DeliveryService
+    metrics: Metrics
+    background: BackgroundTasks

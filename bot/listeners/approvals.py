@@ -1,0 +1,178 @@
+"""Approve / Reject buttons and the reject-with-reason form.
+
+A click is acked at once; then the clicker is authorized against the message and the step, and the engine's
+compare-and-set resume decides who wins. The card itself is updated by the run's renderer from the
+``run.resumed`` event (one ``chat.update`` per decision, whoever decided: button, CLI or API).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from storage.records import SuspensionRecord
+from workflows.errors import AlreadyResumed, ThreadflowError, UsageError
+
+from .. import blocks
+from ..blocks import APPROVE, REJECT, REJECT_REASON_VIEW, REJECT_WITH_REASON
+from ..deps import BotDeps
+from ..policy import approvers_for
+from ..slack import SlackCallError, with_retries
+
+log = logging.getLogger("threadflow.bot.approvals")
+
+
+class Click(BaseModel):
+    """Who clicked which decision button, on which message."""
+
+    user: str
+    channel: str
+    message_ts: str
+    thread_ts: str | None
+    value: str
+    message_blocks: list[dict[str, Any]] | None = None
+
+
+class DecisionTarget(BaseModel):
+    """The suspension a click may decide, once the clicker is authorized."""
+
+    run_id: str
+    path: str
+    suspension: SuspensionRecord
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """A payload part that should be an object; anything else (a forged or broken payload) reads as empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def click_of(body: dict[str, Any], action: dict[str, Any]) -> Click:
+    message, container = _obj(body.get("message")), _obj(body.get("container"))
+    blocks_ = message.get("blocks")
+    return Click(
+        user=_text(_obj(body.get("user")).get("id")),
+        channel=_text(_obj(body.get("channel")).get("id")) or _text(container.get("channel_id")),
+        message_ts=_text(message.get("ts")) or _text(container.get("message_ts")),
+        thread_ts=thread_ts_of_click(body),
+        value=_text(action.get("value")),
+        message_blocks=[b for b in blocks_ if isinstance(b, dict)] if isinstance(blocks_, list) else None,
+    )
+
+
+def thread_ts_of_click(body: dict[str, Any]) -> str | None:
+    """The thread a clicked message lives in (approval messages are thread replies), if any."""
+    thread_ts = _text(_obj(body.get("container")).get("thread_ts")) or _text(_obj(body.get("message")).get("thread_ts"))
+    return thread_ts or None
+
+
+def register(app: AsyncApp, deps: BotDeps) -> None:
+    async def on_decision(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        deps.background.spawn(decide(deps, click_of(body, action), approved=action.get("action_id") == APPROVE))
+
+    async def on_reject_with_reason(ack: AsyncAck, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        deps.background.spawn(open_reject_form(deps, click_of(body, action), str(body.get("trigger_id") or "")))
+
+    async def on_reject_reason(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any]) -> None:
+        await ack()
+        try:
+            meta = _obj(json.loads(_text(view.get("private_metadata")) or "{}"))
+        except ValueError:
+            meta = {}
+        values = _obj(_obj(view.get("state")).get("values"))
+        reason = _text(_obj(_obj(values.get("reason")).get("reason")).get("value")) or None
+        click = Click(user=_text(_obj(body.get("user")).get("id")), channel=_text(meta.get("channel")),
+                      message_ts=_text(meta.get("ts")), thread_ts=_text(meta.get("thread_ts")) or None,
+                      value=json.dumps({"run_id": meta.get("run_id"), "step": meta.get("step")}))
+        deps.background.spawn(decide(deps, click, approved=False, reason=reason))
+
+    app.action(APPROVE)(on_decision)
+    app.action(REJECT)(on_decision)
+    app.action(REJECT_WITH_REASON)(on_reject_with_reason)
+    app.view(REJECT_REASON_VIEW)(on_reject_reason)
+
+
+async def tell(deps: BotDeps, click: Click, text: str) -> None:
+    """An ephemeral note to the clicker, in the thread it concerns (best effort: logged when Slack refuses)."""
+    try:
+        await with_retries(lambda: deps.slack.post_ephemeral(click.channel, click.user, text, thread_ts=click.thread_ts),
+                           attempts=3, max_wait=5.0)
+    except SlackCallError as exc:
+        log.warning("could not tell %s about their click: %s", click.user, exc)
+
+
+async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool = False) -> DecisionTarget | None:
+    """Check that the button belongs to this message and the clicker may decide; tell them ephemerally if not.
+
+    ``require_open`` also refuses a step that no longer waits (before opening a form for it).
+    """
+    try:
+        value = json.loads(click.value or "{}")
+        run_id, path = str(value["run_id"]), str(value["step"])
+    except (ValueError, KeyError, TypeError):
+        await tell(deps, click, ":warning: This button is malformed; nothing was changed.")
+        return None
+    try:
+        run = await deps.engine.get_run(run_id)
+        suspension = next((s for s in await deps.engine.suspensions(run_id) if s.path == path), None)
+    except UsageError as exc:
+        await tell(deps, click, f":warning: {exc}")
+        return None
+    if suspension is None:
+        await tell(deps, click, f":warning: Run `{run_id}` has no step `{blocks.escape(path)}` waiting for a decision; "
+                                "nothing was changed.")
+        return None
+    card = await deps.store.approval_message(run_id, path)
+    if (card is not None and card.ts and click.message_ts and card.ts != click.message_ts) or (
+        click.message_blocks and not blocks.shows_step({"blocks": click.message_blocks}, run_id, path)
+    ):
+        # The button does not belong to this message: never let one run's message decide another's step.
+        await tell(deps, click, ":warning: This button does not match this message; nothing was changed.")
+        return None
+    allowed = approvers_for(deps.engine, run.workflow_id, suspension.step_id, run.started_by, deps.settings.approvers)
+    if click.user not in allowed:
+        who = ", ".join(blocks.mention(u) for u in sorted(allowed)) or "nobody"
+        await tell(deps, click, f":no_entry: You can't decide this one; it is up to {who}. Nothing was changed.")
+        return None
+    if require_open and (suspension.status != "open" or run.is_terminal):
+        text = (f":information_source: Already decided by {blocks.mention(suspension.resolved_by)}; nothing was changed."
+                if suspension.status == "resolved" else f":information_source: Run `{run_id}` is {run.status}; nothing to decide.")
+        await tell(deps, click, text)
+        return None
+    return DecisionTarget(run_id=run_id, path=path, suspension=suspension)
+
+
+async def open_reject_form(deps: BotDeps, click: Click, trigger_id: str) -> None:
+    target = await authorize_decision(deps, click, require_open=True)
+    if target is None:
+        return
+    view = blocks.reject_reason_view(target.run_id, target.path, click.channel, click.message_ts, click.thread_ts)
+    try:
+        await deps.slack.open_view(trigger_id, view)
+    except SlackCallError as exc:
+        log.warning("could not open the reject form: %s", exc)
+        await tell(deps, click, ":warning: Slack did not open the form in time; click *Reject with reason…* again.")
+
+
+async def decide(deps: BotDeps, click: Click, *, approved: bool, reason: str | None = None) -> None:
+    target = await authorize_decision(deps, click)
+    if target is None:
+        return
+    data: dict[str, Any] = {"approved": approved, "by": click.user}
+    if reason:
+        data["reason"] = reason
+    try:
+        await deps.engine.resume(target.run_id, step=target.path, data=data, by=click.user)
+    except AlreadyResumed as exc:
+        await tell(deps, click, f":information_source: Already decided by {blocks.mention(exc.by)}; nothing was changed.")
+    except ThreadflowError as exc:
+        await tell(deps, click, f":warning: {blocks.escape(str(exc))}")

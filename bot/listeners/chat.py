@@ -1,0 +1,143 @@
+"""Chatting with agents: a reply in a run's thread, a mention anywhere, or a direct message gets an answer.
+
+Each Slack thread is a memory thread, so the agent answering knows what the run's steps did; a direct
+message conversation is one memory thread of its own. Slack retries events (same ``event_id``) and sends a
+mention inside a thread as both ``app_mention`` and ``message``: a message is answered once, keyed by its
+channel and ``ts`` (insert-if-absent). Replies that carry files (``file_share``) are answered like any other
+(by their text); the bot never downloads the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from slack_bolt.async_app import AsyncApp
+
+from workflows.errors import ThreadflowError
+
+from .. import blocks
+from ..delivery.service import resource_id_for, thread_id_for
+from ..deps import BotDeps
+from ..slack import SlackCallError, with_retries
+
+log = logging.getLogger("threadflow.bot.chat")
+
+ASSISTANT_INSTRUCTIONS = (
+    "You are threadflow's assistant in a Slack thread. The thread's history holds what the workflow run's "
+    "steps and agents said and decided, and what people asked. Answer briefly and concretely, referring to "
+    "that history when it is relevant. If you don't know, say so."
+)
+
+_MENTION = re.compile(r"<@[A-Z0-9]+>")
+
+#: Message subtypes that are a person saying something (the rest are joins, edits, deletions, ...).
+SPOKEN_SUBTYPES = (None, "thread_broadcast", "file_share")
+
+
+class ThreadChat:
+    def __init__(self, deps: BotDeps) -> None:
+        self.deps = deps
+        self._assistant: Any = None
+
+    async def close(self) -> None:
+        if self._assistant is not None:
+            close = getattr(self._assistant.model, "aclose", None)
+            if close is not None:
+                await close()
+
+    def register(self, app: AsyncApp) -> None:
+        app.event("app_mention")(self.on_mention)
+        app.event("message")(self.on_message)
+
+    def default_agent(self) -> Any:
+        if self._assistant is None:
+            from workflows.agent import Agent
+            from workflows.models import resolve_model
+
+            settings = self.deps.settings
+            model = resolve_model(settings.model_name, settings)
+            self._assistant = Agent("assistant", ASSISTANT_INSTRUCTIONS, model=model, memory=self.deps.engine.memory)
+        return self._assistant
+
+    def agent_for_workflow(self, workflow_id: str | None) -> Any:
+        """The workflow's designated chat agent, or the default assistant."""
+        wf = self.deps.engine.workflows.get(workflow_id) if workflow_id else None
+        chat_agent = wf.options.chat_agent if wf else None
+        return chat_agent if chat_agent is not None else self.default_agent()
+
+    # -- listeners ---------------------------------------------------------------------------------------
+
+    async def on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        if event.get("bot_id"):
+            return
+        thread_ts = event.get("thread_ts") or event["ts"]
+        self.deps.background.spawn(self.answer(body.get("team_id", ""), event, thread_ts))
+
+    async def on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        team = body.get("team_id", "")
+        subtype = event.get("subtype")
+        if subtype == "message_deleted":
+            self.deps.background.spawn(self.on_deleted(event))
+            return
+        if event.get("bot_id") or subtype not in SPOKEN_SUBTYPES:
+            return
+        thread_ts = event.get("thread_ts")
+        if event.get("channel_type") == "im":
+            self.deps.background.spawn(self.answer(team, event, thread_ts, direct=True))
+            return
+        if not thread_ts or thread_ts == event.get("ts"):
+            return  # top-level chatter in a channel is not ours; mentions arrive as app_mention
+        self.deps.background.spawn(self.answer(team, event, thread_ts, require_known_thread=True))
+
+    async def on_deleted(self, event: dict[str, Any]) -> None:
+        """Someone deleted a message the bot shows: an approval card that still matters is posted again."""
+        row = await self.deps.store.message_at(event.get("channel", ""), str(event.get("deleted_ts") or ""))
+        if row is None or row.kind != "approval" or row.run_id is None:
+            return
+        log.warning("approval card %s was deleted in Slack; it will be posted again", row.key)
+        await self.deps.store.forget_ts(row.key)
+        slack_run = await self.deps.store.get_run(row.run_id)
+        if slack_run is not None:
+            self.deps.delivery.nudge(row.run_id)
+            await self.deps.delivery.ensure_rendering(slack_run)
+
+    # -- answering ---------------------------------------------------------------------------------------
+
+    async def answer(self, team: str, event: dict[str, Any], thread_ts: str | None, *,
+                     require_known_thread: bool = False, direct: bool = False) -> None:
+        deps = self.deps
+        channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
+        thread_id = thread_id_for(team, channel, thread_ts or ("dm" if direct else ts))
+        slack_run = await deps.store.run_for_thread(thread_id)
+        if require_known_thread and slack_run is None and not await self._bot_knows_thread(thread_id):
+            return
+        if not await deps.store.mark_seen(f"message:{team}:{channel}:{ts}"):
+            return  # a retry, or the other half of a mention in a thread
+        if deps.engine.memory is None:
+            return
+        text = _MENTION.sub("", event.get("text") or "").strip() or "Hello!"
+        try:
+            workflow_id = (await deps.engine.get_run(slack_run.run_id)).workflow_id if slack_run else None
+            agent = self.agent_for_workflow(workflow_id)
+            thread = deps.engine.memory.thread(thread_id, resource_id_for(team, channel))
+            result = await agent.generate(text, thread=thread, author=user)
+            reply = blocks.escape(result.text or "(no answer)")
+        except ThreadflowError as exc:
+            reply = f":warning: I could not answer: {blocks.escape(str(exc))}"
+        except Exception as exc:
+            log.exception("thread chat failed")
+            reply = f":warning: I could not answer ({type(exc).__name__})."
+        reply_in = thread_ts if thread_ts or not direct else None
+        try:
+            await with_retries(lambda: deps.slack.post_message(channel, reply, thread_ts=reply_in))
+        except SlackCallError as exc:
+            log.error("could not post the answer to %s's message: %s", user, exc)
+
+    async def _bot_knows_thread(self, thread_id: str) -> bool:
+        """A thread the bot was mentioned in before is one it follows."""
+        memory = self.deps.engine.memory
+        if memory is None:
+            return False
+        return await memory.store.get_thread(thread_id) is not None

@@ -1,0 +1,126 @@
+"""``/flow ...``: parse and validate before the ack (a bad command gets its error in the ack itself), then
+start runs and answer queries in background tasks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from workflows.errors import UsageError
+
+from .. import blocks
+from ..commands import parse_command, parse_run_input, split_run_args, usage
+from ..deps import BotDeps
+from ..policy import may_cancel
+from ..run_start import StartRequest, start_run_in_channel
+from ..schedule_commands import handle_schedule_command
+
+log = logging.getLogger("threadflow.bot.commands")
+
+
+def register(app: AsyncApp, deps: BotDeps) -> None:
+    name = deps.settings.command
+
+    async def on_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond) -> None:
+        try:
+            cmd = parse_command(command.get("text", ""), name)
+            if cmd.verb == "help":
+                await ack(response_type="ephemeral", text=usage(name))
+                return
+            if cmd.verb == "workflows":
+                await ack(response_type="ephemeral", text=workflows_text(deps))
+                return
+            if cmd.verb == "run":
+                workflow_id, raw = split_run_args(cmd.args)
+                wf = deps.engine.get_workflow(workflow_id)
+                request = StartRequest(team_id=command.get("team_id", ""), channel_id=command["channel_id"],
+                                       user_id=command["user_id"], workflow_id=wf.id, data=parse_run_input(wf, raw))
+                await ack()
+                deps.background.spawn(start_and_report(deps, request, respond))
+                return
+            if cmd.verb in ("schedule", "schedules", "unschedule"):
+                await ack()
+                deps.background.spawn(answer_schedule(deps, cmd.verb, cmd.args, command, respond))
+                return
+        except UsageError as exc:
+            text = f":warning: {exc}" if "Usage" in str(exc) else f":warning: {exc}\n{usage(name)}"
+            await ack(response_type="ephemeral", text=text)
+            return
+        await ack()
+        deps.background.spawn(answer_run_query(deps, cmd.verb, cmd.args, command, respond))
+
+    app.command(name)(on_command)
+
+
+async def start_and_report(deps: BotDeps, request: StartRequest, respond: AsyncRespond) -> None:
+    outcome = await start_run_in_channel(deps, request)
+    if outcome.problem is not None:
+        await respond(response_type="ephemeral", replace_original=False, text=f":warning: {outcome.problem}")
+
+
+async def answer_schedule(deps: BotDeps, verb: str, args: str, command: dict[str, Any], respond: AsyncRespond) -> None:
+    text = await handle_schedule_command(deps.settings, deps.engine, verb, args, command)
+    await respond(response_type="ephemeral", replace_original=False, text=text)
+
+
+def workflows_text(deps: BotDeps) -> str:
+    lines = ["*Workflows you can run*"]
+    for wf in sorted(deps.engine.workflows.values(), key=lambda w: w.id):
+        schema = wf.input_schema() or {}
+        fields = ", ".join(schema.get("properties", {})) or "no input"
+        desc = f": {wf.description}" if wf.description else ""
+        lines.append(f"• `{wf.id}`{desc} (input: {fields})")
+    return "\n".join(lines)
+
+
+async def answer_run_query(deps: BotDeps, verb: str, args: str, command: dict[str, Any], respond: AsyncRespond) -> None:
+    """``runs``, ``status`` and ``cancel``: answered ephemerally through the response_url."""
+    user = command["user_id"]
+    try:
+        if verb == "runs":
+            text = await runs_text(deps)
+        elif verb == "status":
+            text = await status_text(deps, args.split()[0])
+        else:
+            text = await cancel_text(deps, args.split()[0], user)
+    except UsageError as exc:
+        text = f":warning: {exc}\n{usage(deps.settings.command)}"
+    await respond(response_type="ephemeral", replace_original=False, text=text)
+
+
+async def runs_text(deps: BotDeps) -> str:
+    runs = await deps.engine.list_runs(limit=15)
+    if not runs:
+        return "No runs yet. Start one with `" + deps.settings.command + " run WORKFLOW`."
+    lines = ["*Recent runs*"]
+    for r in runs:
+        lines.append(f"• `{r.id}` {r.workflow_id}: {blocks.status_text(r.status)} (by {blocks.mention(r.started_by)})")
+    return "\n".join(lines)
+
+
+async def status_text(deps: BotDeps, run_id: str) -> str:
+    details = await deps.engine.details(run_id)
+    run = details.run
+    lines = [f"*Run `{run.id}`* ({run.workflow_id}): {blocks.status_text(run.status)}"]
+    for s in details.steps:
+        if s.kind == "step":
+            lines.append(f"• `{s.path}` done" + (f" after {s.attempts} attempts" if s.attempts > 1 else ""))
+    for sp in details.suspensions:
+        if sp.status == "open":
+            lines.append(f"• `{sp.path}` waiting" + (" for approval" if sp.kind == "suspend" else f" for event {sp.event_name}"))
+        else:
+            lines.append(f"• `{sp.path}` resumed by {blocks.mention(sp.resolved_by)}")
+    if run.error:
+        lines.append(f":x: {blocks.escape(str(run.error.get('message')))}")
+    return "\n".join(lines)
+
+
+async def cancel_text(deps: BotDeps, run_id: str, user: str) -> str:
+    run = await deps.engine.get_run(run_id)
+    if not may_cancel(user, run.started_by, deps.settings.approvers):
+        allowed = set(deps.settings.approvers) | ({run.started_by} if run.started_by else set())
+        return f":no_entry: Only {', '.join(blocks.mention(u) for u in sorted(allowed))} may cancel run `{run_id}`."
+    result = await deps.engine.cancel(run_id, by=user)
+    return f"Run `{run_id}` is {result.status}."

@@ -1,0 +1,70 @@
+"""Starting a run in a Slack channel: its root message first, then the run in that message's thread."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from storage.slack_store import SlackRun
+from workflows import new_run_id
+from workflows.errors import ThreadflowError
+
+from . import blocks
+from .delivery.service import resource_id_for, thread_id_for
+from .deps import BotDeps
+from .slack import SlackCallError, describe_for_people, with_retries
+
+log = logging.getLogger("threadflow.bot.commands")
+
+
+class StartRequest(BaseModel):
+    """A run to start in a channel, as ``/flow run`` or a schedule asks for it."""
+
+    team_id: str
+    channel_id: str
+    user_id: str
+    workflow_id: str
+    data: Any = None
+
+
+class StartOutcome(BaseModel):
+    """The run started (``run_id``), or what to tell the person who asked (``problem``)."""
+
+    run_id: str | None = None
+    problem: str | None = None
+
+
+async def start_run_in_channel(deps: BotDeps, request: StartRequest) -> StartOutcome:
+    """Post the run's root message in the channel, then start the run in its thread and render it there.
+
+    The root message goes out first and directly (its ``ts`` names the run's memory thread); when Slack
+    cannot take it, nothing is started and the outcome says why in words that are true for the case.
+    """
+    run_id = new_run_id()
+    text, root_blocks = blocks.root_message(blocks.Checklist(
+        run_id=run_id, workflow_id=request.workflow_id, started_by=request.user_id, status="pending"))
+    try:
+        posted = await with_retries(lambda: deps.slack.post_message(request.channel_id, text, blocks=root_blocks))
+    except SlackCallError as exc:
+        log.warning("could not post the root message of a %s run: %s", request.workflow_id, exc)
+        return StartOutcome(problem=describe_for_people(exc, deps.settings.command))
+    team, channel = request.team_id, posted.channel
+    slack_run = SlackRun(run_id=run_id, team_id=team, channel_id=channel, root_ts=posted.ts,
+                         thread_id=thread_id_for(team, channel, posted.ts), started_by=request.user_id,
+                         created_at=time.time())
+    await deps.store.add_run(slack_run, {"text": text, "blocks": root_blocks})
+    try:
+        await deps.engine.start(request.workflow_id, request.data, thread_id=slack_run.thread_id,
+                                resource_id=resource_id_for(team, channel), started_by=request.user_id, run_id=run_id)
+    except ThreadflowError as exc:
+        failed = f":x: Could not start `{request.workflow_id}`: {blocks.escape(str(exc))}"
+        try:
+            await deps.slack.update_message(channel, posted.ts, f"Could not start: {exc}", blocks=blocks.text_reply(failed))
+        except SlackCallError as slack_exc:
+            log.warning("could not mark the root message of run %s as not started: %s", run_id, slack_exc)
+        return StartOutcome(problem=str(exc))
+    await deps.delivery.ensure_rendering(slack_run)
+    return StartOutcome(run_id=run_id)

@@ -1,0 +1,21 @@
+"""Talking to Slack's Web API: a typed, paced client, and what its errors mean."""
+
+from .client import DEFAULT_TIMEOUT, Posted, SlackClient, delivery_metadata, make_web_client, with_retries
+from .errors import Permanent, RateLimited, SlackCallError, Transient, describe_for_people
+from .pacing import Pacer, pace_of
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Pacer",
+    "Permanent",
+    "Posted",
+    "RateLimited",
+    "SlackCallError",
+    "SlackClient",
+    "Transient",
+    "delivery_metadata",
+    "describe_for_people",
+    "make_web_client",
+    "pace_of",
+    "with_retries",
+]

@@ -1,0 +1,160 @@
+"""The one way the bot talks to Slack's Web API: typed calls, paced, with Slack's errors sorted.
+
+Every call is paced (:mod:`bot.slack.pacing`) and ends in a result or one of the errors in
+:mod:`bot.slack.errors`. The underlying slack_sdk client retries nothing by itself: the outbox decides
+when a delivery is tried again (it survives restarts), and interactive calls retry briefly here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from .errors import TRANSIENT_CODES, Permanent, RateLimited, SlackCallError, Transient
+from .pacing import Pacer
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+
+log = logging.getLogger("threadflow.bot.slack")
+
+T = TypeVar("T")
+
+#: Seconds a Web API call may take before it counts as a timeout (Slack answers in well under a second).
+DEFAULT_TIMEOUT = 10.0
+
+
+class Posted(NamedTuple):
+    """Where a posted message lives."""
+
+    channel: str
+    ts: str
+
+
+def delivery_metadata(delivery_id: str) -> dict[str, Any]:
+    """Message metadata that names the outbox row a post delivers, so a half-done post can be found again."""
+    return {"event_type": "threadflow_delivery", "event_payload": {"delivery_id": delivery_id}}
+
+
+def make_web_client(token: str | None, base_url: str, timeout: float = DEFAULT_TIMEOUT) -> AsyncWebClient:
+    """slack_sdk's client with no retry handlers of its own: retries are decided by the caller."""
+    return AsyncWebClient(token=token, base_url=base_url, timeout=int(max(1, timeout)), retry_handlers=[])
+
+
+class SlackClient:
+    """Typed, paced Web API calls for one app installation."""
+
+    def __init__(self, web: AsyncWebClient, pacer: Pacer, metrics: Metrics | None = None, *, team_id: str = "") -> None:
+        self.web = web
+        self.pacer = pacer
+        self.metrics = metrics
+        self.team_id = team_id
+
+    async def call(self, method: str, *, channel: str | None = None, pace: bool = True, **params: Any) -> dict[str, Any]:
+        """Call ``method`` (``chat.postMessage``); returns Slack's answer or raises a :class:`SlackCallError`."""
+        if pace:
+            await self.pacer.wait(self.team_id, method, channel)
+        fn = getattr(self.web, method.replace(".", "_"))
+        try:
+            response = await fn(**({"channel": channel} if channel is not None else {}), **params)
+        except SlackApiError as exc:
+            error = self._classify(method, exc)
+            if isinstance(error, RateLimited):
+                await self.pacer.hold(self.team_id, method, channel, error.retry_after)
+            self._count(method, error)
+            raise error from None
+        except (aiohttp.ClientConnectorError, aiohttp.ClientConnectorDNSError) as exc:
+            self._count(method, Transient(method, "connect"))
+            raise Transient(method, f"could not connect ({type(exc).__name__})") from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self._count(method, Transient(method, "connection"))
+            raise Transient(method, f"no answer ({type(exc).__name__})", maybe_delivered=True) from None
+        self._count(method, None)
+        return dict(response.data) if isinstance(response.data, dict) else {}
+
+    @staticmethod
+    def _classify(method: str, exc: SlackApiError) -> SlackCallError:
+        response = exc.response
+        status = getattr(response, "status_code", 200)
+        data = response.data if response is not None and isinstance(response.data, dict) else {}
+        code = str(data.get("error") or "unknown_error")
+        if status == 429 or code == "ratelimited":
+            headers = getattr(response, "headers", {}) or {}
+            raw = headers.get("Retry-After") or headers.get("retry-after") or "1"
+            try:
+                retry_after = max(0.0, float(raw if not isinstance(raw, list) else raw[0]))
+            except ValueError:
+                retry_after = 1.0
+            return RateLimited(method, retry_after)
+        if status >= 500 or code in TRANSIENT_CODES:
+            return Transient(method, f"HTTP {status} {code}")
+        return Permanent(method, code)
+
+    def _count(self, method: str, error: SlackCallError | None) -> None:
+        if self.metrics is not None:
+            self.metrics.slack_call(method, ok=error is None, ratelimited=isinstance(error, RateLimited))
+
+    # -- typed calls -------------------------------------------------------------------------------------
+
+    async def post_message(self, channel: str, text: str, *, blocks: list[dict[str, Any]] | None = None,
+                           thread_ts: str | None = None, metadata: dict[str, Any] | None = None) -> Posted:
+        params: dict[str, Any] = {"text": text}
+        if blocks is not None:
+            params["blocks"] = blocks
+        if thread_ts is not None:
+            params["thread_ts"] = thread_ts
+        if metadata is not None:
+            params["metadata"] = metadata
+        data = await self.call("chat.postMessage", channel=channel, **params)
+        return Posted(str(data.get("channel") or channel), str(data["ts"]))
+
+    async def update_message(self, channel: str, ts: str, text: str, *,
+                             blocks: list[dict[str, Any]] | None = None) -> Posted:
+        params: dict[str, Any] = {"ts": ts, "text": text}
+        if blocks is not None:
+            params["blocks"] = blocks
+        data = await self.call("chat.update", channel=channel, **params)
+        return Posted(str(data.get("channel") or channel), str(data.get("ts") or ts))
+
+    async def post_ephemeral(self, channel: str, user: str, text: str, *, thread_ts: str | None = None) -> None:
+        params: dict[str, Any] = {"user": user, "text": text}
+        if thread_ts:
+            params["thread_ts"] = thread_ts
+        await self.call("chat.postEphemeral", channel=channel, **params)
+
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        # A trigger id expires 3 seconds after the click: never wait for a slot.
+        await self.call("views.open", pace=False, trigger_id=trigger_id, view=view)
+
+    async def thread_replies(self, channel: str, ts: str, *, oldest: float | None = None,
+                             limit: int = 15) -> list[dict[str, Any]]:
+        """The thread's replies since ``oldest``, with their metadata (one page: used to find a half-done post)."""
+        params: dict[str, Any] = {"ts": ts, "limit": limit, "include_all_metadata": True}
+        if oldest is not None:
+            params["oldest"] = f"{oldest:.6f}"
+        data = await self.call("conversations.replies", channel=channel, **params)
+        return [m for m in data.get("messages") or [] if isinstance(m, dict)]
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 4, max_wait: float = 30.0) -> T:
+    """Retry an interactive call a few times: after 429s (as long as ``Retry-After`` allows) and transient
+    failures that cannot have reached Slack. Used where a person is waiting and there is no outbox row."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except RateLimited as exc:
+            if attempt == attempts or exc.retry_after > max_wait:
+                raise
+            await asyncio.sleep(exc.retry_after)
+        except Transient as exc:
+            if attempt == attempts or exc.maybe_delivered:
+                raise
+            await asyncio.sleep(min(max_wait, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")  # pragma: no cover

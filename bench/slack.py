@@ -61,6 +61,8 @@ async def run(report: Report, quick: bool) -> None:
                 SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET="bench-secret", SLACK_API_URL=emu.api_url,
                 THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{directory / 'bot.db'}",
                 THREADFLOW_PROGRESS_INTERVAL=0.2, THREADFLOW_WORKFLOWS="",
+                # The emulator here enforces no rate limits and this measures the bot, not Slack's pace.
+                THREADFLOW_SLACK_PACING=False,
             )
             engine = build_engine(settings, poll_interval=1.0)
             runner, _bot, port = await start_server(settings, engine, host="127.0.0.1", port=0)

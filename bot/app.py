@@ -25,7 +25,7 @@ from .deps import BackgroundTasks, BotDeps
 from .listeners import approvals, commands
 from .listeners.chat import ThreadChat
 from .metrics import Metrics
-from .middleware import ReplayGuard, reject_malformed
+from .middleware import IgnoreOwnEventsButDeletions, ReplayGuard, reject_malformed
 from .schedule_commands import make_scheduler
 from .settings import Settings
 from .slack import Pacer, SlackClient, make_web_client
@@ -62,7 +62,10 @@ class SlackBot:
             # Every listener acks first and leaves slow work to a background task, so the HTTP response can
             # go out as soon as the listener returns (with False, bolt polls every 10 ms for the ack).
             process_before_response=True,
+            # Replaced by IgnoreOwnEventsButDeletions below (same filter, deletions kept).
+            ignoring_self_events_enabled=False,
         )
+        self.app.use(IgnoreOwnEventsButDeletions())
         self.app.use(ReplayGuard(self.store).process)
         self.app.use(reject_malformed)
         commands.register(self.app, self.deps)

@@ -67,11 +67,10 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
             inspector = await start_for(settings, engine)
             print(f"threadflow inspector: open {inspector.url}runs", flush=True)
         socket_handler = None
-        if settings.slack_app_token is not None:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+        if settings.socket_mode:
+            from .server import connect_socket_mode
 
-            socket_handler = AsyncSocketModeHandler(bot.app, settings.slack_app_token.get_secret_value())
-            await socket_handler.connect_async()
+            socket_handler = await connect_socket_mode(bot, settings)
             print(f"threadflow is running in Socket Mode (health on port {port})", flush=True)
         else:
             print(f"threadflow is listening on http://{args.host or settings.host}:{port}/slack/events", flush=True)

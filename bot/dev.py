@@ -14,6 +14,8 @@ def add_dev_command(sub: Any) -> None:
     p.add_argument("--bot-port", type=int, default=0, help="port of the bot (default: any free port)")
     p.add_argument("--ui-port", type=int, default=8090, help="port of the run inspector (0: any free port)")
     p.add_argument("--no-browser", action="store_true")
+    p.add_argument("--realistic-slack", action="store_true",
+                   help="make the local Slack answer like the real one: 0.1-0.3 s per call, and Slack's rate limits")
     p.set_defaults(handler=run_dev)
 
 

@@ -66,7 +66,10 @@ def check_settings(settings: Settings) -> list[Check]:
                             "xoxb- (the Bot User OAuth Token, not a user or app-level token)."))
     else:
         checks.append(Check("SLACK_BOT_TOKEN", "ok", f"set ({mask(token)})."))
-    if _secret(settings.slack_signing_secret) is None:
+    if _secret(settings.slack_signing_secret) is None and settings.socket_mode:
+        checks.append(Check("SLACK_SIGNING_SECRET", "ok", "not needed: Socket Mode (SLACK_APP_TOKEN) receives "
+                            "Slack's requests over its own connection."))
+    elif _secret(settings.slack_signing_secret) is None:
         checks.append(Check("SLACK_SIGNING_SECRET", "fail", "not set. Copy the Signing Secret from your Slack "
                             "app's Basic Information page."))
     else:

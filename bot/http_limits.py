@@ -1,7 +1,7 @@
 """Keeping the HTTP side up when clients misbehave: slow requests, too many connections, no file descriptors.
 
-- A client that never finishes sending a request's head is dropped after ``keepalive_timeout`` (aiohttp's
-  idle timer starts when the connection opens); one that never finishes its body, after ``READ_TIMEOUT``.
+- A client that never finishes sending a request's head is dropped after ``THREADFLOW_HTTP_TIMEOUT`` (aiohttp's
+  idle timer, which starts when the connection opens); one that never finishes its body, after the same.
 - At most ``max_connections`` connections are open at once; the next one gets a 503 and is closed.
 - When ``accept()`` fails for lack of file descriptors, asyncio logs an error every second it retries: that
   is logged once per episode here, with how many were suppressed.
@@ -18,11 +18,6 @@ from typing import Any
 from aiohttp import web
 
 log = logging.getLogger("threadflow.bot.server")
-
-#: Seconds a client may take to send a request's body.
-READ_TIMEOUT = 10.0
-#: Seconds a connection may stay open without a complete request (its head) or between requests.
-HEAD_TIMEOUT = 15.0
 
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
          b"Connection: close\r\n\r\ntoo many connections\n")

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from slack_bolt.middleware.ignoring_self_events.async_ignoring_self_events import AsyncIgnoringSelfEvents
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
@@ -77,3 +78,15 @@ async def reject_malformed(req: AsyncBoltRequest, resp: BoltResponse, next: Next
         return BoltResponse(status=400, body=f'{{"error": "malformed request: {problem}"}}',
                             headers={"content-type": ["application/json"]})
     return await next()
+
+
+class IgnoreOwnEventsButDeletions(AsyncIgnoringSelfEvents):
+    """Bolt's filter of the bot's own events, except that someone deleting one of the bot's messages is news:
+    a deleted approval card must be posted again (bolt would drop ``message_deleted`` as a self event)."""
+
+    @classmethod
+    def _is_self_event(cls, auth_result: Any, user_id: str | None, bot_id: str | None, body: dict[str, Any]) -> bool:
+        event = body.get("event")
+        if isinstance(event, dict) and event.get("type") == "message" and event.get("subtype") == "message_deleted":
+            return False
+        return bool(super()._is_self_event(auth_result, user_id, bot_id, body))

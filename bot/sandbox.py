@@ -82,9 +82,11 @@ class Sandbox:
     """
 
     def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, bot_port: int = 0,
-                 ui_port: int = 0) -> None:
+                 ui_port: int = 0, realistic_slack: bool = False) -> None:
         self.host, self.port, self.bot_port, self.ui_port = host, port, bot_port, ui_port
         self.emulator = SlackEmulator(signing_secret=secrets.token_urlsafe(32), bot_token=SANDBOX_BOT_TOKEN)
+        #: Answer like the real Web API: 0.1-0.3 s per call and Slack's rate limits (429 + Retry-After).
+        self.emulator.realistic(realistic_slack)
         self.page = SandboxPage(self.emulator, settings.command, model=settings.model_name)
         self.page.install(self.emulator.app)
         self.base_settings = settings
@@ -387,7 +389,8 @@ def run_sandbox(settings: Settings, args: argparse.Namespace) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migration chatter on every start
 
     async def main() -> int:
-        sandbox = Sandbox(settings, port=args.port, bot_port=args.bot_port, ui_port=args.ui_port)
+        sandbox = Sandbox(settings, port=args.port, bot_port=args.bot_port, ui_port=args.ui_port,
+                          realistic_slack=bool(getattr(args, "realistic_slack", False)))
         try:
             await sandbox.start()
         except SandboxError as exc:
@@ -398,6 +401,8 @@ def run_sandbox(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  bot {sandbox.emulator.bot_url} · model {sandbox.settings.model_name} · "
                   f"database {safe_url(sandbox.settings.database_url)} · Ctrl+C to stop", flush=True)
             print(f"  run inspector {sandbox.page.inspector_url}", flush=True)
+            if getattr(args, "realistic_slack", False):
+                print("  Slack answers like the real one: 0.1-0.3 s per call, and its rate limits", flush=True)
             if not args.no_browser:
                 await asyncio.get_running_loop().run_in_executor(None, open_browser, sandbox.url)
             await wait_for_stop_signal()

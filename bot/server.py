@@ -17,7 +17,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from workflows import Engine
 
 from .app import SlackBot
-from .http_limits import HEAD_TIMEOUT, READ_TIMEOUT, BoundedTCPSite, install_accept_error_filter
+from .http_limits import BoundedTCPSite, install_accept_error_filter
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import Settings
 
@@ -33,13 +33,14 @@ MAX_BODY = 1024 * 1024
 async def slack_events(request: web.Request) -> web.Response:
     """Every Slack request (commands, interactivity, events) arrives here; bolt verifies the signature.
 
-    The body must arrive within ``READ_TIMEOUT``: a client that trickles it is dropped."""
+    The body must arrive within ``THREADFLOW_HTTP_TIMEOUT``: a client that trickles it is dropped."""
     bot = request.app[BOT_KEY]
+    timeout = bot.settings.http_timeout
     try:
-        async with asyncio.timeout(READ_TIMEOUT):
+        async with asyncio.timeout(timeout):
             await request.read()  # cached: bolt reads it below
     except TimeoutError:
-        log.warning("dropped a Slack request whose body did not arrive within %s s", READ_TIMEOUT)
+        log.warning("dropped a Slack request whose body did not arrive within %s s", timeout)
         return web.json_response({"error": "request body too slow"}, status=408)
     try:
         bolt_request = await to_bolt_request(request)  # reads the body already read above
@@ -90,12 +91,22 @@ def create_web_app(bot: SlackBot, metrics: Metrics | None = None) -> web.Applica
     return app
 
 
+async def connect_socket_mode(bot: SlackBot, settings: Settings) -> Any:
+    """Connect out to Slack in Socket Mode (``SLACK_APP_TOKEN``); returns the handler to ``close_async()``."""
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    assert settings.slack_app_token is not None
+    handler = AsyncSocketModeHandler(bot.app, settings.slack_app_token.get_secret_value())
+    await handler.connect_async()  # type: ignore[no-untyped-call]
+    return handler
+
+
 async def start_server(settings: Settings, engine: Engine, *, host: str | None = None, port: int | None = None,
                        **bot_kwargs: Any) -> tuple[web.AppRunner, SlackBot, int]:
     """Start the bot's HTTP server; returns the runner (for cleanup), the bot and the bound port."""
     bot = SlackBot(settings, engine, **bot_kwargs)
     install_accept_error_filter(asyncio.get_running_loop())
-    runner = web.AppRunner(create_web_app(bot), access_log=None, keepalive_timeout=HEAD_TIMEOUT)
+    runner = web.AppRunner(create_web_app(bot), access_log=None, keepalive_timeout=settings.http_timeout)
     await runner.setup()
     site = BoundedTCPSite(runner, host or settings.host, settings.port if port is None else port,
                           max_connections=settings.max_connections)

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     slack_timeout: float = Field(10.0, validation_alias="THREADFLOW_SLACK_TIMEOUT", gt=0)
     slack_pacing: bool = Field(True, validation_alias="THREADFLOW_SLACK_PACING")
     max_connections: int = Field(512, validation_alias="THREADFLOW_MAX_CONNECTIONS", gt=0)
+    http_timeout: float = Field(15.0, validation_alias="THREADFLOW_HTTP_TIMEOUT", gt=0)
     lease_seconds: float = Field(30.0, validation_alias="THREADFLOW_LEASE_SECONDS", gt=0)
     poll_interval: float = Field(1.0, validation_alias="THREADFLOW_POLL_INTERVAL", gt=0)
     timezone: str = Field("UTC", validation_alias="THREADFLOW_TIMEZONE")

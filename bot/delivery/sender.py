@@ -5,6 +5,8 @@ For each message of the run that Slack has not taken yet: posts go out in the or
 most once per ``interval`` per message, always with the newest content. What Slack answers decides what
 happens next:
 
+Posts planned after an approval card's edit (the final reply after a decision) wait for that edit.
+
 - ``ok``: the version sent is recorded (a newer one planned meanwhile stays pending);
 - 429: the row waits for ``Retry-After`` (the pacing scope too, for every replica);
 - 5xx, timeouts, dropped connections: backoff with jitter, capped, forever (across restarts);
@@ -75,6 +77,8 @@ class Sender:
                 due = max(row.next_attempt_at, (row.last_sent_at or 0.0) + self.interval)
                 if due > now:
                     later(due)
+                    # A card's new state (a decision) shows before the posts planned after it (the final reply).
+                    posts_blocked = posts_blocked or row.kind == "approval"
                     continue
                 if not await self._update(run, row):
                     latest = await self.store.get_message(row.key)

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from .socket_mode import SocketModeServer
 from .state import Delivery, Json, Message, WorkspaceState
 
 STALE_SECONDS = 600  # SignatureVerifier rejects anything older than 5 minutes
@@ -96,6 +97,8 @@ class BotDelivery:
         self.timeout = timeout
         self.verification_token = verification_token
         self.response_url_base = ""
+        #: When a bot is connected in Socket Mode, requests go over its socket instead of HTTP.
+        self.socket: SocketModeServer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._events: dict[str, bytes] = {}
 
@@ -117,6 +120,11 @@ class BotDelivery:
     async def send(self, kind: str, body: bytes, content_type: str, payload: Json, *,
                    event_id: str | None = None, retry_num: int | None = None, retry_reason: str | None = None,
                    forge_signature: bool = False, stale_timestamp: bool = False) -> DeliveryResult:
+        if self.socket is not None and self.socket.connected.is_set():
+            status, text = await self.socket.send(kind, payload, timeout=self.timeout, retry_attempt=retry_num or 0,
+                                                  retry_reason=retry_reason or "")
+            self.state.record_delivery(Delivery(kind, status, body, "socket_mode", text, {}, event_id))
+            return DeliveryResult(status, text, {}, payload, event_id=event_id)
         if not self.bot_url:
             raise RuntimeError("SlackEmulator.bot_url is not set; nowhere to deliver to")
         headers = self.signed_headers(body, content_type, forge_signature=forge_signature,
@@ -216,6 +224,8 @@ class BotDelivery:
             base["blocks"] = msg.blocks
         if msg.is_reply:
             base.update(thread_ts=msg.thread_ts, parent_user_id=msg.parent_user_id)
+        if msg.files:
+            base.update(subtype="file_share", files=msg.files, upload=False, display_as_bot=False)
         if msg.bot_id:
             base.update(bot_id=msg.bot_id, app_id=msg.app_id,
                         bot_profile={"id": msg.bot_id, "app_id": msg.app_id, "name": "threadflow",

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .delivery import BotDelivery, DeliveryResult, action_payload, find_action
 from .openid import OpenIdProvider
+from .socket_mode import SocketModeServer
 from .state import (
     ApiCall,
     Channel,
@@ -59,10 +60,14 @@ class SlackEmulator:
         self.echo_bot_messages = echo_bot_messages
         self.delivery = BotDelivery(self.state, signing_secret, bot_url, timeout=delivery_timeout)
         self.web_api = SlackWebApi(self.state, on_bot_message=self._echo)
+        self.socket_mode = SocketModeServer(self.state)
+        self.web_api.open_socket = self.socket_mode.open_connection
+        self.delivery.socket = self.socket_mode
         self.app = web.Application()  # add sandbox routes here before start()
         self.web_api.install(self.app)
         self.openid = OpenIdProvider(self.state, self.web_api)  # Sign in with Slack, channel membership
         self.openid.install(self.app)
+        self.socket_mode.install(self.app)
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -88,6 +93,7 @@ class SlackEmulator:
         await site.start()
         bound_host, bound_port = self._runner.addresses[0][:2]
         self.url = f"http://{bound_host}:{bound_port}/"
+        self.socket_mode.base_ws_url = f"ws://{bound_host}:{bound_port}/"
         self.delivery.response_url_base = self.url + "response_url/"
         return self
 
@@ -96,6 +102,7 @@ class SlackEmulator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.state.close_subscriptions()
+        await self.socket_mode.close()
         await self.delivery.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -113,19 +120,48 @@ class SlackEmulator:
         self.state.channels[cid] = Channel(cid, name)
         return cid
 
+    def add_app_token(self, token: str) -> str:
+        """An app-level token (``xapp-...``) that may open Socket Mode connections."""
+        self.socket_mode.app_tokens.add(token)
+        return token
+
     def add_user(self, name: str, user_id: str | None = None) -> str:
         uid = user_id or f"U0{name.upper()}"
         self.state.users[uid] = User(uid, name)
         return uid
 
     def fail_next(self, method: str, status: int = 429, retry_after: int | None = 1, times: int = 1,
-                  error: str | None = None) -> None:
+                  error: str | None = None, *, delay: float = 0.0, apply: bool = False, drop: bool = False,
+                  when: Callable[[Json], bool] | None = None) -> None:
         """Make the next ``times`` calls of ``method`` ("*" = any) fail with ``status``.
 
         429 carries ``Retry-After`` and ``ratelimited``; 5xx carries ``internal_error`` (503:
-        ``service_unavailable``); a 200 with ``error=...`` injects a plain Slack API error.
+        ``service_unavailable``); a 200 with ``error=...`` injects a plain Slack API error. ``delay`` holds the
+        answer back (a client with a shorter timeout sees a timeout); ``apply=True`` makes the call take
+        effect anyway (Slack did it, its answer was lost); ``drop=True`` closes the connection unanswered.
+        ``when`` limits the fault to calls whose parameters it accepts (e.g. only posts with buttons).
         """
-        self.web_api.fail_next(method, status=status, retry_after=retry_after, times=times, error=error)
+        self.web_api.fail_next(method, status=status, retry_after=retry_after, times=times, error=error,
+                               delay=delay, apply=apply, drop=drop, when=when)
+
+    def clear_faults(self) -> None:
+        self.web_api.faults.clear()
+
+    def slow(self, method: str, low: float, high: float | None = None) -> None:
+        """Every call of ``method`` ("*" = any) takes ``low`` to ``high`` seconds to answer."""
+        self.web_api.latency.set(method, low, high)
+
+    def realistic(self, on: bool = True) -> None:
+        """Answer like the real Web API: 0.1-0.3 s per call, and Slack's rate limits (429 + Retry-After)."""
+        self.web_api.realistic(on)
+
+    def enforce_rate_limits(self, on: bool = True) -> None:
+        self.web_api.rate_limits.enabled = on
+
+    @property
+    def rate_limited(self) -> int:
+        """How many calls Slack's rate limits refused (429) so far."""
+        return self.web_api.rate_limits.limited
 
     # -- accessors -------------------------------------------------------------------------
     def messages(self, channel: str = "C0GENERAL") -> list[Message]:
@@ -268,14 +304,16 @@ class SlackEmulator:
 
     async def post_as_user(self, text: str, *, user: str = "U0ALICE", channel: str = "C0GENERAL",
                            thread_ts: str | None = None, blocks: list[Json] | None = None,
-                           **opts: Any) -> UserPost:
+                           files: list[Json] | None = None, **opts: Any) -> UserPost:
         """A person posts: store it like Slack, then deliver ``message`` (+ ``app_mention``) events.
 
+        With ``files`` the message is a ``file_share`` (text plus attached files, as Slack sends it).
         Delivery is skipped when no ``bot_url`` is configured, so pure state tests work too.
         """
-        msg = self.state.add_message(channel, text=text, user=user, blocks=blocks, thread_ts=thread_ts)
+        msg = self.state.add_message(channel, text=text, user=user, blocks=blocks, thread_ts=thread_ts,
+                                     files=[self.state.file_object(f, user) for f in files] if files else None)
         results = []
-        if self.bot_url:
+        if self.bot_url or self.socket_mode.connected.is_set():
             for event in self.delivery.message_events(msg):
                 results.append(await self.delivery.send_event(self.delivery.event_envelope(event), **opts))
         return UserPost(msg, results)
@@ -287,6 +325,19 @@ class SlackEmulator:
     async def redeliver(self, event_id: str, *, retry_num: int = 1, retry_reason: str = "http_timeout",
                         **opts: Any) -> DeliveryResult:
         return await self.delivery.redeliver(event_id, retry_num=retry_num, retry_reason=retry_reason, **opts)
+
+    async def delete_as_user(self, ts: str, channel: str = "C0GENERAL", **opts: Any) -> DeliveryResult | None:
+        """Someone (an admin, say) deletes a message: gone from the channel, and Slack sends ``message_deleted``."""
+        msg = self.state.find_message(ts, channel)
+        if msg is None:
+            raise LookupError(f"no message with ts={ts}")
+        self.state.delete_message(msg)
+        if not self.bot_url:
+            return None
+        event = {"type": "message", "subtype": "message_deleted", "hidden": True, "channel": channel,
+                 "ts": self.state.next_ts(), "deleted_ts": ts, "event_ts": self.state.next_ts(),
+                 "previous_message": msg.to_api(), "channel_type": "channel"}
+        return await self.deliver_event(event, **opts)
 
     def _echo(self, msg: Message) -> None:
         """Slack echoes a bot's own posts as ``message`` events with ``bot_id``; opt-in here."""

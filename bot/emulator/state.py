@@ -69,6 +69,7 @@ class Message:
     replies: list[str] = field(default_factory=list)  # reply ts values when this is a parent
     reply_users: list[str] = field(default_factory=list)
     parent_user_id: str | None = None
+    files: list[Json] | None = None
 
     @property
     def is_reply(self) -> bool:
@@ -77,7 +78,7 @@ class Message:
     def to_api(self) -> Json:
         out: Json = {"type": "message", "ts": self.ts, "text": self.text, "team": self.team}
         for key in ("user", "bot_id", "app_id", "blocks", "attachments", "metadata", "edited",
-                    "parent_user_id"):
+                    "parent_user_id", "files"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -88,6 +89,9 @@ class Message:
                        reply_users_count=len(self.reply_users), latest_reply=self.replies[-1])
         if self.reply_broadcast:
             out["subtype"] = "thread_broadcast"
+        elif self.files:
+            out["subtype"] = "file_share"
+            out["upload"] = False
         return out
 
 
@@ -391,6 +395,17 @@ class WorkspaceState:
     def record_delivery(self, delivery: Delivery) -> None:
         self.deliveries.append(delivery)
         self.notify("delivery", kind=delivery.kind, status=delivery.status, event_id=delivery.event_id)
+
+    def file_object(self, spec: Json, user: str) -> Json:
+        """A file as Slack describes it in a ``file_share`` message (the bot never downloads it)."""
+        file_id = self.next_id("F")
+        name = str(spec.get("name") or "file.txt")
+        return {"id": file_id, "created": int(self.clock()), "timestamp": int(self.clock()), "name": name,
+                "title": spec.get("title", name), "mimetype": spec.get("mimetype", "text/plain"),
+                "filetype": name.rsplit(".", 1)[-1], "user": user, "size": int(spec.get("size", 42)),
+                "mode": "hosted", "is_external": False, "is_public": True,
+                "url_private": f"https://files.slack.com/files-pri/{self.team_id}-{file_id}/{name}",
+                "permalink": f"https://{self.team_domain}.slack.com/files/{user}/{file_id}/{name}"}
 
     def issue_trigger(self, user: str) -> str:
         trigger_id = f"{self.next_id('')}.{self.team_id}.{self.next_id('trig')}"

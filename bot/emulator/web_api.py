@@ -7,6 +7,7 @@ what Slack does; otherwise a bot that passes here could still break against real
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .realism import REALISTIC_LATENCY, Latency, RateLimits
 from .state import ApiCall, Json, Message, ResponseUrl, View, WorkspaceState, truthy
 
 JSON_FIELDS = ("blocks", "attachments", "view", "metadata")
@@ -30,13 +32,22 @@ class ApiError(Exception):
 
 @dataclass
 class Fault:
-    """An injected failure for the next ``times`` calls of ``method`` (``"*"`` = any method)."""
+    """An injected failure for the next ``times`` calls of ``method`` (``"*"`` = any method).
+
+    ``delay`` holds the answer back that many seconds (longer than the client waits: a timeout); with
+    ``apply`` the call still takes effect (Slack did it, the answer was lost). ``drop`` closes the connection
+    without an answer. ``when`` limits the fault to calls whose parameters it accepts.
+    """
 
     method: str
     status: int
     error: str
     retry_after: int | None
     times: int
+    delay: float = 0.0
+    apply: bool = False
+    drop: bool = False
+    when: Callable[[Json], bool] | None = None
 
 
 def default_error(status: int) -> str:
@@ -95,6 +106,9 @@ class SlackWebApi:
     def __init__(self, state: WorkspaceState, on_bot_message: Callable[[Message], None] | None = None) -> None:
         self.state = state
         self.faults: list[Fault] = []
+        self.latency = Latency()
+        self.rate_limits = RateLimits()
+        self.open_socket: Callable[[str | None], Json] | None = None
         self.on_bot_message = on_bot_message
         self.methods: dict[str, Handler] = {
             "auth.test": self.auth_test,
@@ -115,12 +129,22 @@ class SlackWebApi:
         app.router.add_post("/response_url/{id}", self.handle_response_url)
 
     def fail_next(self, method: str, *, status: int = 429, retry_after: int | None = 1, times: int = 1,
-                  error: str | None = None) -> None:
-        self.faults.append(Fault(method, status, error or default_error(status), retry_after, times))
+                  error: str | None = None, delay: float = 0.0, apply: bool = False, drop: bool = False,
+                  when: Callable[[Json], bool] | None = None) -> None:
+        self.faults.append(Fault(method, status, error or default_error(status), retry_after, times, delay, apply,
+                                 drop, when))
 
-    def _take_fault(self, method: str) -> Fault | None:
+    def realistic(self, on: bool = True, *, latency: tuple[float, float] = REALISTIC_LATENCY) -> None:
+        """Behave like the real Web API: every call takes ``latency`` seconds, Slack's rate limits apply."""
+        if on:
+            self.latency.set("*", *latency)
+        else:
+            self.latency.ranges.pop("*", None)
+        self.rate_limits.enabled = on
+
+    def _take_fault(self, method: str, params: Json) -> Fault | None:
         for fault in self.faults:
-            if fault.method in (method, "*"):
+            if fault.method in (method, "*") and (fault.when is None or fault.when(params)):
                 fault.times -= 1
                 if fault.times <= 0:
                     self.faults.remove(fault)
@@ -155,25 +179,49 @@ class SlackWebApi:
         params.pop("token", None)
         call = ApiCall(method, params, request.method, request.content_type, token, self.state.clock())
         headers: dict[str, str] = {}
-        fault = self._take_fault(method)
-        if fault is not None:
+        latency = self.latency.of(method)
+        if latency > 0:
+            await asyncio.sleep(latency)
+        fault = self._take_fault(method, params)
+        wait = self.rate_limits.check(self.state.team_id, method, self._channel_id(params)) if fault is None else 0.0
+        if fault is not None and not fault.apply:
             call.status, body = fault.status, {"ok": False, "error": fault.error}
             if fault.retry_after is not None and fault.status == 429:
                 headers["Retry-After"] = str(fault.retry_after)
-        elif method not in self.methods:
-            body = {"ok": False, "error": "unknown_method"}
-        elif not token:
-            body = {"ok": False, "error": "not_authed"}
-        elif token not in self.state.tokens:
-            body = {"ok": False, "error": "invalid_auth"}
+        elif wait > 0:
+            call.status, body = 429, {"ok": False, "error": "ratelimited"}
+            headers["Retry-After"] = str(self.rate_limits.retry_after(wait))
         else:
-            try:
-                body = {"ok": True, **self.methods[method](params, self.state.tokens[token])}
-            except ApiError as exc:
-                body = {"ok": False, "error": exc.error}
+            body = self._answer(method, params, token)
+            if fault is not None and fault.status != 200:  # it took effect, and the answer says it failed
+                call.status, body = fault.status, {"ok": False, "error": fault.error}
         call.response = body
         self.state.record_call(call)
+        if fault is not None and fault.delay > 0:
+            await asyncio.sleep(fault.delay)
+        if fault is not None and fault.drop:
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=499)  # never reaches the client: the connection is gone
         return web.json_response(body, status=call.status, headers=headers)
+
+    def _answer(self, method: str, params: Json, token: str | None) -> Json:
+        if method == "apps.connections.open" and self.open_socket is not None:
+            return self.open_socket(token)  # app-level tokens only, not the bot's
+        if method not in self.methods:
+            return {"ok": False, "error": "unknown_method"}
+        if not token:
+            return {"ok": False, "error": "not_authed"}
+        if token not in self.state.tokens:
+            return {"ok": False, "error": "invalid_auth"}
+        try:
+            return {"ok": True, **self.methods[method](params, self.state.tokens[token])}
+        except ApiError as exc:
+            return {"ok": False, "error": exc.error}
+
+    def _channel_id(self, params: Json) -> str | None:
+        channel = self.state.resolve_channel(params.get("channel")) if params.get("channel") else None
+        return channel.id if channel is not None else None
 
     async def handle_response_url(self, request: web.Request) -> web.Response:
         ru = self.state.response_urls.get(request.match_info["id"])

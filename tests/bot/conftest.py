@@ -74,10 +74,13 @@ def assert_no_secrets(emu: SlackEmulator, logs: pytest.LogCaptureFixture) -> Non
         seen.append(record.getMessage())
         if record.exc_info:
             seen.append(logging.Formatter().formatException(record.exc_info))
-    for secret in (TOKEN, SIGNING_SECRET):
+    app_tokens = set(emu.socket_mode.app_tokens)
+    for secret in (TOKEN, SIGNING_SECRET, *app_tokens):
         leaks = [text[:200] for text in seen if secret in text]
         assert not leaks, f"a secret leaked: {leaks}"
-    assert {call.token for call in emu.calls()} <= {TOKEN}  # every API call authenticated as the bot
+    # Every API call authenticated as the bot (the app-level token only opens Socket Mode connections).
+    assert {call.token for call in emu.calls() if call.method != "apps.connections.open"} <= {TOKEN}
+    assert {call.token for call in emu.calls("apps.connections.open")} <= app_tokens
 
 
 # -- the bot under test -------------------------------------------------------------------------------

@@ -149,3 +149,17 @@ def test_manifest_names_the_command_scopes_and_urls(cli: Any) -> None:
     assert command["command"] == "/flow" and command["url"] == "https://bot.example.com/slack/events"
     assert manifest["settings"]["interactivity"]["request_url"] == "https://bot.example.com/slack/events"
     assert {"commands", "chat:write", "app_mentions:read"} <= set(manifest["oauth_config"]["scopes"]["bot"])
+
+
+def test_the_manifest_asks_for_exactly_the_scopes_the_bot_uses(cli: Any) -> None:
+    from bot.commands_server import BOT_SCOPES
+
+    manifest = as_json(cli("manifest", "--url", "https://bot.example.com"))
+    assert manifest["oauth_config"]["scopes"]["bot"] == list(BOT_SCOPES)
+    assert "users:read" not in BOT_SCOPES  # never called
+    # Direct messages are answered, so the Messages tab is on and message.im is subscribed with im:history.
+    assert manifest["features"]["app_home"]["messages_tab_enabled"] is True
+    assert "message.im" in manifest["settings"]["event_subscriptions"]["bot_events"] and "im:history" in BOT_SCOPES
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for scope in BOT_SCOPES:
+        assert f"`{scope}`" in readme, f"the README does not explain {scope}"

@@ -305,3 +305,20 @@ async def test_threadflow_dev_in_an_empty_directory_with_no_environment(tmp_path
     assert (tmp_path / "threadflow.db").exists()  # the default database, in the current directory
     stderr = (tmp_path / "stderr.log").read_text()
     assert "Traceback" not in stderr and "alembic" not in stderr, stderr[-2000:]
+
+
+async def test_the_sandbox_works_with_realistic_slack(tmp_path: Path) -> None:
+    """``threadflow dev --realistic-slack``: Slack answers in 0.1-0.3 s and enforces its rate limits."""
+    settings = Settings(_env_file=None, THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'threadflow.db'}",  # type: ignore[call-arg]
+                        THREADFLOW_PROGRESS_INTERVAL=0.05)
+    async with Sandbox(settings, port=0, realistic_slack=True) as sb, \
+            aiohttp.ClientSession(base_url=sb.url) as session:
+        http = Page(sb, session)
+        assert sb.emulator.web_api.rate_limits.enabled and sb.emulator.web_api.latency.ranges["*"] == (0.1, 0.3)
+        await http.post("/sandbox/command", {"text": "/flow run approval", "user": ALICE})
+        root = await http.emu.wait_for(lambda: http.root("approval"), timeout=15)
+        approval = await http.emu.wait_for(lambda: next((m for m in http.thread(root) if buttons(m)), None), timeout=15)
+        await http.post("/sandbox/click", {"ts": approval.ts, "action_id": "approve", "user": ALICE})
+        await http.emu.wait_for(lambda: any("Run finished" in m.text for m in http.thread(root)), timeout=20)
+        await http.emu.wait_for(lambda: "success" in status_line(root), timeout=20)
+        assert http.emu.rate_limited == 0

@@ -103,3 +103,41 @@ async def test_a_mention_inside_a_thread_is_answered_once(bot: RunningBot) -> No
     assert sorted(kinds) == ["app_mention", "message"]
     answer = await answered(bot, run.root.ts, question.ts)
     assert answer.thread_ts == run.root.ts
+
+
+async def test_a_thread_reply_with_a_file_is_answered_once(bot: RunningBot) -> None:
+    bot.emu.echo_bot_messages = True
+    run = await finished_run(bot)
+    question = await bot.emu.post_as_user("here is the log, what failed?", user=BOB, thread_ts=run.root.ts,
+                                          files=[{"name": "deploy.log", "mimetype": "text/plain", "size": 2048}])
+    assert question.message.files and question.message.to_api()["subtype"] == "file_share"
+    assert [d.status for d in question.deliveries] == [200]
+    answer = await answered(bot, run.root.ts, question.ts)
+    assert '"here is the log, what failed?"' in answer.text
+    again = await bot.emu.redeliver(question.deliveries[0].event_id or "")  # Slack's retry: still one answer
+    assert again.status == 200
+    await answered(bot, run.root.ts, question.ts)
+
+
+async def test_a_direct_message_is_answered_in_the_conversation(bot: RunningBot) -> None:
+    bot.emu.echo_bot_messages = True
+    dm = bot.emu.state.im_channel(BOB).id
+    first = await bot.emu.post_as_user("remember: the release train leaves on Thursday", user=BOB, channel=dm)
+    assert [d.status for d in first.deliveries] == [200]
+    reply = await bot.emu.wait_for(lambda: [m for m in bot.emu.messages(dm) if m.user == BOT_USER], timeout=5)
+    assert reply[0].thread_ts is None  # answered in the conversation itself, not in a thread
+    second = await bot.emu.post_as_user("when does the release train leave?", user=BOB, channel=dm)
+    answers_ = await bot.emu.wait_for(
+        lambda: [m for m in bot.emu.messages(dm) if m.user == BOT_USER and float(m.ts) > float(second.ts)], timeout=5)
+    assert "Thursday" in answers_[0].text  # the conversation is one memory thread
+    await bot.idle()
+    assert len([m for m in bot.emu.messages(dm) if m.user == BOT_USER]) == 2
+
+
+async def test_agent_text_is_escaped_so_it_cannot_ping_the_channel(bot: RunningBot) -> None:
+    run = await finished_run(bot)
+    question = await bot.emu.post_as_user("say <!channel> & <https://evil.example|your bank>", user=BOB,
+                                          thread_ts=run.root.ts)
+    answer = await answered(bot, run.root.ts, question.ts)
+    assert "<!channel>" not in answer.text and "&lt;!channel&gt;" in answer.text
+    assert "&amp;" in answer.text and "<https://evil.example" not in answer.text

@@ -1,0 +1,88 @@
+"""The planner as plain functions: a run's events in, the messages Slack should show out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.delivery.planner import RunView, StepPresentation, plan
+from storage.slack_store import SlackRun, WantedMessage
+from workflows import WorkflowEvent
+
+RUN = SlackRun(run_id="r1", team_id="T1", channel_id="C1", root_ts="100.000001", thread_id="slack:T1:C1:100.000001",
+               started_by="U0ALICE", created_at=0.0)
+
+
+def ev(id_: int, type_: str, path: str | None = None, **data: Any) -> WorkflowEvent:
+    return WorkflowEvent(id=id_, run_id="r1", type=type_, path=path, data=data, at=float(id_))  # type: ignore[arg-type]
+
+
+def describe(workflow_id: str, step_id: str) -> StepPresentation | None:
+    return StepPresentation(post_output=True, name="planner") if step_id == "plan" else None
+
+
+def by_key(wanted: list[WantedMessage]) -> dict[str, WantedMessage]:
+    return {w.key: w for w in wanted}
+
+
+def has_buttons(message: WantedMessage) -> bool:
+    return any(b.get("type") == "actions" for b in message.content.get("blocks") or [])
+
+
+EVENTS = [
+    ev(1, "run.started", workflow_id="deploy", input={"request": "x"}, started_by="U0ALICE"),
+    ev(2, "step.succeeded", "plan", step_id="plan", output={"text": "Use <!channel> & <b>"}),
+    ev(3, "step.suspended", "approve", step_id="approve", payload={"title": "Deploy?", "cost": 300}),
+    ev(4, "run.suspended", paths=["approve"]),
+]
+
+
+def test_a_suspended_run_wants_its_root_waiting_and_one_card_with_buttons() -> None:
+    view = RunView(RUN)
+    result = plan(view, EVENTS, describe)
+    wanted = by_key(result.wanted)
+    assert "waiting for approval" in str(wanted["root:r1"].content["blocks"])
+    card = wanted["approval:r1:approve"]
+    assert has_buttons(card) and card.thread_ts == RUN.root_ts and card.seq == 3
+    assert [w.key for w in result.wanted if w.kind == "post"] == ["post:r1:2:output"]
+    assert any("waiting for approval" in note for note in result.notes)
+
+
+def test_text_that_did_not_come_from_the_bot_is_escaped() -> None:
+    result = plan(RunView(RUN), EVENTS, describe)
+    [post] = [w for w in result.wanted if w.kind == "post"]
+    text = post.content["text"]
+    assert "<!channel>" not in text and "&lt;!channel&gt; &amp; &lt;b&gt;" in text
+
+
+def test_a_decision_turns_the_card_into_who_decided_without_buttons() -> None:
+    view = RunView(RUN)
+    plan(view, EVENTS, describe)
+    later = [ev(5, "run.resumed", "approve", step_id="approve", by="U0BOB", data={"approved": False, "reason": "<too> much"}),
+             ev(6, "run.finished", status="failed", error={"message": "Rejected by U0BOB", "path": "approve"})]
+    result = plan(view, later, describe)
+    card = by_key(result.wanted)["approval:r1:approve"]
+    assert not has_buttons(card) and "Rejected by <@U0BOB>: &lt;too&gt; much" in card.content["text"]
+    assert [w.key for w in result.wanted if w.kind == "post"] == ["post:r1:6:result"]
+    assert ":x: failed" in str(by_key(result.wanted)["root:r1"].content["blocks"])
+
+
+def test_a_canceled_run_withdraws_its_open_card() -> None:
+    view = RunView(RUN)
+    plan(view, EVENTS, describe)
+    result = plan(view, [ev(5, "run.canceled", by="U0BOB")], describe)
+    card = by_key(result.wanted)["approval:r1:approve"]
+    assert not has_buttons(card) and "canceled by <@U0BOB>" in card.content["text"]
+
+
+def test_replaying_the_same_events_plans_the_same_messages() -> None:
+    first = plan(RunView(RUN), EVENTS, describe)
+    second = plan(RunView(RUN), EVENTS, describe)
+    assert first.wanted == second.wanted  # the outbox keys make a replay insert nothing new
+
+
+def test_events_already_planned_want_no_posts_only_the_cards() -> None:
+    view = RunView(RUN)
+    for e in EVENTS:
+        view.apply(e)  # replayed from offset 0, already past the render offset
+    result = plan(view, [], describe)
+    assert {w.kind for w in result.wanted} == {"root", "approval"} and result.notes == []

@@ -122,6 +122,16 @@ class EventReceived(EventData):
     event: str | None = None
 
 
+class RunStranded(EventData):
+    """No running process has the run's workflow version (``message`` says what the operator can do)."""
+
+    workflow_id: str | None = None
+    version: str | None = None
+    fingerprint: str | None = None
+    registered: list[dict[str, Any]] = []
+    message: str | None = None
+
+
 #: The typed payload of each event type; other types read as plain :class:`EventData`.
 PAYLOADS: dict[str, type[EventData]] = {
     "run.started": RunStarted,
@@ -134,6 +144,7 @@ PAYLOADS: dict[str, type[EventData]] = {
     "step.failed": StepFailed,
     "step.suspended": StepSuspended,
     "event.received": EventReceived,
+    "run.stranded": RunStranded,
 }
 
 

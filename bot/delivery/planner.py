@@ -19,6 +19,7 @@ from workflows.events import (
     RunCanceled,
     RunFinished,
     RunResumed,
+    RunStranded,
     StepFailed,
     StepRetrying,
     StepStarted,
@@ -211,6 +212,10 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
             by = blocks.mention(data.by)
             text, reply = blocks.result_reply("canceled", None, f"Canceled by {by}.", None)
             post(ev, "result", text, reply)
+        elif isinstance(data, RunStranded):
+            # Said once per stranding (the engine commits one event each time no process has the version).
+            text = f":warning: {blocks.escape(data.message or 'No running process has this run’s workflow version.')}"
+            post(ev, "stranded", text.split("\n")[0], blocks.text_reply(text))
     return Plan(wanted=wanted_cards(view) + posts if run.root_ts is not None else [], notes=notes)
 
 

@@ -86,3 +86,13 @@ def test_events_already_planned_want_no_posts_only_the_cards() -> None:
         view.apply(e)  # replayed from offset 0, already past the render offset
     result = plan(view, [], describe)
     assert {w.kind for w in result.wanted} == {"root", "approval"} and result.notes == []
+
+
+def test_a_stranded_run_says_so_once_in_its_thread() -> None:
+    view = RunView(RUN)
+    plan(view, EVENTS, describe)
+    message = "This run is on version 1 (e0eaf3f7) of deploy, which no running process has."
+    result = plan(view, [ev(5, "run.stranded", workflow_id="deploy", version="1", message=message)], describe)
+    [post] = [w for w in result.wanted if w.kind == "post"]
+    assert post.key == "post:r1:5:stranded" and "version 1 (e0eaf3f7)" in post.content["text"]
+    assert plan(view, [], describe).wanted == [w for w in result.wanted if w.kind != "post"]  # nothing new later

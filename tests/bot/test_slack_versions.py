@@ -32,3 +32,29 @@ async def test_approve_on_a_run_whose_version_is_gone_says_so_and_consumes_nothi
     assert (await emu.click(approval, "approve", user=ALICE)).status == 200
     assert await both.settled(run_id) == "success"
     assert sorted(s.path for s in (await both.engine.details(run_id)).steps) == ["finish", "gate", "prepare"]
+
+
+async def test_a_stranded_run_says_so_once_in_its_thread(start_bot: StartBot) -> None:
+    from tests.bot.conftest import replies, root_for
+
+    old = await start_bot(THREADFLOW_WORKFLOWS=f"{FLOWS}:V1")
+    emu = old.emu
+    assert (await old.command("run deploy", user=ALICE)).status == 200
+    approval: Message = await emu.wait_for(lambda: next(iter(approval_messages(emu)), None), timeout=5)
+    run_id = button_value(approval)["run_id"]
+    assert await old.settled(run_id, ("suspended",)) == "suspended"
+    await old.stop()
+
+    new = await start_bot(THREADFLOW_WORKFLOWS=f"{FLOWS}:V2")  # nobody serves version 1 any more
+    root = root_for(emu, run_id)
+    assert root is not None
+
+    def stranded_notes() -> list[Message]:
+        return [m for m in replies(emu, root) if "which no running process has" in m.text]
+
+    [note] = await emu.wait_for(stranded_notes, timeout=20)
+    assert f"version 1 ({deploy_v1().fingerprint[:8]})" in note.text and "threadflow rerun" in note.text
+    await new.idle()
+    await emu.wait_for(lambda: len(stranded_notes()) == 1, timeout=2)
+    assert len(stranded_notes()) == 1  # once, although the sweep keeps running
+    await new.stop()

@@ -109,11 +109,11 @@ async def test_a_deploy_app_run_is_followed_live_inspected_and_approved_from_its
     await expect(page.locator('.tl-row[data-path="deploy"] .bar.attempt')).to_have_count(1)
     assert await still_same_page(page)
 
-    approval = await SlackStore(sandbox.bot.engine.db).get_approval(run_id, "approve-cost")  # type: ignore[union-attr]
-    assert approval is not None
+    approval = await SlackStore(sandbox.bot.engine.db).approval_message(run_id, "approve-cost")  # type: ignore[union-attr]
+    assert approval is not None and approval.ts is not None
 
     def card_decided() -> bool:
-        msg = sandbox.emulator.message(approval.message_ts)
+        msg = sandbox.emulator.message(approval.ts or "")
         return msg is not None and "Approved by operator" in str(msg.blocks) + msg.text
 
     await sandbox.emulator.wait_for(card_decided, timeout=10)

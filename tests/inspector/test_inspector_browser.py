@@ -19,6 +19,7 @@ from bot.settings import Settings
 from storage import MemoryStore
 from storage.slack_store import SlackStore
 from tests.bot.test_sandbox_browser import ARGS, ARTIFACTS, CHROMIUM
+from tests.helpers import eventually
 
 playwright_api = pytest.importorskip("playwright.async_api")
 expect = playwright_api.expect
@@ -109,8 +110,14 @@ async def test_a_deploy_app_run_is_followed_live_inspected_and_approved_from_its
     await expect(page.locator('.tl-row[data-path="deploy"] .bar.attempt')).to_have_count(1)
     assert await still_same_page(page)
 
-    approval = await SlackStore(sandbox.bot.engine.db).approval_message(run_id, "approve-cost")  # type: ignore[union-attr]
-    assert approval is not None and approval.ts is not None
+    store = SlackStore(sandbox.bot.engine.db)  # type: ignore[union-attr]
+
+    async def card_posted() -> Any:
+        card = await store.approval_message(run_id, "approve-cost")
+        return card if card is not None and card.ts is not None else None
+
+    # Slack takes about one message a second per channel: the card may land after the decision was made.
+    approval = await eventually(card_posted, timeout=20)
 
     def card_decided() -> bool:
         msg = sandbox.emulator.message(approval.ts or "")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from bot.emulator import Message
-from tests.bot.conftest import ALICE, StartBot, approval_messages, button_value
+from tests.bot.conftest import ALICE, StartBot, approval_messages, button_value, replies, root_for
 from tests.helpers.versioned_flows import deploy_v1
 
 FLOWS = "tests.helpers.versioned_flows"
 
 
-async def test_approve_on_a_run_whose_version_is_gone_says_so_and_consumes_nothing(start_bot: StartBot) -> None:
+async def suspended_on_version_1(start_bot: StartBot) -> tuple[str, Message]:
+    """A run of ``deploy`` version 1 waiting at its approval, and the bot that started it stopped."""
     old = await start_bot(THREADFLOW_WORKFLOWS=f"{FLOWS}:V1")
     emu = old.emu
     assert (await old.command("run deploy", user=ALICE)).status == 200
@@ -17,8 +18,14 @@ async def test_approve_on_a_run_whose_version_is_gone_says_so_and_consumes_nothi
     run_id = button_value(approval)["run_id"]
     assert await old.settled(run_id, ("suspended",)) == "suspended"
     await old.stop()
+    return run_id, approval
+
+
+async def test_approve_on_a_run_whose_version_is_gone_says_so_and_consumes_nothing(start_bot: StartBot) -> None:
+    run_id, approval = await suspended_on_version_1(start_bot)
 
     new = await start_bot(THREADFLOW_WORKFLOWS=f"{FLOWS}:V2")  # the deploy dropped version 1
+    emu = new.emu
     click = await emu.click(approval, "approve", user=ALICE)
     assert click.status == 200
     [said] = await emu.wait_for(lambda: emu.ephemerals(ALICE), timeout=5)
@@ -35,17 +42,9 @@ async def test_approve_on_a_run_whose_version_is_gone_says_so_and_consumes_nothi
 
 
 async def test_a_stranded_run_says_so_once_in_its_thread(start_bot: StartBot) -> None:
-    from tests.bot.conftest import replies, root_for
-
-    old = await start_bot(THREADFLOW_WORKFLOWS=f"{FLOWS}:V1")
-    emu = old.emu
-    assert (await old.command("run deploy", user=ALICE)).status == 200
-    approval: Message = await emu.wait_for(lambda: next(iter(approval_messages(emu)), None), timeout=5)
-    run_id = button_value(approval)["run_id"]
-    assert await old.settled(run_id, ("suspended",)) == "suspended"
-    await old.stop()
-
+    run_id, _ = await suspended_on_version_1(start_bot)
     new = await start_bot(THREADFLOW_WORKFLOWS=f"{FLOWS}:V2")  # nobody serves version 1 any more
+    emu = new.emu
     root = root_for(emu, run_id)
     assert root is not None
 

@@ -1,7 +1,8 @@
 """The ``threadflow`` command: run and inspect workflows, and start the bot.
 
-Every command uses the same engine against the same database as the bot. Bad input prints one line that
-says what to do and exits with status 2; a run that fails exits with status 1.
+Every command uses the same engine against the same database as the bot. Bad input, and a database URL
+that is malformed or a database that cannot be reached, print one line that says what to do and exit with
+status 2; a run that fails exits with status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from storage.errors import StorageError
 from workflows import Engine, RunHandle, ThreadflowError
 from workflows.errors import DefinitionError, InvalidInput, UsageError
 
@@ -295,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = asyncio.run(_run_engine_command(settings, args))
         else:
             code = args.handler(settings, args)
-    except (CLIError, SettingsError, UsageError, InvalidInput, DefinitionError, InspectorError) as exc:
+    except (CLIError, SettingsError, UsageError, InvalidInput, DefinitionError, InspectorError, StorageError) as exc:
+        # StorageError: a malformed THREADFLOW_DATABASE_URL, or a database that cannot be reached or written.
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     except ThreadflowError as exc:

@@ -1,8 +1,9 @@
 """Prometheus metrics for ``GET /metrics``: what the engine, the Slack client and the database report.
 
 Each :class:`Metrics` has its own ``CollectorRegistry`` (nothing global), so two bots in one test process
-never share counters. It counts from the engine's observation events (``workflows.observe``), from the
-database's commit hook, and from the Slack client (``slack_call`` after each Web API call, and
+never share counters. It counts from the engine's observation events (``workflows.observe``; step timeouts,
+recoveries and event-loop stalls included), from the database's commit and fault hooks (transient errors it
+retried), and from the Slack client (``slack_call`` after each Web API call, and
 :class:`CountingRateLimitRetryHandler` for the 429s slack_sdk retries by itself). Gauges that describe
 the database (suspended runs) are read from it at scrape time, so every replica reports the same truth.
 
@@ -41,6 +42,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _COMMIT_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+_STALL_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
@@ -91,10 +93,26 @@ class Metrics:
                                      buckets=_COMMIT_SIZE_BUCKETS, registry=r)
         self.commit_seconds = Histogram("threadflow_commit_duration_seconds", "Time a group commit took.",
                                         buckets=_COMMIT_SECONDS_BUCKETS, registry=r)
+        self.step_timeouts = Counter("threadflow_step_timeouts", "Step attempts that ran past their timeout.",
+                                     ["workflow", "step"], registry=r)
+        self.runs_recovered = Counter(
+            "threadflow_runs_recovered", "Runs taken over here from a process that died holding them.",
+            ["workflow"], registry=r)
+        self.loop_stalls = Counter(
+            "threadflow_loop_stalls", "Times the event loop did not answer for over a second, by the step blocking it "
+            "(empty: no step).", ["workflow", "step"], registry=r)
+        self.loop_stall_seconds = Histogram("threadflow_loop_stall_seconds", "How long each event loop stall lasted.",
+                                            buckets=_STALL_BUCKETS, registry=r)
+        self.db_errors = Counter(
+            "threadflow_db_transient_errors", "Database reads and writes that failed with a transient error and were "
+            "retried, by kind (connection, locked, disk_full, io_error, resources, conflict).", ["kind"], registry=r)
+        self.db_outages = Counter("threadflow_db_outages", "Episodes of transient database errors (each logged once).",
+                                  ["kind"], registry=r)
         self._closed = False
         add_observer(self.observe)
         if engine is not None:
             engine.db.on_commit(self._on_commit)
+            engine.db.on_fault(self._on_db_fault)
 
     def close(self) -> None:
         """Stop counting (the database has no way to drop a hook, so that one just stops recording)."""
@@ -125,6 +143,20 @@ class Metrics:
             self.llm_fallbacks.labels(str(data.get("model") or ""), str(data.get("capability") or "")).inc()
         elif kind == "commit":
             self._commit(int(data.get("batch_size") or 0), float(data.get("duration") or 0.0))
+        elif kind == "step.timeout":
+            self.step_timeouts.labels(workflow, str(data.get("step_id"))).inc()
+        elif kind == "run.recovered":
+            self.runs_recovered.labels(workflow).inc()
+        elif kind == "loop.stalled":
+            self.loop_stalls.labels(workflow, str(data.get("step_id") or "")).inc()
+            self.loop_stall_seconds.observe(float(data.get("seconds") or 0.0))
+
+    def _on_db_fault(self, kind: str, new_outage: bool) -> None:
+        if self._closed:
+            return
+        self.db_errors.labels(kind).inc()
+        if new_outage:
+            self.db_outages.labels(kind).inc()
 
     def _llm_call(self, data: dict[str, Any]) -> None:
         model = str(data.get("model") or "")

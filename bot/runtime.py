@@ -25,6 +25,8 @@ def build_engine(settings: Settings, *, execute: bool = True, **kwargs: Any) -> 
     """An engine on ``THREADFLOW_DATABASE_URL`` with the built-in and configured workflows registered."""
     kwargs.setdefault("lease_seconds", settings.lease_seconds)
     kwargs.setdefault("poll_interval", settings.poll_interval)
+    kwargs.setdefault("max_recoveries", settings.max_recoveries)
+    kwargs.setdefault("step_timeout", settings.step_timeout)
     engine = Engine(settings.database_url, execute=execute, **kwargs)
     engine.memory = build_memory(settings, engine)
     engine.register(*load_workflows(settings.workflows))

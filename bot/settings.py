@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     ui_secret: SecretStr | None = Field(None, validation_alias="THREADFLOW_UI_SECRET")
     slack_client_id: str | None = Field(None, validation_alias="SLACK_CLIENT_ID")
     slack_client_secret: SecretStr | None = Field(None, validation_alias="SLACK_CLIENT_SECRET")
+    max_recoveries: int = Field(3, validation_alias="THREADFLOW_MAX_RECOVERIES", ge=0)
+    step_timeout: float | None = Field(None, validation_alias="THREADFLOW_STEP_TIMEOUT", gt=0)
+
+    @field_validator("step_timeout", mode="before")
+    @classmethod
+    def _no_timeout(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @field_validator("approvers", mode="before")
     @classmethod

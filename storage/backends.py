@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from .prepared import Plan, PreparedResult, plan_for
 
@@ -41,6 +41,8 @@ CHECKPOINT_PAGES = 2000
 #: rather than writes keeps checkpoints as rare for one run at a time as for 100 runs sharing commits.
 PAGES_PER_COMMIT = 4.0
 PAGES_PER_WRITE = 0.6
+#: Seconds to wait for a PostgreSQL server to accept a connection.
+CONNECT_TIMEOUT = 10.0
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.
 Outcomes = tuple[list[tuple[bool, Any]], int]
 
@@ -68,8 +70,12 @@ class AsyncBackend(Backend):
     """PostgreSQL through asyncpg: network round trips, not thread hops, are the cost; no batching tricks."""
 
     def __init__(self, url: str, echo: bool) -> None:
-        self.writer: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True)
-        self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True)
+        # A server that does not answer is an error after CONNECT_TIMEOUT, not after asyncpg's default minute.
+        args = {"timeout": CONNECT_TIMEOUT}
+        self.writer: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True,
+                                                       connect_args=args)
+        self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True,
+                                                       connect_args=args)
 
     async def migrate(self) -> None:
         from .migrations import upgrade_to_head
@@ -93,7 +99,9 @@ class AsyncBackend(Backend):
         for fn in fns:
             try:
                 async with self.writer.begin() as conn:
-                    outcomes.append((True, await fn(conn)))
+                    value = await fn(conn)
+                # Only now is it committed: a COMMIT that fails (the connection dropped) is this fn's failure.
+                outcomes.append((True, value))
                 commits += 1
             except Exception as exc:
                 outcomes.append((False, exc))
@@ -296,6 +304,8 @@ class ThreadBackend(Backend):
         the WAL on commit: a checkpoint syncs the database file, which would stall the commit that triggers
         it (on the event loop's thread). The writer thread checkpoints instead, see ``_maybe_checkpoint``.
         """
+        if self._writer_conn is not None and self._writer_conn.invalidated:
+            self._writer_conn.close()  # see _discard_transaction: replaced, with this method's pragmas
         if self._writer_conn is None or self._writer_conn.closed:
             self._writer_conn = self.writer.connect()
             raw: Any = self._writer_conn.connection.dbapi_connection
@@ -388,10 +398,7 @@ class ThreadBackend(Backend):
                 else:
                     raw.commit() if commit else raw.rollback()
             except BaseException:
-                if raw.in_transaction:
-                    raw.rollback()
-                if conn.in_transaction():
-                    conn.rollback()
+                _discard_transaction(conn)
                 raise
 
     async def dispose(self) -> None:
@@ -414,6 +421,83 @@ class ThreadBackend(Backend):
         self.write_thread.shutdown(wait=True)
         if self.read_threads is not self.write_thread:
             self.read_threads.shutdown(wait=True)
+
+
+class SideWriter:
+    """A connection of its own for one thread that is not the event loop's (the lease keeper).
+
+    It commits whatever the event loop is doing: a step that blocks the loop, a long batch in the writer
+    thread. ``run(fn)`` runs a database function in a transaction of its own and blocks until it committed;
+    after any failure the connection is dropped and the next call opens a new one.
+    """
+
+    def run(self, fn: DbFn) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteSideWriter(SideWriter):
+    def __init__(self, url: str, busy_ms: int) -> None:
+        self._engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"), poolclass=NullPool,
+                                     connect_args={"check_same_thread": False})
+        configure_sqlite(self._engine, begin="BEGIN IMMEDIATE", busy_ms=busy_ms)
+        self._conn: Connection | None = None
+
+    def run(self, fn: DbFn) -> Any:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        try:
+            return ThreadBackend._transaction(self._conn, [fn])[0]
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.invalidate()  # the DBAPI connection is dropped, whatever state a failure left it in
+            conn.close()
+
+
+class PostgresSideWriter(SideWriter):
+    """asyncpg on an event loop private to the calling thread (PostgreSQL has no sync driver here)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._engine = create_async_engine(url, poolclass=NullPool,
+                                           connect_args={"timeout": timeout, "command_timeout": timeout})
+
+    def run(self, fn: DbFn) -> Any:
+        async def go() -> Any:
+            async with self._engine.begin() as conn:
+                return await fn(conn)
+
+        return self._loop.run_until_complete(go())
+
+    def close(self) -> None:
+        try:
+            self._loop.run_until_complete(self._engine.dispose())
+        finally:
+            self._loop.close()
+
+
+def _discard_transaction(conn: Connection) -> None:
+    """After a failed commit (disk full, I/O error), leave the kept connection usable for the next batch.
+
+    A COMMIT that fails may leave SQLite's transaction open and SQLAlchemy's marked invalid; without a full
+    rollback of both, every later statement on the connection fails with PendingRollbackError, for good.
+    If even that fails, the connection is invalidated: the next checkout opens a fresh one.
+    """
+    raw: Any = conn.connection.dbapi_connection
+    try:
+        if raw is not None and raw.in_transaction:
+            raw.rollback()
+        conn.rollback()
+    except Exception as exc:  # the connection itself is unusable: replace it
+        log.warning("rolling back a failed commit failed (%s); opening a new connection", type(exc).__name__)
+        conn.invalidate()
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -445,9 +529,9 @@ def _enable_wal(cursor: Any, busy_ms: int) -> None:
             time.sleep(0.01)
 
 
-def configure_sqlite(engine: Engine, *, begin: str | None) -> None:
+def configure_sqlite(engine: Engine, *, begin: str | None, busy_ms: int | None = None) -> None:
     """WAL, a busy timeout, and explicit transaction control (pysqlite's own is off)."""
-    busy_ms = busy_timeout_ms()
+    busy_ms = busy_timeout_ms() if busy_ms is None else busy_ms
     synchronous = os.environ.get("THREADFLOW_SQLITE_SYNCHRONOUS", "NORMAL").upper()
     if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         synchronous = "NORMAL"

@@ -2,6 +2,7 @@
 
     StorageError
      +-- DatabaseURLError        the configured URL is not one threadflow can use (user's fault)
+     +-- DatabaseUnavailable     the database cannot be reached, opened or written (retried first, when it may pass)
      +-- MigrationError          the schema could not be brought up to date
 """
 
@@ -14,6 +15,13 @@ class StorageError(Exception):
 
 class DatabaseURLError(StorageError, ValueError):
     """The database URL is malformed or names an unsupported database."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be used right now: unreachable, read-only, full, or it kept failing past the retries.
+
+    The message names the database (without its password) and the driver's reason, never SQL text.
+    """
 
 
 class MigrationError(StorageError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -38,6 +38,8 @@ class RunRecord(BaseModel):
     workflow_fingerprint: str | None = None
     #: When a ``run.stranded`` event said no live process has the run's version (None again once one has).
     stranded_at: float | None = None
+    #: Times the run was taken over from a process that died holding it, since it last made progress.
+    recoveries: int = 0
 
     @property
     def is_terminal(self) -> bool:
@@ -65,6 +67,14 @@ class VersionCount(BaseModel):
     version: str | None = None
     fingerprint: str | None = None
     open_runs: int
+
+
+class ClaimCandidate(NamedTuple):
+    """A run ready to be claimed; ``recoveries`` counts the takeover this claim would be (see RunStore.claim)."""
+
+    id: str
+    workflow_id: str
+    recoveries: int
 
 
 class StepResultRecord(BaseModel):

@@ -9,11 +9,11 @@ compare-and-set on the suspension's ``status``, claims are compare-and-set on th
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Float, String, and_, bindparam, exists, func, insert, or_, select, true, update
+from sqlalchemy import JSON, Float, String, and_, bindparam, case, exists, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -22,6 +22,7 @@ from .database import Database, insert_ignore
 from .prepared import prepared
 from .records import (
     TERMINAL_STATUSES,
+    ClaimCandidate,
     EventRecord,
     NewEvent,
     RunProgress,
@@ -36,6 +37,10 @@ from .versions import Serving
 
 class LeaseLost(Exception):
     """This process no longer holds the run (canceled, or another process took it over); stop executing."""
+
+
+class RunExists(Exception):
+    """A run with this id exists already (a caller chose a run id that is taken)."""
 
 
 class CompareAndSetFailed(Exception):
@@ -71,7 +76,11 @@ _INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
 
 #: Hot-path statements are built once: building a Core statement costs more than executing it on SQLite.
 _INSERT_EVENTS = prepared(insert(events), deferrable=True)
-_INSERT_RUN = prepared(insert(runs))
+_CREATED_AT = prepared(select(runs.c.created_at).where(runs.c.id == bindparam("b_id")))
+#: A recovered run made progress: its count of deaths starts over.
+_RESET_RECOVERIES = prepared(
+    update(runs).where(runs.c.id == bindparam("b_id"), runs.c.owner == bindparam("b_owner")).values(recoveries=0)
+)
 _TOUCH_LEASE = prepared(
     update(runs)
     .where(runs.c.id == bindparam("b_id"), runs.c.owner == bindparam("b_owner"), runs.c.status == "running")
@@ -155,6 +164,12 @@ _PENDING_SIGNAL = prepared(
     .limit(1)
 )
 @cache
+def insert_run(dialect: str) -> Any:
+    """``INSERT INTO runs ... ON CONFLICT DO NOTHING``: a start retried after a commit of unknown outcome is harmless."""
+    return prepared(insert_ignore(dialect, runs))
+
+
+@cache
 def insert_suspension(dialect: str) -> Any:
     """``INSERT INTO suspensions ... ON CONFLICT DO NOTHING`` (a suspension is opened once per path)."""
     return prepared(insert_ignore(dialect, suspensions))
@@ -176,6 +191,7 @@ def insert_result_if_held(dialect: str) -> Any:
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._insert_run = insert_run(self.db.dialect)
         self._insert_result_if_held = insert_result_if_held(self.db.dialect)
         self._insert_suspension = insert_suspension(self.db.dialect)
         # One run's records, read by key: callers in the same loop turn share one query (see coalesce.py).
@@ -203,8 +219,18 @@ class RunStore:
     # -- runs ----------------------------------------------------------------------------------------
 
     async def create_run(self, row: dict[str, Any], new_events: Sequence[NewEvent]) -> None:
+        """Insert a new run with its events; RunExists if another run has its id.
+
+        Insert-if-absent: if a commit failed with its outcome unknown (a dropped connection) and the write is
+        retried, the row already there is this very run (same ``created_at``) and nothing is added twice.
+        """
+
         async def op(conn: AsyncConnection) -> None:
-            await conn.execute(_INSERT_RUN, row)
+            if (await conn.execute(self._insert_run, row)).rowcount == 0:
+                existing = (await conn.execute(_CREATED_AT, {"b_id": row["id"]})).first()
+                if existing is None or existing[0] != row["created_at"]:
+                    raise RunExists(row["id"])
+                return
             await self._add_events(conn, row["id"], new_events, row["created_at"])
 
         await self.db.write(op, inline=True)
@@ -305,9 +331,15 @@ class RunStore:
             raise LeaseLost(run_id)
 
     async def commit_step(
-        self, result: StepResultRecord, owner: str, lease: float, new_events: Sequence[NewEvent]
+        self, result: StepResultRecord, owner: str, lease: float, new_events: Sequence[NewEvent],
+        *, progressed: bool = False,
     ) -> None:
-        """Record a finished step with its events, if this process still holds the run."""
+        """Record a finished step with its events, if this process still holds the run.
+
+        Patient: retried through database outages until it commits, never turned into a failure (running it
+        again after a commit of unknown outcome is harmless: insert-if-absent). ``progressed``: the run was
+        recovered from a dead process and this is its first step since, so its count of deaths starts over.
+        """
 
         async def op(conn: AsyncConnection) -> None:
             # One statement both fences and records: the row goes in only while this process holds the run.
@@ -317,8 +349,10 @@ class RunStore:
                 await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
                 return  # already recorded (insert-if-absent): nothing more to say
             await self._add_events(conn, result.run_id, new_events, result.finished_at)
+            if progressed:
+                await conn.execute(_RESET_RECOVERIES, {"b_id": result.run_id, "b_owner": owner})
 
-        await self.db.write(op, inline=True)
+        await self.db.write(op, inline=True, patient=True)
 
     def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         """Queue events that describe no state change (step started, retrying): they ride the next commit.
@@ -333,7 +367,7 @@ class RunStore:
             if rows:
                 await conn.execute(_INSERT_EVENT_IF_LIVE, rows)
 
-        self.db.write_nowait(op, inline=True)
+        self.db.write_nowait(op, inline=True, patient=True)
 
     async def add_events(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         now = time.time()
@@ -348,10 +382,10 @@ class RunStore:
     ) -> None:
         async def op(conn: AsyncConnection) -> None:
             await self._touch_lease(conn, suspension.run_id, owner, suspension.created_at, lease)
-            await conn.execute(self._insert_suspension, suspension.model_dump())
-            await self._add_events(conn, suspension.run_id, new_events, suspension.created_at)
+            if (await conn.execute(self._insert_suspension, suspension.model_dump())).rowcount:
+                await self._add_events(conn, suspension.run_id, new_events, suspension.created_at)
 
-        await self.db.write(op, inline=True)
+        await self.db.write(op, inline=True, patient=True)
 
     async def settle(
         self,
@@ -389,6 +423,8 @@ class RunStore:
             }
             if target in TERMINAL_STATUSES:
                 values.update(output=output, error=error, finished_at=now)
+            else:
+                values["recoveries"] = 0  # it got somewhere: the next process death is counted afresh
             res = await conn.execute(_SETTLE, {**values, "b_id": run_id, "b_owner": owner})
             if res.rowcount == 0:
                 raise LeaseLost(run_id)
@@ -398,7 +434,7 @@ class RunStore:
             await self._add_events(conn, run_id, evs, now)
             return values
 
-        return await self.db.write(op, inline=True)
+        return await self.db.write(op, inline=True, patient=True)
 
     async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str, seen: Sequence[str] = ()) -> bool:
         by_run = {"b_run_id": run_id}
@@ -437,6 +473,10 @@ class RunStore:
                         select(suspensions).where(suspensions.c.run_id == run_id, suspensions.c.path == path)
                     )
                 ).mappings().first()
+                if row is not None and row["resolved_at"] == now and row["resolved_by"] == by:
+                    # This very resume, committed by an attempt whose outcome was not known (a dropped connection).
+                    owner = (await conn.execute(select(runs.c.owner).where(runs.c.id == run_id))).scalar_one_or_none()
+                    return claim_for is not None and owner == claim_for
                 raise CompareAndSetFailed(SuspensionRecord.model_validate(dict(row)) if row else None)
             claimed = False
             if claim_for is not None:
@@ -494,12 +534,12 @@ class RunStore:
         async def op(conn: AsyncConnection) -> bool:
             res = await conn.execute(
                 update(signals)
-                .where(signals.c.id == signal_id, signals.c.consumed_path.is_(None))
+                .where(signals.c.id == signal_id, or_(signals.c.consumed_path.is_(None), signals.c.consumed_path == path))
                 .values(consumed_path=path)
             )
             return bool(res.rowcount)
 
-        return await self.db.write(op)
+        return await self.db.write(op, patient=True)
 
     async def cancel(self, run_id: str, by: str | None, new_events: Sequence[NewEvent]) -> None:
         now = time.time()
@@ -574,11 +614,16 @@ class RunStore:
 
     # -- dispatching -------------------------------------------------------------------------------
 
-    async def claim(self, owner: str, limit: int, lease: float, only: Sequence[str] | None = None) -> list[str]:
+    async def claim(
+        self, owner: str, limit: int, lease: float, only: Sequence[str] | None = None,
+        pick: Callable[[list[ClaimCandidate]], list[str]] | None = None,
+    ) -> list[str]:
         """Take up to ``limit`` ready runs: new, resumed, woken, or whose holder's lease ran out.
 
         PostgreSQL: ``FOR UPDATE SKIP LOCKED`` picks candidates no other replica is claiming; the update's
         own ``WHERE`` repeats the readiness test, so a claim is a compare-and-set on either database.
+        ``pick`` chooses which candidates to take (the engine keeps runs that killed processes apart); the
+        others stay ready for any process.
         """
         now = time.time()
         ready = or_(
@@ -589,21 +634,35 @@ class RunStore:
 
         async def op(conn: AsyncConnection) -> list[str]:
             # Only runs of versions this process has: another replica that has the version takes the rest.
-            q = select(runs.c.id).where(ready, self._mine()).order_by(runs.c.ready_at, runs.c.created_at).limit(limit)
+            q = select(runs.c.id, runs.c.status, runs.c.owner, runs.c.workflow_id, runs.c.recoveries)
+            q = q.where(ready, self._mine()).order_by(runs.c.ready_at, runs.c.created_at).limit(limit)
             if only is not None:
                 q = q.where(runs.c.id.in_(list(only)))
             if not self.db.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
-            ids = [r[0] for r in await conn.execute(q)]
-            if not ids:
+            rows = list(await conn.execute(q))
+            candidates = {r[0]: (r[1], r[2]) for r in rows}
+            if pick is not None:
+                chosen = pick([ClaimCandidate(r[0], r[3], r[4] + (r[1] == "running")) for r in rows])
+                candidates = {run_id: candidates[run_id] for run_id in chosen if run_id in candidates}
+            if not candidates:
                 return []
             res = await conn.execute(
                 update(runs)
-                .where(runs.c.id.in_(ids), ready)
-                .values(status="running", owner=owner, lease_expires_at=now + lease, updated_at=now, waiting_for=None)
+                .where(runs.c.id.in_(list(candidates)), ready)
+                .values(status="running", owner=owner, lease_expires_at=now + lease, updated_at=now, waiting_for=None,
+                        # A run still "running" under an expired lease: its holder died (or lost the database
+                        # for longer than a lease). Counted, so a run that kills its process is not retried forever.
+                        recoveries=case((runs.c.status == "running", runs.c.recoveries + 1), else_=runs.c.recoveries))
                 .returning(runs.c.id)
             )
-            return [r[0] for r in res]
+            claimed = [r[0] for r in res]
+            for run_id in claimed:
+                status, previous = candidates[run_id]
+                if status == "running":
+                    await self._add_events(conn, run_id, [NewEvent(type="run.recovered", data={
+                        "previous_owner": previous, "reason": "lease expired"})], now)
+            return claimed
 
         return await self.db.write(op, inline=True)
 
@@ -639,18 +698,8 @@ class RunStore:
         """Extend this process's leases; return the ids it no longer holds (canceled or taken over)."""
         if not run_ids:
             return set()
-        now = time.time()
-
-        async def op(conn: AsyncConnection) -> set[str]:
-            await conn.execute(
-                update(runs)
-                .where(runs.c.owner == owner, runs.c.status == "running", runs.c.id.in_(list(run_ids)))
-                .values(lease_expires_at=now + lease)
-            )
-            held = select(runs.c.id).where(runs.c.id.in_(list(run_ids)), runs.c.owner == owner, runs.c.status == "running")
-            return set(run_ids) - {r[0] for r in await conn.execute(held)}
-
-        return await self.db.write(op)
+        result: set[str] = await self.db.write(renew_leases(owner, run_ids, lease))
+        return result
 
     async def running_owners(self) -> list[str]:
         async def op(conn: AsyncConnection) -> list[str]:
@@ -660,19 +709,26 @@ class RunStore:
         return await self.db.read(op)
 
     async def release_owner(self, owner: str, new_events_for: str = "run.recovered") -> list[str]:
-        """Hand back every run ``owner`` holds (it shut down, or it is known dead) so any process can claim them."""
+        """Hand back every run ``owner`` holds (it shut down, or it is known dead) so any process can claim them.
+
+        ``run.recovered`` (the owner died) counts a recovery on each run; ``run.released`` (it shut down
+        cleanly) does not.
+        """
         now = time.time()
+        died = new_events_for == "run.recovered"
+        values: dict[str, Any] = {"status": "pending", "owner": None, "lease_expires_at": None, "ready_at": now,
+                                  "updated_at": now}
+        if died:
+            values["recoveries"] = runs.c.recoveries + 1
 
         async def op(conn: AsyncConnection) -> list[str]:
             res = await conn.execute(
-                update(runs)
-                .where(runs.c.owner == owner, runs.c.status == "running")
-                .values(status="pending", owner=None, lease_expires_at=None, ready_at=now, updated_at=now)
-                .returning(runs.c.id)
+                update(runs).where(runs.c.owner == owner, runs.c.status == "running").values(**values).returning(runs.c.id)
             )
             ids = [r[0] for r in res]
+            data = {"previous_owner": owner, "reason": "process died"} if died else {"previous_owner": owner}
             for run_id in ids:
-                await self._add_events(conn, run_id, [NewEvent(type=new_events_for, data={"previous_owner": owner})], now)
+                await self._add_events(conn, run_id, [NewEvent(type=new_events_for, data=data)], now)
             return ids
 
         return await self.db.write(op)
@@ -688,3 +744,23 @@ class RunStore:
             )
 
         await self.db.write(op)
+
+
+def renew_leases(owner: str, run_ids: Sequence[str], lease: float) -> Any:
+    """The database function that extends ``owner``'s leases on ``run_ids`` and returns the ids it lost.
+
+    Shared by the heartbeat on the event loop and the lease keeper's thread (see ``leases.py``).
+    """
+    ids = list(run_ids)
+
+    async def op(conn: AsyncConnection) -> set[str]:
+        now = time.time()
+        await conn.execute(
+            update(runs)
+            .where(runs.c.owner == owner, runs.c.status == "running", runs.c.id.in_(ids))
+            .values(lease_expires_at=now + lease)
+        )
+        held = select(runs.c.id).where(runs.c.id.in_(ids), runs.c.owner == owner, runs.c.status == "running")
+        return set(ids) - {r[0] for r in await conn.execute(held)}
+
+    return op

@@ -47,6 +47,8 @@ runs = Table(
     Column("workflow_version", String(100), nullable=True),
     Column("workflow_fingerprint", String(64), nullable=True),
     Column("stranded_at", Float, nullable=True),
+    #: Times the run was taken over from a process that died holding it, since it last made progress.
+    Column("recoveries", Integer, nullable=False, server_default="0"),
     Index("ix_runs_status_ready", "status", "ready_at"),
     Index("ix_runs_owner", "owner"),
     Index("ix_runs_workflow", "workflow_id", "created_at"),

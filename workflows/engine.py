@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from storage import Database
@@ -26,7 +27,7 @@ from storage.records import (
     RunRecord,
     SuspensionRecord,
 )
-from storage.runs import CompareAndSetFailed, RunStore
+from storage.runs import CompareAndSetFailed, RunExists, RunStore
 
 from .errors import (
     AlreadyResumed,
@@ -34,17 +35,21 @@ from .errors import (
     NotWaitingForEvent,
     RunFinished,
     RunNotFound,
+    StepCrashed,
     UsageError,
     WorkflowNotFound,
 )
 from .events import WorkflowEvent
 from .executor import Announcer, RunExecution
 from .graph import Node, WaitForEventNode, WorkflowNode
+from .liveness import Liveness
 from .observe import emit
+from .recovery import Recoveries, default_max_recoveries
 from .replicas import Replica
 from .rerun import plan_rerun
 from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
 from .step import Step, dump_value, parse_model
+from .step_call import default_step_timeout
 from .tracing import log_context, scope
 from .versions import Registry, VersionInfo, VersionStatus
 from .workflow import CommittedWorkflow, _walk
@@ -75,6 +80,8 @@ class Engine:
         capacity: int = 200,
         poll_interval: float = 1.0,
         execute: bool = True,
+        max_recoveries: int | None = None,
+        step_timeout: float | None = None,
     ) -> None:
         if database is None or isinstance(database, str):
             database = Database(database or os.environ.get("THREADFLOW_DATABASE_URL") or DEFAULT_DATABASE_URL)
@@ -85,10 +92,19 @@ class Engine:
         self.capacity = capacity
         self.poll_interval = poll_interval
         self.execute_runs = execute
+        #: A run whose process died this many times without it making progress fails (per workflow too).
+        self.max_recoveries = default_max_recoveries() if max_recoveries is None else max_recoveries
+        #: Seconds a step attempt may take when neither the step nor its workflow says (None: no limit).
+        self.step_timeout = default_step_timeout() if step_timeout is None else step_timeout
+        if self.max_recoveries < 0 or (self.step_timeout is not None and self.step_timeout <= 0):
+            raise UsageError("max_recoveries must be zero or more and step_timeout a positive number of seconds.")
+        self.recoveries = Recoveries(self._limit)
         self._memory = memory
         #: Every registered version of every workflow id (new runs take the newest of their id).
         self.registry = Registry()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # The lease keeper thread reads the runs held here with ``dict.copy`` (one call, atomic under the GIL).
+        self.liveness = Liveness(self.db, self.owner, lease_seconds, capacity, self._tasks.copy, self._lost)
         self._background: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._run_changed: dict[str, RunChanged] = {}
@@ -168,6 +184,7 @@ class Engine:
             self._closing = False
             if self.execute_runs:
                 loop = asyncio.get_running_loop()
+                self.liveness.start()
                 self._background = [
                     loop.create_task(self._dispatch_loop(), name="threadflow-dispatcher"),
                     loop.create_task(self._heartbeat_loop(), name="threadflow-heartbeat"),
@@ -189,6 +206,7 @@ class Engine:
         await asyncio.gather(*self._background, *tasks, return_exceptions=True)
         self._background = []
         self.announcer.close()
+        await self.liveness.stop()
         try:
             await self.store.release_owner(self.owner, "run.released")
             if self.execute_runs:
@@ -224,10 +242,13 @@ class Engine:
         data = wf.parse_input(input if input is not None else {})
         run_id = run_id or new_run_id()
         row = self._new_run_row(run_id, wf, data, thread_id, resource_id, started_by)
-        await self.store.create_run(row, [NewEvent(type="run.started", data={
-            "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
-            "version": wf.version, "fingerprint": wf.fingerprint,
-        })])
+        try:
+            await self.store.create_run(row, [NewEvent(type="run.started", data={
+                "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
+                "version": wf.version, "fingerprint": wf.fingerprint,
+            })])
+        except RunExists:
+            raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
         emit("run.started", workflow_id=wf.id)
         await self._ensure_thread(thread_id, resource_id)
         if row["owner"] == self.owner:
@@ -276,9 +297,13 @@ class Engine:
         step_def = wf.find_step(target.step_id)
         model = step_def.resume if step_def else None
         data = data if data is not None else {}
-        if by is not None and isinstance(data, dict) and model is not None and "by" in model.model_fields and "by" not in data:
-            data = {**data, "by": by}  # the step's resume model wants to know who decided
-        parsed = parse_model(model, data, f"resume data for step {target.step_id!r}")
+        if by is not None and isinstance(data, dict) and model is not None:
+            if "by" in model.model_fields and "by" not in data:
+                data = {**data, "by": by}  # the step's resume model wants to know who decided
+            elif "by" not in model.model_fields and data.get("by") == by:
+                # Who decided is recorded with the resume itself; a model without the field is not asked for it.
+                data = {k: v for k, v in data.items() if k != "by"}
+        parsed = parse_model(model, data, f"resume data for step {target.step_id!r}", known_keys_only=True)
         json_data = dump_value(model, parsed)
         self.fault("before_resume_commit", run_id=run_id, path=target.path)
         # Claim the run in the same transaction when this process has room to execute it right away.
@@ -321,7 +346,8 @@ class Engine:
         if not nodes:
             raise UsageError(f"Workflow {wf.id!r} never waits for event {name!r}; nothing would receive it.")
         schema = nodes[0].schema
-        json_data = dump_value(schema, parse_model(schema, data if data is not None else {}, f"data of event {name!r}"))
+        json_data = dump_value(schema, parse_model(
+            schema, data if data is not None else {}, f"data of event {name!r}", known_keys_only=True))
         try:
             outcome = await self.store.send_signal(run_id, name, json_data, [])
         except CompareAndSetFailed:
@@ -358,11 +384,12 @@ class Engine:
         progress = await self.store.load_progress(run_id)
         new_id = new_run_id()
         copied, override_path, step_def = plan_rerun(wf, original, progress, from_step)
-        data = original.input if original.workflow_fingerprint == wf.fingerprint else wf.parse_input(original.input)
+        data = original.input if original.workflow_fingerprint == wf.fingerprint else wf.parse_input(
+            original.input, known_keys_only=False)
         override = None
         if input is not None:
             model = step_def.input if step_def else None
-            override = dump_value(model, parse_model(model, input, f"input of step {from_step!r}"))
+            override = dump_value(model, parse_model(model, input, f"input of step {from_step!r}", known_keys_only=True))
         row = self._new_run_row(new_id, wf, data, original.thread_id, original.resource_id,
                                 started_by or original.started_by, rerun_of=run_id, rerun_from=override_path)
         moved = await self.replica.is_stranded(original)
@@ -544,15 +571,25 @@ class Engine:
                 await self.store.release_run(run_id, self.owner)
                 return
             progress = RunProgress(results={}, suspensions={}, signals=[]) if fresh else await self.store.load_progress(run_id)
-            execution = RunExecution(self, wf, run, progress)
+            limit = self._limit(wf.id)
+            if run.recoveries:
+                emit("run.recovered", workflow_id=run.workflow_id, recoveries=run.recoveries)
+                log.warning("run %s: recovered after its process died (%d time(s) without progress; the limit is %d)",
+                            run_id, run.recoveries, limit)
+            execution = RunExecution(self, wf, run, progress, crashed=run.recoveries if run.recoveries >= limit else None)
             with log_context(run_id=run_id), scope("run", run_id=run_id, workflow_id=run.workflow_id):
-                await execution.execute()
+                if run.recoveries > limit:
+                    # It died again after reaching its limit, before it got to a step: fail it without walking.
+                    await execution.fail(StepCrashed(None, run.recoveries))
+                else:
+                    await execution.execute()
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("run %s: unexpected error in the executor", run_id)
         finally:
             self._tasks.pop(run_id, None)
+            self.made_progress(run_id)
             final = execution.final if execution is not None else None
             # Wake the dispatcher if capacity just freed up for runs waiting for it, or if input arrived
             # while this run executed (it settled as pending and must be picked up again).
@@ -577,11 +614,25 @@ class Engine:
                 return []
         if not self._backlog and not await self.store.has_ready():
             return []
-        claimed = await self.store.claim(self.owner, free, self.lease_seconds)
+        recovered: dict[str, bool] = {}
+        claimed = await self.store.claim(self.owner, free, self.lease_seconds,
+                                         pick=lambda candidates: self.recoveries.pick(candidates, recovered))
         self._backlog = len(claimed) >= free
         for run_id in claimed:
+            self.recoveries.claimed(run_id, recovered)
             self._spawn(run_id, fresh=False)
         return claimed
+
+    def _limit(self, workflow_id: str) -> int:
+        """How many deaths of its process a run of ``workflow_id`` survives (at least 1)."""
+        wf = self.registry.get(workflow_id)  # (the newest version's setting)
+        limit = wf.options.max_recoveries if wf is not None and wf.options.max_recoveries is not None else self.max_recoveries
+        return max(1, limit)
+
+    def made_progress(self, run_id: str) -> None:
+        """A recovered run committed a step (or its execution here ended): it is an ordinary run again."""
+        if self.recoveries.progressed(run_id):
+            self._wake.set()  # recovered runs kept apart may be claimed now
 
     async def _dispatch_loop(self) -> None:
         await self._reap_dead_owners()
@@ -612,18 +663,26 @@ class Engine:
             except TimeoutError:
                 pass
 
+    def step_threads(self) -> ThreadPoolExecutor:
+        return self.liveness.step_threads()
+
+    def _lost(self, run_ids: set[str]) -> None:
+        """Runs this process no longer holds (canceled, or taken over): stop executing them."""
+        for run_id in run_ids:
+            task = self._tasks.get(run_id)
+            if task is not None:
+                log.info("run %s is no longer held here (canceled or taken over); stopping it", run_id)
+                task.cancel()
+
     async def _heartbeat_loop(self) -> None:
+        """Renews leases when no lease keeper thread does (in-memory SQLite), and hands back dead processes' runs."""
         interval = max(0.05, self.lease_seconds / 3)
         reaped_at = time.monotonic()
         while not self._closing:
             await asyncio.sleep(interval)
             try:
-                lost = await self.store.heartbeat(self.owner, list(self._tasks), self.lease_seconds)
-                for run_id in lost:
-                    task = self._tasks.get(run_id)
-                    if task is not None:
-                        log.info("run %s is no longer held here (canceled or taken over); stopping it", run_id)
-                        task.cancel()
+                if not self.liveness.keeps_leases:
+                    self._lost(await self.store.heartbeat(self.owner, list(self._tasks), self.lease_seconds))
                 if time.monotonic() - reaped_at > self.lease_seconds:
                     reaped_at = time.monotonic()
                     await self._reap_dead_owners()
@@ -667,8 +726,6 @@ class Engine:
 
 #: How long the dispatcher lets slots free up before claiming runs that wait for capacity.
 BACKLOG_GATHER_SECONDS = 0.005
-
-
 class RunChanged(asyncio.Event):
     """Set when a run changed here; ``final`` is the run as settled by a local execution that just ended."""
 

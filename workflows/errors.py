@@ -15,7 +15,10 @@ Split by whose fault it is, so callers (the CLI, the Slack adapter) know what to
      |    +-- VersionNotRegistered  the run's workflow version is not registered (here, or anywhere live)
      +-- RunFailure                 something failed while a run executed (recorded on the run)
           +-- StepFailed            a step raised after its retries
+          +-- StepTimeout           a step ran longer than its timeout (its retry policy applies)
+          +-- StepCrashed           the process running a step died THREADFLOW_MAX_RECOVERIES times
           +-- OutputInvalid         a step returned data that does not fit its output model
+          |    +-- OutputUnstorable a step returned data the database cannot hold (bytes, an object)
           +-- LoopLimitExceeded     a loop ran past its iteration cap
           +-- EventTimeout          an awaited event did not arrive in time
           +-- ModelError            the LLM failed after retries (429, 5xx, timeout, bad response)
@@ -70,6 +73,18 @@ class InvalidInput(UsageError):
     @classmethod
     def from_validation(cls, where: str, exc: ValidationError) -> InvalidInput:
         return cls(where, [dict(e) for e in exc.errors(include_url=False)])
+
+    @classmethod
+    def with_unknown_keys(
+        cls, where: str, unknown: list[str], expected: list[str], errors: list[dict[str, Any]] | None = None
+    ) -> InvalidInput:
+        """Keys the model has no field for (a typo would otherwise be dropped silently), plus any other errors."""
+        names = ", ".join(repr(k) for k in unknown)
+        fields = ", ".join(expected) or "none (it takes no input)"
+        text = f"unknown field{'s' if len(unknown) > 1 else ''} {names}; expected fields: {fields}"
+        err = cls(where, f"{text}; {format_validation_errors(errors)}" if errors else text)
+        err.errors = [{"loc": (k,), "msg": "unknown field", "type": "extra_forbidden"} for k in unknown] + (errors or [])
+        return err
 
 
 class NotSuspended(UsageError):
@@ -137,12 +152,57 @@ class StepFailed(RunFailure):
         self.error_type = error_type
         self.attempts = attempts
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        reason = message if deliberate else f"{error_type}: {message}"
+        reason = message if deliberate else f"{error_type}: {message}" if message else error_type
         super().__init__(f"Step {path!r} failed{tries}: {reason}")
+
+
+class StepTimeout(RunFailure):
+    """A step attempt ran longer than its timeout (``@step(timeout=)``, the workflow's ``step_timeout``, or
+    ``THREADFLOW_STEP_TIMEOUT``). Unlike other run failures it is retried by the step's retry policy."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path = path
+        self.seconds = seconds
+        super().__init__(
+            f"Step {path!r} did not finish within its timeout of {seconds:g} seconds; make it faster, or give it "
+            "a longer one with @step(timeout=...)."
+        )
+
+
+class StepCrashed(RunFailure):
+    """The process executing a step died (os._exit, a segfault, the out-of-memory killer) too many times."""
+
+    def __init__(self, path: str | None, deaths: int) -> None:
+        self.path = path
+        self.deaths = deaths
+        if path is None:
+            super().__init__(
+                f"The run failed: the process running it died {deaths} time{'' if deaths == 1 else 's'} while no step "
+                "was running (in a map, "
+                "condition or items function of the workflow, or in the engine), so it was not recovered again."
+            )
+            return
+        super().__init__(
+            f"Step {path!r} failed: the process running step `{path}` died {deaths} {'time' if deaths == 1 else 'times'} "
+            "(a crash, os._exit or "
+            "the out-of-memory killer), so the run was failed instead of being recovered again. Fix the step, "
+            f"then re-run it with `threadflow rerun RUN_ID --from {path}`."
+        )
 
 
 class OutputInvalid(RunFailure):
     """A step returned data that does not validate against its output model."""
+
+
+class OutputUnstorable(OutputInvalid):
+    """A step returned data that cannot be stored as JSON (bytes, sets, arbitrary objects, NaN).
+
+    ``problem`` says what and where (``output.files[2] is a bytes object, which JSON cannot hold``).
+    """
+
+    def __init__(self, message: str, *, problem: str | None = None) -> None:
+        self.problem = problem or message
+        super().__init__(message)
 
 
 class LoopLimitExceeded(RunFailure):

@@ -16,6 +16,7 @@ EventType = Literal[
     "run.released",
     "run.suspended",
     "run.waiting",
+    "run.failed",
     "run.finished",
     "run.canceled",
     "run.stranded",

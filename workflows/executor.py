@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from storage.faults import describe, refused_data
 from storage.records import NewEvent, RunProgress, RunRecord, StepResultRecord, SuspensionRecord
 from storage.runs import LeaseLost
 
@@ -26,8 +27,11 @@ from .errors import (
     InvalidInput,
     LoopLimitExceeded,
     OutputInvalid,
+    OutputUnstorable,
     RunFailure,
+    StepCrashed,
     StepFailed,
+    StepTimeout,
     ThreadflowError,
 )
 from .graph import (
@@ -45,6 +49,7 @@ from .graph import (
 )
 from .observe import emit
 from .step import NO_RETRY, Step, dump_value, parse_model, to_jsonable
+from .step_call import call_step, failure_message, is_shutdown, timeout_of
 from .tracing import scope
 from .workflow import CommittedWorkflow
 
@@ -94,7 +99,10 @@ async def maybe_await(value: Any) -> Any:
 class RunExecution:
     """One process executing one run it holds the lease for."""
 
-    def __init__(self, engine: Engine, workflow: CommittedWorkflow, run: RunRecord, progress: RunProgress) -> None:
+    def __init__(
+        self, engine: Engine, workflow: CommittedWorkflow, run: RunRecord, progress: RunProgress,
+        *, crashed: int | None = None,
+    ) -> None:
         self.engine = engine
         self.store = engine.store
         self.workflow = workflow
@@ -108,6 +116,11 @@ class RunExecution:
         self._announcements: dict[str, StartAnnouncement] = {}
         #: The run as settled by this execution (None until it settles, or if it lost its lease).
         self.final: RunRecord | None = None
+        #: The process running this run died this many times without it making progress (the limit): the
+        #: first step the walk would execute again fails the run instead (StepCrashed).
+        self.crashed = crashed
+        #: Recovered from a dead process: its first step's commit starts the count of deaths over.
+        self._recovered = run.recoveries > 0
 
     # -- the run ---------------------------------------------------------------------------------------
 
@@ -122,9 +135,9 @@ class RunExecution:
         except LeaseLost:
             log.info("run %s: lease lost (canceled or taken over); stopping", run_id)
             return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            if is_shutdown(exc):
+                raise
             await self._settle_failed(exc)
             return
         self._settled(await self.store.settle(
@@ -132,6 +145,10 @@ class RunExecution:
             output=output,
         ))
         emit("run.finished", workflow_id=self.run.workflow_id, status="success")
+
+    async def fail(self, exc: BaseException) -> None:
+        """Fail the run without walking it (its process kept dying before it reached a step)."""
+        await self._settle_failed(exc)
 
     async def _settle_halt(self, halt: Halt) -> None:
         run_id, owner = self.run.id, self.engine.owner
@@ -149,10 +166,16 @@ class RunExecution:
             seen=unreached,
         ))
 
-    async def _settle_failed(self, exc: Exception) -> None:
+    async def _settle_failed(self, exc: BaseException) -> None:
         error = error_dict(exc)
         log.info("run %s failed: %s", self.run.id, error["message"])
-        events = self.failure_events + [NewEvent(type="run.finished", data={"status": "failed", "error": error})]
+        events = list(self.failure_events)
+        if isinstance(exc, StepCrashed):
+            # The run is failed by the engine, not by a step's error: say so in an event of its own.
+            events.append(NewEvent(type="run.failed", path=exc.path, data={
+                "reason": "crashed", "deaths": exc.deaths, "error": error,
+            }))
+        events.append(NewEvent(type="run.finished", data={"status": "failed", "error": error}))
         self._settled(await self.store.settle(self.run.id, self.engine.owner, "failed", events, error=error))
         emit("run.finished", workflow_id=self.run.workflow_id, status="failed")
 
@@ -177,6 +200,20 @@ class RunExecution:
         path = join(prefix, name or node.id)
         if isinstance(node, StepNode):
             return await self.exec_step(node.step, path, value, wf)
+        try:
+            return await self._exec_other(node, path, prefix, value, wf, upstream)
+        except (Exception, Halt):
+            raise
+        except BaseException as exc:
+            # A condition, map or items function raised SystemExit or the like: it fails the run, not the
+            # process (in a parallel branch's task it would otherwise stop the event loop).
+            if is_shutdown(exc):
+                raise
+            raise StepFailed(path, str(exc) or "raised by a function of the workflow", type(exc).__name__) from exc
+
+    async def _exec_other(
+        self, node: Node, path: str, prefix: str, value: Any, wf: CommittedWorkflow, upstream: type[BaseModel] | None,
+    ) -> Any:
         if isinstance(node, SequenceNode):
             model = upstream
             for child in node.children:
@@ -349,7 +386,14 @@ class RunExecution:
         except InvalidInput as exc:
             self._record_failure(step, path, exc, 1)
             raise
+        if self.crashed is not None:
+            # This is where the walk stood each time the process died: do not run it again.
+            crashed = StepCrashed(path, self.crashed)
+            self._record_failure(step, path, crashed, 1)
+            self._observe_step(step, "failed", time.time())
+            raise crashed
         policy = step.retry or wf.options.retry or NO_RETRY
+        timeout = timeout_of(step, wf, self.workflow, self.engine.step_timeout)
         started = time.time()
         attempt = 0
         while True:
@@ -361,44 +405,54 @@ class RunExecution:
             )
             try:
                 with scope("step", path=path, step_id=step.id, attempt=attempt):
-                    result = await step.fn(ctx)
+                    result = await call_step(step, ctx, timeout, self.engine.step_threads)
                 output = step.dump_output(result)
             except Halt:
                 announcement.flush()
                 self._observe_step(step, "suspended", started)
                 raise
-            except (asyncio.CancelledError, LeaseLost):
+            except LeaseLost:
                 announcement.cancel()
                 raise
             except OutputInvalid as exc:
                 announcement.flush()
                 self._record_failure(step, path, exc, attempt)
                 raise
-            except Exception as exc:
-                announcement.flush()
-                deliberate = isinstance(exc, RunFailure)
-                if not deliberate and policy.should_retry(exc, attempt):
-                    delay = policy.delay(attempt)
-                    emit("step.retrying", workflow_id=self.run.workflow_id, step_id=step.id, attempt=attempt)
-                    self.store.add_events_nowait(self.run.id, [NewEvent(type="step.retrying", path=path, data={
-                        "step_id": step.id, "attempt": attempt, "error": f"{type(exc).__name__}: {exc}",
-                        "delay": round(delay, 3), "traceback": traceback_text(exc),
-                    })])
-                    await asyncio.sleep(delay)
-                    continue
-                self._record_failure(step, path, exc, attempt)
-                self._observe_step(step, "failed", started)
-                raise StepFailed(path, str(exc), type(exc).__name__, attempt, deliberate=deliberate) from exc
-            rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
-                *announcement.take(),
-                NewEvent(type="step.succeeded", path=path, data={
-                    "step_id": step.id, "output": output, "attempts": attempt,
-                    "duration": round(time.time() - started, 6),
-                })
-            ])
-            self._observe_step(step, "success", started)
-            self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
-            return rec.output
+            except BaseException as exc:
+                # Whatever the step raised (SystemExit, KeyboardInterrupt, a stray CancelledError included)
+                # fails the step, never the process; only a real cancel or a signal to the process goes on.
+                if is_shutdown(exc):
+                    announcement.cancel()
+                    raise
+                failure = exc
+            else:
+                rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
+                    *announcement.take(),
+                    NewEvent(type="step.succeeded", path=path, data={
+                        "step_id": step.id, "output": output, "attempts": attempt,
+                        "duration": round(time.time() - started, 6),
+                    })
+                ])
+                self._observe_step(step, "success", started)
+                self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
+                return rec.output
+            announcement.flush()
+            if isinstance(failure, StepTimeout):
+                emit("step.timeout", workflow_id=self.run.workflow_id, step_id=step.id)
+            deliberate = isinstance(failure, RunFailure) and not isinstance(failure, StepTimeout)
+            message = failure_message(failure)
+            if not deliberate and policy.should_retry(failure, attempt):
+                delay = policy.delay(attempt)
+                emit("step.retrying", workflow_id=self.run.workflow_id, step_id=step.id, attempt=attempt)
+                self.store.add_events_nowait(self.run.id, [NewEvent(type="step.retrying", path=path, data={
+                    "step_id": step.id, "attempt": attempt, "error": f"{type(failure).__name__}: {message}",
+                    "delay": round(delay, 3), "traceback": traceback_text(failure),
+                })])
+                await asyncio.sleep(delay)
+                continue
+            self._record_failure(step, path, failure, attempt)
+            self._observe_step(step, "failed", started)
+            raise StepFailed(path, message, type(failure).__name__, attempt, deliberate=deliberate) from failure
 
     def _announce_start(self, path: str, step_id: str, attempt: int, value: Any = None) -> StartAnnouncement:
         data: dict[str, Any] = {"step_id": step_id, "attempt": attempt}
@@ -416,7 +470,7 @@ class RunExecution:
         if isinstance(exc, ThreadflowError) and getattr(exc, "path", None) is None:
             setattr(exc, "path", path)  # noqa: B010 (error_dict reads it: the run's error names the step)
         self.failure_events.append(NewEvent(type="step.failed", path=path, data={
-            "step_id": step.id, "attempts": attempts, "error": f"{type(exc).__name__}: {exc}",
+            "step_id": step.id, "attempts": attempts, "error": f"{type(exc).__name__}: {failure_message(exc)}",
             "traceback": traceback_text(exc),
         }))
 
@@ -427,7 +481,24 @@ class RunExecution:
             run_id=self.run.id, path=path, step_id=step_id, kind=kind, output=output, attempts=attempts,
             started_at=started, finished_at=time.time(),
         )
-        await self.store.commit_step(record, self.engine.owner, self.engine.lease_seconds, events)
+        progressed, self._recovered = self._recovered, False
+        try:
+            await self.store.commit_step(record, self.engine.owner, self.engine.lease_seconds, events,
+                                         progressed=progressed)
+        except Exception as exc:
+            # Transient database errors were retried until the commit worked; what may still fail is the data
+            # itself (a value the database refuses): the step's failure, told without SQL.
+            if kind != "step" or not refused_data(exc):
+                raise
+            unstorable = OutputUnstorable(
+                f"The result of step {path!r} could not be stored: {describe(exc)}.", problem=describe(exc))
+            unstorable.path = path  # type: ignore[attr-defined]
+            self.failure_events.append(NewEvent(type="step.failed", path=path, data={
+                "step_id": step_id, "attempts": attempts, "error": f"OutputUnstorable: {unstorable}",
+            }))
+            raise unstorable from exc
+        if progressed:
+            self.engine.made_progress(self.run.id)
         self.results[path] = record
         return record
 
@@ -561,5 +632,5 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
         return {"type": exc.error_type, "message": str(exc), "path": path, "attempts": exc.attempts}
     kind = type(exc).__name__
     if not isinstance(exc, ThreadflowError | RunFailure):
-        return {"type": kind, "message": f"{kind}: {exc}", "path": path}
+        return {"type": kind, "message": f"{kind}: {failure_message(exc)}", "path": path}
     return {"type": kind, "message": str(exc), "path": path}

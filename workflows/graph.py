@@ -235,3 +235,7 @@ class WorkflowOptions:
     suspend_ttl: float | None = None
     approvers: tuple[str, ...] | None = None
     chat_agent: Any = None
+    #: Default timeout of its steps (seconds; a step's own ``timeout`` wins), else THREADFLOW_STEP_TIMEOUT.
+    step_timeout: float | None = None
+    #: How many times the process running one of its runs may die before the run fails (THREADFLOW_MAX_RECOVERIES).
+    max_recoveries: int | None = None

@@ -7,6 +7,9 @@ Kinds and their data:
     run.finished     workflow_id, status
     step.finished    workflow_id, step_id, status ("success"|"failed"|"suspended"), duration
     step.retrying    workflow_id, step_id, attempt
+    step.timeout     workflow_id, step_id (an attempt ran past its timeout)
+    run.recovered    workflow_id, recoveries (a run taken over from a process that died holding it)
+    loop.stalled     seconds, workflow_id, step_id (None when no step was running)
     approval.decided workflow_id, step_id, decision ("approved"|"rejected"|"resumed"), by
     llm.call         model, prompt_tokens, completion_tokens, duration, error (None or the error type)
     llm.output_retry model, agent (a structured answer did not fit and was asked for again)

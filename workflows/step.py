@@ -1,16 +1,22 @@
-"""Steps: typed async functions, the unit the engine records exactly once per path."""
+"""Steps: typed functions, the unit the engine records exactly once per path.
+
+A step is ``async def`` (it runs on the event loop) or a plain ``def`` (it runs in a thread of the engine's,
+so blocking code, a sync HTTP client or CPU-bound work cannot stall the other runs).
+"""
 
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
-from .errors import DefinitionError, InvalidInput
+from .errors import DefinitionError, InvalidInput, OutputUnstorable
 
 if TYPE_CHECKING:
     from .context import StepContext
@@ -18,7 +24,8 @@ if TYPE_CHECKING:
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
 
-StepFn = Callable[["StepContext[Any]"], Awaitable[Any]]
+#: ``async def fn(ctx)``, or a plain ``def fn(ctx)`` (run in a thread).
+StepFn = Callable[["StepContext[Any]"], Awaitable[Any]] | Callable[["StepContext[Any]"], Any]
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,11 @@ class RetryPolicy:
             raise DefinitionError("RetryPolicy backoff values must not be negative.")
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
-        return attempt < self.attempts and isinstance(exc, self.retry_on)
+        """Whether to try again after ``exc``. What a step raises that is not an Exception (``SystemExit``,
+        ``KeyboardInterrupt``) counts as one here: it is the step's failure like any other."""
+        if attempt >= self.attempts:
+            return False
+        return isinstance(exc, self.retry_on) or (not isinstance(exc, Exception) and Exception in self.retry_on)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -65,11 +76,23 @@ class Step(Generic[In, Out]):
     suspend_ttl: float | None = None
     approvers: tuple[str, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Seconds one attempt may take; None: the workflow's ``step_timeout``, else ``THREADFLOW_STEP_TIMEOUT``.
+    timeout: float | None = None
+    #: ``async def`` (runs on the event loop) or a plain function (runs in a thread).
+    is_async: bool = field(init=False, default=True)
 
     def __post_init__(self) -> None:
         validate_id(self.id, "step")
-        if not inspect.iscoroutinefunction(self.fn):
-            raise DefinitionError(f"Step {self.id!r}: the step function must be `async def`.")
+        if not callable(self.fn):
+            raise DefinitionError(f"Step {self.id!r}: the step function must be a function, got {self.fn!r}.")
+        if inspect.isasyncgenfunction(self.fn) or inspect.isgeneratorfunction(self.fn):
+            raise DefinitionError(
+                f"Step {self.id!r}: the step function must return its output, not yield it "
+                "(use `async def` with `return`, or a plain `def`)."
+            )
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+        if self.timeout is not None and not self.timeout > 0:
+            raise DefinitionError(f"Step {self.id!r}: timeout must be a positive number of seconds, got {self.timeout!r}.")
         for name in ("input", "output", "suspend", "resume"):
             model = getattr(self, name)
             if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
@@ -86,12 +109,19 @@ class Step(Generic[In, Out]):
         from .errors import OutputInvalid
 
         try:
-            return dump_value(self.output, value)
+            output = dump_value(self.output, value) if self.output is not None else storable(value)
         except ValidationError as exc:
             raise OutputInvalid(
                 f"Step {self.id!r} returned output that does not fit {self.output.__name__ if self.output else 'its model'}: "
                 + InvalidInput.from_validation("output", exc).args[0].removeprefix("Invalid output: ")
             ) from exc
+        except (PydanticSerializationError, OutputUnstorable) as exc:
+            reason = exc.problem if isinstance(exc, OutputUnstorable) else str(exc).splitlines()[0]
+            raise OutputUnstorable(
+                f"Step {self.id!r} returned output that cannot be stored: {reason}. Return JSON data (dicts, lists, "
+                "strings, numbers, booleans, None) or a pydantic model; encode bytes as base64 text."
+            ) from exc
+        return output
 
 
 def step(
@@ -106,13 +136,15 @@ def step(
     suspend_ttl: float | None = None,
     approvers: list[str] | tuple[str, ...] | None = None,
     metadata: dict[str, Any] | None = None,
+    timeout: float | None = None,
 ) -> Callable[[StepFn], Step[Any, Any]]:
-    """Turn ``async def fn(ctx) -> Output`` into a :class:`Step`.
+    """Turn ``async def fn(ctx) -> Output`` (or a plain ``def``, run in a thread) into a :class:`Step`.
 
     ``suspend``/``resume`` are the models of the payload a step suspends with and of the data that resumes
     it; ``suspend_ttl`` (seconds) makes an open suspension expire and take the reject path;
     ``approvers`` limits who may resume it from Slack; ``metadata`` is free-form data for adapters
-    (``{"post_output": True}`` makes the Slack bot post the step's output in the run's thread).
+    (``{"post_output": True}`` makes the Slack bot post the step's output in the run's thread);
+    ``timeout`` (seconds) fails an attempt that runs longer with StepTimeout, and the retry policy applies.
     """
 
     def decorate(fn: StepFn) -> Step[Any, Any]:
@@ -128,9 +160,14 @@ def step(
             suspend_ttl=suspend_ttl,
             approvers=tuple(approvers) if approvers else None,
             metadata=dict(metadata or {}),
+            timeout=timeout,
         )
 
     return decorate
+
+
+#: The longest id the database stores (``runs.workflow_id``, ``step_results.step_id``).
+MAX_ID_LENGTH = 200
 
 
 def validate_id(value: str, what: str) -> None:
@@ -140,20 +177,48 @@ def validate_id(value: str, what: str) -> None:
             f"{what.capitalize()} id {value!r} is not allowed: use a non-empty name without spaces at the ends "
             "and without '/', '#', '[' or ']' (they separate parts of a step's path)."
         )
+    if len(value) > MAX_ID_LENGTH:
+        raise DefinitionError(f"{what.capitalize()} id {value[:40]!r}... is {len(value)} characters long; "
+                              f"use at most {MAX_ID_LENGTH}.")
 
 
-def parse_model(model: type[BaseModel] | None, data: Any, where: str) -> Any:
-    """Validate JSON-ready ``data`` (or a model instance) into ``model``; raise InvalidInput naming fields."""
+def parse_model(model: type[BaseModel] | None, data: Any, where: str, *, known_keys_only: bool = False) -> Any:
+    """Validate JSON-ready ``data`` (or a model instance) into ``model``; raise InvalidInput naming fields.
+
+    ``known_keys_only``: data a person or a caller typed (a workflow's input, resume data, event data) may
+    not carry keys the model does not have. pydantic ignores them by default, so a misspelt field would be
+    dropped silently and the run go on with the default; a model that sets ``extra`` itself is left alone.
+    """
     if model is None:
         return data
     if isinstance(data, model):
         return data
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
+    unknown: list[str] = []
+    if known_keys_only and isinstance(data, dict) and "extra" not in model.model_config:
+        unknown = unknown_keys(model, data)
     try:
-        return model.model_validate(data)
+        value = model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput.from_validation(where, exc) from exc
+        if not unknown:
+            raise InvalidInput.from_validation(where, exc) from exc
+        raise InvalidInput.with_unknown_keys(
+            where, unknown, list(model.model_fields), [dict(e) for e in exc.errors(include_url=False)]) from exc
+    if unknown:
+        raise InvalidInput.with_unknown_keys(where, unknown, list(model.model_fields))
+    return value
+
+
+def unknown_keys(model: type[BaseModel], data: dict[str, Any]) -> list[str]:
+    """The keys of ``data`` that ``model`` has no field (or alias) for."""
+    known: set[str] = set()
+    for name, info in model.model_fields.items():
+        known.add(name)
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                known.add(alias)
+    return [str(k) for k in data if k not in known]
 
 
 def dump_value(model: type[BaseModel] | None, value: Any) -> Any:
@@ -175,3 +240,26 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [to_jsonable(v) for v in value]
     return value
+
+
+def storable(value: Any, where: str = "output") -> Any:
+    """``value`` as JSON data the database can hold (models dumped, tuples as lists); OutputUnstorable names
+    the first thing that is not (``output.files[2] is a bytes object``)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): storable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise OutputUnstorable(f"{where} is {value!r}, which JSON cannot hold")
+        return value
+    raise OutputUnstorable(f"{where} is {_kind(value)}, which JSON cannot hold")
+
+
+def _kind(value: Any) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} object"

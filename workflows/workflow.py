@@ -52,15 +52,22 @@ class Workflow:
         approvers: Sequence[str] | None = None,
         chat_agent: Any = None,
         version: str | None = None,
+        step_timeout: float | None = None,
+        max_recoveries: int | None = None,
     ) -> None:
         validate_id(id, "workflow")
+        if step_timeout is not None and not step_timeout > 0:
+            raise DefinitionError(f"Workflow {id!r}: step_timeout must be a positive number of seconds.")
+        if max_recoveries is not None and max_recoveries < 0:
+            raise DefinitionError(f"Workflow {id!r}: max_recoveries must be zero or more.")
         self.id = id
         self.version = check_version(id, version)
         self.input = input
         self.output = output
         self.description = description
         self.options = WorkflowOptions(
-            retry=retry, suspend_ttl=suspend_ttl, approvers=tuple(approvers) if approvers else None, chat_agent=chat_agent
+            retry=retry, suspend_ttl=suspend_ttl, approvers=tuple(approvers) if approvers else None, chat_agent=chat_agent,
+            step_timeout=step_timeout, max_recoveries=max_recoveries,
         )
         self._nodes: list[Node] = []
         self._auto = 0
@@ -189,9 +196,14 @@ class CommittedWorkflow:
             ])
         return str(found)
 
-    def parse_input(self, data: Any) -> Any:
-        """Validate the run's input; the JSON-ready form is what gets stored."""
-        return dump_value(self.input, parse_model(self.input, data, f"input of workflow {self.id!r}"))
+    def parse_input(self, data: Any, *, known_keys_only: bool = True) -> Any:
+        """Validate the run's input; the JSON-ready form is what gets stored.
+
+        Keys the model does not have are an error (a misspelt field would otherwise be dropped silently), unless
+        ``known_keys_only`` is False: input stored by an earlier version of the workflow, carried over.
+        """
+        where = f"input of workflow {self.id!r}"
+        return dump_value(self.input, parse_model(self.input, data, where, known_keys_only=known_keys_only))
 
     def input_schema(self) -> dict[str, Any] | None:
         return self.input.model_json_schema() if self.input else None

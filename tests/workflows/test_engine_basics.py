@@ -90,7 +90,8 @@ async def test_invalid_workflow_input_names_the_workflow_and_field_and_creates_n
 
     message = str(err.value)
     assert "greet-user" in message and "'name'" in message
-    assert [tuple(x["loc"]) for x in err.value.errors] == [("name",)]
+    assert "unknown field 'nom'; expected fields: name" in message  # the misspelt key is named, not dropped
+    assert [tuple(x["loc"]) for x in err.value.errors] == [("nom",), ("name",)]
     assert await e.list_runs() == []
 
 

@@ -188,12 +188,26 @@ def test_only_steps_and_committed_workflows_can_be_added():
         Workflow(id="w").then(Workflow(id="draft").then(num))  # type: ignore[arg-type]
 
 
-def test_a_step_function_must_be_async_and_models_must_be_pydantic():
-    with pytest.raises(DefinitionError, match="must be `async def`"):
-        step(id="sync")(lambda ctx: None)  # type: ignore[arg-type]
+def test_a_step_function_must_return_its_output_and_models_and_timeouts_must_be_valid():
+    def generator(ctx):
+        yield None
+
+    with pytest.raises(DefinitionError, match="must return its output, not yield it"):
+        step(id="gen")(generator)
+    with pytest.raises(DefinitionError, match="must be a function"):
+        step(id="nothing")("not a function")  # type: ignore[arg-type]
 
     async def fn(ctx):
         return None
+
+    with pytest.raises(DefinitionError, match="timeout must be a positive number of seconds"):
+        step(id="never", timeout=0)(fn)
+    with pytest.raises(DefinitionError, match="step_timeout must be a positive number of seconds"):
+        Workflow(id="w", step_timeout=-1)
+    with pytest.raises(DefinitionError, match="is 201 characters long; use at most 200"):
+        step(id="x" * 201)(fn)
+    # A plain function is a step too (it runs in a thread).
+    assert step(id="sync")(lambda ctx: None).is_async is False
 
     with pytest.raises(DefinitionError, match="`output` must be a pydantic BaseModel class"):
         step(id="typed", output=dict)(fn)  # type: ignore[arg-type]

@@ -1,0 +1,154 @@
+"""The database fails under the engine and comes back: no run is lost, failed, or repeats a step for it.
+
+- PostgreSQL: every connection of the test database is terminated (``pg_terminate_backend``, what a server
+  restart, a failover or a proxy restart does to clients) every 20 ms while 125 runs execute.
+- SQLite: another process holds the write lock past the busy timeout ("database is locked").
+- SQLite on a small tmpfs that fills up, then is freed (runs as root, as in CI; otherwise skipped: mounting a
+  filesystem needs root).
+
+Transient errors are retried with backoff (a step that succeeded is never recorded as failed because its commit
+failed), counted in ``/metrics`` and logged once per outage, and a start made while the disk is full gets a clear
+error after its retries instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from bot.metrics import Metrics
+from storage import Database
+from storage.errors import DatabaseUnavailable
+from tests.conftest import FAST, EngineFactory, _admin_dsn
+from tests.helpers.system import tmpfs
+from tests.reliability.faulty_flows import WORKFLOWS
+from tests.reliability.tally import tally
+from workflows import Engine
+
+
+def transient_errors(body: str, kind: str) -> float:
+    prefix = f'threadflow_db_transient_errors_total{{kind="{kind}"}} '
+    return sum(float(line.removeprefix(prefix)) for line in body.splitlines() if line.startswith(prefix))
+
+
+async def test_postgresql_connections_terminated_mid_run_lose_and_fail_nothing(
+    db_url: str, fault_dir: Path, engine: EngineFactory
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("terminating server connections is a PostgreSQL fault")
+    import asyncpg
+
+    e = engine(*WORKFLOWS)
+    metrics = Metrics(e)
+    admin = await asyncpg.connect(_admin_dsn(db_url))
+    terminated = 0
+    try:
+        expected = {(await e.start("healthy", {"n": i})).run_id: {"n": i + 8} for i in range(125)}
+        counting = asyncio.ensure_future(tally("PostgreSQL connections terminated every 20 ms", e, expected,
+                                               fault_dir, timeout=60))
+        while not counting.done():
+            terminated += len(await admin.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ))
+            await asyncio.sleep(0.02)
+        counts = await counting
+        body = (await metrics.render()).decode()
+    finally:
+        metrics.close()
+        await admin.close()
+
+    errors = transient_errors(body, "connection")
+    assert counts.save(connections_terminated=terminated, retried_errors=errors).harmless
+    assert terminated > 0 and errors > 0  # the fault really hit the engine
+
+
+async def test_sqlite_locked_past_the_busy_timeout_is_waited_out(
+    sqlite_url: str, fault_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "100")
+    async with engine_with_metrics(Database(sqlite_url)) as (e, metrics):
+        expected = {(await e.start("healthy", {"n": i})).run_id: {"n": i + 8} for i in range(30)}
+        other = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)  # another process's writer
+        with caplog.at_level(logging.WARNING, logger="threadflow.storage"):
+            other.execute("BEGIN IMMEDIATE")
+            await asyncio.sleep(1.5)  # 15 busy timeouts
+            other.execute("COMMIT")
+            other.close()
+            counts = await tally("SQLite locked by another writer for 1.5 s (busy timeout 0.1 s)", e, expected,
+                                 fault_dir)
+        body = (await metrics.render()).decode()
+
+    assert counts.save().harmless
+    assert transient_errors(body, "locked") > 0
+    outages = [r.getMessage() for r in caplog.records if "database write failed (locked" in r.getMessage()]
+    assert len(outages) == 1  # logged once for the outage, not once per retry
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs of this test's own (needs root, as CI has)."""
+    if os.geteuid() != 0:
+        pytest.skip("filling a disk needs a tmpfs of the test's own, and mounting one needs root (CI runs as root)")
+    with tmpfs(tmp_path / "disk") as mount:
+        yield mount
+
+
+@asynccontextmanager
+async def engine_with_metrics(database: Database) -> AsyncIterator[tuple[Engine, Metrics]]:
+    """An open engine executing the faulty flows, and the metrics of its process."""
+    e = Engine(database, **FAST)
+    e.register(*WORKFLOWS)
+    metrics = Metrics(e)
+    try:
+        await e.open()
+        yield e, metrics
+    finally:
+        metrics.close()
+        await e.close()
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def test_sqlite_on_a_full_disk_carries_on_by_itself_once_space_is_freed(
+    small_disk: Path, fault_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with engine_with_metrics(Database(f"sqlite+aiosqlite:///{small_disk / 'threadflow.db'}",
+                                            retry_seconds=1.0)) as (e, metrics):
+        expected = {(await e.start("healthy", {"n": i})).run_id: {"n": i + 8} for i in range(30)}
+        with caplog.at_level(logging.WARNING, logger="threadflow.storage"):
+            filler = fill(small_disk)
+            with pytest.raises(DatabaseUnavailable, match="database or disk is full"):
+                await e.start("healthy", {"n": 999})  # a clear error, after a second of retries
+            await asyncio.sleep(1.0)
+            filler.unlink()
+            counts = await tally("SQLite disk full for 2 s, then freed", e, expected, fault_dir)
+            after = await (await e.start("healthy", {"n": 1000})).result(timeout=10)  # no restart needed
+        body = (await metrics.render()).decode()
+        still_running = [r.id for r in await e.list_runs(status="running")]
+
+    assert counts.save().harmless
+    assert after.status == "success" and after.output == {"n": 1008} and still_running == []
+    assert transient_errors(body, "disk_full") > 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("database write failed (disk_full" in m for m in messages) == 1
+    assert sum("database write works again" in m for m in messages) == 1
+    assert not any("PendingRollbackError" in m for m in messages)

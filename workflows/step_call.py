@@ -1,0 +1,114 @@
+"""Calling a step's function once: on the event loop or in a thread, within its timeout, and telling the step's
+own failures apart from the process stopping.
+
+``async def`` steps run on the event loop; plain ``def`` steps run in the engine's step threads, so blocking code
+cannot stall the other runs. A timeout (the step's, its workflow's, or ``THREADFLOW_STEP_TIMEOUT``) fails the
+attempt with StepTimeout, and the step's retry policy decides what comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from storage.faults import describe
+
+from . import interrupts
+from .errors import StepTimeout, UsageError
+from .step import Step
+
+if TYPE_CHECKING:
+    from .context import StepContext
+    from .workflow import CommittedWorkflow
+
+
+def default_step_timeout() -> float | None:
+    """``THREADFLOW_STEP_TIMEOUT`` (seconds); unset, empty or ``none``: no timeout."""
+    text = os.environ.get("THREADFLOW_STEP_TIMEOUT", "").strip()
+    if not text or text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"THREADFLOW_STEP_TIMEOUT must be a number of seconds or 'none', got {text!r}.") from None
+
+
+def timeout_of(step: Step[Any, Any], wf: CommittedWorkflow, top: CommittedWorkflow, default: float | None) -> float | None:
+    """The step's own timeout, else its workflow's (or the run's top workflow's), else the engine's."""
+    for value in (step.timeout, wf.options.step_timeout, top.options.step_timeout):
+        if value is not None:
+            return value
+    return default
+
+
+async def call_step(
+    step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None, threads: Callable[[], Executor]
+) -> Any:
+    """One attempt: an ``async def`` on the event loop, a plain ``def`` in one of ``threads()``; within ``timeout``.
+
+    The watchdog (``watchdog.py``) finds this frame on the loop's stack to name a step that blocks the loop.
+    """
+    if not step.is_async:
+        return await _call_in_thread(step, ctx, timeout, threads())
+    if timeout is None:
+        return await step.fn(ctx)
+    begun = time.monotonic()
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            result = await step.fn(ctx)
+    except TimeoutError:
+        if deadline.expired():
+            raise StepTimeout(ctx.path, timeout) from None
+        raise
+    if time.monotonic() - begun > timeout:
+        # It blocked the event loop past its deadline, so the timeout could not interrupt it: it is late all the same.
+        raise StepTimeout(ctx.path, timeout)
+    return result
+
+
+async def _call_in_thread(step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None, threads: Executor) -> Any:
+    """A thread cannot be stopped: one that times out is left to finish on its own, and its result is dropped."""
+    future = asyncio.get_running_loop().run_in_executor(threads, contextvars.copy_context().run, step.fn, ctx)
+    try:
+        result = await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        if future.cancelled():
+            raise StepTimeout(ctx.path, timeout or 0.0) from None
+        raise
+    if inspect.isawaitable(result):  # a callable object whose __call__ is async
+        result = await result
+    return result
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a failure says, for people: never SQL text, never an empty string."""
+    if type(exc).__module__.startswith(("sqlalchemy", "sqlite3", "asyncpg")):
+        return describe(exc)
+    text = str(exc)
+    if isinstance(exc, asyncio.CancelledError):
+        return text or "the step was not canceled, but something it awaited was (a task or future canceled elsewhere)"
+    if isinstance(exc, SystemExit):
+        return f"the step called sys.exit({exc.code!r})" if exc.code is not None else "the step called sys.exit()"
+    return text or f"the step raised {type(exc).__name__}"
+
+
+def is_shutdown(exc: BaseException) -> bool:
+    """Whether ``exc`` stops this process's work (let it through) rather than failing a step or run.
+
+    A CancelledError is a real cancel only if this task was asked to cancel (a cancel, a lease lost, the engine
+    closing); one a step raises by itself is its failure. KeyboardInterrupt and SystemExit are real only after
+    a signal reached the process (see ``interrupts.py``); a step's own ``sys.exit()`` is its failure.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is None or task.cancelling() > 0
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return interrupts.from_signal(exc)
+    return False

@@ -378,18 +378,26 @@ class Database:
     async def _drain(self) -> None:
         assert self._queue_event is not None
         backend = self._require_open()
-        while True:
-            await self._queue_event.wait()
-            self._queue_event.clear()
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-                try:
-                    await self._commit_batch(backend, batch)
-                except Exception as exc:  # a bug must not stop every later write: fail this batch's, go on
-                    log.exception("commit queue: a batch failed unexpectedly")
-                    for entry in batch:
-                        if not entry[1].done():
-                            entry[1].set_exception(exc)
+        try:
+            while True:
+                await self._queue_event.wait()
+                self._queue_event.clear()
+                while self._queue:
+                    batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                    try:
+                        await self._commit_batch(backend, batch)
+                    except Exception as exc:  # a bug must not stop every later write: fail this batch's, go on
+                        log.exception("commit queue: a batch failed unexpectedly")
+                        for entry in batch:
+                            if not entry[1].done():
+                                entry[1].set_exception(exc)
+        except asyncio.CancelledError:
+            if self._drainer is asyncio.current_task():
+                # Cancelled from outside while the database stays open (asyncio.run cancels every task when
+                # Ctrl+C stops the loop): the engine's shutdown still writes, so a new drainer takes over.
+                self._drainer = asyncio.get_running_loop().create_task(self._drain(), name="threadflow-commit-queue")
+                self._queue_event.set()
+            raise
 
     async def _commit_batch(self, backend: Backend, batch: list[Queued]) -> None:
         attempt = 0

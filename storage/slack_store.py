@@ -275,18 +275,24 @@ class SlackStore:
         """The approval card of a suspension, once planned (its ``ts`` once Slack took it)."""
         return await self.get_message(approval_key(run_id, path))
 
-    async def mark_attempt(self, key: str) -> float:
-        """Note that a post is about to go out: if the process dies before Slack's answer is recorded, the next
-        sender knows the post may exist (and looks for it by its delivery id instead of posting twice)."""
+    async def mark_attempt(self, key: str, previous: float | None = None) -> bool:
+        """Claim the next post of this message (compare-and-set on the last attempt's mark, ``previous``: None,
+        or the mark of an attempt that was looked for in Slack and not found): False when another sender holds
+        an attempt.
+
+        The mark also tells the next sender, if this process dies before Slack's answer is recorded, that the
+        post may exist: it looks for it by its delivery id instead of posting twice."""
         now = time.time()
+        column = slack_messages.c.attempt_started_at
+        unclaimed = column.is_(None) if previous is None else column == previous
 
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(update(slack_messages).where(slack_messages.c.key == key).values(
-                attempt_started_at=func.coalesce(slack_messages.c.attempt_started_at, now),
-                attempts=slack_messages.c.attempts + 1, updated_at=now))
+        async def op(conn: AsyncConnection) -> bool:
+            res = await conn.execute(update(slack_messages).where(
+                slack_messages.c.key == key, unclaimed, slack_messages.c.ts.is_(None),
+            ).values(attempt_started_at=now, attempts=slack_messages.c.attempts + 1, updated_at=now))
+            return bool(res.rowcount)
 
-        await self.db.write(op)
-        return now
+        return await self.db.write(op)
 
     async def mark_sent(self, key: str, version: int, ts: str) -> bool:
         """Slack took ``version`` of the message (``ts`` is where it lives). True when that is the latest."""
@@ -340,7 +346,8 @@ class SlackStore:
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(update(slack_messages).where(slack_messages.c.key == key).values(
-                ts=None, sent_version=0, state="pending", next_attempt_at=0.0, updated_at=now))
+                ts=None, sent_version=0, state="pending", next_attempt_at=0.0, attempt_started_at=None,
+                updated_at=now))
 
         await self.db.write(op)
 
@@ -351,7 +358,7 @@ class SlackStore:
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(update(slack_messages).where(slack_messages.c.key == key).values(
                 content=content, version=slack_messages.c.version + 1, state="pending", next_attempt_at=0.0,
-                updated_at=now))
+                attempt_started_at=None, updated_at=now))
 
         await self.db.write(op)
 

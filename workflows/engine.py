@@ -31,6 +31,7 @@ from storage.runs import CompareAndSetFailed, RunExists, RunStore
 
 from .errors import (
     AlreadyResumed,
+    InvalidInput,
     NotSuspended,
     NotWaitingForEvent,
     RunFinished,
@@ -57,6 +58,13 @@ from .workflow import CommittedWorkflow, _walk
 log = logging.getLogger("threadflow.engine")
 
 FaultHook = Callable[..., None]
+
+
+def _check_identifier(what: str, value: str | None) -> None:
+    """Who and where are short names; a NUL or another control character in one is a caller's mistake
+    (and PostgreSQL cannot store NUL in text)."""
+    if value is not None and any(ord(ch) < 32 for ch in value):
+        raise InvalidInput(what, f"{what} {value!r} contains a control character; give a plain name or id")
 
 
 def new_run_id() -> str:
@@ -240,6 +248,9 @@ class Engine:
         await self.open()
         wf = self.get_workflow(workflow_id)
         data = wf.parse_input(input if input is not None else {})
+        for what, value in (("run id", run_id), ("started_by", started_by), ("thread_id", thread_id),
+                            ("resource_id", resource_id)):
+            _check_identifier(what, value)
         run_id = run_id or new_run_id()
         row = self._new_run_row(run_id, wf, data, thread_id, resource_id, started_by)
         try:
@@ -282,6 +293,7 @@ class Engine:
         AlreadyResumed naming who won.
         """
         await self.open()
+        _check_identifier("by", by)
         run = await self.get_run(run_id)
         all_susp = [s for s in await self.store.suspensions_of(run_id) if s.kind == "suspend"]
         if run.is_terminal and (step is None or not any(step in (s.path, s.step_id) for s in all_susp)):

@@ -93,7 +93,8 @@ class Sender:
     # -- one message -------------------------------------------------------------------------------------
 
     async def _post(self, run: SlackRun, row: OutboxMessage) -> bool:
-        if row.attempt_started_at is not None:
+        previous = row.attempt_started_at
+        if previous is not None:
             known, found = await self._find_posted(run, row)
             if not known:
                 return False  # could not look yet (rate limited, Slack down): retried later
@@ -106,7 +107,8 @@ class Sender:
         if current is None or current.state != "pending" or current.ts is not None:
             return current is not None and current.state != "failed"
         content = current.content or {}
-        await self.store.mark_attempt(row.key)
+        if not await self.store.mark_attempt(row.key, previous):
+            return False  # another sender is posting it (or died doing so): looked for on the next pass
         try:
             posted = await self.client.call(
                 "chat.postMessage", channel=row.channel_id, pace=False, text=str(content.get("text") or " "),

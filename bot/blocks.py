@@ -130,8 +130,10 @@ def mention(user: str | None) -> str:
     return f"<@{user}>" if user[:1] in "UW" and user.isalnum() else escape(user)
 
 
-def approval_message(run_id: str, path: str, payload: Any, expires_at: float | None) -> tuple[str, list[dict[str, Any]]]:
-    """A suspension: its payload and Approve / Reject buttons whose value carries the run and step."""
+def approval_message(run_id: str, path: str, payload: Any, expires_at: float | None, *,
+                     with_reason: bool = True) -> tuple[str, list[dict[str, Any]]]:
+    """A suspension: its payload and Approve / Reject buttons whose value carries the run and step
+    (and "Reject with reason…" when the step's resume model takes a reason)."""
     title, body = describe_payload(payload)
     value = json.dumps({"run_id": run_id, "step": path})
     context = step_context(run_id, path)
@@ -143,7 +145,8 @@ def approval_message(run_id: str, path: str, payload: Any, expires_at: float | N
         ActionsBlock(block_id=f"decision:{path}"[:255], elements=[
             ButtonElement(text="Approve", action_id=APPROVE, value=value, style="primary"),
             ButtonElement(text="Reject", action_id=REJECT, value=value, style="danger"),
-            ButtonElement(text="Reject with reason…", action_id=REJECT_WITH_REASON, value=value),
+            *([ButtonElement(text="Reject with reason…", action_id=REJECT_WITH_REASON, value=value)]
+              if with_reason else []),
         ]),
     ]
     fallback = title if "approv" in title.lower() else f"{title}: approval needed"

@@ -37,6 +37,8 @@ class StepPresentation:
 
     post_output: bool
     name: str
+    #: The step's resume model takes a ``reason``: its card offers "Reject with reason…".
+    accepts_reason: bool = False
 
 
 #: ``describe(workflow_id, step_id)``: how to show that step, or None for a step it does not know.
@@ -51,6 +53,7 @@ class ApprovalCard:
     seq: int
     payload: Any
     expires_at: float | None
+    step_id: str | None = None
     decision: RunResumed | None = None
     withdrawn_because: str | None = None
 
@@ -106,7 +109,7 @@ class RunView:
             line = cl.step(path, ev.step_id)
             if data.is_approval:
                 line.state, line.note = "suspended", "waiting for approval"
-                self.approvals.setdefault(path, ApprovalCard(path, ev.id, data.payload, data.expires_at))
+                self.approvals.setdefault(path, ApprovalCard(path, ev.id, data.payload, data.expires_at, ev.step_id))
             else:
                 line.state, line.note = "waiting", f"waiting for event {data.event}"
         elif isinstance(data, RunResumed):
@@ -146,7 +149,7 @@ class Plan:
     notes: list[str]
 
 
-def wanted_cards(view: RunView) -> list[WantedMessage]:
+def wanted_cards(view: RunView, describe: DescribeStep) -> list[WantedMessage]:
     """The root message and every approval card, with what they should show now."""
     run = view.run
     text, root_blocks = blocks.root_message(view.checklist)
@@ -157,11 +160,11 @@ def wanted_cards(view: RunView) -> list[WantedMessage]:
     for card in view.approvals.values():
         wanted.append(WantedMessage(key=approval_key(run.run_id, card.path), kind="approval",
                                     channel_id=run.channel_id, thread_ts=run.root_ts, seq=card.seq,
-                                    content=card_content(run.run_id, card)))
+                                    content=card_content(run.run_id, card, describe(view.workflow_id, card.step_id or ""))))
     return wanted
 
 
-def card_content(run_id: str, card: ApprovalCard) -> dict[str, Any]:
+def card_content(run_id: str, card: ApprovalCard, step: StepPresentation | None = None) -> dict[str, Any]:
     if card.decision is not None:
         d = card.decision
         text, card_blocks = blocks.decided_message(run_id, card.path, card.payload, d.approved is not False, d.by,
@@ -169,7 +172,8 @@ def card_content(run_id: str, card: ApprovalCard) -> dict[str, Any]:
     elif card.withdrawn_because is not None:
         text, card_blocks = blocks.withdrawn_message(run_id, card.path, card.payload, card.withdrawn_because)
     else:
-        text, card_blocks = blocks.approval_message(run_id, card.path, card.payload, card.expires_at)
+        text, card_blocks = blocks.approval_message(run_id, card.path, card.payload, card.expires_at,
+                                                    with_reason=step is not None and step.accepts_reason)
     return {"text": text, "blocks": card_blocks}
 
 
@@ -216,7 +220,7 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
             # Said once per stranding (the engine commits one event each time no process has the version).
             text = f":warning: {blocks.escape(data.message or 'No running process has this run’s workflow version.')}"
             post(ev, "stranded", text.split("\n")[0], blocks.text_reply(text))
-    return Plan(wanted=wanted_cards(view) + posts if run.root_ts is not None else [], notes=notes)
+    return Plan(wanted=wanted_cards(view, describe) + posts if run.root_ts is not None else [], notes=notes)
 
 
 def readable_output(step: StepPresentation | None, step_id: str, output: Any) -> str | None:

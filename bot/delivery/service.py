@@ -132,8 +132,10 @@ class DeliveryService:
         step = wf.find_step(step_id) if wf else None
         if step is None:
             return None
+        resume = step.resume
         return StepPresentation(post_output=bool(step.metadata.get("post_output")),
-                                name=str(step.metadata.get("agent") or step.id))
+                                name=str(step.metadata.get("agent") or step.id),
+                                accepts_reason=resume is not None and "reason" in resume.model_fields)
 
     async def remember(self, run: SlackRun, text: str) -> None:
         """Note what happened in the thread's memory, so the agents answering there know it."""

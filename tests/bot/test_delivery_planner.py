@@ -96,3 +96,15 @@ def test_a_stranded_run_says_so_once_in_its_thread() -> None:
     [post] = [w for w in result.wanted if w.kind == "post"]
     assert post.key == "post:r1:5:stranded" and "version 1 (e0eaf3f7)" in post.content["text"]
     assert plan(view, [], describe).wanted == [w for w in result.wanted if w.kind != "post"]  # nothing new later
+
+
+def test_reject_with_reason_is_offered_only_when_the_step_takes_a_reason() -> None:
+    def with_reason(workflow_id: str, step_id: str) -> StepPresentation:
+        return StepPresentation(post_output=False, name=step_id, accepts_reason=True)
+
+    def buttons(result_wanted: list[WantedMessage]) -> list[str]:
+        card = by_key(result_wanted)["approval:r1:approve"]
+        return [e["action_id"] for b in card.content["blocks"] if b["type"] == "actions" for e in b["elements"]]
+
+    assert buttons(plan(RunView(RUN), EVENTS, with_reason).wanted) == ["approve", "reject", "reject_with_reason"]
+    assert buttons(plan(RunView(RUN), EVENTS, describe).wanted) == ["approve", "reject"]

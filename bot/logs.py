@@ -67,3 +67,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # Third-party request logs can carry tokens in URLs or bodies: keep them quiet.
     for noisy in ("slack_bolt", "slack_sdk", "httpx", "openai", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Schema migration chatter (a dozen lines on every start) says nothing unless something is wrong.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from storage.records import RunRecord
 from workflows import Engine
 
 
-def approvers_for(
-    engine: Engine, workflow_id: str, step_id: str, started_by: str | None, configured: Iterable[str] = ()
-) -> set[str]:
+def approvers_for(engine: Engine, run: RunRecord, step_id: str, configured: Iterable[str] = ()) -> set[str]:
     """Who may decide a suspended step: the step's approvers, else the workflow's, else the configured
-    ones (``THREADFLOW_APPROVERS``), else the person who started the run."""
-    wf = engine.workflows.get(workflow_id)
+    ones (``THREADFLOW_APPROVERS``), else the person who started the run.
+
+    The step is read from the run's own workflow version: a newer version registered beside it must not
+    change who may decide a run that started on the old one. A version not registered here gives nobody
+    but the configured approvers and the starter a say (its resume fails with a clear error anyway)."""
+    started_by = run.started_by
+    wf = engine.workflow_of(run)
     step = wf.find_step(step_id) if wf else None
     for candidates in (step.approvers if step else None, wf.options.approvers if wf else None, tuple(configured)):
         if candidates:

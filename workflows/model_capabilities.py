@@ -205,8 +205,12 @@ class Refusal:
 
 _TOOLS_REFUSED = re.compile(
     r"does not support tools|--enable-auto-tool-choice|tools param requires|unsupported param: tools"
-    r"|support tool use|tool use is not supported|tools? (?:are|is) not supported|function calling is not "
-    r"(?:supported|enabled)",
+    r"|support tool use|tool use is not supported|tools? (?:are|is) not supported"
+    r"|(?:function|tool) calling (?:is )?not (?:supported|enabled)|does not support (?:function|tool) calling"
+    # a server that names the ``tools`` field itself as unknown ("Unrecognized request argument supplied:
+    # tools", pydantic's "Extra inputs are not permitted" at body.tools): not ``tool_choice``, ``tool_calls``
+    r"|(?:unrecognized|unknown|unsupported|not permitted|not allowed|extra inputs?)[^.\n]{0,60}\btools\b(?![_.])"
+    r"|\btools\b(?![_.])[^.\n]{0,30}(?:not permitted|not allowed|unsupported|not supported|unrecognized)",
     re.IGNORECASE,
 )
 _STREAM_WITH_TOOLS = re.compile(r"tools with stream|stream(?:ing)? (?:with|and) tools", re.IGNORECASE)

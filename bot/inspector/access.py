@@ -48,7 +48,7 @@ class Access:
         return channel is not None and channel in seen.channels
 
     def deciders(self, run: RunRecord, step_id: str) -> set[str]:
-        return approvers_for(self.engine, run.workflow_id, step_id, run.started_by, self.approvers)
+        return approvers_for(self.engine, run, step_id, self.approvers)
 
     def may_decide(self, viewer: Viewer, run: RunRecord, step_id: str) -> bool:
         return viewer.is_operator or (viewer.user is not None and viewer.user in self.deciders(run, step_id))

@@ -89,6 +89,8 @@ async def resume(request: web.Request) -> web.Response:
                 data = {**data, "reason": form["reason"].strip()}  # type: ignore[dict-item]
         else:
             data = parse_json_object(form.get("data"), "The resume data") or {}
+            if isinstance(data, dict) and "by" in data:
+                data = {**data, "by": viewer.actor}  # who decided is who is signed in, whatever the JSON says
         await insp.engine.resume(run.id, step=target.path, data=data, by=viewer.actor)
     except AlreadyResumed as exc:
         return _done(request, str(exc), ok=False)
@@ -158,6 +160,7 @@ async def token_login(request: web.Request) -> web.Response:
         _session(request).flash("That token is not right.")  # in the session, not the URL: no spoofed notices
         raise web.HTTPSeeOther("/login?" + urlencode({"next": nxt}))
     _session(request).sign_in(OPERATOR)
+    _session(request).bind_to_token(token)
     raise web.HTTPSeeOther(nxt)
 
 

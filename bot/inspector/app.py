@@ -41,6 +41,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         # 127.0.0.1 cannot read runs through the visitor's browser.
         return web.Response(status=403, text="This inspector answers only on 127.0.0.1 or localhost.")
     session = Session(decode(request.cookies.get(COOKIE), cfg.secret))
+    if not session.bound_to(cfg.token):
+        session.sign_out()  # the operator token it was made with was changed: sign in again
     bearer = _bearer(request, cfg.token)
     viewer = OPERATOR if bearer else session.viewer or (None if cfg.sign_in_required else OPERATOR)
     request[SESSION], request[VIEWER] = session, viewer

@@ -53,7 +53,11 @@ def run_ui(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"error: the inspector cannot listen on {config.host}:{config.port} "
                       f"({exc.strerror or exc}); pass another --port.", file=sys.stderr)
                 return 2
-            print(f"threadflow inspector: open {running.url}runs", flush=True)
+            where = running.url
+            if config.host in ("0.0.0.0", "::", ""):  # every address: this machine's own is one of them
+                where = "http://127.0.0.1:" + running.url.rstrip("/").rsplit(":", 1)[-1] + "/"
+            print(f"threadflow inspector: open {where}runs"
+                  + (f" (listening on {config.host or 'every address'})" if where != running.url else ""), flush=True)
             try:
                 await wait_for_stop_signal()
             finally:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from workflows.errors import RunNotFound
 from workflows.events import WorkflowEvent
 from workflows.run_view import load_run_view
 
@@ -126,6 +127,7 @@ async def _update(insp: Inspector, viewer: Any, csrf: str, run_id: str, events: 
 async def runs_feed(request: web.Request) -> web.StreamResponse:
     """``changed`` whenever any run started or changed (the page reloads its table, filters applied there)."""
     insp = inspector_of(request)
+    viewer = viewer_of(request)
     resp = await _open_stream(request)
     last = await insp.queries.last_event_id()
     changes = insp.engine.db.changes
@@ -136,8 +138,10 @@ async def runs_feed(request: web.Request) -> web.StreamResponse:
             fresh = await insp.queries.events_after(last, 1000)
             if fresh:
                 last = fresh[-1].id
-                await resp.write(sse("changed", {"last_event_id": last}))
-                quiet_since = asyncio.get_running_loop().time()
+                seen = await _visible_changes(insp, viewer, fresh)
+                if seen:  # nothing about runs this person may not see, not even that they changed
+                    await resp.write(sse("changed", {"last_event_id": seen[-1].id}))
+                    quiet_since = asyncio.get_running_loop().time()
                 await _sleep_or_close(insp, RUNS_FEED_INTERVAL)
                 continue
             if asyncio.get_running_loop().time() - quiet_since > HEARTBEAT_SECONDS:
@@ -154,6 +158,19 @@ async def runs_feed(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return resp
+
+
+async def _visible_changes(insp: Inspector, viewer: Any, events: list[Any]) -> list[Any]:
+    """The events of runs ``viewer`` may see (all of them for an operator)."""
+    if await insp.access.visibility(viewer) is None:
+        return events
+    visible: dict[str, bool] = {}
+    for run_id in dict.fromkeys(e.run_id for e in events):
+        try:
+            visible[run_id] = await insp.access.can_see(viewer, await insp.engine.get_run(run_id))
+        except RunNotFound:
+            visible[run_id] = False  # pruned meanwhile
+    return [e for e in events if visible.get(e.run_id)]
 
 
 async def _sleep_or_close(insp: Inspector, seconds: float) -> None:

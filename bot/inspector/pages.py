@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 
@@ -171,10 +171,16 @@ async def workflows_page(request: web.Request) -> web.Response:
 
 
 def safe_next(value: str | None) -> str:
-    """Only a path on this site (no ``//host`` or ``https://``): no open redirect through sign-in."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return "/runs"
+    """Only a path on this site: no open redirect through sign-in.
+
+    Browsers and URL libraries drop tabs, newlines and other control characters and read ``\\`` as ``/``,
+    so ``/\t/evil.example`` would become ``//evil.example``: anything but a plain absolute path is refused."""
+    if not value or any(ord(ch) < 33 or ch == "\\" for ch in value):
+        return "/runs"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return "/runs"
+    return value
 
 
 async def login_page(request: web.Request) -> web.Response:

@@ -54,6 +54,11 @@ class Viewer:
 OPERATOR = Viewer(kind="operator", name="operator")
 
 
+def token_digest(token: str) -> str:
+    """What a session keeps of the operator token it was made with (never the token itself)."""
+    return hashlib.sha256(b"threadflow-ui-token:" + token.encode()).hexdigest()[:32]
+
+
 class Session:
     """The decoded cookie; ``changed`` sessions are written back on the response."""
 
@@ -77,6 +82,15 @@ class Session:
         """A new session for the person: a fresh CSRF token, nothing carried over from before sign-in."""
         self.data = {"csrf": secrets.token_urlsafe(24), "iat": int(time.time()), "viewer": viewer.to_json()}
         self.changed = True
+
+    def bind_to_token(self, token: str) -> None:
+        """An operator signed in with ``THREADFLOW_UI_TOKEN``: the session lasts only as long as that token."""
+        self.data["tok"] = token_digest(token)
+
+    def bound_to(self, token: str | None) -> bool:
+        """False for an operator session made with a token that is no longer the configured one."""
+        bound = self.data.get("tok")
+        return bound is None or (token is not None and hmac.compare_digest(str(bound), token_digest(token)))
 
     def sign_out(self) -> None:
         self.data = {"csrf": secrets.token_urlsafe(24), "iat": int(time.time())}

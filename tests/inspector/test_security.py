@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,8 +65,8 @@ async def test_the_ui_command_prints_its_address_and_with_a_token_may_listen_any
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        found = re.search(r"http://[\d.]+:(\d+)/runs", line)
-        assert found, line
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/runs \(listening on 0\.0\.0\.0\)", line)
+        assert found, line  # an address that opens, not 0.0.0.0
         import aiohttp
 
         async with aiohttp.ClientSession() as http:
@@ -241,3 +242,96 @@ def test_the_manifest_lists_the_sign_in_redirect_and_membership_scopes() -> None
     made = manifest(Settings(_env_file=None, THREADFLOW_UI_URL="https://runs.example.com/"), None)  # type: ignore[call-arg]
     assert made["oauth_config"]["redirect_urls"] == ["https://runs.example.com/auth/slack/callback"]
     assert {"channels:read", "groups:read"} <= set(made["oauth_config"]["scopes"]["bot"])
+
+
+@pytest.mark.parametrize("next_", ["/\t/evil.example/x", "//evil.example", "/\\evil.example", "https://evil.example",
+                                   "/\n/evil.example", " /evil"])
+async def test_signing_in_never_redirects_off_site(engine: Engine, start: StartInspector, browser: type[Browser],
+                                                   next_: str) -> None:
+    running = await start(InspectorConfig(port=0, token="s3cret-operator"))
+    client = browser(running.url)
+    token = await client.csrf("/login")
+    status, _, location = await client.post("/login", {"csrf": token, "token": "s3cret-operator", "next": next_})
+    assert status == 303 and location == "/runs"
+
+
+async def test_approvers_come_from_the_runs_own_version_not_a_newer_one(
+    engine: Engine, emulator: SlackEmulator, start: StartInspector, browser: type[Browser],
+) -> None:
+    from pydantic import BaseModel
+
+    from workflows import Workflow, step
+
+    class Decision(BaseModel):
+        approved: bool
+
+    def gated(version: str, approver: str) -> Any:
+        @step(id="gate", resume=Decision, approvers=[approver])
+        async def gate(ctx: Any) -> dict[str, Any]:
+            decision = await ctx.suspend({"question": "ship it?"})
+            return {"approved": decision.approved}
+
+        return Workflow(id="gated", version=version).then(gate).commit()
+
+    engine.register(gated("1", ALICE))
+    run_id = await slack_run(engine, "gated", {}, channel=GENERAL, user=ALICE)
+    engine.register(gated("2", BOB))  # a deploy names other approvers; the waiting run keeps its own
+    running = await start(slack_config(emulator))
+    bob = browser(running.url)
+    await bob.sign_in_with_slack(emulator, BOB)
+    token = await bob.csrf(f"/runs/{run_id}")
+    status, _, _ = await bob.post(f"/runs/{run_id}/resume", {"csrf": token, "path": "gate", "decision": "approve"})
+    assert status == 403
+    assert (await engine.get_run(run_id)).status == "suspended"
+
+
+async def test_changing_the_operator_token_signs_out_its_sessions(engine: Engine, start: StartInspector,
+                                                                  browser: type[Browser]) -> None:
+    secret = b"s" * 32  # THREADFLOW_UI_SECRET: sessions outlive a restart
+    first = await start(InspectorConfig(port=0, token="old-operator-token", secret=secret))
+    client = browser(first.url)
+    token = await client.csrf("/login")
+    status, _, _ = await client.post("/login", {"csrf": token, "token": "old-operator-token", "next": "/runs"})
+    assert status == 303 and (await client.get("/runs", allow_redirects=False))[0] == 200
+    # The operator rotates the token (a leak, a colleague leaving): the same cookie no longer signs anyone in.
+    second = await start(InspectorConfig(port=0, token="new-operator-token", secret=secret))
+    again = Browser(client.http, second.url)
+    status, _ = await again.get("/runs", allow_redirects=False)
+    assert status == 302
+
+
+async def test_raw_resume_data_records_who_is_signed_in_not_who_the_json_names(
+    engine: Engine, start: StartInspector, browser: type[Browser],
+) -> None:
+    handle = await engine.start("approval", {"request": "ship it"})
+    await handle.result(timeout=10)
+    client = browser((await start(InspectorConfig(port=0))).url)
+    token = await client.csrf(f"/runs/{handle.run_id}")
+    status, _, _ = await client.post(f"/runs/{handle.run_id}/resume",
+                                     {"csrf": token, "path": "approve", "data": '{"approved": true, "by": "U0SOMEONE"}'})
+    assert status == 303
+    await engine.wait_for(handle.run_id, timeout=10)
+    [resumed] = [e for e in (await engine.details(handle.run_id)).events if e.type == "run.resumed"]
+    assert resumed.data["data"]["by"] == "operator"
+
+
+async def test_the_runs_page_feed_says_nothing_about_runs_a_person_may_not_see(
+    engine: Engine, emulator: SlackEmulator, start: StartInspector, browser: type[Browser],
+) -> None:
+    running = await start(slack_config(emulator))
+    bob = browser(running.url)
+    await bob.sign_in_with_slack(emulator, BOB)
+    async with bob.http.get(bob.url("/runs/live")) as feed:
+        assert feed.status == 200
+
+        async def next_change() -> bytes:
+            while True:
+                line = await feed.content.readline()
+                if line.startswith(b"event: changed"):
+                    return line
+
+        await slack_run(engine, "greet-user", {"name": "Secret"}, channel=SECRET, user=ALICE)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(next_change(), 1.5)  # a run in a channel bob is not in: silence
+        await slack_run(engine, "greet-user", {"name": "Open"}, channel=GENERAL, user=ALICE)
+        assert await asyncio.wait_for(next_change(), 5)

@@ -43,6 +43,12 @@ JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "X", "schema": {},
     (422, "body.response_format.json_schema.strict: Extra inputs are not permitted",
      {"response_format": JSON_SCHEMA}, "param", "strict"),
     (500, "Cannot use tools with stream", {"tools": TOOLS, "stream": True}, "stream", None),
+    # Servers that name the tools field itself, or say they cannot call functions at all.
+    (400, "Unrecognized request argument supplied: tools", {"tools": TOOLS}, "tools", None),
+    (422, "body.tools: Extra inputs are not permitted", {"tools": TOOLS}, "tools", None),
+    (422, "Extra inputs are not permitted: tools", {"tools": TOOLS}, "tools", None),
+    (400, "This model does not support function calling", {"tools": TOOLS}, "tools", None),
+    (400, "tool calling is not supported for this model", {"tools": TOOLS}, "tools", None),
 ])
 def test_refusals_are_recognised_from_what_real_servers_say(
     status: int, text: str, request_: dict[str, object], kind: str, detail: str | None

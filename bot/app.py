@@ -20,15 +20,18 @@ from slack_sdk.web.async_client import AsyncWebClient
 from storage.slack_store import SlackStore
 from workflows import Engine
 
+from .delivery.live import Streams
 from .delivery.service import DeliveryService
 from .deps import BackgroundTasks, BotDeps
-from .listeners import approvals, commands
+from .listeners import approvals, commands, feedback
+from .listeners.assistant import AssistantThreads
 from .listeners.chat import ThreadChat
 from .metrics import Metrics
 from .middleware import IgnoreOwnEventsButDeletions, ReplayGuard, reject_malformed
 from .schedule_commands import make_scheduler
 from .settings import Settings
 from .slack import Pacer, SlackClient, make_web_client
+from .slack.streams import StreamingSupport
 
 log = logging.getLogger("threadflow.bot")
 
@@ -48,10 +51,14 @@ class SlackBot:
         self.client = client or make_client(settings)
         self.store = SlackStore(engine.db)
         self.slack = SlackClient(self.client, Pacer(self.store, enabled=settings.slack_pacing), self.metrics)
+        self.streams = (Streams(self.slack, StreamingSupport(self.store), interval=settings.slack_stream_interval,
+                                metrics=self.metrics) if settings.slack_streaming else None)
         self.delivery = DeliveryService(engine, self.store, self.slack, interval=settings.progress_interval,
-                                        lease=max(5.0, 3 * settings.poll_interval), metrics=self.metrics)
+                                        lease=max(5.0, 3 * settings.poll_interval), metrics=self.metrics,
+                                        streams=self.streams)
         self.background = BackgroundTasks()
-        self.deps = BotDeps(settings, engine, self.store, self.slack, self.delivery, self.metrics, self.background)
+        self.deps = BotDeps(settings, engine, self.store, self.slack, self.delivery, self.metrics, self.background,
+                            self.streams)
         self.chat = ThreadChat(self.deps)
         self.scheduler = make_scheduler(self.deps)
         self.app = AsyncApp(
@@ -70,6 +77,9 @@ class SlackBot:
         self.app.use(reject_malformed)
         commands.register(self.app, self.deps)
         approvals.register(self.app, self.deps)
+        feedback.register(self.app, self.deps)
+        self.assistant = AssistantThreads(self.deps, self.chat)
+        self.assistant.register(self.app)
         self.chat.register(self.app)
         self.app.error(self.on_error)
 

@@ -12,8 +12,11 @@ from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
     ButtonElement,
+    ContextActionsBlock,
     ContextBlock,
     DividerBlock,
+    FeedbackButtonObject,
+    FeedbackButtonsElement,
     HeaderBlock,
     MarkdownTextObject,
     PlainTextInputElement,
@@ -30,6 +33,8 @@ MAX_BLOCKS = 50
 _USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
 APPROVE, REJECT, REJECT_WITH_REASON = "approve", "reject", "reject_with_reason"
+#: The feedback buttons under every agent answer (Slack's ``feedback_buttons`` in a ``context_actions`` block).
+AGENT_FEEDBACK = "agent_feedback"
 REJECT_REASON_VIEW = "reject_reason"
 
 STATUS_ICON = {
@@ -249,3 +254,20 @@ def result_reply(status: str, output: Any, error: str | None, error_path: str | 
         where = f" at step `{escape(error_path)}`" if error_path else ""
         text = f":x: *Run failed{where}.*\n{escape(error or 'unknown error')}"
     return text.split("\n")[0], text_reply(text)
+
+
+def feedback_block(rates: dict[str, Any]) -> dict[str, Any]:
+    """Thumbs up and down under an agent's answer. Each button's value says the rating and which agent call it
+    rates: ``{"context_id": N}`` (a chat answer) or ``{"run_id": R, "path": P}`` (an agent step's output, whose
+    newest call at that path is the one that counts)."""
+
+    def value(rating: str) -> str:
+        return json.dumps({"rating": rating, **rates}, separators=(",", ":"))
+
+    return ContextActionsBlock(elements=[FeedbackButtonsElement(
+        action_id=AGENT_FEEDBACK,
+        positive_button=FeedbackButtonObject(text="Good answer", value=value("good"),
+                                             accessibility_label="This answer was helpful"),
+        negative_button=FeedbackButtonObject(text="Bad answer", value=value("bad"),
+                                             accessibility_label="This answer was not helpful"),
+    )]).to_dict()

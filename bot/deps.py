@@ -11,6 +11,7 @@ from typing import Any
 from storage.slack_store import SlackStore
 from workflows import Engine
 
+from .delivery.live import Streams
 from .delivery.service import DeliveryService
 from .metrics import Metrics
 from .settings import Settings
@@ -53,3 +54,5 @@ class BotDeps:
     delivery: DeliveryService
     metrics: Metrics
     background: BackgroundTasks
+    #: How answers are streamed into threads (None: THREADFLOW_SLACK_STREAMING is off; answers are posted whole).
+    streams: Streams | None = None

@@ -76,6 +76,13 @@ class Metrics:
             ["error"], registry=r)
         self.slack_outbox = Gauge("threadflow_slack_outbox", "Outbox messages by state (pending: not taken by "
                                   "Slack yet).", ["state"], registry=r)
+        self.slack_streams = Counter(
+            "threadflow_slack_streams", "Streamed answers' Slack calls, by step (start, append, finish) and "
+            "outcome (ok, retried, refused; a finish is streamed, posted, updated or failed).", ["step", "outcome"],
+            registry=r)
+        self.agent_feedback = Counter(
+            "threadflow_agent_feedback", "Feedback people gave on agent answers (the feedback buttons), by rating.",
+            ["rating"], registry=r)
         self.llm_calls = Counter("threadflow_llm_calls", "Model calls, by outcome.", ["model", "outcome"], registry=r)
         self.llm_tokens = Counter("threadflow_llm_tokens", "Tokens used, by kind (prompt or completion).",
                                   ["model", "kind"], registry=r)

@@ -1,4 +1,5 @@
-"""Starting a run in a Slack channel: its root message first, then the run in that message's thread."""
+"""Starting a run in a Slack channel: its root message first, then the run in that message's thread (or, from an
+assistant thread, all of it in that thread)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class StartRequest(BaseModel):
     user_id: str
     workflow_id: str
     data: Any = None
+    #: Start the run in this existing thread (an assistant thread): its root message, progress and approval
+    #: cards are replies there, and the thread is its memory. None: a new thread under the root message.
+    thread_ts: str | None = None
 
 
 class StartOutcome(BaseModel):
@@ -47,14 +51,15 @@ async def start_run_in_channel(deps: BotDeps, request: StartRequest) -> StartOut
     text, root_blocks = blocks.root_message(blocks.Checklist(
         run_id=run_id, workflow_id=request.workflow_id, started_by=request.user_id, status="pending"))
     try:
-        posted = await with_retries(lambda: deps.slack.post_message(request.channel_id, text, blocks=root_blocks))
+        posted = await with_retries(lambda: deps.slack.post_message(request.channel_id, text, blocks=root_blocks,
+                                                                    thread_ts=request.thread_ts))
     except SlackCallError as exc:
         log.warning("could not post the root message of a %s run: %s", request.workflow_id, exc)
         return StartOutcome(problem=describe_for_people(exc, deps.settings.command))
     team, channel = request.team_id, posted.channel
     slack_run = SlackRun(run_id=run_id, team_id=team, channel_id=channel, root_ts=posted.ts,
-                         thread_id=thread_id_for(team, channel, posted.ts), started_by=request.user_id,
-                         created_at=time.time())
+                         thread_id=thread_id_for(team, channel, request.thread_ts or posted.ts),
+                         started_by=request.user_id, created_at=time.time(), thread_ts=request.thread_ts)
     await deps.store.add_run(slack_run, {"text": text, "blocks": root_blocks})
     try:
         await deps.engine.start(request.workflow_id, request.data, thread_id=slack_run.thread_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from storage.progress_store import ProgressStore
 from workflows import Engine
 from workflows.loading import load_workflows
 
@@ -29,5 +30,9 @@ def build_engine(settings: Settings, *, execute: bool = True, **kwargs: Any) -> 
     kwargs.setdefault("step_timeout", settings.step_timeout)
     engine = Engine(settings.database_url, execute=execute, **kwargs)
     engine.memory = build_memory(settings, engine)
+    if execute and settings.slack_bot_token is not None:
+        # Agent steps whose output is posted publish their progress, so the process rendering the run (this
+        # one or another replica) can stream the answer into the run's Slack thread as it is written.
+        engine.progress = ProgressStore(engine.db)
     engine.register(*load_workflows(settings.workflows))
     return engine

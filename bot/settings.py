@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     progress_interval: float = Field(1.0, validation_alias="THREADFLOW_PROGRESS_INTERVAL", ge=0)
     slack_timeout: float = Field(10.0, validation_alias="THREADFLOW_SLACK_TIMEOUT", gt=0)
     slack_pacing: bool = Field(True, validation_alias="THREADFLOW_SLACK_PACING")
+    # Agents' answers streamed into threads (chat.startStream/appendStream/stopStream); false: posted whole.
+    slack_streaming: bool = Field(True, validation_alias="THREADFLOW_SLACK_STREAMING")
+    slack_stream_interval: float = Field(0.4, validation_alias="THREADFLOW_SLACK_STREAM_INTERVAL", ge=0)
     max_connections: int = Field(512, validation_alias="THREADFLOW_MAX_CONNECTIONS", gt=0)
     http_timeout: float = Field(15.0, validation_alias="THREADFLOW_HTTP_TIMEOUT", gt=0)
     lease_seconds: float = Field(30.0, validation_alias="THREADFLOW_LEASE_SECONDS", gt=0)

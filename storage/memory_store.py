@@ -375,6 +375,28 @@ class MemoryStore:
         row = (await conn.execute(select(threads).where(threads.c.id == thread_id))).mappings().one()
         return ThreadRow.model_validate(dict(row))
 
+    async def update_thread(
+        self, thread_id: str, *, title: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> ThreadRow | None:
+        """Set a thread's title and merge keys into its metadata (what is not given stays); None: no thread."""
+
+        async def fn(conn: AsyncConnection) -> ThreadRow | None:
+            query = select(threads).where(threads.c.id == thread_id)
+            if not self.db.is_sqlite:
+                query = query.with_for_update()
+            row = (await conn.execute(query)).mappings().first()
+            if row is None:
+                return None
+            values: dict[str, Any] = {"updated_at": time.time()}
+            if title is not None:
+                values["title"] = title[:500]
+            if metadata is not None:
+                values["metadata"] = {**(row["metadata"] or {}), **metadata}
+            await conn.execute(update(threads).where(threads.c.id == thread_id).values(**values))
+            return ThreadRow.model_validate(dict(row) | values)
+
+        return await self.db.write(fn)
+
     async def get_thread(self, thread_id: str) -> ThreadRow | None:
         async def fn(conn: AsyncConnection) -> ThreadRow | None:
             row = (await conn.execute(select(threads).where(threads.c.id == thread_id))).mappings().first()
@@ -410,8 +432,22 @@ class MemoryStore:
         agent_context: NewAgentContext | None = None,
     ) -> list[int]:
         """Messages, their vectors and the agent's context record, committed together or not at all."""
+        ids, _ = await self.save_answer(
+            new, vectors=vectors, vector_model=vector_model, agent_context=agent_context
+        )
+        return ids
 
-        async def fn(conn: AsyncConnection) -> list[int]:
+    async def save_answer(
+        self,
+        new: Sequence[NewMessage],
+        *,
+        vectors: Sequence[NewVector] = (),
+        vector_model: str | None = None,
+        agent_context: NewAgentContext | None = None,
+    ) -> tuple[list[int], int | None]:
+        """Like :meth:`save_turn`, also returning the id of the agent context record (what feedback rates)."""
+
+        async def fn(conn: AsyncConnection) -> tuple[list[int], int | None]:
             ids = await self._add_messages(conn, new)
             if vectors:
                 if vector_model is None:
@@ -419,9 +455,10 @@ class MemoryStore:
                 await self._add_vectors(
                     conn, [(ids[v.index], new[v.index], v.vector) for v in vectors], vector_model
                 )
+            context_id = None
             if agent_context is not None:
-                await self._record_agent_context(conn, agent_context)
-            return ids
+                context_id = await self._record_agent_context(conn, agent_context)
+            return ids, context_id
 
         return await self.db.write(fn)
 
@@ -853,6 +890,54 @@ class MemoryStore:
         values = record.model_dump() | {"created_at": time.time()}
         result = await conn.execute(insert(agent_contexts).values(**values).returning(agent_contexts.c.id))
         return int(result.scalar_one())
+
+    async def get_agent_context(self, context_id: int) -> AgentContextRow | None:
+        async def fn(conn: AsyncConnection) -> AgentContextRow | None:
+            query = select(agent_contexts).where(agent_contexts.c.id == context_id)
+            row = (await conn.execute(query)).mappings().first()
+            return AgentContextRow.model_validate(dict(row)) if row else None
+
+        return await self.db.read(fn)
+
+    async def latest_agent_context(self, run_id: str, path: str) -> AgentContextRow | None:
+        """The newest agent call recorded at exactly ``path`` of the run (the attempt whose answer counts)."""
+
+        async def fn(conn: AsyncConnection) -> AgentContextRow | None:
+            query = (
+                select(agent_contexts)
+                .where(agent_contexts.c.run_id == run_id, agent_contexts.c.path == path)
+                .order_by(agent_contexts.c.id.desc())
+                .limit(1)
+            )
+            row = (await conn.execute(query)).mappings().first()
+            return AgentContextRow.model_validate(dict(row)) if row else None
+
+        return await self.db.read(fn)
+
+    async def record_feedback(self, context_id: int, entry: dict[str, Any]) -> AgentContextRow | None:
+        """Add a person's rating to the agent call it rates (its record's ``answer["feedback"]`` list).
+
+        ``entry`` carries at least ``user``; a person's new rating replaces their earlier one (they changed
+        their mind), others' stay. Read and write happen in one transaction (the row locked on PostgreSQL), so
+        two clicks at once both land. Returns the updated record, or None when there is no such call.
+        """
+
+        async def fn(conn: AsyncConnection) -> AgentContextRow | None:
+            query = select(agent_contexts).where(agent_contexts.c.id == context_id)
+            if not self.db.is_sqlite:
+                query = query.with_for_update()
+            row = (await conn.execute(query)).mappings().first()
+            if row is None:
+                return None
+            answer = dict(row["answer"] or {})
+            feedback = [f for f in answer.get("feedback") or [] if f.get("user") != entry.get("user")]
+            answer["feedback"] = [*feedback, entry]
+            await conn.execute(
+                update(agent_contexts).where(agent_contexts.c.id == context_id).values(answer=answer)
+            )
+            return AgentContextRow.model_validate(dict(row) | {"answer": answer})
+
+        return await self.db.write(fn)
 
     async def agent_contexts(self, run_id: str, *, path: str | None = None) -> list[AgentContextRow]:
         """What each agent call of a run was given and answered, in call order."""

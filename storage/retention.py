@@ -2,8 +2,8 @@
 
 What goes:
 - runs that finished (success, failed, canceled) before the cutoff, with every row keyed by their id:
-  step results, suspensions, events, signals, agent context records, and the Slack mapping (root message
-  and approval messages);
+  step results, suspensions, events, signals, agent context records, agent progress a crash left behind,
+  and the Slack mapping (root message and approval messages);
 - Slack event ids seen more than a day ago (they only guard against Slack's retries, which stop after
   minutes);
 - memory threads whose last activity is before the cutoff and that no kept run refers to, with their
@@ -30,6 +30,7 @@ from .database import Database
 from .records import TERMINAL_STATUSES
 from .tables import (
     agent_contexts,
+    agent_progress,
     events,
     message_vectors,
     messages,
@@ -50,7 +51,8 @@ SEEN_EVENTS_KEEP = DAY
 DEFAULT_BATCH = 500
 
 #: Tables whose rows belong to one run, keyed by ``run_id``.
-_RUN_TABLES = (step_results, suspensions, events, signals, agent_contexts, slack_runs, slack_messages)
+_RUN_TABLES = (step_results, suspensions, events, signals, agent_contexts, agent_progress, slack_runs,
+               slack_messages)
 
 TABLES = ("runs", *(t.name for t in _RUN_TABLES), "slack_seen_events", "threads", "messages",
           "message_vectors", "working_memory")

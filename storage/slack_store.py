@@ -20,7 +20,7 @@ from sqlalchemy import exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .database import Database, insert_ignore
-from .tables import events, runs, slack_messages, slack_pacing, slack_runs, slack_seen_events
+from .tables import events, runs, slack_features, slack_messages, slack_pacing, slack_runs, slack_seen_events
 
 MessageKind = Literal["root", "approval", "post"]
 MessageState = Literal["pending", "sent", "failed"]
@@ -37,6 +37,23 @@ class SlackRun(BaseModel):
     created_at: float
     renderer: str | None = None
     renderer_expires_at: float | None = None
+    #: Where the run's replies go when not in its root message's thread (a run started in an assistant thread).
+    thread_ts: str | None = None
+
+    @property
+    def reply_ts(self) -> str | None:
+        """The thread the run's posts and approval cards go to."""
+        return self.thread_ts or self.root_ts
+
+
+class SlackFeature(BaseModel):
+    """What the bot learnt about one Slack feature in one workspace (``slack_features``)."""
+
+    team_id: str
+    feature: str
+    state: str
+    detail: str | None = None
+    updated_at: float
 
 
 class WantedMessage(BaseModel):
@@ -422,6 +439,36 @@ class SlackStore:
 
         await self.db.write(op)
 
+    # -- workspace features ------------------------------------------------------------------------------
+
+    async def set_feature(self, team_id: str, feature: str, state: str, detail: str | None = None) -> None:
+        """Record what Slack said about ``feature`` in the workspace (``streaming`` refused, ``assistant`` seen)."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(insert_ignore(self.db, slack_features).values(
+                team_id=team_id, feature=feature, state=state, detail=detail, updated_at=now))
+            await conn.execute(update(slack_features).where(
+                slack_features.c.team_id == team_id, slack_features.c.feature == feature,
+            ).values(state=state, detail=detail, updated_at=now))
+
+        await self.db.write(op)
+
+    async def feature(self, team_id: str, feature: str) -> SlackFeature | None:
+        async def op(conn: AsyncConnection) -> SlackFeature | None:
+            row = (await conn.execute(select(slack_features).where(
+                slack_features.c.team_id == team_id, slack_features.c.feature == feature))).mappings().first()
+            return SlackFeature.model_validate(dict(row)) if row else None
+
+        return await self.db.read(op)
+
+    async def features(self) -> list[SlackFeature]:
+        async def op(conn: AsyncConnection) -> list[SlackFeature]:
+            q = select(slack_features).order_by(slack_features.c.team_id, slack_features.c.feature)
+            return [SlackFeature.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
+
+        return await self.db.read(op)
+
     # -- Slack events seen -------------------------------------------------------------------------------
 
     async def mark_seen(self, key: str) -> bool:
@@ -438,6 +485,7 @@ class SlackStore:
 __all__ = [
     "MessageKind",
     "OutboxMessage",
+    "SlackFeature",
     "SlackRun",
     "SlackStore",
     "WantedMessage",

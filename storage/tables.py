@@ -198,6 +198,23 @@ agent_contexts = Table(
     Index("ix_agent_contexts_run", "run_id", "id"),
 )
 
+#: What an agent step is doing right now (its answer so far, its tool calls), written by the process that
+#: executes it and read by the one that shows the run in Slack. Transient: deleted when the run's rendering
+#: ends (retention takes what a crash left).
+agent_progress = Table(
+    "agent_progress",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("data", JSON, nullable=True),
+    Column("at", Float, nullable=False),
+    Index("ix_agent_progress_run", "run_id", "id"),
+)
+
 # -- slack mapping ------------------------------------------------------------------------------------
 
 slack_runs = Table(
@@ -213,6 +230,9 @@ slack_runs = Table(
     Column("created_at", Float, nullable=False),
     Column("renderer", String(200), nullable=True),
     Column("renderer_expires_at", Float, nullable=True),
+    #: Where the run's replies go when that is not the root message's own thread (a run started in an
+    #: assistant thread posts its root, progress and approval cards as replies in that thread).
+    Column("thread_ts", String(40), nullable=True),
     Index("ix_slack_runs_thread", "thread_id"),
     Index("ix_slack_runs_channel", "channel_id", "run_id"),
 )
@@ -261,6 +281,18 @@ slack_seen_events = Table(
     metadata,
     Column("key", String(200), primary_key=True),
     Column("seen_at", Float, nullable=False),
+)
+
+#: What the bot learnt about a workspace's Slack features: streaming refused (answers are posted whole),
+#: the assistant view in use. Shared by every replica; ``threadflow doctor`` reports it.
+slack_features = Table(
+    "slack_features",
+    metadata,
+    Column("team_id", String(40), primary_key=True),
+    Column("feature", String(40), primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("detail", String(500), nullable=True),
+    Column("updated_at", Float, nullable=False),
 )
 
 schedules = Table(

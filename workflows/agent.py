@@ -77,6 +77,8 @@ class AgentResult(BaseModel, Generic[OutputT]):
     usage: Usage = Usage()
     model: str
     context: AgentContext | None = None
+    #: The id of this call's agent context record, when one was recorded (what people's feedback rates).
+    context_id: int | None = None
 
 
 # -- what a streamed agent call yields (besides the model's TextDelta and ToolCallDone) ----------------
@@ -329,7 +331,7 @@ class Agent:
         if memory is not None:
             new = [memory.new_message("user", prompt, author)] if store_prompt else []
             new.append(memory.new_message("assistant", text, self.name))
-            await memory.save(
+            _, context_id = await memory.save_answer(
                 new, agent_context=self._context_record(memory, run_id, path, record, answer, usage)
             )
             try:
@@ -337,9 +339,10 @@ class Agent:
             except ModelError as exc:  # the answer stands; the next call tries to summarise again
                 log.warning("agent %s: summarising thread %s failed: %s", self.name, memory.thread_id, exc)
         else:
-            await self._record(None, run_id, path, record, answer, usage)
+            context_id = await self._record(None, run_id, path, record, answer, usage)
         yield AgentDone(AgentResult(
-            text=text, output=parsed, tool_calls=turn.calls, usage=usage, model=model.name, context=context))
+            text=text, output=parsed, tool_calls=turn.calls, usage=usage, model=model.name, context=context,
+            context_id=context_id))
 
     async def _loop(
         self,
@@ -514,13 +517,15 @@ class Agent:
         context: dict[str, Any],
         answer: dict[str, Any],
         usage: Usage,
-    ) -> None:
-        """Record a context without thread messages (no thread, or a failed call); needs some store."""
+    ) -> int | None:
+        """Record a context without thread messages (no thread, or a failed call); needs some store.
+        Returns the record's id, or None when there was nowhere to record it."""
         store = memory.store if memory is not None else self.memory.store if self.memory is not None else None
         if store is not None and (memory is not None or run_id is not None):
-            await store.record_agent_context(
+            return await store.record_agent_context(
                 self._context_record(memory, run_id, path, context, answer, usage)
             )
+        return None
 
 
 def _assistant_tool_message(text: str | None, calls: list[ToolCall]) -> Message:

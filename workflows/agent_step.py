@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from .agent import Agent
 from .context import StepContext
+from .progress import StepProgress
 from .step import RetryPolicy, Step
 
 
@@ -45,14 +46,24 @@ def agent_step(
     ``prompt`` is a format string over the input's fields (``"Plan: {request}"``), a function of the input
     (or of input and ``ctx``; may be async), or None to send the input as JSON. Without ``output`` the step
     returns :class:`AgentText`; with it, the agent's validated structured answer. ``post_output`` tells the
-    Slack bot this step's output is worth posting in the thread.
+    Slack bot this step's output is worth posting in the thread; such a step also publishes its progress while
+    it runs (its answer as it streams, its tool calls) when the engine has somewhere to publish it
+    (``engine.progress``), so the bot can show the answer growing.
     """
 
     async def run_agent(ctx: StepContext[Any]) -> Any:
         text = await render_prompt(prompt, ctx)
         thread = run_thread(ctx)
-        result = await agent.generate(text, output=output, thread=thread, resource=ctx.resource_id,
-                                      run_id=ctx.run_id, path=ctx.path, author="workflow")
+        progress = ctx.engine.progress if post_output and ctx.engine is not None else None
+        if progress is None:
+            result = await agent.generate(text, output=output, thread=thread, resource=ctx.resource_id,
+                                          run_id=ctx.run_id, path=ctx.path, author="workflow")
+        else:  # shown live where the run is shown (the Slack bot streams it into the run's thread)
+            async with StepProgress(progress, ctx.run_id, ctx.path, ctx.attempt, step_id=ctx.step.id,
+                                    agent=agent.name) as live:
+                result = await live.follow(agent.stream(
+                    text, output=output, thread=thread, resource=ctx.resource_id, run_id=ctx.run_id,
+                    path=ctx.path, author="workflow"))
         return result.output if output is not None else AgentText(text=result.text)
 
     return Step(
@@ -62,7 +73,8 @@ def agent_step(
         output=output or AgentText,
         retry=retry,
         description=description or f"Agent {agent.name}",
-        metadata={"agent": agent.name, "post_output": post_output},
+        metadata={"agent": agent.name, "post_output": post_output, "answer": "structured" if output else "text",
+                  "tools": [t.name for t in agent.tools]},
     )
 
 

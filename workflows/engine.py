@@ -19,6 +19,7 @@ from typing import Any
 
 from storage import Database
 from storage.database import DEFAULT_DATABASE_URL
+from storage.progress_store import ProgressStore
 from storage.records import (
     SETTLED_STATUSES,
     TERMINAL_STATUSES,
@@ -127,6 +128,9 @@ class Engine:
         self._timers_checked_at = 0.0
         self._open_lock: asyncio.Lock | None = None
         self.faults: dict[str, FaultHook] = {}
+        #: Where agent steps publish what they do while they run (their answer as it streams, their tool calls),
+        #: for a UI that shows it live; None (the default) leaves agent steps answering in one piece.
+        self.progress: ProgressStore | None = None
         self.replica = Replica(self)
         self.replica.registered()
         crash_at = os.environ.get("THREADFLOW_CRASH_AT")

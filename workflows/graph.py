@@ -239,3 +239,5 @@ class WorkflowOptions:
     step_timeout: float | None = None
     #: How many times the process running one of its runs may die before the run fails (THREADFLOW_MAX_RECOVERIES).
     max_recoveries: int | None = None
+    #: A short name for people ("Deploy an app"): Slack's assistant offers the workflow under it.
+    title: str | None = None

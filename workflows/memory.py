@@ -208,6 +208,13 @@ class ThreadMemory:
         Embedding happens before the write, so an embedder failure stores nothing rather than
         messages that recall by similarity would never find.
         """
+        ids, _ = await self.save_answer(new, agent_context=agent_context)
+        return ids
+
+    async def save_answer(
+        self, new: Sequence[NewMessage], *, agent_context: NewAgentContext | None = None
+    ) -> tuple[list[int], int | None]:
+        """Like :meth:`save`, also returning the id of the agent context record (what feedback rates)."""
         await self.ensure()
         embedder = self.memory.embedder
         vectors: list[NewVector] = []
@@ -217,7 +224,7 @@ class ThreadMemory:
             vectors = [
                 NewVector(index=i, vector=_vector_bytes(v)) for (i, _), v in zip(texts, embedded, strict=True)
             ]
-        return await self.store.save_turn(
+        return await self.store.save_answer(
             new,
             vectors=vectors,
             vector_model=embedder.name if embedder else None,

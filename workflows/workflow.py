@@ -54,6 +54,7 @@ class Workflow:
         version: str | None = None,
         step_timeout: float | None = None,
         max_recoveries: int | None = None,
+        title: str | None = None,
     ) -> None:
         validate_id(id, "workflow")
         if step_timeout is not None and not step_timeout > 0:
@@ -68,6 +69,7 @@ class Workflow:
         self.options = WorkflowOptions(
             retry=retry, suspend_ttl=suspend_ttl, approvers=tuple(approvers) if approvers else None, chat_agent=chat_agent,
             step_timeout=step_timeout, max_recoveries=max_recoveries,
+            title=title.strip() if title and title.strip() else None,
         )
         self._nodes: list[Node] = []
         self._auto = 0

@@ -33,12 +33,17 @@ from ..blocks import Checklist
 
 @dataclass(frozen=True)
 class StepPresentation:
-    """How the bot shows a step's output: posted in the thread (agent steps), and under which name."""
+    """How the bot shows a step's output: posted in the thread (agent steps), and under which name.
+
+    ``streams_text``: the agent answers in text, shown as it is written (a structured answer is shown when it
+    is complete); ``tools``: the tools the agent may call (several make its task cards a plan)."""
 
     post_output: bool
     name: str
     #: The step's resume model takes a ``reason``: its card offers "Reject with reason…".
     accepts_reason: bool = False
+    streams_text: bool = True
+    tools: tuple[str, ...] = ()
 
 
 #: ``describe(workflow_id, step_id)``: how to show that step, or None for a step it does not know.
@@ -159,7 +164,7 @@ def wanted_cards(view: RunView, describe: DescribeStep) -> list[WantedMessage]:
                                     content={"text": text, "blocks": root_blocks}))
     for card in view.approvals.values():
         wanted.append(WantedMessage(key=approval_key(run.run_id, card.path), kind="approval",
-                                    channel_id=run.channel_id, thread_ts=run.root_ts, seq=card.seq,
+                                    channel_id=run.channel_id, thread_ts=run.reply_ts, seq=card.seq,
                                     content=card_content(run.run_id, card, describe(view.workflow_id, card.step_id or ""))))
     return wanted
 
@@ -189,7 +194,7 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
         if post_blocks is not None:
             content["blocks"] = post_blocks
         posts.append(WantedMessage(key=f"post:{run.run_id}:{ev.id}:{suffix}", kind="post", channel_id=run.channel_id,
-                                   thread_ts=run.root_ts, seq=ev.id, content=content))
+                                   thread_ts=run.reply_ts, seq=ev.id, content=content))
 
     for ev in new_events:
         view.apply(ev)
@@ -198,9 +203,12 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
             notes.append(f"Run {run.run_id} of workflow {ev.data.get('workflow_id')} was started by "
                          f"{ev.data.get('started_by') or 'someone'} with input {summary(ev.data.get('input'))}.")
         elif isinstance(data, StepSucceeded) and ev.step_id:
-            text = readable_output(describe(view.workflow_id, ev.step_id), ev.step_id, data.output)
-            if text:
-                post(ev, "output", text)
+            content = output_post(describe(view.workflow_id, ev.step_id), run.run_id, ev.path or ev.step_id,
+                                  ev.step_id, data.output)
+            if content is not None:
+                posts.append(WantedMessage(key=f"post:{run.run_id}:{ev.id}:output", kind="post",
+                                           channel_id=run.channel_id, thread_ts=run.reply_ts, seq=ev.id,
+                                           content=content))
         elif isinstance(data, StepSuspended) and data.is_approval:
             notes.append(f"Step {ev.path} is waiting for approval: {summary(data.payload)}.")
         elif isinstance(data, RunResumed) and view.approvals.get(ev.path or "") is not None:
@@ -221,6 +229,33 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
             text = f":warning: {blocks.escape(data.message or 'No running process has this run’s workflow version.')}"
             post(ev, "stranded", text.split("\n")[0], blocks.text_reply(text))
     return Plan(wanted=wanted_cards(view, describe) + posts if run.root_ts is not None else [], notes=notes)
+
+
+def output_post(step: StepPresentation | None, run_id: str, path: str, step_id: str, output: Any) -> dict[str, Any] | None:
+    """An agent step's output as a thread post: its text, the feedback buttons, and what the live stream of
+    the step needs to end with this answer (``stream``: the step's path, and the answer in markdown)."""
+    text = readable_output(step, step_id, output)
+    if text is None or step is None:
+        return None
+    return {
+        "text": text,
+        "blocks": [*blocks.text_reply(text), blocks.feedback_block({"run_id": run_id, "path": path})],
+        "stream": {"path": path, "answer": stream_answer(output)},
+    }
+
+
+def stream_header(name: str, step_id: str) -> str:
+    """The first line of an agent step's answer in the thread, in markdown (streams use markdown)."""
+    return f"**{blocks.escape(name)}** (`{step_id}`):\n"
+
+
+def stream_answer(output: Any) -> str:
+    """The body of an agent step's answer in markdown: its text, or its structured output as JSON."""
+    if isinstance(output, dict):
+        for key in ("text", "answer", "summary", "message"):
+            if isinstance(output.get(key), str):
+                return blocks.clip(blocks.escape(output[key]), 11_000)
+    return f"```\n{blocks.pretty(output, 10_000)}\n```"
 
 
 def readable_output(step: StepPresentation | None, step_id: str, output: Any) -> str | None:

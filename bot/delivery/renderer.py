@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from storage.progress_store import ProgressStore
 from storage.slack_store import SlackRun, SlackStore
 from workflows import Engine, WorkflowEvent
 
+from .live import LiveSteps, Streams
 from .planner import DescribeStep, RunView, plan
 from .sender import Sender
 
@@ -30,7 +32,8 @@ BATCH_WINDOW = 0.02
 
 class RunRenderer:
     def __init__(self, engine: Engine, store: SlackStore, sender: Sender, slack_run: SlackRun,
-                 describe: DescribeStep, remember: Callable[[SlackRun, str], Any]) -> None:
+                 describe: DescribeStep, remember: Callable[[SlackRun, str], Any], *,
+                 streams: Streams | None = None) -> None:
         self.engine = engine
         self.store = store
         self.sender = sender
@@ -38,6 +41,10 @@ class RunRenderer:
         self.view = RunView(slack_run)
         self.describe = describe
         self.remember = remember
+        self.progress = ProgressStore(engine.db)
+        #: The run's agent steps streamed live into its thread (None: their outputs are only posted).
+        self.live = (LiveSteps(engine, self.progress, slack_run, streams, describe, lambda: self.view.workflow_id)
+                     if streams is not None else None)
         self._events: list[WorkflowEvent] = []
         self._watch_ended = False
         self._wake = asyncio.Event()
@@ -50,13 +57,26 @@ class RunRenderer:
         run = await self.engine.get_run(self.run.run_id)
         self.view.workflow_id = self.view.checklist.workflow_id = run.workflow_id
         self.view.checklist.status = run.status if run.status != "pending" else "running"
-        pump = asyncio.get_running_loop().create_task(self._pump(), name=f"threadflow-events-{self.run.run_id}")
+        loop = asyncio.get_running_loop()
+        pump = loop.create_task(self._pump(), name=f"threadflow-events-{self.run.run_id}")
+        follow = (loop.create_task(self.live.follow(), name=f"threadflow-live-{self.run.run_id}")
+                  if self.live is not None else None)
+        finished = False
         try:
             await self._loop(pump)
+            finished = True
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            if self.live is not None:
+                self.live.stop_following()
+            for task in (pump, follow):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self.live is not None:
+                await self.live.close(finished=finished)
+        if finished:
+            await self.progress.delete_run(self.run.run_id)  # the run is over: its live progress is no use now
 
     async def _pump(self) -> None:
         try:
@@ -90,7 +110,7 @@ class RunRenderer:
                 await self.store.record(self.run, upto, result.wanted)
                 offset = max(offset, upto)
                 replayed = True
-            next_due = await self.sender.deliver(self.run)
+            next_due = await self.sender.deliver(self.run, live=self.live)
             if ended and next_due is None and not self._events:
                 return
             if self._events or self._wake.is_set():

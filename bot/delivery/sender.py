@@ -31,6 +31,7 @@ from ..slack import Permanent, RateLimited, SlackCallError, SlackClient, Transie
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
+    from .live import LiveSteps
 
 log = logging.getLogger("threadflow.bot.delivery")
 
@@ -49,8 +50,11 @@ class Sender:
         self.interval = interval
         self.metrics = metrics
 
-    async def deliver(self, run: SlackRun) -> float | None:
-        """Send what is due for ``run``; returns when something is due next (None: all delivered)."""
+    async def deliver(self, run: SlackRun, live: LiveSteps | None = None) -> float | None:
+        """Send what is due for ``run``; returns when something is due next (None: all delivered).
+
+        ``live``: the run's streamed agent steps; an output post whose step is streaming is delivered by
+        ending that stream (see :mod:`bot.delivery.live`)."""
         next_due: float | None = None
 
         def later(at: float) -> None:
@@ -68,7 +72,7 @@ class Sender:
                     later(row.next_attempt_at)
                     posts_blocked = True
                     continue
-                if not await self._post(run, row):
+                if not await self._post(run, row, live):
                     posts_blocked = True
                     latest = await self.store.get_message(row.key)
                     if latest is not None and latest.state == "pending":
@@ -92,7 +96,12 @@ class Sender:
 
     # -- one message -------------------------------------------------------------------------------------
 
-    async def _post(self, run: SlackRun, row: OutboxMessage) -> bool:
+    async def _post(self, run: SlackRun, row: OutboxMessage, live: LiveSteps | None = None) -> bool:
+        stream_info = (row.content or {}).get("stream")
+        if live is not None and isinstance(stream_info, dict) and row.attempt_started_at is None:
+            if await self._end_stream(row, live, stream_info):
+                return True
+            row = await self.store.get_message(row.key) or row
         previous = row.attempt_started_at
         if previous is not None:
             known, found = await self._find_posted(run, row)
@@ -120,6 +129,29 @@ class Sender:
             return False
         await self.store.mark_sent(row.key, current.version, str(posted["ts"]))
         self._count(row, "sent")
+        return True
+
+    async def _end_stream(self, row: OutboxMessage, live: LiveSteps, info: dict[str, Any]) -> bool:
+        """Deliver an agent step's output by ending its stream, when Slack shows one: the rest of the answer,
+        the feedback buttons and this post's delivery id go with ``chat.stopStream``. False: post as usual
+        (nothing on screen, or Slack took none of it; a lost answer is looked up by the delivery id first)."""
+        path = str(info.get("path") or "")
+        if not live.on_screen(path):
+            return False
+        # Claimed like a post (compare-and-set): from here a crash means "maybe delivered", looked for first.
+        if not await self.store.mark_attempt(row.key, None):
+            return False  # another sender holds this delivery
+        stream = await live.take(path)
+        if stream is None:
+            return False
+        content = row.content or {}
+        under = [b for b in content.get("blocks") or [] if b.get("type") == "context_actions"]
+        outcome = await stream.finish(str(info.get("answer") or ""), blocks=under, metadata=delivery_metadata(row.key),
+                                      fallback_text=str(content.get("text") or ""))
+        if outcome == "failed" or stream.ts is None:
+            return False
+        await self.store.mark_sent(row.key, row.version, stream.ts)
+        self._count(row, "streamed" if outcome == "streamed" else "sent")
         return True
 
     async def _update(self, run: SlackRun, row: OutboxMessage) -> bool:

@@ -18,6 +18,7 @@ from workflows import Engine
 from workflows.tracing import log_context
 
 from ..slack import SlackClient
+from .live import Streams
 from .planner import StepPresentation
 from .renderer import RunRenderer
 from .sender import Sender
@@ -41,9 +42,11 @@ def thread_id_for(team: str, channel: str, ts: str) -> str:
 
 class DeliveryService:
     def __init__(self, engine: Engine, store: SlackStore, client: SlackClient, *, interval: float,
-                 lease: float, metrics: Metrics | None = None) -> None:
+                 lease: float, metrics: Metrics | None = None, streams: Streams | None = None) -> None:
         self.engine = engine
         self.store = store
+        #: How agent steps are streamed into their run's thread (None: their outputs are only posted).
+        self.streams = streams
         self.sender = Sender(store, client, interval=interval, metrics=metrics)
         #: How long this process may render a run before another one takes over (renewed while it renders).
         self.lease = lease
@@ -81,7 +84,8 @@ class DeliveryService:
         try:
             if not await self.store.claim_render(run_id, self.engine.owner, self.lease):
                 return
-            renderer = RunRenderer(self.engine, self.store, self.sender, slack_run, self.describe, self.remember)
+            renderer = RunRenderer(self.engine, self.store, self.sender, slack_run, self.describe, self.remember,
+                                   streams=self.streams)
             self.renderers[run_id] = renderer
             task = asyncio.get_running_loop().create_task(self._render(renderer), name=f"threadflow-render-{run_id}")
             self.render_tasks[run_id] = task
@@ -135,7 +139,9 @@ class DeliveryService:
         resume = step.resume
         return StepPresentation(post_output=bool(step.metadata.get("post_output")),
                                 name=str(step.metadata.get("agent") or step.id),
-                                accepts_reason=resume is not None and "reason" in resume.model_fields)
+                                accepts_reason=resume is not None and "reason" in resume.model_fields,
+                                streams_text=step.metadata.get("answer", "text") == "text",
+                                tools=tuple(str(t) for t in step.metadata.get("tools") or ()))
 
     async def remember(self, run: SlackRun, text: str) -> None:
         """Note what happened in the thread's memory, so the agents answering there know it."""

@@ -53,6 +53,15 @@ SLACK_LIMITS: dict[str, Bucket] = {
     "views.open": TIER_4,
     "views.update": TIER_4,
     "auth.test": per_minute(600, 100),
+    # Streamed answers (each method's page): a stream starts and stops on Tier 2, is appended to on Tier 4.
+    "chat.startStream": TIER_2,
+    "chat.appendStream": TIER_4,
+    "chat.stopStream": TIER_2,
+    # The assistant container: setSuggestedPrompts and setTitle are Tier 4; setStatus has "special" limits
+    # (not published; counted here like Tier 4).
+    "assistant.threads.setStatus": TIER_4,
+    "assistant.threads.setSuggestedPrompts": TIER_4,
+    "assistant.threads.setTitle": TIER_4,
 }
 PER_CHANNEL = frozenset({"chat.postMessage"})
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .assistant import AssistantView
 from .delivery import BotDelivery, DeliveryResult, action_payload, find_action
 from .openid import OpenIdProvider
 from .socket_mode import SocketModeServer
@@ -31,7 +32,8 @@ from .state import (
     View,
     WorkspaceState,
 )
-from .web_api import SlackWebApi, apply_response
+from .streams import Streams
+from .web_api import ApiError, SlackWebApi, apply_response
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ class SlackEmulator:
         self.web_api = SlackWebApi(self.state, on_bot_message=self._echo)
         self.socket_mode = SocketModeServer(self.state)
         self.web_api.open_socket = self.socket_mode.open_connection
+        #: Streamed answers and the assistant container (Slack's AI app surfaces), in modules of their own.
+        self.streams = Streams(self.state)
+        self.streams.install(self.web_api.methods, ApiError)
+        self.assistant = AssistantView(self.state, self.delivery)
+        self.assistant.install(self.web_api.methods, ApiError)
         self.delivery.socket = self.socket_mode
         self.app = web.Application()  # add sandbox routes here before start()
         self.web_api.install(self.app)

@@ -1,7 +1,8 @@
 """Chatting with agents: a reply in a run's thread, a mention anywhere, or a direct message gets an answer.
 
 Each Slack thread is a memory thread, so the agent answering knows what the run's steps did; a direct
-message conversation is one memory thread of its own. Slack retries events (same ``event_id``) and sends a
+message conversation is one memory thread of its own. Answers stream into the thread as they are written
+(:mod:`bot.answers`), with feedback buttons under them. Slack retries events (same ``event_id``) and sends a
 mention inside a thread as both ``app_mention`` and ``message``: a message is answered once, keyed by its
 channel and ``ts`` (insert-if-absent). Replies that carry files (``file_share``) are answered like any other
 (by their text); the bot never downloads the files.
@@ -17,10 +18,9 @@ from slack_bolt.async_app import AsyncApp
 
 from workflows.errors import ThreadflowError
 
-from .. import blocks
+from ..answers import answer_with_agent
 from ..delivery.service import resource_id_for, thread_id_for
 from ..deps import BotDeps
-from ..slack import SlackCallError, with_retries
 
 log = logging.getLogger("threadflow.bot.chat")
 
@@ -118,22 +118,19 @@ class ThreadChat:
         if deps.engine.memory is None:
             return
         text = _MENTION.sub("", event.get("text") or "").strip() or "Hello!"
-        try:
-            workflow_id = (await deps.engine.get_run(slack_run.run_id)).workflow_id if slack_run else None
-            agent = self.agent_for_workflow(workflow_id)
-            thread = deps.engine.memory.thread(thread_id, resource_id_for(team, channel))
-            result = await agent.generate(text, thread=thread, author=user)
-            reply = blocks.escape(result.text or "(no answer)")
-        except ThreadflowError as exc:
-            reply = f":warning: I could not answer: {blocks.escape(str(exc))}"
-        except Exception as exc:
-            log.exception("thread chat failed")
-            reply = f":warning: I could not answer ({type(exc).__name__})."
         reply_in = thread_ts if thread_ts or not direct else None
         try:
-            await with_retries(lambda: deps.slack.post_message(channel, reply, thread_ts=reply_in))
-        except SlackCallError as exc:
-            log.error("could not post the answer to %s's message: %s", user, exc)
+            workflow_id = (await deps.engine.get_run(slack_run.run_id)).workflow_id if slack_run else None
+        except ThreadflowError as exc:
+            log.warning("thread chat: the run of %s is gone (%s); answering without it", thread_id, exc)
+            slack_run, workflow_id = None, None
+        agent = self.agent_for_workflow(workflow_id)
+        # In a run's thread the answer is about the run: its agent call is recorded with the run (so
+        # ``threadflow show RUN --context`` lists it, with the feedback people give it).
+        thread = deps.engine.memory.thread(thread_id, resource_id_for(team, channel),
+                                           run_id=slack_run.run_id if slack_run else None)
+        await answer_with_agent(deps, agent, text, thread=thread, author=user, team=team, channel=channel,
+                                thread_ts=reply_in)
 
     async def _bot_knows_thread(self, thread_id: str) -> bool:
         """A thread the bot was mentioned in before is one it follows."""

@@ -143,6 +143,53 @@ class SlackClient:
         return [m for m in data.get("messages") or [] if isinstance(m, dict)]
 
 
+    # -- AI apps: streamed answers and the assistant container -------------------------------------------
+
+    async def start_stream(self, channel: str, thread_ts: str, *, chunks: list[dict[str, Any]],
+                           recipient_team_id: str | None = None, recipient_user_id: str | None = None,
+                           task_display_mode: str | None = None) -> Posted:
+        """``chat.startStream``: a new message in the thread that is then appended to (``append_stream``)."""
+        params: dict[str, Any] = {"thread_ts": thread_ts, "chunks": chunks}
+        for key, value in (("recipient_team_id", recipient_team_id), ("recipient_user_id", recipient_user_id),
+                           ("task_display_mode", task_display_mode)):
+            if value:
+                params[key] = value
+        data = await self.call("chat.startStream", channel=channel, **params)
+        return Posted(str(data.get("channel") or channel), str(data["ts"]))
+
+    async def append_stream(self, channel: str, ts: str, chunks: list[dict[str, Any]]) -> None:
+        await self.call("chat.appendStream", channel=channel, ts=ts, chunks=chunks)
+
+    async def stop_stream(self, channel: str, ts: str, *, chunks: list[dict[str, Any]] | None = None,
+                          blocks: list[dict[str, Any]] | None = None, metadata: dict[str, Any] | None = None) -> None:
+        params: dict[str, Any] = {"ts": ts}
+        if chunks:
+            params["chunks"] = chunks
+        if blocks:
+            params["blocks"] = blocks
+        if metadata is not None:
+            params["metadata"] = metadata
+        await self.call("chat.stopStream", channel=channel, **params)
+
+    async def set_assistant_status(self, channel: str, thread_ts: str, status: str, *,
+                                   loading_messages: list[str] | None = None) -> None:
+        """``assistant.threads.setStatus``: "is thinking..." under the thread (``""`` clears it)."""
+        params: dict[str, Any] = {"channel_id": channel, "thread_ts": thread_ts, "status": status}
+        if loading_messages:
+            params["loading_messages"] = loading_messages
+        await self.call("assistant.threads.setStatus", **params)
+
+    async def set_suggested_prompts(self, channel: str, thread_ts: str, prompts: list[dict[str, str]], *,
+                                    title: str | None = None) -> None:
+        params: dict[str, Any] = {"channel_id": channel, "thread_ts": thread_ts, "prompts": prompts}
+        if title:
+            params["title"] = title
+        await self.call("assistant.threads.setSuggestedPrompts", **params)
+
+    async def set_assistant_title(self, channel: str, thread_ts: str, title: str) -> None:
+        await self.call("assistant.threads.setTitle", channel_id=channel, thread_ts=thread_ts, title=title)
+
+
 async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 4, max_wait: float = 30.0) -> T:
     """Retry an interactive call a few times: after 429s (as long as ``Retry-After`` allows) and transient
     failures that cannot have reached Slack. Used where a person is waiting and there is no outbox row."""

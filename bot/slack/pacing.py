@@ -49,6 +49,14 @@ PACES: dict[str, Pace] = {
     "conversations.members": TIER_4,
     "users.info": TIER_4,
     "auth.test": TIER_4,
+    # Streamed answers: a stream starts and stops on Tier 2, and is appended to on Tier 4, per workspace.
+    "chat.startStream": TIER_2,
+    "chat.appendStream": TIER_4,
+    "chat.stopStream": TIER_2,
+    # The assistant container ("special" for setStatus; paced like Tier 4, as its siblings are).
+    "assistant.threads.setStatus": TIER_4,
+    "assistant.threads.setSuggestedPrompts": TIER_4,
+    "assistant.threads.setTitle": TIER_4,
 }
 DEFAULT_PACE = TIER_3
 

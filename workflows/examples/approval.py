@@ -50,5 +50,6 @@ async def approve(ctx: StepContext[ApprovalInput]) -> Approved:
 
 
 approval = Workflow(
-    id="approval", input=ApprovalInput, output=Approved, description="Waits for a person to approve or reject."
+    id="approval", input=ApprovalInput, output=Approved, description="Waits for a person to approve or reject.",
+    title="Ask for approval",
 ).then(approve).commit()

@@ -247,7 +247,8 @@ terraform_round = (
 
 deploy_app = (
     Workflow(id="deploy-app", input=DeployRequest, output=Deployment, chat_agent=deploy_assistant,
-             description="Plans, designs, writes and validates Terraform, asks for cost approval, plans a dry-run deploy.")
+             description="Plans, designs, writes and validates Terraform, asks for cost approval, plans a dry-run deploy.",
+             title="Deploy an app")
     .then(plan)
     .then(architecture)
     .map(lambda spec: TerraformInput(spec=spec), output=TerraformInput, id="prepare-terraform")
@@ -267,7 +268,8 @@ class ChatInput(BaseModel):
 chat_agent = Agent("chat", "You are a helpful assistant. Use the thread's earlier messages when relevant.")
 
 chat_flow = (
-    Workflow(id="chat-flow", input=ChatInput, output=AgentText, description="One agent answering with thread memory.")
+    Workflow(id="chat-flow", input=ChatInput, output=AgentText, description="One agent answering with thread memory.",
+             title="Ask an agent")
     .then(agent_step(chat_agent, id="answer", input=ChatInput, prompt="{prompt}"))
     .commit()
 )

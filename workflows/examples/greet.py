@@ -21,4 +21,4 @@ async def greet(ctx: StepContext[Name]) -> Greeting:
     return Greeting(greeting=f"Hello, {ctx.input.name}!")
 
 
-greet_user = Workflow(id="greet-user", input=Name, output=Greeting, description="Greets someone by name.").then(greet).commit()
+greet_user = Workflow(id="greet-user", input=Name, output=Greeting, description="Greets someone by name.", title="Greet someone").then(greet).commit()

@@ -54,11 +54,11 @@ class DeliveryResult:
 
 
 def find_action(blocks: list[Json] | None, action_id: str, block_id: str | None = None) -> tuple[str, Json]:
-    """Locate an interactive element by ``action_id`` in actions blocks and section accessories."""
+    """Locate an interactive element by ``action_id`` in actions and context_actions blocks and section accessories."""
     for block in blocks or []:
         if block_id is not None and block.get("block_id") != block_id:
             continue
-        candidates = list(block.get("elements") or []) if block.get("type") == "actions" else []
+        candidates = list(block.get("elements") or []) if block.get("type") in ("actions", "context_actions") else []
         if isinstance(block.get("accessory"), dict):
             candidates.append(block["accessory"])
         for element in candidates:
@@ -77,6 +77,11 @@ def action_payload(block_id: str, element: Json, value: str | None, action_ts: s
         action["value"] = value if value is not None else element.get("value", "")
         if "style" in element:
             action["style"] = element["style"]
+    elif kind == "feedback_buttons":  # value picks the button: its value, or "positive" / "negative"
+        buttons = {"positive": element.get("positive_button") or {}, "negative": element.get("negative_button") or {}}
+        chosen = buttons.get(value or "positive") or next(
+            (b for b in buttons.values() if b.get("value") == value), buttons["positive"])
+        action["value"], action["text"] = chosen.get("value", ""), chosen.get("text")
     elif kind in ("static_select", "radio_buttons"):
         options = element.get("options") or []
         chosen = next((o for o in options if o.get("value") == value), options[0] if options else None)

@@ -111,7 +111,8 @@ def print_contexts(contexts: list[dict[str, Any]]) -> None:
     if not contexts:
         print("  (no agent calls recorded for this run)")
     for c in contexts:
-        print(f"  -- step {c.get('path') or '-'}  agent {c.get('agent')}  thread {c.get('thread_id') or '-'}")
+        where = c.get("path") or "- (thread chat)"
+        print(f"  -- step {where}  agent {c.get('agent')}  call {c.get('id')}  thread {c.get('thread_id') or '-'}")
         ctx = c.get("context") or {}
         for key, value in ctx.items():
             if isinstance(value, list):
@@ -124,4 +125,9 @@ def print_contexts(contexts: list[dict[str, Any]]) -> None:
                         print(f"       - {short(item, 160)}")
             else:
                 print(f"     {key}: {short(value, 300)}")
-        print(f"     answer: {short(c.get('answer'), 300)}")
+        answer = c.get("answer") or {}
+        feedback = answer.get("feedback") if isinstance(answer, dict) else None
+        shown = {k: v for k, v in answer.items() if k != "feedback"} if isinstance(answer, dict) else answer
+        print(f"     answer: {short(shown, 300)}")
+        for f in feedback or []:
+            print(f"     feedback: {f.get('rating')} from {f.get('user')} at {when(f.get('at'))}")

@@ -79,8 +79,8 @@ class AgentCall(BaseModel):
     error: str | None = None
     usage: dict[str, Any] = {}
     latency_ms: float | None = None
-    #: Feedback people gave on this answer. Nothing records feedback yet; the inspector shows it once
-    #: something does (the record's ``feedback`` list).
+    #: Feedback people gave on this answer (Slack's feedback buttons): ``{"user", "rating", "at", ...}`` per
+    #: person, their latest rating (the record's ``answer["feedback"]`` list).
     feedback: list[Any] = []
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.emulator import Message
+from bot.emulator import Message, SlackEmulator
 from bot.sandbox import SANDBOX_BOT_TOKEN, Sandbox, SandboxError
 from bot.settings import Settings
 
@@ -152,8 +152,15 @@ async def test_deploy_app_cost_approval_and_thread_chat(http: Page) -> None:
                                                  "thread_ts": root.ts})
     assert asked["ok"] and asked["delivered"]
     answer = await http.emu.wait_for(lambda: next(
-        (m for m in http.thread(root) if float(m.ts) > float(asked["ts"]) and m.user == "U0BOT"), None), timeout=10)
+        (m for m in http.thread(root) if float(m.ts) > float(asked["ts"]) and m.user == "U0BOT"
+         and finished(http.emu, m)), None), timeout=10)
     assert "Earlier in this thread" in answer.text  # the offline model quotes the run's thread
+
+
+def finished(emu: SlackEmulator, msg: Message) -> bool:
+    """A message is all there: posted whole, or streamed and stopped."""
+    stream = emu.streams.of(msg.ts)
+    return stream is None or stream.state == "stopped"
 
 
 async def test_mentions_are_sent_like_slack_sends_them(http: Page) -> None:

@@ -120,9 +120,15 @@ BOT_SCOPES: dict[str, str] = {
     "groups:read": "the run inspector: which private channels a signed-in person is in",
     "im:read": "the run inspector: a signed-in person's direct-message conversations",
     "mpim:read": "the run inspector: a signed-in person's group direct messages",
+    # Streamed answers (chat.startStream/appendStream/stopStream) and "is thinking..." need only chat:write.
+    "assistant:write": "the assistant container: suggested prompts and thread titles (assistant.threads.*)",
 }
 
-BOT_EVENTS = ["app_mention", "message.channels", "message.groups", "message.im"]
+BOT_EVENTS = ["app_mention", "message.channels", "message.groups", "message.im",
+              # The assistant container (bolt's Assistant): a person opens a thread, or moves to another channel.
+              "assistant_thread_started", "assistant_thread_context_changed"]
+
+ASSISTANT_DESCRIPTION = "Starts threadflow workflows and answers questions about their runs."
 
 
 def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> dict[str, Any]:
@@ -154,6 +160,8 @@ def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> d
             "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
             "bot_user": {"display_name": name, "always_online": True},
             "slash_commands": [command],
+            # Slack's assistant container (Agents & AI Apps); the bot offers the workflows as prompts per thread.
+            "assistant_view": {"assistant_description": ASSISTANT_DESCRIPTION, "suggested_prompts": []},
         },
         "oauth_config": {
             "scopes": {"bot": list(BOT_SCOPES)},

@@ -2,7 +2,8 @@
 
 Checks, in order: the settings (present and well-formed), the database (reachable, migrated to this
 version's head), the Slack token (``auth.test``) and its scopes against what ``threadflow manifest`` asks
-for, and, when an OpenAI key is set, the model server: one probe per capability the registered agents use
+for, what the bot learnt of the Slack features its agents use (a workspace refusing streamed answers,
+assistant threads seen), and, when an OpenAI key is set, the model server: one probe per capability the registered agents use
 (plain chat, structured output, tools, streaming), saying what works and what will fall back. Secrets are never printed: a token shows as
 ``xoxb-…abcd``. The exit status is 1 when anything failed, 0 otherwise ("could not check" is not a failure).
 
@@ -270,6 +271,63 @@ async def check_slack(settings: Settings) -> list[Check]:
     return checks
 
 
+async def check_slack_features(settings: Settings, database: Check) -> list[Check]:
+    """What the bot saw of the Slack features its agents use: Slack's API has no way to ask whether an app's
+    Agents & AI Apps feature is on, so doctor reports what the running bot learnt (``slack_features``):
+    a workspace that refused streaming (answers are posted whole there), assistant threads seen."""
+    import time
+
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from storage.database import normalize_url
+    from storage.slack_store import SlackFeature
+    from storage.tables import slack_features
+
+    if database.status != "ok":
+        return []  # nothing to read (the database check said why); doctor never migrates
+    engine = create_async_engine(normalize_url(settings.database_url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            rows = (await asyncio.wait_for(conn.execute(select(slack_features)), TIMEOUT)).mappings().all()
+        features = [SlackFeature.model_validate(dict(r)) for r in rows]
+    except Exception as exc:  # any driver error: said, not raised
+        return [Check("Slack features", "warn", f"could not be read: {type(exc).__name__}: {_first_line(exc)}")]
+    finally:
+        await engine.dispose()
+    checks: list[Check] = []
+    refused = [f for f in features if f.feature == "streaming" and f.state == "refused"]
+    for f in refused:
+        ago = _ago(time.time() - f.updated_at)
+        checks.append(Check("Streamed answers", "warn", f"Slack refused to stream in workspace {f.team_id or '(default)'} "
+                            f"{ago} ({f.detail}): agents' answers are posted whole there. Enable Agents & AI Apps in "
+                            "the app's settings (see the README); the bot tries streaming again every hour."))
+    if not refused:
+        checks.append(Check("Streamed answers", "ok", "no workspace refused streaming (chat:write is all it needs)."))
+    seen = [f for f in features if f.feature == "assistant" and f.state == "seen"]
+    if seen:
+        last = max(f.updated_at for f in seen)
+        checks.append(Check("Assistant view", "ok", f"assistant threads seen in {len(seen)} workspace(s), the last "
+                            f"started {_ago(time.time() - last)}."))
+    else:
+        checks.append(Check("Assistant view", "ok", "no assistant thread seen yet. For Slack's assistant container, "
+                            "turn on Agents & AI Apps in the app's settings (the manifest's assistant_view, "
+                            "assistant:write and the assistant_thread_* events); threads, mentions and DMs work "
+                            "without it."))
+    return checks
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return "just now"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} minutes ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} hours ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
 # -- model --------------------------------------------------------------------------------------------
 
 
@@ -317,11 +375,13 @@ async def check_model(settings: Settings) -> list[Check]:
 
 async def diagnose(settings: Settings) -> list[Check]:
     checks = check_settings(settings)
-    checks.append(await check_database(settings))
-    stranded = await check_stranded_runs(settings, checks[-1])
+    database = await check_database(settings)
+    checks.append(database)
+    stranded = await check_stranded_runs(settings, database)
     if stranded is not None:
         checks.append(stranded)
     checks.extend(await check_slack(settings))
+    checks.extend(await check_slack_features(settings, database))
     checks.extend(await check_model(settings))
     return checks
 

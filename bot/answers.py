@@ -46,7 +46,7 @@ async def answer_with_agent(deps: BotDeps, agent: Any, prompt: str, *, thread: A
                                    thread_ts=thread_ts)
     tools = getattr(agent, "tools", [])
     stream = streams.open(team_id=team, channel=channel, thread_ts=thread_ts, recipient_user_id=author,
-                          plan_title=f"{agent.name}: working" if len(tools) > 1 else None)
+                          planner=agent.name if len(tools) > 1 else None)
     async with stream:
         result, problem = await _feed(stream, agent.stream(prompt, thread=thread, author=author))
         if result is None:

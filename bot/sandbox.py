@@ -18,6 +18,12 @@ Endpoints on the emulator's app (JSON in, JSON out):
 - ``POST /sandbox/click`` ``{"ts", "action_id", "block_id"?, "value"?, "user"}``: ``block_actions``
 - ``POST /sandbox/view`` ``{"view_id", "values": {block_id: {action_id: value}}, "user"}``:
   ``view_submission``; ``POST /sandbox/view/close`` ``{"view_id"}`` dismisses a modal
+- ``POST /sandbox/assistant`` ``{"user", "channel"?}``: the person opens the app's assistant container (a new
+  assistant thread in their DM with the bot, ``assistant_thread_started``); they then write in it with
+  ``/sandbox/message`` (``channel`` the DM, ``thread_ts`` the thread), its suggested prompts included
+
+Streamed answers grow on the page as the bot appends to them (``message.updated`` carries the stream's state
+and its task cards); feedback buttons under answers click like any button (``value`` ``positive``/``negative``).
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ log = logging.getLogger("threadflow.sandbox")
 SANDBOX_BOT_TOKEN = "xoxb-sandbox"
 PAGE_DIR = Path(__file__).with_name("sandbox_page")
 #: Changes the page renders; Web API calls and deliveries stay out of the browser.
-PAGE_CHANGES = ("message.", "ephemeral.", "view.")
+PAGE_CHANGES = ("message.", "ephemeral.", "view.", "assistant.")
 HEARTBEAT_SECONDS = 15.0
 
 Json = dict[str, Any]
@@ -177,7 +183,7 @@ class SandboxPage:
         app.router.add_get("/sandbox/events", self.events)
         for path, handler in (("command", self.post_command), ("message", self.post_message),
                               ("click", self.post_click), ("view", self.post_view),
-                              ("view/close", self.post_view_close)):
+                              ("view/close", self.post_view_close), ("assistant", self.post_assistant)):
             app.router.add_post(f"/sandbox/{path}", self._json_endpoint(handler))
 
     # -- reading -------------------------------------------------------------------------------
@@ -196,6 +202,10 @@ class SandboxPage:
         snap["model"] = self.model
         snap["inspector_url"] = self.inspector_url
         snap["people"] = [u.id for u in self.state.users.values() if not u.bot_id]
+        snap["streams"] = self.emulator.streams.snapshot()
+        threads = self.emulator.assistant.snapshot()
+        snap["assistant"] = {"enabled": self.emulator.assistant.enabled,
+                             "threads": [t for t in threads if not user or t["user"] == user]}
         return snap
 
     async def get_state(self, request: web.Request) -> web.Response:
@@ -345,12 +355,34 @@ class SandboxPage:
             return {"ok": False, "error": result}
         return {"ok": result.status == 200, "status": result.status, "errors": result.extra.get("errors", {})}
 
+    async def post_assistant(self, body: Json) -> Json:
+        """The person opens the assistant container (from the channel they are in): a new assistant thread."""
+        user = self._person(body)
+        context = self._channel(body) if body.get("channel") else None
+        try:
+            opened = self.emulator.assistant.open_thread(user, context_channel=context)
+            result = await self._deliver("assistant thread", _first(opened))
+        except LookupError as exc:
+            raise PageError(f"The assistant is not available: {exc}.", status=409) from None
+        thread = self.emulator.assistant.threads_of(user)[-1]
+        if isinstance(result, str):
+            return {"ok": False, "error": result, "channel": thread.channel, "thread_ts": thread.thread_ts}
+        return {"ok": True, "channel": thread.channel, "thread_ts": thread.thread_ts}
+
     async def post_view_close(self, body: Json) -> Json:
         try:
             self.emulator.close_view(str(body.get("view_id") or ""))
         except KeyError:
             raise PageError(f"No modal {body.get('view_id')!r}.", status=404) from None
         return {"ok": True}
+
+
+async def _first(pair: Awaitable[tuple[Any, DeliveryResult | None]]) -> DeliveryResult:
+    """The delivery of an assistant thread's start (the bot is always connected to the sandbox)."""
+    _, result = await pair
+    if result is None:
+        raise RuntimeError("no bot to deliver to")
+    return result
 
 
 def sse(event: str, data: Any) -> bytes:

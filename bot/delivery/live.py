@@ -51,10 +51,12 @@ class Streams:
     metrics: Any = None
 
     def open(self, *, team_id: str, channel: str, thread_ts: str, recipient_user_id: str | None,
-             plan_title: str | None = None, prefix: str = "") -> AnswerStream:
+             planner: str | None = None, prefix: str = "") -> AnswerStream:
+        """``planner``: the agent's name when its tool calls show as a plan ("NAME: working", then "NAME: done")."""
         return AnswerStream(self.slack, self.support, team_id=team_id, channel=channel, thread_ts=thread_ts,
-                            recipient_user_id=recipient_user_id, plan_title=plan_title, interval=self.interval,
-                            prefix=prefix, metrics=self.metrics)
+                            recipient_user_id=recipient_user_id, interval=self.interval, prefix=prefix,
+                            plan_title=f"{planner}: working" if planner else None,
+                            plan_done=f"{planner}: done" if planner else None, metrics=self.metrics)
 
 
 def can_stream_to(channel: str, recipient: str | None) -> bool:
@@ -162,7 +164,7 @@ class LiveSteps:
                 await self._end(stream, ":warning: This attempt was retried.")
         live.stream = self.streams.open(
             team_id=run.team_id, channel=run.channel_id, thread_ts=run.reply_ts or "",
-            recipient_user_id=run.started_by, plan_title=f"{step.name}: working" if len(step.tools) > 1 else None,
+            recipient_user_id=run.started_by, planner=step.name if len(step.tools) > 1 else None,
             prefix=stream_header(step.name, step_id))
         await live.stream.__aenter__()
         self.attempts[(row.path, row.attempt)] = live

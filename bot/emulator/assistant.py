@@ -51,7 +51,8 @@ class AssistantThread:
     def to_json(self, now: float, last_bot_reply: float) -> Json:
         shown = bool(self.status) and now - self.status_at < STATUS_TIMEOUT and last_bot_reply < self.status_at
         return {"channel": self.channel, "thread_ts": self.thread_ts, "user": self.user, "context": self.context,
-                "title": self.title, "status": self.status if shown else "", "loading_messages": self.loading_messages,
+                "title": self.title, "status": self.status if shown else "", "status_at": self.status_at,
+                "loading_messages": self.loading_messages,
                 "prompts": self.prompts, "prompts_title": self.prompts_title}
 
 

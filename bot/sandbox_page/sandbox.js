@@ -18,6 +18,7 @@
     users: {}, channels: [], msgs: {}, ephemerals: [], views: {}, people: [], dismissed: new Set(),
     bot: 'U0BOT', command: '/flow', model: 'offline', me: localStorage.getItem('threadflow.me') || 'U0ALICE',
     channel: 'C0GENERAL', thread: null, modal: null, live: false,
+    streams: {}, assistant: { enabled: true, threads: [] }, assistantOpen: false, assistantTs: null,
   };
   const $ = (id) => document.getElementById(id);
 
@@ -72,6 +73,41 @@
 
   const textObj = (t) => (!t ? '' : t.type === 'mrkdwn' ? mrkdwn(t.text) : mrkdwn(t.text, true));
 
+  // Standard markdown (streamed answers and markdown blocks): ```code```, `code`, **bold**, _italic_, lists,
+  // [links](url). Slack's &lt; &gt; &amp; escapes are read back first, as Slack shows them.
+  function markdown(text) {
+    const stash = [];
+    const put = (html) => `\u0001${stash.push(html) - 1}\u0002`;
+    let s = unslack(String(text ?? ''));
+    s = s.replace(/```(?:\w+\n)?([\s\S]*?)(```|$)/g, (_, code) => put(`<pre class="code-block">${esc(code.replace(/^\n/, ''))}</pre>`));
+    s = s.replace(/`([^`\n]+)`/g, (_, code) => put(`<code>${esc(code)}</code>`));
+    s = s.replace(/\[([^\]\n]+)\]\((https?:[^)\s]+)\)/g, (_, label, url) =>
+      put(`<a href="${esc(url)}" target="_blank" rel="noopener noreferrer">${esc(label)}</a>`));
+    s = esc(s);
+    s = s.replace(/:([a-z0-9_+-]+):/g, (m, name) => (EMOJI[name] ? put(EMOJI[name]) : m));
+    s = s.replace(/\*\*(?=\S)([^*\n]*?\S)\*\*/g, '<b>$1</b>');
+    s = s.replace(/(^|[^\w])_(?=\S)([^_\n]*?\S)_(?!\w)/g, '$1<i>$2</i>');
+    s = s.replace(/(^|\n)[-*] ([^\n]*)/g, '$1<span class="md-li">• $2</span>');
+    s = s.replace(/(^|\n)#{1,6} ([^\n]*)/g, '$1<b>$2</b>');
+    s = s.replace(/\n/g, '<br>');
+    return s.replace(/\u0001(\d+)\u0002/g, (_, i) => stash[Number(i)]);
+  }
+
+  const TASK_ICON = { pending: '○', in_progress: '◌', complete: '✓', error: '✗' };
+  const richPlain = (r) => (r && r.elements ? r.elements.map((sec) => (sec.elements || []).map((e) => e.text || '').join('')).join('\n') : '');
+
+  function taskCardHtml(t) {
+    const status = t.status || 'pending';
+    const details = richPlain(t.details);
+    const output = richPlain(t.output);
+    return `<div class="task-card status-${esc(status)}" data-task-id="${esc(t.task_id)}" data-status="${esc(status)}">`
+      + `<span class="task-icon" aria-hidden="true">${TASK_ICON[status] || '○'}</span>`
+      + `<div class="task-main"><div class="task-title">${esc(t.title)}</div>`
+      + `${details ? `<div class="task-details">${esc(details)}</div>` : ''}`
+      + `${output ? `<div class="task-output">${esc(output)}</div>` : ''}</div>`
+      + `<span class="task-status">${esc(status.replace('_', ' '))}</span></div>`;
+  }
+
   // -- Block Kit -------------------------------------------------------------------------------
 
   function elementHtml(e, blockId) {
@@ -85,6 +121,14 @@
       const options = (e.options || []).map((o) => `<option value="${esc(o.value)}">${textObj(o.text)}</option>`);
       return `<select class="bk-select" ${data}><option value="" selected disabled>${textObj(e.placeholder) || 'Select…'}`
         + `</option>${options.join('')}</select>`;
+    }
+    if (e.type === 'feedback_buttons') {
+      const button = (which, icon) => {
+        const b = e[`${which}_button`] || {};
+        return `<button type="button" class="bk-button bk-feedback" ${data} data-value="${which}" `
+          + `title="${esc(b.text ? b.text.text : which)}" aria-label="${esc(b.accessibility_label || which)}">${icon}</button>`;
+      };
+      return `<span class="bk-feedback-buttons">${button('positive', '👍')}${button('negative', '👎')}</span>`;
     }
     if (e.type === 'image') return `<span class="bk-image">[image: ${esc(e.alt_text || '')}]</span>`;
     return `<span class="bk-unsupported">[${esc(e.type)}]</span>`;
@@ -136,6 +180,15 @@
         return `<div class="bk-image">[image: ${esc(b.alt_text || '')}]</div>`;
       case 'rich_text':
         return richText(b);
+      case 'markdown':
+        return `<div class="bk-text bk-markdown">${markdown(b.text)}</div>`;
+      case 'task_card':
+        return taskCardHtml(b);
+      case 'plan':
+        return `<div class="plan"><div class="plan-title">${esc(b.title || 'Plan')}</div>`
+          + `${(b.tasks || []).map(taskCardHtml).join('')}</div>`;
+      case 'context_actions':
+        return `<div class="bk-context-actions">${(b.elements || []).map((e) => elementHtml(e, b.block_id)).join('')}</div>`;
       default:
         return `<div class="bk-unsupported">This message contains a <code>${esc(b.type)}</code> block the sandbox does not draw.</div>`;
     }
@@ -175,6 +228,8 @@
     for (const [cid, list] of Object.entries(snap.messages)) list.forEach((m) => put(cid, m));
     S.ephemerals = snap.ephemerals;
     S.views = Object.fromEntries(snap.views.map((v) => [v.id, v]));
+    S.streams = snap.streams || {};
+    S.assistant = snap.assistant || { enabled: false, threads: [] };
     if (!S.people.includes(S.me)) S.me = S.people[0];
     renderAll();
     const link = /^#thread=([^:]+):([\d.]+)$/.exec(location.hash); // a Slack permalink from the inspector
@@ -186,7 +241,9 @@
     switch (ch.kind) {
       case 'message.posted':
       case 'message.updated': {
+        if (d.message.stream) S.streams[d.ts] = d.message.stream;
         put(d.channel, d.message);
+        if (S.assistantOpen && assistantThread() && assistantThread().channel === d.channel) renderAssistant();
         const m = channelMsgs(d.channel).get(d.ts);
         refresh(d.channel, d.ts, ch.kind === 'message.posted' && m.user === S.me);
         if (isReply(m)) refresh(d.channel, m.thread_ts);
@@ -206,12 +263,20 @@
         const i = S.ephemerals.findIndex((x) => x.ts === d.ts);
         if (i >= 0) S.ephemerals[i] = e; else S.ephemerals.push(e);
         if (e.user === S.me) refresh(d.channel, d.ts, true);
+        if (S.assistantOpen) renderAssistant();
         break;
       }
       case 'ephemeral.deleted':
         S.ephemerals = S.ephemerals.filter((x) => x.ts !== d.ts);
         document.querySelectorAll(`[data-ts="${CSS.escape(d.ts)}"]`).forEach((el) => el.remove());
         break;
+      case 'assistant.updated': {
+        const t = d.thread;
+        const i = S.assistant.threads.findIndex((x) => x.channel === t.channel && x.thread_ts === t.thread_ts);
+        if (i >= 0) S.assistant.threads[i] = t; else S.assistant.threads.push(t);
+        if (S.assistantOpen) renderAssistant();
+        break;
+      }
       case 'view.opened':
       case 'view.updated':
         S.views[d.id] = { id: d.id, user: d.user, closed: false, view: d.view };
@@ -261,7 +326,10 @@
       html += '<div class="eph-label"><span aria-hidden="true">👁</span> Only visible to you'
         + `<button type="button" class="link dismiss" data-dismiss="${esc(m.ts)}">Dismiss</button></div>`;
     }
-    html += `<div class="msg-content">${contentHtml(m)}</div>`;
+    const stream = S.streams[m.ts];
+    const streaming = stream && stream.state === 'streaming';
+    if (stream) el.dataset.stream = stream.state;
+    html += `<div class="msg-content">${contentHtml(m)}${streaming ? '<span class="stream-cursor" aria-label="writing…"></span>' : ''}</div>`;
     if (where === 'channel' && !eph) {
       const rs = replies(m.channel, m.ts);
       if (rs.length) {
@@ -370,10 +438,12 @@
     renderSidebar();
     renderChannel();
     renderThread();
+    renderAssistant();
     renderModal();
   }
 
   function openThread(channel, ts) {
+    if (S.assistantOpen) closeAssistant();
     S.thread = { channel, ts };
     renderThread();
     $('thread-composer').focus();
@@ -382,6 +452,76 @@
   function closeThread() {
     S.thread = null;
     $('thread-pane').hidden = true;
+  }
+
+  // -- the assistant container -----------------------------------------------------------------
+
+  function myThreads() {
+    return S.assistant.threads.filter((t) => t.user === S.me);
+  }
+
+  function assistantThread() {
+    const mine = myThreads();
+    return mine.find((t) => t.thread_ts === S.assistantTs) || mine[mine.length - 1] || null;
+  }
+
+  function renderAssistant() {
+    const pane = $('assistant-pane');
+    if (!S.assistantOpen) { pane.hidden = true; return; }
+    pane.hidden = false;
+    const t = assistantThread();
+    $('assistant-title').textContent = t && t.title ? t.title : 'New chat';
+    const box = $('assistant-messages');
+    const prompts = $('assistant-prompts');
+    const status = $('assistant-status');
+    if (!t) {
+      box.innerHTML = '<div class="welcome"><p>Starting a thread…</p></div>';
+      prompts.innerHTML = '';
+      status.hidden = true;
+      return;
+    }
+    S.assistantTs = t.thread_ts;
+    const items = replies(t.channel, t.thread_ts);
+    items.push(...S.ephemerals.filter((e) => e.channel === t.channel && e.thread_ts === t.thread_ts && mine(e)));
+    renderList(box, items, 'assistant');
+    if (!items.length) {
+      const w = document.createElement('div');
+      w.className = 'welcome';
+      w.innerHTML = '<p>Ask threadflow anything, or start a workflow:</p>';
+      box.append(w);
+    }
+    prompts.innerHTML = (t.prompts_title ? `<div class="prompts-title">${esc(t.prompts_title)}</div>` : '')
+      + t.prompts.map((p) => `<button type="button" class="chip prompt" data-prompt="${esc(p.message)}">${esc(p.title)}</button>`).join('');
+    prompts.hidden = !t.prompts.length;
+    // Slack clears "is thinking..." when the app replies in the thread.
+    const answeredAfter = items.some((m) => m.bot_id && parseFloat(m.ts) > (t.status_at || 0));
+    const thinking = t.status && !answeredAfter;
+    status.hidden = !thinking;
+    status.textContent = thinking ? `threadflow ${t.status}` : '';
+  }
+
+  async function openAssistant(fresh) {
+    S.assistantOpen = true;
+    closeThread();
+    if (fresh || !myThreads().length) {
+      S.assistantTs = null;
+      renderAssistant();
+      const res = await post('/sandbox/assistant', { user: S.me, channel: S.channel });
+      if (res && res.thread_ts) S.assistantTs = res.thread_ts;
+    }
+    renderAssistant();
+    $('assistant-composer').focus();
+  }
+
+  function closeAssistant() {
+    S.assistantOpen = false;
+    $('assistant-pane').hidden = true;
+  }
+
+  async function askAssistant(text) {
+    const t = assistantThread();
+    if (!t || !text.trim()) return;
+    await post('/sandbox/message', { text, user: S.me, channel: t.channel, thread_ts: t.thread_ts });
   }
 
   // -- modals ----------------------------------------------------------------------------------
@@ -513,6 +653,13 @@
   function init() {
     wireComposer($('composer-form'), $('composer'), () => null);
     wireComposer($('thread-form'), $('thread-composer'), () => (S.thread ? S.thread.ts : null));
+    const abox = $('assistant-composer');
+    const asend = () => { const text = abox.value; abox.value = ''; autosize(abox); askAssistant(text); };
+    $('assistant-form').addEventListener('submit', (ev) => { ev.preventDefault(); asend(); });
+    abox.addEventListener('input', () => autosize(abox));
+    abox.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); asend(); }
+    });
     $('thread-close').addEventListener('click', closeThread);
     $('user-picker').addEventListener('change', (ev) => {
       S.me = ev.target.value;
@@ -537,6 +684,14 @@
         box.value = t.dataset.fill;
         autosize(box);
         box.focus();
+      } else if (t.dataset.prompt) {
+        askAssistant(t.dataset.prompt);
+      } else if (t.id === 'assistant-open') {
+        openAssistant(false);
+      } else if (t.id === 'assistant-new') {
+        openAssistant(true);
+      } else if (t.id === 'assistant-close') {
+        closeAssistant();
       } else if (t.hasAttribute('data-close-view')) {
         const form = t.closest('form');
         post('/sandbox/view/close', { view_id: form.dataset.viewId });
@@ -563,6 +718,6 @@
   }
 
   // For tests and the curious: the renderer, callable from the console.
-  window.threadflowSandbox = { mrkdwn, state: S };
+  window.threadflowSandbox = { mrkdwn, markdown, state: S };
   init();
 })();

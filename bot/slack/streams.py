@@ -123,7 +123,8 @@ class AnswerStream:
 
     def __init__(self, slack: SlackClient, support: StreamingSupport, *, team_id: str, channel: str,
                  thread_ts: str, recipient_user_id: str | None, plan_title: str | None = None,
-                 interval: float = DEFAULT_INTERVAL, prefix: str = "", metrics: Any = None) -> None:
+                 plan_done: str | None = None, interval: float = DEFAULT_INTERVAL, prefix: str = "",
+                 metrics: Any = None) -> None:
         self.slack = slack
         self.support = support
         self.team_id = team_id
@@ -131,6 +132,8 @@ class AnswerStream:
         self.thread_ts = thread_ts
         self.recipient_user_id = recipient_user_id
         self.plan_title = plan_title
+        #: The plan's title once the answer is complete ("forecaster: done"), sent with the stop.
+        self.plan_done = plan_done
         self.interval = interval
         self.prefix = prefix
         self.metrics = metrics
@@ -299,6 +302,8 @@ class AnswerStream:
             self._pending = []
             outcome: Finish = "failed"
             if self.mode == "streaming" and self.ts is not None:
+                if self.plan_title and self.plan_done and self._tasks:
+                    rest = [{"type": "plan_update", "title": clip_field(self.plan_done)}, *rest]
                 outcome = await self._stop(rest, blocks, metadata)
             if outcome == "failed" and self.mode in ("streaming", "broken") and self.ts is not None:
                 outcome = await self._replace(notification, whole, blocks)

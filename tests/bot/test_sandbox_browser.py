@@ -140,3 +140,114 @@ async def test_mrkdwn_rendering(page: Any) -> None:
     }
     for source, html in cases.items():
         assert await page.evaluate("(s) => window.threadflowSandbox.mrkdwn(s)", source) == html, source
+
+
+# -- agents that feel native: streamed answers, task cards, feedback, the assistant container -----------------
+
+RECORD_RENDERINGS = """(selector) => {
+  window.__renderings = [];
+  const box = document.querySelector(selector);
+  const seen = () => {
+    for (const el of box.querySelectorAll('.msg[data-stream]')) {
+      const text = el.querySelector('.msg-content').innerText.trim();
+      const last = window.__renderings[window.__renderings.length - 1];
+      if (!last || last.text !== text || last.state !== el.dataset.stream) {
+        window.__renderings.push({ ts: el.dataset.ts, state: el.dataset.stream, text });
+      }
+    }
+  };
+  new MutationObserver(seen).observe(box, { childList: true, subtree: true, characterData: true });
+}"""
+
+
+@pytest.fixture
+def agents_with_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Words 120 ms apart (an answer takes seconds: a person sees it grow) and workflows whose agents call tools."""
+    monkeypatch.setenv("THREADFLOW_OFFLINE_STREAM_DELAY", "0.12")
+    monkeypatch.setenv("THREADFLOW_WORKFLOWS", "tests.helpers.agent_flows")
+
+
+async def test_a_person_sees_the_answer_grow_in_a_runs_thread_then_rates_it(
+        agents_with_tools: None, sandbox: Sandbox, page: Any) -> None:
+    from storage.memory_store import MemoryStore
+
+    await send(page, "#composer", "/flow run approval")
+    root = page.locator("#messages .msg", has_text="Workflow approval")
+    await expect(root.locator(".reply-bar")).to_be_visible(timeout=10_000)
+    await root.locator(".reply-bar").click()
+    thread = page.locator("#thread-pane")
+    await expect(thread.get_by_role("button", name="Approve", exact=True)).to_be_visible()
+
+    await page.evaluate(RECORD_RENDERINGS, "#thread-messages")
+    await send(page, "#thread-composer", "what needs approval here?")
+    answer = thread.locator('.msg.from-bot[data-stream="stopped"]')
+    await expect(answer).to_contain_text("what needs approval here?", timeout=20_000)
+    await expect(answer.locator(".stream-cursor")).to_have_count(0)
+
+    renderings = await page.evaluate("() => window.__renderings")
+    final = (await answer.locator(".msg-content").inner_text()).strip()
+    growing = [r["text"] for r in renderings if r["state"] == "streaming" and r["text"]]
+    assert len(set(growing)) >= 2, renderings  # seen before it was complete, at least twice
+    assert all(len(a) <= len(b) for a, b in zip(growing, growing[1:], strict=False))
+    assert all(final.startswith(text.split("\n")[0][:40]) for text in growing)
+    assert len(growing[0]) < len(final)
+
+    await answer.get_by_role("button", name="This answer was helpful").click()
+    thanks = thread.locator(".msg.ephemeral", has_text="Thanks!")
+    await expect(thanks).to_be_visible()
+    engine = sandbox.bot.engine  # type: ignore[union-attr]
+    run_id = (await engine.list_runs(workflow_id="approval"))[0].id
+    rated = [c for c in await MemoryStore(engine.db).agent_contexts(run_id) if (c.answer or {}).get("feedback")]
+    assert [(f["user"], f["rating"]) for f in rated[0].answer["feedback"]] == [("U0ALICE", "good")]
+
+
+async def test_task_cards_change_state_and_the_assistant_offers_the_workflows(
+        agents_with_tools: None, sandbox: Sandbox, page: Any) -> None:
+    channel, thread = page.locator("#messages"), page.locator("#thread-pane")
+    await send(page, "#composer", '/flow run weather question="Weather in Oslo today and tomorrow? Use get_weather '
+                                  'and get_forecast."')
+    root = channel.locator(".msg", has_text="Workflow weather")
+    await expect(root.locator(".reply-bar")).to_be_visible(timeout=15_000)
+    await root.locator(".reply-bar").click()
+    await page.evaluate(RECORD_RENDERINGS, "#thread-messages")
+    plan = thread.locator(".plan")
+    await expect(plan.locator(".task-card")).to_have_count(2, timeout=15_000)
+    await expect(plan.locator('.task-card[data-status="complete"]')).to_have_count(2, timeout=15_000)
+    await expect(thread.locator('.msg[data-stream="stopped"]')).to_contain_text("forecaster", timeout=20_000)
+    statuses = await page.evaluate("""() => [...document.querySelectorAll('#thread-messages .task-card')]
+        .map((c) => c.dataset.status)""")
+    assert statuses == ["complete", "complete"]
+    seen = [r["text"] for r in await page.evaluate("() => window.__renderings") if "get_weather" in r["text"]]
+    assert any("in progress" in text for text in seen) and any("complete" in text for text in seen)
+
+    # a question in the run's thread: the chat agent's tool call as a card of its own
+    await send(page, "#thread-composer", "And in Bergen? Use get_weather.")
+    chat = thread.locator('.msg.from-bot[data-stream]', has_text="Bergen")
+    await expect(chat.locator('.task-card[data-status="complete"]')).to_have_count(1, timeout=20_000)
+    await expect(chat).to_have_attribute("data-stream", "stopped", timeout=20_000)
+    await expect(chat.get_by_role("button", name="This answer was helpful")).to_be_visible()
+    await page.locator("#thread-composer").click()
+    await thread.locator(".msg", has=page.locator(".plan")).evaluate("(el) => el.scrollIntoView({block: 'start'})")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "streaming.png"))
+
+    # the assistant container: the registered workflows as prompts; one starts a run in the assistant thread
+    await page.locator("#assistant-open").click()
+    pane = page.locator("#assistant-pane")
+    await expect(pane).to_be_visible()
+    prompts = pane.locator(".chip.prompt")
+    await expect(prompts).to_have_count(4, timeout=10_000)
+    assert set(await prompts.all_inner_texts()) == {"Ask for approval", "Ask an agent", "Deploy an app",
+                                                    "Greet someone"}
+    await pane.get_by_role("button", name="Ask for approval").click()
+    await expect(pane.locator(".msg", has_text="Workflow approval")).to_be_visible(timeout=10_000)
+    await expect(pane.get_by_role("button", name="Approve", exact=True)).to_be_visible(timeout=10_000)
+    await expect(pane.locator("#assistant-title")).to_have_text("run approval")
+    await pane.get_by_role("button", name="Approve", exact=True).click()
+    await expect(pane).to_contain_text("Run finished.", timeout=10_000)
+    await page.locator("#assistant-composer").fill("what did I just approve?")
+    await page.locator("#assistant-composer").press("Enter")
+    await expect(pane.locator('.msg.from-bot[data-stream="stopped"]')).to_contain_text("what did I just approve?",
+                                                                                       timeout=20_000)
+    await expect(pane.locator("#assistant-status")).to_be_hidden()  # Slack clears "is thinking..." on the answer
+    await page.screenshot(path=str(ARTIFACTS / "assistant.png"))

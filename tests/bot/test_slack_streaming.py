@@ -138,7 +138,9 @@ async def test_an_agent_step_streams_its_answer_and_its_tools_as_a_plan_delivere
     assert {u["title"] for u in updates} == {"get_weather", "get_forecast"}
     for name in ("get_weather", "get_forecast"):
         assert [u["status"] for u in updates if u["title"] == name] == ["in_progress", "complete"]
+    assert calls[-1].params["chunks"][0] == {"type": "plan_update", "title": "forecaster: done"}
     plan = next(b for b in message.blocks or [] if b["type"] == "plan")
+    assert plan["title"] == "forecaster: done"
     assert [t["status"] for t in plan["tasks"]] == ["complete", "complete"]
     # the outbox's post for the step was delivered by the stream's stop: its delivery id, its ts
     stop = calls[-1].params

@@ -6,6 +6,8 @@ so a prompt naming ``get_weather`` makes one tool call and a prompt naming both 
 
 from __future__ import annotations
 
+import asyncio
+
 from pydantic import BaseModel, Field
 
 from workflows import Agent, Workflow, agent_step, tool
@@ -15,15 +17,21 @@ class City(BaseModel):
     city: str = Field(description="The city, e.g. Oslo.")
 
 
+#: Seconds a weather tool takes: long enough for a task card to be seen in progress before it completes.
+TOOL_SECONDS = 0.3
+
+
 @tool
 async def get_weather(args: City) -> str:
     """The weather in a city right now."""
+    await asyncio.sleep(TOOL_SECONDS)
     return f"Sunny and 21 degrees in {args.city}."
 
 
 @tool
 async def get_forecast(args: City) -> str:
     """Tomorrow's weather in a city."""
+    await asyncio.sleep(TOOL_SECONDS)
     return f"Rain tomorrow in {args.city}."
 
 

@@ -31,6 +31,7 @@ BENCHMARKS = {
     "recall": "bench.recall",
     "scaleout": "bench.scaleout",
     "inspector": "bench.inspector",
+    "streaming": "bench.streaming",
 }
 
 

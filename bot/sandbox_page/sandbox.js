@@ -407,7 +407,9 @@
         + '<ol><li>Type <code>/flow run approval</code>, open the thread and click <b>Approve</b>.</li>'
         + '<li>Switch to <b>bob</b> (bottom left) and try to approve someone else\'s run.</li>'
         + '<li>Run <code>/flow run deploy-app "a Postgres-backed API for 10k users"</code>, approve the cost, '
-        + 'then ask in its thread: <i>what did the architect decide?</i></li></ol>';
+        + 'then ask in its thread: <i>what did the architect decide?</i> The answer streams in; rate it 👍 / 👎.</li>'
+        + '<li>Open <b>✦ Assistant</b> (left): the workflows are offered as prompts, and a run started there '
+        + 'lives in that thread.</li></ol>';
       box.append(w);
     }
   }

@@ -70,7 +70,7 @@ class Metrics:
             ["method"], registry=r)
         self.slack_deliveries = Counter(
             "threadflow_slack_deliveries", "Outbox deliveries to Slack, by message kind and outcome "
-            "(sent, found, retried, ratelimited, shortened, reposted, failed).", ["kind", "outcome"], registry=r)
+            "(sent, streamed, found, retried, ratelimited, shortened, reposted, failed).", ["kind", "outcome"], registry=r)
         self.slack_delivery_failures = Counter(
             "threadflow_slack_delivery_failures", "Messages Slack refused for good, by Slack error code.",
             ["error"], registry=r)

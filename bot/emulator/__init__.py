@@ -3,6 +3,7 @@
 Used by the bot's tests (real HTTP, real slack_sdk/bolt) and by the ``threadflow dev`` sandbox.
 """
 
+from .assistant import AssistantThread, AssistantView
 from .delivery import DeliveryResult, sign
 from .openid import OpenIdProvider
 from .server import SlackEmulator, UserPost
@@ -19,9 +20,12 @@ from .state import (
     View,
     WorkspaceState,
 )
+from .streams import Stream, Streams
 
 __all__ = [
     "ApiCall",
+    "AssistantThread",
+    "AssistantView",
     "Change",
     "Channel",
     "Delivery",
@@ -31,6 +35,8 @@ __all__ = [
     "OpenIdProvider",
     "ResponseUrl",
     "SlackEmulator",
+    "Stream",
+    "Streams",
     "Subscription",
     "User",
     "UserPost",

@@ -21,6 +21,7 @@ from typing import Any
 
 from .delivery import BotDelivery, DeliveryResult
 from .state import Json, Message, WorkspaceState
+from .web_api import ApiError
 
 #: Seconds an unanswered "is thinking..." status stays up.
 STATUS_TIMEOUT = 120.0
@@ -28,11 +29,6 @@ MAX_LOADING_MESSAGES = 10
 
 Handler = Callable[[Json, str], Json]
 
-
-class AssistantError(Exception):
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 @dataclass
@@ -65,19 +61,11 @@ class AssistantView:
         self.enabled = True
         self.threads: dict[tuple[str, str], AssistantThread] = {}
 
-    def install(self, methods: dict[str, Handler], error: type[Exception]) -> None:
-        def wrap(fn: Handler) -> Handler:
-            def handler(params: Json, caller: str) -> Json:
-                try:
-                    return fn(params, caller)
-                except AssistantError as exc:
-                    raise error(exc.error) from None
-
-            return handler
-
-        methods["assistant.threads.setStatus"] = wrap(self.set_status)
-        methods["assistant.threads.setSuggestedPrompts"] = wrap(self.set_suggested_prompts)
-        methods["assistant.threads.setTitle"] = wrap(self.set_title)
+    def install(self, methods: dict[str, Handler]) -> None:
+        """Add these methods to the Web API's table (they answer errors by raising its ``ApiError``)."""
+        methods["assistant.threads.setStatus"] = self.set_status
+        methods["assistant.threads.setSuggestedPrompts"] = self.set_suggested_prompts
+        methods["assistant.threads.setTitle"] = self.set_title
 
     def disable(self) -> None:
         """The app's assistant view is off (Agents & AI Apps not enabled in its settings)."""
@@ -126,9 +114,9 @@ class AssistantView:
         thread = self._thread(params)
         loading = params.get("loading_messages") or []
         if not isinstance(loading, list) or len(loading) > MAX_LOADING_MESSAGES:
-            raise AssistantError("invalid_arguments")
+            raise ApiError("invalid_arguments")
         if not isinstance(params.get("status"), str):
-            raise AssistantError("invalid_arguments")
+            raise ApiError("invalid_arguments")
         thread.status, thread.status_at = params["status"], self.state.clock()
         thread.loading_messages = [str(m) for m in loading]
         self._changed(thread)
@@ -136,13 +124,13 @@ class AssistantView:
 
     def set_suggested_prompts(self, params: Json, caller: str) -> Json:
         if not self.enabled:
-            raise AssistantError("not_agent_app")
+            raise ApiError("not_agent_app")
         thread = self._thread(params)
         prompts = params.get("prompts")
         if not isinstance(prompts, list) or not all(
                 isinstance(p, dict) and isinstance(p.get("title"), str) and p["title"]
                 and isinstance(p.get("message"), str) and p["message"] for p in prompts):
-            raise AssistantError("invalid_arguments")
+            raise ApiError("invalid_arguments")
         thread.prompts = [{"title": p["title"], "message": p["message"]} for p in prompts]
         thread.prompts_title = params.get("title") or None
         self._changed(thread)
@@ -150,10 +138,10 @@ class AssistantView:
 
     def set_title(self, params: Json, caller: str) -> Json:
         if not self.enabled:
-            raise AssistantError("not_agent_app")
+            raise ApiError("not_agent_app")
         thread = self._thread(params)
         if not isinstance(params.get("title"), str) or not params["title"]:
-            raise AssistantError("invalid_arguments")
+            raise ApiError("invalid_arguments")
         thread.title = params["title"]
         self._changed(thread)
         return {}
@@ -163,10 +151,10 @@ class AssistantView:
     def _thread(self, params: Json) -> AssistantThread:
         channel = self.state.resolve_channel(params.get("channel_id"))
         if channel is None:
-            raise AssistantError("channel_not_found")
+            raise ApiError("channel_not_found")
         thread = self.threads.get((channel.id, str(params.get("thread_ts") or "")))
         if thread is None:
-            raise AssistantError("invalid_thread_ts")
+            raise ApiError("invalid_thread_ts")
         return thread
 
     def _last_bot_reply(self, thread: AssistantThread) -> float:

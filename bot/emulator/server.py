@@ -33,7 +33,7 @@ from .state import (
     WorkspaceState,
 )
 from .streams import Streams
-from .web_api import ApiError, SlackWebApi, apply_response
+from .web_api import SlackWebApi, apply_response
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ class SlackEmulator:
         self.web_api.open_socket = self.socket_mode.open_connection
         #: Streamed answers and the assistant container (Slack's AI app surfaces), in modules of their own.
         self.streams = Streams(self.state)
-        self.streams.install(self.web_api.methods, ApiError)
+        self.streams.install(self.web_api.methods)
         self.assistant = AssistantView(self.state, self.delivery)
-        self.assistant.install(self.web_api.methods, ApiError)
+        self.assistant.install(self.web_api.methods)
         self.delivery.socket = self.socket_mode
         self.app = web.Application()  # add sandbox routes here before start()
         self.web_api.install(self.app)

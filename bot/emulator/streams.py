@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .state import Json, Message, WorkspaceState
+from .web_api import ApiError
 
 TASK_STATUSES = frozenset({"pending", "in_progress", "complete", "error"})
 DISPLAY_MODES = frozenset({"timeline", "plan"})
@@ -46,11 +47,6 @@ STREAM_LIFETIME = 300.0
 
 Handler = Callable[[Json, str], Json]
 
-
-class StreamError(Exception):
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 @dataclass
@@ -118,21 +114,11 @@ class Streams:
         self.streams: dict[str, Stream] = {}
         self.refusal: str | None = None
 
-    def install(self, methods: dict[str, Handler], error: type[Exception]) -> None:
-        """``error`` is the Web API's exception for ``{"ok": false, "error": ...}`` answers."""
-
-        def wrap(fn: Handler) -> Handler:
-            def handler(params: Json, caller: str) -> Json:
-                try:
-                    return fn(params, caller)
-                except StreamError as exc:
-                    raise error(exc.error) from None
-
-            return handler
-
-        methods["chat.startStream"] = wrap(self.start)
-        methods["chat.appendStream"] = wrap(self.append)
-        methods["chat.stopStream"] = wrap(self.stop)
+    def install(self, methods: dict[str, Handler]) -> None:
+        """Add these methods to the Web API's table (they answer errors by raising its ``ApiError``)."""
+        methods["chat.startStream"] = self.start
+        methods["chat.appendStream"] = self.append
+        methods["chat.stopStream"] = self.stop
 
     def refuse(self, error: str | None = "not_agent_app") -> None:
         """Refuse ``chat.startStream`` with ``error`` from now on (None: stream again)."""
@@ -148,24 +134,24 @@ class Streams:
 
     def start(self, params: Json, caller: str) -> Json:
         if self.refusal:
-            raise StreamError(self.refusal)
+            raise ApiError(self.refusal)
         channel = self._channel(params)
         thread_ts = str(params.get("thread_ts") or "")
         if not thread_ts:
-            raise StreamError("invalid_arguments")  # streamed messages are replies to a person's request
+            raise ApiError("invalid_arguments")  # streamed messages are replies to a person's request
         if self.state.find_message(thread_ts, channel.id) is None:
-            raise StreamError("thread_not_found")
+            raise ApiError("thread_not_found")
         if not channel.is_im:
             if not params.get("recipient_team_id"):
-                raise StreamError("missing_recipient_team_id")
+                raise ApiError("missing_recipient_team_id")
             if not params.get("recipient_user_id"):
-                raise StreamError("missing_recipient_user_id")
+                raise ApiError("missing_recipient_user_id")
         recipient = params.get("recipient_user_id")
         if recipient and recipient not in self.state.users:
-            raise StreamError("user_not_found")
+            raise ApiError("user_not_found")
         mode = str(params.get("task_display_mode") or "timeline")
         if mode not in DISPLAY_MODES:
-            raise StreamError("invalid_arguments")
+            raise ApiError("invalid_arguments")
         chunks = self._chunks(params)
         msg = self.state.add_message(channel.id, text="", user=caller, thread_ts=thread_ts, blocks=[])
         stream = self.streams[msg.ts] = Stream(channel.id, msg.ts, caller, mode, self.state.clock())
@@ -178,7 +164,7 @@ class Streams:
         stream, msg = self._open_stream(params, caller)
         chunks = self._chunks(params)
         if not chunks:
-            raise StreamError("no_text")
+            raise ApiError("no_text")
         stream.calls.append("append")
         self._apply(stream, chunks)
         self._show(stream, msg)
@@ -189,10 +175,10 @@ class Streams:
         chunks = self._chunks(params)
         tail = params.get("blocks") or []
         if not isinstance(tail, list) or len(tail) > MAX_BLOCKS or not all(isinstance(b, dict) for b in tail):
-            raise StreamError("invalid_blocks")
+            raise ApiError("invalid_blocks")
         metadata = params.get("metadata")
         if metadata is not None and not (isinstance(metadata, dict) and metadata.get("event_type")):
-            raise StreamError("invalid_metadata_format")
+            raise ApiError("invalid_metadata_format")
         stream.calls.append("stop")
         self._apply(stream, chunks)
         stream.tail_blocks = list(tail)
@@ -207,7 +193,7 @@ class Streams:
     def _channel(self, params: Json) -> Any:
         channel = self.state.resolve_channel(params.get("channel"))
         if channel is None:
-            raise StreamError("channel_not_found")
+            raise ApiError("channel_not_found")
         return channel
 
     def _open_stream(self, params: Json, caller: str) -> tuple[Stream, Message]:
@@ -215,23 +201,23 @@ class Streams:
         ts = str(params.get("ts") or "")
         msg = self.state.find_message(ts, channel.id)
         if msg is None:
-            raise StreamError("message_not_found")
+            raise ApiError("message_not_found")
         stream = self.streams.get(ts)
         if stream is None:
-            raise StreamError("message_not_in_streaming_state")  # a message that was never a stream
+            raise ApiError("message_not_in_streaming_state")  # a message that was never a stream
         if stream.owner != caller:
-            raise StreamError("message_not_owned_by_app")
+            raise ApiError("message_not_owned_by_app")
         if stream.state == "streaming" and self.state.clock() - stream.started_at > STREAM_LIFETIME:
             stream.state = "stopped"  # Slack ended it
         if stream.state != "streaming":
-            raise StreamError("message_not_in_streaming_state")
+            raise ApiError("message_not_in_streaming_state")
         return stream, msg
 
     def _chunks(self, params: Json) -> list[Json]:
         chunks = params.get("chunks") or []
         markdown = params.get("markdown_text")
         if not isinstance(chunks, list):
-            raise StreamError("invalid_chunks")
+            raise ApiError("invalid_chunks")
         if markdown:
             chunks = [{"type": "markdown_text", "text": markdown}, *chunks]
         for chunk in chunks:
@@ -270,28 +256,28 @@ class Streams:
 def check_chunk(chunk: Any) -> None:
     """Slack's rules for one streaming chunk (``invalid_chunks`` / ``msg_too_long`` otherwise)."""
     if not isinstance(chunk, dict):
-        raise StreamError("invalid_chunks")
+        raise ApiError("invalid_chunks")
     kind = chunk.get("type")
     if kind == "markdown_text":
         if not isinstance(chunk.get("text"), str):
-            raise StreamError("invalid_chunks")
+            raise ApiError("invalid_chunks")
         if len(chunk["text"]) > MARKDOWN_LIMIT:
-            raise StreamError("msg_too_long")
+            raise ApiError("msg_too_long")
     elif kind == "task_update":
         if not chunk.get("id") or not isinstance(chunk.get("title"), str) or chunk.get("status") not in TASK_STATUSES:
-            raise StreamError("invalid_chunks")
+            raise ApiError("invalid_chunks")
         for key in ("title", "details", "output"):
             value = chunk.get(key)
             if value is not None and (not isinstance(value, str) or len(value) > FIELD_LIMIT):
-                raise StreamError("invalid_chunks")
+                raise ApiError("invalid_chunks")
     elif kind == "plan_update":
         if not isinstance(chunk.get("title"), str) or len(chunk["title"]) > FIELD_LIMIT:
-            raise StreamError("invalid_chunks")
+            raise ApiError("invalid_chunks")
     elif kind == "blocks":
         if not isinstance(chunk.get("blocks"), list) or len(chunk["blocks"]) > MAX_BLOCKS:
-            raise StreamError("invalid_chunks")
+            raise ApiError("invalid_chunks")
     else:
-        raise StreamError("invalid_chunks")
+        raise ApiError("invalid_chunks")
 
 
 __all__ = ["STREAM_LIFETIME", "Stream", "Streams", "check_chunk"]

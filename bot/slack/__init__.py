@@ -3,15 +3,18 @@
 from .client import DEFAULT_TIMEOUT, Posted, SlackClient, delivery_metadata, make_web_client, with_retries
 from .errors import Permanent, RateLimited, SlackCallError, Transient, describe_for_people
 from .pacing import Pacer, pace_of
+from .streams import AnswerStream, StreamingSupport
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "AnswerStream",
     "Pacer",
     "Permanent",
     "Posted",
     "RateLimited",
     "SlackCallError",
     "SlackClient",
+    "StreamingSupport",
     "Transient",
     "delivery_metadata",
     "describe_for_people",

@@ -51,7 +51,7 @@ async def test_the_container_offers_the_workflows_as_prompts_and_a_prompt_starts
 
     # the person clicks "Ask for approval": Slack sends the prompt's message as theirs
     await emu.post_as_user(titles["Ask for approval"], channel=DM, thread_ts=thread_ts)
-    card = await emu.wait_for(lambda: next((m for m in in_thread(emu, thread_ts) if has_buttons(m)), None), timeout=10)
+    card = await emu.wait_for(lambda: next((m for m in in_thread(emu, thread_ts) if has_buttons(m)), None), timeout=30)
     run_id = button_value(card)["run_id"]
     assert await bot.settled(run_id, ("suspended",)) == "suspended"
     root = next(m for m in in_thread(emu, thread_ts) if run_id in m.text)
@@ -62,7 +62,7 @@ async def test_the_container_offers_the_workflows_as_prompts_and_a_prompt_starts
 
     await emu.click(card, "approve", user=ALICE)
     assert await bot.settled(run_id) == "success"
-    await emu.wait_for(lambda: any("Run finished" in m.text for m in in_thread(emu, thread_ts)), timeout=10)
+    await emu.wait_for(lambda: any("Run finished" in m.text for m in in_thread(emu, thread_ts)), timeout=30)
 
 
 async def test_a_question_in_the_thread_is_answered_with_thinking_status_and_the_same_memory(bot: RunningBot) -> None:
@@ -71,7 +71,7 @@ async def test_a_question_in_the_thread_is_answered_with_thinking_status_and_the
     await emu.post_as_user("remember that the staging database is called kiwi", channel=DM, thread_ts=thread_ts)
     await emu.wait_for(lambda: [m for m in in_thread(emu, thread_ts) if m.user == "U0BOT"
                                 and emu.streams.of(m.ts) is not None and emu.streams.of(m.ts).state == "stopped"],
-                       timeout=10)
+                       timeout=30)
     [status] = [c for c in emu.calls("assistant.threads.setStatus")]
     assert status.params["status"] == "is thinking..." and status.params["thread_ts"] == thread_ts
     calls = [c.method for c in emu.calls()]
@@ -85,7 +85,7 @@ async def test_a_question_in_the_thread_is_answered_with_thinking_status_and_the
         return next((m for m in in_thread(emu, thread_ts) if m.user == "U0BOT" and float(m.ts) > float(asked.ts)
                      and emu.streams.of(m.ts) is not None and emu.streams.of(m.ts).state == "stopped"), None)
 
-    answer = await emu.wait_for(second, timeout=10)
+    answer = await emu.wait_for(second, timeout=30)
     assert "staging database is called kiwi" in answer.text.split("Earlier in this thread:")[1]
     thread_id = f"slack:{emu.state.team_id}:{DM}:{thread_ts}"
     stored = await MemoryStore(bot.engine.db).get_thread(thread_id)
@@ -109,7 +109,7 @@ async def test_slack_refusing_the_assistant_methods_is_logged_and_the_thread_sti
     assert feature is not None and feature.state == "seen"
 
     await emu.post_as_user("hello there", channel=DM, thread_ts=thread.thread_ts)
-    await emu.wait_for(lambda: [m for m in in_thread(emu, thread.thread_ts) if m.user == "U0BOT"], timeout=10)
+    await emu.wait_for(lambda: [m for m in in_thread(emu, thread.thread_ts) if m.user == "U0BOT"], timeout=30)
 
 
 async def test_an_app_without_the_assistant_view_cannot_be_opened_and_refuses_its_methods(emu: SlackEmulator) -> None:

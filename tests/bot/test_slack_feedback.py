@@ -46,7 +46,7 @@ async def answered(bot: RunningBot, thread_ts: str, question: str, user: str = B
                 return m
         return None
 
-    found: Message = await bot.emu.wait_for(done, timeout=15)
+    found: Message = await bot.emu.wait_for(done, timeout=30)
     await bot.idle()
     return found
 
@@ -119,10 +119,10 @@ async def test_an_agent_steps_output_is_rated_on_its_newest_call(start_bot: Star
     bot = await start_bot(THREADFLOW_WORKFLOWS="tests.helpers.agent_flows")
     ack = await bot.command('run weather question="Will it rain in Oslo? Use get_forecast."')
     assert ack.status == 200
-    root = await bot.emu.wait_for(lambda: next(iter(bot.emu.messages(CHANNEL)), None), timeout=10)
+    root = await bot.emu.wait_for(lambda: next(iter(bot.emu.messages(CHANNEL)), None), timeout=30)
     output = await bot.emu.wait_for(lambda: next(
         (m for m in replies(bot.emu, root) if any(b.get("type") == "context_actions" for b in m.blocks or [])
-         and (bot.emu.streams.of(m.ts) is None or bot.emu.streams.of(m.ts).state == "stopped")), None), timeout=15)
+         and (bot.emu.streams.of(m.ts) is None or bot.emu.streams.of(m.ts).state == "stopped")), None), timeout=30)
     value = json.loads(feedback_element(output)["positive_button"]["value"])
     assert value["rating"] == "good" and value["path"] == "forecast"
     await bot.emu.click(output, "agent_feedback", user=ALICE, value="positive")

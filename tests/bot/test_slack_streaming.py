@@ -54,7 +54,7 @@ async def stopped_stream(emu: SlackEmulator, channel: str, thread_ts: str, after
                 return msg
         return None
 
-    found: Message = await emu.wait_for(done, timeout=15)
+    found: Message = await emu.wait_for(done, timeout=30)
     return found
 
 
@@ -64,13 +64,13 @@ async def start_run(bot: RunningBot, text: str) -> tuple[str, Message]:
     ack = await bot.command(text)
     assert ack.status == 200, ack.body
     root: Message = await bot.emu.wait_for(
-        lambda: next((m for m in bot.emu.messages(CHANNEL) if m.ts not in before), None), timeout=10)
+        lambda: next((m for m in bot.emu.messages(CHANNEL) if m.ts not in before), None), timeout=30)
     run_id = root.text.split("(")[1].split(")")[0]
 
     async def exists() -> bool:
         return any(r.id == run_id for r in await bot.engine.list_runs(limit=50))
 
-    await eventually(exists, timeout=10)
+    await eventually(exists, timeout=30)
     return run_id, root
 
 
@@ -105,7 +105,7 @@ async def test_a_thread_reply_is_streamed_start_appends_stop_and_reads_as_the_an
 async def test_a_tool_call_shows_as_a_task_card_in_progress_then_complete(start_bot: StartBot) -> None:
     bot = await start_bot(**FLOWS)
     _, root = await start_run(bot, 'run weather question="Is it cold?"')
-    await bot.emu.wait_for(lambda: any("Run finished" in m.text for m in replies(bot.emu, root)), timeout=15)
+    await bot.emu.wait_for(lambda: any("Run finished" in m.text for m in replies(bot.emu, root)), timeout=30)
     question = await bot.emu.post_as_user("What is the weather in Bergen? Use get_weather.", thread_ts=root.ts)
 
     answer = await stopped_stream(bot.emu, CHANNEL, root.ts, question.ts)
@@ -123,9 +123,9 @@ async def test_an_agent_step_streams_its_answer_and_its_tools_as_a_plan_delivere
     bot = await start_bot(**FLOWS)
     run_id, root = await start_run(bot, 'run weather question="Weather in Oslo today and tomorrow? Use get_weather '
                                         'and get_forecast."')
-    assert await bot.settled(run_id) == "success"
-    await bot.emu.wait_for(lambda: any("Run finished" in m.text for m in replies(bot.emu, root)), timeout=15)
-    await eventually(lambda: not bot.bot.delivery.render_tasks, timeout=10)
+    assert await bot.settled(run_id, timeout=30) == "success"
+    await bot.emu.wait_for(lambda: any("Run finished" in m.text for m in replies(bot.emu, root)), timeout=30)
+    await eventually(lambda: not bot.bot.delivery.render_tasks, timeout=30)
 
     outputs = [m for m in replies(bot.emu, root) if "forecaster" in m.text or bot.emu.streams.of(m.ts)]
     assert len(outputs) == 1, [m.text for m in outputs]  # the stream was the output's one delivery
@@ -162,7 +162,7 @@ async def test_streaming_refused_by_slack_falls_back_to_one_post_and_says_so_onc
         asked = await bot.emu.post_as_user(question, thread_ts=run.root.ts)
         answer = await bot.emu.wait_for(lambda asked=asked: next(
             (m for m in replies(bot.emu, run.root) if m.user == "U0BOT" and float(m.ts) > float(asked.ts)
-             and m.text.startswith("(offline model)")), None), timeout=10)
+             and m.text.startswith("(offline model)")), None), timeout=30)
         await bot.idle()
         answers.append(answer)
 
@@ -184,7 +184,7 @@ async def test_a_stream_slack_stopped_midway_ends_with_the_whole_answer_in_place
     bot.emu.fail_next("chat.appendStream", status=200, error="message_not_in_streaming_state", retry_after=None)
     question = await bot.emu.post_as_user("what needs approval?", thread_ts=run.root.ts)
     answer = await bot.emu.wait_for(lambda: next(
-        (m for m in replies(bot.emu, run.root) if m.edited and float(m.ts) > float(question.ts)), None), timeout=10)
+        (m for m in replies(bot.emu, run.root) if m.edited and float(m.ts) > float(question.ts)), None), timeout=30)
     await bot.idle()
 
     recorded = await last_assistant_message(bot, f"slack:{bot.emu.state.team_id}:{CHANNEL}:{run.root.ts}")
@@ -199,6 +199,6 @@ async def test_streaming_switched_off_posts_answers_whole(start_bot: StartBot) -
     run = await suspend_approval(bot, "run approval ship it")
     question = await bot.emu.post_as_user("what needs approval?", user=ALICE, thread_ts=run.root.ts)
     await bot.emu.wait_for(lambda: any(m.text.startswith("(offline model)") and float(m.ts) > float(question.ts)
-                                       for m in replies(bot.emu, run.root)), timeout=10)
+                                       for m in replies(bot.emu, run.root)), timeout=30)
     await bot.idle()
     assert not [c for c in bot.emu.calls() if c.method in STREAM_METHODS]

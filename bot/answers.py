@@ -63,10 +63,12 @@ async def _feed(stream: AnswerStream, events: Any) -> tuple[AgentResult[Any] | N
             if isinstance(event, TextDelta):
                 stream.text(blocks.escape(event.text))
             elif isinstance(event, ToolCallDone):
-                stream.task(event.call.id, event.call.name, "in_progress", details=clip_field(event.call.arguments))
+                stream.task(event.call.id, event.call.name, "in_progress",
+                            details=blocks.escape(clip_field(event.call.arguments)))
             elif isinstance(event, ToolResult):
                 record = event.record
-                stream.task(record.id, record.name, "error" if record.error else "complete", output=record.result)
+                stream.task(record.id, record.name, "error" if record.error else "complete",
+                            output=blocks.escape(clip_field(record.result)))
             elif isinstance(event, OutputRejected):
                 stream.restart_answer()
             elif isinstance(event, AgentDone):

@@ -135,8 +135,10 @@ class LiveSteps:
         if row.kind == "text" and stream is not None and live.streams_text:
             stream.text(blocks.escape(str(data.get("text") or "")))
         elif row.kind == "tool" and stream is not None:
+            details, output = data.get("details"), data.get("output")
             stream.task(str(data.get("id")), str(data.get("name") or "tool"), data.get("status") or "in_progress",
-                        details=data.get("details"), output=data.get("output"))
+                        details=blocks.escape(str(details)) if details else None,
+                        output=blocks.escape(str(output)) if output else None)
         elif row.kind == "rejected" and stream is not None:
             stream.restart_answer()
         elif row.kind == "done":

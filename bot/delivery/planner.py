@@ -254,7 +254,7 @@ def stream_answer(output: Any) -> str:
     if isinstance(output, dict):
         for key in ("text", "answer", "summary", "message"):
             if isinstance(output.get(key), str):
-                return blocks.clip(blocks.escape(output[key]), 11_000)
+                return blocks.escape(output[key])  # as streamed (a stream Slack cannot take whole is replaced)
     return f"```\n{blocks.pretty(output, 10_000)}\n```"
 
 

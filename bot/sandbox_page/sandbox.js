@@ -94,7 +94,8 @@
   }
 
   const TASK_ICON = { pending: '○', in_progress: '◌', complete: '✓', error: '✗' };
-  const richPlain = (r) => (r && r.elements ? r.elements.map((sec) => (sec.elements || []).map((e) => e.text || '').join('')).join('\n') : '');
+  const richPlain = (r) => (r && r.elements
+    ? unslack(r.elements.map((sec) => (sec.elements || []).map((e) => e.text || '').join('')).join('\n')) : '');
 
   function taskCardHtml(t) {
     const status = t.status || 'pending';

@@ -61,6 +61,19 @@ def clip_field(text: str, limit: int = FIELD_LIMIT) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def within_limits(chunks: list[Chunk]) -> list[Chunk]:
+    """The chunks with any piece of markdown longer than Slack takes in one chunk cut into several."""
+    out: list[Chunk] = []
+    for chunk in chunks:
+        text = chunk.get("text") if chunk.get("type") == "markdown_text" else None
+        if isinstance(text, str) and len(text) > MARKDOWN_LIMIT:
+            out += [{"type": "markdown_text", "text": text[i:i + MARKDOWN_LIMIT]}
+                    for i in range(0, len(text), MARKDOWN_LIMIT)]
+        else:
+            out.append(chunk)
+    return out
+
+
 def markdown_block(text: str) -> dict[str, Any]:
     return {"type": "markdown", "text": text[:MARKDOWN_LIMIT] or " "}
 
@@ -219,7 +232,7 @@ class AnswerStream:
         async with self._lock:
             if self.mode not in ("idle", "streaming") or not self._pending:
                 return
-            chunks, self._pending = self._pending, []
+            chunks, self._pending = within_limits(self._pending), []
             try:
                 if self.mode == "idle":
                     await self._start(chunks)
@@ -298,7 +311,7 @@ class AnswerStream:
             tail = self.tail_for(answer)
             whole = self.prefix + answer
             notification = (fallback_text or whole)[:3000]
-            rest = self._pending + ([{"type": "markdown_text", "text": tail}] if tail else [])
+            rest = within_limits(self._pending + ([{"type": "markdown_text", "text": tail}] if tail else []))
             self._pending = []
             outcome: Finish = "failed"
             if self.mode == "streaming" and self.ts is not None:

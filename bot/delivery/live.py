@@ -180,11 +180,6 @@ class LiveSteps:
         if stream.on_screen:
             await stream.finish(note)
 
-    def on_screen(self, path: str) -> bool:
-        """Slack shows a stream of the step at ``path`` that only the delivery of its output may end."""
-        return any(p == path and live.stream is not None and live.stream.on_screen
-                   for (p, _), live in self.attempts.items())
-
     async def take(self, path: str) -> AnswerStream | None:
         """The on-screen stream of the step at ``path`` (its newest attempt), handed over to be ended as the
         delivery of the step's output; None when nothing of it is on screen (the output is posted)."""

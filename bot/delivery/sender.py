@@ -135,15 +135,12 @@ class Sender:
         """Deliver an agent step's output by ending its stream, when Slack shows one: the rest of the answer,
         the feedback buttons and this post's delivery id go with ``chat.stopStream``. False: post as usual
         (nothing on screen, or Slack took none of it; a lost answer is looked up by the delivery id first)."""
-        path = str(info.get("path") or "")
-        if not live.on_screen(path):
+        stream = await live.take(str(info.get("path") or ""))  # waits for a call in flight (a stream starting)
+        if stream is None:
             return False
         # Claimed like a post (compare-and-set): from here a crash means "maybe delivered", looked for first.
         if not await self.store.mark_attempt(row.key, None):
-            return False  # another sender holds this delivery
-        stream = await live.take(path)
-        if stream is None:
-            return False
+            return False  # another sender holds this delivery (a lost lease): it posts; Slack ends the stream
         content = row.content or {}
         under = [b for b in content.get("blocks") or [] if b.get("type") == "context_actions"]
         outcome = await stream.finish(str(info.get("answer") or ""), blocks=under, metadata=delivery_metadata(row.key),

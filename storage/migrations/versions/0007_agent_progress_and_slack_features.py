@@ -5,8 +5,8 @@
 - ``slack_features``: per workspace, a feature Slack refused (streaming) or that is in use (the assistant view);
 - ``slack_runs.thread_ts``: where a run's replies go when that is not its root message's thread.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -17,11 +17,10 @@ second message for an answer another one may have been streaming; that answer ar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from storage.progress_store import ProgressRow, ProgressStore
@@ -72,7 +71,6 @@ class _Attempt:
     streams_text: bool
     stream: AnswerStream | None = None
     done: bool = False
-    rows: int = field(default=0)
 
 
 class LiveSteps:
@@ -129,7 +127,6 @@ class LiveSteps:
             if live is None:
                 self._skipped.add(key)
                 return
-        live.rows += 1
         data = row.data or {}
         stream = live.stream
         if row.kind == "text" and stream is not None and live.streams_text:
@@ -171,8 +168,10 @@ class LiveSteps:
         await live.stream.__aenter__()
         self.attempts[(row.path, row.attempt)] = live
         if run.thread_ts is not None:  # an assistant thread: "is thinking..." under it while the agent works
-            with contextlib.suppress(SlackCallError):
+            try:
                 await self.streams.slack.set_assistant_status(run.channel_id, run.thread_ts, THINKING)
+            except SlackCallError as exc:  # only a status: the answer streams all the same
+                log.info("could not show that %s is thinking in %s: %s", step.name, run.channel_id, exc)
         return live
 
     async def _end(self, stream: AnswerStream, note: str) -> None:

@@ -15,20 +15,16 @@ its container at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .delivery import BotDelivery, DeliveryResult
 from .state import Json, Message, WorkspaceState
-from .web_api import ApiError
+from .web_api import ApiError, Handler
 
 #: Seconds an unanswered "is thinking..." status stays up.
 STATUS_TIMEOUT = 120.0
 MAX_LOADING_MESSAGES = 10
-
-Handler = Callable[[Json, str], Json]
-
 
 
 @dataclass

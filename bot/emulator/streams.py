@@ -30,12 +30,11 @@ workspace-level refusal alike).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .state import Json, Message, WorkspaceState
-from .web_api import ApiError
+from .web_api import ApiError, Handler
 
 TASK_STATUSES = frozenset({"pending", "in_progress", "complete", "error"})
 DISPLAY_MODES = frozenset({"timeline", "plan"})
@@ -44,9 +43,6 @@ MARKDOWN_LIMIT = 12_000
 MAX_BLOCKS = 50
 #: Seconds after which Slack ends a stream by itself (about five minutes; later appends are refused).
 STREAM_LIFETIME = 300.0
-
-Handler = Callable[[Json, str], Json]
-
 
 
 @dataclass

@@ -202,3 +202,16 @@ async def test_streaming_switched_off_posts_answers_whole(start_bot: StartBot) -
                                        for m in replies(bot.emu, run.root)), timeout=30)
     await bot.idle()
     assert not [c for c in bot.emu.calls() if c.method in STREAM_METHODS]
+
+
+async def test_a_tool_that_fails_shows_as_a_task_card_in_error(start_bot: StartBot) -> None:
+    bot = await start_bot(**FLOWS)
+    run_id, root = await start_run(bot, 'run weather question="Is the radar up over Oslo? Use broken_radar."')
+    assert await bot.settled(run_id, timeout=30) == "success"  # a tool's failure goes back to the model
+    await eventually(lambda: not bot.bot.delivery.render_tasks, timeout=30)
+    [message] = [m for m in replies(bot.emu, root) if bot.emu.streams.of(m.ts)]
+    updates = task_updates(stream_calls(bot.emu, message.ts))
+    assert [u["status"] for u in updates] == ["in_progress", "error"] and updates[0]["title"] == "broken_radar"
+    assert "is down" in updates[1]["output"]
+    card = next(b for b in message.blocks or [] if b["type"] in ("plan", "task_card"))
+    assert (card["tasks"][0] if card["type"] == "plan" else card)["status"] == "error"

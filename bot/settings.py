@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     ui_secret: SecretStr | None = Field(None, validation_alias="THREADFLOW_UI_SECRET")
     slack_client_id: str | None = Field(None, validation_alias="SLACK_CLIENT_ID")
     slack_client_secret: SecretStr | None = Field(None, validation_alias="SLACK_CLIENT_SECRET")
-    max_recoveries: int = Field(3, validation_alias="THREADFLOW_MAX_RECOVERIES", ge=0)
+    max_recoveries: int = Field(3, validation_alias="THREADFLOW_MAX_RECOVERIES", ge=1)
     step_timeout: float | None = Field(None, validation_alias="THREADFLOW_STEP_TIMEOUT", gt=0)
 
     @field_validator("step_timeout", mode="before")

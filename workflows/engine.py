@@ -105,8 +105,11 @@ class Engine:
         self.max_recoveries = default_max_recoveries() if max_recoveries is None else max_recoveries
         #: Seconds a step attempt may take when neither the step nor its workflow says (None: no limit).
         self.step_timeout = default_step_timeout() if step_timeout is None else step_timeout
-        if self.max_recoveries < 0 or (self.step_timeout is not None and self.step_timeout <= 0):
-            raise UsageError("max_recoveries must be zero or more and step_timeout a positive number of seconds.")
+        if self.max_recoveries < 1:
+            raise UsageError(f"max_recoveries must be 1 or more (got {self.max_recoveries}): it is how many times a run "
+                             "may be taken over from a process that died while executing it.")
+        if self.step_timeout is not None and self.step_timeout <= 0:
+            raise UsageError("step_timeout must be a positive number of seconds.")
         self.recoveries = Recoveries(self._limit)
         self._memory = memory
         #: Every registered version of every workflow id (new runs take the newest of their id).
@@ -640,10 +643,9 @@ class Engine:
         return claimed
 
     def _limit(self, workflow_id: str) -> int:
-        """How many deaths of its process a run of ``workflow_id`` survives (at least 1)."""
+        """How many deaths of its process a run of ``workflow_id`` survives (1 or more: checked where it is set)."""
         wf = self.registry.get(workflow_id)  # (the newest version's setting)
-        limit = wf.options.max_recoveries if wf is not None and wf.options.max_recoveries is not None else self.max_recoveries
-        return max(1, limit)
+        return wf.options.max_recoveries if wf is not None and wf.options.max_recoveries is not None else self.max_recoveries
 
     def made_progress(self, run_id: str) -> None:
         """A recovered run committed a step (or its execution here ended): it is an ordinary run again."""

@@ -34,9 +34,10 @@ def default_max_recoveries() -> int:
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise UsageError(f"THREADFLOW_MAX_RECOVERIES must be a whole number, zero or more; got {text!r}.")
+        value = 0
+    if value < 1:
+        raise UsageError(f"THREADFLOW_MAX_RECOVERIES must be a whole number, 1 or more; got {text!r}. It is how many "
+                         "times a run may be taken over from a process that died while executing it.")
     return value
 
 

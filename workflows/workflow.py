@@ -59,8 +59,9 @@ class Workflow:
         validate_id(id, "workflow")
         if step_timeout is not None and not step_timeout > 0:
             raise DefinitionError(f"Workflow {id!r}: step_timeout must be a positive number of seconds.")
-        if max_recoveries is not None and max_recoveries < 0:
-            raise DefinitionError(f"Workflow {id!r}: max_recoveries must be zero or more.")
+        if max_recoveries is not None and max_recoveries < 1:
+            raise DefinitionError(f"Workflow {id!r}: max_recoveries must be 1 or more (how many times a run may be "
+                                  "taken over from a process that died while executing it).")
         self.id = id
         self.version = check_version(id, version)
         self.input = input

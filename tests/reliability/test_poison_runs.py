@@ -10,6 +10,9 @@ once per death more than once, and no healthy run is failed for being in the pro
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +23,9 @@ from tests.helpers.processes import Worker
 from tests.reliability.conftest import StartWorker
 from tests.reliability.faulty_flows import HOLD, WORKFLOWS, executions
 from tests.reliability.tally import tally
+from workflows import DefinitionError, Engine, UsageError, Workflow
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def until_exit_or_final(worker: Worker, observer, run_id: str, timeout: float = 60) -> int | None:  # noqa: ANN001
@@ -108,3 +114,27 @@ async def test_the_number_of_deaths_a_run_survives_is_a_setting_and_a_workflow_o
     assert f"the process running step `die` died {limit} time" in run.error["message"]
     worker.proc.terminate()
     assert await worker.exit_code() == 0
+
+
+def test_max_recoveries_of_zero_is_refused_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0 would mean "fail a run the first time its process dies", which the engine cannot promise (a run
+    taken over from a dead process is executed at least once more): the setting, the engine's argument and the
+    workflow option all refuse it, naming the lowest value."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THREADFLOW_")}
+    env.update({"THREADFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
+                "THREADFLOW_MAX_RECOVERIES": "0", "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-m", "bot.cli", "runs"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stderr.count("\n") == 1 and "THREADFLOW_MAX_RECOVERIES" in proc.stderr
+    assert "greater than or equal to 1" in proc.stderr
+
+    with pytest.raises(UsageError, match="max_recoveries must be 1 or more"):
+        Engine(f"sqlite+aiosqlite:///{tmp_path / 'e.db'}", max_recoveries=0)
+    monkeypatch.setenv("THREADFLOW_MAX_RECOVERIES", "0")
+    with pytest.raises(UsageError, match="THREADFLOW_MAX_RECOVERIES must be a whole number, 1 or more; got '0'"):
+        Engine(f"sqlite+aiosqlite:///{tmp_path / 'e.db'}")
+    with pytest.raises(DefinitionError, match="max_recoveries must be 1 or more"):
+        Workflow(id="w", max_recoveries=0)

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel
 
-from .errors import DefinitionError
+from .errors import DefinitionError, InvalidInput
 from .graph import (
     BranchNode,
     Condition,
@@ -206,6 +206,11 @@ class CommittedWorkflow:
         ``known_keys_only`` is False: input stored by an earlier version of the workflow, carried over.
         """
         where = f"input of workflow {self.id!r}"
+        if self.input is None and known_keys_only and data not in (None, {}):
+            # Nothing declares what the input is for: it would be dropped, or reach a step that does not expect it.
+            raise InvalidInput(where, f"it takes no input (it declares no input model), but got {_preview(data)}; "
+                               f"leave the input out, or declare the workflow with Workflow(id={self.id!r}, "
+                               "input=YourModel)")
         return dump_value(self.input, parse_model(self.input, data, where, known_keys_only=known_keys_only))
 
     def input_schema(self) -> dict[str, Any] | None:
@@ -353,3 +358,9 @@ def _compatible(produced: Any, expected: Any) -> bool:
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def _preview(data: Any) -> str:
+    """A short rendering of input that was refused (enough to recognise it, never a whole document)."""
+    text = repr(data)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -102,3 +102,34 @@ def test_the_cli_answers_an_unknown_key_in_one_line_with_exit_2(tmp_path: Path) 
         "error: Invalid input of workflow 'deploy-app': unknown field 'goal'; expected fields: request, cost_threshold"
     ]
     assert cli(tmp_path, "runs", "--json").stdout.strip() == "[]"
+
+
+@step(id="hello")
+async def hello(ctx: StepContext[object]) -> dict[str, str]:
+    return {"said": "hello"}
+
+
+async def test_a_workflow_without_an_input_model_refuses_input_and_starts_nothing(engine: EngineFactory) -> None:
+    """Declared without ``input=``, a workflow takes no input: data given to it would be dropped (or reach a
+    step that does not expect it), so it is refused, naming how to declare it; no input (or ``{}``) is fine."""
+    e = engine(Workflow(id="no-input").then(hello).commit())
+
+    for given in ({"name": "Ada"}, "Ada", [1]):
+        with pytest.raises(InvalidInput, match=r"Invalid input of workflow 'no-input': it takes no input \(it "
+                                               r"declares no input model\)"):
+            await e.start("no-input", given)
+    assert await e.list_runs() == []
+    for nothing in (None, {}):
+        assert (await (await e.start("no-input", nothing)).result(timeout=5)).output == {"said": "hello"}
+
+
+def test_the_cli_refuses_input_to_a_workflow_without_an_input_model_with_exit_2(tmp_path: Path) -> None:
+    flows = {"THREADFLOW_WORKSPACE": str(tmp_path / "workspace"), "THREADFLOW_WORKFLOWS": "tests.helpers.versioned_flows:V1"}
+    proc = threadflow(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", "run", "slow-after-approval", "--input",
+                      '{"ticket": 7}', cwd=tmp_path, env=flows)
+
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: Invalid input of workflow 'slow-after-approval': it takes no input")
+    assert threadflow(f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}", "runs", "--json", cwd=tmp_path,
+                      env=flows).stdout.strip() == "[]"

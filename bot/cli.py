@@ -163,7 +163,7 @@ async def cmd_recover(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_migrate(engine: Engine, args: argparse.Namespace) -> int:
-    await engine.db.open()
+    await engine.open()  # (this engine does not execute runs: opening it only migrates the database)
     print(f"Database is up to date ({engine.db.dialect}).")
     return EXIT_OK
 

@@ -211,6 +211,9 @@ class Engine:
     async def close(self) -> None:
         """Stop executing; runs this process held are handed back so any process can continue them."""
         if not self._opened:
+            # The database may have been opened without the engine (``engine.db.open()``): its commit queue's
+            # task must not be left pending when the loop closes.
+            await self.db.close()
             return
         self._closing = True
         for task in self._background:

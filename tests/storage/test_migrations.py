@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
@@ -10,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from storage import Database
 from storage.migrations import head_revision
 from storage.tables import metadata
+from tests.helpers.system import threadflow
 
 
 def _diff(sync_conn: Any) -> list[Any]:
@@ -37,3 +39,12 @@ async def test_opening_twice_is_harmless(db_url: str) -> None:
         db = Database(db_url)
         await db.open()
         await db.close()
+
+
+def test_threadflow_migrate_prints_one_line_and_nothing_on_stderr(db_url: str, tmp_path: Path) -> None:
+    """Before: the commit queue's task was left pending at exit ("Task was destroyed but it is pending!")."""
+    for _ in range(2):  # creating the schema, then finding it up to date
+        proc = threadflow(db_url, "migrate", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("Database is up to date (") and proc.stdout.count("\n") == 1
+        assert proc.stderr == ""

@@ -433,7 +433,7 @@ class RunStore:
                 "lease_expires_at": None,
                 "updated_at": now,
                 "ready_at": now if target == "pending" else ready_at,
-                "waiting_for": waiting_for if target == "waiting" else None,
+                "waiting_for": waiting_for if target in ("waiting", "suspended") else None,
             }
             if target in TERMINAL_STATUSES:
                 values.update(output=output, error=error, finished_at=now)
@@ -642,7 +642,8 @@ class RunStore:
         now = time.time()
         ready = or_(
             runs.c.status == "pending",
-            and_(runs.c.status == "waiting", runs.c.ready_at.is_not(None), runs.c.ready_at <= now),
+            # (a suspended run with a ready_at: another branch of it sleeps, and its timer is due)
+            and_(runs.c.status.in_(("waiting", "suspended")), runs.c.ready_at.is_not(None), runs.c.ready_at <= now),
             and_(runs.c.status == "running", runs.c.lease_expires_at < now),
         )
 
@@ -687,7 +688,7 @@ class RunStore:
             q = select(runs.c.id).where(
                 or_(
                     runs.c.status == "pending",
-                    and_(runs.c.status == "waiting", runs.c.ready_at <= now),
+                    and_(runs.c.status.in_(("waiting", "suspended")), runs.c.ready_at <= now),
                     and_(runs.c.status == "running", runs.c.lease_expires_at < now),
                 ),
                 self._mine(),
@@ -700,7 +701,7 @@ class RunStore:
         """The earliest time a waiting run becomes ready or a held run's lease runs out (of runs this process executes)."""
 
         async def op(conn: AsyncConnection) -> float | None:
-            waiting = select(func.min(runs.c.ready_at)).where(runs.c.status == "waiting", self._mine())
+            waiting = select(func.min(runs.c.ready_at)).where(runs.c.status.in_(("waiting", "suspended")), self._mine())
             leases = select(func.min(runs.c.lease_expires_at)).where(runs.c.status == "running", self._mine())
             times = [(await conn.execute(q)).scalar_one_or_none() for q in (waiting, leases)]
             present = [float(t) for t in times if t is not None]

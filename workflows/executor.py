@@ -153,9 +153,20 @@ class RunExecution:
     async def _settle_halt(self, halt: Halt) -> None:
         run_id, owner = self.run.id, self.engine.owner
         unreached = [p for p in self.decided_before if p not in self.results]
+        if halt.suspended:
+            # A person must act: the run is ``suspended`` (listed so, and a waiting caller returns) even while
+            # other branches sleep or wait for an event; ``ready_at`` still wakes it when a timer is due.
+            self.engine.note_timer(halt.wake_at)
+            data: dict[str, Any] = {"paths": halt.suspended, **({"until": halt.wake_at} if halt.wake_at is not None else {}),
+                    **({"events": halt.events} if halt.events else {})}
+            self._settled(await self.store.settle(
+                run_id, owner, "suspended", [NewEvent(type="run.suspended", data=data)],
+                ready_at=halt.wake_at, waiting_for=",".join(halt.events) or None, seen=unreached,
+            ))
+            return
         if halt.wake_at is not None or halt.events:
             self.engine.note_timer(halt.wake_at)
-            data: dict[str, Any] = {"until": halt.wake_at, "events": halt.events, "suspended": halt.suspended}
+            data = {"until": halt.wake_at, "events": halt.events, "suspended": halt.suspended}
             self._settled(await self.store.settle(
                 run_id, owner, "waiting", [NewEvent(type="run.waiting", data=data)],
                 ready_at=halt.wake_at, waiting_for=",".join(halt.events) or None, seen=unreached,

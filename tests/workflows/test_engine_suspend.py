@@ -478,3 +478,40 @@ async def test_a_resume_with_no_room_to_execute_leaves_the_run_to_the_dispatcher
     assert (await e.wait_for(first, timeout=5)).status == "success"
     assert (await e.wait_for(second, timeout=5)).status == "success"  # picked up once the slot freed
     assert calls["after"] == 2
+
+
+async def test_an_open_approval_beside_a_long_sleep_is_suspended_listed_and_resumable(engine):
+    """The sleep branch halts the run until its timer; the approval branch waits for a person meanwhile. The run
+    is ``suspended`` (a person must act), listed by ``runs --status suspended`` and a waiting caller returns, while
+    the timer still wakes it; before, it was ``waiting`` for the whole sleep."""
+    calls = Counter()
+    nap = Workflow(id="nap", input=Num, output=Num).sleep(1.5).commit()
+    e = engine(Workflow(id="gate-and-nap", input=Num).parallel([approval_step("approve", calls), nap]).commit())
+    handle = await e.start("gate-and-nap", {"n": 1})
+
+    result = await handle.result(timeout=1.0)  # settles at once, long before the sleep ends
+
+    assert result.status == "suspended" and [s.path for s in result.suspended] == ["approve"]
+    assert [r.id for r in await e.list_runs(status="suspended")] == [handle.run_id]
+    await asyncio.sleep(1.0)  # the timer fires: the run is walked again and still waits for the person
+    assert (await e.get_run(handle.run_id)).status == "suspended"
+    assert [r.id for r in await e.list_runs(status="suspended")] == [handle.run_id]
+    done = await (await e.resume(handle.run_id, data={"approved": True}, by="alice")).result(timeout=5)
+    assert done.status == "success" and done.output == {"approve": {"n": 1, "approved": True, "by": "alice"},
+                                                        "nap": {"n": 1}}
+    assert calls["approve"] == 2
+
+
+async def test_a_resume_before_the_sleep_ends_waits_for_the_timer(engine):
+    calls = Counter()
+    nap = Workflow(id="nap", input=Num, output=Num).sleep(1.2).commit()
+    e = engine(Workflow(id="gate-and-nap", input=Num).parallel([approval_step("approve", calls), nap]).commit())
+    handle = await e.start("gate-and-nap", {"n": 2})
+    assert (await handle.result(timeout=1.0)).status == "suspended"
+    started = time.monotonic()
+
+    await e.resume(handle.run_id, data={"approved": False}, by="bob")
+    done = await handle.result(timeout=5)
+
+    assert done.status == "success" and done.output["approve"]["approved"] is False
+    assert time.monotonic() - started > 0.5  # the sleep was not cut short

@@ -61,6 +61,9 @@ class Metrics:
         self.step_retries = Counter("threadflow_step_retries", "Step attempts that failed and were retried.",
                                     ["workflow", "step"], registry=r)
         self.runs_suspended = Gauge("threadflow_runs_suspended", "Runs suspended, waiting for a person.", registry=r)
+        self.step_threads_abandoned = Gauge(
+            "threadflow_step_threads_abandoned", "Threads of plain def steps that timed out (or whose run stopped) "
+            "and still run in this process; they cannot be stopped and end with the process.", registry=r)
         self.approvals = Counter("threadflow_approvals", "Suspensions resumed, by decision.",
                                  ["workflow", "step", "decision"], registry=r)
         self.slack_calls = Counter("threadflow_slack_api_calls", "Slack Web API calls, by method and outcome.",
@@ -207,6 +210,7 @@ class Metrics:
         """Read the gauges that live in the database."""
         if self.engine is None:
             return
+        self.step_threads_abandoned.set(self.engine.abandoned_step_threads)
         try:
             self.runs_suspended.set(await self.engine.store.count_runs("suspended"))
             from storage.slack_store import SlackStore

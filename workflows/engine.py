@@ -14,7 +14,6 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from storage import Database
@@ -52,6 +51,7 @@ from .rerun import plan_rerun
 from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
 from .step import Step, dump_value, parse_model
 from .step_call import default_step_timeout
+from .step_threads import StepThreads
 from .tracing import log_context, scope
 from .versions import Registry, VersionInfo, VersionStatus
 from .workflow import CommittedWorkflow, _walk
@@ -684,8 +684,14 @@ class Engine:
             except TimeoutError:
                 pass
 
-    def step_threads(self) -> ThreadPoolExecutor:
+    def step_threads(self) -> StepThreads:
         return self.liveness.step_threads()
+
+    @property
+    def abandoned_step_threads(self) -> int:
+        """Threads of plain ``def`` steps that timed out and still run in this process (they cannot be stopped;
+        they do not keep the process from exiting)."""
+        return self.liveness.abandoned_step_threads
 
     def _lost(self, run_ids: set[str]) -> None:
         """Runs this process no longer holds (canceled, or taken over): stop executing them."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 
 from storage import Database
 from storage.leases import LeaseKeeper
@@ -15,6 +14,7 @@ from storage.leases import LeaseKeeper
 from . import interrupts
 from .observe import emit
 from .step_call import call_step
+from .step_threads import StepThreads
 from .watchdog import LoopWatchdog, StallSite, log_stall
 
 
@@ -33,7 +33,7 @@ class Liveness:
         self._lost = lost
         self._keeper: LeaseKeeper | None = None
         self._watchdog: LoopWatchdog | None = None
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: StepThreads | None = None
 
     @property
     def keeps_leases(self) -> bool:
@@ -60,11 +60,16 @@ class Liveness:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
 
-    def step_threads(self) -> ThreadPoolExecutor:
-        """The threads plain ``def`` steps run in (as many as runs the engine may execute at once)."""
+    def step_threads(self) -> StepThreads:
+        """The daemon threads plain ``def`` steps run in (as many as runs the engine may execute at once)."""
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(max(4, self._capacity), thread_name_prefix="threadflow-step")
+            self._threads = StepThreads(max(4, self._capacity), "threadflow-step")
         return self._threads
+
+    @property
+    def abandoned_step_threads(self) -> int:
+        """Threads of ``def`` steps that timed out and still run (see ``step_threads.py``)."""
+        return self._threads.abandoned if self._threads is not None else 0
 
 
 def stalled(seconds: float, site: StallSite | None) -> None:

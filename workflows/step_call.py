@@ -14,7 +14,6 @@ import inspect
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from storage.faults import describe
@@ -25,6 +24,7 @@ from .step import Step
 
 if TYPE_CHECKING:
     from .context import StepContext
+    from .step_threads import StepThreads
     from .workflow import CommittedWorkflow
 
 
@@ -48,7 +48,7 @@ def timeout_of(step: Step[Any, Any], wf: CommittedWorkflow, top: CommittedWorkfl
 
 
 async def call_step(
-    step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None, threads: Callable[[], Executor]
+    step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None, threads: Callable[[], StepThreads]
 ) -> Any:
     """One attempt: an ``async def`` on the event loop, a plain ``def`` in one of ``threads()``; within ``timeout``.
 
@@ -73,14 +73,22 @@ async def call_step(
     return result
 
 
-async def _call_in_thread(step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None, threads: Executor) -> Any:
-    """A thread cannot be stopped: one that times out is left to finish on its own, and its result is dropped."""
-    future = asyncio.get_running_loop().run_in_executor(threads, contextvars.copy_context().run, step.fn, ctx)
+async def _call_in_thread(step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None,
+                          threads: StepThreads) -> Any:
+    """A thread cannot be stopped: one that times out is abandoned (left to finish on its own, counted and
+    logged; a daemon thread, so it does not hold the process at exit), and its result is dropped."""
+    running = threads.submit(contextvars.copy_context().run, step.fn, ctx)
+    future = asyncio.wrap_future(running)
     try:
         result = await asyncio.wait_for(future, timeout)
     except TimeoutError:
         if future.cancelled():
+            threads.abandon(running, f"run {ctx.run_id}: step {ctx.path!r} ran past its timeout of {timeout:g} s")
             raise StepTimeout(ctx.path, timeout or 0.0) from None
+        raise
+    except asyncio.CancelledError:
+        # The run was canceled (or the engine is closing) while the step ran: the thread goes on regardless.
+        threads.abandon(running, f"run {ctx.run_id}: step {ctx.path!r} was stopped while it ran")
         raise
     if inspect.isawaitable(result):  # a callable object whose __call__ is async
         result = await result

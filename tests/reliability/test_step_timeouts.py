@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 from bot.metrics import Metrics
 from tests.conftest import EngineFactory
+from tests.helpers import eventually
+from tests.helpers.processes import spawner
 from tests.reliability.faulty_flows import Num, a, block_flow, hang_flow, healthy
 from tests.reliability.tally import tally
 from workflows import RetryPolicy, StepContext, Workflow, step
@@ -172,3 +175,41 @@ async def test_a_step_that_blocks_the_loop_past_its_timeout_still_times_out(engi
     e = engine(Workflow(id="hog", input=Num, output=Num).then(a).then(hog).commit())
     result = await (await e.start("hog", {"n": 1})).result(timeout=10)
     assert result.status == "failed" and result.error_type == "StepTimeout" and result.error_path == "hog"
+
+
+async def test_a_process_whose_sync_step_hung_past_its_timeout_still_exits(db_url: str, tmp_path: Path) -> None:
+    """A plain ``def`` step's thread cannot be stopped; a timed-out one is abandoned (counted, logged) and runs in
+    a daemon thread, so the process exits when it is done instead of waiting for the step for an hour."""
+    async with spawner("tests.reliability.hung_thread_main", tmp_path) as spawn:
+        proc = await spawn(db_url)
+        assert await proc.line() == "failed StepTimeout"
+        assert await proc.line() == "abandoned 1"
+        assert await proc.line() == "closed"
+        code = await proc.exit_code(timeout=15)
+
+    assert code == 0, proc.errors()
+    assert "1 abandoned step thread" in proc.errors()
+
+
+async def test_abandoned_step_threads_are_counted_in_metrics_until_they_end(engine: EngineFactory) -> None:
+    release = threading.Event()
+
+    @step(id="stuck", input=Num, output=Num, timeout=0.2)
+    def stuck(ctx: StepContext[Num]) -> Num:
+        release.wait(30)
+        return ctx.input
+
+    e = engine(Workflow(id="stuck-in-a-thread", input=Num, output=Num).then(stuck).commit())
+    metrics = Metrics(e)
+    try:
+        result = await (await e.start("stuck-in-a-thread", {"n": 1})).result(timeout=10)
+        assert result.status == "failed" and result.error_type == "StepTimeout"
+        assert e.abandoned_step_threads == 1
+        assert "threadflow_step_threads_abandoned 1.0" in (await metrics.render()).decode()
+
+        release.set()  # the step ends after all: its thread is no longer abandoned
+        await eventually(lambda: e.abandoned_step_threads == 0, timeout=5)
+        assert "threadflow_step_threads_abandoned 0.0" in (await metrics.render()).decode()
+    finally:
+        release.set()
+        metrics.close()

@@ -7,8 +7,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import sys
+import threading
+from types import FrameType
 from typing import Any
+
+from workflows import interrupts
 
 from .settings import Settings
 
@@ -74,12 +80,14 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
             print(f"threadflow is running in Socket Mode (health on port {port})", flush=True)
         else:
             print(f"threadflow is listening on http://{args.host or settings.host}:{port}/slack/events", flush=True)
-        await wait_for_stop_signal()
-        if socket_handler is not None:
-            await socket_handler.close_async()
-        if inspector is not None:
-            await inspector.stop()
-        await runner.cleanup()
+        try:
+            await wait_for_stop_signal()
+        finally:  # (also after a second signal: the engine hands its runs back in the runner's cleanup)
+            if socket_handler is not None:
+                await socket_handler.close_async()
+            if inspector is not None:
+                await inspector.stop()
+            await runner.cleanup()
 
     asyncio.run(main())
     return 0
@@ -97,10 +105,12 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
         await engine.open()
         scheduler = Scheduler(engine)  # fires schedules that post nowhere; the bot fires channel schedules
         scheduler.start(settings.schedule_interval)
-        print(f"threadflow worker {engine.owner} executing runs ({engine.db.dialect})", flush=True)
-        await wait_for_stop_signal()
-        await scheduler.stop()
-        await engine.close()
+        try:
+            print(f"threadflow worker {engine.owner} executing runs ({engine.db.dialect})", flush=True)
+            await wait_for_stop_signal()
+        finally:  # (also when a second signal interrupted a step that held the loop: the runs are handed back)
+            await scheduler.stop()
+            await engine.close()
 
     asyncio.run(main())
     return 0
@@ -176,11 +186,47 @@ def run_manifest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+#: After a second signal, how long the process may take to hand its runs back before it exits regardless.
+STOP_GRACE_SECONDS = 5.0
+EXIT_INTERRUPTED = 130
+
+
 async def wait_for_stop_signal() -> None:
-    """Block until SIGINT or SIGTERM, so shutdown hands runs back cleanly."""
+    """Block until SIGINT or SIGTERM, so shutdown hands runs back cleanly.
+
+    The handlers are installed with ``signal.signal``: Python runs them in the main thread between bytecodes
+    (and interrupts ``time.sleep``), even while a step holds the event loop, where ``loop.add_signal_handler``
+    would only run once the loop gets control back. The first signal asks for a graceful stop (which needs the
+    loop). A second one raises KeyboardInterrupt wherever the main thread is, in a step that blocks the loop for
+    instance: the engine lets it through (it came from a signal), hands the runs back on the way out, and the
+    command exits with 130. Should even that not get through (a C call that never returns) or the hand-back
+    hang, the process exits after STOP_GRACE_SECONDS; a third signal exits at once.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    received = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal received
+        received += 1
+        interrupts.note(signum)
+        if received == 1:
+            loop.call_soon_threadsafe(stop.set)
+            return
+        if received == 2:
+            print(f"threadflow: {signal.Signals(signum).name} again: stopping now; runs are handed back on the way "
+                  f"out (exiting within {STOP_GRACE_SECONDS:g} s regardless)", file=sys.stderr, flush=True)
+            timer = threading.Timer(STOP_GRACE_SECONDS, os._exit, (EXIT_INTERRUPTED,))
+            timer.daemon = True
+            timer.start()
+            raise KeyboardInterrupt
+        os._exit(EXIT_INTERRUPTED)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+    else:  # pragma: no cover (the CLI runs its loop in the main thread)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
     await stop.wait()

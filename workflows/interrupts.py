@@ -59,6 +59,11 @@ def _wrapper(previous: Any) -> Any:
     return note_signal
 
 
+def note(signum: int) -> None:
+    """A handler of the process's own (``threadflow worker``'s) received ``signum``: what it raises is real."""
+    _received.add(signum)
+
+
 def from_signal(exc: BaseException) -> bool:
     """True if ``exc`` (a KeyboardInterrupt or SystemExit) may come from a signal sent to this process."""
     if isinstance(exc, KeyboardInterrupt):

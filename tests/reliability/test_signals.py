@@ -82,3 +82,28 @@ async def test_a_second_ctrl_c_inside_a_cpu_bound_step_stops_the_process_and_han
     assert run.status == "pending"  # handed back on the way out, for any process to continue
     types = [ev.type for ev in (await observer.details(run_id)).events]
     assert "run.released" in types and "step.failed" not in types and "run.finished" not in types
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c-twice", "ctrl-c-then-sigterm"])
+async def test_a_second_signal_stops_threadflow_worker_while_a_step_blocks_its_event_loop(
+    db_url: str, fault_dir: Path, start_worker: StartWorker, engine: EngineFactory, second: signal.Signals
+) -> None:
+    """The README's promise: the first Ctrl+C asks for a graceful stop (which needs the event loop); a second one
+    stops ``threadflow worker`` even while an ``async def`` step holds the loop (here ``time.sleep(120)``)."""
+    worker = await start_worker(db_url, env={"THREADFLOW_TEST_BLOCK_SECONDS": "120"})
+    observer = engine(*WORKFLOWS, execute=False)
+    run_id = (await observer.start("blocks", {"n": 1})).run_id
+    await eventually(lambda: executions(fault_dir)[(run_id, "block")] == 1, timeout=20)
+    await asyncio.sleep(0.3)  # inside time.sleep now
+
+    worker.proc.send_signal(signal.SIGINT)  # a graceful stop: it cannot happen while the loop is held
+    await asyncio.sleep(1.0)
+    assert worker.proc.returncode is None
+    worker.proc.send_signal(second)
+
+    code = await worker.exit_code(timeout=10)
+    assert code == 130, worker.errors()
+    run = await observer.get_run(run_id)
+    assert run.status == "pending" and run.owner is None and run.recoveries == 0  # handed back, not failed
+    types = [ev.type for ev in (await observer.details(run_id)).events]
+    assert "run.released" in types and "step.failed" not in types

@@ -178,6 +178,19 @@ _PENDING_SIGNAL = prepared(
     .limit(1)
 )
 @cache
+def timer_due(now: float) -> ColumnElement[bool]:
+    """A waiting run whose wake-up time has come, or a suspended run whose other branch's timer has.
+
+    A suspended run has a ``ready_at`` only when a branch beside its open approval sleeps: ``settle`` sets it to
+    that timer, later than the moment it settled (``updated_at``); a due timer settles the run ``waiting``.
+    """
+    return or_(
+        and_(runs.c.status == "waiting", runs.c.ready_at.is_not(None), runs.c.ready_at <= now),
+        and_(runs.c.status == "suspended", runs.c.ready_at.is_not(None), runs.c.ready_at <= now,
+             runs.c.ready_at > runs.c.updated_at),
+    )
+
+
 def insert_run(dialect: str) -> Any:
     """``INSERT INTO runs ... ON CONFLICT DO NOTHING``: a start retried after a commit of unknown outcome is harmless."""
     return prepared(insert_ignore(dialect, runs))
@@ -427,6 +440,8 @@ class RunStore:
             target = status
             if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id, seen):
                 target = "pending"
+            elif status == "suspended" and ready_at is not None and ready_at <= now:
+                target = "waiting"  # the timer beside its approval is due already: claimed at once, walked again
             values: dict[str, Any] = {
                 "status": target,
                 "owner": None,
@@ -642,8 +657,7 @@ class RunStore:
         now = time.time()
         ready = or_(
             runs.c.status == "pending",
-            # (a suspended run with a ready_at: another branch of it sleeps, and its timer is due)
-            and_(runs.c.status.in_(("waiting", "suspended")), runs.c.ready_at.is_not(None), runs.c.ready_at <= now),
+            timer_due(now),
             and_(runs.c.status == "running", runs.c.lease_expires_at < now),
         )
 
@@ -688,7 +702,7 @@ class RunStore:
             q = select(runs.c.id).where(
                 or_(
                     runs.c.status == "pending",
-                    and_(runs.c.status.in_(("waiting", "suspended")), runs.c.ready_at <= now),
+                    timer_due(now),
                     and_(runs.c.status == "running", runs.c.lease_expires_at < now),
                 ),
                 self._mine(),
@@ -701,7 +715,9 @@ class RunStore:
         """The earliest time a waiting run becomes ready or a held run's lease runs out (of runs this process executes)."""
 
         async def op(conn: AsyncConnection) -> float | None:
-            waiting = select(func.min(runs.c.ready_at)).where(runs.c.status.in_(("waiting", "suspended")), self._mine())
+            waiting = select(func.min(runs.c.ready_at)).where(or_(
+                runs.c.status == "waiting", and_(runs.c.status == "suspended", runs.c.ready_at > runs.c.updated_at),
+            ), self._mine())
             leases = select(func.min(runs.c.lease_expires_at)).where(runs.c.status == "running", self._mine())
             times = [(await conn.execute(q)).scalar_one_or_none() for q in (waiting, leases)]
             present = [float(t) for t in times if t is not None]

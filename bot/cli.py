@@ -146,6 +146,10 @@ async def cmd_send_event(engine: Engine, args: argparse.Namespace) -> int:
 
 async def cmd_recover(engine: Engine, args: argparse.Namespace) -> int:
     recovered = await engine.recover()
+    if args.no_wait:  # handed back (queued) for the processes that execute runs; nothing executes here
+        results = [(await engine.result_of(await engine.get_run(run_id))).to_json() for run_id in recovered]
+        emit({"recovered": recovered, "results": results})
+        return EXIT_OK
     deadline = time.monotonic() + args.wait
     results = []
     for run_id in recovered:
@@ -261,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--data", help="event data as JSON")
 
-    p = sub.add_parser("recover", help="continue runs whose process died, and wait for them")
-    p.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
-                   help=f"wait at most this long for them to settle (default {DEFAULT_WAIT:g})")
+    p = sub.add_parser("recover", help="continue runs whose process died, and wait for them (a running serve or "
+                       "worker executes them if there is one)")
+    add_wait_options(p)
     sub.add_parser("migrate", help="create or upgrade the database schema")
 
     from .commands_server import add_server_commands
@@ -281,9 +285,32 @@ async def _run_engine_command(settings: Settings, args: argparse.Namespace) -> i
     # --no-wait: leave the run to the processes that execute runs (this one would hand it back on exit).
     engine = build_engine(settings, execute=args.command not in READ_ONLY and not getattr(args, "no_wait", False))
     try:
+        if engine.execute_runs and await _executed_elsewhere(engine, args):
+            # A running serve or worker executes this version: the run is queued for it and this command only
+            # waits. Executing it here too would race that process's dispatcher, and a step still running when
+            # this command stops waiting would be handed back half done and run again.
+            engine.execute_runs = False  # (before the engine opens: its dispatcher is never started)
         return await ENGINE_COMMANDS[args.command](engine, args)
     finally:
         await engine.close()
+
+
+async def _executed_elsewhere(engine: Engine, args: argparse.Namespace) -> bool:
+    """Whether a live process (``served_versions``, refreshed with its heartbeat) executes what this command would."""
+    if args.command == "run":
+        return bool(await engine.live_executors(fingerprint=engine.get_workflow(args.workflow).fingerprint))
+    if args.command == "recover":
+        return bool(await engine.live_executors())
+    await engine.db.open()
+    run = await engine.store.get_run(args.run_id)
+    if run is None:
+        return False  # the command itself says the run does not exist
+    if args.command == "rerun":  # the new run takes the newest version
+        newest = engine.workflows.get(run.workflow_id)
+        return newest is not None and bool(await engine.live_executors(fingerprint=newest.fingerprint))
+    if run.workflow_fingerprint is None:  # recorded before versions were: any version of its workflow id
+        return bool(await engine.live_executors(workflow_id=run.workflow_id))
+    return bool(await engine.live_executors(fingerprint=run.workflow_fingerprint))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

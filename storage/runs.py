@@ -695,6 +695,21 @@ class RunStore:
 
         return await self.db.write(op, inline=True)
 
+    async def ready_ids(self, limit: int = 1000) -> list[str]:
+        """Runs ready to be claimed by a process that has their version: new, resumed, woken, or whose holder's
+        lease ran out (what ``claim`` would take), oldest first."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> list[str]:
+            q = select(runs.c.id).where(
+                or_(runs.c.status == "pending", timer_due(now),
+                    and_(runs.c.status == "running", runs.c.lease_expires_at < now)),
+                self._mine(),
+            ).order_by(runs.c.ready_at, runs.c.created_at).limit(limit)
+            return [r[0] for r in await conn.execute(q)]
+
+        return await self.db.read(op)
+
     async def has_ready(self) -> bool:
         now = time.time()
 

@@ -432,10 +432,25 @@ class Engine:
         return RunHandle(self, new_id)
 
     async def recover(self) -> list[str]:
-        """Continue runs whose holder died (a crashed process on this host, or an expired lease elsewhere)."""
+        """Continue runs whose holder died (a crashed process on this host, or an expired lease elsewhere).
+
+        An engine that executes runs claims them and executes them here. One that does not (``execute=False``:
+        processes that do are running) only hands back the runs of dead processes and returns the runs now
+        ready for those processes: nothing is executed twice by a command racing a live dispatcher.
+        """
         await self.open()
-        await self._reap_dead_owners()
+        released = await self._reap_dead_owners()
+        if not self.execute_runs:
+            ready = await self.store.ready_ids()
+            return list(dict.fromkeys([*released, *ready]))
         return await self._claim_and_spawn()
+
+    async def live_executors(self, *, fingerprint: str | None = None, workflow_id: str | None = None) -> list[str]:
+        """Other running processes (``serve``, ``worker``) that execute runs of a version (by ``fingerprint``), of
+        a workflow id, or of anything: their owner names, from ``served_versions``. Does not start executing here."""
+        await self.db.open()
+        live = await self.replica.store.live(workflow_id)
+        return sorted({v.owner for v in live if fingerprint is None or v.fingerprint == fingerprint} - {self.owner})
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -718,9 +733,10 @@ class Engine:
             except Exception:
                 log.exception("heartbeat failed; retrying")
 
-    async def _reap_dead_owners(self) -> None:
+    async def _reap_dead_owners(self) -> list[str]:
         """Hand back runs held by processes on this host that no longer exist (no need to wait for the lease)."""
         host = socket.gethostname()
+        handed_back: list[str] = []
         for owner in await self.store.running_owners():
             owner_host, _, rest = owner.partition(":")
             pid_text = rest.partition(":")[0]
@@ -731,6 +747,8 @@ class Engine:
                 if released:
                     log.info("recovered %d run(s) from dead process %s", len(released), owner)
                     self._wake.set()
+                    handed_back.extend(released)
+        return handed_back
 
     async def _expire_suspensions(self) -> None:
         """Suspensions past their TTL are resolved by ``system`` and take the reject path."""

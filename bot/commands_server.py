@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 from types import FrameType
 from typing import Any
@@ -214,8 +213,9 @@ async def wait_for_stop_signal() -> None:
             loop.call_soon_threadsafe(stop.set)
             return
         if received == 2:
-            print(f"threadflow: {signal.Signals(signum).name} again: stopping now; runs are handed back on the way "
-                  f"out (exiting within {STOP_GRACE_SECONDS:g} s regardless)", file=sys.stderr, flush=True)
+            # (os.write: a signal handler may interrupt a print in progress, and print is not reentrant)
+            os.write(2, f"threadflow: {signal.Signals(signum).name} again: stopping now; runs are handed back on "
+                        f"the way out (exiting within {STOP_GRACE_SECONDS:g} s regardless)\n".encode())
             timer = threading.Timer(STOP_GRACE_SECONDS, os._exit, (EXIT_INTERRUPTED,))
             timer.daemon = True
             timer.start()

@@ -223,6 +223,14 @@ async def test_a_rate_limited_root_post_says_slack_is_rate_limiting_not_invite_m
     assert await bot.engine.list_runs() == []
 
 
+async def test_slack_unavailable_on_the_root_post_says_so_not_invite_me(bot: RunningBot) -> None:
+    bot.emu.fail_next("chat.postMessage", status=503, retry_after=None, times=50)
+    await bot.command("run approval ship it")
+    told = await bot.emu.wait_for(lambda: bot.emu.ephemerals(ALICE), timeout=20)
+    assert "having trouble" in told[0].text and "/invite" not in told[0].text
+    assert await bot.engine.list_runs() == []
+
+
 async def test_a_refused_post_ends_in_a_log_line_and_a_metric_and_blocks_nothing(bot: RunningBot,
                                                                                 caplog: pytest.LogCaptureFixture) -> None:
     bot.emu.fail_next("chat.postMessage", status=200, error="is_archived", retry_after=None,

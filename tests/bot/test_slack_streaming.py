@@ -215,3 +215,16 @@ async def test_a_tool_that_fails_shows_as_a_task_card_in_error(start_bot: StartB
     assert "is down" in updates[1]["output"]
     card = next(b for b in message.blocks or [] if b["type"] in ("plan", "task_card"))
     assert (card["tasks"][0] if card["type"] == "plan" else card)["status"] == "error"
+
+
+async def test_a_mention_outside_a_run_is_answered_by_a_stream_in_its_thread(start_bot: StartBot) -> None:
+    bot = await start_bot(THREADFLOW_SLACK_STREAM_INTERVAL=0.05)
+    mention = await bot.emu.post_as_user("<@U0BOT> which regions does the staging database run in?", user=BOB)
+    answer = await stopped_stream(bot.emu, CHANNEL, mention.ts, mention.ts)
+    calls = stream_calls(bot.emu, answer.ts)
+    methods = [c.method for c in calls]
+    assert methods[0] == "chat.startStream" and methods[-1] == "chat.stopStream" and "chat.appendStream" in methods
+    assert calls[0].params["thread_ts"] == mention.ts and calls[0].params["recipient_user_id"] == BOB
+    recorded = await last_assistant_message(bot, f"slack:{bot.emu.state.team_id}:{CHANNEL}:{mention.ts}")
+    assert streamed_markdown(calls) == recorded == answer.text
+    assert any(b["type"] == "context_actions" for b in calls[-1].params.get("blocks") or [])

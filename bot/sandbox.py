@@ -21,6 +21,11 @@ Endpoints on the emulator's app (JSON in, JSON out):
 - ``POST /sandbox/assistant`` ``{"user", "channel"?}``: the person opens the app's assistant container (a new
   assistant thread in their DM with the bot, ``assistant_thread_started``); they then write in it with
   ``/sandbox/message`` (``channel`` the DM, ``thread_ts`` the thread), its suggested prompts included
+- ``GET /sandbox/faults`` how the local Slack behaves now; ``POST /sandbox/faults`` changes it, as the tests do
+  with ``SlackEmulator.fail_next``/``slow``/``realistic``: ``{"realistic": true}`` (0.1-0.3 s per call and
+  Slack's rate limits), ``{"latency": {"chat.update": 0.3}}`` (seconds, or ``[low, high]``; 0 removes it),
+  ``{"fail_next": [{"method": "chat.postMessage", "status": 429, "times": 4, "retry_after": 1}]}`` (also
+  ``error``, ``delay`` past the bot's timeout, ``drop``), ``{"clear_faults": true}``
 
 Streamed answers grow on the page as the bot appends to them (``message.updated`` carries the stream's state
 and its task cards); feedback buttons under answers click like any button (``value`` ``positive``/``negative``).
@@ -39,11 +44,11 @@ import sys
 import webbrowser
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .emulator import DeliveryResult, SlackEmulator
 from .inspector import RunningInspector
@@ -183,8 +188,10 @@ class SandboxPage:
         app.router.add_get("/sandbox/events", self.events)
         for path, handler in (("command", self.post_command), ("message", self.post_message),
                               ("click", self.post_click), ("view", self.post_view),
-                              ("view/close", self.post_view_close), ("assistant", self.post_assistant)):
+                              ("view/close", self.post_view_close), ("assistant", self.post_assistant),
+                              ("faults", self.post_faults)):
             app.router.add_post(f"/sandbox/{path}", self._json_endpoint(handler))
+        app.router.add_get("/sandbox/faults", self.get_faults)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -375,6 +382,75 @@ class SandboxPage:
         except KeyError:
             raise PageError(f"No modal {body.get('view_id')!r}.", status=404) from None
         return {"ok": True}
+
+
+    # -- how the local Slack behaves ---------------------------------------------------------------
+
+    def slack_behaviour(self) -> Json:
+        web_api = self.emulator.web_api
+        return {"ok": True, "realistic": web_api.rate_limits.enabled,
+                "latency": {method: list(span) for method, span in web_api.latency.ranges.items()},
+                "faults": [{"method": f.method, "status": f.status, "error": f.error, "times": f.times,
+                            "retry_after": f.retry_after, "delay": f.delay, "drop": f.drop} for f in web_api.faults],
+                "rate_limited": self.emulator.rate_limited}
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.slack_behaviour())
+
+    async def post_faults(self, body: Json) -> Json:
+        """Make the local Slack slow, rate-limited or failing, as a person trying the bot against a bad day."""
+        try:
+            change = SlackBehaviour.model_validate(body)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+            raise PageError(f"Invalid fault settings ({problems}). See GET /sandbox/faults for the shape.") from None
+        known = set(self.emulator.web_api.methods) | {"*"}
+        named = [f.method for f in change.fail_next] + list(change.latency or {})
+        unknown = sorted({m for m in named if m not in known})
+        if unknown:
+            raise PageError(f"Unknown Web API method {', '.join(unknown)}; use '*' or one of "
+                            f"{', '.join(sorted(self.emulator.web_api.methods))}.")
+        if change.clear_faults:
+            self.emulator.clear_faults()
+        if change.realistic is not None:
+            self.emulator.realistic(change.realistic)
+        for method, span in (change.latency or {}).items():
+            low, high = span if isinstance(span, tuple) else (span, span)
+            if high <= 0:
+                self.emulator.web_api.latency.ranges.pop(method, None)
+            else:
+                self.emulator.slow(method, low, high)
+        for fault in change.fail_next:
+            self.emulator.fail_next(fault.method, status=fault.status, retry_after=fault.retry_after, times=fault.times,
+                                    error=fault.error, delay=fault.delay, drop=fault.drop)
+        return self.slack_behaviour()
+
+
+#: Seconds a call of the sandbox's Slack may be made to take.
+Seconds = Annotated[float, Field(ge=0, le=60)]
+
+
+class FaultSpec(BaseModel):
+    """The next ``times`` calls of ``method`` fail (see ``SlackEmulator.fail_next``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str = "*"
+    status: int = Field(429, ge=200, le=599)
+    times: int = Field(1, ge=1, le=100_000)
+    retry_after: int | None = Field(1, ge=0, le=3600)
+    error: str | None = None
+    delay: float = Field(0.0, ge=0, le=600)
+    drop: bool = False
+
+
+class SlackBehaviour(BaseModel):
+    """A change to how the sandbox's Slack behaves; what is left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+    realistic: bool | None = None
+    latency: dict[str, Seconds | tuple[Seconds, Seconds]] | None = None
+    fail_next: list[FaultSpec] = []
+    clear_faults: bool = False
 
 
 async def _first(pair: Awaitable[tuple[Any, DeliveryResult | None]]) -> DeliveryResult:

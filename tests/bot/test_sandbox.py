@@ -329,3 +329,36 @@ async def test_the_sandbox_works_with_realistic_slack(tmp_path: Path) -> None:
         await http.emu.wait_for(lambda: any("Run finished" in m.text for m in http.thread(root)), timeout=20)
         await http.emu.wait_for(lambda: "success" in status_line(root), timeout=20)
         assert http.emu.rate_limited == 0
+
+
+async def test_a_person_switches_slack_faults_on_and_off_from_the_sandbox(http: Page) -> None:
+    """``POST /sandbox/faults``: the faults the tests inject (429 runs, latency, realistic limits), over HTTP."""
+    behaviour = await http.post("/sandbox/faults", {
+        "latency": {"chat.update": 0.3, "chat.postEphemeral": [0.1, 0.2]},
+        "fail_next": [{"method": "chat.postMessage", "status": 429, "times": 2, "retry_after": 1}]})
+    assert behaviour["latency"] == {"chat.update": [0.3, 0.3], "chat.postEphemeral": [0.1, 0.2]}
+    assert behaviour["faults"] == [{"method": "chat.postMessage", "status": 429, "error": "ratelimited", "times": 2,
+                                    "retry_after": 1, "delay": 0.0, "drop": False}]
+
+    await http.post("/sandbox/command", {"text": "/flow run approval", "user": ALICE})
+    root = await http.emu.wait_for(lambda: http.root("approval"), timeout=15)
+    await http.approval(root)
+    posts = http.emu.calls("chat.postMessage")
+    assert [c.status for c in posts][:3] == [429, 429, 200]
+    assert posts[2].time - posts[0].time >= 1.9  # the bot waited out each Retry-After: 1
+
+    async with http.session.get("/sandbox/faults") as resp:
+        assert (await resp.json())["faults"] == []  # both were used up
+    on = await http.post("/sandbox/faults", {"realistic": True, "fail_next": [{"method": "*", "status": 503}]})
+    assert on["realistic"] is True and on["latency"]["*"] == [0.1, 0.3] and on["faults"][0]["error"] == "service_unavailable"
+    off = await http.post("/sandbox/faults", {"realistic": False, "clear_faults": True,
+                                              "latency": {"chat.update": 0, "chat.postEphemeral": 0}})
+    assert off["realistic"] is False and off["latency"] == {} and off["faults"] == []
+    assert not http.emu.web_api.rate_limits.enabled
+
+    bad = await http.post("/sandbox/faults", {"fail_next": [{"method": "chat.postMesage"}]}, status=400)
+    assert "Unknown Web API method chat.postMesage" in bad["error"] and "chat.postMessage" in bad["error"]
+    bad = await http.post("/sandbox/faults", {"fail_next": [{"status": 99}], "latency": {"*": -1}}, status=400)
+    assert "fail_next.0.status" in bad["error"] and "latency" in bad["error"]
+    bad = await http.post("/sandbox/faults", {"realistc": True}, status=400)
+    assert "realistc" in bad["error"]

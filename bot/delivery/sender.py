@@ -11,7 +11,8 @@ Posts planned after an approval card's edit (the final reply after a decision) w
 - 429: the row waits for ``Retry-After`` (the pacing scope too, for every replica);
 - 5xx, timeouts, dropped connections: backoff with jitter, capped, forever (across restarts);
 - a refusal: a shorter version when the message was too long; a repost when the message is gone;
-  otherwise the row fails with a log line and a metric (and nothing blocks behind it).
+  otherwise the row fails with a log line and a metric (and nothing blocks behind it); a refused approval
+  card is also told to whoever started the run, in an ephemeral, where Slack still takes one.
 
 A post that may have reached Slack before its answer was lost (the process died, the answer timed out)
 is looked up by its delivery id (message metadata) before it is posted again, so it never shows twice.
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from .live import LiveSteps
 
 log = logging.getLogger("threadflow.bot.delivery")
+
+#: Refusals that mean the bot cannot post in the channel at all, so an ephemeral there would be refused too.
+CHANNEL_UNREACHABLE = frozenset({"not_in_channel", "channel_not_found", "is_archived"})
 
 #: Backoff after transient failures: 0.5 s, 1 s, 2 s, ... capped at five minutes, with jitter.
 BACKOFF_CAP = 300.0
@@ -125,7 +129,7 @@ class Sender:
                 metadata=delivery_metadata(row.key),
             )
         except SlackCallError as exc:
-            await self._failed(row, current, exc)
+            await self._failed(run, row, current, exc)
             return False
         await self.store.mark_sent(row.key, current.version, str(posted["ts"]))
         self._count(row, "sent")
@@ -161,13 +165,13 @@ class Sender:
             await self.client.call("chat.update", channel=row.channel_id, pace=False, ts=current.ts,
                                    text=str(content.get("text") or " "), **_optional(blocks=content.get("blocks")))
         except SlackCallError as exc:
-            await self._failed(row, current, exc)
+            await self._failed(run, row, current, exc)
             return False
         await self.store.mark_sent(row.key, current.version, current.ts)
         self._count(row, "sent")
         return True
 
-    async def _failed(self, row: OutboxMessage, current: OutboxMessage, exc: SlackCallError) -> None:
+    async def _failed(self, run: SlackRun, row: OutboxMessage, current: OutboxMessage, exc: SlackCallError) -> None:
         # Posts count their attempts as they start them (mark_attempt); edits count them here.
         count = current.ts is not None
         if isinstance(exc, RateLimited):
@@ -199,6 +203,23 @@ class Sender:
         self._count(row, "failed")
         if self.metrics is not None:
             self.metrics.slack_delivery_failures.labels(code).inc()
+        await self._tell_starter(run, row, current, exc)
+
+    async def _tell_starter(self, run: SlackRun, row: OutboxMessage, current: OutboxMessage, exc: Permanent) -> None:
+        """An approval card Slack refused for good: tell whoever started the run, in an ephemeral, once per
+        refusal (not again each time the card is retried and refused the same way). Where Slack would refuse
+        the ephemeral too (the bot cannot reach the channel, its access is gone), the log line is all there is."""
+        if (row.kind != "approval" or current.ts is not None or not run.started_by or exc.access_lost
+                or exc.code in CHANNEL_UNREACHABLE or current.last_error == exc.code):
+            return
+        text = (f":warning: Slack refused the approval card of run `{run.run_id}` ({exc.code}): {advice(exc.code)}. "
+                f"I will try again every few minutes while the run waits; `/flow status {run.run_id}` shows "
+                "where it stands.")
+        try:
+            await self.client.post_ephemeral(run.channel_id, run.started_by, text)
+        except SlackCallError as tell:
+            log.warning("could not tell %s that the approval card of run %s was refused: %s", run.started_by,
+                        run.run_id, tell)
 
     async def _find_posted(self, run: SlackRun, row: OutboxMessage) -> tuple[bool, str | None]:
         """Whether an earlier attempt of this post reached Slack: ``(known, ts)``; ``known`` is False when Slack
@@ -247,4 +268,5 @@ def advice(code: str) -> str:
         "token_revoked": "the app was uninstalled or its token revoked",
         "account_inactive": "the app's token belongs to a deactivated account",
         "missing_scope": "the app lacks a scope; reinstall it from the current manifest",
+        "restricted_action": "a workspace setting keeps the bot from posting in this channel",
     }.get(code, "see Slack's documentation of this error")

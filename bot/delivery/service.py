@@ -54,6 +54,8 @@ class DeliveryService:
         self.render_tasks: dict[str, asyncio.Task[None]] = {}
         self._claiming: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        #: Seconds before an approval card Slack refused for good is tried again while its run still waits.
+        self.refused_card_retry = REFUSED_CARD_RETRY
 
     async def start(self) -> None:
         await self.sweep()
@@ -114,7 +116,9 @@ class DeliveryService:
     async def sweep(self) -> None:
         live = [run_id for run_id, task in self.render_tasks.items() if not task.done()]
         await self.store.renew_renders(self.engine.owner, live, self.lease)
-        await self.store.retry_refused_cards(REFUSED_CARD_RETRY)
+        if await self.store.retry_refused_cards(self.refused_card_retry):
+            for run_id in live:  # a live renderer sleeps until its run changes: it must look at its outbox now
+                self.nudge(run_id)
         for slack_run in await self.store.runs_needing_render():
             if slack_run.run_id not in live:
                 await self.ensure_rendering(slack_run)

@@ -241,3 +241,37 @@ async def test_a_refused_post_ends_in_a_log_line_and_a_metric_and_blocks_nothing
     await eventually(lambda: not bot.bot.delivery.render_tasks)
     assert any("is_archived" in r.getMessage() and "archived" in r.getMessage() for r in caplog.records)
     assert bot.bot.metrics.slack_delivery_failures.labels("is_archived")._value.get() == 1
+
+
+async def test_an_approval_card_refused_for_good_is_told_to_who_started_the_run_once(bot: RunningBot) -> None:
+    bot.emu.fail_next("chat.postMessage", status=200, error="restricted_action", retry_after=None, times=2,
+                      when=is_card_post)
+    run_id = await start(bot, "run approval ship it")
+    told = await bot.emu.wait_for(lambda: [e for e in bot.emu.ephemerals(ALICE) if run_id in e.text], timeout=15)
+    assert "restricted_action" in told[0].text and f"/flow status {run_id}" in told[0].text
+    assert bot.bot.metrics.slack_delivery_failures.labels("restricted_action")._value.get() == 1
+
+    # The sweeper puts the card back in the queue (after a few minutes; here at once) and the run's live renderer
+    # tries it again; refused the same way again, nobody is told twice.
+    bot.bot.delivery.refused_card_retry = 0.0
+    await bot.bot.delivery.sweep()
+    await eventually(lambda: bot.bot.metrics.slack_delivery_failures.labels("restricted_action")._value.get() == 2,
+                     timeout=15)
+    await bot.idle()
+    assert len([e for e in bot.emu.ephemerals(ALICE) if run_id in e.text]) == 1
+    assert not approval_messages(bot.emu)
+
+    # Once Slack takes it (the channel's setting changed), the waiting run has its card.
+    await bot.bot.delivery.sweep()
+    card = await card_of(bot.emu, run_id, timeout=15)
+    await bot.emu.click(card, "approve", user=ALICE)
+    assert await bot.settled(run_id) == "success"
+
+
+async def test_an_approval_card_the_bot_cannot_post_in_its_channel_tells_nobody_in_it(bot: RunningBot) -> None:
+    bot.emu.fail_next("chat.postMessage", status=200, error="not_in_channel", retry_after=None, when=is_card_post)
+    run_id = await start(bot, "run approval ship it")
+    await eventually(lambda: bot.bot.metrics.slack_delivery_failures.labels("not_in_channel")._value.get() == 1,
+                     timeout=15)
+    await bot.idle()
+    assert not bot.emu.calls("chat.postEphemeral") and await bot.engine.get_run(run_id)

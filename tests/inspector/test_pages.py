@@ -1,0 +1,129 @@
+"""The run inspector's pages over plain HTTP, without a browser: what the runs page and a run's page promise.
+
+The browser tests (``test_inspector_browser.py``) need Chromium; these check the same promises of the pages'
+HTML wherever the suite runs: newest first, filters, search by run id; per step its input, output, error
+with the traceback and attempts; per agent call what it was given, its tool calls, answer, tokens and
+latency; the run's Slack thread and memory thread.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from bot.inspector import InspectorConfig
+from storage.slack_store import SlackRun, SlackStore
+from tests.helpers.agent_flows import weather
+from tests.inspector.conftest import ALICE, GENERAL, Browser, StartInspector
+from workflows import Engine, RetryPolicy, StepContext, Workflow, step
+
+
+class Num(BaseModel):
+    n: int
+
+
+@step(id="flaky", input=Num, output=Num, retry=RetryPolicy(attempts=2, backoff=0.01, jitter=False))
+async def flaky(ctx: StepContext[Num]) -> Num:
+    if ctx.attempt < 2:
+        raise ConnectionError(f"try {ctx.attempt}: the registry did not answer")
+    return Num(n=ctx.input.n + 1)
+
+
+@step(id="boom", input=Num, output=Num)
+async def boom(ctx: StepContext[Num]) -> Num:
+    raise ValueError(f"the disk is full at {ctx.input.n}")
+
+
+flaky_then_boom = Workflow(id="flaky-then-boom", input=Num).then(flaky).then(boom).commit()
+
+
+def run_ids(page: str) -> list[str]:
+    return re.findall(r'<tr[^>]*data-run="([0-9a-f]+)"', page)
+
+
+def step_section(page: str, path: str) -> str:
+    found = re.search(rf'<details class="step[^"]*" id="step-{re.escape(path)}".*?</details>\s*(?=<details class="step|</section>)',
+                      page, re.S)
+    assert found, f"no step {path} on the page"
+    return html.unescape(found.group(0))
+
+
+async def test_the_runs_page_lists_newest_first_filters_and_finds_a_run_by_its_id(
+        engine: Engine, start: StartInspector, browser: Callable[[str], Browser]) -> None:
+    ada = await (await engine.start("greet-user", {"name": "Ada"})).result(timeout=10)
+    bob = await (await engine.start("greet-user", {"name": "Bob"})).result(timeout=10)
+    waiting = await (await engine.start("approval", {"request": "ship it"})).result(timeout=10)
+    assert (ada.status, bob.status, waiting.status) == ("success", "success", "suspended")
+    client = browser((await start(InspectorConfig(port=0))).url)
+
+    status, page = await client.get("/runs")
+    assert status == 200 and run_ids(page) == [waiting.run_id, bob.run_id, ada.run_id]
+    _, page = await client.get("/runs?status=suspended")
+    assert run_ids(page) == [waiting.run_id]
+    _, page = await client.get("/runs?workflow=greet-user")
+    assert run_ids(page) == [bob.run_id, ada.run_id]
+    _, page = await client.get("/runs?workflow=greet-user&status=suspended")
+    assert run_ids(page) == []
+
+    status, _ = await client.get(f"/runs?q={bob.run_id}", allow_redirects=False)
+    assert status == 302  # a whole run id opens that run
+    status, page = await client.get(f"/runs?q={bob.run_id}")
+    assert status == 200 and f"/runs/{bob.run_id}/live" in page
+    _, page = await client.get(f"/runs?q={ada.run_id[:6]}")  # the start of one
+    assert ada.run_id in run_ids(page) and waiting.run_id not in run_ids(page)
+
+
+async def test_a_run_page_shows_inputs_outputs_errors_with_tracebacks_and_attempts(
+        engine: Engine, start: StartInspector, browser: Callable[[str], Browser]) -> None:
+    engine.register(flaky_then_boom)
+    run = await (await engine.start("flaky-then-boom", {"n": 41})).result(timeout=10)
+    assert run.status == "failed"
+    client = browser((await start(InspectorConfig(port=0))).url)
+    status, page = await client.get(f"/runs/{run.run_id}")
+    assert status == 200
+
+    retried = step_section(page, "flaky")
+    assert "2 attempts" in retried and '"n": 41' in retried and '"n": 42' in retried  # input and output
+    assert "ConnectionError: try 1: the registry did not answer" in retried
+    assert 'raise ConnectionError(f"try {ctx.attempt}: the registry did not answer")' in retried  # its traceback
+    assert retried.count('<tr class="outcome-') == 2
+
+    failed = step_section(page, "boom")
+    assert "status-failed" in failed and '"n": 42' in failed
+    assert "ValueError: the disk is full at 42" in failed
+    assert "Traceback" in failed and 'raise ValueError(f"the disk is full at {ctx.input.n}")' in failed
+    assert 'data-path="flaky"' in page and 'data-path="boom"' in page  # both on the timeline
+
+
+async def test_a_run_page_shows_what_each_agent_was_given_its_tools_answer_tokens_and_latency(
+        engine: Engine, start: StartInspector, browser: Callable[[str], Browser]) -> None:
+    engine.register(weather)
+    thread = f"slack:T0TEAM:{GENERAL}:1700000000.000100"
+    run = await (await engine.start("weather", {"question": "Rain in Oslo? Use get_forecast and get_weather."},
+                                    thread_id=thread, started_by=ALICE)).result(timeout=20)
+    assert run.status == "success"
+    await SlackStore(engine.db).add_run(SlackRun(
+        run_id=run.run_id, team_id="T0TEAM", channel_id=GENERAL, root_ts="1700000000.000100", thread_id=thread,
+        started_by=ALICE, created_at=0.0), {"text": "root"})
+    client = browser((await start(InspectorConfig(port=0))).url)
+    status, page = await client.get(f"/runs/{run.run_id}")
+    assert status == 200
+    text = html.unescape(page)
+
+    call = text.split('<div class="agent-call" data-agent="forecaster">')[1].split('<div class="agent-call"')[0]
+    assert "What the agent was given" in call and "Instructions" in call
+    assert "You answer questions about the weather. Use the tools." in call
+    assert "Memory messages" in call and "Recalled from memory" in call
+    assert "Tools offered" in call and "get_weather" in call and "broken_radar" in call
+    # each tool call with its arguments and result (the offline model passes the prompt as the city)
+    assert "Tool calls" in call and 'get_forecast({"city": "(offline) Rain in Oslo?' in call
+    assert "→ <pre class=\"text\">Rain tomorrow in (offline) Rain in Oslo?" in call
+    assert '<h5>Answer</h5>' in call and "Tool results: Sunny and 21 degrees in" in call
+    assert re.search(r"Tokens</dt><dd>\d+ in · \d+ out", call)
+    assert "Latency" in call and "not recorded" not in call
+    # The run's Slack thread and its memory thread.
+    assert f"{GENERAL} · 1700000000.000100" in text
+    assert f'<a href="#memory" class="mono">{thread}</a>' in text and '<section class="card" id="memory">' in text

@@ -8,9 +8,12 @@ latency; the run's Slack thread and memory thread.
 
 from __future__ import annotations
 
+import asyncio
 import html
+import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -127,3 +130,28 @@ async def test_a_run_page_shows_what_each_agent_was_given_its_tools_answer_token
     # The run's Slack thread and its memory thread.
     assert f"{GENERAL} · 1700000000.000100" in text
     assert f'<a href="#memory" class="mono">{thread}</a>' in text and '<section class="card" id="memory">' in text
+
+
+async def test_a_run_page_follows_the_run_live_with_each_nodes_status(
+        engine: Engine, start: StartInspector, browser: Callable[[str], Browser]) -> None:
+    waiting = await (await engine.start("approval", {"request": "ship it"})).result(timeout=10)
+    client = browser((await start(InspectorConfig(port=0))).url)
+    last = max(e.id for e in (await engine.details(waiting.run_id)).events)  # what the page already shows
+
+    async with client.http.get(client.url(f"/runs/{waiting.run_id}/live?after={last}")) as feed:
+        assert feed.status == 200 and feed.headers["Content-Type"].startswith("text/event-stream")
+        await engine.resume(waiting.run_id, data={"approved": True, "by": ALICE}, by=ALICE)
+        updates: list[dict[str, Any]] = []
+        event = None
+        while True:
+            line = (await asyncio.wait_for(feed.content.readline(), 10)).decode().strip()
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: ") and event == "update":
+                updates.append(json.loads(line.removeprefix("data: ")))
+            elif line.startswith("data: ") and event == "end":
+                break
+    assert updates and updates[-1]["status"] == "success"
+    assert updates[-1]["nodes"]["approve"]["status"] == "success"
+    assert {e["path"] for u in updates for e in u["events"]} >= {"approve"}  # the events that changed it
+    assert 'id="run-status"' in updates[-1]["html"] and "success" in updates[-1]["html"]

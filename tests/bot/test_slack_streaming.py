@@ -228,3 +228,19 @@ async def test_a_mention_outside_a_run_is_answered_by_a_stream_in_its_thread(sta
     recorded = await last_assistant_message(bot, f"slack:{bot.emu.state.team_id}:{CHANNEL}:{mention.ts}")
     assert streamed_markdown(calls) == recorded == answer.text
     assert any(b["type"] == "context_actions" for b in calls[-1].params.get("blocks") or [])
+
+
+async def test_a_tool_whose_output_is_longer_than_a_task_card_takes_is_clipped_to_slacks_limit(
+        start_bot: StartBot) -> None:
+    from tests.helpers.almanac_flows import ALMANAC
+
+    bot = await start_bot(THREADFLOW_WORKFLOWS="tests.helpers.almanac_flows", THREADFLOW_SLACK_STREAM_INTERVAL=0.05)
+    _, root = await start_run(bot, "run almanac")
+    await bot.emu.wait_for(lambda: any("Run finished" in m.text for m in replies(bot.emu, root)), timeout=30)
+    question = await bot.emu.post_as_user("When does the sun rise on Monday? Use get_almanac.", thread_ts=root.ts)
+
+    answer = await stopped_stream(bot.emu, CHANNEL, root.ts, question.ts)  # the emulator refuses fields over 256
+    updates = task_updates(stream_calls(bot.emu, answer.ts))
+    assert [u["status"] for u in updates] == ["in_progress", "complete"] and len(ALMANAC) > 256
+    assert len(updates[1]["output"]) == 256 and updates[1]["output"].startswith("Sunrise 06:12")
+    assert not [c for c in bot.emu.calls() if c.method.endswith("Stream") and c.response and not c.response.get("ok")]

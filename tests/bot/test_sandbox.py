@@ -362,3 +362,29 @@ async def test_a_person_switches_slack_faults_on_and_off_from_the_sandbox(http: 
     assert "fail_next.0.status" in bad["error"] and "latency" in bad["error"]
     bad = await http.post("/sandbox/faults", {"realistc": True}, status=400)
     assert "realistc" in bad["error"]
+
+
+async def test_approving_from_the_run_inspector_updates_the_slack_card(http: Page) -> None:
+    """``threadflow dev`` serves the inspector beside the sandbox: a decision there goes through the same
+    compare-and-set as the buttons, and the card in Slack says who decided."""
+    inspector = http.sandbox.inspector
+    assert inspector is not None and (await http.state())["inspector_url"] == inspector.url.rstrip("/") + "/runs"
+    await http.post("/sandbox/command", {"text": "/flow run approval ship it", "user": ALICE})
+    root = await http.emu.wait_for(lambda: http.root("approval"), timeout=15)
+    card = await http.approval(root)
+    run_id = json.loads(next(e["value"] for b in card.blocks or [] if b.get("type") == "actions"
+                             for e in b["elements"]))["run_id"]
+
+    async with aiohttp.ClientSession(base_url=inspector.url, cookie_jar=aiohttp.CookieJar(unsafe=True)) as ui:
+        async with ui.get(f"/runs/{run_id}") as resp:
+            page = await resp.text()
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert resp.status == 200 and token is not None
+        async with ui.post(f"/runs/{run_id}/resume", data={"csrf": token.group(1), "path": "approve",
+                                                           "decision": "approve"},
+                           headers={"X-Requested-With": "fetch"}) as resp:
+            assert resp.status == 200, await resp.text()
+
+    await http.emu.wait_for(lambda: "Approved by" in str((http.emu.message(card.ts) or card).blocks), timeout=15)
+    assert not buttons(http.emu.message(card.ts) or card)
+    await http.emu.wait_for(lambda: "success" in status_line(http.emu.message(root.ts) or root), timeout=15)

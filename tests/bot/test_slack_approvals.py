@@ -184,3 +184,17 @@ async def test_two_simultaneous_clicks_resume_exactly_once(start_bot: StartBot) 
     assert status == ("success" if winner == ALICE else "failed")
     assert told[0].user == loser and f"Already decided by <@{winner}>" in told[0].text
     await decided(emu, run.approval, f"by <@{winner}>")
+
+
+async def test_an_approval_nobody_answers_in_time_shows_expired_without_buttons(start_bot: StartBot) -> None:
+    bot = await start_bot(THREADFLOW_WORKFLOWS="tests.helpers.expiring_flows")
+    run = await suspend_approval(bot, "run expiring-approval ship it")
+    assert "expires" in block_text(run.approval)  # the card says until when it waits
+    assert await bot.settled(run.run_id, timeout=15) == "failed"
+    card = await decided(bot.emu, run.approval, "Expired")
+    assert "no decision in time" in block_text(card)
+    failed = await result_reply(bot.emu, run, "Run failed")
+    assert "expired" in block_text(failed)
+    await root_shows(bot.emu, run.run_id, "failed")
+    # the expiry was the only decision: the card was edited, never posted again
+    assert len([m for m in replies(bot.emu, run.root) if "Approval needed" in block_text(m)]) == 1

@@ -155,3 +155,22 @@ async def test_a_run_page_follows_the_run_live_with_each_nodes_status(
     assert updates[-1]["nodes"]["approve"]["status"] == "success"
     assert {e["path"] for u in updates for e in u["events"]} >= {"approve"}  # the events that changed it
     assert 'id="run-status"' in updates[-1]["html"] and "success" in updates[-1]["html"]
+
+
+async def test_a_run_page_shows_what_an_agent_recalled_from_memory_and_why(
+        engine: Engine, start: StartInspector, browser: Callable[[str], Browser]) -> None:
+    thread_id = f"slack:T0TEAM:{GENERAL}:1700000000.000200"
+    thread = engine.memory.thread(thread_id, f"slack:T0TEAM:{GENERAL}")
+    await thread.add("user", "Our kubernetes cluster runs version 1.29 on three nodes.", author=ALICE)
+    for i in range(25):  # far more than the 20 messages an agent is given, so the first must be recalled
+        await thread.add("user", f"standup note {i}: nothing to report", author="bob")
+    run = await (await engine.start("chat-flow", {"prompt": "which kubernetes version do we run?"},
+                                    thread_id=thread_id)).result(timeout=20)
+    assert run.status == "success"
+    client = browser((await start(InspectorConfig(port=0))).url)
+    _, page = await client.get(f"/runs/{run.run_id}")
+    recalled = html.unescape(page.split('<ol class="messages recalled">')[1].split("</ol>")[0])
+    assert "Our kubernetes cluster runs version 1.29 on three nodes." in recalled
+    assert re.search(r'<span class="why">matched the search( \(score [0-9.]+\))?</span>', recalled)
+    assert "next to a match" in recalled  # the message after it, for context
+    assert re.search(r"Memory messages \(20", page)

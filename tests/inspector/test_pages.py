@@ -174,3 +174,23 @@ async def test_a_run_page_shows_what_an_agent_recalled_from_memory_and_why(
     assert re.search(r'<span class="why">matched the search( \(score [0-9.]+\))?</span>', recalled)
     assert "next to a match" in recalled  # the message after it, for context
     assert re.search(r"Memory messages \(20", page)
+
+
+async def test_the_runs_page_is_paged_fifty_at_a_time_and_pages_keep_their_filter(
+        engine: Engine, start: StartInspector, browser: Callable[[str], Browser]) -> None:
+    handles = [await engine.start("greet-user", {"name": f"person {i}"}) for i in range(53)]
+    for handle in handles:
+        await handle.result(timeout=20)
+    waiting = await (await engine.start("approval", {"request": "ship it"})).result(timeout=10)
+    client = browser((await start(InspectorConfig(port=0))).url)
+
+    _, first = await client.get("/runs?workflow=greet-user")
+    older = re.search(r'href="(/runs\?[^"]*before=[^"]+)"', first)
+    assert older is not None and len(run_ids(first)) == 50
+    _, second = await client.get(html.unescape(older.group(1)))
+    assert len(run_ids(second)) == 3 and waiting.run_id not in run_ids(second)  # still only greet-user
+    assert set(run_ids(first)) | set(run_ids(second)) == {h.run_id for h in handles}
+    newer = re.search(r'href="(/runs\?[^"]*after=[^"]+)"', second)
+    assert newer is not None
+    _, back = await client.get(html.unescape(newer.group(1)))
+    assert run_ids(back) == run_ids(first)

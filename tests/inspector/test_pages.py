@@ -194,3 +194,19 @@ async def test_the_runs_page_is_paged_fifty_at_a_time_and_pages_keep_their_filte
     assert newer is not None
     _, back = await client.get(html.unescape(newer.group(1)))
     assert run_ids(back) == run_ids(first)
+
+
+async def test_the_workflows_page_shows_each_workflow_with_its_graph_schema_and_start_form(
+        engine: Engine, start: StartInspector, browser: Callable[[str], Browser]) -> None:
+    client = browser((await start(InspectorConfig(port=0))).url)
+    status, page = await client.get("/workflows")
+    assert status == 200
+    for workflow_id in engine.workflows:
+        assert f'id="wf-{workflow_id}"' in page and f'id="start-{workflow_id}"' in page
+    graph = json.loads(html.unescape(re.search(r'<script type="application/json" id="graph-deploy-app">(.*?)</script>',
+                                               page, re.S).group(1)))  # type: ignore[union-attr]
+    keys = {n["key"] for n in graph["nodes"] if n.get("key")}
+    assert {"plan", "architecture", "approve-cost", "deploy"} <= keys
+    assert any(n["kind"] == "loop" for n in graph["nodes"])  # the terraform <-> validation rounds
+    schema = html.unescape(page.split('id="wf-greet-user"')[1].split("Input schema</summary>")[1].split("</pre>")[0])
+    assert '"name"' in schema and '"type": "string"' in schema

@@ -3,26 +3,25 @@
 Every command uses the same engine against the same database as the bot. Bad input, and a database URL
 that is malformed or a database that cannot be reached, print one line that says what to do and exit with
 status 2; a run that fails exits with status 1.
+
+Start-up is kept short: building the parser imports nothing beyond argparse, and each command imports what
+it needs when it runs (``threadflow --help`` does not load the engine, the database driver or pydantic).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.errors import StorageError
-from workflows import Engine, RunHandle, ThreadflowError
-from workflows.errors import DefinitionError, InvalidInput, UsageError
+if TYPE_CHECKING:
+    from workflows import Engine, RunHandle
 
-from .inspector.config import InspectorError
-from .render_text import print_details, print_runs, print_workflows
-from .settings import Settings, SettingsError, load_settings
+    from .settings import Settings
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,6 +57,8 @@ async def cmd_workflows(engine: Engine, args: argparse.Namespace) -> int:
             "versions": [v.model_dump(mode="json", exclude={"workflow_id"}) for v in statuses if v.workflow_id == wid],
         } for wid, wf in ((wid, newest.get(wid)) for wid in dict.fromkeys(v.workflow_id for v in statuses))])
     else:
+        from .render_text import print_workflows
+
         print_workflows(newest.values(), statuses)
     return EXIT_OK
 
@@ -92,6 +93,8 @@ async def cmd_runs(engine: Engine, args: argparse.Namespace) -> int:
     if args.json:
         emit([r.model_dump(mode="json", exclude={"owner", "lease_expires_at"}) for r in runs])
     else:
+        from .render_text import print_runs
+
         print_runs(runs)
     return EXIT_OK
 
@@ -107,6 +110,8 @@ async def cmd_show(engine: Engine, args: argparse.Namespace) -> int:
             data["contexts"] = contexts
         emit(data)
     else:
+        from .render_text import print_details
+
         print_details(details, contexts)
     return EXIT_OK
 
@@ -314,9 +319,18 @@ async def _executed_elsewhere(engine: Engine, args: argparse.Namespace) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import asyncio  # here, not at the top: `threadflow --help` does not need it
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Imported once the command is known (``--help`` and bad arguments exit above without them).
+    from storage.errors import StorageError
+    from workflows.errors import DefinitionError, InvalidInput, ThreadflowError, UsageError
+
+    from .inspector.config import InspectorError
+    from .settings import SettingsError, load_settings
+
     try:
         overrides = {"database_url": args.database_url} if args.database_url else {}
         settings = load_settings(**overrides)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workflows.errors import UsageError
 
-from .settings import Settings
+if TYPE_CHECKING:
+    from .settings import Settings
 
 EXIT_OK = 0
 
@@ -58,6 +58,8 @@ def add_ops_commands(sub: Any) -> None:
 
 
 def run_schedule(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `threadflow --help` does not need it
+
     return asyncio.run(_schedule(settings, args))
 
 
@@ -112,6 +114,8 @@ async def _schedule(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_prune(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `threadflow --help` does not need it
+
     days = settings.retention_days if args.days is None else args.days
     if days < 0:
         raise OpsUsageError("--days must be zero or more.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -11,11 +10,12 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workflows import interrupts
 
-from .settings import Settings
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger("threadflow.bot")
 
@@ -51,6 +51,8 @@ def configure_logging(settings: Settings) -> None:
 
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `threadflow --help` does not need it
+
     from .runtime import build_engine
     from .server import start_server
 
@@ -93,6 +95,8 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `threadflow --help` does not need it
+
     from .runtime import build_engine
 
     configure_logging(settings)
@@ -201,6 +205,8 @@ async def wait_for_stop_signal() -> None:
     command exits with 130. Should even that not get through (a C call that never returns) or the hand-back
     hang, the process exits after STOP_GRACE_SECONDS; a third signal exits at once.
     """
+    import asyncio  # here, not at the top: `threadflow --help` does not need it
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     received = 0

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .settings import Settings
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 def add_dev_command(sub: Any) -> None:

@@ -1,11 +1,43 @@
-"""Storage: the database handle, the schema and the repositories the engine, memory and bot use."""
+"""Storage: the database handle, the schema and the repositories the engine, memory and bot use.
 
-from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_url
-from .errors import DatabaseURLError, MigrationError, StorageError
-from .memory_store import MemoryStore
-from .retention import PruneReport, prune
-from .run_queries import RunCursor, RunFilter, RunPage, RunQueries, Visibility
-from .schedule_store import ScheduleRecord, ScheduleStore
+Names are imported on first use (see :mod:`storage.lazy`), so importing the package is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_url
+    from .errors import DatabaseURLError, MigrationError, StorageError
+    from .memory_store import MemoryStore
+    from .retention import PruneReport, prune
+    from .run_queries import RunCursor, RunFilter, RunPage, RunQueries, Visibility
+    from .schedule_store import ScheduleRecord, ScheduleStore
+
+_EXPORTS = {
+    "DEFAULT_DATABASE_URL": ".database",
+    "ChangeSignal": ".database",
+    "Database": ".database",
+    "normalize_url": ".database",
+    "DatabaseURLError": ".errors",
+    "MigrationError": ".errors",
+    "StorageError": ".errors",
+    "MemoryStore": ".memory_store",
+    "PruneReport": ".retention",
+    "prune": ".retention",
+    "RunCursor": ".run_queries",
+    "RunFilter": ".run_queries",
+    "RunPage": ".run_queries",
+    "RunQueries": ".run_queries",
+    "Visibility": ".run_queries",
+    "ScheduleRecord": ".schedule_store",
+    "ScheduleStore": ".schedule_store",
+}
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "DEFAULT_DATABASE_URL",

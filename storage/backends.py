@@ -78,6 +78,11 @@ class AsyncBackend(Backend):
                                                        connect_args=args)
 
     async def migrate(self) -> None:
+        from .schema_head import is_current
+
+        async with self.writer.connect() as conn:
+            if await is_current(conn):  # the usual case: no alembic import, no advisory lock
+                return
         from .migrations import upgrade_to_head
 
         await upgrade_to_head(self.writer, "postgresql")
@@ -225,10 +230,14 @@ class ThreadBackend(Backend):
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def migrate(self) -> None:
-        from .migrations import upgrade_sync
+        from .schema_head import is_current_sync
 
         def run() -> None:
             with self.writer.begin() as conn:
+                if is_current_sync(conn):  # the usual case: alembic is not even imported
+                    return
+                from .migrations import upgrade_sync
+
                 upgrade_sync(conn)
 
         await self._in(self.write_thread, run)

@@ -27,9 +27,10 @@ Split by whose fault it is, so callers (the CLI, the Slack adapter) know what to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class ThreadflowError(Exception):

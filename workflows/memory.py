@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from storage.database import Database
@@ -283,6 +282,8 @@ class ThreadMemory:
         cfg = self.memory.recall
         if embedder is None or cfg is None:
             return []
+        import numpy as np  # on first use: a CLI command that never recalls by vector does not load numpy
+
         query_vector = np.asarray((await embedder.embed([query]))[0], dtype=np.float32)
         if query_vector.size == 0:
             return []
@@ -434,6 +435,8 @@ def _speaker(m: MessageRow) -> str:
 
 
 def _vector_bytes(vector: Sequence[float]) -> bytes:
+    import numpy as np
+
     return np.asarray(vector, dtype=np.float32).tobytes()
 
 

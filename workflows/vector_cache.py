@@ -17,10 +17,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from storage.memory_store import MemoryStore
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: A scope's cached vectors are reloaded whole at least this often (see the module's docstring).
 REFRESH_SECONDS = 60.0
@@ -84,6 +86,8 @@ class VectorCache:
 
 
 def _build(rows: list[tuple[int, bytes]], dim: int, loaded_at: float, generation: int) -> ScopeVectors:
+    import numpy as np  # on first use: a CLI command that never recalls by vector does not load numpy
+
     newest = max((mid for mid, _ in rows), default=0)  # of every row read, comparable or not
     width = dim * 4
     rows = [r for r in rows if len(r[1]) == width]
@@ -97,6 +101,8 @@ def _build(rows: list[tuple[int, bytes]], dim: int, loaded_at: float, generation
 
 
 def _extend(old: ScopeVectors, new: ScopeVectors, limit: int | None) -> ScopeVectors:
+    import numpy as np  # on first use: a CLI command that never recalls by vector does not load numpy
+
     keep = len(old.ids) if limit is None else max(0, limit - len(new.ids))
     return ScopeVectors(
         ids=(new.ids + old.ids[:keep])[:limit] if limit is not None else new.ids + old.ids,

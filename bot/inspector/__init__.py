@@ -5,8 +5,21 @@
 kilobytes of script for live updates and the graph (laid out by the vendored dagre).
 """
 
-from .app import RunningInspector, create_app, start_inspector
-from .config import InspectorConfig, InspectorError, SlackSignIn, is_loopback
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from storage.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .app import RunningInspector, create_app, start_inspector
+    from .config import InspectorConfig, InspectorError, SlackSignIn, is_loopback
+
+# Imported on first use, so the CLI can build ``threadflow ui``'s parser without the web stack.
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "RunningInspector": ".app", "create_app": ".app", "start_inspector": ".app",
+    "InspectorConfig": ".config", "InspectorError": ".config", "SlackSignIn": ".config", "is_loopback": ".config",
+})
 
 __all__ = [
     "InspectorConfig",

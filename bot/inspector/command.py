@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workflows import Engine
+if TYPE_CHECKING:  # imported where used, so ``threadflow --help`` stays cheap
+    from workflows import Engine
 
-from ..settings import Settings
-from .app import RunningInspector, start_inspector
-from .config import InspectorConfig, InspectorError
+    from ..settings import Settings
+    from .app import RunningInspector
 
 
 def add_ui_command(sub: Any) -> None:
@@ -26,12 +25,19 @@ def add_ui_command(sub: Any) -> None:
 async def start_for(settings: Settings, engine: Engine, *, host: str | None = None,
                     port: int | None = None) -> RunningInspector:
     """Start the inspector on ``engine`` as the settings say; InspectorError if it may not, OSError if it cannot."""
+    from .app import start_inspector
+    from .config import InspectorConfig
+
     return await start_inspector(engine, InspectorConfig.from_settings(settings, host=host, port=port))
 
 
 def run_ui(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `threadflow --help` does not need it
+
     from ..commands_server import configure_logging, wait_for_stop_signal
     from ..runtime import build_engine
+    from .app import start_inspector
+    from .config import InspectorConfig, InspectorError
 
     configure_logging(settings)
 
@@ -73,7 +79,8 @@ async def start_for_sandbox(engine: Engine, emulator: Any, *, host: str, port: i
                             approvers: tuple[str, ...] = ()) -> RunningInspector:
     """The inspector of ``threadflow dev``: open to this machine, with Sign in with Slack through the emulator
     (optional: sign in as alice or bob to see the channel and approver rules apply to a person)."""
-    from .config import SlackSignIn
+    from .app import start_inspector
+    from .config import InspectorConfig, SlackSignIn
 
     client_id, secret = "sandbox-inspector", secrets.token_urlsafe(24)
     emulator.openid.register_client(client_id, secret)

@@ -32,6 +32,7 @@ BENCHMARKS = {
     "scaleout": "bench.scaleout",
     "inspector": "bench.inspector",
     "streaming": "bench.streaming",
+    "postgres": "bench.postgres",
 }
 
 

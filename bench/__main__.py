@@ -33,6 +33,7 @@ BENCHMARKS = {
     "inspector": "bench.inspector",
     "streaming": "bench.streaming",
     "postgres": "bench.postgres",
+    "footprint": "bench.footprint",
 }
 
 

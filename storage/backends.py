@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
+from . import jsoncodec
 from .prepared import Plan, PreparedResult, plan_for
 
 DbFn = Callable[[AsyncConnection], Awaitable[Any]]
@@ -41,6 +42,8 @@ CHECKPOINT_PAGES = 2000
 #: rather than writes keeps checkpoints as rare for one run at a time as for 100 runs sharing commits.
 PAGES_PER_COMMIT = 4.0
 PAGES_PER_WRITE = 0.6
+#: How every engine reads and writes JSON columns (orjson; see jsoncodec.py).
+JSON_CODEC: dict[str, Any] = {"json_serializer": jsoncodec.dumps, "json_deserializer": jsoncodec.loads}
 #: Seconds to wait for a PostgreSQL server to accept a connection.
 CONNECT_TIMEOUT = 10.0
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.
@@ -72,9 +75,9 @@ class AsyncBackend(Backend):
     def __init__(self, url: str, echo: bool) -> None:
         # A server that does not answer is an error after CONNECT_TIMEOUT, not after asyncpg's default minute.
         args = {"timeout": CONNECT_TIMEOUT}
-        self.writer: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True,
+        self.writer: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True, **JSON_CODEC,
                                                        connect_args=args)
-        self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True,
+        self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True, **JSON_CODEC,
                                                        connect_args=args)
 
     async def migrate(self) -> None:
@@ -202,14 +205,14 @@ class ThreadBackend(Backend):
         args = {"check_same_thread": False}
         if not database or database == ":memory:":
             # One connection, one thread: separate connections would each see their own empty database.
-            self.writer = create_engine(sync_url, echo=echo, poolclass=StaticPool, connect_args=args)
+            self.writer = create_engine(sync_url, echo=echo, poolclass=StaticPool, connect_args=args, **JSON_CODEC)
             self.reader = self.writer
             self.read_threads = self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="threadflow-db")
         else:
             Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-            self.writer = create_engine(sync_url, echo=echo, pool_size=1, max_overflow=0, connect_args=args)
+            self.writer = create_engine(sync_url, echo=echo, pool_size=1, max_overflow=0, connect_args=args, **JSON_CODEC)
             # Four reader threads and the event loop's own reader connection.
-            self.reader = create_engine(sync_url, echo=echo, pool_size=5, max_overflow=0, connect_args=args)
+            self.reader = create_engine(sync_url, echo=echo, pool_size=5, max_overflow=0, connect_args=args, **JSON_CODEC)
             self.write_thread = ThreadPoolExecutor(1, thread_name_prefix="threadflow-db-writer")
             self.read_threads = ThreadPoolExecutor(4, thread_name_prefix="threadflow-db-reader")
         self._local = threading.local()
@@ -449,7 +452,7 @@ class SideWriter:
 
 class SqliteSideWriter(SideWriter):
     def __init__(self, url: str, busy_ms: int) -> None:
-        self._engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"), poolclass=NullPool,
+        self._engine = create_engine(make_url(url).set(drivername="sqlite+pysqlite"), poolclass=NullPool, **JSON_CODEC,
                                      connect_args={"check_same_thread": False})
         configure_sqlite(self._engine, begin="BEGIN IMMEDIATE", busy_ms=busy_ms)
         self._conn: Connection | None = None
@@ -475,7 +478,7 @@ class PostgresSideWriter(SideWriter):
 
     def __init__(self, url: str, timeout: float) -> None:
         self._loop = asyncio.new_event_loop()
-        self._engine = create_async_engine(url, poolclass=NullPool,
+        self._engine = create_async_engine(url, poolclass=NullPool, **JSON_CODEC,
                                            connect_args={"timeout": timeout, "command_timeout": timeout})
 
     def run(self, fn: DbFn) -> Any:

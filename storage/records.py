@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -120,8 +121,13 @@ class EventRecord(BaseModel):
     at: float
 
 
-class NewEvent(BaseModel):
-    """An event to commit together with the state change it describes (``at``: when it happened, if earlier)."""
+@dataclass(slots=True, kw_only=True)
+class NewEvent:
+    """An event to commit together with the state change it describes (``at``: when it happened, if earlier).
+
+    A slotted dataclass, not a pydantic model: two or three are built for every step, always by our own code
+    with values of the right types, so validating them only cost time (about 3 us each).
+    """
 
     type: str
     path: str | None = None

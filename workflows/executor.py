@@ -488,7 +488,8 @@ class RunExecution:
     async def _commit(
         self, path: str, step_id: str, kind: str, output: Any, *, attempts: int, started: float, events: list[NewEvent]
     ) -> StepResultRecord:
-        record = StepResultRecord(
+        # Every field is ours and already of its type (the output was dumped by the step): no validation.
+        record = StepResultRecord.model_construct(
             run_id=self.run.id, path=path, step_id=step_id, kind=kind, output=output, attempts=attempts,
             started_at=started, finished_at=time.time(),
         )

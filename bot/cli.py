@@ -319,12 +319,12 @@ async def _executed_elsewhere(engine: Engine, args: argparse.Namespace) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import asyncio  # here, not at the top: `threadflow --help` does not need it
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Imported once the command is known (``--help`` and bad arguments exit above without them).
+    import asyncio
+
     from storage.errors import StorageError
     from workflows.errors import DefinitionError, InvalidInput, ThreadflowError, UsageError
 

@@ -69,12 +69,35 @@ class Backend:
         raise NotImplementedError
 
 
+#: PostgreSQL's ``synchronous_commit`` values (https://www.postgresql.org/docs/current/runtime-config-wal.html).
+SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
+
+
+def postgres_url_settings(url: str) -> tuple[str, dict[str, str]]:
+    """Split server settings threadflow accepts in a PostgreSQL URL from what asyncpg is given.
+
+    ``?synchronous_commit=off`` is sent as a server setting of every connection (asyncpg's
+    ``server_settings``): asyncpg itself refuses unknown URL parameters.
+    """
+    parsed = make_url(url)
+    value = parsed.query.get("synchronous_commit")
+    if value is None:
+        return url, {}
+    if isinstance(value, tuple) or value.lower() not in SYNCHRONOUS_COMMIT:
+        raise ValueError(f"synchronous_commit={value!r} in the database URL: use one of {', '.join(SYNCHRONOUS_COMMIT)}")
+    rest = parsed.difference_update_query(["synchronous_commit"])
+    return rest.render_as_string(hide_password=False), {"synchronous_commit": value.lower()}
+
+
 class AsyncBackend(Backend):
     """PostgreSQL through asyncpg: network round trips, not thread hops, are the cost; no batching tricks."""
 
     def __init__(self, url: str, echo: bool) -> None:
         # A server that does not answer is an error after CONNECT_TIMEOUT, not after asyncpg's default minute.
-        args = {"timeout": CONNECT_TIMEOUT}
+        url, server_settings = postgres_url_settings(url)
+        args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT}
+        if server_settings:
+            args["server_settings"] = server_settings
         self.writer: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True, **JSON_CODEC,
                                                        connect_args=args)
         self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True, **JSON_CODEC,
@@ -478,8 +501,11 @@ class PostgresSideWriter(SideWriter):
 
     def __init__(self, url: str, timeout: float) -> None:
         self._loop = asyncio.new_event_loop()
-        self._engine = create_async_engine(url, poolclass=NullPool, **JSON_CODEC,
-                                           connect_args={"timeout": timeout, "command_timeout": timeout})
+        url, server_settings = postgres_url_settings(url)
+        args: dict[str, Any] = {"timeout": timeout, "command_timeout": timeout}
+        if server_settings:
+            args["server_settings"] = server_settings
+        self._engine = create_async_engine(url, poolclass=NullPool, **JSON_CODEC, connect_args=args)
 
     def run(self, fn: DbFn) -> Any:
         async def go() -> Any:

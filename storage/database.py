@@ -40,7 +40,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .backends import AsyncBackend, Backend, PostgresSideWriter, SideWriter, SqliteSideWriter, ThreadBackend
+from .backends import (
+    AsyncBackend,
+    Backend,
+    PostgresSideWriter,
+    SideWriter,
+    SqliteSideWriter,
+    ThreadBackend,
+    postgres_url_settings,
+)
 from .errors import DatabaseUnavailable, DatabaseURLError, StorageError
 from .faults import describe, transient_kind
 
@@ -79,6 +87,10 @@ def normalize_url(url: str) -> str:
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     elif backend in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
+        try:
+            postgres_url_settings(parsed.render_as_string(hide_password=False))
+        except ValueError as exc:
+            raise DatabaseURLError(f"{exc}.") from None
     else:
         raise DatabaseURLError(
             f"Database URL {parsed.render_as_string(hide_password=True)!r} uses {backend!r}; threadflow supports "

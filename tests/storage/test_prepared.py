@@ -116,7 +116,7 @@ async def test_a_python_default_still_applies_through_the_fallback(db: Database)
         })
 
     await db.write(op, inline=True)
-    assert raw_rows(db, "SELECT attempts, output FROM step_results") == [(1, '{"v": 1}')]
+    assert raw_rows(db, "SELECT attempts, output FROM step_results") == [(1, '{"v":1}')]
 
 
 async def test_a_failed_prepared_batch_rolls_back_and_each_writer_gets_its_own_outcome(db: Database) -> None:
@@ -203,7 +203,7 @@ def test_json_columns_keep_their_sqlalchemy_type() -> None:
     dialect = sqlite_dialect.dialect(paramstyle="qmark")
     plan = plan_for(_INSERT_EVENT, {"run_id": "r", "type": "x", "path": None, "data": {"a": 1}, "at": 1.0}, dialect)
     assert plan is not None
-    assert '{"a": 1}' in plan.values({"run_id": "r", "type": "x", "path": None, "data": {"a": 1}, "at": 1.0})
+    assert '{"a":1}' in plan.values({"run_id": "r", "type": "x", "path": None, "data": {"a": 1}, "at": 1.0})
     assert isinstance(events.c.data.type, JSON)
 
 
@@ -321,7 +321,7 @@ async def test_a_deferred_insert_waits_until_its_table_is_touched_then_runs_in_t
     assert [r["type"] for r in seen["read"]] == ["one", "two", "three"]
     # The rows held back at the end commit with the batch, in the order they were added.
     assert raw_rows(db, "SELECT type, data FROM events ORDER BY id") == [
-        ("one", '{"k": "one"}'), ("two", '{"k": "two"}'), ("three", '{"k": "three"}'), ("four", '{"k": "four"}'),
+        ("one", '{"k":"one"}'), ("two", '{"k":"two"}'), ("three", '{"k":"three"}'), ("four", '{"k":"four"}'),
     ]
 
 

@@ -1,4 +1,4 @@
-"""7. Footprint: what a waiting run costs a process that serves it, and how long the CLI takes to start.
+"""10. Footprint: what a waiting run costs a process that serves it, and how long the CLI takes to start.
 
 Memory: N runs are started and suspend in their first step (they wait for an approval). Then a worker
 process (``python -m bench.worker``: an Engine that executes runs, as ``threadflow worker`` is) opens that
@@ -26,7 +26,7 @@ from .common import Clock, Report, Row, run_limited, scratch_dir, sqlite_url, un
 from .workloads import NOOP, SUSPEND
 
 NAME = "footprint"
-BENCH = "7. footprint"
+BENCH = "10. footprint"
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_SECONDS = 3.0
 

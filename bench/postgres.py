@@ -1,4 +1,4 @@
-"""6. PostgreSQL: threadflow and DBOS on the same server, 10 no-op durable steps, one run at a time and 100 in flight.
+"""9. PostgreSQL: threadflow and DBOS on the same server, 10 no-op durable steps, one run at a time and 100 in flight.
 
 Both run in this process against databases of their own on ``BENCH_POSTGRES_URL`` (created and dropped).
 threadflow: one Engine (one process executing runs) through asyncpg; DBOS: ``@DBOS.workflow`` of 10
@@ -23,7 +23,7 @@ from .steps import WARMUP, _dbos_workflow, _measure
 from .workloads import STEPS, noop_workflow
 
 NAME = "postgres"
-BENCH = "6. PostgreSQL"
+BENCH = "9. PostgreSQL"
 CONCURRENCY = 100
 
 

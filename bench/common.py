@@ -261,3 +261,11 @@ class Clock:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def restore_default_executor() -> None:
+    """Give the running loop a fresh default executor: DBOS.launch() installs its own, DBOS.destroy() shuts
+    it down, and every later ``run_in_executor(None, ...)`` (the benchmarks that follow) would fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(thread_name_prefix="bench"))

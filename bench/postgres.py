@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from .common import POSTGRES_URL, Report, Row, latency_fields
+from .common import POSTGRES_URL, Report, Row, latency_fields, restore_default_executor
 from .scaleout import _admin, _with_database
 from .steps import WARMUP, _dbos_workflow, _measure
 from .workloads import STEPS, noop_workflow
@@ -112,6 +112,7 @@ async def dbos(url: str, plan: list[tuple[int, int]]) -> list[tuple[float, list[
             out.append(await _measure(n, concurrency, one))
     finally:
         DBOS.destroy(destroy_registry=False)
+        restore_default_executor()
     return out
 
 

@@ -30,7 +30,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .common import Clock, Report, Row, env, latency_fields, run_limited, scratch_dir, sqlite_url, version_of
+from .common import (
+    Clock,
+    Report,
+    Row,
+    env,
+    latency_fields,
+    restore_default_executor,
+    run_limited,
+    scratch_dir,
+    sqlite_url,
+    version_of,
+)
 from .workloads import STEPS, noop_workflow
 
 NAME = "steps"
@@ -214,6 +225,7 @@ async def dbos(directory: Path, runs: list[tuple[int, int]]) -> list[tuple[float
         out = [(s, lat, mode) for s, lat, _ in out]
     finally:
         DBOS.destroy(destroy_registry=False)
+        restore_default_executor()
     return out
 
 
@@ -383,7 +395,7 @@ async def _mastra(report: Report, results: dict[tuple[str, str], Row], directory
 
     version = version_of_npm("@mastra/core")
     try:
-        node = mastra_peer.prepare()  # blocking on purpose: DBOS shut the loop's default executor down
+        node = mastra_peer.prepare()  # blocking: npm ci, once
     except mastra_peer.Skipped as exc:
         report.add(Row(bench=BENCH, system="Mastra", note=f"skipped: {exc}"))
         return

@@ -46,7 +46,8 @@ def table(data: dict[str, Any]) -> str:
         if str(row["system"]).startswith(PEERS) or row.get("throughput") is None and row.get("p50") is None:
             continue  # peers show as this row's ratios; floors are listed after
         lines.append(" | ".join([
-            f"| {row['bench']}", row["setup"].replace("|", "/"), _result(row), str(row.get("ratio") or "").replace("|", "/"),
+            f"| {row['bench']}",
+            (row["setup"] if row["system"] == "threadflow" else f"{row['system']}: {row['setup']}").replace("|", "/"), _result(row), str(row.get("ratio") or "").replace("|", "/"),
         ]) + " |")
     floors = [r for r in rows if str(r["system"]).startswith("floor") and r.get("throughput") is not None]
     for row in floors:

@@ -14,6 +14,7 @@ from workflows import Engine
 from .delivery.live import Streams
 from .delivery.service import DeliveryService
 from .metrics import Metrics
+from .run_access import RunAccess
 from .settings import Settings
 from .slack import SlackClient
 
@@ -56,3 +57,19 @@ class BotDeps:
     background: BackgroundTasks
     #: How answers are streamed into threads (None: THREADFLOW_SLACK_STREAMING is off; answers are posted whole).
     streams: Streams | None = None
+    #: Who may see and act on which run (built from ``store`` and ``slack`` when not given).
+    access: RunAccess | None = None
+
+    def __post_init__(self) -> None:
+        if self.access is None:
+            slack = self.slack
+
+            async def single_workspace(team_id: str, enterprise_id: str | None) -> SlackClient | None:
+                return slack
+
+            self.access = RunAccess(self.store, single_workspace)
+
+    @property
+    def runs(self) -> RunAccess:
+        assert self.access is not None
+        return self.access

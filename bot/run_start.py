@@ -32,6 +32,8 @@ class StartRequest(BaseModel):
     #: Start the run in this existing thread (an assistant thread): its root message, progress and approval
     #: cards are replies there, and the thread is its memory. None: a new thread under the root message.
     thread_ts: str | None = None
+    #: The Enterprise Grid org of the workspace (None outside Grid).
+    enterprise_id: str | None = None
 
 
 class StartOutcome(BaseModel):
@@ -59,7 +61,8 @@ async def start_run_in_channel(deps: BotDeps, request: StartRequest) -> StartOut
     team, channel = request.team_id, posted.channel
     slack_run = SlackRun(run_id=run_id, team_id=team, channel_id=channel, root_ts=posted.ts,
                          thread_id=thread_id_for(team, channel, request.thread_ts or posted.ts),
-                         started_by=request.user_id, created_at=time.time(), thread_ts=request.thread_ts)
+                         started_by=request.user_id, created_at=time.time(), thread_ts=request.thread_ts,
+                         enterprise_id=request.enterprise_id)
     await deps.store.add_run(slack_run, {"text": text, "blocks": root_blocks})
     try:
         await deps.engine.start(request.workflow_id, request.data, thread_id=slack_run.thread_id,

@@ -39,6 +39,8 @@ class SlackRun(BaseModel):
     renderer_expires_at: float | None = None
     #: Where the run's replies go when not in its root message's thread (a run started in an assistant thread).
     thread_ts: str | None = None
+    #: The Enterprise Grid org of the run's workspace (None outside Grid).
+    enterprise_id: str | None = None
 
     @property
     def reply_ts(self) -> str | None:
@@ -132,6 +134,17 @@ class SlackStore:
         async def op(conn: AsyncConnection) -> SlackRun | None:
             row = (await conn.execute(select(slack_runs).where(slack_runs.c.run_id == run_id))).mappings().first()
             return SlackRun.model_validate(dict(row)) if row else None
+
+        return await self.db.read(op)
+
+    async def recent_runs(self, team_id: str, enterprise_id: str | None = None, *, limit: int = 200) -> list[SlackRun]:
+        """The newest runs shown in one workspace (an org-wide install: in the org), newest first."""
+
+        async def op(conn: AsyncConnection) -> list[SlackRun]:
+            where = (slack_runs.c.enterprise_id == enterprise_id if enterprise_id
+                     else slack_runs.c.team_id == team_id)
+            q = select(slack_runs).where(where).order_by(slack_runs.c.created_at.desc()).limit(limit)
+            return [SlackRun.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
         return await self.db.read(op)
 

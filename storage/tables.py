@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Float,
     Index,
@@ -233,8 +234,12 @@ slack_runs = Table(
     #: Where the run's replies go when that is not the root message's own thread (a run started in an
     #: assistant thread posts its root, progress and approval cards as replies in that thread).
     Column("thread_ts", String(40), nullable=True),
+    #: The Enterprise Grid org the run's workspace belongs to (None outside Grid): with ``team_id``, the
+    #: workspace a run belongs to; nobody outside it sees or acts on the run.
+    Column("enterprise_id", String(40), nullable=True),
     Index("ix_slack_runs_thread", "thread_id"),
     Index("ix_slack_runs_channel", "channel_id", "run_id"),
+    Index("ix_slack_runs_team", "team_id", "created_at"),
 )
 
 #: The Slack outbox: what each message the bot shows for a run should say, and what Slack has taken.
@@ -306,7 +311,76 @@ schedules = Table(
     Column("team_id", String(40), nullable=True),
     Column("channel_id", String(40), nullable=True),
     Column("created_by", String(200), nullable=True),
+    Column("enterprise_id", String(40), nullable=True),
     Column("next_at", Float, nullable=False),
     Column("last_fired_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
+)
+
+
+# -- installs through OAuth (many workspaces) ----------------------------------------------------------
+#
+# The shape of slack_sdk's SQLAlchemy installation store (``slack_installations``, ``slack_bots``), so its
+# entities map one to one; the token columns are wider because they hold ciphertext: the bot layer encrypts
+# every token before it reaches these tables (``bot.installs``), storage never sees a token in the clear.
+
+slack_installations = Table(
+    "slack_installations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", String(32), nullable=False),
+    Column("app_id", String(32), nullable=False),
+    Column("enterprise_id", String(32)),
+    Column("enterprise_name", String(200)),
+    Column("enterprise_url", String(200)),
+    Column("team_id", String(32)),
+    Column("team_name", String(200)),
+    Column("bot_token", String(1000)),
+    Column("bot_id", String(32)),
+    Column("bot_user_id", String(32)),
+    Column("bot_scopes", String(1000)),
+    Column("bot_refresh_token", String(1000)),
+    Column("bot_token_expires_at", Float),
+    Column("user_id", String(32), nullable=False),
+    Column("user_token", String(1000)),
+    Column("user_scopes", String(1000)),
+    Column("user_refresh_token", String(1000)),
+    Column("user_token_expires_at", Float),
+    Column("incoming_webhook_url", String(1000)),
+    Column("incoming_webhook_channel", String(200)),
+    Column("incoming_webhook_channel_id", String(200)),
+    Column("incoming_webhook_configuration_url", String(200)),
+    Column("is_enterprise_install", Boolean, nullable=False, default=False),
+    Column("token_type", String(32)),
+    Column("installed_at", Float, nullable=False),
+    Index("slack_installations_idx", "client_id", "enterprise_id", "team_id", "user_id", "installed_at"),
+)
+
+slack_bots = Table(
+    "slack_bots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", String(32), nullable=False),
+    Column("app_id", String(32), nullable=False),
+    Column("enterprise_id", String(32)),
+    Column("enterprise_name", String(200)),
+    Column("team_id", String(32)),
+    Column("team_name", String(200)),
+    Column("bot_token", String(1000)),
+    Column("bot_id", String(32)),
+    Column("bot_user_id", String(32)),
+    Column("bot_scopes", String(1000)),
+    Column("bot_refresh_token", String(1000)),
+    Column("bot_token_expires_at", Float),
+    Column("is_enterprise_install", Boolean, nullable=False, default=False),
+    Column("installed_at", Float, nullable=False),
+    Index("slack_bots_idx", "client_id", "enterprise_id", "team_id", "installed_at"),
+)
+
+#: OAuth ``state`` values issued by ``/slack/install`` and not used yet (each is accepted once, before it expires).
+slack_oauth_states = Table(
+    "slack_oauth_states",
+    metadata,
+    Column("state", String(200), primary_key=True),
+    Column("expire_at", Float, nullable=False),
 )

@@ -15,12 +15,13 @@ from pydantic import BaseModel
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from storage.records import SuspensionRecord
-from workflows.errors import AlreadyResumed, ThreadflowError, UsageError
+from workflows.errors import AlreadyResumed, RunNotFound, ThreadflowError, UsageError
 
 from .. import blocks
 from ..blocks import APPROVE, REJECT, REJECT_REASON_VIEW, REJECT_WITH_REASON
 from ..deps import BotDeps
 from ..policy import approvers_for
+from ..run_access import Requester, no_such_run, same_workspace
 from ..slack import SlackCallError, with_retries
 
 log = logging.getLogger("threadflow.bot.approvals")
@@ -35,6 +36,12 @@ class Click(BaseModel):
     thread_ts: str | None
     value: str
     message_blocks: list[dict[str, Any]] | None = None
+    team: str = ""
+    enterprise: str | None = None
+
+    @property
+    def requester(self) -> Requester:
+        return Requester(team_id=self.team, channel_id=self.channel, user_id=self.user, enterprise_id=self.enterprise)
 
 
 class DecisionTarget(BaseModel):
@@ -64,7 +71,15 @@ def click_of(body: dict[str, Any], action: dict[str, Any]) -> Click:
         thread_ts=thread_ts_of_click(body),
         value=_text(action.get("value")),
         message_blocks=[b for b in blocks_ if isinstance(b, dict)] if isinstance(blocks_, list) else None,
+        **workspace_of(body),
     )
+
+
+def workspace_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The workspace (and Enterprise Grid org) an interaction comes from."""
+    team = _text(_obj(body.get("team")).get("id")) or _text(_obj(body.get("user")).get("team_id"))
+    enterprise = _text(_obj(body.get("enterprise")).get("id")) or None
+    return {"team": team, "enterprise": enterprise}
 
 
 def thread_ts_of_click(body: dict[str, Any]) -> str | None:
@@ -92,7 +107,7 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
         reason = _text(_obj(_obj(values.get("reason")).get("reason")).get("value")) or None
         click = Click(user=_text(_obj(body.get("user")).get("id")), channel=_text(meta.get("channel")),
                       message_ts=_text(meta.get("ts")), thread_ts=_text(meta.get("thread_ts")) or None,
-                      value=json.dumps({"run_id": meta.get("run_id"), "step": meta.get("step")}))
+                      value=json.dumps({"run_id": meta.get("run_id"), "step": meta.get("step")}), **workspace_of(body))
         deps.background.spawn(decide(deps, click, approved=False, reason=reason))
 
     app.action(APPROVE)(on_decision)
@@ -113,7 +128,10 @@ async def tell(deps: BotDeps, click: Click, text: str) -> None:
 async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool = False) -> DecisionTarget | None:
     """Check that the button belongs to this message and the clicker may decide; tell them ephemerally if not.
 
-    ``require_open`` also refuses a step that no longer waits (before opening a form for it).
+    A click decides only on the run's own approval card: from the run's workspace and channel, on the
+    message that card is. A click with no message or channel, or from anywhere else, is answered like a click
+    on a run that does not exist (:func:`bot.run_access.no_such_run`). ``require_open`` also refuses a step
+    that no longer waits (before opening a form for it).
     """
     try:
         value = json.loads(click.value or "{}")
@@ -121,9 +139,17 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
     except (ValueError, KeyError, TypeError):
         await tell(deps, click, ":warning: This button is malformed; nothing was changed.")
         return None
+    slack_run = await deps.store.get_run(run_id)
+    if (slack_run is None or not click.channel or not click.message_ts or slack_run.channel_id != click.channel
+            or not same_workspace(slack_run, click.requester)):
+        await tell(deps, click, no_such_run(run_id, deps.settings.command))
+        return None
     try:
         run = await deps.engine.get_run(run_id)
         suspension = next((s for s in await deps.engine.suspensions(run_id) if s.path == path), None)
+    except RunNotFound:
+        await tell(deps, click, no_such_run(run_id, deps.settings.command))
+        return None
     except UsageError as exc:
         await tell(deps, click, f":warning: {exc}")
         return None
@@ -132,7 +158,7 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
                                 "nothing was changed.")
         return None
     card = await deps.store.approval_message(run_id, path)
-    if (card is not None and card.ts and click.message_ts and card.ts != click.message_ts) or (
+    if card is None or not card.ts or card.ts != click.message_ts or (
         click.message_blocks and not blocks.shows_step({"blocks": click.message_blocks}, run_id, path)
     ):
         # The button does not belong to this message: never let one run's message decide another's step.

@@ -8,12 +8,13 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from workflows.errors import UsageError
+from workflows.errors import RunNotFound, UsageError
 
 from .. import blocks
 from ..commands import parse_command, parse_run_input, split_run_args, usage
 from ..deps import BotDeps
 from ..policy import may_cancel
+from ..run_access import Requester, no_such_run
 from ..run_start import StartRequest, start_run_in_channel
 from ..schedule_commands import handle_schedule_command
 
@@ -36,6 +37,7 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
                 workflow_id, raw = split_run_args(cmd.args)
                 wf = deps.engine.get_workflow(workflow_id)
                 request = StartRequest(team_id=command.get("team_id", ""), channel_id=command["channel_id"],
+                                       enterprise_id=command.get("enterprise_id") or None,
                                        user_id=command["user_id"], workflow_id=wf.id, data=parse_run_input(wf, raw))
                 await ack()
                 deps.background.spawn(start_and_report(deps, request, respond))
@@ -75,23 +77,42 @@ def workflows_text(deps: BotDeps) -> str:
     return "\n".join(lines)
 
 
+def requester_of(command: dict[str, Any]) -> Requester:
+    """Who typed the command, and where (the enterprise id is there on Enterprise Grid)."""
+    return Requester(team_id=str(command.get("team_id") or ""), channel_id=str(command.get("channel_id") or ""),
+                     user_id=str(command.get("user_id") or ""),
+                     enterprise_id=str(command.get("enterprise_id") or "") or None)
+
+
 async def answer_run_query(deps: BotDeps, verb: str, args: str, command: dict[str, Any], respond: AsyncRespond) -> None:
-    """``runs``, ``status`` and ``cancel``: answered ephemerally through the response_url."""
-    user = command["user_id"]
+    """``runs``, ``status`` and ``cancel``: answered ephemerally through the response_url, and only about runs
+    the person can see (:mod:`bot.run_access`)."""
+    who = requester_of(command)
     try:
         if verb == "runs":
-            text = await runs_text(deps)
+            text = await runs_text(deps, who)
         elif verb == "status":
-            text = await status_text(deps, args.split()[0])
+            text = await status_text(deps, who, args.split()[0])
         else:
-            text = await cancel_text(deps, args.split()[0], user)
+            text = await cancel_text(deps, who, args.split()[0])
     except UsageError as exc:
         text = f":warning: {exc}\n{usage(deps.settings.command)}"
     await respond(response_type="ephemeral", replace_original=False, text=text)
 
 
-async def runs_text(deps: BotDeps) -> str:
-    runs = await deps.engine.list_runs(limit=15)
+def unknown_run(deps: BotDeps, run_id: str) -> str:
+    """The answer for a run that does not exist or that the person may not see: the same words for both."""
+    return f"{no_such_run(run_id, deps.settings.command)}\n{usage(deps.settings.command)}"
+
+
+async def runs_text(deps: BotDeps, who: Requester) -> str:
+    shown = await deps.runs.visible_runs(who, limit=15)
+    runs = []
+    for slack_run in shown:
+        try:
+            runs.append(await deps.engine.get_run(slack_run.run_id))
+        except RunNotFound:
+            continue  # removed by retention since
     if not runs:
         return "No runs yet. Start one with `" + deps.settings.command + " run WORKFLOW`."
     lines = ["*Recent runs*"]
@@ -100,8 +121,13 @@ async def runs_text(deps: BotDeps) -> str:
     return "\n".join(lines)
 
 
-async def status_text(deps: BotDeps, run_id: str) -> str:
-    details = await deps.engine.details(run_id)
+async def status_text(deps: BotDeps, who: Requester, run_id: str) -> str:
+    if await deps.runs.visible_run(who, run_id) is None:
+        return unknown_run(deps, run_id)
+    try:
+        details = await deps.engine.details(run_id)
+    except RunNotFound:
+        return unknown_run(deps, run_id)
     run = details.run
     lines = [f"*Run `{run.id}`* ({run.workflow_id}): {blocks.status_text(run.status)}"]
     for s in details.steps:
@@ -117,8 +143,14 @@ async def status_text(deps: BotDeps, run_id: str) -> str:
     return "\n".join(lines)
 
 
-async def cancel_text(deps: BotDeps, run_id: str, user: str) -> str:
-    run = await deps.engine.get_run(run_id)
+async def cancel_text(deps: BotDeps, who: Requester, run_id: str) -> str:
+    if await deps.runs.visible_run(who, run_id) is None:
+        return unknown_run(deps, run_id)
+    try:
+        run = await deps.engine.get_run(run_id)
+    except RunNotFound:
+        return unknown_run(deps, run_id)
+    user = who.user_id
     if not may_cancel(user, run.started_by, deps.settings.approvers):
         allowed = set(deps.settings.approvers) | ({run.started_by} if run.started_by else set())
         return f":no_entry: Only {', '.join(blocks.mention(u) for u in sorted(allowed))} may cancel run `{run_id}`."

@@ -142,6 +142,19 @@ class SlackClient:
         data = await self.call("conversations.replies", channel=channel, **params)
         return [m for m in data.get("messages") or [] if isinstance(m, dict)]
 
+    async def channel_members(self, channel: str) -> frozenset[str]:
+        """Everyone in ``channel`` (``conversations.members``, every page); raises when the bot cannot ask."""
+        members: set[str] = set()
+        cursor = ""
+        while True:
+            params: dict[str, Any] = {"limit": 500}
+            if cursor:
+                params["cursor"] = cursor
+            data = await self.call("conversations.members", channel=channel, **params)
+            members.update(str(m) for m in data.get("members") or [])
+            cursor = str((data.get("response_metadata") or {}).get("next_cursor") or "")
+            if not cursor:
+                return frozenset(members)
 
     # -- AI apps: streamed answers and the assistant container -------------------------------------------
 

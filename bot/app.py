@@ -15,23 +15,27 @@ import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
 from slack_sdk.web.async_client import AsyncWebClient
 
 from storage.slack_store import SlackStore
 from workflows import Engine
 
+from .commands_server import BOT_SCOPES
 from .delivery.live import Streams
 from .delivery.service import DeliveryService
 from .deps import BackgroundTasks, BotDeps
-from .listeners import approvals, commands, feedback
+from .installs import DatabaseStateStore, EncryptedInstallationStore, TokenCipher
+from .listeners import approvals, commands, feedback, installs
 from .listeners.assistant import AssistantThreads
 from .listeners.chat import ThreadChat
 from .metrics import Metrics
-from .middleware import IgnoreOwnEventsButDeletions, ReplayGuard, reject_malformed
+from .middleware import IgnoreOwnEventsButDeletions, ReplayGuard, enter_workspace, reject_malformed
 from .schedule_commands import make_scheduler
 from .settings import Settings
 from .slack import Pacer, SlackClient, make_web_client
 from .slack.streams import StreamingSupport
+from .workspaces import ROTATE_BEFORE_MINUTES, InstalledAuthorize, InstalledTokens
 
 log = logging.getLogger("threadflow.bot")
 
@@ -50,7 +54,17 @@ class SlackBot:
         self.metrics = Metrics(engine)
         self.client = client or make_client(settings)
         self.store = SlackStore(engine.db)
-        self.slack = SlackClient(self.client, Pacer(self.store, enabled=settings.slack_pacing), self.metrics)
+        #: Installs through OAuth (None: one workspace, SLACK_BOT_TOKEN).
+        self.installs: EncryptedInstallationStore | None = None
+        self.tokens: InstalledTokens | None = None
+        if settings.oauth_enabled:
+            assert settings.slack_client_id and settings.slack_client_secret and settings.encryption_key
+            self.installs = EncryptedInstallationStore(engine.db, settings.slack_client_id,
+                                                       TokenCipher(settings.encryption_key.get_secret_value()))
+            self.tokens = InstalledTokens(self.installs, settings.slack_client_id,
+                                          settings.slack_client_secret.get_secret_value(), settings.slack_api_url)
+        self.slack = SlackClient(self.client, Pacer(self.store, enabled=settings.slack_pacing), self.metrics,
+                                 tokens=self.tokens)
         self.streams = (Streams(self.slack, StreamingSupport(self.store), interval=settings.slack_stream_interval,
                                 metrics=self.metrics) if settings.slack_streaming else None)
         self.delivery = DeliveryService(engine, self.store, self.slack, interval=settings.progress_interval,
@@ -62,6 +76,7 @@ class SlackBot:
         self.chat = ThreadChat(self.deps)
         self.scheduler = make_scheduler(self.deps)
         self.app = AsyncApp(
+            **self._oauth_options(),
             client=self.client,
             # Over HTTP bolt verifies every request's signature. In Socket Mode there is no signing secret
             # to verify with, and no HTTP request either: the server does not serve /slack/events then.
@@ -72,6 +87,7 @@ class SlackBot:
             # Replaced by IgnoreOwnEventsButDeletions below (same filter, deletions kept).
             ignoring_self_events_enabled=False,
         )
+        self.app.use(enter_workspace)
         self.app.use(IgnoreOwnEventsButDeletions())
         self.app.use(ReplayGuard(self.store).process)
         self.app.use(reject_malformed)
@@ -81,7 +97,27 @@ class SlackBot:
         self.assistant = AssistantThreads(self.deps, self.chat)
         self.assistant.register(self.app)
         self.chat.register(self.app)
+        if self.installs is not None and self.tokens is not None:
+            installs.register(self.app, self.installs, self.tokens)
         self.app.error(self.on_error)
+
+    def _oauth_options(self) -> dict[str, Any]:
+        """bolt's OAuth flow at /slack/install and /slack/oauth_redirect, when installs go through OAuth."""
+        settings = self.settings
+        if self.installs is None or self.tokens is None:
+            return {}
+        assert settings.slack_client_secret and settings.slack_state_secret
+        public = (settings.public_url or "").rstrip("/")
+        oauth = AsyncOAuthSettings(
+            client_id=settings.slack_client_id, client_secret=settings.slack_client_secret.get_secret_value(),
+            scopes=list(BOT_SCOPES), redirect_uri=f"{public}/slack/oauth_redirect" if public else None,
+            install_path="/slack/install", redirect_uri_path="/slack/oauth_redirect",
+            authorization_url=settings.slack_oauth_url, installation_store=self.installs,
+            installation_store_bot_only=True, token_rotation_expiration_minutes=ROTATE_BEFORE_MINUTES,
+            state_store=DatabaseStateStore(self.engine.db, settings.slack_state_secret.get_secret_value()),
+        )
+        return {"oauth_settings": oauth, "authorize": InstalledAuthorize(self.tokens),
+                "installation_store_bot_only": True}
 
     @property
     def tasks(self) -> set[Any]:

@@ -141,6 +141,8 @@ BOT_EVENTS = ["app_mention", "message.channels", "message.groups", "message.im",
               # The assistant container (bolt's Assistant): a person opens a thread, or moves to another channel.
               "assistant_thread_started", "assistant_thread_context_changed"]
 
+OAUTH_EVENTS = ["app_uninstalled", "tokens_revoked"]
+
 ASSISTANT_DESCRIPTION = "Starts threadflow workflows and answers questions about their runs."
 
 
@@ -158,12 +160,19 @@ def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> d
     if not socket_mode:
         command["url"] = events_url
     settings_section: dict[str, Any] = {
-        "event_subscriptions": {"bot_events": list(BOT_EVENTS)},
+        # Installs through OAuth: an uninstall or a revocation removes the workspace's tokens at once.
+        "event_subscriptions": {"bot_events": list(BOT_EVENTS) + (list(OAUTH_EVENTS) if settings.oauth_enabled else [])},
         "interactivity": {"is_enabled": True},
-        "org_deploy_enabled": False,
+        # Enterprise Grid org-wide installs are offered when the app is distributed through OAuth.
+        "org_deploy_enabled": settings.oauth_enabled,
         "socket_mode_enabled": socket_mode,
-        "token_rotation_enabled": False,
+        "token_rotation_enabled": settings.slack_token_rotation,
     }
+    redirect_urls: list[str] = []
+    if settings.oauth_enabled:  # installs through OAuth: Slack sends people back here after "Allow"
+        redirect_urls.append(f"{base}/slack/oauth_redirect")
+    if settings.ui_url:
+        redirect_urls.append(settings.ui_url.rstrip("/") + "/auth/slack/callback")
     if not socket_mode:
         settings_section["event_subscriptions"]["request_url"] = events_url
         settings_section["interactivity"]["request_url"] = events_url
@@ -178,7 +187,7 @@ def manifest(settings: Settings, url: str | None, name: str = "threadflow") -> d
         },
         "oauth_config": {
             "scopes": {"bot": list(BOT_SCOPES)},
-            **({"redirect_urls": [settings.ui_url.rstrip("/") + "/auth/slack/callback"]} if settings.ui_url else {}),
+            **({"redirect_urls": redirect_urls} if redirect_urls else {}),
         },
         "settings": settings_section,
     }

@@ -15,6 +15,8 @@ from slack_bolt.response import BoltResponse
 
 from storage.slack_store import SlackStore
 
+from .slack.workspace import in_workspace
+
 log = logging.getLogger("threadflow.bot.middleware")
 
 Next = Callable[[], Awaitable[BoltResponse]]
@@ -90,3 +92,10 @@ class IgnoreOwnEventsButDeletions(AsyncIgnoringSelfEvents):
         if isinstance(event, dict) and event.get("type") == "message" and event.get("subtype") == "message_deleted":
             return False
         return bool(super()._is_self_event(auth_result, user_id, bot_id, body))
+
+
+async def enter_workspace(req: AsyncBoltRequest, resp: BoltResponse, next: Next) -> BoltResponse | None:
+    """Everything this request leads to (and the tasks it spawns) calls Slack for its own workspace."""
+    context = req.context
+    with in_workspace(str(context.team_id or ""), context.enterprise_id or None):
+        return await next()

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from storage.slack_store import SlackRun, SlackStore
 
 from .slack import SlackCallError, SlackClient
+from .slack.workspace import in_workspace
 
 log = logging.getLogger("threadflow.bot.access")
 
@@ -105,7 +106,8 @@ class RunAccess:
             members = None  # the workspace uninstalled the app: nobody can be verified
         else:
             try:
-                members = await client.channel_members(run.channel_id)
+                with in_workspace(run.team_id, run.enterprise_id):
+                    members = await client.channel_members(run.channel_id)
             except SlackCallError as exc:
                 log.info("cannot check who is in channel %s (%s); its runs show only there", run.channel_id, exc)
                 members = None

@@ -52,6 +52,20 @@ async def slack_events(request: web.Request) -> web.Response:
     return await to_aiohttp_response(bolt_response)
 
 
+async def slack_oauth(request: web.Request) -> web.Response:
+    """``GET /slack/install`` (the "Add to Slack" page) and ``GET /slack/oauth_redirect`` (Slack sends the person
+    back with a code): bolt's OAuth flow, which stores the install (tokens encrypted) in the database."""
+    flow = request.app[BOT_KEY].app.oauth_flow
+    if flow is None:
+        raise web.HTTPNotFound()
+    bolt_request = await to_bolt_request(request)
+    if request.path == flow.install_path:
+        bolt_response = await flow.handle_installation(bolt_request)
+    else:
+        bolt_response = await flow.handle_callback(bolt_request)
+    return await to_aiohttp_response(bolt_response)
+
+
 async def healthz(request: web.Request) -> web.Response:
     bot = request.app[BOT_KEY]
     try:
@@ -75,6 +89,9 @@ def create_web_app(bot: SlackBot, metrics: Metrics | None = None) -> web.Applica
     app[METRICS_KEY] = metrics or bot.metrics
     if not bot.settings.socket_mode:
         app.router.add_post("/slack/events", slack_events)
+    if bot.installs is not None:
+        app.router.add_get("/slack/install", slack_oauth)
+        app.router.add_get("/slack/oauth_redirect", slack_oauth)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
 

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     ui_secret: SecretStr | None = Field(None, validation_alias="THREADFLOW_UI_SECRET")
     slack_client_id: str | None = Field(None, validation_alias="SLACK_CLIENT_ID")
     slack_client_secret: SecretStr | None = Field(None, validation_alias="SLACK_CLIENT_SECRET")
+    # Installs through OAuth (many workspaces): with the client id and secret above, a secret that signs the
+    # OAuth state, and the key(s) that encrypt the stored tokens (Fernet; comma-separated: the first encrypts).
+    slack_state_secret: SecretStr | None = Field(None, validation_alias="SLACK_STATE_SECRET")
+    encryption_key: SecretStr | None = Field(None, validation_alias="THREADFLOW_ENCRYPTION_KEY")
+    # Turn on when the app has token rotation enabled (the manifest says so; installs get refresh tokens).
+    slack_token_rotation: bool = Field(False, validation_alias="SLACK_TOKEN_ROTATION")
     max_recoveries: int = Field(3, validation_alias="THREADFLOW_MAX_RECOVERIES", ge=1)
     step_timeout: float | None = Field(None, validation_alias="THREADFLOW_STEP_TIMEOUT", gt=0)
 
@@ -122,6 +128,18 @@ class Settings(BaseSettings):
         return "openai:gpt-4o-mini" if self.openai_api_key else "offline"
 
     @property
+    def oauth_enabled(self) -> bool:
+        """Installs through OAuth (``/slack/install``): the client id, client secret and state secret are set."""
+        return bool(self.slack_client_id and _set(self.slack_client_secret) and _set(self.slack_state_secret))
+
+    @property
+    def slack_oauth_url(self) -> str:
+        """Slack's authorize page, beside the Web API (the emulator serves both on one host)."""
+        base = self.slack_api_url.rstrip("/")
+        base = base[: -len("/api")] if base.endswith("/api") else base
+        return base + "/oauth/v2/authorize"
+
+    @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None and bool(self.slack_app_token.get_secret_value().strip())
 
@@ -130,6 +148,16 @@ class Settings(BaseSettings):
 
         Socket Mode (``SLACK_APP_TOKEN``) needs no signing secret: Slack's requests arrive over a connection
         the app token authenticates, not as signed HTTP requests."""
+        if self.oauth_enabled:
+            # Many workspaces: each one's token comes from its install; there is no single bot token.
+            required: list[tuple[str, SecretStr | None]] = [("SLACK_SIGNING_SECRET", self.slack_signing_secret),
+                                                            ("THREADFLOW_ENCRYPTION_KEY", self.encryption_key)]
+            for env, value in required:
+                if not _set(value):
+                    raise SettingsError(f"{env} is not set, and installs through OAuth (SLACK_CLIENT_ID, "
+                                        "SLACK_CLIENT_SECRET, SLACK_STATE_SECRET) need it. See the README, "
+                                        "\"Distributing the app\".")
+            return
         required = [("SLACK_BOT_TOKEN", self.slack_bot_token)]
         if not self.socket_mode:
             required.append(("SLACK_SIGNING_SECRET", self.slack_signing_secret))
@@ -139,6 +167,10 @@ class Settings(BaseSettings):
                     f"{env} is not set. Set it in the environment or in .env "
                     "(see `threadflow manifest` and the README), or try `threadflow dev` for a local sandbox."
                 )
+
+
+def _set(value: SecretStr | None) -> bool:
+    return value is not None and bool(value.get_secret_value().strip())
 
 
 def load_settings(**overrides: Any) -> Settings:

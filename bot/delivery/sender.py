@@ -29,6 +29,7 @@ from storage.slack_store import OutboxMessage, SlackRun, SlackStore
 
 from .. import blocks
 from ..slack import Permanent, RateLimited, SlackCallError, SlackClient, Transient, delivery_metadata
+from ..slack.workspace import in_workspace
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -58,7 +59,12 @@ class Sender:
         """Send what is due for ``run``; returns when something is due next (None: all delivered).
 
         ``live``: the run's streamed agent steps; an output post whose step is streaming is delivered by
-        ending that stream (see :mod:`bot.delivery.live`)."""
+        ending that stream (see :mod:`bot.delivery.live`). Every call goes out with the token, and within the
+        rate limits, of the run's own workspace."""
+        with in_workspace(run.team_id, run.enterprise_id):
+            return await self._deliver(run, live)
+
+    async def _deliver(self, run: SlackRun, live: LiveSteps | None = None) -> float | None:
         next_due: float | None = None
 
         def later(at: float) -> None:
@@ -115,7 +121,7 @@ class Sender:
                 await self.store.mark_sent(row.key, row.version, found)
                 self._count(row, "found")
                 return True
-        await self.client.pacer.wait(self.client.team_id, "chat.postMessage", row.channel_id)
+        await self.client.pacer.wait(self.client.scope_team, "chat.postMessage", row.channel_id)
         current = await self.store.get_message(row.key)  # newest content, after waiting for the slot
         if current is None or current.state != "pending" or current.ts is not None:
             return current is not None and current.state != "failed"
@@ -156,7 +162,7 @@ class Sender:
         return True
 
     async def _update(self, run: SlackRun, row: OutboxMessage) -> bool:
-        await self.client.pacer.wait(self.client.team_id, "chat.update", row.channel_id)
+        await self.client.pacer.wait(self.client.scope_team, "chat.update", row.channel_id)
         current = await self.store.get_message(row.key)
         if current is None or current.state != "pending" or current.ts is None:
             return True

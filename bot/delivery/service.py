@@ -18,6 +18,7 @@ from workflows import Engine
 from workflows.tracing import log_context
 
 from ..slack import SlackClient
+from ..slack.workspace import in_workspace
 from .live import Streams
 from .planner import StepPresentation
 from .renderer import RunRenderer
@@ -102,7 +103,7 @@ class DeliveryService:
     async def _render(self, renderer: RunRenderer) -> None:
         run = renderer.run
         try:
-            with log_context(run_id=run.run_id, slack_thread=run.thread_id):
+            with log_context(run_id=run.run_id, slack_thread=run.thread_id), in_workspace(run.team_id, run.enterprise_id):
                 await renderer.render()
         except asyncio.CancelledError:
             raise

@@ -17,8 +17,9 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from .errors import TRANSIENT_CODES, Permanent, RateLimited, SlackCallError, Transient
+from .errors import TRANSIENT_CODES, NotInstalled, Permanent, RateLimited, SlackCallError, Transient
 from .pacing import Pacer
+from .workspace import TokenSource, current_workspace
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -51,23 +52,39 @@ def make_web_client(token: str | None, base_url: str, timeout: float = DEFAULT_T
 class SlackClient:
     """Typed, paced Web API calls for one app installation."""
 
-    def __init__(self, web: AsyncWebClient, pacer: Pacer, metrics: Metrics | None = None, *, team_id: str = "") -> None:
+    def __init__(self, web: AsyncWebClient, pacer: Pacer, metrics: Metrics | None = None, *, team_id: str = "",
+                 tokens: TokenSource | None = None) -> None:
         self.web = web
         self.pacer = pacer
         self.metrics = metrics
         self.team_id = team_id
+        #: Where each workspace's token comes from (OAuth installs); None: the web client's one token.
+        self.tokens = tokens
+
+    @property
+    def scope_team(self) -> str:
+        """The workspace whose rate limits a call now counts against (see :mod:`bot.slack.workspace`)."""
+        workspace = current_workspace()
+        return workspace.team_id if workspace is not None else self.team_id
 
     async def call(self, method: str, *, channel: str | None = None, pace: bool = True, **params: Any) -> dict[str, Any]:
         """Call ``method`` (``chat.postMessage``); returns Slack's answer or raises a :class:`SlackCallError`."""
+        team = self.scope_team
+        if self.tokens is not None:
+            token = await self.tokens.token_for(current_workspace())
+            if token is None:
+                self._count(method, NotInstalled(method, team))
+                raise NotInstalled(method, team)
+            params["token"] = token
         if pace:
-            await self.pacer.wait(self.team_id, method, channel)
+            await self.pacer.wait(team, method, channel)
         fn = getattr(self.web, method.replace(".", "_"))
         try:
             response = await fn(**({"channel": channel} if channel is not None else {}), **params)
         except SlackApiError as exc:
             error = self._classify(method, exc)
             if isinstance(error, RateLimited):
-                await self.pacer.hold(self.team_id, method, channel, error.retry_after)
+                await self.pacer.hold(team, method, channel, error.retry_after)
             self._count(method, error)
             raise error from None
         except (aiohttp.ClientConnectorError, aiohttp.ClientConnectorDNSError) as exc:

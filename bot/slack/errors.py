@@ -74,3 +74,11 @@ def describe_for_people(exc: SlackCallError, command: str = "/flow") -> str:
     if exc.access_lost:
         return "My access to this workspace was revoked or is missing a permission; ask an admin to reinstall the app."
     return f"Slack refused my message ({exc.code}); nothing was started."
+
+
+class NotInstalled(Permanent):
+    """The app has no token for the workspace (never installed, uninstalled, tokens revoked): nothing is sent."""
+
+    def __init__(self, method: str, team_id: str) -> None:
+        super().__init__(method, "not_installed")
+        self.team_id = team_id

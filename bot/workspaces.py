@@ -1,0 +1,122 @@
+"""Each workspace's bot token, from its OAuth install: found in the installation store, refreshed before it
+expires (token rotation), forgotten when the app is uninstalled or its tokens are revoked.
+
+Tokens are kept in memory for a short while (``ttl``) so a burst of calls does not read and decrypt the
+row each time; an uninstall in this process forgets at once, other replicas within ``ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from slack_bolt.authorization.async_authorize import AsyncAuthorize
+from slack_bolt.authorization.authorize_result import AuthorizeResult
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.errors import SlackTokenRotationError
+from slack_sdk.oauth.installation_store.models.bot import Bot
+from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
+from slack_sdk.web.async_client import AsyncWebClient
+
+from .installs import EncryptedInstallationStore, UndecryptableToken
+from .slack.workspace import Workspace
+
+log = logging.getLogger("threadflow.bot.workspaces")
+
+#: Refresh a rotating token this long before it expires (bolt's default is the same two hours).
+ROTATE_BEFORE_MINUTES = 120
+#: How long a token read from the store is reused.
+TOKEN_TTL = 30.0
+
+
+class InstalledTokens:
+    """A :class:`bot.slack.workspace.TokenSource` over OAuth installs."""
+
+    def __init__(self, store: EncryptedInstallationStore, client_id: str, client_secret: str, api_url: str, *,
+                 ttl: float = TOKEN_TTL, rotate_before_minutes: int = ROTATE_BEFORE_MINUTES) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.rotate_before_minutes = rotate_before_minutes
+        self.rotator = AsyncTokenRotator(client_id=client_id, client_secret=client_secret,
+                                         client=AsyncWebClient(base_url=api_url, retry_handlers=[]))
+        self._bots: dict[Workspace, tuple[float, Bot | None]] = {}
+        self._locks: dict[Workspace, asyncio.Lock] = {}
+
+    async def token_for(self, workspace: Workspace | None) -> str | None:
+        if workspace is None or not (workspace.team_id or workspace.enterprise_id):
+            return None
+        bot = await self.bot_for(workspace)
+        return bot.bot_token if bot is not None else None
+
+    async def bot_for(self, workspace: Workspace) -> Bot | None:
+        lock = self._locks.setdefault(workspace, asyncio.Lock())
+        async with lock:  # one rotation at a time per workspace (a refresh token is good for one use)
+            cached = self._bots.get(workspace)
+            now = time.monotonic()
+            bot = cached[1] if cached is not None and now - cached[0] < self.ttl else await self._find(workspace)
+            if bot is not None:
+                bot = await self._rotated(bot)
+            self._bots[workspace] = (now if cached is None or now - cached[0] >= self.ttl else cached[0], bot)
+            return bot
+
+    async def _find(self, workspace: Workspace) -> Bot | None:
+        try:
+            bot = await self.store.async_find_bot(enterprise_id=workspace.enterprise_id, team_id=workspace.team_id)
+            if bot is None and workspace.enterprise_id:  # an org-wide install serves every workspace of the org
+                bot = await self.store.async_find_bot(enterprise_id=workspace.enterprise_id, team_id=None,
+                                                      is_enterprise_install=True)
+        except UndecryptableToken as exc:
+            log.error("workspace %s: %s", workspace.team_id, exc)
+            return None
+        return bot
+
+    async def _rotated(self, bot: Bot) -> Bot:
+        """The bot with a fresh token when its token expires within ``rotate_before_minutes`` (saved first)."""
+        if bot.bot_token_expires_at is None or bot.bot_token_expires_at > time.time() + self.rotate_before_minutes * 60:
+            return bot
+        try:
+            refreshed = await self.rotator.perform_bot_token_rotation(
+                bot=bot, minutes_before_expiration=self.rotate_before_minutes)
+        except SlackTokenRotationError as exc:
+            # Someone else (bolt's authorize, another replica) may have used the refresh token first: their
+            # token is in the store then.
+            stored = await self.store.async_find_bot(enterprise_id=bot.enterprise_id, team_id=bot.team_id,
+                                                     is_enterprise_install=bot.is_enterprise_install)
+            if stored is not None and stored.bot_token != bot.bot_token:
+                return stored
+            log.error("could not refresh the bot token of workspace %s: %s", bot.team_id or bot.enterprise_id,
+                      exc.api_error.response.get("error") if exc.api_error.response else exc)
+            return bot
+        if refreshed is None:
+            return bot
+        await self.store.async_save_bot(refreshed)
+        log.info("refreshed the bot token of workspace %s (expires in %.0f s)", bot.team_id or bot.enterprise_id,
+                 (refreshed.bot_token_expires_at or 0) - time.time())
+        return refreshed
+
+    def forget(self, enterprise_id: str | None, team_id: str | None) -> None:
+        """The workspace's tokens are gone (uninstalled, revoked): stop using the cached ones now."""
+        for workspace in list(self._bots):
+            if (team_id and workspace.team_id == team_id) or (enterprise_id and workspace.enterprise_id == enterprise_id
+                                                              and not team_id):
+                self._bots.pop(workspace, None)
+
+
+class InstalledAuthorize(AsyncAuthorize):
+    """bolt's ``authorize`` for OAuth installs, through the same tokens (and rotation) as every other call."""
+
+    def __init__(self, tokens: InstalledTokens) -> None:
+        super().__init__()
+        self.tokens = tokens
+
+    async def __call__(self, *, context: AsyncBoltContext, enterprise_id: str | None, team_id: str | None,
+                       user_id: str | None, actor_enterprise_id: str | None = None, actor_team_id: str | None = None,
+                       actor_user_id: str | None = None) -> AuthorizeResult | None:
+        bot = await self.tokens.bot_for(Workspace(team_id or "", enterprise_id or None))
+        if bot is None:
+            log.info("a request from workspace %s, where the app is not installed", team_id or enterprise_id)
+            return None
+        return AuthorizeResult(enterprise_id=enterprise_id or bot.enterprise_id, team_id=team_id or bot.team_id,
+                               bot_user_id=bot.bot_user_id, bot_id=bot.bot_id, bot_token=bot.bot_token,
+                               bot_scopes=bot.bot_scopes, user_id=user_id)

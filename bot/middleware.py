@@ -15,7 +15,7 @@ from slack_bolt.response import BoltResponse
 
 from storage.slack_store import SlackStore
 
-from .slack.workspace import in_workspace
+from .slack.workspace import set_workspace
 
 log = logging.getLogger("threadflow.bot.middleware")
 
@@ -95,7 +95,11 @@ class IgnoreOwnEventsButDeletions(AsyncIgnoringSelfEvents):
 
 
 async def enter_workspace(req: AsyncBoltRequest, resp: BoltResponse, next: Next) -> BoltResponse | None:
-    """Everything this request leads to (and the tasks it spawns) calls Slack for its own workspace."""
+    """Everything this request leads to (and the tasks it spawns) calls Slack for its own workspace.
+
+    bolt runs the listeners after the middleware chain has returned, not inside it, so the workspace is set
+    for the rest of the task handling this one request (each request is handled in a task of its own, with
+    its own copy of the context variables) rather than inside a ``with`` block."""
     context = req.context
-    with in_workspace(str(context.team_id or ""), context.enterprise_id or None):
-        return await next()
+    set_workspace(str(context.team_id or ""), context.enterprise_id or None)
+    return await next()

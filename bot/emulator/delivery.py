@@ -172,7 +172,13 @@ class BotDelivery:
         return {"id": user_id, "username": name, "name": name, "team_id": self.state.team_id}
 
     def team_obj(self) -> Json:
-        return {"id": self.state.team_id, "domain": self.state.team_domain}
+        out: Json = {"id": self.state.team_id, "domain": self.state.team_domain}
+        if self.state.enterprise_id:
+            out["enterprise_id"] = self.state.enterprise_id
+        return out
+
+    def enterprise_obj(self) -> Json | None:
+        return {"id": self.state.enterprise_id, "name": f"{self.state.enterprise_id} org"} if self.state.enterprise_id else None
 
     def channel_obj(self, channel_id: str) -> Json:
         return {"id": channel_id, "name": self.state.channels[channel_id].name}
@@ -183,7 +189,10 @@ class BotDelivery:
                 "team_domain": self.state.team_domain, "channel_id": channel,
                 "channel_name": self.state.channels[channel].name, "user_id": user,
                 "user_name": self.state.users[user].name, "command": command, "text": text,
-                "api_app_id": self.state.app_id, "is_enterprise_install": "false",
+                "api_app_id": self.state.app_id,
+                "is_enterprise_install": "true" if self.state.org_wide_install else "false",
+                **({"enterprise_id": self.state.enterprise_id, "enterprise_name": f"{self.state.enterprise_id} org"}
+                   if self.state.enterprise_id else {}),
                 "response_url": response_url, "trigger_id": trigger_id}
 
     def block_actions_payload(self, *, user: str, channel: str, message: Json | None, message_ts: str,
@@ -195,7 +204,8 @@ class BotDelivery:
             container["thread_ts"] = message["thread_ts"]
         payload: Json = {"type": "block_actions", "user": self.user_obj(user), "api_app_id": self.state.app_id,
                          "token": self.verification_token, "container": container, "trigger_id": trigger_id,
-                         "team": self.team_obj(), "enterprise": None, "is_enterprise_install": False,
+                         "team": self.team_obj(), "enterprise": self.enterprise_obj(),
+                         "is_enterprise_install": self.state.org_wide_install,
                          "channel": self.channel_obj(channel), "state": {"values": {}},
                          "response_url": response_url, "actions": actions}
         if message is not None:  # Slack omits the message for ephemeral sources
@@ -205,16 +215,20 @@ class BotDelivery:
     def view_submission_payload(self, *, user: str, view: Json, trigger_id: str) -> Json:
         return {"type": "view_submission", "team": self.team_obj(), "user": self.user_obj(user),
                 "api_app_id": self.state.app_id, "token": self.verification_token, "trigger_id": trigger_id,
-                "view": view, "response_urls": [], "is_enterprise_install": False, "enterprise": None}
+                "view": view, "response_urls": [], "is_enterprise_install": self.state.org_wide_install,
+                "enterprise": self.enterprise_obj()}
 
     def event_envelope(self, event: Json) -> Json:
         return {"token": self.verification_token, "team_id": self.state.team_id,
                 "context_team_id": self.state.team_id, "api_app_id": self.state.app_id, "event": event,
                 "type": "event_callback", "event_id": self.state.next_id("Ev"),
                 "event_time": int(time.time()),
-                "authorizations": [{"enterprise_id": None, "team_id": self.state.team_id,
+                **({"enterprise_id": self.state.enterprise_id} if self.state.enterprise_id else {}),
+                "is_enterprise_install": self.state.org_wide_install,
+                "authorizations": [{"enterprise_id": self.state.enterprise_id,
+                                    "team_id": None if self.state.org_wide_install else self.state.team_id,
                                     "user_id": self.state.bot_user_id, "is_bot": True,
-                                    "is_enterprise_install": False}],
+                                    "is_enterprise_install": self.state.org_wide_install}],
                 "is_ext_shared_channel": False}
 
     def message_events(self, msg: Message) -> list[Json]:

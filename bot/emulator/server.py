@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .assistant import AssistantView
 from .delivery import BotDelivery, DeliveryResult, action_payload, find_action
+from .oauth import OAuthProvider
 from .openid import OpenIdProvider
 from .socket_mode import SocketModeServer
 from .state import (
@@ -71,7 +72,13 @@ class SlackEmulator:
         self.assistant.install(self.web_api.methods)
         self.delivery.socket = self.socket_mode
         self.app = web.Application()  # add sandbox routes here before start()
-        self.web_api.install(self.app)
+        # Several workspaces share one Web API: each call goes to the workspace its token belongs to.
+        self.app.router.add_route("*", "/api/{method}", self._route_api)
+        self.app.router.add_post("/response_url/{id}", self._route_response_url)
+        #: Other workspaces served beside this one (``add_workspace``), by team id.
+        self.others: dict[str, SlackEmulator] = {}
+        self.oauth = OAuthProvider(self)  # installs through OAuth (oauth.v2.access, token rotation)
+        self.oauth.install(self.app)
         self.openid = OpenIdProvider(self.state, self.web_api)  # Sign in with Slack, channel membership
         self.openid.install(self.app)
         self.socket_mode.install(self.app)
@@ -87,6 +94,8 @@ class SlackEmulator:
     @bot_url.setter
     def bot_url(self, value: str | None) -> None:
         self.delivery.bot_url = value
+        for other in self.others.values():
+            other.delivery.bot_url = value
 
     @property
     def api_url(self) -> str:
@@ -102,9 +111,87 @@ class SlackEmulator:
         self.url = f"http://{bound_host}:{bound_port}/"
         self.socket_mode.base_ws_url = f"ws://{bound_host}:{bound_port}/"
         self.delivery.response_url_base = self.url + "response_url/"
+        for other in self.others.values():
+            self._share_url(other)
         return self
 
+    # -- several workspaces ----------------------------------------------------------------------
+    def add_workspace(self, team_id: str, *, domain: str | None = None, enterprise_id: str | None = None) -> SlackEmulator:
+        """Another workspace on this Slack (same Web API URL and signing secret, its own people, channels and
+        tokens). The app gets a token there by being installed (``oauth``). Returns the workspace to act in,
+        with every helper of this class (``slash_command``, ``click``, ``messages`` ...)."""
+        if team_id == self.state.team_id or team_id in self.others:
+            raise ValueError(f"workspace {team_id} exists already")
+        other = SlackEmulator(self.signing_secret, bot_token=f"unused-{team_id}",
+                              delivery_timeout=self.delivery.timeout)
+        other.state.tokens.clear()  # no token until the app is installed there
+        other.state.team_id, other.state.team_domain = team_id, domain or team_id.lower()
+        other.state.enterprise_id = enterprise_id
+        # Ids (response URLs, views, triggers, events) stay unique across the workspaces sharing one URL.
+        other.state._counter = 10_000_000 * (len(self.others) + 1)
+        other.delivery.bot_url = self.delivery.bot_url
+        self.others[team_id] = other
+        self._share_url(other)
+        return other
+
+    def _share_url(self, other: SlackEmulator) -> None:
+        other.url = self.url
+        other.delivery.response_url_base = self.url + "response_url/"
+
+    def workspace(self, team_id: str | None = None) -> SlackEmulator:
+        """The workspace with this team id (None: this one)."""
+        if team_id is None or team_id == self.state.team_id:
+            return self
+        try:
+            return self.others[team_id]
+        except KeyError:
+            raise LookupError(f"no workspace {team_id} on this emulator") from None
+
+    @property
+    def all_workspaces(self) -> list[SlackEmulator]:
+        return [self, *self.others.values()]
+
+    def _workspace_of_token(self, token: str | None) -> SlackEmulator:
+        return next((w for w in self.all_workspaces if token and token in w.state.tokens), self)
+
+    async def _route_api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await SlackWebApi.parse_params(request)
+        if method == "oauth.v2.access":
+            body = self.oauth.access(request.headers, params)
+            self.state.record_call(ApiCall(method, {k: v for k, v in params.items() if k not in (
+                "client_secret", "code", "refresh_token")}, request.method, request.content_type, None,
+                self.state.clock(), response={"ok": body.get("ok"), "error": body.get("error")}))
+            return web.json_response(body)
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else params.get("token")
+        if token and self.oauth.expired(token):
+            return web.json_response({"ok": False, "error": "token_expired"})
+        return await self._workspace_of_token(token).web_api.handle_api(request)
+
+    async def _route_response_url(self, request: web.Request) -> web.Response:
+        rid = request.match_info["id"]
+        owner = next((w for w in self.all_workspaces if rid in w.state.response_urls), self)
+        return await owner.web_api.handle_response_url(request)
+
+    async def uninstall(self, team_id: str | None = None, **opts: Any) -> DeliveryResult:
+        """Someone removes the app from the workspace: its tokens stop working, Slack sends ``app_uninstalled``."""
+        workspace = self.workspace(team_id)
+        self.oauth.revoke(workspace.state.team_id)
+        return await workspace.deliver_event({"type": "app_uninstalled", "event_ts": workspace.state.next_ts()}, **opts)
+
+    async def revoke_tokens(self, team_id: str | None = None, **opts: Any) -> DeliveryResult:
+        """An admin revokes the app's bot token: it stops working, Slack sends ``tokens_revoked``."""
+        workspace = self.workspace(team_id)
+        bot = workspace.state.bot_user_id
+        self.oauth.revoke(workspace.state.team_id)
+        return await workspace.deliver_event({"type": "tokens_revoked", "tokens": {"oauth": [], "bot": [bot]},
+                                              "event_ts": workspace.state.next_ts()}, **opts)
+
     async def stop(self) -> None:
+        for other in self.others.values():
+            other.state.close_subscriptions()
+            await other.delivery.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -240,6 +240,10 @@ class WorkspaceState:
     def __init__(self, bot_token: str, *, team_id: str = "T0TEAM", team_domain: str = "threadflow-dev",
                  app_id: str = "A0APP", clock: Callable[[], float] = time.time) -> None:
         self.team_id, self.team_domain, self.app_id = team_id, team_domain, app_id
+        #: The Enterprise Grid org this workspace belongs to (None: a standalone workspace), and whether the app
+        #: is installed on the whole org (then every payload says ``is_enterprise_install``).
+        self.enterprise_id: str | None = None
+        self.org_wide_install = False
         self.bot_user_id, self.bot_id = "U0BOT", "B0BOT"
         self.clock = clock
         self.channels: dict[str, Channel] = {"C0GENERAL": Channel("C0GENERAL", "general")}

@@ -43,6 +43,13 @@ def in_workspace(team_id: str, enterprise_id: str | None = None) -> Iterator[Wor
         _current.reset(token)
 
 
+def set_workspace(team_id: str, enterprise_id: str | None = None) -> Workspace:
+    """Set the workspace for the rest of the current task (a bolt request's task: see ``bot.middleware``)."""
+    workspace = Workspace(team_id, enterprise_id or None)
+    _current.set(workspace)
+    return workspace
+
+
 class TokenSource(Protocol):
     async def token_for(self, workspace: Workspace | None) -> str | None:
         """The bot token to call Slack with for ``workspace``; None when the app is not installed there."""

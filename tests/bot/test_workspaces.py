@@ -1,0 +1,381 @@
+"""Many workspaces: installs through the emulator's OAuth flow, per-workspace tokens, and isolation.
+
+The bot runs with SLACK_CLIENT_ID / SLACK_CLIENT_SECRET / SLACK_STATE_SECRET and no bot token; it is
+installed in two workspaces of the emulator the way a person does it (``/slack/install`` -> Slack's
+authorize page -> ``/slack/oauth_redirect`` with the code and the state cookie). Workspace B deliberately
+reuses A's channel and user ids, so only the workspace tells them apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.fernet import Fernet
+
+from bot.emulator import Message, SlackEmulator
+from bot.runtime import build_engine
+from bot.server import start_server
+from bot.settings import Settings
+from tests.bot.conftest import (
+    ALICE,
+    BOB,
+    CHANNEL,
+    RunningBot,
+    SuspendedRun,
+    approval_messages,
+    button_value,
+    free_port,
+)
+
+SIGNING_SECRET = "signing-secret-do-not-leak-5678"
+CLIENT_ID, CLIENT_SECRET = "111.222", "client-secret-do-not-leak"
+STATE_SECRET = "state-secret-do-not-leak"
+KEY = Fernet.generate_key().decode()
+TEAM_A, TEAM_B = "T0TEAM", "T0OTHER"
+OTHER_CHANNEL = "C0RANDOM"
+
+
+@dataclass
+class Installed:
+    emu: SlackEmulator
+    b: SlackEmulator
+    bot: RunningBot
+    base: str
+    database: Path
+
+    def token_of(self, team: str) -> str:
+        return next(g.access_token for g in reversed(self.emu.oauth.grants) if g.team_id == team)
+
+
+def oauth_settings(emu: SlackEmulator, database: Path, port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
+        "SLACK_STATE_SECRET": STATE_SECRET, "THREADFLOW_ENCRYPTION_KEY": KEY, "SLACK_API_URL": emu.api_url,
+        "THREADFLOW_PUBLIC_URL": f"http://127.0.0.1:{port}", "THREADFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "THREADFLOW_PROGRESS_INTERVAL": 0.05, "THREADFLOW_MODEL": "offline", "THREADFLOW_SLACK_PACING": False,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+async def start_oauth_bot(emu: SlackEmulator, database: Path, **overrides: Any) -> tuple[RunningBot, str]:
+    port = free_port()
+    settings = oauth_settings(emu, database, port, **overrides)
+    engine = build_engine(settings, poll_interval=0.05, lease_seconds=2.0)
+    runner, bot, bound = await start_server(settings, engine, host="127.0.0.1", port=port)
+    running = RunningBot(emu, settings, engine, bot, runner, bound)
+    emu.bot_url = running.url
+    return running, f"http://127.0.0.1:{bound}"
+
+
+async def install(base: str, team: str, *, user: str = ALICE, org_wide: bool = False) -> str:
+    """Click "Add to Slack" on the bot's page, "Allow" on Slack's; returns the bot's closing page."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/slack/install") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+            cookie = resp.headers["Set-Cookie"].split(";")[0]
+        authorize = html.unescape(re.search(r'href="([^"]*oauth/v2/authorize[^"]*)"', page).group(1))  # type: ignore[union-attr]
+        authorize += f"&team={team}&user={user}" + ("&org_wide=1" if org_wide else "")
+        async with http.get(authorize, allow_redirects=False) as resp:
+            assert resp.status == 302, await resp.text()
+            back = resp.headers["Location"]
+        assert back.startswith(f"{base}/slack/oauth_redirect?")
+        async with http.get(back, headers={"Cookie": cookie}, allow_redirects=False) as resp:
+            text = await resp.text()
+            assert resp.status == 200, text
+            return text
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[SlackEmulator]:
+    async with SlackEmulator(signing_secret=SIGNING_SECRET, bot_token="xoxb-never-installed") as emulator:
+        emulator.state.tokens.clear()  # no token until the app is installed
+        emulator.oauth.register_app(CLIENT_ID, CLIENT_SECRET)
+        yield emulator
+
+
+@pytest.fixture
+async def installed(emu: SlackEmulator, tmp_path: Path) -> AsyncIterator[Installed]:
+    b = emu.add_workspace(TEAM_B, domain="other-co")
+    emu.add_channel("random", OTHER_CHANNEL)
+    bot, base = await start_oauth_bot(emu, tmp_path / "threadflow.db")
+    for team in (TEAM_A, TEAM_B):
+        assert "Thank you!" in await install(base, team)
+    yield Installed(emu, b, bot, base, tmp_path / "threadflow.db")
+    await bot.stop()
+
+
+async def command(ws: SlackEmulator, text: str, *, user: str = ALICE, channel: str = CHANNEL) -> str:
+    """Type ``/flow text`` in ``ws`` and return the ephemeral answer."""
+    before = len(ws.ephemerals(user))
+    ack = await ws.slash_command("/flow", text, user=user, channel=channel)
+    assert ack.status == 200, ack.body
+    shown = await ws.wait_for(lambda: len(ws.ephemerals(user)) > before and ws.ephemerals(user), timeout=5)
+    return str(shown[before].text)
+
+
+async def suspended_in(ws: SlackEmulator, bot: RunningBot, text: str = "run approval ship it") -> SuspendedRun:
+    before = {m.ts for m in approval_messages(ws)}
+    ack = await ws.slash_command("/flow", text, user=ALICE)
+    assert ack.status == 200, ack.body
+    approval: Message = await ws.wait_for(
+        lambda: next((m for m in approval_messages(ws) if m.ts not in before), None), timeout=5)
+    run_id = button_value(approval)["run_id"]
+    assert await bot.settled(run_id, ("suspended",)) == "suspended"
+    root = next(m for m in ws.messages(CHANNEL) if run_id in m.text)
+    return SuspendedRun(run_id, root, approval)
+
+
+# -- installs ------------------------------------------------------------------------------------------
+
+
+async def test_two_workspaces_installed_through_oauth_run_workflows_at_the_same_time(installed: Installed) -> None:
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    run_a, run_b = await asyncio.gather(suspended_in(emu, bot, "run approval ship A"),
+                                        suspended_in(b, bot, "run approval ship B"))
+    assert run_a.run_id != run_b.run_id
+    # Each workspace shows only its own run, and every call for it went out with its own token.
+    assert all(run_b.run_id not in m.text for m in emu.messages(CHANNEL))
+    assert all(run_a.run_id not in m.text for m in b.messages(CHANNEL))
+    token_a, token_b = installed.token_of(TEAM_A), installed.token_of(TEAM_B)
+    assert token_a != token_b
+    assert {c.token for c in emu.calls() if c.method != "oauth.v2.access"} == {token_a}
+    assert {c.token for c in b.calls()} == {token_b}
+    # Both can be approved in their own workspace and finish.
+    await emu.click(run_a.approval, "approve", user=ALICE)
+    await b.click(run_b.approval, "approve", user=ALICE)
+    assert await bot.settled(run_a.run_id) == "success"
+    assert await bot.settled(run_b.run_id) == "success"
+
+
+async def test_install_without_the_state_cookie_is_refused_and_stores_nothing(emu: SlackEmulator, tmp_path: Path) -> None:
+    bot, base = await start_oauth_bot(emu, tmp_path / "threadflow.db")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/slack/install") as resp:
+                page = await resp.text()
+            authorize = html.unescape(re.search(r'href="([^"]*oauth/v2/authorize[^"]*)"', page).group(1))  # type: ignore[union-attr]
+            async with http.get(authorize + f"&team={TEAM_A}", allow_redirects=False) as resp:
+                back = resp.headers["Location"]
+            async with http.get(back, allow_redirects=False) as resp:  # a forged link: no cookie
+                assert resp.status == 400
+        assert await bot.bot.installs.rows.find_bot(None, TEAM_A) is None  # type: ignore[union-attr]
+    finally:
+        await bot.stop()
+
+
+async def test_tokens_in_the_database_are_not_readable_without_the_key(installed: Installed) -> None:
+    token_a = installed.token_of(TEAM_A)
+    with sqlite3.connect(installed.database) as raw:
+        rows = raw.execute("SELECT team_id, bot_token FROM slack_bots").fetchall()
+        dump = "\n".join(raw.iterdump())
+    assert {team for team, _ in rows} == {TEAM_A, TEAM_B}
+    for team, stored in rows:
+        assert stored and not stored.startswith("xox"), stored
+    assert token_a not in dump and installed.token_of(TEAM_B) not in dump
+    stored_a = next(stored for team, stored in rows if team == TEAM_A)
+    assert Fernet(KEY.encode()).decrypt(stored_a.encode()).decode() == token_a  # only the key opens it
+    with pytest.raises(Exception):
+        Fernet(Fernet.generate_key()).decrypt(stored_a.encode())
+
+
+# -- isolation -----------------------------------------------------------------------------------------
+
+
+async def test_status_of_a_run_from_another_workspace_or_channel_is_no_such_run(installed: Installed) -> None:
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    emu.openid.set_members(CHANNEL, [ALICE])  # BOB is not in A's #general; ALICE is
+    run = await suspended_in(emu, bot)
+    nonexistent = await command(emu, "status 0123456789abcdef0123456789abcdef", user=BOB, channel=OTHER_CHANNEL)
+    unknown_text = nonexistent.replace("0123456789abcdef0123456789abcdef", run.run_id)
+    assert "no such run" in unknown_text
+
+    # The same words as for an id nobody ever used: from workspace B (same channel and user ids) ...
+    assert await command(b, f"status {run.run_id}", user=ALICE) == unknown_text
+    # ... from another channel of A, by someone who is not in the run's channel ...
+    assert await command(emu, f"status {run.run_id}", user=BOB, channel=OTHER_CHANNEL) == unknown_text
+    assert await command(emu, f"cancel {run.run_id}", user=BOB, channel=OTHER_CHANNEL) == unknown_text
+    assert await command(b, f"cancel {run.run_id}", user=ALICE) == unknown_text
+    # ... while a member of the run's channel sees it from anywhere in A, and anyone in the channel itself.
+    assert f"*Run `{run.run_id}`*" in await command(emu, f"status {run.run_id}", user=ALICE, channel=OTHER_CHANNEL)
+    assert f"*Run `{run.run_id}`*" in await command(emu, f"status {run.run_id}", user=BOB)
+    assert (await bot.engine.get_run(run.run_id)).status == "suspended"
+
+
+async def test_runs_lists_only_runs_of_channels_the_person_can_see(installed: Installed) -> None:
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    emu.openid.set_members(CHANNEL, [ALICE])
+    run = await suspended_in(emu, bot)
+    assert run.run_id in await command(emu, "runs", user=ALICE, channel=OTHER_CHANNEL)
+    assert run.run_id not in await command(emu, "runs", user=BOB, channel=OTHER_CHANNEL)
+    assert run.run_id not in await command(b, "runs", user=ALICE)
+
+
+async def test_a_channel_the_bot_cannot_check_shows_its_runs_only_in_the_channel(installed: Installed) -> None:
+    emu, bot = installed.emu, installed.bot
+    run = await suspended_in(emu, bot)
+    emu.fail_next("conversations.members", status=200, error="not_in_channel", times=5)
+    assert "no such run" in await command(emu, f"status {run.run_id}", user=ALICE, channel=OTHER_CHANNEL)
+    assert f"*Run `{run.run_id}`*" in await command(emu, f"status {run.run_id}", user=ALICE)
+
+
+async def test_a_crafted_click_from_another_workspace_or_channel_does_not_decide(installed: Installed) -> None:
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    run = await suspended_in(emu, bot)
+    approve = next(e for blk in run.approval.blocks or [] for e in blk.get("elements") or []
+                   if e.get("action_id") == "approve")
+    action = {"type": "button", "action_id": "approve", "block_id": "x", "value": approve["value"],
+              "action_ts": str(time.time())}
+
+    def payload(ws: SlackEmulator, channel: str, *, with_message: bool = True) -> dict[str, Any]:
+        body = ws.delivery.block_actions_payload(
+            user=ALICE, channel=channel, message=run.approval.to_api() if with_message else None,
+            message_ts=run.approval.ts, is_ephemeral=False, actions=[action],
+            response_url=ws.delivery.response_url_base + "none", trigger_id="1.2.3")
+        if not with_message:
+            body.pop("container", None)
+            body.pop("channel", None)
+        return body
+
+    # A copy of A's card clicked in workspace B (same channel id), in another channel of A, and with no
+    # message or container at all: all signed, none decides.
+    for ws, body in ((b, payload(b, CHANNEL)), (emu, payload(emu, OTHER_CHANNEL)),
+                     (emu, payload(emu, CHANNEL, with_message=False))):
+        result = await ws.delivery.send_interaction(body)
+        assert result.status == 200
+    await bot.idle()
+    assert (await bot.engine.get_run(run.run_id)).status == "suspended"
+    shown = [e.text for e in b.ephemerals(ALICE)]
+    assert shown and all("no such run" in t for t in shown)
+    # The real card still works.
+    await emu.click(run.approval, "approve", user=ALICE)
+    assert await bot.settled(run.run_id) == "success"
+
+
+async def test_thread_chat_recall_never_returns_another_workspaces_messages(installed: Installed) -> None:
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    bot_user = emu.state.bot_user_id
+    said = await emu.post_as_user(f"<@{bot_user}> remember that the vault code is kiwi-4711")
+    await emu.wait_for(lambda: [m for m in emu.thread(CHANNEL, said.ts) if m.user == bot_user], timeout=5)
+    asked = await b.post_as_user(f"<@{bot_user}> what is the vault code? kiwi-4711 was it?")
+    answer = await b.wait_for(lambda: [m for m in b.thread(CHANNEL, asked.ts) if m.user == bot_user], timeout=5)
+    await bot.idle()
+    assert "Earlier in this thread" not in answer[0].text  # B's thread starts empty: nothing of A's recalled
+    memory = bot.engine.memory
+    assert memory is not None
+    in_a = await memory.store.search_text("vault kiwi-4711", resource_id=f"slack:{TEAM_A}:{CHANNEL}")
+    assert any("remember that the vault code" in str(hit) for hit in in_a)  # recall works within A
+    in_b = await memory.store.search_text("vault kiwi-4711", resource_id=f"slack:{TEAM_B}:{CHANNEL}")
+    assert all("remember that the vault code" not in str(hit) for hit in in_b)
+
+
+# -- uninstall, revocation -----------------------------------------------------------------------------
+
+
+async def test_uninstalling_b_stops_its_deliveries_and_leaves_a_untouched(installed: Installed) -> None:
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    run_a, run_b = await suspended_in(emu, bot, "run approval A"), await suspended_in(b, bot, "run approval B")
+    result = await emu.uninstall(TEAM_B)
+    assert result.status == 200
+    await bot.idle()
+    assert await bot.bot.installs.rows.find_bot(None, TEAM_B) is None  # type: ignore[union-attr]
+    calls_b = len(b.calls())
+    # B's run goes on in the database (approved from the CLI/API), but nothing more is sent to B.
+    await bot.engine.resume(run_b.run_id, step="approve", data={"approved": True, "by": ALICE}, by=ALICE)
+    await emu.click(run_a.approval, "approve", user=ALICE)
+    assert await bot.settled(run_a.run_id) == "success"
+    assert await bot.settled(run_b.run_id) == "success"
+    await emu.wait_for(lambda: any("Run finished" in m.text for m in emu.thread(CHANNEL, run_a.root.ts)), timeout=5)
+    await asyncio.sleep(0.3)
+    assert len(b.calls()) == calls_b
+    assert (await bot.engine.get_run(run_b.run_id)).status == "success"  # B's runs stay in the database
+    # A slash command from B is no longer answered by the app.
+    ack = await b.slash_command("/flow", "runs", user=ALICE)
+    assert ack.status != 200 or "no such run" not in ack.body
+
+
+async def test_revoked_tokens_stop_deliveries_like_an_uninstall(installed: Installed) -> None:
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    run_b = await suspended_in(b, bot, "run approval B")
+    assert (await emu.revoke_tokens(TEAM_B)).status == 200
+    await bot.idle()
+    assert await bot.bot.installs.rows.find_bot(None, TEAM_B) is None  # type: ignore[union-attr]
+    calls_b = len(b.calls())
+    await bot.engine.resume(run_b.run_id, step="approve", data={"approved": True, "by": ALICE}, by=ALICE)
+    assert await bot.settled(run_b.run_id) == "success"
+    await asyncio.sleep(0.3)
+    assert len(b.calls()) == calls_b
+    run_a = await suspended_in(emu, bot, "run approval A")  # A is untouched
+    assert run_a.run_id
+
+
+# -- rotation, Enterprise Grid ---------------------------------------------------------------------------
+
+
+async def test_a_rotated_token_is_refreshed_before_it_expires(emu: SlackEmulator, tmp_path: Path) -> None:
+    emu.oauth.register_app(CLIENT_ID, CLIENT_SECRET, token_rotation=True, expires_in=3 * 3600)
+    bot, base = await start_oauth_bot(emu, tmp_path / "threadflow.db", SLACK_TOKEN_ROTATION=True)
+    try:
+        await install(base, TEAM_A)
+        first = emu.oauth.grants[0].access_token
+        assert first.startswith("xoxe.xoxb-") and emu.oauth.grants[0].refresh_token
+        run = await suspended_in(emu, bot)  # three hours left: more than the two hours before expiry
+        assert {c.token for c in emu.calls() if c.method != "oauth.v2.access"} == {first}
+        # Time passes: the token now expires within the two hours, so it is refreshed before the next call.
+        emu.oauth.expiry[first] = time.time() + 60
+        row = await bot.bot.installs.rows.find_bot(None, TEAM_A)  # type: ignore[union-attr]
+        assert row is not None
+        row["bot_token_expires_at"] = time.time() + 60
+        await bot.bot.installs.rows.save_bot(row)
+        bot.bot.tokens._bots.clear()  # type: ignore[union-attr]  # the cached copy is older than the change
+        await emu.click(run.approval, "approve", user=ALICE)
+        assert await bot.settled(run.run_id) == "success"
+        second = emu.oauth.grants[0].access_token
+        assert second != first
+        refreshes = [c for c in emu.calls("oauth.v2.access") if c.params.get("grant_type") == "refresh_token"]
+        assert len(refreshes) == 1
+        await emu.wait_for(lambda: any("Run finished" in m.text for m in emu.thread(CHANNEL, run.root.ts)), timeout=5)
+        later = [c for c in emu.calls() if c.method not in ("oauth.v2.access",) and c.time > refreshes[0].time]
+        assert later and {c.token for c in later} == {second}
+        assert not [c for c in emu.calls() if (c.response or {}).get("error") == "token_expired"]
+    finally:
+        await bot.stop()
+
+
+async def test_an_enterprise_grid_org_wide_install_works(emu: SlackEmulator, tmp_path: Path) -> None:
+    emu.state.enterprise_id = "E0ORG"
+    bot, base = await start_oauth_bot(emu, tmp_path / "threadflow.db")
+    try:
+        await install(base, TEAM_A, org_wide=True)
+        emu.state.org_wide_install = True
+        row = await bot.bot.installs.rows.find_bot("E0ORG", None)  # type: ignore[union-attr]
+        assert row is not None and row["is_enterprise_install"] and row["team_id"] is None
+        run = await suspended_in(emu, bot)
+        slack_run = await bot.bot.store.get_run(run.run_id)
+        assert slack_run is not None and slack_run.enterprise_id == "E0ORG" and slack_run.team_id == TEAM_A
+        assert f"*Run `{run.run_id}`*" in await command(emu, f"status {run.run_id}")
+        await emu.click(run.approval, "approve", user=ALICE)
+        assert await bot.settled(run.run_id) == "success"
+    finally:
+        await bot.stop()
+
+
+async def test_the_manifest_has_the_redirect_url_and_uninstall_events_with_oauth(emu: SlackEmulator, tmp_path: Path) -> None:
+    from bot.commands_server import manifest
+
+    settings = oauth_settings(emu, tmp_path / "x.db", 3000, THREADFLOW_PUBLIC_URL="https://flow.example.com")
+    m = manifest(settings, None)
+    assert m["oauth_config"]["redirect_urls"] == ["https://flow.example.com/slack/oauth_redirect"]
+    assert {"app_uninstalled", "tokens_revoked"} <= set(m["settings"]["event_subscriptions"]["bot_events"])
+    assert m["settings"]["org_deploy_enabled"] is True

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
 from bot.emulator import Message, SlackEmulator
 from bot.runtime import build_engine
@@ -181,12 +181,12 @@ async def test_tokens_in_the_database_are_not_readable_without_the_key(installed
         rows = raw.execute("SELECT team_id, bot_token FROM slack_bots").fetchall()
         dump = "\n".join(raw.iterdump())
     assert {team for team, _ in rows} == {TEAM_A, TEAM_B}
-    for team, stored in rows:
+    for _team, stored in rows:
         assert stored and not stored.startswith("xox"), stored
     assert token_a not in dump and installed.token_of(TEAM_B) not in dump
     stored_a = next(stored for team, stored in rows if team == TEAM_A)
     assert Fernet(KEY.encode()).decrypt(stored_a.encode()).decode() == token_a  # only the key opens it
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidToken):
         Fernet(Fernet.generate_key()).decrypt(stored_a.encode())
 
 

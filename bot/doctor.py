@@ -59,7 +59,9 @@ def _secret(value: Any) -> str | None:
 def check_settings(settings: Settings) -> list[Check]:
     checks: list[Check] = []
     token = _secret(settings.slack_bot_token)
-    if token is None:
+    if settings.oauth_enabled:
+        checks.extend(_check_oauth(settings))
+    elif token is None:
         checks.append(Check("SLACK_BOT_TOKEN", "fail", "not set. Copy the Bot User OAuth Token (xoxb-…) from your "
                             "Slack app's OAuth & Permissions page into the environment or .env."))
     elif not token.startswith("xoxb-"):
@@ -93,6 +95,67 @@ def check_settings(settings: Settings) -> list[Check]:
     checks.extend(_check_models(settings))
     checks.append(Check("THREADFLOW_TIMEZONE", "ok", f"schedules default to {settings.timezone}."))
     return checks
+
+
+def _check_oauth(settings: Settings) -> list[Check]:
+    """Installs through OAuth: no single bot token; the key that encrypts the stored tokens must be valid."""
+    from .installs import EncryptionKeyError, TokenCipher
+
+    checks = [Check("SLACK_BOT_TOKEN", "ok", "not needed: workspaces install the app through OAuth "
+                    "(SLACK_CLIENT_ID, SLACK_CLIENT_SECRET, SLACK_STATE_SECRET) at /slack/install.")]
+    key = _secret(settings.encryption_key)
+    try:
+        TokenCipher(key or "")
+    except EncryptionKeyError as exc:
+        checks.append(Check("THREADFLOW_ENCRYPTION_KEY", "fail", str(exc).removeprefix("THREADFLOW_ENCRYPTION_KEY ")))
+    else:
+        count = len([k for k in (key or "").split(",") if k.strip()])
+        checks.append(Check("THREADFLOW_ENCRYPTION_KEY", "ok", f"set ({count} key{'s' if count > 1 else ''}); "
+                            "stored Slack tokens are encrypted with the first."))
+    return checks
+
+
+async def check_installs(settings: Settings, database: Check) -> list[Check]:
+    """Installs through OAuth: how many workspaces, and whether every stored token can be decrypted."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from storage.database import normalize_url
+    from storage.tables import slack_bots, slack_installations
+
+    from .installs import SECRET_COLUMNS, EncryptionKeyError, TokenCipher, UndecryptableToken
+
+    if not settings.oauth_enabled or database.status != "ok":
+        return []
+    try:
+        cipher = TokenCipher(_secret(settings.encryption_key) or "")
+    except EncryptionKeyError:
+        return []  # the settings check said so
+    engine = create_async_engine(normalize_url(settings.database_url), poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            bots = (await asyncio.wait_for(conn.execute(select(slack_bots)), TIMEOUT)).mappings().all()
+            installs = (await asyncio.wait_for(conn.execute(select(slack_installations)), TIMEOUT)).mappings().all()
+    except Exception as exc:
+        return [Check("Installs", "warn", f"could not be read: {type(exc).__name__}: {_first_line(exc)}")]
+    finally:
+        await engine.dispose()
+    bad: list[str] = []
+    for table, rows in (("slack_bots", bots), ("slack_installations", installs)):
+        for row in rows:
+            try:
+                for column in SECRET_COLUMNS:
+                    if column in row:
+                        cipher.decrypt(row[column])
+            except UndecryptableToken:
+                bad.append(f"{table} row {row['id']} (workspace {row['team_id'] or row['enterprise_id']})")
+    workspaces = {(r["enterprise_id"], r["team_id"]) for r in bots}
+    if bad:
+        return [Check("Installs", "fail", f"{len(bad)} stored token(s) cannot be decrypted with "
+                      f"THREADFLOW_ENCRYPTION_KEY: {', '.join(bad[:5])}. Put the old key after the new one "
+                      "(comma-separated), or have those workspaces install the app again.")]
+    return [Check("Installs", "ok", f"{len(workspaces)} workspace(s) installed; every stored token decrypts.")]
 
 
 def _check_workflows(settings: Settings) -> Check:
@@ -237,6 +300,8 @@ async def check_slack(settings: Settings) -> list[Check]:
     from .commands_server import manifest
 
     token = _secret(settings.slack_bot_token)
+    if token is None and settings.oauth_enabled:
+        return []  # each workspace's token is checked by "Installs"
     if token is None:
         return [Check("Slack", "warn", "not checked: SLACK_BOT_TOKEN is not set.")]
     client = AsyncWebClient(token=token, base_url=settings.slack_api_url, timeout=int(TIMEOUT))
@@ -381,6 +446,7 @@ async def diagnose(settings: Settings) -> list[Check]:
     if stranded is not None:
         checks.append(stranded)
     checks.extend(await check_slack(settings))
+    checks.extend(await check_installs(settings, database))
     checks.extend(await check_slack_features(settings, database))
     checks.extend(await check_model(settings))
     return checks

@@ -27,6 +27,8 @@ class Visibility(BaseModel):
 
     channels: frozenset[str]
     user: str | None = None
+    #: The person's workspace: channels of other workspaces never count (None: any, for single-workspace use).
+    team: str | None = None
 
 
 class RunFilter(BaseModel):
@@ -150,6 +152,19 @@ class RunQueries:
 
         return await self.db.read(op)
 
+    async def places_of(self, run_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """The Slack workspace and channel each of these runs was started in (others are absent)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+
+        async def op(conn: AsyncConnection) -> dict[str, tuple[str, str]]:
+            q = select(slack_runs.c.run_id, slack_runs.c.team_id, slack_runs.c.channel_id).where(
+                slack_runs.c.run_id.in_(ids))
+            return {r[0]: (r[1], r[2]) for r in await conn.execute(q)}
+
+        return await self.db.read(op)
+
 
 def _filtered(q: Select[Any], where: RunFilter) -> Select[Any]:
     if where.status:
@@ -162,9 +177,10 @@ def _filtered(q: Select[Any], where: RunFilter) -> Select[Any]:
         q = q.where(runs.c.id >= where.id_prefix, runs.c.id < where.id_prefix + "~")
     if where.visible_to is not None:
         seen = where.visible_to
-        in_channels = runs.c.id.in_(
-            select(slack_runs.c.run_id).where(slack_runs.c.channel_id.in_(sorted(seen.channels)))
-        )
+        where_channel = slack_runs.c.channel_id.in_(sorted(seen.channels))
+        if seen.team:
+            where_channel = and_(where_channel, slack_runs.c.team_id == seen.team)
+        in_channels = runs.c.id.in_(select(slack_runs.c.run_id).where(where_channel))
         clauses: list[ColumnElement[bool]] = [in_channels]
         if seen.user:
             clauses.append(runs.c.started_by == seen.user)

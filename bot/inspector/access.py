@@ -2,8 +2,8 @@
 
 - An operator (no sign-in on 127.0.0.1, or THREADFLOW_UI_TOKEN) sees every run and may do everything, as
   the ``threadflow`` CLI may.
-- A person signed in with Slack sees the runs started in the Slack channels they belong to, plus runs
-  they started themselves (from the inspector's forms). Any other run is "not found" for them (404), so
+- A person signed in with Slack sees the runs started in the Slack channels they belong to, in their own
+  workspace (the same rule as ``/flow status`` in Slack, :mod:`bot.run_access`), plus runs they started themselves (from the inspector's forms). Any other run is "not found" for them (404), so
   they cannot even learn that it exists.
 - Approving or rejecting a suspension follows ``bot.policy.approvers_for`` (the step's approvers, else the
   workflow's, else THREADFLOW_APPROVERS, else the person who started the run), as the Slack buttons do.
@@ -36,7 +36,7 @@ class Access:
         channels: frozenset[str] = frozenset()
         if self.directory is not None and viewer.user:
             channels = await self.directory.channels_of(viewer.user)
-        return Visibility(channels=channels, user=viewer.user)
+        return Visibility(channels=channels, user=viewer.user, team=viewer.team)
 
     async def can_see(self, viewer: Viewer, run: RunRecord) -> bool:
         seen = await self.visibility(viewer)
@@ -44,8 +44,11 @@ class Access:
             return True
         if seen.user and run.started_by == seen.user:
             return True
-        channel = (await self.queries.channels_of([run.id])).get(run.id)
-        return channel is not None and channel in seen.channels
+        place = (await self.queries.places_of([run.id])).get(run.id)
+        if place is None:
+            return False
+        team, channel = place
+        return channel in seen.channels and (not seen.team or team == seen.team)
 
     def deciders(self, run: RunRecord, step_id: str) -> set[str]:
         return approvers_for(self.engine, run, step_id, self.approvers)

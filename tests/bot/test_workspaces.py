@@ -300,9 +300,11 @@ async def test_uninstalling_b_stops_its_deliveries_and_leaves_a_untouched(instal
     await asyncio.sleep(0.3)
     assert len(b.calls()) == calls_b
     assert (await bot.engine.get_run(run_b.run_id)).status == "success"  # B's runs stay in the database
-    # A slash command from B is no longer answered by the app.
-    ack = await b.slash_command("/flow", "runs", user=ALICE)
-    assert ack.status != 200 or "no such run" not in ack.body
+    # A slash command from B reaches an app that no longer has a token there: nothing about any run.
+    ack = await b.slash_command("/flow", f"status {run_b.run_id}", user=ALICE)
+    assert run_b.run_id not in ack.body and "Run `" not in ack.body
+    await bot.idle()
+    assert len(b.calls()) == calls_b
 
 
 async def test_revoked_tokens_stop_deliveries_like_an_uninstall(installed: Installed) -> None:
@@ -379,3 +381,32 @@ async def test_the_manifest_has_the_redirect_url_and_uninstall_events_with_oauth
     assert m["oauth_config"]["redirect_urls"] == ["https://flow.example.com/slack/oauth_redirect"]
     assert {"app_uninstalled", "tokens_revoked"} <= set(m["settings"]["event_subscriptions"]["bot_events"])
     assert m["settings"]["org_deploy_enabled"] is True
+
+
+async def test_doctor_checks_the_key_and_reports_tokens_it_cannot_decrypt(installed: Installed) -> None:
+    from bot.doctor import diagnose
+
+    port = installed.bot.port
+
+    def named(checks: list[Any], name: str) -> Any:
+        return next(c for c in checks if c.name == name)
+
+    good = await diagnose(oauth_settings(installed.emu, installed.database, port))
+    assert named(good, "THREADFLOW_ENCRYPTION_KEY").status == "ok"
+    assert named(good, "Installs").status == "ok" and "2 workspace(s)" in named(good, "Installs").detail
+
+    other_key = await diagnose(oauth_settings(installed.emu, installed.database, port,
+                                              THREADFLOW_ENCRYPTION_KEY=Fernet.generate_key().decode()))
+    installs = named(other_key, "Installs")
+    assert installs.status == "fail" and "cannot be decrypted" in installs.detail and TEAM_B in installs.detail
+    # The old key after a new one still opens them (key rotation).
+    rotated = await diagnose(oauth_settings(installed.emu, installed.database, port,
+                                            THREADFLOW_ENCRYPTION_KEY=f"{Fernet.generate_key().decode()},{KEY}"))
+    assert named(rotated, "Installs").status == "ok"
+
+    malformed = await diagnose(oauth_settings(installed.emu, installed.database, port,
+                                              THREADFLOW_ENCRYPTION_KEY="not-a-key"))
+    assert named(malformed, "THREADFLOW_ENCRYPTION_KEY").status == "fail"
+    for checks in (good, other_key, malformed):
+        text = "\n".join(c.line() for c in checks)
+        assert KEY not in text and installed.token_of(TEAM_A) not in text and CLIENT_SECRET not in text

@@ -17,6 +17,7 @@ from . import blocks
 from .delivery.service import resource_id_for, thread_id_for
 from .deps import BotDeps
 from .slack import SlackCallError, describe_for_people, with_retries
+from .slack.workspace import in_workspace
 
 log = logging.getLogger("threadflow.bot.commands")
 
@@ -47,8 +48,14 @@ async def start_run_in_channel(deps: BotDeps, request: StartRequest) -> StartOut
     """Post the run's root message in the channel, then start the run in its thread and render it there.
 
     The root message goes out first and directly (its ``ts`` names the run's memory thread); when Slack
-    cannot take it, nothing is started and the outcome says why in words that are true for the case.
+    cannot take it, nothing is started and the outcome says why in words that are true for the case. Every
+    call is made for (and with the token of) the request's workspace, whoever asks (a command, a schedule).
     """
+    with in_workspace(request.team_id, request.enterprise_id):
+        return await _start(deps, request)
+
+
+async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
     run_id = new_run_id()
     text, root_blocks = blocks.root_message(blocks.Checklist(
         run_id=run_id, workflow_id=request.workflow_id, started_by=request.user_id, status="pending"))

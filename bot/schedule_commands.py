@@ -139,6 +139,7 @@ async def _schedule(settings: Settings, engine: Engine, store: ScheduleStore, ar
     schedule = await create_schedule(
         engine, store, wf.id, request.cron, input=data, timezone=request.timezone or settings.timezone,
         team_id=command.get("team_id") or None, channel_id=command["channel_id"], created_by=command["user_id"],
+        enterprise_id=command.get("enterprise_id") or None,
     )
     if wake is not None:
         wake()
@@ -197,7 +198,7 @@ async def fire_in_slack(deps: BotDeps, schedule: ScheduleRecord, run_input: Any 
         return
     user = schedule.created_by if _is_slack_user(schedule.created_by) else f"schedule:{schedule.id}"
     request = StartRequest(team_id=schedule.team_id or "", channel_id=schedule.channel_id, user_id=user or "",
-                           workflow_id=schedule.workflow_id, data=data)
+                           workflow_id=schedule.workflow_id, data=data, enterprise_id=schedule.enterprise_id)
     with log_context(schedule_id=schedule.id, channel_id=schedule.channel_id, team_id=schedule.team_id):
         outcome = await start_run_in_channel(deps, request)
     if outcome.problem is not None:

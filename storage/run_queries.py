@@ -177,7 +177,7 @@ def _filtered(q: Select[Any], where: RunFilter) -> Select[Any]:
         q = q.where(runs.c.id >= where.id_prefix, runs.c.id < where.id_prefix + "~")
     if where.visible_to is not None:
         seen = where.visible_to
-        where_channel = slack_runs.c.channel_id.in_(sorted(seen.channels))
+        where_channel: ColumnElement[bool] = slack_runs.c.channel_id.in_(sorted(seen.channels))
         if seen.team:
             where_channel = and_(where_channel, slack_runs.c.team_id == seen.team)
         in_channels = runs.c.id.in_(select(slack_runs.c.run_id).where(where_channel))

@@ -31,6 +31,8 @@ class ScheduleRecord(BaseModel):
     next_at: float
     last_fired_at: float | None = None
     created_at: float
+    #: The Enterprise Grid org of ``team_id`` (None outside Grid).
+    enterprise_id: str | None = None
 
 
 class ScheduleStore:

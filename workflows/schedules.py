@@ -89,6 +89,7 @@ async def create_schedule(
     channel_id: str | None = None,
     created_by: str | None = None,
     now: float | None = None,
+    enterprise_id: str | None = None,
 ) -> ScheduleRecord:
     """Validate (workflow registered, input fits it, cron and time zone valid) and store a schedule."""
     await engine.open()
@@ -100,6 +101,7 @@ async def create_schedule(
     record = ScheduleRecord(
         id=new_schedule_id(), workflow_id=wf.id, cron=cron, timezone=timezone, input=data, team_id=team_id,
         channel_id=channel_id, created_by=created_by, next_at=next_fire_time(cron, timezone, now), created_at=now,
+        enterprise_id=enterprise_id,
     )
     await store.add(record)
     return record

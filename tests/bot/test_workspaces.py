@@ -410,3 +410,23 @@ async def test_doctor_checks_the_key_and_reports_tokens_it_cannot_decrypt(instal
     for checks in (good, other_key, malformed):
         text = "\n".join(c.line() for c in checks)
         assert KEY not in text and installed.token_of(TEAM_A) not in text and CLIENT_SECRET not in text
+
+
+async def test_a_scheduled_run_starts_in_its_own_workspace_with_its_token(installed: Installed) -> None:
+    from bot.schedule_commands import fire_in_slack
+    from storage.schedule_store import ScheduleStore
+    from workflows.schedules import create_schedule
+
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    schedule = await create_schedule(bot.engine, ScheduleStore(bot.engine.db), "greet-user", "0 9 * * *",
+                                     input={"name": "Ada"}, team_id=TEAM_B, channel_id=CHANNEL, created_by=BOB)
+    await fire_in_slack(bot.bot.deps, schedule)  # from the scheduler's task: no Slack request around it
+    root = await b.wait_for(lambda: next((m for m in b.messages(CHANNEL) if "greet-user" in m.text), None), timeout=5)
+    run_id = next(r.run_id for r in await bot.bot.store.recent_runs(TEAM_B))
+    assert run_id in root.text and not any(run_id in m.text for m in emu.messages(CHANNEL))
+    slack_run = await bot.bot.store.get_run(run_id)
+    assert slack_run is not None and (slack_run.team_id, slack_run.channel_id, slack_run.started_by) == (TEAM_B, CHANNEL, BOB)
+    assert {c.token for c in b.calls()} == {installed.token_of(TEAM_B)}
+    # Seen from B's channel; not from A's channel with the same id.
+    assert run_id in await command(b, "runs", user=BOB)
+    assert run_id not in await command(emu, "runs", user=BOB)

@@ -34,6 +34,7 @@ BENCHMARKS = {
     "streaming": "bench.streaming",
     "postgres": "bench.postgres",
     "footprint": "bench.footprint",
+    "workspaces": "bench.workspaces",
 }
 
 

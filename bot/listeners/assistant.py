@@ -35,6 +35,7 @@ from ..delivery.service import resource_id_for, thread_id_for
 from ..deps import BotDeps
 from ..run_start import StartRequest, start_run_in_channel
 from ..slack import SlackCallError, with_retries
+from ..slack.workspace import current_workspace
 from .chat import ThreadChat
 
 log = logging.getLogger("threadflow.bot.assistant")
@@ -60,19 +61,25 @@ class MemoryThreadContextStore(AsyncAssistantThreadContextStore):
         self.deps = deps
         self.team_id = team_id
 
+    def _team(self) -> str:
+        """The workspace of the request at hand (bolt does not pass it to the store), else the fixed one."""
+        workspace = current_workspace()
+        return self.team_id or (workspace.team_id if workspace is not None else "")
+
     async def save(self, *, channel_id: str, thread_ts: str, context: dict[str, str]) -> None:
         memory = self.deps.engine.memory
         if memory is None:
             return
-        thread_id = thread_id_for(self.team_id, channel_id, thread_ts)
-        await memory.store.ensure_thread(thread_id, resource_id_for(self.team_id, channel_id))
+        team = self._team()
+        thread_id = thread_id_for(team, channel_id, thread_ts)
+        await memory.store.ensure_thread(thread_id, resource_id_for(team, channel_id))
         await memory.store.update_thread(thread_id, metadata={"slack_context": dict(context)})
 
     async def find(self, *, channel_id: str, thread_ts: str) -> AssistantThreadContext | None:
         memory = self.deps.engine.memory
         if memory is None:
             return None
-        row = await memory.store.get_thread(thread_id_for(self.team_id, channel_id, thread_ts))
+        row = await memory.store.get_thread(thread_id_for(self._team(), channel_id, thread_ts))
         context = (row.metadata or {}).get("slack_context") if row is not None else None
         return AssistantThreadContext(context) if context else None
 
@@ -173,8 +180,10 @@ class AssistantThreads:
         try:
             workflow_id, raw = split_run_args(args)
             wf = deps.engine.get_workflow(workflow_id)
+            workspace = current_workspace()
             request = StartRequest(team_id=team, channel_id=channel, user_id=user, workflow_id=wf.id,
-                                   data=parse_run_input(wf, raw), thread_ts=thread_ts)
+                                   data=parse_run_input(wf, raw), thread_ts=thread_ts,
+                                   enterprise_id=workspace.enterprise_id if workspace is not None else None)
         except UsageError as exc:
             await self.reply(channel, thread_ts, f":warning: {blocks.escape(str(exc))}")
             return

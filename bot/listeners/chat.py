@@ -79,7 +79,7 @@ class ThreadChat:
         team = body.get("team_id", "")
         subtype = event.get("subtype")
         if subtype == "message_deleted":
-            self.deps.background.spawn(self.on_deleted(event))
+            self.deps.background.spawn(self.on_deleted(event, team))
             return
         if event.get("bot_id") or subtype not in SPOKEN_SUBTYPES:
             return
@@ -91,10 +91,10 @@ class ThreadChat:
             return  # top-level chatter in a channel is not ours; mentions arrive as app_mention
         self.deps.background.spawn(self.answer(team, event, thread_ts, require_known_thread=True))
 
-    async def on_deleted(self, event: dict[str, Any]) -> None:
+    async def on_deleted(self, event: dict[str, Any], team: str = "") -> None:
         """Someone deleted a message the bot shows: an approval card that still matters is posted again."""
         row = await self.deps.store.message_at(event.get("channel", ""), str(event.get("deleted_ts") or ""))
-        if row is None or row.kind != "approval" or row.run_id is None:
+        if row is None or row.kind != "approval" or row.run_id is None or (team and row.team_id != team):
             return
         log.warning("approval card %s was deleted in Slack; it will be posted again", row.key)
         await self.deps.store.forget_ts(row.key)

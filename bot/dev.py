@@ -17,6 +17,9 @@ def add_dev_command(sub: Any) -> None:
     p.add_argument("--no-browser", action="store_true")
     p.add_argument("--realistic-slack", action="store_true",
                    help="make the local Slack answer like the real one: 0.1-0.3 s per call, and Slack's rate limits")
+    p.add_argument("--workspaces", type=int, default=1, choices=range(1, 5), metavar="N",
+                   help="serve N Slack workspaces (1-4); with 2 or more the app is installed in each through the "
+                        "local Slack's OAuth flow, as a distributed app is, and each gets its own page")
     p.set_defaults(handler=run_dev)
 
 

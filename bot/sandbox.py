@@ -50,7 +50,7 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from .emulator import DeliveryResult, SlackEmulator
+from .emulator import DeliveryResult, SlackEmulator, install_app
 from .inspector import RunningInspector
 from .inspector.command import start_for_sandbox
 from .settings import Settings
@@ -93,13 +93,23 @@ class Sandbox:
     """
 
     def __init__(self, settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, bot_port: int = 0,
-                 ui_port: int = 0, realistic_slack: bool = False) -> None:
+                 ui_port: int = 0, realistic_slack: bool = False, workspaces: int = 1) -> None:
         self.host, self.port, self.bot_port, self.ui_port = host, port, bot_port, ui_port
         self.emulator = SlackEmulator(signing_secret=secrets.token_urlsafe(32), bot_token=SANDBOX_BOT_TOKEN)
         #: Answer like the real Web API: 0.1-0.3 s per call and Slack's rate limits (429 + Retry-After).
         self.emulator.realistic(realistic_slack)
         self.page = SandboxPage(self.emulator, settings.command, model=settings.model_name)
         self.page.install(self.emulator.app)
+        #: With more than one workspace the app is installed in each through the emulator's OAuth flow (as a
+        #: distributed app is), and each workspace has its page: ``/`` for the first, ``/w/TEAM/`` for the others.
+        self.pages: dict[str, SandboxPage] = {self.emulator.state.team_id: self.page}
+        for n in range(2, max(1, workspaces) + 1):
+            team = f"T{n}SANDBOX"
+            other = self.emulator.add_workspace(team, domain=f"sandbox-{n}")
+            other.realistic(realistic_slack)
+            page = SandboxPage(other, settings.command, model=settings.model_name)
+            page.install(self.emulator.app, prefix=f"/w/{team}/")
+            self.pages[team] = page
         self.base_settings = settings
         self.settings = settings
         self.bot: SlackBot | None = None
@@ -123,6 +133,8 @@ class Sandbox:
                                "Pass another port, e.g. `threadflow dev --port 8081`.") from exc
         self.settings = sandbox_settings(self.base_settings, api_url=self.emulator.api_url,
                                          signing_secret=self.emulator.signing_secret, host=self.host)
+        if len(self.pages) > 1:
+            self.settings = self._oauth_settings(self.settings)
         engine = build_engine(self.settings)
         try:
             self._bot_runner, self.bot, bound = await start_server(self.settings, engine, host=self.host,
@@ -135,6 +147,8 @@ class Sandbox:
                                    "Pass another port with --bot-port, or 0 for any free port.") from exc
             raise
         self.emulator.bot_url = f"http://{self.host}:{bound}/slack/events"
+        if len(self.pages) > 1:
+            await self._install_everywhere(f"http://{self.host}:{bound}")
         try:
             self.inspector = await start_for_sandbox(engine, self.emulator, host=self.host, port=self.ui_port,
                                                      approvers=tuple(self.settings.approvers))
@@ -144,6 +158,35 @@ class Sandbox:
                                f"({exc.strerror or exc}). Pass another port with --ui-port.") from exc
         self.page.inspector_url = self.inspector.url + "runs"
         return self
+
+    def _oauth_settings(self, settings: Settings) -> Settings:
+        """Several workspaces: the bot runs as a distributed app (OAuth installs, no single bot token)."""
+        from cryptography.fernet import Fernet
+
+        client_id, client_secret = "sandbox.app", secrets.token_urlsafe(24)
+        self.emulator.oauth.register_app(client_id, client_secret)
+        return settings.model_copy(update={
+            "slack_bot_token": None, "slack_client_id": client_id, "slack_client_secret": SecretStr(client_secret),
+            "slack_state_secret": SecretStr(secrets.token_urlsafe(24)),
+            "encryption_key": SecretStr(Fernet.generate_key().decode()),
+        })
+
+    async def _install_everywhere(self, bot_base_url: str) -> None:
+        """Install the app in every workspace through the OAuth flow, as their admins would."""
+        for app in self.emulator.oauth.apps.values():
+            app.redirect_url = f"{bot_base_url}/slack/oauth_redirect"
+        for team in self.pages:
+            try:
+                await install_app(bot_base_url, team)
+            except (RuntimeError, aiohttp.ClientError) as exc:
+                await self.stop()
+                raise SandboxError(f"Installing the app in sandbox workspace {team} failed: {exc}") from exc
+
+    @property
+    def workspace_urls(self) -> dict[str, str]:
+        """Each workspace's page."""
+        return {team: self.url if team == self.emulator.state.team_id else f"{self.url}w/{team}/"
+                for team in self.pages}
 
     async def stop(self) -> None:
         """End the page's event streams, stop the bot (its runs are handed back), then the emulator."""
@@ -181,17 +224,19 @@ class SandboxPage:
         self.model = model
         self.inspector_url: str | None = None
 
-    def install(self, app: web.Application) -> None:
-        app.router.add_get("/", self.index)
-        app.router.add_static("/sandbox/static/", PAGE_DIR, append_version=False)
-        app.router.add_get("/sandbox/state", self.get_state)
-        app.router.add_get("/sandbox/events", self.events)
+    def install(self, app: web.Application, prefix: str = "/") -> None:
+        """The page at ``prefix`` and its endpoints under ``{prefix}sandbox/`` (the script and styles are shared)."""
+        app.router.add_get(prefix, self.index)
+        if prefix == "/":
+            app.router.add_static("/sandbox/static/", PAGE_DIR, append_version=False)
+        app.router.add_get(f"{prefix}sandbox/state", self.get_state)
+        app.router.add_get(f"{prefix}sandbox/events", self.events)
         for path, handler in (("command", self.post_command), ("message", self.post_message),
                               ("click", self.post_click), ("view", self.post_view),
                               ("view/close", self.post_view_close), ("assistant", self.post_assistant),
                               ("faults", self.post_faults)):
-            app.router.add_post(f"/sandbox/{path}", self._json_endpoint(handler))
-        app.router.add_get("/sandbox/faults", self.get_faults)
+            app.router.add_post(f"{prefix}sandbox/{path}", self._json_endpoint(handler))
+        app.router.add_get(f"{prefix}sandbox/faults", self.get_faults)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -498,7 +543,8 @@ def run_sandbox(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> int:
         sandbox = Sandbox(settings, port=args.port, bot_port=args.bot_port, ui_port=args.ui_port,
-                          realistic_slack=bool(getattr(args, "realistic_slack", False)))
+                          realistic_slack=bool(getattr(args, "realistic_slack", False)),
+                          workspaces=int(getattr(args, "workspaces", 1) or 1))
         try:
             await sandbox.start()
         except SandboxError as exc:
@@ -509,6 +555,9 @@ def run_sandbox(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  bot {sandbox.emulator.bot_url} · model {sandbox.settings.model_name} · "
                   f"database {safe_url(sandbox.settings.database_url)} · Ctrl+C to stop", flush=True)
             print(f"  run inspector {sandbox.page.inspector_url}", flush=True)
+            if len(sandbox.pages) > 1:
+                for team, url in sandbox.workspace_urls.items():
+                    print(f"  workspace {team} (installed through OAuth): {url}", flush=True)
             if getattr(args, "realistic_slack", False):
                 print("  Slack answers like the real one: 0.1-0.3 s per call, and its rate limits", flush=True)
             if not args.no_browser:

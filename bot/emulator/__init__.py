@@ -5,6 +5,7 @@ Used by the bot's tests (real HTTP, real slack_sdk/bolt) and by the ``threadflow
 
 from .assistant import AssistantThread, AssistantView
 from .delivery import DeliveryResult, sign
+from .oauth import OAuthProvider, install_app
 from .openid import OpenIdProvider
 from .server import SlackEmulator, UserPost
 from .state import (
@@ -32,6 +33,7 @@ __all__ = [
     "DeliveryResult",
     "Ephemeral",
     "Message",
+    "OAuthProvider",
     "OpenIdProvider",
     "ResponseUrl",
     "SlackEmulator",
@@ -42,5 +44,6 @@ __all__ = [
     "UserPost",
     "View",
     "WorkspaceState",
+    "install_app",
     "sign",
 ]

@@ -180,3 +180,34 @@ class OAuthProvider:
         for grant in [g for g in self.grants if g.team_id == team_id]:
             self.grants.remove(grant)
         state.tokens.clear()
+
+
+async def install_app(bot_base_url: str, team: str, *, user: str = "U0ALICE", org_wide: bool = False) -> str:
+    """Install the app the way a person does in a browser: "Add to Slack" on the bot's ``/slack/install``
+    page, "Allow" on the emulator's authorize page (as ``user`` of ``team``), back to ``/slack/oauth_redirect``
+    with the code and the state cookie. Returns the bot's closing page; raises when any step fails."""
+    import html
+    import re
+
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{bot_base_url}/slack/install") as resp:
+            page = await resp.text()
+            if resp.status != 200:
+                raise RuntimeError(f"/slack/install answered HTTP {resp.status}")
+            cookie = resp.headers.get("Set-Cookie", "").split(";")[0]
+        match = re.search(r'href="([^"]*oauth/v2/authorize[^"]*)"', page)
+        if match is None:
+            raise RuntimeError("no Add to Slack link on /slack/install")
+        authorize = html.unescape(match.group(1)) + "&" + urlencode(
+            {"team": team, "user": user, **({"org_wide": "1"} if org_wide else {})})
+        async with http.get(authorize, allow_redirects=False) as resp:
+            if resp.status != 302:
+                raise RuntimeError(f"the authorize page refused: {await resp.text()}")
+            back = resp.headers["Location"]
+        async with http.get(back, headers={"Cookie": cookie}, allow_redirects=False) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise RuntimeError(f"/slack/oauth_redirect answered HTTP {resp.status}")
+            return text

@@ -21,6 +21,8 @@
     streams: {}, assistant: { enabled: true, threads: [] }, assistantOpen: false, assistantTs: null,
   };
   const $ = (id) => document.getElementById(id);
+  // Every workspace of the sandbox has its own page (``/`` and ``/w/TEAM/``); its endpoints sit beside it.
+  const BASE = location.pathname.replace(/[^/]*$/, '');
 
   // -- text ------------------------------------------------------------------------------------
 
@@ -509,7 +511,7 @@
     if (fresh || !myThreads().length) {
       S.assistantTs = null;
       renderAssistant();
-      const res = await post('/sandbox/assistant', { user: S.me, channel: S.channel });
+      const res = await post(BASE + 'sandbox/assistant', { user: S.me, channel: S.channel });
       if (res && res.thread_ts) S.assistantTs = res.thread_ts;
     }
     renderAssistant();
@@ -524,7 +526,7 @@
   async function askAssistant(text) {
     const t = assistantThread();
     if (!t || !text.trim()) return;
-    await post('/sandbox/message', { text, user: S.me, channel: t.channel, thread_ts: t.thread_ts });
+    await post(BASE + 'sandbox/message', { text, user: S.me, channel: t.channel, thread_ts: t.thread_ts });
   }
 
   // -- modals ----------------------------------------------------------------------------------
@@ -571,7 +573,7 @@
       (values[blockId] = values[blockId] || {})[actionId] = field.value;
     }
     form.querySelectorAll('.input-error').forEach((x) => { x.hidden = true; });
-    const res = await post('/sandbox/view', { view_id: form.dataset.viewId, values, user: S.me });
+    const res = await post(BASE + 'sandbox/view', { view_id: form.dataset.viewId, values, user: S.me });
     for (const [blockId, message] of Object.entries((res && res.errors) || {})) {
       const slot = form.querySelector(`[data-block-id="${CSS.escape(blockId)}"] .input-error`);
       if (slot) { slot.textContent = message; slot.hidden = false; }
@@ -608,9 +610,9 @@
     box.value = '';
     autosize(box);
     if (text.startsWith('/')) {
-      await post('/sandbox/command', { text, user: S.me, channel: S.channel });
+      await post(BASE + 'sandbox/command', { text, user: S.me, channel: S.channel });
     } else {
-      await post('/sandbox/message', { text, user: S.me, channel: threadTs ? S.thread.channel : S.channel, thread_ts: threadTs });
+      await post(BASE + 'sandbox/message', { text, user: S.me, channel: threadTs ? S.thread.channel : S.channel, thread_ts: threadTs });
     }
   }
 
@@ -619,7 +621,7 @@
     if (!msg || button.getAttribute('aria-busy') === 'true') return;
     button.setAttribute('aria-busy', 'true');
     try {
-      await post('/sandbox/click', {
+      await post(BASE + 'sandbox/click', {
         ts: msg.dataset.ts, action_id: button.dataset.actionId, block_id: button.dataset.blockId || null,
         value: button.dataset.value ?? button.value ?? null, user: S.me,
       });
@@ -646,7 +648,7 @@
 
   function connect() {
     const conn = $('conn');
-    const source = new EventSource('/sandbox/events');
+    const source = new EventSource(BASE + 'sandbox/events');
     source.addEventListener('open', () => { conn.dataset.state = 'live'; conn.textContent = 'live'; });
     source.addEventListener('error', () => { conn.dataset.state = 'down'; conn.textContent = 'reconnecting…'; });
     source.addEventListener('snapshot', (ev) => applySnapshot(JSON.parse(ev.data)));
@@ -697,7 +699,7 @@
         closeAssistant();
       } else if (t.hasAttribute('data-close-view')) {
         const form = t.closest('form');
-        post('/sandbox/view/close', { view_id: form.dataset.viewId });
+        post(BASE + 'sandbox/view/close', { view_id: form.dataset.viewId });
       } else if (t.classList.contains('bk-button') && t.dataset.actionId !== undefined) {
         click(t);
       }
@@ -714,7 +716,7 @@
     dialog.addEventListener('cancel', (ev) => {
       ev.preventDefault();
       const form = dialog.querySelector('form');
-      if (form) post('/sandbox/view/close', { view_id: form.dataset.viewId });
+      if (form) post(BASE + 'sandbox/view/close', { view_id: form.dataset.viewId });
     });
     connect();
     $('composer').focus();

@@ -24,6 +24,7 @@ import pytest
 from bot.emulator import Message, SlackEmulator
 from bot.sandbox import SANDBOX_BOT_TOKEN, Sandbox, SandboxError
 from bot.settings import Settings
+from tests.helpers import eventually
 
 ALICE, BOB, CHANNEL = "U0ALICE", "U0BOB", "C0GENERAL"
 ROOT = Path(__file__).resolve().parents[2]
@@ -388,3 +389,41 @@ async def test_approving_from_the_run_inspector_updates_the_slack_card(http: Pag
     await http.emu.wait_for(lambda: "Approved by" in str((http.emu.message(card.ts) or card).blocks), timeout=15)
     assert not buttons(http.emu.message(card.ts) or card)
     await http.emu.wait_for(lambda: "success" in status_line(http.emu.message(root.ts) or root), timeout=15)
+
+
+async def test_two_workspaces_each_install_the_app_and_have_their_own_page(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``threadflow dev --workspaces 2``: the app is installed in both through the emulator's OAuth flow; a run
+    started on the second workspace's page lives there only and is "no such run" from the first."""
+    monkeypatch.setenv("THREADFLOW_WORKSPACE", str(tmp_path / "workspace"))
+    settings = Settings(_env_file=None, THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'threadflow.db'}",  # type: ignore[call-arg]
+                        THREADFLOW_PROGRESS_INTERVAL=0.05)
+    async with Sandbox(settings, port=0, workspaces=2) as sb:
+        assert sb.bot is not None and sb.bot.installs is not None
+        urls = sb.workspace_urls
+        assert list(urls) == ["T0TEAM", "T2SANDBOX"] and urls["T2SANDBOX"].endswith("/w/T2SANDBOX/")
+        assert {g.team_id for g in sb.emulator.oauth.grants} == {"T0TEAM", "T2SANDBOX"}
+        second = sb.emulator.workspace("T2SANDBOX")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(urls["T2SANDBOX"]) as resp:
+                assert resp.status == 200 and "/sandbox/static/sandbox.js" in await resp.text()
+            async with session.post(urls["T2SANDBOX"] + "sandbox/command",
+                                    json={"text": "/flow run approval", "user": ALICE}) as resp:
+                assert (await resp.json()) == {"ok": True, "status": 200}
+            root = await second.wait_for(lambda: next((m for m in second.messages(CHANNEL)
+                                                       if m.text.startswith("Workflow approval (")), None), timeout=10)
+            bot = sb.bot
+
+            async def recorded() -> list[Any]:
+                return await bot.store.recent_runs("T2SANDBOX")
+
+            run_id = (await eventually(recorded, timeout=5))[0].run_id
+            assert run_id in root.text and not sb.emulator.messages(CHANNEL)
+            async with session.get(urls["T2SANDBOX"] + "sandbox/state") as resp:
+                assert any(run_id in m["text"] for m in (await resp.json())["messages"].get(CHANNEL, []))
+            async with session.post(urls["T0TEAM"] + "sandbox/command",
+                                    json={"text": f"/flow status {run_id}", "user": ALICE}) as resp:
+                assert resp.status == 200
+        shown = await sb.emulator.wait_for(lambda: sb.emulator.ephemerals(ALICE), timeout=5)
+        assert "no such run" in shown[0].text
+        assert {c.token for c in second.calls()} == {sb.emulator.oauth.grants[1].access_token}

@@ -11,14 +11,10 @@ its posts). Pacing and 429 back-off are per workspace, so A's numbers should be 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
-import re
 import socket
 import time
 from typing import Any
-
-import aiohttp
 
 from .common import Report, Row, latency_fields, scratch_dir
 
@@ -32,20 +28,6 @@ CLIENT_ID, CLIENT_SECRET = "111.222", "bench-client-secret"
 
 def sizes(quick: bool) -> dict[str, int]:
     return {"a_runs": 5, "b_burst": 20} if quick else {"a_runs": 20, "b_burst": 80}
-
-
-async def _install(base: str, team: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{base}/slack/install") as resp:
-            page = await resp.text()
-            cookie = resp.headers["Set-Cookie"].split(";")[0]
-        match = re.search(r'href="([^"]*oauth/v2/authorize[^"]*)"', page)
-        assert match is not None, "no Add to Slack link on /slack/install"
-        async with http.get(html.unescape(match.group(1)) + f"&team={team}", allow_redirects=False) as resp:
-            back = resp.headers["Location"]
-        async with http.get(back, headers={"Cookie": cookie}) as resp:
-            if resp.status != 200:
-                raise RuntimeError(f"install in {team} failed: HTTP {resp.status}")
 
 
 async def _one_run(ws: Any, name: str) -> tuple[float, float]:
@@ -78,7 +60,7 @@ async def _series(ws: Any, n: int, label: str) -> tuple[list[float], list[float]
 async def run(report: Report, quick: bool) -> None:
     from cryptography.fernet import Fernet
 
-    from bot.emulator import SlackEmulator
+    from bot.emulator import SlackEmulator, install_app
     from bot.runtime import build_engine
     from bot.server import start_server
     from bot.settings import Settings
@@ -105,8 +87,8 @@ async def run(report: Report, quick: bool) -> None:
             emu.bot_url = f"http://127.0.0.1:{port}/slack/events"
             base = f"http://127.0.0.1:{port}"
             try:
-                await _install(base, "T0TEAM")
-                await _install(base, "T0OTHER")
+                await install_app(base, "T0TEAM")
+                await install_app(base, "T0OTHER")
                 await _one_run(emu, "warm")
 
                 n = size["a_runs"]

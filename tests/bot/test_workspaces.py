@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import sqlite3
 import time
@@ -98,11 +99,26 @@ async def install(base: str, team: str, *, user: str = ALICE, org_wide: bool = F
 
 
 @pytest.fixture
-async def emu() -> AsyncIterator[SlackEmulator]:
+async def emu(logs: pytest.LogCaptureFixture) -> AsyncIterator[SlackEmulator]:
     async with SlackEmulator(signing_secret=SIGNING_SECRET, bot_token="xoxb-never-installed") as emulator:
         emulator.state.tokens.clear()  # no token until the app is installed
         emulator.oauth.register_app(CLIENT_ID, CLIENT_SECRET)
         yield emulator
+        assert_no_oauth_secrets(emulator, logs)
+
+
+def assert_no_oauth_secrets(emu: SlackEmulator, logs: pytest.LogCaptureFixture) -> None:
+    """No token the installs produced, nor the app's secrets or the key, in a log record or a Slack message
+    (the conftest's ``logs`` fixture captures the bot's and the Slack libraries' logs down to DEBUG)."""
+    secrets = {CLIENT_SECRET, STATE_SECRET, KEY, SIGNING_SECRET}
+    for grant in emu.oauth.grants:
+        secrets |= {grant.access_token, *([grant.refresh_token] if grant.refresh_token else [])}
+    secrets |= set(emu.oauth.expiry)  # every token ever issued, rotated ones too
+    seen = [record.getMessage() for record in logs.records]
+    seen += [json.dumps(w.snapshot()) for w in emu.all_workspaces]
+    for secret in secrets:
+        leaks = [text[:300] for text in seen if secret in text]
+        assert not leaks, f"a secret leaked: {leaks}"
 
 
 @pytest.fixture

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
                     raise SettingsError(f"{env} is not set, and installs through OAuth (SLACK_CLIENT_ID, "
                                         "SLACK_CLIENT_SECRET, SLACK_STATE_SECRET) need it. See the README, "
                                         "\"Distributing the app\".")
+            from .installs import EncryptionKeyError, TokenCipher
+
+            assert self.encryption_key is not None
+            try:
+                TokenCipher(self.encryption_key.get_secret_value())
+            except EncryptionKeyError as exc:
+                raise SettingsError(str(exc)) from None
             return
         required = [("SLACK_BOT_TOKEN", self.slack_bot_token)]
         if not self.socket_mode:

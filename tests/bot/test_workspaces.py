@@ -446,3 +446,25 @@ async def test_a_scheduled_run_starts_in_its_own_workspace_with_its_token(instal
     # Seen from B's channel; not from A's channel with the same id.
     assert run_id in await command(b, "runs", user=BOB)
     assert run_id not in await command(emu, "runs", user=BOB)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"THREADFLOW_ENCRYPTION_KEY": ""}, "THREADFLOW_ENCRYPTION_KEY is not set, and installs through OAuth"),
+    ({"THREADFLOW_ENCRYPTION_KEY": "not-a-key"}, "THREADFLOW_ENCRYPTION_KEY is not a valid key"),
+    ({"SLACK_SIGNING_SECRET": ""}, "SLACK_SIGNING_SECRET is not set"),
+], ids=["no-key", "bad-key", "no-signing-secret"])
+def test_serve_with_oauth_refuses_a_missing_or_bad_setting_in_one_line(emu: SlackEmulator, tmp_path: Path,
+                                                                       override: dict[str, str], message: str) -> None:
+    from bot.settings import SettingsError
+
+    settings = oauth_settings(emu, tmp_path / "x.db", 3000, **override)
+    assert settings.oauth_enabled
+    with pytest.raises(SettingsError, match=re.escape(message)) as info:
+        settings.require_slack()
+    assert "\n" not in str(info.value) and KEY not in str(info.value)
+
+
+def test_without_a_state_secret_the_single_token_mode_stays(emu: SlackEmulator, tmp_path: Path) -> None:
+    settings = oauth_settings(emu, tmp_path / "x.db", 3000, SLACK_STATE_SECRET="", SLACK_BOT_TOKEN="xoxb-one")
+    assert not settings.oauth_enabled
+    settings.require_slack()  # the one bot token is enough

@@ -12,6 +12,7 @@ from .lazy import lazy_exports
 if TYPE_CHECKING:
     from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_url
     from .errors import DatabaseURLError, MigrationError, StorageError
+    from .installations import InstallationRows, OAuthStates
     from .memory_store import MemoryStore
     from .retention import PruneReport, prune
     from .run_queries import RunCursor, RunFilter, RunPage, RunQueries, Visibility
@@ -25,6 +26,8 @@ _EXPORTS = {
     "DatabaseURLError": ".errors",
     "MigrationError": ".errors",
     "StorageError": ".errors",
+    "InstallationRows": ".installations",
+    "OAuthStates": ".installations",
     "MemoryStore": ".memory_store",
     "PruneReport": ".retention",
     "prune": ".retention",
@@ -44,8 +47,10 @@ __all__ = [
     "ChangeSignal",
     "Database",
     "DatabaseURLError",
+    "InstallationRows",
     "MemoryStore",
     "MigrationError",
+    "OAuthStates",
     "PruneReport",
     "RunCursor",
     "RunFilter",

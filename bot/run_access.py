@@ -30,6 +30,7 @@ log = logging.getLogger("threadflow.bot.access")
 
 #: How long a channel's member list is reused before Slack is asked again.
 MEMBERSHIP_TTL = 60.0
+MAX_CACHED_CHANNELS = 10_000
 
 ClientFor = Callable[[str, "str | None"], Awaitable["SlackClient | None"]]
 
@@ -111,5 +112,7 @@ class RunAccess:
             except SlackCallError as exc:
                 log.info("cannot check who is in channel %s (%s); its runs show only there", run.channel_id, exc)
                 members = None
+        if len(self._members) >= MAX_CACHED_CHANNELS:
+            self._members.clear()  # a bounded cache: asking Slack again is always correct
         self._members[key] = (now, members)
         return members

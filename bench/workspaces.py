@@ -1,4 +1,4 @@
-"""9. Two workspaces, one rate-limited: the other's ack and delivery latency must not change.
+"""11. Two workspaces, one rate-limited: the other's ack and delivery latency must not change.
 
 One bot (OAuth installs, real bolt over HTTP, pacing on, SQLite) is installed in two workspaces of the Slack
 emulator through its OAuth flow. Workspace A starts ``greet-user`` runs one at a time, as a person would;
@@ -19,7 +19,7 @@ from typing import Any
 from .common import Report, Row, latency_fields, scratch_dir
 
 NAME = "workspaces"
-BENCH = "9. Two workspaces"
+BENCH = "11. Two workspaces"
 USER = "U0ALICE"
 CHANNEL = "C0GENERAL"
 SECRET = "bench-secret"

@@ -177,7 +177,8 @@ _PENDING_SIGNAL = prepared(
     )
     .limit(1)
 )
-@cache
+
+
 def timer_due(now: float) -> ColumnElement[bool]:
     """A waiting run whose wake-up time has come, or a suspended run whose other branch's timer has.
 
@@ -191,6 +192,7 @@ def timer_due(now: float) -> ColumnElement[bool]:
     )
 
 
+@cache  # (prepared statements live as long as the process: one per dialect)
 def insert_run(dialect: str) -> Any:
     """``INSERT INTO runs ... ON CONFLICT DO NOTHING``: a start retried after a commit of unknown outcome is harmless."""
     return prepared(insert_ignore(dialect, runs))

@@ -4,8 +4,10 @@ step results are insert-if-absent, claims and resumes are compare-and-set, lease
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from storage import Database
 from storage.records import NewEvent, StepResultRecord, SuspensionRecord
-from storage.runs import CompareAndSetFailed, LeaseLost, RunStore
+from storage.runs import CompareAndSetFailed, LeaseLost, RunStore, insert_run, timer_due
 
 LEASE = 30.0
 
@@ -339,3 +341,18 @@ async def test_a_read_made_after_a_commit_sees_it_even_while_others_share_a_quer
 
     assert seen[1] == {"late"}
     assert set((await store.load_progress(run_id)).results) == {"late"}
+
+
+def test_the_ready_condition_of_one_moment_is_not_kept_after_it_was_asked() -> None:
+    """The dispatcher asks what is ready every poll, each time with a new ``now``: nothing may pile up per ask."""
+    condition = timer_due(time.time())
+    kept = weakref.ref(condition)
+    del condition
+    gc.collect()
+    assert kept() is None
+
+
+def test_the_insert_of_a_run_is_built_once_per_dialect() -> None:
+    """Prepared statements are kept for the life of the process: one per dialect, not one per ``RunStore``."""
+    assert insert_run("sqlite") is insert_run("sqlite")
+    assert insert_run("postgresql") is insert_run("postgresql")

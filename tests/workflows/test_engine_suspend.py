@@ -485,33 +485,41 @@ async def test_an_open_approval_beside_a_long_sleep_is_suspended_listed_and_resu
     is ``suspended`` (a person must act), listed by ``runs --status suspended`` and a waiting caller returns, while
     the timer still wakes it; before, it was ``waiting`` for the whole sleep."""
     calls = Counter()
-    nap = Workflow(id="nap", input=Num, output=Num).sleep(1.5).commit()
+    nap = Workflow(id="nap", input=Num, output=Num).sleep(2.0).commit()
     e = engine(Workflow(id="gate-and-nap", input=Num).parallel([approval_step("approve", calls), nap]).commit())
     handle = await e.start("gate-and-nap", {"n": 1})
 
-    result = await handle.result(timeout=1.0)  # settles at once, long before the sleep ends
+    result = await handle.result(timeout=1.5)  # settles at once, long before the sleep ends
 
     assert result.status == "suspended" and [s.path for s in result.suspended] == ["approve"]
     assert [r.id for r in await e.list_runs(status="suspended")] == [handle.run_id]
-    await asyncio.sleep(1.0)  # the timer fires: the run is walked again and still waits for the person
-    assert (await e.get_run(handle.run_id)).status == "suspended"
+    # The timer wakes the suspended run: it is walked again, the sleep's end is recorded, and it is suspended
+    # again with no timer left, still listed for a person (the open approval is not asked again).
+    await eventually(lambda: _settled_without_timer(e, handle.run_id), timeout=15)
+    assert [s.path for s in (await e.details(handle.run_id)).steps] == ["nap/sleep-1"]
     assert [r.id for r in await e.list_runs(status="suspended")] == [handle.run_id]
+    assert calls["approve"] == 1
     done = await (await e.resume(handle.run_id, data={"approved": True}, by="alice")).result(timeout=5)
     assert done.status == "success" and done.output == {"approve": {"n": 1, "approved": True, "by": "alice"},
                                                         "nap": {"n": 1}}
     assert calls["approve"] == 2
 
 
+async def _settled_without_timer(e, run_id: str) -> bool:
+    run = await e.get_run(run_id)
+    return run.status == "suspended" and run.ready_at is None
+
+
 async def test_a_resume_before_the_sleep_ends_waits_for_the_timer(engine):
     calls = Counter()
     nap = Workflow(id="nap", input=Num, output=Num).sleep(1.2).commit()
     e = engine(Workflow(id="gate-and-nap", input=Num).parallel([approval_step("approve", calls), nap]).commit())
+    started = time.monotonic()  # (before the sleep starts: however slow the machine, the sleep ends 1.2 s after)
     handle = await e.start("gate-and-nap", {"n": 2})
     assert (await handle.result(timeout=1.0)).status == "suspended"
-    started = time.monotonic()
 
     await e.resume(handle.run_id, data={"approved": False}, by="bob")
     done = await handle.result(timeout=5)
 
     assert done.status == "success" and done.output["approve"]["approved"] is False
-    assert time.monotonic() - started > 0.5  # the sleep was not cut short
+    assert time.monotonic() - started >= 1.1  # the sleep was not cut short by the resume

@@ -297,6 +297,11 @@ class SandboxPage:
     @staticmethod
     def _json_endpoint(handler: Callable[[Json], Awaitable[Json]]) -> Handler:
         async def endpoint(request: web.Request) -> web.Response:
+            if request.content_type != "application/json":
+                # A page from another site can make the person's browser POST text/plain to 127.0.0.1 without
+                # asking first; a JSON body it can send only after a CORS preflight, which nothing here answers.
+                return web.json_response({"ok": False, "error": "Send the body as JSON, with the header "
+                                          "Content-Type: application/json (curl: --json '{...}')."}, status=415)
             try:
                 body = await request.json()
             except ValueError:

@@ -209,7 +209,7 @@ async def test_bad_requests_get_clear_answers(http: Page) -> None:
     await http.post("/sandbox/message", {"text": "  "}, 400)
     await http.post("/sandbox/message", {"text": "hi", "thread_ts": "1.000001"}, 404)
     await http.post("/sandbox/click", {"ts": "1.000001", "action_id": "approve"}, 404)
-    async with http.session.post("/sandbox/click", data="not json") as resp:
+    async with http.session.post("/sandbox/click", data="not json", headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 400 and (await resp.json())["ok"] is False
 
 
@@ -427,3 +427,17 @@ async def test_two_workspaces_each_install_the_app_and_have_their_own_page(tmp_p
         shown = await sb.emulator.wait_for(lambda: sb.emulator.ephemerals(ALICE), timeout=5)
         assert "no such run" in shown[0].text
         assert {c.token for c in second.calls()} == {sb.emulator.oauth.grants[1].access_token}
+
+
+async def test_another_web_site_cannot_drive_the_sandbox_from_the_persons_browser(http: Page) -> None:
+    """A page from elsewhere may send a "simple" cross-site POST (text/plain, no preflight) to 127.0.0.1; the
+    sandbox takes only JSON bodies (which a browser sends cross-site only after a preflight nobody answers), so
+    such a page can neither start runs as the person nor switch Slack faults on."""
+    for path, body in (("/sandbox/faults", '{"realistic": true}'),
+                       ("/sandbox/command", '{"text": "/flow run approval", "user": "U0ALICE"}')):
+        async with http.session.post(path, data=body, headers={"Content-Type": "text/plain"}) as resp:
+            refused = await resp.json()
+            assert resp.status == 415, refused
+        assert "Content-Type: application/json" in refused["error"]
+    assert not http.emu.web_api.rate_limits.enabled
+    assert not http.emu.messages(CHANNEL)

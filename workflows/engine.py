@@ -447,10 +447,15 @@ class Engine:
 
     async def live_executors(self, *, fingerprint: str | None = None, workflow_id: str | None = None) -> list[str]:
         """Other running processes (``serve``, ``worker``) that execute runs of a version (by ``fingerprint``), of
-        a workflow id, or of anything: their owner names, from ``served_versions``. Does not start executing here."""
+        a workflow id, or of anything: their owner names, from ``served_versions``. Does not start executing here.
+
+        A process on this host that no longer exists is left out: killed, it could not withdraw its versions, and
+        its rows look live until they expire (a command would queue a run for it and wait in vain).
+        """
         await self.db.open()
         live = await self.replica.store.live(workflow_id)
-        return sorted({v.owner for v in live if fingerprint is None or v.fingerprint == fingerprint} - {self.owner})
+        owners = {v.owner for v in live if fingerprint is None or v.fingerprint == fingerprint} - {self.owner}
+        return sorted(owner for owner in owners if not _dead_here(owner))
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -738,11 +743,7 @@ class Engine:
         host = socket.gethostname()
         handed_back: list[str] = []
         for owner in await self.store.running_owners():
-            owner_host, _, rest = owner.partition(":")
-            pid_text = rest.partition(":")[0]
-            if owner == self.owner or owner_host != host or not pid_text.isdigit():
-                continue
-            if not _pid_alive(int(pid_text)):
+            if owner != self.owner and _dead_here(owner, host):
                 released = await self.store.release_owner(owner)
                 if released:
                     log.info("recovered %d run(s) from dead process %s", len(released), owner)
@@ -829,6 +830,15 @@ def _all_nodes(wf: CommittedWorkflow) -> list[Node]:
         if isinstance(node, WorkflowNode):
             nodes.extend(_all_nodes(node.workflow))
     return nodes
+
+
+def _dead_here(owner: str, host: str | None = None) -> bool:
+    """Whether ``owner`` (``host:pid:...``) is a process on this host that no longer exists."""
+    owner_host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if owner_host != (host or socket.gethostname()) or not pid_text.isdigit():
+        return False
+    return not _pid_alive(int(pid_text))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -115,3 +115,24 @@ async def test_run_with_no_live_process_executes_in_the_command_as_before(
     # Nothing else executes runs: the command's own engine walked it to the gate.
     assert (await observer.get_run(run_id)).status == "suspended"
     assert [s.path for s in (await observer.details(run_id)).steps] == ["prepare"]
+
+
+async def test_run_right_after_the_worker_was_killed_executes_in_the_command_instead_of_waiting_for_it(
+    db_url: str, start_worker: StartWorker, engine: EngineFactory, tmp_path: Path
+) -> None:
+    """A worker that was killed (SIGKILL, a crash, a third Ctrl+C) could not withdraw its versions, and its rows
+    in ``served_versions`` look live until they expire. On this host its process id says it is gone: a command
+    must not queue the run for it and wait in vain."""
+    worker = await start_worker(db_url, env={"THREADFLOW_WORKFLOWS": VERSIONED})
+    observer = engine(*V1, execute=False)
+    await eventually(observer.live_executors, timeout=20)
+    await worker.kill()
+    assert await observer.live_executors() == []
+
+    started = await cli(db_url, tmp_path, "run", "deploy", "--wait", "20", env={"THREADFLOW_WORKFLOWS": VERSIONED})
+
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    assert (await observer.get_run(run_id)).status == "suspended"  # walked to the gate by the command itself
+    by = {s.path: s.output["by"] for s in (await observer.details(run_id)).steps}
+    assert list(by) == ["prepare"] and pid_of(by["prepare"]) != worker.proc.pid

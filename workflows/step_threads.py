@@ -77,7 +77,13 @@ class StepThreads(Executor):
     def _work(self) -> None:
         try:
             while True:
-                item = self._queue.get()
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    # Idle only now, about to wait: a thread that goes straight on to a queued step is not free for
+                    # the next one (were it counted so, that step would wait behind it, should it hang).
+                    self._idle.release()
+                    item = self._queue.get()
                 if item is None:
                     return
                 future, fn, args, kwargs = item
@@ -89,7 +95,6 @@ class StepThreads(Executor):
                     else:
                         future.set_result(result)
                 del item, future, fn, args, kwargs
-                self._idle.release()
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bot.delivery.service import REFUSED_CARD_RETRY
 from bot.emulator import Message, SlackEmulator
 from tests.bot.conftest import (
     ALICE,
@@ -243,6 +244,16 @@ async def test_a_refused_post_ends_in_a_log_line_and_a_metric_and_blocks_nothing
     assert bot.bot.metrics.slack_delivery_failures.labels("is_archived")._value.get() == 1
 
 
+async def retry_refused_cards_now(bot: RunningBot) -> None:
+    """One sweep that puts refused cards back in the queue at once (in production: after a few minutes); the
+    background sweeper, which runs every couple of seconds, keeps waiting the usual time meanwhile."""
+    bot.bot.delivery.refused_card_retry = 0.0
+    try:
+        await bot.bot.delivery.sweep()
+    finally:
+        bot.bot.delivery.refused_card_retry = REFUSED_CARD_RETRY
+
+
 async def test_an_approval_card_refused_for_good_is_told_to_who_started_the_run_once(bot: RunningBot) -> None:
     bot.emu.fail_next("chat.postMessage", status=200, error="restricted_action", retry_after=None, times=2,
                       when=is_card_post)
@@ -253,8 +264,7 @@ async def test_an_approval_card_refused_for_good_is_told_to_who_started_the_run_
 
     # The sweeper puts the card back in the queue (after a few minutes; here at once) and the run's live renderer
     # tries it again; refused the same way again, nobody is told twice.
-    bot.bot.delivery.refused_card_retry = 0.0
-    await bot.bot.delivery.sweep()
+    await retry_refused_cards_now(bot)
     await eventually(lambda: bot.bot.metrics.slack_delivery_failures.labels("restricted_action")._value.get() == 2,
                      timeout=15)
     await bot.idle()
@@ -262,7 +272,7 @@ async def test_an_approval_card_refused_for_good_is_told_to_who_started_the_run_
     assert not approval_messages(bot.emu)
 
     # Once Slack takes it (the channel's setting changed), the waiting run has its card.
-    await bot.bot.delivery.sweep()
+    await retry_refused_cards_now(bot)
     card = await card_of(bot.emu, run_id, timeout=15)
     await bot.emu.click(card, "approve", user=ALICE)
     assert await bot.settled(run_id) == "success"

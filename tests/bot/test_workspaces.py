@@ -27,6 +27,7 @@ from bot.emulator import Message, SlackEmulator
 from bot.runtime import build_engine
 from bot.server import start_server
 from bot.settings import Settings
+from storage.memory_store import MemoryStore
 from tests.bot.conftest import (
     ALICE,
     BOB,
@@ -294,6 +295,47 @@ async def test_thread_chat_recall_never_returns_another_workspaces_messages(inst
     assert any("remember that the vault code" in str(hit) for hit in in_a)  # recall works within A
     in_b = await memory.store.search_text("vault kiwi-4711", resource_id=f"slack:{TEAM_B}:{CHANNEL}")
     assert all("remember that the vault code" not in str(hit) for hit in in_b)
+
+
+async def test_a_crafted_feedback_click_from_another_workspace_or_channel_rates_nothing(installed: Installed) -> None:
+    """A feedback button's value names an agent call by id; a copy clicked in workspace B (same channel id) or
+    in another channel of A neither records a rating on A's call nor tells that the call exists."""
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    bot_user = emu.state.bot_user_id
+    said = await emu.post_as_user(f"<@{bot_user}> what is the plan for the release?")
+    answer = await emu.wait_for(lambda: next((m for m in emu.thread(CHANNEL, said.ts) if m.user == bot_user
+                                              and any(blk.get("type") == "context_actions" for blk in m.blocks or [])),
+                                             None), timeout=10)
+    await bot.idle()
+    element = next(e for blk in answer.blocks or [] if blk.get("type") == "context_actions"
+                   for e in blk.get("elements") or [] if e.get("type") == "feedback_buttons")
+    value = element["positive_button"]["value"]
+    context_id = json.loads(value)["context_id"]
+
+    def payload(ws: SlackEmulator, channel: str, button_value: str) -> dict[str, Any]:
+        action = {"type": "feedback_buttons", "action_id": "agent_feedback", "block_id": "x",
+                  "value": button_value, "action_ts": str(time.time())}
+        return ws.delivery.block_actions_payload(
+            user=BOB, channel=channel, message=answer.to_api(), message_ts=answer.ts, is_ephemeral=False,
+            actions=[action], response_url=ws.delivery.response_url_base + "none", trigger_id="1.2.3")
+
+    unknown = json.dumps({"rating": "good", "context_id": 987654321})
+    for ws, channel, button in ((emu, OTHER_CHANNEL, unknown), (b, CHANNEL, value), (emu, OTHER_CHANNEL, value)):
+        before = len(ws.ephemerals(BOB))
+        assert (await ws.delivery.send_interaction(payload(ws, channel, button))).status == 200
+        await ws.wait_for(lambda ws=ws, before=before: len(ws.ephemerals(BOB)) > before, timeout=5)
+    await bot.idle()
+    row = await MemoryStore(bot.engine.db).get_agent_context(context_id)
+    assert row is not None and not (row.answer or {}).get("feedback")
+    said_unknown = emu.ephemerals(BOB)[0].text
+    assert "Thanks" not in said_unknown
+    assert [e.text for e in b.ephemerals(BOB)] == [said_unknown]  # word for word the answer for an unknown call
+    assert [e.text for e in emu.ephemerals(BOB)] == [said_unknown, said_unknown]
+    # In its own channel the button still works.
+    await emu.click(answer, "agent_feedback", user=BOB, value="positive")
+    await bot.idle()
+    row = await MemoryStore(bot.engine.db).get_agent_context(context_id)
+    assert row is not None and [f["user"] for f in (row.answer or {}).get("feedback") or []] == [BOB]
 
 
 # -- uninstall, revocation -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -53,7 +54,18 @@ def no_such_run(run_id: str, command: str = "/flow") -> str:
             f"List the runs you can see with `{command} runs`.")
 
 
-def same_workspace(run: SlackRun, who: Requester) -> bool:
+class Placed(Protocol):
+    """Something that belongs to a channel of a workspace: a run's Slack record, a schedule."""
+
+    @property
+    def team_id(self) -> str | None: ...
+    @property
+    def enterprise_id(self) -> str | None: ...
+    @property
+    def channel_id(self) -> str | None: ...
+
+
+def same_workspace(run: Placed, who: Requester) -> bool:
     """The request comes from the run's workspace, or from its Enterprise Grid org when both are in one."""
     if run.enterprise_id and who.enterprise_id:
         return run.enterprise_id == who.enterprise_id
@@ -86,16 +98,18 @@ class RunAccess:
                     break
         return shown
 
-    async def may_see(self, who: Requester, run: SlackRun) -> bool:
-        if not who.user_id or not who.channel_id or not same_workspace(run, who):
+    async def may_see(self, who: Requester, run: Placed) -> bool:
+        """``who`` may see what belongs to ``run``'s channel (a run, a schedule); nothing without a channel."""
+        if not who.user_id or not who.channel_id or not run.channel_id or not same_workspace(run, who):
             return False
         if run.channel_id == who.channel_id:
             return True
         members = await self._members_of(run)
         return members is not None and who.user_id in members
 
-    async def _members_of(self, run: SlackRun) -> frozenset[str] | None:
-        """The run's channel members, or None when the bot cannot find out (then only the channel itself sees)."""
+    async def _members_of(self, run: Placed) -> frozenset[str] | None:
+        """The channel's members, or None when the bot cannot find out (then only the channel itself sees)."""
+        assert run.team_id is not None and run.channel_id is not None  # may_see checked both
         key = (run.enterprise_id or run.team_id, run.channel_id)
         cached = self._members.get(key)
         now = time.monotonic()

@@ -5,6 +5,11 @@ schedule is refused with the reason and the usage instead of failing at 9 the ne
 made in a channel fires like a person typing ``/flow run`` there: a root message in that channel, and the
 run in its thread. Its creator is the run's starter, so, as for a run they started by hand, they may
 approve its steps when no approvers are configured.
+
+Like a run, a schedule belongs to the channel it was made in (its input is shown in the listing):
+``schedules`` lists, and ``unschedule`` removes, only schedules of channels the person can see, in their
+workspace (:mod:`bot.run_access`); any other id is answered like one that never existed. A schedule made
+outside Slack (no channel) is not visible from Slack at all.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from workflows.schedules import CRON_HELP, FireFn, ScheduleError, Scheduler, che
 from workflows.tracing import log_context
 
 from .commands import CommandError, parse_run_input
+from .run_access import Requester, RunAccess, same_workspace
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -109,19 +115,22 @@ def describe(schedule: ScheduleRecord, *, mention_channel: bool = True) -> str:
 
 
 async def handle_schedule_command(settings: Settings, engine: Engine, verb: str, args: str,
-                                  command: dict[str, Any], *, wake: Callable[[], None] | None = None) -> str:
+                                  command: dict[str, Any], *, wake: Callable[[], None] | None = None,
+                                  access: RunAccess | None = None) -> str:
     """The ephemeral answer to ``schedule``, ``schedules`` or ``unschedule`` (errors included, with usage).
 
-    ``wake`` tells this process's scheduler that a schedule was added (so a near one is not missed)."""
+    ``wake`` tells this process's scheduler that a schedule was added (so a near one is not missed).
+    ``access`` (the bot's :class:`bot.run_access.RunAccess`) also shows a schedule to the members of its
+    channel elsewhere in its workspace; without it only the schedule's own channel sees it."""
     name = settings.command
     store = ScheduleStore(engine.db)
     try:
         if verb == "schedule":
             return await _schedule(settings, engine, store, args, command, wake)
         if verb == "schedules":
-            return await _list(settings, store, command)
+            return await _list(settings, store, command, access)
         if verb == "unschedule":
-            return await _unschedule(settings, store, args, command)
+            return await _unschedule(settings, store, args, command, access)
         raise CommandError(f"Unknown subcommand `{verb}`.")
     except UsageError as exc:
         return f":warning: {exc}\n{schedule_usage(name)}"
@@ -148,19 +157,31 @@ async def _schedule(settings: Settings, engine: Engine, store: ScheduleStore, ar
             f"Remove it with `{name} unschedule {schedule.id}`.")
 
 
-async def _list(settings: Settings, store: ScheduleStore, command: dict[str, Any]) -> str:
-    schedules = await store.list_schedules(team_id=command.get("team_id") or None)
+async def _visible(schedule: ScheduleRecord, command: dict[str, Any], access: RunAccess | None) -> bool:
+    """The person who typed ``command`` may see (and so try to remove) ``schedule``."""
+    who = Requester(team_id=str(command.get("team_id") or ""), channel_id=str(command.get("channel_id") or ""),
+                    user_id=str(command.get("user_id") or ""),
+                    enterprise_id=str(command.get("enterprise_id") or "") or None)
+    if access is not None:
+        return await access.may_see(who, schedule)
+    return bool(schedule.channel_id) and schedule.channel_id == who.channel_id and same_workspace(schedule, who)
+
+
+async def _list(settings: Settings, store: ScheduleStore, command: dict[str, Any], access: RunAccess | None) -> str:
+    team = command.get("team_id") or None
+    schedules = [s for s in await store.list_schedules(team_id=team)
+                 if s.team_id and await _visible(s, command, access)]
     if not schedules:
         return f"No schedules yet. Add one with `{settings.command} schedule WORKFLOW \"CRON\"`."
     return "\n".join(["*Schedules*", *(f"• {describe(s)}" for s in schedules)])
 
 
-async def _unschedule(settings: Settings, store: ScheduleStore, args: str, command: dict[str, Any]) -> str:
+async def _unschedule(settings: Settings, store: ScheduleStore, args: str, command: dict[str, Any],
+                      access: RunAccess | None) -> str:
     name = settings.command
     schedule_id = (args or "").split()[0] if (args or "").split() else ""
     schedule = await store.get(schedule_id) if schedule_id else None
-    team = command.get("team_id") or None
-    if schedule is None or (team and schedule.team_id not in (None, team)):
+    if schedule is None or not await _visible(schedule, command, access):
         raise ScheduleError(f"There is no schedule {schedule_id!r}. List them with `{name} schedules`.")
     user = command["user_id"]
     allowed = set(settings.approvers)

@@ -63,7 +63,7 @@ async def start_and_report(deps: BotDeps, request: StartRequest, respond: AsyncR
 
 
 async def answer_schedule(deps: BotDeps, verb: str, args: str, command: dict[str, Any], respond: AsyncRespond) -> None:
-    text = await handle_schedule_command(deps.settings, deps.engine, verb, args, command)
+    text = await handle_schedule_command(deps.settings, deps.engine, verb, args, command, access=deps.runs)
     await respond(response_type="ephemeral", replace_original=False, text=text)
 
 

@@ -490,6 +490,36 @@ async def test_a_scheduled_run_starts_in_its_own_workspace_with_its_token(instal
     assert run_id not in await command(emu, "runs", user=BOB)
 
 
+async def test_schedules_of_another_workspace_or_channel_are_not_listed_nor_removable(installed: Installed) -> None:
+    """A schedule shows its input; like a run it belongs to its channel: /flow schedules lists it and
+    /flow unschedule removes it only for people who can see that channel, in its workspace. A schedule made
+    outside Slack (no channel) is not visible from Slack at all."""
+    from storage.schedule_store import ScheduleStore
+    from workflows.schedules import create_schedule
+
+    emu, b, bot = installed.emu, installed.b, installed.bot
+    store = ScheduleStore(bot.engine.db)
+    emu.openid.set_members(CHANNEL, [ALICE])
+    made = await command(emu, 'schedule greet-user "0 9 * * *" name=secret-ada', user=ALICE)
+    assert made.startswith(":calendar: Scheduled.")
+    [mine] = await store.list_schedules()
+    cli = await create_schedule(bot.engine, store, "greet-user", "0 8 * * *", input={"name": "operator-only"})
+
+    unknown = await command(emu, "unschedule 0123456789abcdef", user=BOB, channel=OTHER_CHANNEL)
+    assert "There is no schedule" in unknown
+    for ws, user, channel in ((b, ALICE, CHANNEL), (emu, BOB, OTHER_CHANNEL)):
+        listing = await command(ws, "schedules", user=user, channel=channel)
+        assert mine.id not in listing and "secret-ada" not in listing and cli.id not in listing
+        assert "operator-only" not in listing
+        for schedule_id in (mine.id, cli.id):
+            refused = await command(ws, f"unschedule {schedule_id}", user=user, channel=channel)
+            assert refused == unknown.replace("0123456789abcdef", schedule_id)
+    assert {s.id for s in await store.list_schedules()} == {mine.id, cli.id}
+    # Alice is in the schedule's channel: she sees it from another channel of A too.
+    assert mine.id in await command(emu, "schedules", user=ALICE, channel=OTHER_CHANNEL)
+    assert mine.id in await command(emu, "schedules", user=ALICE)
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ({"THREADFLOW_ENCRYPTION_KEY": ""}, "THREADFLOW_ENCRYPTION_KEY is not set, and installs through OAuth"),
     ({"THREADFLOW_ENCRYPTION_KEY": "not-a-key"}, "THREADFLOW_ENCRYPTION_KEY is not a valid key"),

@@ -70,7 +70,8 @@ def assert_no_secrets(emu: SlackEmulator, logs: pytest.LogCaptureFixture) -> Non
     seen += [json.dumps(call.params, default=str) for call in emu.calls()]
     seen += [json.dumps(ru.posts, default=str) for ru in emu.state.response_urls.values()]
     seen += [d.response_body for d in emu.state.deliveries]
-    for record in logs.records:
+    # Every phase's records: at teardown ``logs.records`` holds only the teardown's.
+    for record in [*logs.get_records("setup"), *logs.get_records("call"), *logs.records]:
         seen.append(record.getMessage())
         if record.exc_info:
             seen.append(logging.Formatter().formatException(record.exc_info))

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path[0] != str(ROOT):
     sys.path.insert(0, str(ROOT))
 
+from storage import Database  # noqa: E402
 from workflows import CommittedWorkflow, Engine  # noqa: E402
 
 POSTGRES_ENV = "THREADFLOW_TEST_POSTGRES_URL"
@@ -125,6 +126,15 @@ async def db_url(request: pytest.FixtureRequest, sqlite_url: str, postgres_datab
 
 
 EngineFactory = Callable[..., Engine]
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    """This test's database, opened (schema at head) and closed at the end."""
+    database = Database(db_url)
+    await database.open()
+    yield database
+    await database.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.fernet import Fernet
@@ -22,14 +21,6 @@ from storage.tables import slack_bots, slack_installations
 
 KEY = Fernet.generate_key().decode()
 CLIENT = "111.222"
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.open()
-    yield database
-    await database.close()
 
 
 def installation(team: str | None, *, enterprise: str | None = None, token: str = "xoxb-secret-1",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, insert, select, text
@@ -15,14 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage import Database, DatabaseURLError, normalize_url
 from storage.migrations import head_revision
 from storage.tables import events
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.open()
-    yield database
-    await database.close()
 
 
 def add_event(run_id: str, kind: str = "step.started"):

@@ -4,7 +4,6 @@ per-person visibility rule (channels they are in, runs they started), on SQLite 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,14 +12,6 @@ from storage.records import NewEvent
 from storage.run_queries import RunCursor, RunFilter, RunQueries, Visibility
 from storage.runs import RunStore
 from storage.slack_store import SlackRun, SlackStore
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.open()
-    yield database
-    await database.close()
 
 
 async def add_runs(db: Database, n: int, *, same_time_every: int = 3, base: float | None = None,

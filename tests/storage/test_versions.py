@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,14 +14,6 @@ from storage.runs import RunStore
 from storage.versions import Serving, VersionStore
 
 OLD, NEW = "0" * 16, "f" * 16
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await database.open()
-    yield database
-    await database.close()
 
 
 def row(status: str, fingerprint: str | None, workflow_id: str = "wf", **extra: Any) -> dict[str, Any]:

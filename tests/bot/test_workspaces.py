@@ -184,6 +184,47 @@ async def test_two_workspaces_installed_through_oauth_run_workflows_at_the_same_
     assert await bot.settled(run_b.run_id) == "success"
 
 
+async def test_a_workspace_slack_keeps_rate_limiting_does_not_hold_back_another(emu: SlackEmulator, tmp_path: Path) -> None:
+    b = emu.add_workspace(TEAM_B, domain="other-co")
+    # Pacing on, as in production: Slack's Retry-After holds the method for the workspace, in every replica.
+    bot, base = await start_oauth_bot(emu, tmp_path / "threadflow.db", THREADFLOW_SLACK_PACING=True)
+    try:
+        for team in (TEAM_A, TEAM_B):
+            assert "Thank you!" in await install(base, team)
+        await rate_limited_b_does_not_hold_back_a(emu, b, bot)
+    finally:
+        await bot.stop()
+
+
+async def rate_limited_b_does_not_hold_back_a(emu: SlackEmulator, b: SlackEmulator, bot: RunningBot) -> None:
+    run_b = await suspended_in(b, bot, "run approval ship B")
+    # From now on Slack answers every post and edit in B with 429 and Retry-After 30 s.
+    for method in ("chat.postMessage", "chat.update"):
+        b.fail_next(method, status=429, retry_after=30, times=1000)
+    await b.click(run_b.approval, "approve", user=ALICE)
+    assert await bot.settled(run_b.run_id) == "success"
+    await b.wait_for(lambda: any(c.status == 429 for c in b.calls()), timeout=5)
+
+    # A meanwhile: its card is posted, the click is taken and the end is reported at once.
+    run_a = await suspended_in(emu, bot, "run approval ship A")
+    await emu.click(run_a.approval, "approve", user=ALICE)
+    assert await bot.settled(run_a.run_id) == "success"
+    await emu.wait_for(lambda: any("Run finished" in m.text for m in emu.thread(CHANNEL, run_a.root.ts)), timeout=5)
+
+    # B waits out its Retry-After instead of hammering Slack: after a method's first 429, no call of it is sent
+    # again (calls already in flight when the 429 came back may still arrive), and nothing more shows in B.
+    await asyncio.sleep(1.0)
+    first_refused: dict[str, float] = {}
+    for c in b.calls():
+        if c.status == 429:
+            first_refused.setdefault(c.method, c.time)
+    assert first_refused
+    late = [(c.method, round(c.time - first_refused[c.method], 3)) for c in b.calls()
+            if c.method in first_refused and c.time > first_refused[c.method] + 0.5]
+    assert not late, late
+    assert not any("Run finished" in m.text for m in b.thread(CHANNEL, run_b.root.ts))
+
+
 async def test_install_without_the_state_cookie_is_refused_and_stores_nothing(emu: SlackEmulator, tmp_path: Path) -> None:
     bot, base = await start_oauth_bot(emu, tmp_path / "threadflow.db")
     try:

@@ -91,6 +91,27 @@ class StepResultRecord(BaseModel):
     finished_at: float
 
 
+def step_result(
+    *, run_id: str, path: str, step_id: str, kind: str, output: Any, attempts: int, started_at: float | None,
+    finished_at: float,
+) -> StepResultRecord:
+    """A StepResultRecord from values the engine made itself (every field given, each of its type).
+
+    What ``model_construct`` does, without its per-field look-up of defaults and aliases: one is built for
+    every step, and that look-up was most of its cost (2.5 us against 1 us). A test checks the record equals
+    a validated one, so a pydantic release that changes how a model keeps its state is caught.
+    """
+    record = StepResultRecord.__new__(StepResultRecord)
+    values = {"run_id": run_id, "path": path, "step_id": step_id, "kind": kind, "output": output,
+              "attempts": attempts, "started_at": started_at, "finished_at": finished_at}
+    setattr_ = object.__setattr__  # the model is frozen: its own __setattr__ refuses
+    setattr_(record, "__dict__", values)
+    setattr_(record, "__pydantic_fields_set__", set(values))
+    setattr_(record, "__pydantic_extra__", None)
+    setattr_(record, "__pydantic_private__", None)
+    return record
+
+
 class SuspensionRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 

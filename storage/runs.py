@@ -373,7 +373,8 @@ class RunStore:
         async def op(conn: AsyncConnection) -> None:
             # One statement both fences and records: the row goes in only while this process holds the run.
             # The lease itself is renewed by the heartbeat, not by every step.
-            inserted = await conn.execute(self._insert_result_if_held, {**result.model_dump(), "b_owner": owner})
+            # The record's own fields (outputs are JSON data already: the step dumped them), without a model_dump.
+            inserted = await conn.execute(self._insert_result_if_held, {**result.__dict__, "b_owner": owner})
             if inserted.rowcount == 0:
                 await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
                 return  # already recorded (insert-if-absent): nothing more to say

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from storage.faults import describe, refused_data
-from storage.records import NewEvent, RunProgress, RunRecord, StepResultRecord, SuspensionRecord
+from storage.records import NewEvent, RunProgress, RunRecord, StepResultRecord, SuspensionRecord, step_result
 from storage.runs import LeaseLost
 
 from .context import Halt, StepContext
@@ -489,7 +489,7 @@ class RunExecution:
         self, path: str, step_id: str, kind: str, output: Any, *, attempts: int, started: float, events: list[NewEvent]
     ) -> StepResultRecord:
         # Every field is ours and already of its type (the output was dumped by the step): no validation.
-        record = StepResultRecord.model_construct(
+        record = step_result(
             run_id=self.run.id, path=path, step_id=step_id, kind=kind, output=output, attempts=attempts,
             started_at=started, finished_at=time.time(),
         )

@@ -354,3 +354,19 @@ def test_only_a_plain_insert_can_be_deferred() -> None:
     ]:
         with pytest.raises(TypeError, match="plain INSERT"):
             prepared(statement, deferrable=True)
+
+
+def test_the_fast_path_binds_what_the_slot_by_slot_path_binds() -> None:
+    dialect = sqlite_dialect.dialect()
+    row = {"run_id": "r1", "type": "step.succeeded", "path": None, "data": {"output": [1, "é"], "n": None}, "at": 1.5}
+    plan = plan_for(_INSERT_EVENT, row, dialect)
+    assert plan is not None and plan._get is not None  # every slot is a parameter: the itemgetter path
+    by_slot = tuple(process(row[name]) if process else row[name] for name, _, process in plan.slots)
+    assert plan.values(row) == by_slot
+    assert json.loads(plan.values({**row, "data": None})[[n for n, _, _ in plan.slots].index("data")]) is None
+    with pytest.raises(KeyError):
+        plan.values({k: v for k, v in row.items() if k != "type"})
+    # A plan with literals in it (``status IN (...)`` compiled from the statement) keeps the general path.
+    update_plan = plan_for(_SET_STATUS, {"b_id": "r1", "status": "failed"}, dialect)
+    assert update_plan is not None and update_plan._get is None
+    assert update_plan.values({"b_id": "r1", "status": "failed"}) == ("failed", "r1", "pending", "running")

@@ -300,3 +300,19 @@ async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
     # A finished run frees its slot and wakes the dispatcher at once (its poll interval is 30 s here).
     results = [await h.result(timeout=5) for h in handles]
     assert [r.output for r in results] == [{"text": f"n{i}"} for i in range(5)]
+
+
+async def test_an_engine_freezes_the_start_up_heap_once_per_process(sqlite_url: str) -> None:
+    import gc
+
+    from workflows.heap import freeze_startup_heap
+
+    engine = Engine.from_url(sqlite_url)
+    await engine.open()
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0  # by this engine or an earlier one in this process: the collector skips that heap
+        assert freeze_startup_heap() is False  # once per process: later engines leave it alone
+        assert gc.get_freeze_count() == frozen
+    finally:
+        await engine.close()

@@ -1,0 +1,27 @@
+"""The garbage collector and a long-lived engine: the start-up heap is frozen once, so collections skip it.
+
+A worker imports SQLAlchemy, pydantic, the bot and the user's workflows: a few hundred thousand objects that
+live as long as the process. CPython's full collections walk every one of them, and a busy engine allocates
+enough (tasks, futures, records for every step) to trigger one every second or so: measured with 100 runs in
+flight, full collections took 36 ms each, about 14 us per durable step, a fifth of the engine's CPU.
+``gc.freeze()`` moves everything alive at that moment to a generation the collector never walks (CPython's
+own advice for long-lived servers); what the engine allocates afterwards is collected as before. It is done
+once per process, after a collection, so nothing that was garbage at that moment is kept for good.
+"""
+
+from __future__ import annotations
+
+import gc
+
+_frozen = False
+
+
+def freeze_startup_heap() -> bool:
+    """Collect, then freeze what is alive (once per process); True if this call froze it."""
+    global _frozen
+    if _frozen or not gc.isenabled():
+        return False  # the application manages the collector itself
+    _frozen = True
+    gc.collect()
+    gc.freeze()
+    return True

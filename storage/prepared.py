@@ -108,10 +108,10 @@ class Plan:
             row = get(params)
             if not self._processed:
                 return row  # type: ignore[no-any-return]
-            out = list(row)
-            for i, process in self._processed:
-                out[i] = process(out[i])  # as SQLAlchemy: None too
-            return tuple(out)
+            processed = list(row)
+            for i, fn in self._processed:
+                processed[i] = fn(processed[i])  # as SQLAlchemy: None too
+            return tuple(processed)
         out = []
         if self.expanding:
             for name, literal, process in self.slots:

@@ -7,6 +7,12 @@ flight, full collections took 36 ms each, about 14 us per durable step, a fifth 
 ``gc.freeze()`` moves everything alive at that moment to a generation the collector never walks (CPython's
 own advice for long-lived servers); what the engine allocates afterwards is collected as before. It is done
 once per process, after a collection, so nothing that was garbage at that moment is kept for good.
+
+The young generation is collected every 20,000 net allocations instead of 700 (gen1 every 20 of those), if the
+application left CPython's defaults alone: a step allocates a few dozen objects that outlive it by a moment
+(futures, events, records of the runs in flight), and walking them 30 times as often cost about 4 us a step
+(gc callbacks, 100 runs in flight: 254 ms of collections for 23,000 steps with the defaults, 130 ms with these).
+A young collection then takes about 4 ms, once every few hundred steps.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import gc
 
 _frozen = False
+#: (gen0, gen1, gen2) thresholds while the engine runs; CPython's defaults are (700, 10, 10).
+THRESHOLDS = (20_000, 20, 10)
 
 
 def freeze_startup_heap() -> bool:
@@ -24,4 +32,6 @@ def freeze_startup_heap() -> bool:
     _frozen = True
     gc.collect()
     gc.freeze()
+    if gc.get_threshold() == (700, 10, 10):
+        gc.set_threshold(*THRESHOLDS)
     return True

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from .errors import DefinitionError, InvalidInput, OutputUnstorable
+from .errors import DefinitionError, InvalidInput, OutputInvalid, OutputUnstorable
 
 if TYPE_CHECKING:
     from .context import StepContext
@@ -106,8 +106,6 @@ class Step(Generic[In, Out]):
 
     def dump_output(self, value: Any) -> Any:
         """Validate what the step returned against its output model and make it JSON-ready."""
-        from .errors import OutputInvalid
-
         try:
             output = dump_value(self.output, value) if self.output is not None else storable(value)
         except ValidationError as exc:

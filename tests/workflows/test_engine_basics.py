@@ -305,7 +305,7 @@ async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
 async def test_an_engine_freezes_the_start_up_heap_once_per_process(sqlite_url: str) -> None:
     import gc
 
-    from workflows.heap import freeze_startup_heap
+    from workflows.heap import THRESHOLDS, freeze_startup_heap
 
     engine = Engine.from_url(sqlite_url)
     await engine.open()
@@ -314,5 +314,6 @@ async def test_an_engine_freezes_the_start_up_heap_once_per_process(sqlite_url: 
         assert frozen > 0  # by this engine or an earlier one in this process: the collector skips that heap
         assert freeze_startup_heap() is False  # once per process: later engines leave it alone
         assert gc.get_freeze_count() == frozen
+        assert gc.get_threshold() == THRESHOLDS  # CPython's defaults before: young collections 30x rarer
     finally:
         await engine.close()

@@ -123,7 +123,8 @@ class ChangeSignal:
         if self.version != since:
             return self.version
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: that starts a task per wait
+                await self._event.wait()
         except TimeoutError:
             pass
         return self.version

@@ -531,7 +531,8 @@ class Engine:
                     raise TimeoutError(f"Run {run_id} is still {status} after {timeout} seconds.")
                 wait = min(wait, remaining)
             try:
-                await asyncio.wait_for(event.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: that starts a task per wait
+                    await event.wait()
             except TimeoutError:
                 pass
             final = event.final

@@ -247,7 +247,7 @@ class RunStore:
 
     # -- runs ----------------------------------------------------------------------------------------
 
-    async def create_run(self, row: dict[str, Any], new_events: Sequence[NewEvent]) -> None:
+    async def create_run(self, row: dict[str, Any], new_events: Sequence[NewEvent], *, alone: bool = False) -> None:
         """Insert a new run with its events; RunExists if another run has its id.
 
         Insert-if-absent: if a commit failed with its outcome unknown (a dropped connection) and the write is
@@ -262,7 +262,7 @@ class RunStore:
                 return
             await self._add_events(conn, row["id"], new_events, row["created_at"])
 
-        await self.db.write(op, inline=True)
+        await self.db.write(op, inline=True, now=alone)
 
     async def create_rerun(
         self,
@@ -361,7 +361,7 @@ class RunStore:
 
     async def commit_step(
         self, result: StepResultRecord, owner: str, lease: float, new_events: Sequence[NewEvent],
-        *, progressed: bool = False,
+        *, progressed: bool = False, alone: bool = False,
     ) -> None:
         """Record a finished step with its events, if this process still holds the run.
 
@@ -382,7 +382,7 @@ class RunStore:
             if progressed:
                 await conn.execute(_RESET_RECOVERIES, {"b_id": result.run_id, "b_owner": owner})
 
-        await self.db.write(op, inline=True, patient=True)
+        await self.db.write(op, inline=True, patient=True, now=alone)
 
     def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         """Queue events that describe no state change (step started, retrying): they ride the next commit.
@@ -429,6 +429,7 @@ class RunStore:
         ready_at: float | None = None,
         waiting_for: str | None = None,
         seen: Sequence[str] = (),
+        alone: bool = False,
     ) -> dict[str, Any]:
         """Move a run this process holds out of ``running``; return the columns set (``status`` is the one set).
 
@@ -466,7 +467,7 @@ class RunStore:
             await self._add_events(conn, run_id, evs, now)
             return values
 
-        return await self.db.write(op, inline=True, patient=True)
+        return await self.db.write(op, inline=True, patient=True, now=alone)
 
     async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str, seen: Sequence[str] = ()) -> bool:
         by_run = {"b_run_id": run_id}

@@ -269,7 +269,7 @@ class Engine:
             await self.store.create_run(row, [NewEvent(type="run.started", data={
                 "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
                 "version": wf.version, "fingerprint": wf.fingerprint,
-            })])
+            })], alone=not self._tasks)
         except RunExists:
             raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
         emit("run.started", workflow_id=wf.id)
@@ -497,6 +497,11 @@ class Engine:
             run_id=run.id, workflow_id=run.workflow_id, status=run.status, output=run.output,
             error=error.get("message"), error_type=error.get("type"), error_path=error.get("path"), suspended=suspended,
         )
+
+    @property
+    def executing(self) -> int:
+        """How many runs this process is executing right now."""
+        return len(self._tasks)
 
     def handle(self, run_id: str) -> RunHandle:
         return RunHandle(self, run_id)

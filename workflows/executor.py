@@ -142,7 +142,7 @@ class RunExecution:
             return
         self._settled(await self.store.settle(
             run_id, owner, "success", [NewEvent(type="run.finished", data={"status": "success", "output": output})],
-            output=output,
+            output=output, alone=self.engine.executing <= 1,
         ))
         emit("run.finished", workflow_id=self.run.workflow_id, status="success")
 
@@ -187,7 +187,8 @@ class RunExecution:
                 "reason": "crashed", "deaths": exc.deaths, "error": error,
             }))
         events.append(NewEvent(type="run.finished", data={"status": "failed", "error": error}))
-        self._settled(await self.store.settle(self.run.id, self.engine.owner, "failed", events, error=error))
+        self._settled(await self.store.settle(self.run.id, self.engine.owner, "failed", events, error=error,
+                                              alone=self.engine.executing <= 1))
         emit("run.finished", workflow_id=self.run.workflow_id, status="failed")
 
     def _settled(self, values: dict[str, Any]) -> None:
@@ -496,7 +497,7 @@ class RunExecution:
         progressed, self._recovered = self._recovered, False
         try:
             await self.store.commit_step(record, self.engine.owner, self.engine.lease_seconds, events,
-                                         progressed=progressed)
+                                         progressed=progressed, alone=self.engine.executing <= 1)
         except Exception as exc:
             # Transient database errors were retried until the commit worked; what may still fail is the data
             # itself (a value the database refuses): the step's failure, told without SQL.

@@ -99,6 +99,34 @@ async def test_concurrent_writers_share_commits(db):
     assert max(batches) > 1
 
 
+async def test_a_write_of_a_lone_writer_commits_at_once_without_waiting_for_the_queue(db):
+    """``now=True`` (the engine's step of a run executing alone): committed on the caller's own turn of the loop."""
+    if not db.is_sqlite:
+        pytest.skip("PostgreSQL writes go through the queue: a round trip is the cost there, not a loop turn")
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)  # runs at the loop's next turn
+    event_id = await db.write(add_event("alone"), inline=True, now=True)
+    assert turned == []  # committed before the loop turned
+    assert await count_events(db, "alone") == 1 and isinstance(event_id, int)
+
+
+async def test_a_lone_write_never_overtakes_writes_queued_before_it(db):
+    queued = db.write_nowait(add_event("first"), inline=True)  # waits for the queue's next turn
+    second = await db.write(add_event("second"), inline=True, now=True)
+    first = await queued
+    assert first < second  # the queue went first: events keep the order they were written in
+
+
+async def test_a_lone_write_that_fails_is_left_to_the_queue_which_reports_it(db):
+    async def duplicate_key(conn: AsyncConnection) -> None:
+        await conn.execute(insert(events).values(id=1, run_id="dup", type="x", at=time.time()))
+
+    await db.write(duplicate_key)
+    with pytest.raises(Exception, match="UNIQUE|unique|duplicate"):
+        await db.write(duplicate_key, inline=True, now=True)
+    assert await count_events(db, "dup") == 1
+
+
 async def test_one_failing_writer_does_not_fail_the_others_in_its_batch(db):
     class Refused(Exception):
         pass

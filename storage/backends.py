@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool, StaticPool
 
 from . import jsoncodec
+from .faults import transient_kind
+from .pgconn import PgConnection, is_autocommit_safe
 from .prepared import Plan, PreparedResult, plan_for
 
 DbFn = Callable[[AsyncConnection], Awaitable[Any]]
@@ -91,7 +93,17 @@ def postgres_url_settings(url: str) -> tuple[str, dict[str, str]]:
 
 
 class AsyncBackend(Backend):
-    """PostgreSQL through asyncpg: network round trips, not thread hops, are the cost; no batching tricks."""
+    """PostgreSQL through asyncpg: network round trips, not thread hops, are the cost.
+
+    The commit queue writes on one connection kept open (as SQLite's writer is), in autocommit mode, its
+    transactions begun and ended here: no pool checkout and no pre-ping per batch (that ping alone was
+    three round trips: ``BEGIN``, ``;``, ``ROLLBACK``). A batch is ``BEGIN``, its functions, ``COMMIT``; a
+    batch of one function marked :func:`~storage.pgconn.autocommit_safe` (a step's commit) is sent as it
+    is, its one statement its own transaction. After an error that leaves the connection in doubt (it
+    dropped, or a ``ROLLBACK``/``COMMIT`` failed) it is discarded, and the next batch opens a new one; the
+    queue's retries see the error exactly as before. A write that comes while the kept connection is busy
+    (maintenance bypassing the queue) takes a pooled connection, as every write did before.
+    """
 
     def __init__(self, url: str, echo: bool) -> None:
         # A server that does not answer is an error after CONNECT_TIMEOUT, not after asyncpg's default minute.
@@ -103,6 +115,8 @@ class AsyncBackend(Backend):
                                                        connect_args=args)
         self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True, **JSON_CODEC,
                                                        connect_args=args)
+        self._kept: AsyncConnection | None = None
+        self._kept_lock = asyncio.Lock()
 
     async def migrate(self) -> None:
         from .schema_head import is_current
@@ -119,6 +133,82 @@ class AsyncBackend(Backend):
             return await fn(conn)
 
     async def run_batch(self, fns: Sequence[DbFn], *, inline: bool = False) -> Outcomes:
+        if self._kept_lock.locked():
+            return await self._pooled_batch(fns)
+        async with self._kept_lock:
+            try:
+                return [(True, r) for r in await self._kept_transaction(fns)], 1
+            except Exception as exc:
+                if len(fns) == 1:
+                    return [(False, exc)], 0
+            outcomes: list[tuple[bool, Any]] = []
+            commits = 0
+            for fn in fns:
+                try:
+                    [value] = await self._kept_transaction([fn])
+                    # Only now is it committed: a COMMIT that fails (the connection dropped) is this fn's failure.
+                    outcomes.append((True, value))
+                    commits += 1
+                except Exception as exc:
+                    outcomes.append((False, exc))
+            return outcomes, commits
+
+    async def _kept_connection(self) -> PgConnection:
+        """The commit queue's connection, opened once and kept (callers hold ``_kept_lock``)."""
+        if self._kept is None:
+            conn = await self.writer.connect()
+            try:
+                # The backend sends BEGIN/COMMIT itself; SQLAlchemy's adapter must not begin one of its own.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                await conn.close()
+                raise
+            self._kept = conn
+        adapted: Any = self._kept.sync_connection.connection.dbapi_connection  # type: ignore[union-attr]
+        return PgConnection(self._kept, adapted.driver_connection, adapted)
+
+    async def _kept_transaction(self, fns: Sequence[DbFn]) -> list[Any]:
+        """The functions in one transaction on the kept connection (or none, for one autocommit-safe function)."""
+        pg = await self._kept_connection()
+        conn: Any = pg  # database functions are typed for AsyncConnection; PgConnection looks like one
+        bare = len(fns) == 1 and is_autocommit_safe(fns[0])
+        try:
+            if bare:
+                return [await fns[0](conn)]
+            await pg.raw.execute("BEGIN")
+            try:
+                results = [await fn(conn) for fn in fns]
+            except Exception:
+                if not pg.raw.is_closed():
+                    try:
+                        await pg.raw.execute("ROLLBACK")
+                    except Exception as exc:  # the connection is in doubt: discarded below
+                        log.debug("rolling back a failed batch failed: %s", type(exc).__name__)
+                raise
+            await pg.raw.execute("COMMIT")
+            return results
+        except BaseException as exc:
+            # Cancelled mid-statement, dropped, or left in a transaction nobody can end: not reused.
+            if (isinstance(exc, asyncio.CancelledError) or transient_kind(exc) == "connection" or pg.raw.is_closed()
+                    or pg.raw.is_in_transaction()):
+                await self._discard_kept()
+            raise
+        finally:
+            if self._kept is not None and self._kept.in_transaction():
+                await self._kept.commit()  # SQLAlchemy's own bookkeeping only: the connection is in autocommit
+
+    async def _discard_kept(self) -> None:
+        """Drop the kept connection (broken, or in a transaction nobody can end): the next batch opens another."""
+        conn, self._kept = self._kept, None
+        if conn is None:
+            return
+        try:
+            await conn.invalidate()
+            await conn.close()
+        except Exception as exc:  # it is gone either way
+            log.debug("closing a broken writer connection failed: %s", type(exc).__name__)
+
+    async def _pooled_batch(self, fns: Sequence[DbFn]) -> Outcomes:
         try:
             async with self.writer.begin() as conn:
                 results = [await fn(conn) for fn in fns]
@@ -140,6 +230,13 @@ class AsyncBackend(Backend):
         return outcomes, commits
 
     async def dispose(self) -> None:
+        async with self._kept_lock:
+            if self._kept is not None:
+                conn, self._kept = self._kept, None
+                try:
+                    await conn.close()
+                except Exception as exc:
+                    log.debug("closing the writer connection failed: %s", type(exc).__name__)
         await self.writer.dispose()
         await self.reader.dispose()
 

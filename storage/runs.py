@@ -33,6 +33,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from .coalesce import Coalescer
 from .database import Database, insert_ignore
+from .pg_steps import record_step
+from .pgconn import PgConnection, autocommit_safe
 from .prepared import prepared
 from .records import (
     TERMINAL_STATUSES,
@@ -371,6 +373,11 @@ class RunStore:
         """
 
         async def op(conn: AsyncConnection) -> None:
+            if isinstance(conn, PgConnection):
+                # PostgreSQL: fence, result, events (and the reset) in one statement, one round trip.
+                if not await record_step(conn, result, owner, new_events, progressed=progressed):
+                    await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
+                return
             # One statement both fences and records: the row goes in only while this process holds the run.
             # The lease itself is renewed by the heartbeat, not by every step.
             # The record's own fields (outputs are JSON data already: the step dumped them), without a model_dump.
@@ -382,7 +389,9 @@ class RunStore:
             if progressed:
                 await conn.execute(_RESET_RECOVERIES, {"b_id": result.run_id, "b_owner": owner})
 
-        await self.db.write(op, inline=True, patient=True, now=alone)
+        # Alone in a batch, no BEGIN/COMMIT around it: its one statement is atomic, and on the rare path
+        # (not inserted) the lease check that follows only reads and touches the lease of a held run.
+        await self.db.write(autocommit_safe(op), inline=True, patient=True, now=alone)
 
     def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         """Queue events that describe no state change (step started, retrying): they ride the next commit.

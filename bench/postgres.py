@@ -3,12 +3,14 @@
 Both run in this process against databases of their own on ``BENCH_POSTGRES_URL`` (created and dropped).
 threadflow: one Engine (one process executing runs) through asyncpg; DBOS: ``@DBOS.workflow`` of 10
 ``@DBOS.step`` with its system database on the same server (psycopg). What each writes per step:
-threadflow a step-result row, its event row and the run's position (one transaction, shared by every run
-whose step finished meanwhile); DBOS one ``operation_outputs`` row per step (its own transaction).
+threadflow a step-result row and its event rows, in one statement that also checks this process still
+holds the run (its own transaction one run at a time; one transaction shared by every run whose step
+finished meanwhile with many in flight); DBOS one ``operation_outputs`` row per step (its own transaction).
 
-Round trips are counted for threadflow, not estimated: SQLAlchemy events on the engine's connections count
-every ``BEGIN``, statement and ``COMMIT`` sent to the server while the measured runs execute, divided by the
-steps executed (the run's own start and finish records are included, so this is an upper bound per step).
+Round trips are counted for threadflow, not estimated, on the wire (``wire.py``): every request any of
+its asyncpg connections sends to the server while the measured runs execute (simple queries such as
+``BEGIN``/``COMMIT``, each extended-protocol Sync, each Flush of a prepare; pings included), divided by the
+steps executed (the runs' own start and finish records are included, so this is an upper bound per step).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from .common import POSTGRES_URL, Report, Row, latency_fields, restore_default_executor
 from .scaleout import _admin, _with_database
 from .steps import WARMUP, _dbos_workflow, _measure
+from .wire import WireCounter
 from .workloads import STEPS, noop_workflow
 
 NAME = "postgres"
@@ -32,46 +35,17 @@ def sizes(quick: bool) -> dict[str, int]:
         {"seq": 300, "conc": 1000, "dbos_seq": 200, "dbos_conc": 1000}
 
 
-class RoundTrips:
-    """Counts what an SQLAlchemy engine sends: transactions begun, statements executed, commits."""
-
-    def __init__(self) -> None:
-        self.begins = self.statements = self.commits = 0
-
-    def attach(self, async_engine: Any) -> None:
-        from sqlalchemy import event
-
-        sync = async_engine.sync_engine
-        event.listen(sync, "begin", self._begin)
-        event.listen(sync, "before_cursor_execute", self._statement)
-        event.listen(sync, "commit", self._commit)
-
-    def _begin(self, *_: Any) -> None:
-        self.begins += 1
-
-    def _statement(self, *_: Any) -> None:
-        self.statements += 1
-
-    def _commit(self, *_: Any) -> None:
-        self.commits += 1
-
-    def snapshot(self) -> tuple[int, int, int]:
-        return self.begins, self.statements, self.commits
-
-
 async def threadflow(url: str, n: int, concurrency: int) -> tuple[float, list[float], dict[str, Any]]:
     from workflows import Engine
 
     wf = noop_workflow()
+    counter = WireCounter()
+    counter.install()  # before the engine opens: every connection it opens is counted
     engine = Engine(url, poll_interval=1.0)
     engine.register(wf)
-    await engine.open()
-    counter = RoundTrips()
-    backend = engine.db._backend  # the bench looks inside: round trips are what it measures
-    counter.attach(backend.writer)
-    if getattr(backend, "reader", backend.writer) is not backend.writer:
-        counter.attach(backend.reader)
     try:
+        await engine.open()
+
         async def one(_: int) -> None:
             handle = await engine.start(wf.id, {})
             result = await handle.result()
@@ -80,17 +54,18 @@ async def threadflow(url: str, n: int, concurrency: int) -> tuple[float, list[fl
 
         for i in range(WARMUP):
             await one(i)
-        b0, s0, c0 = counter.snapshot()
+        before = counter.snapshot()
         cpu0 = time.process_time()
         seconds, latencies = await _measure(n, concurrency, one)
         cpu = time.process_time() - cpu0
-        b1, s1, c1 = counter.snapshot()
+        sent = WireCounter.since(before, counter.snapshot())
         steps = n * STEPS
-        stats = {"begins": b1 - b0, "statements": s1 - s0, "commits": c1 - c0,
-                 "round_trips_per_step": ((b1 - b0) + (s1 - s0) + (c1 - c0)) / steps,
-                 "statements_per_step": (s1 - s0) / steps, "cpu_us_per_step": cpu / steps * 1e6}
+        stats: dict[str, Any] = {**sent, "round_trips_per_step": sent["round_trips"] / steps,
+                                 "simple_queries_per_step": sent["simple_queries"] / steps,
+                                 "statements_per_step": sent["executes"] / steps, "cpu_us_per_step": cpu / steps * 1e6}
     finally:
         await engine.close()
+        counter.uninstall()
     return seconds, latencies, stats
 
 
@@ -149,9 +124,10 @@ async def run(report: Report, quick: bool) -> None:
             tf[mode] = report.add(Row(
                 bench=BENCH, system="threadflow", setup=setup, n=n,
                 throughput=n * STEPS / seconds, unit="steps/s", total_s=seconds, **latency_fields(latencies),
-                note=(f"{stats['round_trips_per_step']:.2f} round trips/step ({stats['statements_per_step']:.2f} "
-                      f"statements, {stats['commits'] / (n * STEPS):.2f} commits), {stats['cpu_us_per_step']:.0f} "
-                      "us CPU/step; writes a result row + event row + run position per step"),
+                note=(f"{stats['round_trips_per_step']:.2f} round trips/step counted on the wire "
+                      f"({stats['simple_queries_per_step']:.2f} simple queries: BEGIN/COMMIT; "
+                      f"{stats['statements_per_step']:.2f} statements executed), {stats['cpu_us_per_step']:.0f} "
+                      "us CPU/step; writes a result row + its event rows per step, one statement"),
                 extra=stats))
         except Exception as exc:
             report.failed(BENCH, "threadflow", exc)

@@ -1,0 +1,221 @@
+"""A step's commit: the fence, the result and its events together (on PostgreSQL one statement, one round trip).
+
+Most tests run on both databases (the guarantees are the same); the PostgreSQL ones look at what is sent:
+a step committed alone is that one statement with no ``BEGIN``/``COMMIT``, a batch of several writes is one
+transaction, and the commit queue's kept connection, when the server drops it, is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import update
+
+from bench.wire import WireCounter
+from storage import Database
+from storage.faults import refused_data, transient_kind
+from storage.pg_steps import RECORD_STEP
+from storage.records import NewEvent, StepResultRecord
+from storage.runs import LeaseLost, RunStore
+from storage.tables import runs
+from tests.conftest import _admin_dsn
+
+LEASE = 30.0
+
+
+@pytest.fixture
+async def databases(db_url: str) -> AsyncIterator[list[Database]]:
+    """Two handles on one database, as two processes would have."""
+    dbs = [Database(db_url), Database(db_url)]
+    for db in dbs:
+        await db.open()
+    yield dbs
+    for db in dbs:
+        await db.close()
+
+
+def run_row(owner: str | None, **extra: Any) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "id": uuid.uuid4().hex[:16], "workflow_id": "wf", "status": "running" if owner else "pending", "input": {},
+        "owner": owner, "lease_expires_at": now + LEASE if owner else None, "ready_at": now, "created_at": now,
+        "updated_at": now, **extra,
+    }
+
+
+def result(run_id: str, path: str, output: Any, **extra: Any) -> StepResultRecord:
+    return StepResultRecord(run_id=run_id, path=path, step_id=path, output=output, finished_at=time.time(), **extra)
+
+
+async def events_of(store: RunStore, run_id: str) -> list[tuple[str, str | None, Any, float]]:
+    return [(e.type, e.path, e.data, e.at) for e in await store.read_events(run_id)]
+
+
+def postgres_only(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("what is sent to PostgreSQL")
+
+
+async def test_a_steps_events_commit_with_it_in_order_with_their_data(databases: list[Database]) -> None:
+    store = RunStore(databases[0])
+    row = run_row("me")
+    await store.create_run(row, [])
+    started = time.time() - 5
+    evs = [
+        NewEvent(type="step.started", path="a", data={"input": {"n": [1, 2.5, None, "ü"]}}, at=started),
+        NewEvent(type="step.note", path=None, data=None),
+        NewEvent(type="step.succeeded", path="a", data={"output": None, "nested": {"deep": [True, False]}}),
+    ]
+    rec = result(row["id"], "a", {"v": [1, "two", None]}, attempts=3, started_at=started)
+
+    await store.commit_step(rec, "me", LEASE, evs)
+
+    [stored] = (await store.load_progress(row["id"])).results.values()
+    assert stored == rec  # every column as given: JSON output, attempts, both times
+    assert await events_of(store, row["id"]) == [
+        ("step.started", "a", {"input": {"n": [1, 2.5, None, "ü"]}}, started),
+        ("step.note", None, None, rec.finished_at),  # no time of its own: the step's
+        ("step.succeeded", "a", {"output": None, "nested": {"deep": [True, False]}}, rec.finished_at),
+    ]
+
+
+async def test_a_step_commit_retried_after_it_committed_adds_nothing(databases: list[Database]) -> None:
+    store = RunStore(databases[0])
+    row = run_row("me")
+    await store.create_run(row, [])
+    rec = result(row["id"], "a", 1)
+
+    await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+    # The same commit again, as after a dropped connection whose COMMIT's outcome was not known.
+    await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+
+    assert [e[0] for e in await events_of(store, row["id"])] == ["step.succeeded"]
+    assert list((await store.load_progress(row["id"])).results) == ["a"]
+
+
+async def test_a_lease_lost_between_steps_fences_the_next_step(databases: list[Database]) -> None:
+    slow, fast = RunStore(databases[0]), RunStore(databases[1])
+    row = run_row("slow", recoveries=2)
+    await slow.create_run(row, [])
+    await slow.commit_step(result(row["id"], "a", 1), "slow", LEASE, [NewEvent(type="step.succeeded", path="a")])
+    # The holder stalls past its lease; another process takes the run over between its steps.
+    await fast.db.write(lambda conn: conn.execute(update(runs).where(runs.c.id == row["id"]).values(lease_expires_at=0)))
+    assert await fast.claim("fast", 10, LEASE) == [row["id"]]
+    taken = await fast.get_run(row["id"])
+
+    with pytest.raises(LeaseLost):
+        await slow.commit_step(result(row["id"], "b", 2), "slow", LEASE, [NewEvent(type="step.succeeded", path="b")],
+                               progressed=True)
+
+    assert list((await fast.load_progress(row["id"])).results) == ["a"]
+    assert [(e[0], e[1]) for e in await events_of(fast, row["id"])] == [("step.succeeded", "a"), ("run.recovered", None)]
+    after = await fast.get_run(row["id"])
+    # Nothing of the refused step touched the run: not the new holder's lease, not its count of deaths.
+    assert after == taken and after.owner == "fast" and after.recoveries == 3
+
+
+async def test_the_first_step_after_a_recovery_resets_the_count_of_deaths(databases: list[Database]) -> None:
+    store = RunStore(databases[0])
+    row = run_row("me", recoveries=2)
+    await store.create_run(row, [])
+
+    await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [], progressed=False)
+    assert (await store.get_run(row["id"])).recoveries == 2
+    await store.commit_step(result(row["id"], "b", 1), "me", LEASE, [], progressed=True)
+    assert (await store.get_run(row["id"])).recoveries == 0
+
+
+async def _kept_raw(db: Database) -> Any:
+    backend: Any = db._backend
+    async with backend._kept_lock:
+        return (await backend._kept_connection()).raw
+
+
+async def test_on_postgresql_a_step_committed_alone_is_one_statement_without_begin_or_commit(
+    db_url: str, databases: list[Database]
+) -> None:
+    postgres_only(db_url)
+    store = RunStore(databases[0])
+    row = run_row("me")
+    await store.create_run(row, [])
+    # The connection's first step: asyncpg prepares the statement and looks up its array types, once.
+    await store.commit_step(result(row["id"], "first", 0), "me", LEASE, [NewEvent(type="step.succeeded", path="first")])
+    raw = await _kept_raw(databases[0])
+    sent: list[str] = []
+
+    def log(record: Any) -> None:  # what asyncpg itself is asked to run (SQLAlchemy's statements not included)
+        sent.append(record.query)
+
+    raw.add_query_logger(log)
+    wire = WireCounter()  # every request that reaches the socket, whoever sent it
+    wire._wrap(raw._transport)
+    try:
+        before = wire.snapshot()
+        await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+        await asyncio.sleep(0)  # query loggers are called soon after, not within
+        assert sent == [RECORD_STEP]
+        assert WireCounter.since(before, wire.snapshot())["round_trips"] == 1
+
+        # With another write queued in the same turn, both share one transaction.
+        sent.clear()
+        before = wire.snapshot()
+        store.add_events_nowait(row["id"], [NewEvent(type="step.started", path="b")])
+        await store.commit_step(result(row["id"], "b", 2), "me", LEASE, [NewEvent(type="step.succeeded", path="b")])
+        await asyncio.sleep(0)
+        assert sent == ["BEGIN", RECORD_STEP, "COMMIT"]  # and the events' insert, through SQLAlchemy:
+        sent_now = WireCounter.since(before, wire.snapshot())
+        # (plus, this first time, SQLAlchemy preparing the events' insert: a flush round trip)
+        assert (sent_now["simple_queries"], sent_now["syncs"], sent_now["executes"]) == (2, 2, 2)
+        assert sent_now["round_trips"] == 4 + sent_now["flushes"]
+    finally:
+        raw.remove_query_logger(log)
+    assert [(e[0], e[1]) for e in await events_of(store, row["id"])] == [
+        ("step.succeeded", "first"), ("step.succeeded", "a"), ("step.started", "b"), ("step.succeeded", "b")]
+
+
+async def test_on_postgresql_a_dropped_writer_connection_is_replaced(db_url: str, databases: list[Database]) -> None:
+    postgres_only(db_url)
+    db = databases[0]
+    store = RunStore(db)
+    row = run_row("me")
+    await store.create_run(row, [])
+    old = await _kept_raw(db)
+    pid = old.get_server_pid()
+    admin = await asyncpg.connect(_admin_dsn(db_url))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    faults: list[str] = []
+    db.on_fault(lambda kind, new: faults.append(kind))
+
+    await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+
+    new = await _kept_raw(db)
+    assert new is not old and new.get_server_pid() != pid and old.is_closed()
+    assert faults == ["connection"]  # the queue saw the drop as a transient error and retried
+    assert [e[0] for e in await events_of(store, row["id"])] == ["step.succeeded"]
+    await store.commit_step(result(row["id"], "b", 2), "me", LEASE, [])  # the new one stays in use
+    assert await _kept_raw(db) is new and faults == ["connection"]
+
+
+async def test_on_postgresql_a_value_the_server_refuses_is_a_data_error_not_an_outage(
+    db_url: str, databases: list[Database]
+) -> None:
+    postgres_only(db_url)
+    store = RunStore(databases[0])
+    row = run_row("me")
+    await store.create_run(row, [])
+
+    with pytest.raises(Exception) as caught:  # noqa: PT011 (what matters is how it is classified)
+        await store.commit_step(result(row["id"], "a\x00b", 1), "me", LEASE, [])
+
+    assert refused_data(caught.value) and transient_kind(caught.value) is None
+    await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [])  # the connection is fine afterwards
+    assert list((await store.load_progress(row["id"])).results) == ["a"]

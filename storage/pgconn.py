@@ -2,7 +2,7 @@
 
 A database function (``async def fn(conn)``) on PostgreSQL gets a :class:`PgConnection`. ``execute``,
 ``exec_driver_sql`` and ``run_sync`` go through SQLAlchemy exactly as on an ``AsyncConnection``. A hot
-statement written for PostgreSQL alone (the step commit, see ``pg_steps.py``) may instead use
+statement written for PostgreSQL alone (the step commit, see ``pg_writes.py``) may instead use
 :meth:`PgConnection.fetchval`: it runs on the asyncpg connection underneath, as a prepared statement that
 asyncpg keeps per connection, without SQLAlchemy's execution layer (its compile cache lookup, execution
 context and result objects cost more CPU than the statement costs the server). Errors are raised as

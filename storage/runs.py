@@ -31,9 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from . import pg_writes
 from .coalesce import Coalescer
 from .database import Database, insert_ignore
-from .pg_steps import record_step
 from .pgconn import PgConnection, autocommit_safe
 from .prepared import prepared
 from .records import (
@@ -257,14 +257,19 @@ class RunStore:
         """
 
         async def op(conn: AsyncConnection) -> None:
-            if (await conn.execute(self._insert_run, row)).rowcount == 0:
+            if isinstance(conn, PgConnection):
+                inserted = await pg_writes.insert_run(conn, row, new_events)  # the run and its events, one statement
+            else:
+                inserted = (await conn.execute(self._insert_run, row)).rowcount != 0
+                if inserted:
+                    await self._add_events(conn, row["id"], new_events, row["created_at"])
+            if not inserted:
                 existing = (await conn.execute(_CREATED_AT, {"b_id": row["id"]})).first()
                 if existing is None or existing[0] != row["created_at"]:
                     raise RunExists(row["id"])
-                return
-            await self._add_events(conn, row["id"], new_events, row["created_at"])
 
-        await self.db.write(op, inline=True, now=alone)
+        # Its later statement (RunExists or not) only reads.
+        await self.db.write(autocommit_safe(op), inline=True, now=alone)
 
     async def create_rerun(
         self,
@@ -375,7 +380,7 @@ class RunStore:
         async def op(conn: AsyncConnection) -> None:
             if isinstance(conn, PgConnection):
                 # PostgreSQL: fence, result, events (and the reset) in one statement, one round trip.
-                if not await record_step(conn, result, owner, new_events, progressed=progressed):
+                if not await pg_writes.record_step(conn, result, owner, new_events, progressed=progressed):
                     await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
                 return
             # One statement both fences and records: the row goes in only while this process holds the run.
@@ -467,16 +472,23 @@ class RunStore:
                 values.update(output=output, error=error, finished_at=now)
             else:
                 values["recoveries"] = 0  # it got somewhere: the next process death is counted afresh
-            res = await conn.execute(_SETTLE, {**values, "b_id": run_id, "b_owner": owner})
-            if res.rowcount == 0:
-                raise LeaseLost(run_id)
             evs = list(new_events)
             if target == "pending" and status != "pending":
                 evs = [e for e in evs if e.type not in ("run.suspended", "run.waiting")]
+            if isinstance(conn, PgConnection):
+                if not await pg_writes.settle(conn, run_id, owner, values, evs, now):  # the run and its events
+                    raise LeaseLost(run_id)
+                return values
+            res = await conn.execute(_SETTLE, {**values, "b_id": run_id, "b_owner": owner})
+            if res.rowcount == 0:
+                raise LeaseLost(run_id)
             await self._add_events(conn, run_id, evs, now)
             return values
 
-        return await self.db.write(op, inline=True, patient=True, now=alone)
+        # A run that suspends or waits is first checked for input that came meanwhile: those statements
+        # share a transaction. Any other settle is its one statement.
+        return await self.db.write(op if status in ("suspended", "waiting") else autocommit_safe(op),
+                                   inline=True, patient=True, now=alone)
 
     async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str, seen: Sequence[str] = ()) -> bool:
         by_run = {"b_run_id": run_id}

@@ -1,8 +1,9 @@
-"""A step's commit: the fence, the result and its events together (on PostgreSQL one statement, one round trip).
+"""The engine's hot writes: a run created, a step committed, a run settled, each with its events.
 
-Most tests run on both databases (the guarantees are the same); the PostgreSQL ones look at what is sent:
-a step committed alone is that one statement with no ``BEGIN``/``COMMIT``, a batch of several writes is one
-transaction, and the commit queue's kept connection, when the server drops it, is replaced.
+On PostgreSQL each is one statement, one round trip (``storage/pg_writes.py``). Most tests run on both
+databases (the guarantees are the same); the PostgreSQL ones look at what is sent: a write alone is that one
+statement with no ``BEGIN``/``COMMIT``, a batch of several writes is one transaction, and the commit queue's
+kept connection, when the server drops it, is replaced.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from sqlalchemy import update
 from bench.wire import WireCounter
 from storage import Database
 from storage.faults import refused_data, transient_kind
-from storage.pg_steps import RECORD_STEP
+from storage.pg_writes import RECORD_STEP
 from storage.records import NewEvent, StepResultRecord
-from storage.runs import LeaseLost, RunStore
+from storage.runs import LeaseLost, RunExists, RunStore
 from storage.tables import runs
 from tests.conftest import _admin_dsn
 
@@ -219,3 +220,76 @@ async def test_on_postgresql_a_value_the_server_refuses_is_a_data_error_not_an_o
     assert refused_data(caught.value) and transient_kind(caught.value) is None
     await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [])  # the connection is fine afterwards
     assert list((await store.load_progress(row["id"])).results) == ["a"]
+
+
+async def test_a_run_is_created_once_with_its_events(databases: list[Database]) -> None:
+    store = RunStore(databases[0])
+    row = run_row(None, input={"n": [1, None]}, thread_id="t1")
+
+    await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})])
+    # The same start again (a commit of unknown outcome retried): harmless, nothing added.
+    await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})])
+    with pytest.raises(RunExists):  # another run with the same id
+        await store.create_run({**row, "created_at": row["created_at"] + 1}, [NewEvent(type="run.started")])
+
+    created = await store.get_run(row["id"])
+    assert created is not None and (created.input, created.thread_id, created.status) == ({"n": [1, None]}, "t1", "pending")
+    assert created.output is None and created.recoveries == 0  # columns not given: their defaults
+    assert await events_of(store, row["id"]) == [("run.started", None, {"input": {"n": [1, None]}}, row["created_at"])]
+
+
+async def test_a_settle_sets_the_run_and_its_events_together_or_nothing(databases: list[Database]) -> None:
+    store = RunStore(databases[0])
+    row = run_row("me", recoveries=2)
+    await store.create_run(row, [])
+
+    with pytest.raises(LeaseLost):
+        await store.settle(row["id"], "someone-else", "success", [NewEvent(type="run.finished")], output=1)
+    assert (await store.get_run(row["id"])).status == "running" and await events_of(store, row["id"]) == []
+
+    values = await store.settle(row["id"], "me", "pending", [NewEvent(type="run.released", data={"why": None})])
+    assert values["status"] == "pending"
+    released = await store.get_run(row["id"])
+    assert (released.status, released.owner, released.lease_expires_at, released.recoveries) == ("pending", None, None, 0)
+
+    assert await store.claim("me", 10, LEASE) == [row["id"]]
+    await store.settle(row["id"], "me", "failed", [NewEvent(type="run.failed", path="a")],
+                       error={"type": "Boom", "message": "ü"}, output={"partial": [1]})
+    failed = await store.get_run(row["id"])
+    assert (failed.status, failed.error, failed.output, failed.owner) == ("failed", {"type": "Boom", "message": "ü"},
+                                                                          {"partial": [1]}, None)
+    assert failed.finished_at is not None and failed.finished_at == failed.updated_at
+    assert [(e[0], e[1], e[2]) for e in await events_of(store, row["id"])] == [
+        ("run.released", None, {"why": None}), ("run.failed", "a", None)]
+
+
+async def test_on_postgresql_a_run_start_step_and_finish_are_one_round_trip_each(
+    db_url: str, databases: list[Database]
+) -> None:
+    postgres_only(db_url)
+    store = RunStore(databases[0])
+    raw = await _kept_raw(databases[0])
+    wire = WireCounter()
+    wire._wrap(raw._transport)
+
+    async def one_run() -> tuple[str, list[int]]:
+        row = run_row("me")
+        sent = []
+        for write in (
+            lambda: store.create_run(row, [NewEvent(type="run.started")]),
+            lambda: store.commit_step(result(row["id"], "a", 1), "me", LEASE,
+                                      [NewEvent(type="step.succeeded", path="a")]),
+            lambda: store.settle(row["id"], "me", "success", [NewEvent(type="run.finished")], output=1),
+        ):
+            before = wire.snapshot()
+            await write()
+            sent.append(WireCounter.since(before, wire.snapshot())["round_trips"])
+        return row["id"], sent
+
+    # The first time on a connection, asyncpg prepares each statement and looks up the array types: once.
+    _, first = await one_run()
+    assert all(n > 1 for n in first)
+    run_id, sent = await one_run()
+    assert sent == [1, 1, 1]
+    assert [e[0] for e in await events_of(store, run_id)] == ["run.started", "step.succeeded", "run.finished"]
+    assert (await store.get_run(run_id)).status == "success"

@@ -113,8 +113,12 @@ class AsyncBackend(Backend):
             args["server_settings"] = server_settings
         self.writer: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True, **JSON_CODEC,
                                                        connect_args=args)
-        self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, pool_pre_ping=True, **JSON_CODEC,
-                                                       connect_args=args)
+        # Reads run in autocommit: under READ COMMITTED every statement takes its own snapshot anyway, so a
+        # BEGIN/ROLLBACK around a read bought nothing but two round trips. No pre-ping either (three more:
+        # BEGIN, ``;``, ROLLBACK): a pooled connection the server dropped fails its read once, SQLAlchemy
+        # then discards the pool's connections, and Database.read retries the read (a transient error).
+        self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, isolation_level="AUTOCOMMIT",
+                                                       **JSON_CODEC, connect_args=args)
         self._kept: AsyncConnection | None = None
         self._kept_lock = asyncio.Lock()
 

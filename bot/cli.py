@@ -13,17 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from storage.records import RunRecord
     from workflows import Engine, RunHandle
 
     from .settings import Settings
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141
 
 
 class CLIError(Exception):
@@ -89,7 +92,24 @@ async def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_runs(engine: Engine, args: argparse.Namespace) -> int:
-    runs = await engine.list_runs(status=args.status, workflow_id=args.workflow, limit=args.limit)
+    return show_runs(await engine.list_runs(status=args.status, workflow_id=args.workflow, limit=args.limit), args)
+
+
+def quick_runs(settings: Settings, args: argparse.Namespace) -> int | None:
+    """``runs`` without an engine: a one-shot listing of a SQLite file (see ``storage.run_listing``).
+
+    None when it does not apply (``--status stranded`` asks which versions this process registers; PostgreSQL,
+    a database that does not exist yet or needs migrating): the command then runs on an engine as before.
+    """
+    if args.status == "stranded":
+        return None
+    from storage.run_listing import list_runs_readonly
+
+    runs = list_runs_readonly(settings.database_url, status=args.status, workflow_id=args.workflow, limit=args.limit)
+    return None if runs is None else show_runs(runs, args)
+
+
+def show_runs(runs: list[RunRecord], args: argparse.Namespace) -> int:
     if args.json:
         emit([r.model_dump(mode="json", exclude={"owner", "lease_expires_at"}) for r in runs])
     else:
@@ -318,13 +338,16 @@ async def _executed_elsewhere(engine: Engine, args: argparse.Namespace) -> bool:
     return bool(await engine.live_executors(fingerprint=run.workflow_fingerprint))
 
 
+#: Commands that can answer without an engine (and without asyncio's event loop, the ORM or a driver): the
+#: function returns the exit status, or None when it cannot and the command runs on an engine as usual.
+QUICK_COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int | None]] = {"runs": quick_runs}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Imported once the command is known (``--help`` and bad arguments exit above without them).
-    import asyncio
-
     from storage.errors import StorageError
     from workflows.errors import DefinitionError, InvalidInput, ThreadflowError, UsageError
 
@@ -334,10 +357,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = {"database_url": args.database_url} if args.database_url else {}
         settings = load_settings(**overrides)
-        if args.command in ENGINE_COMMANDS:
+        quick = QUICK_COMMANDS.get(args.command)
+        code = quick(settings, args) if quick is not None else None
+        if code is not None:
+            pass
+        elif args.command in ENGINE_COMMANDS:
+            import asyncio
+
             code = asyncio.run(_run_engine_command(settings, args))
         else:
             code = args.handler(settings, args)
+        sys.stdout.flush()  # here, so a reader that went away is noticed below, not at exit
     except (CLIError, SettingsError, UsageError, InvalidInput, DefinitionError, InspectorError, StorageError) as exc:
         # StorageError: a malformed THREADFLOW_DATABASE_URL, or a database that cannot be reached or written.
         print(f"error: {exc}", file=sys.stderr)
@@ -347,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = EXIT_RUN_FAILED
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # The reader stopped reading (``threadflow runs | head``): stop quietly, as a Unix tool killed by
+        # SIGPIPE would (status 128 + 13), and send what is still buffered nowhere, so exit does not fail on it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     return code
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from storage.records import RunRecord
-from workflows import CommittedWorkflow, RunDetails, VersionStatus, describe_version
+from workflows.versions import describe_version
+
+if TYPE_CHECKING:  # types only: ``threadflow runs`` prints without loading the engine's modules
+    from storage.records import RunRecord
+    from workflows import CommittedWorkflow, RunDetails, VersionStatus
 
 
 def when(ts: float | None) -> str:

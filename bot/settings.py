@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from storage.database import DEFAULT_DATABASE_URL
+from storage.urls import DEFAULT_DATABASE_URL
 
 SLACK_API_URL = "https://slack.com/api/"
 

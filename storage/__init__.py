@@ -10,19 +10,21 @@ from typing import TYPE_CHECKING
 from .lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from .database import DEFAULT_DATABASE_URL, ChangeSignal, Database, normalize_url
+    from .database import ChangeSignal, Database
     from .errors import DatabaseURLError, MigrationError, StorageError
     from .installations import InstallationRows, OAuthStates
     from .memory_store import MemoryStore
     from .retention import PruneReport, prune
+    from .run_listing import list_runs_readonly
     from .run_queries import RunCursor, RunFilter, RunPage, RunQueries, Visibility
     from .schedule_store import ScheduleRecord, ScheduleStore
+    from .urls import DEFAULT_DATABASE_URL, normalize_url
 
 _EXPORTS = {
-    "DEFAULT_DATABASE_URL": ".database",
+    "DEFAULT_DATABASE_URL": ".urls",
     "ChangeSignal": ".database",
     "Database": ".database",
-    "normalize_url": ".database",
+    "normalize_url": ".urls",
     "DatabaseURLError": ".errors",
     "MigrationError": ".errors",
     "StorageError": ".errors",
@@ -31,6 +33,7 @@ _EXPORTS = {
     "MemoryStore": ".memory_store",
     "PruneReport": ".retention",
     "prune": ".retention",
+    "list_runs_readonly": ".run_listing",
     "RunCursor": ".run_queries",
     "RunFilter": ".run_queries",
     "RunPage": ".run_queries",
@@ -60,6 +63,7 @@ __all__ = [
     "ScheduleStore",
     "StorageError",
     "Visibility",
+    "list_runs_readonly",
     "normalize_url",
     "prune",
 ]

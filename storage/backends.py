@@ -30,6 +30,7 @@ from . import jsoncodec
 from .faults import transient_kind
 from .pgconn import PgConnection, is_autocommit_safe
 from .prepared import Plan, PreparedResult, plan_for
+from .urls import postgres_url_settings
 
 DbFn = Callable[[AsyncConnection], Awaitable[Any]]
 
@@ -46,7 +47,7 @@ CHECKPOINT_PAGES = 2000
 PAGES_PER_COMMIT = 4.0
 PAGES_PER_WRITE = 0.6
 #: How every engine reads and writes JSON columns (orjson; see jsoncodec.py).
-JSON_CODEC: dict[str, Any] = {"json_serializer": jsoncodec.dumps, "json_deserializer": jsoncodec.loads}
+JSON_CODEC: dict[str, Any] = jsoncodec.ENGINE_ARGS
 #: Seconds to wait for a PostgreSQL server to accept a connection.
 CONNECT_TIMEOUT = 10.0
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.
@@ -70,26 +71,6 @@ class Backend:
 
     async def dispose(self) -> None:
         raise NotImplementedError
-
-
-#: PostgreSQL's ``synchronous_commit`` values (https://www.postgresql.org/docs/current/runtime-config-wal.html).
-SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
-
-
-def postgres_url_settings(url: str) -> tuple[str, dict[str, str]]:
-    """Split server settings threadflow accepts in a PostgreSQL URL from what asyncpg is given.
-
-    ``?synchronous_commit=off`` is sent as a server setting of every connection (asyncpg's
-    ``server_settings``): asyncpg itself refuses unknown URL parameters.
-    """
-    parsed = make_url(url)
-    value = parsed.query.get("synchronous_commit")
-    if value is None:
-        return url, {}
-    if isinstance(value, tuple) or value.lower() not in SYNCHRONOUS_COMMIT:
-        raise ValueError(f"synchronous_commit={value!r} in the database URL: use one of {', '.join(SYNCHRONOUS_COMMIT)}")
-    rest = parsed.difference_update_query(["synchronous_commit"])
-    return rest.render_as_string(hide_password=False), {"synchronous_commit": value.lower()}
 
 
 class AsyncBackend(Backend):

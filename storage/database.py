@@ -37,28 +37,22 @@ from typing import Any, TypeVar
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .backends import (
-    AsyncBackend,
-    Backend,
-    PostgresSideWriter,
-    SideWriter,
-    SqliteSideWriter,
-    ThreadBackend,
-    postgres_url_settings,
-)
-from .errors import DatabaseUnavailable, DatabaseURLError, StorageError
+from .backends import AsyncBackend, Backend, PostgresSideWriter, SideWriter, SqliteSideWriter, ThreadBackend
+from .errors import DatabaseUnavailable, StorageError
 from .faults import describe, transient_kind
+
+# Defined in urls.py (cheap to import: a read-only CLI command needs them without this module); kept
+# importable from here, where callers have always found them.
+from .urls import DEFAULT_DATABASE_URL, normalize_url, redacted
 
 T = TypeVar("T")
 WriteFn = Callable[[AsyncConnection], Awaitable[T]]
 #: A queued write: the function, its caller's future, ``inline``, and the monotonic time after which a
 #: transient failure is not retried any more (``inf``: patient, retried until it commits or the database closes).
 Queued = tuple[WriteFn[Any], "asyncio.Future[Any]", bool, float]
-
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///threadflow.db"
 
 log = logging.getLogger("threadflow.storage")
 
@@ -71,32 +65,6 @@ RETRY_SECONDS = 10.0
 RETRY_BACKOFF = (0.05, 2.0)
 #: Once the database is closing, patient writes still failing are given up after this long.
 CLOSE_GRACE_SECONDS = 5.0
-
-
-def normalize_url(url: str) -> str:
-    """Accept the URLs people paste (``sqlite:///x.db``, ``postgresql://...``) and pick the async driver."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseURLError(
-            f"Database URL {url!r} is not a valid SQLAlchemy URL. "
-            "Use sqlite+aiosqlite:///path/to/threadflow.db or postgresql+asyncpg://user@host/db."
-        ) from exc
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
-    elif backend in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+asyncpg")
-        try:
-            postgres_url_settings(parsed.render_as_string(hide_password=False))
-        except ValueError as exc:
-            raise DatabaseURLError(f"{exc}.") from None
-    else:
-        raise DatabaseURLError(
-            f"Database URL {parsed.render_as_string(hide_password=True)!r} uses {backend!r}; threadflow supports "
-            "SQLite (sqlite+aiosqlite://) and PostgreSQL (postgresql+asyncpg://)."
-        )
-    return parsed.render_as_string(hide_password=False)
 
 
 def insert_ignore(db: Database | str, table: Any) -> Any:
@@ -128,11 +96,6 @@ class ChangeSignal:
         except TimeoutError:
             pass
         return self.version
-
-
-def redacted(url: str) -> str:
-    """The URL to show people: the password replaced by ``***``."""
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def backoff(attempt: int) -> float:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+if TYPE_CHECKING:  # (not imported at run time: a read-only command checks the schema without the async engine)
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 VERSIONS = Path(__file__).parent / "migrations" / "versions"
 _REVISION = re.compile(r'^revision(?:\s*:\s*str)?\s*=\s*"([^"]+)"\s*$', re.M)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
-from ..settings import Settings
+if TYPE_CHECKING:  # (only a type here: ``bot.cli`` imports InspectorError without loading the settings' stack)
+    from ..settings import Settings
 
 
 class InspectorError(Exception):

@@ -1,0 +1,64 @@
+"""Database URLs: the default, the forms people paste, and what may be shown of them.
+
+Kept apart from ``database.py`` so that reading a URL costs SQLAlchemy Core's import only: a read-only CLI
+command (``threadflow runs``) checks its URL without loading the async engine, the ORM or a driver.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import DatabaseURLError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///threadflow.db"
+
+#: PostgreSQL's ``synchronous_commit`` values (https://www.postgresql.org/docs/current/runtime-config-wal.html).
+SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
+
+
+def postgres_url_settings(url: str) -> tuple[str, dict[str, str]]:
+    """Split server settings threadflow accepts in a PostgreSQL URL from what asyncpg is given.
+
+    ``?synchronous_commit=off`` is sent as a server setting of every connection (asyncpg's
+    ``server_settings``): asyncpg itself refuses unknown URL parameters.
+    """
+    parsed = make_url(url)
+    value = parsed.query.get("synchronous_commit")
+    if value is None:
+        return url, {}
+    if isinstance(value, tuple) or value.lower() not in SYNCHRONOUS_COMMIT:
+        raise ValueError(f"synchronous_commit={value!r} in the database URL: use one of {', '.join(SYNCHRONOUS_COMMIT)}")
+    rest = parsed.difference_update_query(["synchronous_commit"])
+    return rest.render_as_string(hide_password=False), {"synchronous_commit": value.lower()}
+
+
+def normalize_url(url: str) -> str:
+    """Accept the URLs people paste (``sqlite:///x.db``, ``postgresql://...``) and pick the async driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseURLError(
+            f"Database URL {url!r} is not a valid SQLAlchemy URL. "
+            "Use sqlite+aiosqlite:///path/to/threadflow.db or postgresql+asyncpg://user@host/db."
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+        try:
+            postgres_url_settings(parsed.render_as_string(hide_password=False))
+        except ValueError as exc:
+            raise DatabaseURLError(f"{exc}.") from None
+    else:
+        raise DatabaseURLError(
+            f"Database URL {parsed.render_as_string(hide_password=True)!r} uses {backend!r}; threadflow supports "
+            "SQLite (sqlite+aiosqlite://) and PostgreSQL (postgresql+asyncpg://)."
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def redacted(url: str) -> str:
+    """The URL to show people: the password replaced by ``***``."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -121,8 +121,8 @@ async def check_installs(settings: Settings, database: Check) -> list[Check]:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from storage.database import normalize_url
     from storage.tables import slack_bots, slack_installations
+    from storage.urls import normalize_url
 
     from .installs import SECRET_COLUMNS, EncryptionKeyError, TokenCipher, UndecryptableToken
 
@@ -204,9 +204,9 @@ async def check_database(settings: Settings) -> Check:
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from storage.database import normalize_url
     from storage.errors import StorageError
     from storage.migrations import current_revision_sync, head_revision
+    from storage.urls import normalize_url
 
     try:
         url = normalize_url(settings.database_url)
@@ -258,7 +258,7 @@ async def check_stranded_runs(settings: Settings, database: Check) -> Check | No
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from storage.database import normalize_url
+    from storage.urls import normalize_url
     from storage.versions import Serving, find_stranded
     from workflows import describe_version
     from workflows.errors import ThreadflowError
@@ -346,9 +346,9 @@ async def check_slack_features(settings: Settings, database: Check) -> list[Chec
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from storage.database import normalize_url
     from storage.slack_store import SlackFeature
     from storage.tables import slack_features
+    from storage.urls import normalize_url
 
     if database.status != "ok":
         return []  # nothing to read (the database check said why); doctor never migrates

@@ -44,9 +44,11 @@ from .backends import AsyncBackend, Backend, PostgresSideWriter, SideWriter, Sql
 from .errors import DatabaseUnavailable, StorageError
 from .faults import describe, transient_kind
 
-# Defined in urls.py (cheap to import: a read-only CLI command needs them without this module); kept
+# Defined in urls.py (cheap to import: a read-only CLI command needs them without this module); still
 # importable from here, where callers have always found them.
-from .urls import DEFAULT_DATABASE_URL, normalize_url, redacted
+from .urls import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL
+from .urls import normalize_url as normalize_url
+from .urls import redacted as redacted
 
 T = TypeVar("T")
 WriteFn = Callable[[AsyncConnection], Awaitable[T]]

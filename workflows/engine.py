@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from storage import Database
-from storage.database import DEFAULT_DATABASE_URL
 from storage.progress_store import ProgressStore
 from storage.records import (
     SETTLED_STATUSES,
@@ -28,6 +27,7 @@ from storage.records import (
     SuspensionRecord,
 )
 from storage.runs import CompareAndSetFailed, RunExists, RunStore
+from storage.urls import DEFAULT_DATABASE_URL
 
 from .errors import (
     AlreadyResumed,

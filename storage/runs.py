@@ -47,7 +47,6 @@ from .records import (
     StepResultRecord,
     SuspensionRecord,
 )
-from .run_listing import runs_query
 from .tables import events, runs, signals, step_results, suspensions
 from .versions import Serving
 
@@ -326,7 +325,11 @@ class RunStore:
         self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
         async def op(conn: AsyncConnection) -> list[RunRecord]:
-            q = runs_query(status=status, workflow_id=workflow_id, limit=limit)
+            q = select(runs).order_by(runs.c.created_at.desc(), runs.c.id).limit(limit)
+            if status:
+                q = q.where(runs.c.status == status)
+            if workflow_id:
+                q = q.where(runs.c.workflow_id == workflow_id)
             return [RunRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
         return await self.db.read(op)

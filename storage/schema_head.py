@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import re
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, text
-
-if TYPE_CHECKING:  # (not imported at run time: a read-only command checks the schema without the async engine)
+if TYPE_CHECKING:  # types only: ``threadflow runs`` asks without importing SQLAlchemy (see run_listing.py)
+    from sqlalchemy import Connection
     from sqlalchemy.ext.asyncio import AsyncConnection
 
 VERSIONS = Path(__file__).parent / "migrations" / "versions"
@@ -40,25 +40,33 @@ def head_revision() -> str | None:
     return heads.pop() if len(heads) == 1 else None
 
 
-_CURRENT_SQLITE = text("SELECT version_num FROM alembic_version")
+# Plain SQL run with ``exec_driver_sql`` (no bound parameters), so the same text serves every caller.
+_HAS_TABLE_SQLITE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+_HAS_TABLE_POSTGRES = "SELECT to_regclass('alembic_version')"
+_CURRENT = "SELECT version_num FROM alembic_version"
+
+
+def _at_head(versions: list[str]) -> bool:
+    head = head_revision()
+    return head is not None and versions == [head]
 
 
 def is_current_sync(conn: Connection) -> bool:
     """SQLite: True when ``alembic_version`` names the head revision and nothing else."""
-    head = head_revision()
-    if head is None:
+    if head_revision() is None or conn.exec_driver_sql(_HAS_TABLE_SQLITE).first() is None:
         return False
-    exists = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'")).first()
-    if exists is None:
+    return _at_head([row[0] for row in conn.exec_driver_sql(_CURRENT)])
+
+
+def is_current_sqlite3(conn: sqlite3.Connection) -> bool:
+    """The same question on a plain ``sqlite3`` connection (a read-only listing opens no SQLAlchemy engine)."""
+    if head_revision() is None or conn.execute(_HAS_TABLE_SQLITE).fetchone() is None:
         return False
-    return [row[0] for row in conn.execute(_CURRENT_SQLITE)] == [head]
+    return _at_head([row[0] for row in conn.execute(_CURRENT)])
 
 
 async def is_current(conn: AsyncConnection) -> bool:
     """PostgreSQL: the same question, asked without an error on a database that has no schema yet."""
-    head = head_revision()
-    if head is None:
+    if head_revision() is None or (await conn.exec_driver_sql(_HAS_TABLE_POSTGRES)).scalar() is None:
         return False
-    if (await conn.execute(text("SELECT to_regclass('alembic_version')"))).scalar() is None:
-        return False
-    return [row[0] for row in await conn.execute(_CURRENT_SQLITE)] == [head]
+    return _at_head([row[0] for row in await conn.exec_driver_sql(_CURRENT)])

@@ -1,13 +1,11 @@
 """Database URLs: the default, the forms people paste, and what may be shown of them.
 
-Kept apart from ``database.py`` so that reading a URL costs SQLAlchemy Core's import only: a read-only CLI
-command (``threadflow runs``) checks its URL without loading the async engine, the ORM or a driver.
+Kept apart from ``database.py``, and SQLAlchemy (whose URL parser these use) is imported inside the
+functions: the settings name the default URL, and a read-only CLI command (``threadflow runs``) starts
+without loading SQLAlchemy at all where it can (see ``run_listing.py``).
 """
 
 from __future__ import annotations
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from .errors import DatabaseURLError
 
@@ -23,6 +21,8 @@ def postgres_url_settings(url: str) -> tuple[str, dict[str, str]]:
     ``?synchronous_commit=off`` is sent as a server setting of every connection (asyncpg's
     ``server_settings``): asyncpg itself refuses unknown URL parameters.
     """
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     value = parsed.query.get("synchronous_commit")
     if value is None:
@@ -35,6 +35,9 @@ def postgres_url_settings(url: str) -> tuple[str, dict[str, str]]:
 
 def normalize_url(url: str) -> str:
     """Accept the URLs people paste (``sqlite:///x.db``, ``postgresql://...``) and pick the async driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -61,4 +64,6 @@ def normalize_url(url: str) -> str:
 
 def redacted(url: str) -> str:
     """The URL to show people: the password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)

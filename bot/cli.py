@@ -359,13 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**overrides)
         quick = QUICK_COMMANDS.get(args.command)
         code = quick(settings, args) if quick is not None else None
-        if code is not None:
-            pass
-        elif args.command in ENGINE_COMMANDS:
+        if code is None and args.command in ENGINE_COMMANDS:
             import asyncio
 
             code = asyncio.run(_run_engine_command(settings, args))
-        else:
+        elif code is None:
             code = args.handler(settings, args)
         sys.stdout.flush()  # here, so a reader that went away is noticed below, not at exit
     except (CLIError, SettingsError, UsageError, InvalidInput, DefinitionError, InspectorError, StorageError) as exc:
@@ -378,11 +376,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     except BrokenPipeError:
+        if not _reader_gone():
+            raise  # another pipe or socket broke: that is a real error
         # The reader stopped reading (``threadflow runs | head``): stop quietly, as a Unix tool killed by
         # SIGPIPE would (status 128 + 13), and send what is still buffered nowhere, so exit does not fail on it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = EXIT_BROKEN_PIPE
     return code
+
+
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end is closed (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here (Windows), or stdout is not a file
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

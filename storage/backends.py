@@ -47,7 +47,7 @@ CHECKPOINT_PAGES = 2000
 PAGES_PER_COMMIT = 4.0
 PAGES_PER_WRITE = 0.6
 #: How every engine reads and writes JSON columns (orjson; see jsoncodec.py).
-JSON_CODEC: dict[str, Any] = jsoncodec.ENGINE_ARGS
+JSON_CODEC: dict[str, Any] = {"json_serializer": jsoncodec.dumps, "json_deserializer": jsoncodec.loads}
 #: Seconds to wait for a PostgreSQL server to accept a connection.
 CONNECT_TIMEOUT = 10.0
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.

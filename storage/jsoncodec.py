@@ -29,7 +29,3 @@ def loads(text: str | bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
-
-
-#: What every SQLAlchemy engine is given, so JSON columns are written and read by the functions above.
-ENGINE_ARGS: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": loads}

@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from storage import Database
 from storage.records import NewEvent, StepResultRecord, SuspensionRecord
-from storage.runs import CompareAndSetFailed, LeaseLost, RunStore, insert_run, timer_due
+from storage.runs import _SUSPENSION_STATES, CompareAndSetFailed, LeaseLost, RunStore, insert_run, timer_due
 
 LEASE = 30.0
 
@@ -151,6 +153,94 @@ async def test_what_is_ready_to_claim(store):
     assert sorted(claimed) == sorted(r["id"] for r in ready.values())
     assert await store.claim("me-too", 100, LEASE) == []
     assert not await store.has_ready()
+
+
+async def test_a_claim_takes_the_longest_ready_runs_first_whatever_made_them_ready(store):
+    # Each kind of readiness is read by a query of its own (see storage/ready.py): the claim still takes the
+    # oldest ``limit`` of them all, by the time they became ready, and leaves the others ready.
+    now = time.time()
+    rows = {
+        "pending-old": run_row("pending", ready_at=now - 50),
+        "woken": run_row("waiting", ready_at=now - 40),
+        "abandoned": run_row("running", "dead", lease_expires_at=now - 1, ready_at=now - 30),
+        "timer-beside-approval": run_row("suspended", ready_at=now - 20, updated_at=now - 25),
+        "pending-new": run_row("pending", ready_at=now - 10),
+    }
+    for row in rows.values():
+        await store.create_run(row, [])
+
+    assert await store.ready_ids() == [rows[k]["id"] for k in rows]
+    assert await store.claim("me", 3, LEASE) == [rows[k]["id"] for k in ("pending-old", "woken", "abandoned")]
+    assert await store.claim("me", 3, LEASE) == [rows[k]["id"] for k in ("timer-beside-approval", "pending-new")]
+
+
+async def test_a_settle_sees_input_for_its_own_run_only(store):
+    # A run about to become suspended checks for input that arrived while it executed (a decision without a
+    # result yet, a buffered event one of its waits is for); other runs' open and resolved waits are no input.
+    for _ in range(5):
+        other = await suspended_run(store, "approve")
+        await store.resolve_suspension(other, "approve", {"ok": True}, "ann", [])
+    await suspended_run(store, "approve")
+
+    quiet = await held_run(store)
+    await store.open_suspension(suspension(quiet, "mine"), "me", LEASE, [])
+    assert (await store.settle(quiet, "me", "suspended", []))["status"] == "suspended"
+
+    decided = await held_run(store)
+    await store.open_suspension(suspension(decided, "decide"), "me", LEASE, [])
+    await store.resolve_suspension(decided, "decide", {"ok": True}, "ann", [])
+    assert (await store.settle(decided, "me", "suspended", []))["status"] == "pending"
+
+    delivered = await held_run(store)
+    wait = suspension(delivered, "wait-go").model_copy(update={"kind": "event", "event_name": "go"})
+    await store.open_suspension(wait, "me", LEASE, [])
+    assert await store.send_signal(delivered, "go", {"n": 1}, []) == "delivered"
+    assert (await store.settle(delivered, "me", "waiting", [], waiting_for="go"))["status"] == "pending"
+
+    buffered = await held_run(store)
+    assert await store.send_signal(buffered, "later", {"n": 2}, []) == "buffered"
+    wait = suspension(buffered, "wait-later").model_copy(update={"kind": "event", "event_name": "later"})
+    await store.open_suspension(wait, "me", LEASE, [])
+    assert (await store.settle(buffered, "me", "waiting", [], waiting_for="later"))["status"] == "pending"
+
+
+async def test_on_sqlite_a_settle_and_a_claim_read_by_key_not_every_waiting_run(store):
+    # SQLite keeps no statistics here: given ``run_id = ? AND status = ?`` it may walk the status index (every
+    # open suspension of every run) instead of the primary key. With 100,000 waiting approvals that made each
+    # settle cost ~8 ms and capped a backlog's drain at ~140 runs/s; a claim that sorted every pending run
+    # before taking ``limit`` of them did the same to the dispatcher.
+    db = store.db
+    if not db.is_sqlite:
+        pytest.skip("the query planner in question is SQLite's")
+    for _ in range(5):
+        await store.create_run(run_row("pending"), [])
+        await suspended_run(store)
+    claim_reads: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            claim_reads.append((statement, parameters))
+
+    writer = db._backend.writer  # type: ignore[union-attr]
+    event.listen(writer, "before_cursor_execute", capture)
+    try:
+        assert len(await store.claim("me", 3, LEASE)) == 3
+    finally:
+        event.remove(writer, "before_cursor_execute", capture)
+
+    async def plan(sql: str, parameters: Any = ()) -> str:
+        async def op(conn: Any) -> str:
+            rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, parameters)).fetchall()
+            return " / ".join(r[3] for r in rows)
+
+        return await db.read(op)
+
+    assert claim_reads
+    for sql, parameters in claim_reads:
+        # Each reads its part of the index in order and stops after ``limit`` rows: no sort of every ready run.
+        assert "TEMP B-TREE FOR ORDER BY" not in await plan(sql, parameters), sql
+    states = str(_SUSPENSION_STATES.compile(dialect=sqlite_dialect()))
+    assert "sqlite_autoindex_suspensions_1 (run_id=?)" in await plan(states, ("r1",) * states.count("?"))
 
 
 async def test_a_process_whose_run_was_taken_over_can_no_longer_write_to_it(store):

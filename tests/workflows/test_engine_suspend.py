@@ -523,3 +523,27 @@ async def test_a_resume_before_the_sleep_ends_waits_for_the_timer(engine):
 
     assert done.status == "success" and done.output["approve"]["approved"] is False
     assert time.monotonic() - started >= 1.1  # the sleep was not cut short by the resume
+
+
+async def test_a_backlog_beyond_capacity_drains_as_slots_free_up_not_at_each_poll(engine):
+    # 30 runs queued by a process that does not execute them (a CLI, a bot with execute=False), then a worker
+    # with room for 3 and a poll interval of ten minutes: it claims 3, and each time runs settle it must claim
+    # the next ones at once. Then all 30 are resumed at once: 3 are claimed by their resumes, 27 become
+    # pending and go the same way. A dispatcher that waited for its poll between claims would need hours.
+    calls: Counter = Counter()
+    wf = Workflow(id="queued", input=Num).then(approval_step("ok", calls)).commit()
+    client = engine(wf, execute=False)
+    handles = [await client.start("queued", {"n": i}) for i in range(30)]
+    assert {(await client.get_run(h.run_id)).status for h in handles} == {"pending"}
+
+    worker = engine(wf, capacity=3, poll_interval=600.0)
+    await worker.open()
+    for h in handles:
+        assert (await client.wait_for(h.run_id, timeout=20)).status == "suspended"
+
+    await asyncio.gather(*(worker.resume(h.run_id, data={"approved": True}, by="ann") for h in handles))
+    results = [await client.wait_for(h.run_id, timeout=20) for h in handles]
+    assert [(r.status, r.output) for r in results] == [
+        ("success", {"n": i, "approved": True, "by": "ann"}) for i in range(30)
+    ]
+    assert calls["ok"] == 60  # each body ran twice: once to suspend, once resumed; none ran a third time

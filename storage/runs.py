@@ -212,6 +212,47 @@ def insert_result_if_held(dialect: str) -> Any:
     return prepared(insert_ignore(dialect, step_results).from_select(cols, values))
 
 
+async def read_runs(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, RunRecord]:
+    """The runs of ``ids`` that exist (by key; one id reads with the single-key statement)."""
+    if len(ids) == 1:
+        rows = (await conn.execute(_GET_RUN, {"b_id": ids[0]})).mappings()
+    else:
+        rows = (await conn.execute(_RUNS_IN, {"ids": list(ids)})).mappings()
+    return {r["id"]: RunRecord.model_validate(dict(r)) for r in rows}
+
+
+async def read_suspensions(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, list[SuspensionRecord]]:
+    """Each run's suspensions, open and resolved, in the order they were opened."""
+    found: dict[str, list[SuspensionRecord]] = {i: [] for i in ids}
+    if not ids:
+        return found
+    if len(ids) == 1:
+        rows = (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": ids[0]})).mappings()
+    else:
+        rows = (await conn.execute(_SUSPENSIONS_IN, {"ids": list(ids)})).mappings()
+    for r in rows:
+        found[r["run_id"]].append(SuspensionRecord.model_validate(dict(r)))
+    return found
+
+
+async def read_progress(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, RunProgress]:
+    """Everything the walk needs to continue each run: its results, suspensions and buffered events."""
+    progress = {i: RunProgress(results={}, suspensions={}, signals=[]) for i in ids}
+    if not ids:
+        return progress
+    one = len(ids) == 1
+    by_key, by_ids = {"b_run_id": ids[0]}, {"ids": list(ids)}
+    for r in (await conn.execute(_RESULTS_OF, by_key) if one else await conn.execute(_RESULTS_IN, by_ids)).mappings():
+        progress[r["run_id"]].results[r["path"]] = StepResultRecord.model_validate(dict(r))
+    for r in (
+        await conn.execute(_SUSPENSIONS_OF, by_key) if one else await conn.execute(_SUSPENSIONS_IN, by_ids)
+    ).mappings():
+        progress[r["run_id"]].suspensions[r["path"]] = SuspensionRecord.model_validate(dict(r))
+    for r in (await conn.execute(_SIGNALS_OF, by_key) if one else await conn.execute(_SIGNALS_IN, by_ids)).mappings():
+        progress[r["run_id"]].signals.append(SignalRecord.model_validate(dict(r)))
+    return progress
+
+
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -223,6 +264,8 @@ class RunStore:
         # return thousands of rows, so it runs in a reader thread and the loop stays responsive.
         self._runs: Coalescer[str, RunRecord | None] = Coalescer(self._get_runs, missing=None)
         self._suspensions: Coalescer[str, list[SuspensionRecord]] = Coalescer(self._get_suspensions, missing=[])
+        self._run_waits: Coalescer[str, tuple[RunRecord | None, list[SuspensionRecord]]] = Coalescer(
+            self._get_run_waits, missing=(None, []))
         self._progress: Coalescer[str, RunProgress] = Coalescer(self._get_progress, missing=_NO_PROGRESS)
         #: The workflow versions this process executes: claims and timers only consider their runs
         #: (None: every run, for a store that is not an engine's).
@@ -305,12 +348,22 @@ class RunStore:
         return await self._runs.load(run_id)
 
     async def _get_runs(self, ids: Sequence[str]) -> dict[str, RunRecord]:
-        async def op(conn: AsyncConnection) -> dict[str, RunRecord]:
-            if len(ids) == 1:
-                rows = (await conn.execute(_GET_RUN, {"b_id": ids[0]})).mappings()
-            else:
-                rows = (await conn.execute(_RUNS_IN, {"ids": list(ids)})).mappings()
-            return {r["id"]: RunRecord.model_validate(dict(r)) for r in rows}
+        return await self.db.read(lambda conn: read_runs(conn, ids), inline=len(ids) == 1)
+
+    async def run_and_suspensions(self, run_id: str) -> tuple[RunRecord | None, list[SuspensionRecord]]:
+        """The run and its suspensions, read together: what a resume decides on.
+
+        One read (one snapshot, one thread hop) for both, shared by every resume in the same loop turn: a
+        burst of 1,800 resumes reads them in a few ``IN`` queries instead of two rounds of them.
+        """
+        run, found = await self._run_waits.load(run_id)
+        return run, list(found)
+
+    async def _get_run_waits(self, ids: Sequence[str]) -> dict[str, tuple[RunRecord, list[SuspensionRecord]]]:
+        async def op(conn: AsyncConnection) -> dict[str, tuple[RunRecord, list[SuspensionRecord]]]:
+            found = await read_runs(conn, ids)
+            waits = await read_suspensions(conn, list(found))
+            return {run_id: (run, waits[run_id]) for run_id, run in found.items()}
 
         return await self.db.read(op, inline=len(ids) == 1)
 
@@ -338,21 +391,7 @@ class RunStore:
         return await self._progress.load(run_id)
 
     async def _get_progress(self, ids: Sequence[str]) -> dict[str, RunProgress]:
-        async def op(conn: AsyncConnection) -> dict[str, RunProgress]:
-            one = len(ids) == 1
-            progress = {i: RunProgress(results={}, suspensions={}, signals=[]) for i in ids}
-            by_key, by_ids = {"b_run_id": ids[0]}, {"ids": list(ids)}
-            for r in (await conn.execute(_RESULTS_OF, by_key) if one else await conn.execute(_RESULTS_IN, by_ids)).mappings():
-                progress[r["run_id"]].results[r["path"]] = StepResultRecord.model_validate(dict(r))
-            for r in (
-                await conn.execute(_SUSPENSIONS_OF, by_key) if one else await conn.execute(_SUSPENSIONS_IN, by_ids)
-            ).mappings():
-                progress[r["run_id"]].suspensions[r["path"]] = SuspensionRecord.model_validate(dict(r))
-            for r in (await conn.execute(_SIGNALS_OF, by_key) if one else await conn.execute(_SIGNALS_IN, by_ids)).mappings():
-                progress[r["run_id"]].signals.append(SignalRecord.model_validate(dict(r)))
-            return progress
-
-        return await self.db.read(op, inline=len(ids) == 1)
+        return await self.db.read(lambda conn: read_progress(conn, ids), inline=len(ids) == 1)
 
     async def _touch_lease(self, conn: AsyncConnection, run_id: str, owner: str, now: float, lease: float) -> None:
         res = await conn.execute(_TOUCH_LEASE, {"b_id": run_id, "b_owner": owner, "b_now": now, "b_expires": now + lease})
@@ -609,17 +648,7 @@ class RunStore:
         return list(await self._suspensions.load(run_id))
 
     async def _get_suspensions(self, ids: Sequence[str]) -> dict[str, list[SuspensionRecord]]:
-        async def op(conn: AsyncConnection) -> dict[str, list[SuspensionRecord]]:
-            found: dict[str, list[SuspensionRecord]] = {i: [] for i in ids}
-            if len(ids) == 1:
-                rows = (await conn.execute(_SUSPENSIONS_OF, {"b_run_id": ids[0]})).mappings()
-            else:
-                rows = (await conn.execute(_SUSPENSIONS_IN, {"ids": list(ids)})).mappings()
-            for r in rows:
-                found[r["run_id"]].append(SuspensionRecord.model_validate(dict(r)))
-            return found
-
-        return await self.db.read(op, inline=len(ids) == 1)
+        return await self.db.read(lambda conn: read_suspensions(conn, ids), inline=len(ids) == 1)
 
     async def expired_suspensions(self, now: float) -> list[SuspensionRecord]:
         async def op(conn: AsyncConnection) -> list[SuspensionRecord]:
@@ -660,17 +689,37 @@ class RunStore:
         self, owner: str, limit: int, lease: float, only: Sequence[str] | None = None,
         pick: Callable[[list[ClaimCandidate]], list[str]] | None = None,
     ) -> list[str]:
-        """Take up to ``limit`` ready runs: new, resumed, woken, or whose holder's lease ran out.
+        """Take up to ``limit`` ready runs: new, resumed, woken, or whose holder's lease ran out (oldest first).
 
         PostgreSQL: ``FOR UPDATE SKIP LOCKED`` picks candidates no other replica is claiming; the update's
         own ``WHERE`` repeats the readiness test, so a claim is a compare-and-set on either database.
         ``pick`` chooses which candidates to take (the engine keeps runs that killed processes apart); the
         others stay ready for any process.
         """
+        return [run_id for run_id, _ in await self._claim(owner, limit, lease, only, pick, load=False)]
+
+    async def claim_runs(
+        self, owner: str, limit: int, lease: float,
+        pick: Callable[[list[ClaimCandidate]], list[str]] | None = None,
+    ) -> list[tuple[RunRecord, RunProgress]]:
+        """:meth:`claim`, returning each claimed run as claimed and its progress, read in the claim's transaction.
+
+        The executor needs both before its first step; read here, a claim of 200 runs costs three more
+        ``IN`` queries in a transaction that is open anyway, instead of two more shared reads (and two turns
+        of the event loop) before any of them can start. The run is held from this transaction on, so no other
+        process adds to its results; input arriving after it is what a settle checks for, as before.
+        """
+        return [loaded for _, loaded in await self._claim(owner, limit, lease, None, pick, load=True) if loaded]
+
+    async def _claim(
+        self, owner: str, limit: int, lease: float, only: Sequence[str] | None,
+        pick: Callable[[list[ClaimCandidate]], list[str]] | None, *, load: bool,
+    ) -> list[tuple[str, tuple[RunRecord, RunProgress] | None]]:
+        """The claimed ids, oldest first, each with its record and progress if ``load``."""
         now = time.time()
         ready = is_ready(now)
 
-        async def op(conn: AsyncConnection) -> list[str]:
+        async def op(conn: AsyncConnection) -> list[tuple[str, tuple[RunRecord, RunProgress] | None]]:
             # Only runs of versions this process has: another replica that has the version takes the rest.
             rows = await oldest_ready(conn, (runs.c.id, runs.c.status, runs.c.owner, runs.c.workflow_id,
                                              runs.c.recoveries), now, limit, self._mine(), only=only,
@@ -681,22 +730,27 @@ class RunStore:
                 candidates = {run_id: candidates[run_id] for run_id in chosen if run_id in candidates}
             if not candidates:
                 return []
-            res = await conn.execute(
+            take = (
                 update(runs)
                 .where(runs.c.id.in_(list(candidates)), ready)
                 .values(status="running", owner=owner, lease_expires_at=now + lease, updated_at=now, waiting_for=None,
                         # A run still "running" under an expired lease: its holder died (or lost the database
                         # for longer than a lease). Counted, so a run that kills its process is not retried forever.
                         recoveries=case((runs.c.status == "running", runs.c.recoveries + 1), else_=runs.c.recoveries))
-                .returning(runs.c.id)
             )
-            claimed = [r[0] for r in res]
+            res = await conn.execute(take.returning(*runs.c) if load else take.returning(runs.c.id))
+            returned = {r[0]: r for r in res}
+            claimed = [run_id for run_id in candidates if run_id in returned]  # oldest first, as chosen
             for run_id in claimed:
                 status, previous = candidates[run_id]
                 if status == "running":
                     await self._add_events(conn, run_id, [NewEvent(type="run.recovered", data={
                         "previous_owner": previous, "reason": "lease expired"})], now)
-            return claimed
+            if not load:
+                return [(run_id, None) for run_id in claimed]
+            progress = await read_progress(conn, claimed)
+            return [(run_id, (RunRecord.model_validate(dict(returned[run_id]._mapping)), progress[run_id]))
+                    for run_id in claimed]
 
         return await self.db.write(op, inline=True)
 

@@ -306,8 +306,11 @@ class Engine:
         """
         await self.open()
         _check_identifier("by", by)
-        run = await self.get_run(run_id)
-        all_susp = [s for s in await self.store.suspensions_of(run_id) if s.kind == "suspend"]
+        found, suspensions = await self.store.run_and_suspensions(run_id)
+        if found is None:
+            raise RunNotFound(run_id)
+        run = found
+        all_susp = [s for s in suspensions if s.kind == "suspend"]
         if run.is_terminal and (step is None or not any(step in (s.path, s.step_id) for s in all_susp)):
             raise NotSuspended(f"Run {run_id} is {run.status}; only a suspended run can be resumed.")
         target = _pick_suspension(run, all_susp, step)
@@ -600,14 +603,20 @@ class Engine:
         if wake:
             self._wake.set()
 
-    def _spawn(self, run_id: str, *, fresh: bool, run: RunRecord | None = None) -> None:
+    def _spawn(
+        self, run_id: str, *, fresh: bool, run: RunRecord | None = None, progress: RunProgress | None = None,
+    ) -> None:
         if run_id in self._tasks:
             return
-        task = asyncio.get_running_loop().create_task(self._execute(run_id, fresh, run), name=f"threadflow-run-{run_id}")
+        task = asyncio.get_running_loop().create_task(self._execute(run_id, fresh, run, progress),
+                                                      name=f"threadflow-run-{run_id}")
         self._tasks[run_id] = task
 
-    async def _execute(self, run_id: str, fresh: bool, run: RunRecord | None = None) -> None:
-        """Execute a run this process holds: ``run`` is its record when the caller just wrote it (a fresh start)."""
+    async def _execute(
+        self, run_id: str, fresh: bool, run: RunRecord | None = None, progress: RunProgress | None = None,
+    ) -> None:
+        """Execute a run this process holds: ``run`` is its record when the caller just wrote it (a fresh start,
+        a resume's or a claim's transaction), ``progress`` what it has done when the claim read it too."""
         execution: RunExecution | None = None
         try:
             if run is None:
@@ -620,7 +629,8 @@ class Engine:
                             run.workflow_id)
                 await self.store.release_run(run_id, self.owner)
                 return
-            progress = RunProgress(results={}, suspensions={}, signals=[]) if fresh else await self.store.load_progress(run_id)
+            if progress is None:
+                progress = RunProgress(results={}, suspensions={}, signals=[]) if fresh else await self.store.load_progress(run_id)
             limit = self._limit(wf.id)
             if run.recoveries:
                 emit("run.recovered", workflow_id=run.workflow_id, recoveries=run.recoveries)
@@ -665,13 +675,15 @@ class Engine:
         if not self._backlog and not await self.store.has_ready():
             return []
         recovered: dict[str, bool] = {}
-        claimed = await self.store.claim(self.owner, free, self.lease_seconds,
-                                         pick=lambda candidates: self.recoveries.pick(candidates, recovered))
+        # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
+        # at once, without reading their rows again.
+        claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds,
+                                              pick=lambda candidates: self.recoveries.pick(candidates, recovered))
         self._backlog = len(claimed) >= free
-        for run_id in claimed:
-            self.recoveries.claimed(run_id, recovered)
-            self._spawn(run_id, fresh=False)
-        return claimed
+        for run, progress in claimed:
+            self.recoveries.claimed(run.id, recovered)
+            self._spawn(run.id, fresh=False, run=run, progress=progress)
+        return [run.id for run, _ in claimed]
 
     def _limit(self, workflow_id: str) -> int:
         """How many deaths of its process a run of ``workflow_id`` survives (1 or more: checked where it is set)."""

@@ -174,6 +174,37 @@ async def test_a_claim_takes_the_longest_ready_runs_first_whatever_made_them_rea
     assert await store.claim("me", 3, LEASE) == [rows[k]["id"] for k in ("timer-beside-approval", "pending-new")]
 
 
+async def test_claim_runs_returns_each_run_as_claimed_with_what_it_has_done(store):
+    # The dispatcher starts claimed runs from what the claim read in its own transaction (no second read).
+    run_id = await suspended_run(store, "approve")
+    await store.resolve_suspension(run_id, "approve", {"ok": True}, "ann", [])  # no claim_for: pending
+    await store.send_signal(run_id, "later", {"n": 1}, [])
+    fresh = run_row("pending")
+    await store.create_run(fresh, [])
+
+    claimed = await store.claim_runs("me", 10, LEASE)
+
+    assert [run.id for run, _ in claimed] == [run_id, fresh["id"]]  # oldest ready first
+    (run, progress), (new_run, new_progress) = claimed
+    assert (run.status, run.owner) == ("running", "me") and run == await store.get_run(run_id)
+    assert progress == await store.load_progress(run_id)
+    assert progress.suspensions["approve"].status == "resolved" and [s.name for s in progress.signals] == ["later"]
+    assert (new_run.status, new_run.owner, new_progress.results) == ("running", "me", {})
+    assert await store.claim_runs("me-too", 10, LEASE) == []
+
+
+async def test_run_and_suspensions_read_together_as_resume_sees_them(store):
+    run_id = await suspended_run(store, "approve")
+    run, waits = await store.run_and_suspensions(run_id)
+    assert run == await store.get_run(run_id) and run.status == "suspended"
+    assert [(s.path, s.status) for s in waits] == [("approve", "open")]
+    assert await store.run_and_suspensions("no-such-run") == (None, [])
+    # Many callers in one loop turn share one read, and each gets its own run's rows.
+    others = [await suspended_run(store, f"p{i}") for i in range(5)]
+    both = await asyncio.gather(*(store.run_and_suspensions(i) for i in others))
+    assert [(r.id, [s.path for s in w]) for r, w in both] == [(i, [f"p{n}"]) for n, i in enumerate(others)]
+
+
 async def test_a_settle_sees_input_for_its_own_run_only(store):
     # A run about to become suspended checks for input that arrived while it executed (a decision without a
     # result yet, a buffered event one of its waits is for); other runs' open and resolved waits are no input.

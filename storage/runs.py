@@ -742,7 +742,7 @@ class RunStore:
                         recoveries=case((runs.c.status == "running", runs.c.recoveries + 1), else_=runs.c.recoveries))
             )
             res = await conn.execute(take.returning(*runs.c) if load else take.returning(runs.c.id))
-            returned = {r[0]: r for r in res}
+            returned = {r.id: r for r in res}
             claimed = [run_id for run_id in candidates if run_id in returned]  # oldest first, as chosen
             for run_id in claimed:
                 status, previous = candidates[run_id]

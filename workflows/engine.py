@@ -55,6 +55,7 @@ from .step_call import default_step_timeout
 from .step_threads import StepThreads
 from .tracing import log_context, scope
 from .versions import Registry, VersionInfo, VersionStatus
+from .waits import wait_set
 from .workflow import CommittedWorkflow, _walk
 
 log = logging.getLogger("threadflow.engine")
@@ -719,10 +720,7 @@ class Engine:
             except Exception:
                 log.exception("dispatcher iteration failed; retrying")
                 timeout = self.poll_interval
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+            await wait_set(self._wake, timeout)  # not wait_for: it can swallow close's cancel (see waits.py)
 
     def step_threads(self) -> StepThreads:
         return self.liveness.step_threads()

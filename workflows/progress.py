@@ -23,6 +23,7 @@ from storage.progress_store import NewProgress, ProgressKind, ProgressStore
 from .agent import AgentDone, AgentEvent, AgentResult, OutputRejected, ToolResult
 from .errors import ModelError
 from .model_types import TextDelta, ToolCallDone
+from .waits import wait_set
 
 log = logging.getLogger("threadflow.progress")
 
@@ -121,8 +122,7 @@ class StepProgress:
             await self._dirty.wait()
             wait = self._last_write + self.interval - loop.time()
             if wait > 0 and not self._closing.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), wait)
+                await wait_set(self._closing, wait)  # not wait_for: it can swallow a cancel (see waits.py)
             self._last_write = loop.time()
             await self._write()
             if self._closing.is_set() and not self._pending:

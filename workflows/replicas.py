@@ -22,6 +22,7 @@ from storage.versions import Serving, StrandedRun, VersionStore
 
 from .errors import VersionNotRegistered, WorkflowNotFound
 from .versions import VersionStatus, describe_version, version_key
+from .waits import wait_set
 from .workflow import CommittedWorkflow
 
 if TYPE_CHECKING:
@@ -61,10 +62,7 @@ class Replica:
                 raise
             except Exception:
                 log.exception("announcing workflow versions failed; retrying")
-            try:
-                await asyncio.wait_for(self._changed.wait(), max(0.5, interval))
-            except TimeoutError:
-                pass
+            await wait_set(self._changed, max(0.5, interval))  # not wait_for: it can swallow close's cancel
 
     async def withdraw(self) -> None:
         await self.store.withdraw(self.engine.owner)

@@ -28,6 +28,7 @@ from storage.schedule_store import ScheduleRecord, ScheduleStore
 
 from .errors import UsageError
 from .tracing import log_context
+from .waits import wait_set
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -199,10 +200,7 @@ class Scheduler:
                 raise
             except Exception:
                 log.exception("scheduler tick failed; retrying in %.0f s", interval)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
+            await wait_set(self._wake, timeout)  # not wait_for: it can swallow stop's cancel (see waits.py)
 
     def start(self, interval: float = 15.0) -> asyncio.Task[None]:
         """Run :meth:`run_forever` as a task this scheduler keeps (cancel it with :meth:`stop`)."""
@@ -214,10 +212,9 @@ class Scheduler:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            # gather, not ``try: await task / except CancelledError: pass``: that also swallowed a cancel of
+            # the caller itself (a shutdown cancelled while it stops the scheduler).
+            await asyncio.gather(task, return_exceptions=True)
 
 
 __all__ = [

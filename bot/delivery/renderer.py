@@ -19,6 +19,7 @@ from typing import Any
 from storage.progress_store import ProgressStore
 from storage.slack_store import SlackRun, SlackStore
 from workflows import Engine, WorkflowEvent
+from workflows.waits import wait_set
 
 from .live import LiveSteps, Streams
 from .planner import DescribeStep, RunView, plan
@@ -116,5 +117,4 @@ class RunRenderer:
             if self._events or self._wake.is_set():
                 continue
             timeout = None if next_due is None else max(0.0, next_due - time.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_set(self._wake, timeout)  # not wait_for: it can swallow the shutdown's cancel (waits.py)

@@ -20,6 +20,7 @@ from aiohttp import web
 from workflows.errors import RunNotFound
 from workflows.events import WorkflowEvent
 from workflows.run_view import load_run_view
+from workflows.waits import wait_set
 
 from .pages import live_context, viewer_of, visible_run
 from .session import SESSION
@@ -174,5 +175,4 @@ async def _visible_changes(insp: Inspector, viewer: Any, events: list[Any]) -> l
 
 
 async def _sleep_or_close(insp: Inspector, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(insp.closing.wait(), seconds)
+    await wait_set(insp.closing, seconds)  # not wait_for: it can swallow a cancel (see workflows/waits.py)

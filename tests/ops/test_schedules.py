@@ -207,3 +207,23 @@ async def test_run_forever_fires_and_stops_cleanly(sqlite_url: str) -> None:
     finally:
         await scheduler.stop()
         await engine.close()
+
+
+async def test_a_scheduler_woken_as_it_stops_still_stops(sqlite_url: str) -> None:
+    # wake() (a schedule added) and stop() in the same turn of the loop: with asyncio.wait_for (Python 3.11)
+    # the scheduler swallowed the cancel and kept ticking, and stop() waited for it forever.
+    engine = engine_on(sqlite_url)
+    try:
+        scheduler = Scheduler(engine)
+        task = scheduler.start(interval=60.0)
+        await asyncio.sleep(0.2)  # ticked once, now sleeping until the next tick
+        scheduler.wake()
+        stopping = asyncio.ensure_future(scheduler.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5)
+        if not done:
+            task.cancel()  # a second cancel reaches it: leave nothing running behind the failure
+            await asyncio.wait({stopping}, timeout=5)
+        assert done, "stop() waited for a scheduler that had swallowed its cancel"
+        assert task.cancelled()
+    finally:
+        await engine.close()

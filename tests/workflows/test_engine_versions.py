@@ -391,3 +391,22 @@ def test_the_fingerprint_follows_structure_and_schemas_not_code_or_prose() -> No
     inner_a, inner_b = flow(In), flow(In, "renamed")
     assert (Workflow(id="outer", input=In).then(inner_a).commit().fingerprint
             != Workflow(id="outer", input=In).then(inner_b).commit().fingerprint)
+
+
+async def test_an_engine_closes_although_a_registration_woke_its_version_announcer_at_that_moment(
+    engine: EngineFactory,
+) -> None:
+    # register() wakes the announcer, close() cancels it in the same turn of the loop: with asyncio.wait_for
+    # (Python 3.11) the announcer swallowed the cancel and went on, and close() waited for it forever.
+    e = engine(deploy_v1())
+    await e.open()
+    await asyncio.sleep(0.1)  # the announcer has announced and waits for the next heartbeat
+    e.register(deploy_v2())
+    closing = asyncio.ensure_future(e.close())
+    done, _ = await asyncio.wait({closing}, timeout=5)
+    if not done:
+        for task in asyncio.all_tasks():  # a second cancel reaches it: leave nothing running behind the failure
+            if task.get_name() == "threadflow-versions":
+                task.cancel()
+        await asyncio.wait({closing}, timeout=5)
+    assert done, "close() waited for a version announcer that had swallowed its cancel"

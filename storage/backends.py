@@ -121,22 +121,7 @@ class AsyncBackend(Backend):
         if self._kept_lock.locked():
             return await self._pooled_batch(fns)
         async with self._kept_lock:
-            try:
-                return [(True, r) for r in await self._kept_transaction(fns)], 1
-            except Exception as exc:
-                if len(fns) == 1:
-                    return [(False, exc)], 0
-            outcomes: list[tuple[bool, Any]] = []
-            commits = 0
-            for fn in fns:
-                try:
-                    [value] = await self._kept_transaction([fn])
-                    # Only now is it committed: a COMMIT that fails (the connection dropped) is this fn's failure.
-                    outcomes.append((True, value))
-                    commits += 1
-                except Exception as exc:
-                    outcomes.append((False, exc))
-            return outcomes, commits
+            return await _together_else_each(fns, self._kept_transaction)
 
     async def _kept_connection(self) -> PgConnection:
         """The commit queue's connection, opened once and kept (callers hold ``_kept_lock``)."""
@@ -194,25 +179,11 @@ class AsyncBackend(Backend):
             log.debug("closing a broken writer connection failed: %s", type(exc).__name__)
 
     async def _pooled_batch(self, fns: Sequence[DbFn]) -> Outcomes:
-        try:
-            async with self.writer.begin() as conn:
-                results = [await fn(conn) for fn in fns]
-            return [(True, r) for r in results], 1
-        except Exception as exc:
-            if len(fns) == 1:
-                return [(False, exc)], 0
-        outcomes: list[tuple[bool, Any]] = []
-        commits = 0
-        for fn in fns:
-            try:
-                async with self.writer.begin() as conn:
-                    value = await fn(conn)
-                # Only now is it committed: a COMMIT that fails (the connection dropped) is this fn's failure.
-                outcomes.append((True, value))
-                commits += 1
-            except Exception as exc:
-                outcomes.append((False, exc))
-        return outcomes, commits
+        return await _together_else_each(fns, self._pooled_transaction)
+
+    async def _pooled_transaction(self, fns: Sequence[DbFn]) -> list[Any]:
+        async with self.writer.begin() as conn:
+            return [await fn(conn) for fn in fns]
 
     async def dispose(self) -> None:
         async with self._kept_lock:
@@ -224,6 +195,29 @@ class AsyncBackend(Backend):
                     log.debug("closing the writer connection failed: %s", type(exc).__name__)
         await self.writer.dispose()
         await self.reader.dispose()
+
+
+async def _together_else_each(fns: Sequence[DbFn], transaction: Callable[[Sequence[DbFn]], Awaitable[list[Any]]]) -> Outcomes:
+    """``fns`` in one transaction; if it fails, each in a transaction of its own, so one failure fails only its writer.
+
+    A function counts as committed only once its own transaction's COMMIT went through (a COMMIT that fails, the
+    connection dropped, is that function's failure).
+    """
+    try:
+        return [(True, r) for r in await transaction(fns)], 1
+    except Exception as exc:
+        if len(fns) == 1:
+            return [(False, exc)], 0
+    outcomes: list[tuple[bool, Any]] = []
+    commits = 0
+    for fn in fns:
+        try:
+            [value] = await transaction([fn])
+            outcomes.append((True, value))
+            commits += 1
+        except Exception as exc:
+            outcomes.append((False, exc))
+    return outcomes, commits
 
 
 class SyncConnection:

@@ -539,11 +539,7 @@ class Engine:
                     status = run.status if run is not None else "running"
                     raise TimeoutError(f"Run {run_id} is still {status} after {timeout} seconds.")
                 wait = min(wait, remaining)
-            try:
-                async with asyncio.timeout(wait):  # not wait_for: that starts a task per wait
-                    await event.wait()
-            except TimeoutError:
-                pass
+            await wait_set(event, wait)
             final = event.final
 
     async def watch(self, run_id: str, after: int = 0, *, follow: bool = False) -> AsyncIterator[WorkflowEvent]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -28,17 +27,6 @@ from storage.tables import runs
 from tests.conftest import _admin_dsn
 
 LEASE = 30.0
-
-
-@pytest.fixture
-async def databases(db_url: str) -> AsyncIterator[list[Database]]:
-    """Two handles on one database, as two processes would have."""
-    dbs = [Database(db_url), Database(db_url)]
-    for db in dbs:
-        await db.open()
-    yield dbs
-    for db in dbs:
-        await db.close()
 
 
 def run_row(owner: str | None, **extra: Any) -> dict[str, Any]:

@@ -8,7 +8,6 @@ import gc
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,6 @@ from storage.records import NewEvent, StepResultRecord, SuspensionRecord
 from storage.runs import _SUSPENSION_STATES, CompareAndSetFailed, LeaseLost, RunStore, insert_run, timer_due
 
 LEASE = 30.0
-
-
-@pytest.fixture
-async def databases(db_url: str) -> AsyncIterator[list[Database]]:
-    """Two independent handles on one database, as two processes would have."""
-    dbs = [Database(db_url), Database(db_url)]
-    for db in dbs:
-        await db.open()
-    yield dbs
-    for db in dbs:
-        await db.close()
 
 
 @pytest.fixture

@@ -324,7 +324,10 @@ class ThreadBackend(Backend):
         self._wal_pages = 0.0
         self._checkpointing = False
         #: The file (None in memory) and the checkpoints' own connection (see _maybe_checkpoint).
-        self._path: str | None = None if self.reader is self.writer or not database else str(Path(database).expanduser().resolve())
+        # (A ``file:`` URI or a URL with options is left to SQLAlchemy: its checkpoints all run under the lock.)
+        plain = database is not None and database not in ("", ":memory:") and not database.startswith("file:")
+        self._path: str | None = str(Path(database).expanduser().resolve()) if plain and database and not sync_url.query else None
+        self._disposed = False
         self._checkpointer: sqlite3.Connection | None = None
         # In memory, reads and writes share one connection and one thread: writes stay in that thread too.
         self._inline = self.reader is not self.writer
@@ -464,22 +467,31 @@ class ThreadBackend(Backend):
 
         def checkpoint() -> None:
             try:
-                self._checkpoint_connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if self._disposed:
+                    return  # queued behind a last write of a closing database: its connections are closed
+                try:
+                    checkpointer = self._checkpoint_connection()
+                    if checkpointer is not None:
+                        checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except Exception as exc:  # the pass under the lock below does all the work this time
+                    log.debug("WAL checkpoint beside the commits failed: %s", exc)
+                    self._close_checkpoint_connection()
                 with self._write_lock:
                     raw: Any = self._writer_connection().connection.dbapi_connection
                     raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except Exception as exc:  # a later checkpoint tries again; the WAL only grows meanwhile
                 log.warning("WAL checkpoint failed: %s", exc)
-                self._close_checkpoint_connection()
             finally:
                 self._checkpointing = False
 
         self.write_thread.submit(checkpoint)
 
-    def _checkpoint_connection(self) -> sqlite3.Connection:
-        """A plain connection of the writer thread's own, for checkpoints that run beside the engine's commits."""
+    def _checkpoint_connection(self) -> sqlite3.Connection | None:
+        """A plain connection of the writer thread's own, for checkpoints that run beside the engine's commits
+        (None for a URL this module does not open itself, e.g. ``file:`` URIs: the pass under the lock does it all)."""
+        if self._path is None:
+            return None
         if self._checkpointer is None:
-            assert self._path is not None
             self._checkpointer = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
         return self._checkpointer
@@ -491,9 +503,9 @@ class ThreadBackend(Backend):
 
     def _try_inline(self, fns: Sequence[DbFn]) -> Outcomes | None:
         """One transaction for the whole batch without waiting for any lock, or None if that did not work."""
-        conn = self._writer_connection()
         try:
-            return [(True, r) for r in self._transaction(conn, fns)], 1
+            # (Reopening the kept connection may fail too, after an I/O error: the queue retries that as well.)
+            return [(True, r) for r in self._transaction(self._writer_connection(), fns)], 1
         except Exception:
             return None  # nothing was committed: the writer thread takes the batch (and sorts out failures)
 
@@ -563,6 +575,7 @@ class ThreadBackend(Backend):
                     self._writer_conn = None
             for conn in opened:
                 conn.close()
+            self._disposed = True
             self._close_checkpoint_connection()
             self.writer.dispose()
             if self.reader is not self.writer:

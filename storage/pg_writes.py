@@ -48,7 +48,9 @@ RECORD_STEP = f"""
 WITH ins AS (
     INSERT INTO step_results (run_id, path, step_id, kind, output, attempts, started_at, finished_at)
     SELECT $1::varchar, $2::varchar, $3::varchar, $4::varchar, $5::json, $6::integer, $7::float8, $8::float8
-    WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1::varchar AND owner = $9::varchar AND status = 'running')
+    -- FOR SHARE: a claim of the run by another process, under way, is waited for and then seen (a plain read
+    -- would see the last committed owner, this one, and record a result the new holder never reads).
+    WHERE EXISTS (SELECT 1 FROM runs WHERE id = $1::varchar AND owner = $9::varchar AND status = 'running' FOR SHARE)
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), ev AS ({_events_sql(10, "$1::varchar", "ins")}), reset AS (

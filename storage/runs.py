@@ -203,11 +203,14 @@ def insert_suspension(dialect: str) -> Any:
 def insert_result_if_held(dialect: str) -> Any:
     """``INSERT INTO step_results SELECT :values WHERE <run held by :b_owner> ON CONFLICT DO NOTHING``."""
     cols = [c.name for c in step_results.columns]
+    # FOR SHARE (PostgreSQL; SQLite has one writer anyway): a claim by another process, under way, is waited
+    # for and then seen; a plain read would see this process still holding the run and record a result that
+    # the new holder, which read the run's progress in its claim, never sees.
     values = select(*(bindparam(c, type_=step_results.c[c].type) for c in cols)).where(
-        exists().where(
+        select(runs.c.id).where(
             runs.c.id == bindparam("run_id", type_=String), runs.c.owner == bindparam("b_owner", type_=String),
             runs.c.status == "running",
-        )
+        ).with_for_update(read=True).exists()
     )
     return prepared(insert_ignore(dialect, step_results).from_select(cols, values))
 

@@ -109,6 +109,34 @@ async def test_a_lease_lost_between_steps_fences_the_next_step(databases: list[D
     assert after == taken and after.owner == "fast" and after.recoveries == 3
 
 
+async def test_on_postgresql_a_step_commit_waits_for_a_claim_under_way_and_is_fenced_by_it(
+    db_url: str, databases: list[Database]
+) -> None:
+    """A's lease ran out and B's claim (it reads the run's progress in its own transaction) is under way: A's step
+    must not go in beside it, or B would run the step again and its own result would be dropped."""
+    postgres_only(db_url)
+    store = RunStore(databases[0])
+    row = run_row("A")
+    await store.create_run(row, [])
+    claim = await asyncpg.connect(_admin_dsn(db_url))
+    try:
+        tx = claim.transaction()
+        await tx.start()
+        await claim.execute("SELECT id FROM runs WHERE id = $1 FOR UPDATE", row["id"])  # as a claim locks it
+        await claim.execute("UPDATE runs SET owner = 'B' WHERE id = $1", row["id"])
+        committing = asyncio.create_task(store.commit_step(result(row["id"], "s", "from A"), "A", LEASE, [
+            NewEvent(type="step.succeeded", path="s")]))
+        await asyncio.sleep(0.5)
+        assert not committing.done()  # waits for the claim instead of reading the owner it replaces
+        await tx.commit()
+        with pytest.raises(LeaseLost):
+            await asyncio.wait_for(committing, 10)
+    finally:
+        await claim.close()
+    assert (await store.load_progress(row["id"])).results == {}
+    assert await events_of(store, row["id"]) == []
+
+
 async def test_the_first_step_after_a_recovery_resets_the_count_of_deaths(databases: list[Database]) -> None:
     store = RunStore(databases[0])
     row = run_row("me", recoveries=2)

@@ -62,6 +62,10 @@ class Backend:
         """Run ``fn`` on a reader connection; ``inline``: a small, bounded read the backend may run in place."""
         raise NotImplementedError
 
+    def commit_now(self, fns: Sequence[DbFn]) -> Outcomes | None:
+        """The batch committed at once on the calling thread, or None: the queue runs it (the default)."""
+        return None
+
     async def run_batch(self, fns: Sequence[DbFn], *, inline: bool = False) -> Outcomes:
         """Run ``fns`` in one transaction; if any raises, roll back and give each its own transaction.
 

@@ -298,11 +298,8 @@ class Database:
 
     def _commit_now(self, fn: WriteFn[Any]) -> tuple[Any] | None:
         """``fn`` committed in a transaction of its own right away (see ``write(now=True)``), or None."""
-        commit_now = getattr(self._backend, "commit_now", None)
-        if commit_now is None:
-            return None
         started = time.perf_counter()
-        outcome = commit_now([fn])
+        outcome = self._require_open().commit_now([fn])
         if outcome is None:
             return None
         [(ok, value)], _ = outcome

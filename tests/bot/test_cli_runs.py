@@ -69,6 +69,22 @@ async def test_runs_on_an_empty_database_says_so(db: Database) -> None:
     assert threadflow(db.url, "runs", "--json").stdout == "[]\n"
 
 
+async def seed_file(url: str, n: int) -> None:
+    """``n`` runs in the database at ``url``, which is closed again (the CLI opens it on its own)."""
+    db = Database(url)
+    await db.open()
+    try:
+        await add_runs(db, n)
+    finally:
+        await db.close()
+
+
+def cli_env(url: str) -> dict[str, str]:
+    """A CLI process's environment: this database, this checkout, none of the caller's own settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("THREADFLOW_", "SLACK_", "OPENAI_"))}
+    return env | {"THREADFLOW_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+
+
 def _loaded_after_runs(url: str, *args: str) -> tuple[str, list[str]]:
     """``threadflow runs ARGS`` in a fresh interpreter: its output, and which of NOT_LOADED it imported."""
     code = (
@@ -77,8 +93,7 @@ def _loaded_after_runs(url: str, *args: str) -> tuple[str, list[str]]:
         f"code = main(['runs', *{list(args)!r}])\n"
         f"print('LOADED', sorted(m for m in {NOT_LOADED!r} if m in sys.modules), code)\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("THREADFLOW_", "SLACK_", "OPENAI_"))}
-    env |= {"THREADFLOW_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    env = cli_env(url)
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=True)
     out, _, last = proc.stdout.rpartition("LOADED ")
@@ -86,12 +101,7 @@ def _loaded_after_runs(url: str, *args: str) -> tuple[str, list[str]]:
 
 
 async def test_runs_on_a_sqlite_file_imports_none_of_the_engine_s_stack(sqlite_url: str) -> None:
-    db = Database(sqlite_url)
-    await db.open()
-    try:
-        await add_runs(db, 3)
-    finally:
-        await db.close()
+    await seed_file(sqlite_url, 3)
     out, loaded = _loaded_after_runs(sqlite_url)
     assert loaded == []
     assert "r00" in out and "r01" in out and "r02" in out
@@ -122,14 +132,8 @@ def test_a_bad_database_url_is_still_one_line(url: str) -> None:
 
 
 async def test_a_reader_that_goes_away_stops_the_listing_quietly(sqlite_url: str) -> None:
-    db = Database(sqlite_url)
-    await db.open()
-    try:
-        await add_runs(db, 3)
-    finally:
-        await db.close()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("THREADFLOW_", "SLACK_", "OPENAI_"))}
-    env |= {"THREADFLOW_DATABASE_URL": sqlite_url, "PYTHONPATH": str(ROOT)}
+    await seed_file(sqlite_url, 3)
+    env = cli_env(sqlite_url)
     read_end, write_end = os.pipe()
     os.close(read_end)  # (`threadflow runs | head -0`: nobody reads what it writes)
     try:

@@ -265,6 +265,36 @@ class SyncConnection:
         self.flush()
         return self.sync_connection.execute(statement, parameters, **kwargs)
 
+    def run_plan(self, plan: Plan, values: tuple[Any, ...]) -> int:
+        """Execute a plan the caller resolved once (``plan_for``) with its positional values; the row count.
+
+        What ``execute`` does for a prepared statement, without looking the plan up or binding a dict on every
+        call: the engine's few hot statements (a step's result and events) resolve their plans once per store.
+        """
+        pending = self._pending
+        if pending is not None and plan is not pending[0] and (plan.deferrable or plan.tables & pending[0].tables):
+            self.flush()
+        cursor = self._cursor if self._cursor is not None else self._raw_cursor()
+        cursor.execute(plan.sql, values)
+        return int(cursor.rowcount)
+
+    def add_rows(self, plan: Plan, rows: list[tuple[Any, ...]]) -> None:
+        """Rows of a resolved plan's INSERT, positional: held for the batch's one ``executemany`` when the plan is
+        deferrable (see the class docstring), else executed now."""
+        if not rows:
+            return
+        pending = self._pending
+        if pending is not None and plan is not pending[0]:
+            self.flush()
+            pending = None
+        if self._defer and plan.deferrable:
+            if pending is None:
+                self._pending = (plan, list(rows))
+            else:
+                pending[1].extend(rows)
+            return
+        (self._cursor if self._cursor is not None else self._raw_cursor()).executemany(plan.sql, rows)
+
     def flush(self) -> None:
         """Execute the rows held back so far (the transaction goes on)."""
         if self._pending is None:

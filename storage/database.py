@@ -82,21 +82,27 @@ class ChangeSignal:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self.version = 0
+        #: Watchers waiting right now: with none (one run at a time, no inspector open), a commit only counts.
+        self._waiting = 0
 
     def notify(self) -> None:
         self.version += 1
-        self._event.set()
-        self._event = asyncio.Event()
+        if self._waiting:
+            self._event.set()
+            self._event = asyncio.Event()
 
     async def wait(self, since: int, timeout: float | None) -> int:
         """Wait until ``version`` passes ``since`` (or the timeout passes); return the version seen."""
         if self.version != since:
             return self.version
+        self._waiting += 1
         try:
             async with asyncio.timeout(timeout):  # not wait_for: that starts a task per wait
                 await self._event.wait()
         except TimeoutError:
             pass
+        finally:
+            self._waiting -= 1
         return self.version
 
 

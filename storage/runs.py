@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -32,10 +32,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from . import pg_writes
+from .backends import SyncConnection
 from .coalesce import Coalescer
 from .database import Database, insert_ignore
 from .pgconn import PgConnection, autocommit_safe
-from .prepared import prepared
+from .prepared import Plan, plan_for, prepared
 from .ready import is_ready, oldest_ready
 from .records import (
     TERMINAL_STATUSES,
@@ -54,6 +55,15 @@ from .versions import Serving
 
 class LeaseLost(Exception):
     """This process no longer holds the run (canceled, or another process took it over); stop executing."""
+
+
+class FinishedStep(NamedTuple):
+    """A step's result to commit with its run's settle (the run's last step: one commit instead of two)."""
+
+    result: StepResultRecord
+    events: Sequence[NewEvent]
+    lease: float
+    progressed: bool = False
 
 
 class RunExists(Exception):
@@ -93,6 +103,8 @@ _INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
 
 #: Hot-path statements are built once: building a Core statement costs more than executing it on SQLite.
 _INSERT_EVENTS = prepared(insert(events), deferrable=True)
+#: The parameters of an event row (what ``_add_events`` binds).
+_EVENT_KEYS = {"run_id": None, "type": None, "path": None, "data": None, "at": None}
 _CREATED_AT = prepared(select(runs.c.created_at).where(runs.c.id == bindparam("b_id")))
 #: A recovered run made progress: its count of deaths starts over.
 _RESET_RECOVERIES = prepared(
@@ -273,6 +285,8 @@ class RunStore:
         #: The workflow versions this process executes: claims and timers only consider their runs
         #: (None: every run, for a store that is not an engine's).
         self.serving: Serving | None = None
+        #: See _step_plans (False: this database's statements cannot be planned; SQLAlchemy runs them).
+        self._step_plans_cache: tuple[Plan, Plan] | Literal[False] | None = None
 
     def _mine(self) -> ColumnElement[bool]:
         """Runs this process may execute (``serving``)."""
@@ -404,6 +418,38 @@ class RunStore:
         if res.rowcount == 0:
             raise LeaseLost(run_id)
 
+    async def _record_step(
+        self, conn: AsyncConnection, result: StepResultRecord, owner: str, lease: float,
+        new_events: Sequence[NewEvent], progressed: bool,
+    ) -> None:
+        """A step's result with its events, fenced: LeaseLost unless this process holds the run."""
+        if isinstance(conn, PgConnection):
+            # PostgreSQL: fence, result, events (and the reset) in one statement, one round trip.
+            if not await pg_writes.record_step(conn, result, owner, new_events, progressed=progressed):
+                await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
+            return
+        # One statement both fences and records: the row goes in only while this process holds the run.
+        # The lease itself is renewed by the heartbeat, not by every step.
+        # The record's own fields (outputs are JSON data already: the step dumped them), without a model_dump.
+        params = {**result.__dict__, "b_owner": owner}
+        sync: Any = conn
+        plans = self._step_plans(sync, params) if type(sync) is SyncConnection else None
+        if plans is not None:  # SQLite: the plans resolved once (most of a step's commit was looking them up)
+            result_plan, events_plan = plans
+            if sync.run_plan(result_plan, result_plan.values(params)) == 0:
+                await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
+                return  # already recorded (insert-if-absent): nothing more to say
+            at, run_id = result.finished_at, result.run_id
+            sync.add_rows(events_plan, [events_plan.values(
+                {"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or at}) for e in new_events])
+        else:
+            if (await conn.execute(self._insert_result_if_held, params)).rowcount == 0:
+                await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
+                return  # already recorded (insert-if-absent): nothing more to say
+            await self._add_events(conn, result.run_id, new_events, result.finished_at)
+        if progressed:
+            await conn.execute(_RESET_RECOVERIES, {"b_id": result.run_id, "b_owner": owner})
+
     async def commit_step(
         self, result: StepResultRecord, owner: str, lease: float, new_events: Sequence[NewEvent],
         *, progressed: bool = False, alone: bool = False,
@@ -416,25 +462,19 @@ class RunStore:
         """
 
         async def op(conn: AsyncConnection) -> None:
-            if isinstance(conn, PgConnection):
-                # PostgreSQL: fence, result, events (and the reset) in one statement, one round trip.
-                if not await pg_writes.record_step(conn, result, owner, new_events, progressed=progressed):
-                    await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
-                return
-            # One statement both fences and records: the row goes in only while this process holds the run.
-            # The lease itself is renewed by the heartbeat, not by every step.
-            # The record's own fields (outputs are JSON data already: the step dumped them), without a model_dump.
-            inserted = await conn.execute(self._insert_result_if_held, {**result.__dict__, "b_owner": owner})
-            if inserted.rowcount == 0:
-                await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
-                return  # already recorded (insert-if-absent): nothing more to say
-            await self._add_events(conn, result.run_id, new_events, result.finished_at)
-            if progressed:
-                await conn.execute(_RESET_RECOVERIES, {"b_id": result.run_id, "b_owner": owner})
+            await self._record_step(conn, result, owner, lease, new_events, progressed)
 
         # Alone in a batch, no BEGIN/COMMIT around it: its one statement is atomic, and on the rare path
         # (not inserted) the lease check that follows only reads and touches the lease of a held run.
         await self.db.write(autocommit_safe(op), inline=True, patient=True, now=alone)
+
+    def _step_plans(self, conn: SyncConnection, params: dict[str, Any]) -> tuple[Plan, Plan] | None:
+        """A step's two SQLite statements (its fenced result, its events), resolved on first use."""
+        if self._step_plans_cache is None:
+            result_plan = plan_for(self._insert_result_if_held, params, conn.dialect)
+            events_plan = plan_for(_INSERT_EVENTS, [_EVENT_KEYS], conn.dialect)
+            self._step_plans_cache = (result_plan, events_plan) if result_plan and events_plan else False
+        return self._step_plans_cache if self._step_plans_cache is not False else None
 
     def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         """Queue events that describe no state change (step started, retrying): they ride the next commit.
@@ -482,6 +522,7 @@ class RunStore:
         waiting_for: str | None = None,
         seen: Sequence[str] = (),
         alone: bool = False,
+        step: FinishedStep | None = None,
     ) -> dict[str, Any]:
         """Move a run this process holds out of ``running``; return the columns set (``status`` is the one set).
 
@@ -489,8 +530,13 @@ class RunStore:
         about to become ``suspended``/``waiting`` becomes ``pending`` instead, so it is picked up again.
         ``seen``: paths of decisions the execution had when it started; they did not arrive meanwhile (a
         decision its walk did not reach must not send the run round again, and again).
+        ``step``: the run's last step, committed in the same transaction (``commit_step``'s fence and rows; on
+        PostgreSQL, where each is one statement, it is committed just before instead).
         """
         now = time.time()
+        if step is not None and self.db.dialect != "sqlite":
+            await self.commit_step(step.result, owner, step.lease, step.events, progressed=step.progressed, alone=alone)
+            step = None
 
         async def op(conn: AsyncConnection) -> dict[str, Any]:
             target = status
@@ -510,6 +556,8 @@ class RunStore:
                 values.update(output=output, error=error, finished_at=now)
             else:
                 values["recoveries"] = 0  # it got somewhere: the next process death is counted afresh
+            if step is not None:
+                await self._record_step(conn, step.result, owner, step.lease, step.events, step.progressed)
             evs = list(new_events)
             if target == "pending" and status != "pending":
                 evs = [e for e in evs if e.type not in ("run.suspended", "run.waiting")]
@@ -525,7 +573,7 @@ class RunStore:
 
         # A run that suspends or waits is first checked for input that came meanwhile: those statements
         # share a transaction. Any other settle is its one statement.
-        return await self.db.write(op if status in ("suspended", "waiting") else autocommit_safe(op),
+        return await self.db.write(op if status in ("suspended", "waiting") or step is not None else autocommit_safe(op),
                                    inline=True, patient=True, now=alone)
 
     async def _has_unconsumed_input(self, conn: AsyncConnection, run_id: str, seen: Sequence[str] = ()) -> bool:

@@ -12,6 +12,7 @@ import inspect
 import logging
 import time
 import traceback
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 
 from storage.faults import describe, refused_data
 from storage.records import NewEvent, RunProgress, RunRecord, StepResultRecord, SuspensionRecord, step_result
-from storage.runs import LeaseLost
+from storage.runs import FinishedStep, LeaseLost
 
 from .context import Halt, StepContext
 from .errors import (
@@ -121,6 +122,10 @@ class RunExecution:
         self.crashed = crashed
         #: Recovered from a dead process: its first step's commit starts the count of deaths over.
         self._recovered = run.recoveries > 0
+        #: The path of the step nothing runs after (the last of the top sequence), if any: its result commits
+        #: with the run's end (``_held`` until then), one commit where there were two.
+        self._last_step = last_step_path(workflow)
+        self._held: FinishedStep | None = None
 
     # -- the run ---------------------------------------------------------------------------------------
 
@@ -140,9 +145,31 @@ class RunExecution:
                 raise
             await self._settle_failed(exc)
             return
+        finished = [NewEvent(type="run.finished", data={"status": "success", "output": output})]
+        held, self._held = self._held, None
+        if held is not None:
+            try:
+                self._settled(await self.store.settle(
+                    run_id, owner, "success", finished, output=output, alone=self.engine.executing <= 1, step=held))
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                # Not a transient error (those are retried): the last step's own data, most likely. It commits on
+                # its own, as any step (a value the database refuses fails the step), then the run settles.
+                log.info("run %s: its last step and its end could not commit together (%s); one at a time",
+                         run_id, describe(exc))
+                self._held = held
+                try:
+                    await self._store_held()
+                except OutputUnstorable as unstorable:
+                    await self._settle_failed(unstorable)
+                    return
+            else:
+                self.engine.fault("after_step_commit", run_id=run_id, path=held.result.path)
+                emit("run.finished", workflow_id=self.run.workflow_id, status="success")
+                return
         self._settled(await self.store.settle(
-            run_id, owner, "success", [NewEvent(type="run.finished", data={"status": "success", "output": output})],
-            output=output, alone=self.engine.executing <= 1,
+            run_id, owner, "success", finished, output=output, alone=self.engine.executing <= 1,
         ))
         emit("run.finished", workflow_id=self.run.workflow_id, status="success")
 
@@ -151,6 +178,7 @@ class RunExecution:
         await self._settle_failed(exc)
 
     async def _settle_halt(self, halt: Halt) -> None:
+        await self._store_held()
         run_id, owner = self.run.id, self.engine.owner
         unreached = [p for p in self.decided_before if p not in self.results]
         if halt.suspended:
@@ -178,6 +206,11 @@ class RunExecution:
         ))
 
     async def _settle_failed(self, exc: BaseException) -> None:
+        if self._held is not None:
+            try:
+                await self._store_held()  # the last step succeeded; what failed came after it (the run's output)
+            except OutputUnstorable as unstorable:
+                exc = unstorable
         error = error_dict(exc)
         log.info("run %s failed: %s", self.run.id, error["message"])
         events = list(self.failure_events)
@@ -446,7 +479,6 @@ class RunExecution:
                     })
                 ])
                 self._observe_step(step, "success", started)
-                self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
                 return rec.output
             announcement.flush()
             if isinstance(failure, StepTimeout):
@@ -495,25 +527,42 @@ class RunExecution:
             started_at=started, finished_at=time.time(),
         )
         progressed, self._recovered = self._recovered, False
+        if path == self._last_step and kind == "step":
+            # Nothing runs after it: it commits with the run's end, one commit instead of two (see execute).
+            self._held = FinishedStep(record, events, self.engine.lease_seconds, progressed)
+            self.results[path] = record
+            return record
+        await self._store(record, events, progressed)
+        self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
+        return record
+
+    async def _store(self, record: StepResultRecord, events: Sequence[NewEvent], progressed: bool) -> None:
         try:
             await self.store.commit_step(record, self.engine.owner, self.engine.lease_seconds, events,
                                          progressed=progressed, alone=self.engine.executing <= 1)
         except Exception as exc:
             # Transient database errors were retried until the commit worked; what may still fail is the data
             # itself (a value the database refuses): the step's failure, told without SQL.
-            if kind != "step" or not refused_data(exc):
+            if record.kind != "step" or not refused_data(exc):
                 raise
+            self.results.pop(record.path, None)
             unstorable = OutputUnstorable(
-                f"The result of step {path!r} could not be stored: {describe(exc)}.", problem=describe(exc))
-            unstorable.path = path  # type: ignore[attr-defined]
-            self.failure_events.append(NewEvent(type="step.failed", path=path, data={
-                "step_id": step_id, "attempts": attempts, "error": f"OutputUnstorable: {unstorable}",
+                f"The result of step {record.path!r} could not be stored: {describe(exc)}.", problem=describe(exc))
+            unstorable.path = record.path  # type: ignore[attr-defined]
+            self.failure_events.append(NewEvent(type="step.failed", path=record.path, data={
+                "step_id": record.step_id, "attempts": record.attempts, "error": f"OutputUnstorable: {unstorable}",
             }))
             raise unstorable from exc
         if progressed:
             self.engine.made_progress(self.run.id)
-        self.results[path] = record
-        return record
+        self.results[record.path] = record
+
+    async def _store_held(self) -> None:
+        """The held last step committed on its own (the run ends some other way than with its settle)."""
+        held, self._held = self._held, None
+        if held is not None:
+            await self._store(held.result, held.events, held.progressed)
+            self.engine.fault("after_step_commit", run_id=self.run.id, path=held.result.path)
 
     async def open_suspension(self, step: Step[Any, Any], path: str, payload: Any, ttl: float | None) -> None:
         ttl = ttl if ttl is not None else step.suspend_ttl if step.suspend_ttl is not None else self.workflow.options.suspend_ttl
@@ -613,6 +662,14 @@ class MapContext:
 
     def step_output(self, step_id: str) -> Any:
         return self._execution.output_of(step_id)
+
+
+def last_step_path(workflow: CommittedWorkflow) -> str | None:
+    """The path of the step that ends the workflow (its top sequence's last node, if a step), else None."""
+    node: Node | None = workflow.root
+    if isinstance(node, SequenceNode):
+        node = node.children[-1] if node.children else None
+    return node.id if isinstance(node, StepNode) else None
 
 
 def _wake_time(node: SleepNode, value: Any) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from collections import Counter
 
 import pytest
@@ -235,6 +236,45 @@ async def test_successful_run_records_its_events_in_order(engine):
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert details.events[-1].data == {"status": "success", "output": {"text": "HELLO, ADA!", "length": 11}}
     assert details.run.status == "success" and details.run.finished_at is not None
+
+
+async def test_a_runs_last_step_commits_with_its_end_on_sqlite(engine):
+    e = engine(greet_loudly)
+    await (await e.start("greet-loudly", {"name": "Bo"})).result(timeout=5)  # the engine's own start-up writes
+    before = e.db.commits
+
+    result = await (await e.start("greet-loudly", {"name": "Ada"})).result(timeout=5)
+
+    # The start, the first step, then the last step with the run's end (PostgreSQL: each its own statement).
+    assert e.db.commits - before == (3 if e.db.dialect == "sqlite" else 4)
+    details = await e.details(result.run_id)
+    assert [s.step_id for s in details.steps] == ["greet", "shout"]
+    assert details.steps[-1].output == {"text": "HELLO, ADA!", "length": 11}
+    assert (await event_types(e, result.run_id))[-3:] == ["step.started", "step.succeeded", "run.finished"]
+
+
+class Strict(BaseModel):
+    text: str
+    words: int
+
+
+@step(id="loose")
+async def loose(ctx: StepContext[Any]) -> dict[str, Any]:
+    return {"text": "no word count"}
+
+
+async def test_a_last_step_is_recorded_when_the_workflows_output_is_invalid(engine):
+    e = engine(Workflow(id="bad-output", input=Name, output=Strict).then(greet).then(loose).commit())
+
+    result = await (await e.start("bad-output", {"name": "Ada"})).result(timeout=5)
+
+    assert result.status == "failed"
+    details = await e.details(result.run_id)
+    # The step succeeded; what failed came after it (the run's output): its result and events are kept.
+    assert [(s.step_id, s.output) for s in details.steps] == [
+        ("greet", {"text": "Hello, Ada!"}), ("loose", {"text": "no word count"})]
+    types = await event_types(e, result.run_id)
+    assert types.count("step.succeeded") == 2 and types[-1] == "run.finished"
 
 
 async def test_a_hundred_concurrent_runs_all_finish_and_share_commits(engine):

@@ -74,3 +74,23 @@ def test_json_columns_round_trip_like_the_standard_library() -> None:
     assert math.isnan(jsoncodec.loads("NaN"))  # rows json.dumps wrote before still read
     with pytest.raises(TypeError, match="not JSON serializable"):
         jsoncodec.dumps({"x": object()})  # what neither can store fails as json says
+
+
+async def test_a_new_sqlite_file_has_small_pages_and_an_older_file_keeps_its_own(tmp_path: Path) -> None:
+    from storage.backends import PAGE_SIZE
+
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE made_by_an_older_version (x)")  # SQLite's default page size, 4096
+    conn.close()
+    for path in (tmp_path / "new.db", old):
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        await db.open()
+        await db.close()
+
+    def page_size(path: Path) -> int:
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    assert PAGE_SIZE == 2048 and page_size(tmp_path / "new.db") == 2048
+    assert page_size(old) == 4096  # a WAL file's page size cannot change: it is left alone, and it works

@@ -86,13 +86,21 @@ class Plan:
     #: (JSON). It is most of what a step's rows cost in Python, so it is worth the second code path.
     _get: Callable[[Mapping[str, Any]], Any] | None = field(default=None, init=False, repr=False, compare=False)
     _processed: tuple[tuple[int, Callable[[Any], Any]], ...] = field(default=(), init=False, repr=False, compare=False)
+    #: the values of literal slots (``status = 'running'``), by their compiled names, for ``_get``
+    _literals: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.expanding or not self.slots or any(literal is not _MISSING for _, literal, _ in self.slots):
+        if self.expanding or not self.slots:
             return
         names = [name for name, _, _ in self.slots]
+        literals = {name: literal for name, literal, _ in self.slots if literal is not _MISSING}
+        if len(literals) != len(names) - sum(literal is _MISSING for _, literal, _ in self.slots) or any(
+            literal is _MISSING and name in literals for name, literal, _ in self.slots
+        ):
+            return  # one compiled name for several literals (``IN ('a', 'b')``): the slot-by-slot path
         get = itemgetter(*names)
         object.__setattr__(self, "_get", get if len(names) > 1 else lambda params: (get(params),))
+        object.__setattr__(self, "_literals", literals)
         object.__setattr__(self, "_processed", tuple(
             (i, process) for i, (_, _, process) in enumerate(self.slots) if process is not None))
 
@@ -105,7 +113,7 @@ class Plan:
     def values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         get = self._get
         if get is not None:
-            row = get(params)
+            row = get({**params, **self._literals} if self._literals else params)
             if not self._processed:
                 return row  # type: ignore[no-any-return]
             processed = list(row)

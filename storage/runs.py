@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal, NamedTuple
 
@@ -55,6 +56,29 @@ from .versions import Serving
 
 class LeaseLost(Exception):
     """This process no longer holds the run (canceled, or another process took it over); stop executing."""
+
+
+@dataclass(frozen=True)
+class HotPlans:
+    """A step's two SQLite statements, resolved once per store: most of a step's commit was looking plans up and
+    binding dicts (see ``SyncConnection.run_plan``)."""
+
+    #: the fenced insert of a step's result (bound from the record's fields and ``b_owner``)
+    result: Plan
+    #: the events INSERT, bound positionally: (run_id, type, path, data, at)
+    events: Plan
+    #: the bind processor of the events' JSON ``data`` column
+    event_data: Callable[[Any], Any]
+
+    @classmethod
+    def resolve(cls, conn: SyncConnection, insert_result: Any) -> HotPlans | None:
+        names = ("run_id", "path", "step_id", "kind", "output", "attempts", "started_at", "finished_at", "b_owner")
+        result = plan_for(insert_result, dict.fromkeys(names), conn.dialect)
+        events_plan = plan_for(_INSERT_EVENTS, [dict.fromkeys(_EVENT_COLUMNS)], conn.dialect)
+        if result is None or events_plan is None or tuple(n for n, _, _ in events_plan.slots) != _EVENT_COLUMNS:
+            return None
+        data = events_plan.slots[_EVENT_COLUMNS.index("data")][2]
+        return cls(result, events_plan, data if data is not None else (lambda value: value))
 
 
 class FinishedStep(NamedTuple):
@@ -103,8 +127,8 @@ _INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
 
 #: Hot-path statements are built once: building a Core statement costs more than executing it on SQLite.
 _INSERT_EVENTS = prepared(insert(events), deferrable=True)
-#: The parameters of an event row (what ``_add_events`` binds).
-_EVENT_KEYS = {"run_id": None, "type": None, "path": None, "data": None, "at": None}
+#: The columns of an event row, in the order ``_add_events`` binds them on SQLite (checked against the plan).
+_EVENT_COLUMNS = ("run_id", "type", "path", "data", "at")
 _CREATED_AT = prepared(select(runs.c.created_at).where(runs.c.id == bindparam("b_id")))
 #: A recovered run made progress: its count of deaths starts over.
 _RESET_RECOVERIES = prepared(
@@ -285,8 +309,8 @@ class RunStore:
         #: The workflow versions this process executes: claims and timers only consider their runs
         #: (None: every run, for a store that is not an engine's).
         self.serving: Serving | None = None
-        #: See _step_plans (False: this database's statements cannot be planned; SQLAlchemy runs them).
-        self._step_plans_cache: tuple[Plan, Plan] | Literal[False] | None = None
+        #: See _hot (False: this database's statements cannot be planned; SQLAlchemy runs them).
+        self._hot_plans: HotPlans | Literal[False] | None = None
 
     def _mine(self) -> ColumnElement[bool]:
         """Runs this process may execute (``serving``)."""
@@ -294,8 +318,13 @@ class RunStore:
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    @staticmethod
-    async def _add_events(conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
+    async def _add_events(self, conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
+        hot = self._hot(conn)
+        if hot is not None:  # SQLite: positional rows for the resolved plan, no dict and no look-up per row
+            data = hot.event_data
+            sync: Any = conn
+            sync.add_rows(hot.events, [(run_id, e.type, e.path, data(e.data), e.at or now) for e in new])
+            return
         rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now} for e in new]
         if rows:
             await conn.execute(_INSERT_EVENTS, rows)
@@ -432,16 +461,13 @@ class RunStore:
         # The lease itself is renewed by the heartbeat, not by every step.
         # The record's own fields (outputs are JSON data already: the step dumped them), without a model_dump.
         params = {**result.__dict__, "b_owner": owner}
-        sync: Any = conn
-        plans = self._step_plans(sync, params) if type(sync) is SyncConnection else None
-        if plans is not None:  # SQLite: the plans resolved once (most of a step's commit was looking them up)
-            result_plan, events_plan = plans
-            if sync.run_plan(result_plan, result_plan.values(params)) == 0:
+        hot = self._hot(conn)
+        if hot is not None:  # SQLite: the plans resolved once (most of a step's commit was looking them up)
+            sync: Any = conn
+            if sync.run_plan(hot.result, hot.result.values(params)) == 0:
                 await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
                 return  # already recorded (insert-if-absent): nothing more to say
-            at, run_id = result.finished_at, result.run_id
-            sync.add_rows(events_plan, [events_plan.values(
-                {"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or at}) for e in new_events])
+            await self._add_events(conn, result.run_id, new_events, result.finished_at)
         else:
             if (await conn.execute(self._insert_result_if_held, params)).rowcount == 0:
                 await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
@@ -468,13 +494,14 @@ class RunStore:
         # (not inserted) the lease check that follows only reads and touches the lease of a held run.
         await self.db.write(autocommit_safe(op), inline=True, patient=True, now=alone)
 
-    def _step_plans(self, conn: SyncConnection, params: dict[str, Any]) -> tuple[Plan, Plan] | None:
-        """A step's two SQLite statements (its fenced result, its events), resolved on first use."""
-        if self._step_plans_cache is None:
-            result_plan = plan_for(self._insert_result_if_held, params, conn.dialect)
-            events_plan = plan_for(_INSERT_EVENTS, [_EVENT_KEYS], conn.dialect)
-            self._step_plans_cache = (result_plan, events_plan) if result_plan and events_plan else False
-        return self._step_plans_cache if self._step_plans_cache is not False else None
+    def _hot(self, conn: AsyncConnection) -> HotPlans | None:
+        """On SQLite's batch connection, the plans of a step's statements (resolved on first use), else None."""
+        sync: Any = conn  # (a SyncConnection stands in for an AsyncConnection: see backends.py)
+        if type(sync) is not SyncConnection:
+            return None
+        if self._hot_plans is None:
+            self._hot_plans = HotPlans.resolve(sync, self._insert_result_if_held) or False
+        return self._hot_plans or None
 
     def add_events_nowait(self, run_id: str, new_events: Sequence[NewEvent]) -> None:
         """Queue events that describe no state change (step started, retrying): they ride the next commit.

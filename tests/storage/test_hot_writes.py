@@ -22,7 +22,7 @@ from storage import Database
 from storage.faults import refused_data, transient_kind
 from storage.pg_writes import RECORD_STEP
 from storage.records import NewEvent, StepResultRecord
-from storage.runs import LeaseLost, RunExists, RunStore
+from storage.runs import FinishedStep, HotPlans, LeaseLost, RunExists, RunStore, insert_result_if_held
 from storage.tables import runs
 from tests.conftest import _admin_dsn
 
@@ -309,3 +309,40 @@ async def test_on_postgresql_a_run_start_step_and_finish_are_one_round_trip_each
     assert sent == [1, 1, 1]
     assert [e[0] for e in await events_of(store, run_id)] == ["run.started", "step.succeeded", "run.finished"]
     assert (await store.get_run(run_id)).status == "success"
+
+
+async def test_a_runs_last_step_settles_with_it_in_one_commit_or_not_at_all(databases: list[Database]) -> None:
+    db = databases[0]
+    store = RunStore(db)
+    row = run_row("me")
+    await store.create_run(row, [])
+    rec = result(row["id"], "last", {"v": 1})
+    step = FinishedStep(rec, [NewEvent(type="step.succeeded", path="last", data={"output": {"v": 1}})], LEASE)
+
+    with pytest.raises(LeaseLost):  # not this process's run: neither the step nor the end
+        await store.settle(row["id"], "someone-else", "success", [NewEvent(type="run.finished")], output=1, step=step)
+    assert (await store.load_progress(row["id"])).results == {} and await events_of(store, row["id"]) == []
+
+    commits = db.commits
+    await store.settle(row["id"], "me", "success", [NewEvent(type="run.finished", data={"status": "success"})],
+                       output={"v": 1}, step=step)
+
+    assert db.commits - commits == (1 if db.dialect == "sqlite" else 2)
+    assert (await store.load_progress(row["id"])).results == {"last": rec}
+    assert (await store.get_run(row["id"])).status == "success"
+    assert [(e[0], e[2]) for e in await events_of(store, row["id"])] == [
+        ("step.succeeded", {"output": {"v": 1}}), ("run.finished", {"status": "success"})]
+
+
+async def test_on_sqlite_a_steps_statements_take_the_resolved_plans(db_url: str, databases: list[Database]) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's prepared plans")
+    from storage.backends import SyncConnection
+
+    def resolve(conn: Any) -> HotPlans | None:
+        return HotPlans.resolve(SyncConnection(conn), insert_result_if_held("sqlite"))
+
+    hot = await databases[0].read(lambda conn: conn.run_sync(resolve))
+    # Without them every step's commit falls back to looking its plans up (correct, but the slow path).
+    assert hot is not None and "step_results" in hot.result.sql and hot.events.deferrable
+    assert hot.event_data({"ü": None}) == '{"ü":null}' and hot.event_data(None) == "null"

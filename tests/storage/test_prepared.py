@@ -22,7 +22,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import Database
-from storage.prepared import plan_for, prepared
+from storage.prepared import _MISSING, plan_for, prepared
+from storage.runs import _TOUCH_LEASE
 from storage.tables import events, runs, step_results
 
 _INSERT_EVENT = prepared(insert(events))
@@ -383,7 +384,13 @@ def test_the_fast_path_binds_what_the_slot_by_slot_path_binds() -> None:
     assert json.loads(plan.values({**row, "data": None})[[n for n, _, _ in plan.slots].index("data")]) is None
     with pytest.raises(KeyError):
         plan.values({k: v for k, v in row.items() if k != "type"})
-    # A plan with literals in it (``status IN (...)`` compiled from the statement) keeps the general path.
+    # A plan with a list of literals in it (``status IN (...)`` compiled from the statement: one name for two
+    # values) keeps the general path; one with a single literal (``status = 'running'``) takes the fast one.
     update_plan = plan_for(_SET_STATUS, {"b_id": "r1", "status": "failed"}, dialect)
     assert update_plan is not None and update_plan._get is None
     assert update_plan.values({"b_id": "r1", "status": "failed"}) == ("failed", "r1", "pending", "running")
+    held = {"b_id": "r1", "b_owner": "me", "b_now": 2.0, "b_expires": 3.0}
+    lease_plan = plan_for(_TOUCH_LEASE, held, dialect)
+    assert lease_plan is not None and lease_plan._get is not None and lease_plan._literals == {"status_1": "running"}
+    by_slot = tuple(held[name] if literal is _MISSING else literal for name, literal, _ in lease_plan.slots)
+    assert lease_plan.values(held) == by_slot and "running" in by_slot

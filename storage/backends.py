@@ -277,8 +277,8 @@ class SyncConnection:
         call: the engine's few hot statements (a step's result and events) resolve their plans once per store.
         """
         pending = self._pending
-        if pending is not None and plan is not pending[0] and (plan.deferrable or plan.tables & pending[0].tables):
-            self.flush()
+        if pending is not None and (plan is pending[0] or plan.deferrable or plan.tables & pending[0].tables):
+            self.flush()  # rows held back go first (the same plan's included: its rows keep their order)
         cursor = self._cursor if self._cursor is not None else self._raw_cursor()
         cursor.execute(plan.sql, values)
         return int(cursor.rowcount)

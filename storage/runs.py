@@ -58,6 +58,10 @@ class LeaseLost(Exception):
     """This process no longer holds the run (canceled, or another process took it over); stop executing."""
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 @dataclass(frozen=True)
 class HotPlans:
     """A step's two SQLite statements, resolved once per store: most of a step's commit was looking plans up and
@@ -67,8 +71,9 @@ class HotPlans:
     result: Plan
     #: the events INSERT, bound positionally: (run_id, type, path, data, at)
     events: Plan
-    #: the bind processor of the events' JSON ``data`` column
+    #: the bind processors of the events' JSON ``data`` column and of their ``at`` (a float)
     event_data: Callable[[Any], Any]
+    event_at: Callable[[Any], Any]
 
     @classmethod
     def resolve(cls, conn: SyncConnection, insert_result: Any) -> HotPlans | None:
@@ -77,8 +82,10 @@ class HotPlans:
         events_plan = plan_for(_INSERT_EVENTS, [dict.fromkeys(_EVENT_COLUMNS)], conn.dialect)
         if result is None or events_plan is None or tuple(n for n, _, _ in events_plan.slots) != _EVENT_COLUMNS:
             return None
-        data = events_plan.slots[_EVENT_COLUMNS.index("data")][2]
-        return cls(result, events_plan, data if data is not None else (lambda value: value))
+        processors = {name: process for name, _, process in events_plan.slots}
+        if any(processors[name] is not None for name in ("run_id", "type", "path")):
+            return None  # _add_events binds these three as they are
+        return cls(result, events_plan, processors["data"] or _same, processors["at"] or _same)
 
 
 class FinishedStep(NamedTuple):
@@ -309,6 +316,9 @@ class RunStore:
         #: The workflow versions this process executes: claims and timers only consider their runs
         #: (None: every run, for a store that is not an engine's).
         self.serving: Serving | None = None
+        #: ``settle(step=...)`` commits the step in the settle's own transaction (SQLite). On PostgreSQL each is one
+        #: statement, sent alone without BEGIN/COMMIT: the executor commits the step first, as any step.
+        self.settles_with_step = db.dialect == "sqlite"
         #: See _hot (False: this database's statements cannot be planned; SQLAlchemy runs them).
         self._hot_plans: HotPlans | Literal[False] | None = None
 
@@ -321,9 +331,9 @@ class RunStore:
     async def _add_events(self, conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
         hot = self._hot(conn)
         if hot is not None:  # SQLite: positional rows for the resolved plan, no dict and no look-up per row
-            data = hot.event_data
+            data, at = hot.event_data, hot.event_at
             sync: Any = conn
-            sync.add_rows(hot.events, [(run_id, e.type, e.path, data(e.data), e.at or now) for e in new])
+            sync.add_rows(hot.events, [(run_id, e.type, e.path, data(e.data), at(e.at or now)) for e in new])
             return
         rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now} for e in new]
         if rows:

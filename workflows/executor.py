@@ -126,10 +126,19 @@ class RunExecution:
         #: with the run's end (``_held`` until then), one commit where there were two.
         self._last_step = last_step_path(workflow)
         self._held: FinishedStep | None = None
+        self._held_observe: Step[Any, Any] | None = None
 
     # -- the run ---------------------------------------------------------------------------------------
 
     async def execute(self) -> None:
+        try:
+            await self._walk_and_settle()
+        except LeaseLost:
+            # Canceled or taken over by another process: while walking, or when a commit of the run's end (with
+            # its last step, held until then) found the run no longer this process's. Nothing of it was written.
+            log.info("run %s: lease lost (canceled or taken over); stopping", self.run.id)
+
+    async def _walk_and_settle(self) -> None:
         owner, run_id = self.engine.owner, self.run.id
         try:
             value = await self.exec_node(self.workflow.root, "", self.run.input, self.workflow, self.workflow.input)
@@ -138,14 +147,15 @@ class RunExecution:
             await self._settle_halt(halt)
             return
         except LeaseLost:
-            log.info("run %s: lease lost (canceled or taken over); stopping", run_id)
-            return
+            raise
         except BaseException as exc:
             if is_shutdown(exc):
                 raise
             await self._settle_failed(exc)
             return
         finished = [NewEvent(type="run.finished", data={"status": "success", "output": output})]
+        if self._held is not None and not self.store.settles_with_step:
+            await self._store_held()  # PostgreSQL: a step and a settle are one statement each (see RunStore.settle)
         held, self._held = self._held, None
         if held is not None:
             try:
@@ -165,7 +175,7 @@ class RunExecution:
                     await self._settle_failed(unstorable)
                     return
             else:
-                self.engine.fault("after_step_commit", run_id=run_id, path=held.result.path)
+                self._held_done(held)
                 emit("run.finished", workflow_id=self.run.workflow_id, status="success")
                 return
         self._settled(await self.store.settle(
@@ -477,8 +487,7 @@ class RunExecution:
                         "step_id": step.id, "output": output, "attempts": attempt,
                         "duration": round(time.time() - started, 6),
                     })
-                ])
-                self._observe_step(step, "success", started)
+                ], observe=step)
                 return rec.output
             announcement.flush()
             if isinstance(failure, StepTimeout):
@@ -519,8 +528,10 @@ class RunExecution:
         }))
 
     async def _commit(
-        self, path: str, step_id: str, kind: str, output: Any, *, attempts: int, started: float, events: list[NewEvent]
+        self, path: str, step_id: str, kind: str, output: Any, *, attempts: int, started: float, events: list[NewEvent],
+        observe: Step[Any, Any] | None = None,
     ) -> StepResultRecord:
+        """Commit a finished step's result (``observe``: the step, told to observers as a success once durable)."""
         # Every field is ours and already of its type (the output was dumped by the step): no validation.
         record = step_result(
             run_id=self.run.id, path=path, step_id=step_id, kind=kind, output=output, attempts=attempts,
@@ -530,11 +541,21 @@ class RunExecution:
         if path == self._last_step and kind == "step":
             # Nothing runs after it: it commits with the run's end, one commit instead of two (see execute).
             self._held = FinishedStep(record, events, self.engine.lease_seconds, progressed)
+            self._held_observe = observe
             self.results[path] = record
             return record
         await self._store(record, events, progressed)
+        if observe is not None:
+            self._observe_step(observe, "success", started)
         self.engine.fault("after_step_commit", run_id=self.run.id, path=path)
         return record
+
+    def _held_done(self, held: FinishedStep) -> None:
+        """The held last step is durable: observers hear of it, and the fault point after a step's commit is passed."""
+        step, self._held_observe = self._held_observe, None
+        if step is not None and held.result.started_at is not None:
+            self._observe_step(step, "success", held.result.started_at)
+        self.engine.fault("after_step_commit", run_id=self.run.id, path=held.result.path)
 
     async def _store(self, record: StepResultRecord, events: Sequence[NewEvent], progressed: bool) -> None:
         try:
@@ -562,7 +583,7 @@ class RunExecution:
         held, self._held = self._held, None
         if held is not None:
             await self._store(held.result, held.events, held.progressed)
-            self.engine.fault("after_step_commit", run_id=self.run.id, path=held.result.path)
+            self._held_done(held)
 
     async def open_suspension(self, step: Step[Any, Any], path: str, payload: Any, ttl: float | None) -> None:
         ttl = ttl if ttl is not None else step.suspend_ttl if step.suspend_ttl is not None else self.workflow.options.suspend_ttl

@@ -298,3 +298,24 @@ async def test_sqlite_uses_wal_and_a_busy_timeout(sqlite_url):
         await database.close()
     assert mode == "wal"
     assert busy >= 1000
+
+
+async def test_the_change_signal_wakes_every_waiter_and_counts_them_right() -> None:
+    from storage.database import ChangeSignal
+
+    signal = ChangeSignal()
+    version = signal.version
+    signal.notify()  # nobody waits yet
+    assert await asyncio.wait_for(signal.wait(version, 5), 1) == version + 1
+    version = signal.version
+    waiter = asyncio.ensure_future(signal.wait(version, 5))
+    await asyncio.sleep(0)
+    signal.notify()
+    assert await asyncio.wait_for(waiter, 1) == version + 1
+    # cancelled and timed-out waiters leave the count right
+    waiter = asyncio.ensure_future(signal.wait(signal.version, 5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert await signal.wait(signal.version, 0.01) == signal.version
+    assert signal._waiting == 0

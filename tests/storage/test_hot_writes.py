@@ -346,3 +346,82 @@ async def test_on_sqlite_a_steps_statements_take_the_resolved_plans(db_url: str,
     # Without them every step's commit falls back to looking its plans up (correct, but the slow path).
     assert hot is not None and "step_results" in hot.result.sql and hot.events.deferrable
     assert hot.event_data({"ü": None}) == '{"ü":null}' and hot.event_data(None) == "null"
+
+
+async def test_run_plan_of_the_held_plan_keeps_the_order_of_rows(db_url: str, databases: list[Database]) -> None:
+    """``run_plan`` given the plan whose rows are held back: the held rows go in first, as ``execute`` keeps them."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's batch connection")
+    from storage.backends import SyncConnection
+    from storage.runs import HotPlans, insert_result_if_held
+
+    db = databases[0]
+    store = RunStore(db)
+    row = run_row("me")
+    await store.create_run(row, [])
+
+    async def op(conn: Any) -> None:
+        assert type(conn) is SyncConnection
+        hot = HotPlans.resolve(conn, insert_result_if_held("sqlite"))
+        assert hot is not None
+        conn.add_rows(hot.events, [(row["id"], "first", None, "null", 1.0)])
+        conn.run_plan(hot.events, (row["id"], "second", None, "null", 2.0))
+
+    await db.write(op)
+    assert [e[0] for e in await events_of(store, row["id"])] == ["first", "second"]
+
+
+async def test_many_writers_in_one_batch_keep_each_runs_event_order(databases: list[Database]) -> None:
+    db = databases[0]
+    store = RunStore(db)
+    rows = [run_row("me") for _ in range(60)]
+    for r in rows:
+        await store.create_run(r, [])
+
+    async def one(r: dict[str, Any]) -> None:
+        await store.commit_step(result(r["id"], "a", {"v": 1}), "me", LEASE, [
+            NewEvent(type="step.started", path="a"), NewEvent(type="step.succeeded", path="a", data={"x": "ü"})])
+        last = result(r["id"], "b", None)
+        evs = [NewEvent(type="step.started", path="b"), NewEvent(type="step.succeeded", path="b", data=None)]
+        await store.settle(r["id"], "me", "success", [NewEvent(type="run.finished")], output=None,
+                           step=FinishedStep(last, evs, LEASE))
+
+    await asyncio.gather(*(one(r) for r in rows))
+    for r in rows:
+        assert [(e[0], e[1], e[2]) for e in await events_of(store, r["id"])] == [
+            ("step.started", "a", None), ("step.succeeded", "a", {"x": "ü"}),
+            ("step.started", "b", None), ("step.succeeded", "b", None), ("run.finished", None, None)]
+
+
+async def test_a_batch_retried_one_at_a_time_adds_no_rows_of_the_failed_attempt(databases: list[Database]) -> None:
+    """One writer of a batch fails after adding events: the batch is rolled back and each writer re-run alone."""
+    db = databases[0]
+    store = RunStore(db)
+    rows = [run_row("me") for _ in range(5)]
+    for r in rows:
+        await store.create_run(r, [])
+
+    async def bad(conn: Any) -> None:
+        await store._add_events(conn, rows[0]["id"], [NewEvent(type="doomed")], time.time())
+        raise ValueError("this writer fails after its events")
+
+    async def good(r: dict[str, Any]) -> None:
+        await store.commit_step(result(r["id"], "a", {"v": 1}), "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+
+    outcomes = await asyncio.gather(good(rows[1]), db.write(bad, inline=True), *(good(r) for r in rows[2:]),
+                                    return_exceptions=True)
+    assert isinstance(outcomes[1], ValueError)
+    assert await events_of(store, rows[0]["id"]) == []
+    for r in rows[1:]:
+        assert [e[0] for e in await events_of(store, r["id"])] == ["step.succeeded"]
+
+
+async def test_event_times_bind_as_the_at_columns_processor_would(db_url: str, databases: list[Database]) -> None:
+    """The events plan's ``at`` slot has a bind processor (Float's): the positional rows apply it too."""
+    from decimal import Decimal
+
+    store = RunStore(databases[0])
+    row = run_row("me")
+    await store.create_run(row, [])
+    await store.add_events(row["id"], [NewEvent(type="x", at=Decimal("1.5"))])  # type: ignore[arg-type]
+    assert [e[3] for e in await events_of(store, row["id"])] == [1.5]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -163,6 +164,45 @@ class SignalRecord(BaseModel):
     data: Any = None
     created_at: float
     consumed_path: str | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def row_reader(model: type[M]) -> Callable[[Mapping[Any, Any]], M]:
+    """A function that makes a ``model`` record of a row of its own table, without validating the row again.
+
+    For the run repository's reads of the engine's tables: each column is the model's field of the same name
+    and type (the schema says so: NOT NULL where the field allows no None, FLOAT columns come back as floats,
+    JSON columns parsed), and every row was written by the engine. Validation cost ~2 us a record, this ~1 us;
+    a burst of 1,800 resumes reads about 7,000 records (each run and its suspension for its resume, the run
+    and its progress again in a claim). Columns the model lacks are dropped, as ``model_validate`` does; a
+    field the row lacks raises KeyError. A test holds the records equal to validated ones (value, repr, dump,
+    fields set), so a pydantic release that changes how a model keeps its state is caught.
+    """
+    names = tuple(model.model_fields)
+    fields = frozenset(names)
+    new = model.__new__
+    setattr_ = object.__setattr__  # frozen models refuse their own __setattr__
+
+    def read(row: Mapping[Any, Any]) -> M:
+        values = dict(row)
+        if values.keys() != fields:
+            values = {name: values[name] for name in names}
+        record = new(model)
+        setattr_(record, "__dict__", values)
+        setattr_(record, "__pydantic_fields_set__", set(names))
+        setattr_(record, "__pydantic_extra__", None)
+        setattr_(record, "__pydantic_private__", None)
+        return record
+
+    return read
+
+
+run_record = row_reader(RunRecord)
+suspension_record = row_reader(SuspensionRecord)
+step_result_record = row_reader(StepResultRecord)
+signal_record = row_reader(SignalRecord)
 
 
 class RunProgress(BaseModel):

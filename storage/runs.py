@@ -46,9 +46,12 @@ from .records import (
     NewEvent,
     RunProgress,
     RunRecord,
-    SignalRecord,
     StepResultRecord,
     SuspensionRecord,
+    run_record,
+    signal_record,
+    step_result_record,
+    suspension_record,
 )
 from .tables import events, runs, signals, step_results, suspensions
 from .versions import Serving
@@ -264,7 +267,7 @@ async def read_runs(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, RunR
         rows = (await conn.execute(_GET_RUN, {"b_id": ids[0]})).mappings()
     else:
         rows = (await conn.execute(_RUNS_IN, {"ids": list(ids)})).mappings()
-    return {r["id"]: RunRecord.model_validate(dict(r)) for r in rows}
+    return {r["id"]: run_record(r) for r in rows}
 
 
 async def read_suspensions(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, list[SuspensionRecord]]:
@@ -277,7 +280,7 @@ async def read_suspensions(conn: AsyncConnection, ids: Sequence[str]) -> dict[st
     else:
         rows = (await conn.execute(_SUSPENSIONS_IN, {"ids": list(ids)})).mappings()
     for r in rows:
-        found[r["run_id"]].append(SuspensionRecord.model_validate(dict(r)))
+        found[r["run_id"]].append(suspension_record(r))
     return found
 
 
@@ -289,13 +292,13 @@ async def read_progress(conn: AsyncConnection, ids: Sequence[str]) -> dict[str, 
     one = len(ids) == 1
     by_key, by_ids = {"b_run_id": ids[0]}, {"ids": list(ids)}
     for r in (await conn.execute(_RESULTS_OF, by_key) if one else await conn.execute(_RESULTS_IN, by_ids)).mappings():
-        progress[r["run_id"]].results[r["path"]] = StepResultRecord.model_validate(dict(r))
+        progress[r["run_id"]].results[r["path"]] = step_result_record(r)
     for r in (
         await conn.execute(_SUSPENSIONS_OF, by_key) if one else await conn.execute(_SUSPENSIONS_IN, by_ids)
     ).mappings():
-        progress[r["run_id"]].suspensions[r["path"]] = SuspensionRecord.model_validate(dict(r))
+        progress[r["run_id"]].suspensions[r["path"]] = suspension_record(r)
     for r in (await conn.execute(_SIGNALS_OF, by_key) if one else await conn.execute(_SIGNALS_IN, by_ids)).mappings():
-        progress[r["run_id"]].signals.append(SignalRecord.model_validate(dict(r)))
+        progress[r["run_id"]].signals.append(signal_record(r))
     return progress
 
 
@@ -840,7 +843,7 @@ class RunStore:
             if not load:
                 return [(run_id, None) for run_id in claimed]
             progress = await read_progress(conn, claimed)
-            return [(run_id, (RunRecord.model_validate(dict(returned[run_id]._mapping)), progress[run_id]))
+            return [(run_id, (run_record(returned[run_id]._mapping), progress[run_id]))
                     for run_id in claimed]
 
         return await self.db.write(op, inline=True)

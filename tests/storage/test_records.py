@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from storage.records import StepResultRecord, step_result
+from typing import Any
+
+from storage.records import (
+    RunRecord,
+    SignalRecord,
+    StepResultRecord,
+    SuspensionRecord,
+    run_record,
+    signal_record,
+    step_result,
+    step_result_record,
+    suspension_record,
+)
+from storage.tables import runs, signals, step_results, suspensions
 
 
 def test_a_step_result_built_by_the_engine_equals_a_validated_one() -> None:
@@ -15,3 +28,34 @@ def test_a_step_result_built_by_the_engine_equals_a_validated_one() -> None:
     assert built.model_fields_set == validated.model_fields_set
     assert built.model_copy(update={"attempts": 3}).attempts == 3
     assert repr(built) == repr(validated)
+
+
+def test_rows_of_the_engines_tables_read_without_validation_equal_validated_records() -> None:
+    # Each table's columns are its record's fields, in order: a row read back is a full record.
+    for table, model in ((runs, RunRecord), (suspensions, SuspensionRecord), (step_results, StepResultRecord),
+                         (signals, SignalRecord)):
+        assert [c.name for c in table.columns] == list(model.model_fields), table.name
+    rows: list[tuple[Any, dict[str, Any]]] = [
+        (run_record, {"id": "r1", "workflow_id": "wf", "status": "suspended", "input": {"n": [1]}, "output": None,
+                      "error": {"type": "X", "message": "m"}, "thread_id": "t", "resource_id": None, "started_by": "u",
+                      "rerun_of": None, "rerun_from": None, "owner": None, "lease_expires_at": None, "ready_at": 2.0,
+                      "waiting_for": "ev", "created_at": 1.0, "updated_at": 2.5, "finished_at": None,
+                      "workflow_version": "2", "workflow_fingerprint": "f" * 64, "stranded_at": None, "recoveries": 1}),
+        (suspension_record, {"run_id": "r1", "path": "a/approve", "step_id": "approve", "kind": "suspend",
+                             "event_name": None, "payload": {"q": "?"}, "status": "resolved", "created_at": 1.0,
+                             "expires_at": 9.0, "resolved_by": "alice", "resolved_at": 2.0, "resume_data": {"ok": True}}),
+        (step_result_record, {"run_id": "r1", "path": "a", "step_id": "a", "kind": "step", "output": [1, "x"],
+                              "attempts": 2, "started_at": None, "finished_at": 2.0}),
+        (signal_record, {"id": 7, "run_id": "r1", "name": "ev", "data": None, "created_at": 1.0, "consumed_path": "w"}),
+    ]
+    for read, row in rows:
+        built = read(row)
+        validated = type(built).model_validate(row)
+        assert built == validated
+        assert built.model_dump() == validated.model_dump() == row
+        assert built.model_dump_json() == validated.model_dump_json()
+        assert built.model_fields_set == validated.model_fields_set
+        assert repr(built) == repr(validated)
+        # A row with a column the record lacks (a join, a newer schema) reads as model_validate reads it.
+        assert read({**row, "extra": 1}) == validated
+        assert built.model_copy(update={"created_at": 3.0}).created_at == 3.0

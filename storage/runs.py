@@ -36,6 +36,7 @@ from . import pg_writes
 from .backends import SyncConnection
 from .coalesce import Coalescer
 from .database import Database, insert_ignore
+from .outbox import INSERT_EVENTS
 from .pgconn import PgConnection, autocommit_safe
 from .prepared import Plan, plan_for, prepared
 from .ready import is_ready, oldest_ready
@@ -53,6 +54,8 @@ from .records import (
     step_result_record,
     suspension_record,
 )
+from .resolves import MAKE_READY, Outcome, Resolve, ResolveGroups, resolve_many, resolve_one
+from .resolves import CompareAndSetFailed as CompareAndSetFailed  # (callers import it from here)
 from .tables import events, runs, signals, step_results, suspensions
 from .versions import Serving
 
@@ -82,7 +85,7 @@ class HotPlans:
     def resolve(cls, conn: SyncConnection, insert_result: Any) -> HotPlans | None:
         names = ("run_id", "path", "step_id", "kind", "output", "attempts", "started_at", "finished_at", "b_owner")
         result = plan_for(insert_result, dict.fromkeys(names), conn.dialect)
-        events_plan = plan_for(_INSERT_EVENTS, [dict.fromkeys(_EVENT_COLUMNS)], conn.dialect)
+        events_plan = plan_for(INSERT_EVENTS, [dict.fromkeys(_EVENT_COLUMNS)], conn.dialect)
         if result is None or events_plan is None or tuple(n for n, _, _ in events_plan.slots) != _EVENT_COLUMNS:
             return None
         processors = {name: process for name, _, process in events_plan.slots}
@@ -102,14 +105,6 @@ class FinishedStep(NamedTuple):
 
 class RunExists(Exception):
     """A run with this id exists already (a caller chose a run id that is taken)."""
-
-
-class CompareAndSetFailed(Exception):
-    """A compare-and-set matched no row; ``current`` is the row as it is now (or None)."""
-
-    def __init__(self, current: Any) -> None:
-        super().__init__("compare-and-set failed")
-        self.current = current
 
 
 _TERMINAL = tuple(TERMINAL_STATUSES)
@@ -136,7 +131,6 @@ _INSERT_EVENT_IF_LIVE = prepared(insert(events).from_select(
 
 
 #: Hot-path statements are built once: building a Core statement costs more than executing it on SQLite.
-_INSERT_EVENTS = prepared(insert(events), deferrable=True)
 #: The columns of an event row, in the order ``_add_events`` binds them on SQLite (checked against the plan).
 _EVENT_COLUMNS = ("run_id", "type", "path", "data", "at")
 _CREATED_AT = prepared(select(runs.c.created_at).where(runs.c.id == bindparam("b_id")))
@@ -169,34 +163,6 @@ _SUSPENSIONS_IN = prepared(
 _SIGNALS_IN = prepared(
     select(signals).where(signals.c.run_id.in_(bindparam("ids", expanding=True))).order_by(signals.c.id)
 )
-#: Resume's compare-and-set: an open suspension of a live run becomes resolved.
-_RESOLVE_SUSPENSION = prepared(
-    update(suspensions)
-    .where(
-        suspensions.c.run_id == bindparam("b_run_id"),
-        suspensions.c.path == bindparam("b_path"),
-        suspensions.c.status == "open",
-        # The run must still be live: a canceled run's suspensions are closed for good.
-        exists().where(and_(runs.c.id == bindparam("b_run_id"), runs.c.status.not_in(_TERMINAL))),
-    )
-    .values(status="resolved", resolved_by=bindparam("b_by"), resolved_at=bindparam("b_now"),
-            resume_data=bindparam("b_data", type_=JSON))
-)
-#: A suspended or waiting run becomes ready for any dispatcher.
-_MAKE_READY = prepared(
-    update(runs)
-    .where(runs.c.id == bindparam("b_id"), runs.c.status.in_(("suspended", "waiting")))
-    .values(status="pending", ready_at=bindparam("b_now"), updated_at=bindparam("b_now"), waiting_for=None)
-)
-#: A suspended or waiting run is claimed by the process that just resumed it.
-_CLAIM_WAITING = prepared(
-    update(runs)
-    .where(runs.c.id == bindparam("b_id"), runs.c.status.in_(("suspended", "waiting")))
-    .values(status="running", owner=bindparam("b_owner"), lease_expires_at=bindparam("b_expires"),
-            updated_at=bindparam("b_now"), ready_at=bindparam("b_now"), waiting_for=None)
-)
-
-
 #: A settle checks for input that arrived while the run executed (``_has_unconsumed_input``): a resolved
 #: suspension whose step has no result yet, or a buffered event one of its open waits is for. The run's
 #: suspensions are read by its key alone and their status tested here: with ``status = ...`` in the query,
@@ -316,6 +282,7 @@ class RunStore:
         self._run_waits: Coalescer[str, tuple[RunRecord | None, list[SuspensionRecord]]] = Coalescer(
             self._get_run_waits, missing=(None, []))
         self._progress: Coalescer[str, RunProgress] = Coalescer(self._get_progress, missing=_NO_PROGRESS)
+        self._resolves = ResolveGroups(self._resolve_one, self._resolve_many)
         #: The workflow versions this process executes: claims and timers only consider their runs
         #: (None: every run, for a store that is not an engine's).
         self.serving: Serving | None = None
@@ -340,7 +307,7 @@ class RunStore:
             return
         rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now} for e in new]
         if rows:
-            await conn.execute(_INSERT_EVENTS, rows)
+            await conn.execute(INSERT_EVENTS, rows)
 
     # -- runs ----------------------------------------------------------------------------------------
 
@@ -639,39 +606,22 @@ class RunStore:
         With ``claim_for``, the same transaction also claims the run for that owner if it was suspended or
         waiting (returns True): the resumer executes it at once, without a round through the dispatcher.
         Otherwise (or if the run is still executing elsewhere) the run becomes ready for any dispatcher.
+        On SQLite the resumes of one loop turn commit as one group (see resolves.py).
         """
-        now = time.time()
+        item = Resolve(run_id, path, data, by, new_events, claim_for, lease, time.time())
+        if self.db.is_sqlite:
+            return await self._resolves.resolve(item)
+        return await self._resolve_one(item)
 
-        async def op(conn: AsyncConnection) -> bool:
-            res = await conn.execute(_RESOLVE_SUSPENSION, {
-                "b_run_id": run_id, "b_path": path, "b_now": now, "b_by": by, "b_data": data,
-            })
-            if res.rowcount == 0:
-                row = (
-                    await conn.execute(
-                        select(suspensions).where(suspensions.c.run_id == run_id, suspensions.c.path == path)
-                    )
-                ).mappings().first()
-                if row is not None and row["resolved_at"] == now and row["resolved_by"] == by:
-                    # This very resume, committed by an attempt whose outcome was not known (a dropped connection).
-                    owner = (await conn.execute(select(runs.c.owner).where(runs.c.id == run_id))).scalar_one_or_none()
-                    return claim_for is not None and owner == claim_for
-                raise CompareAndSetFailed(SuspensionRecord.model_validate(dict(row)) if row else None)
-            claimed = False
-            if claim_for is not None:
-                claimed = (await conn.execute(_CLAIM_WAITING, {
-                    "b_id": run_id, "b_owner": claim_for, "b_now": now, "b_expires": now + lease,
-                })).rowcount == 1
-            if not claimed:
-                await self._make_ready(conn, run_id, now)
-            await self._add_events(conn, run_id, new_events, now)
-            return claimed
+    async def _resolve_one(self, item: Resolve) -> bool:
+        return await self.db.write(lambda conn: resolve_one(conn, item), inline=True)
 
-        return await self.db.write(op, inline=True)
+    async def _resolve_many(self, items: list[Resolve]) -> list[Outcome]:
+        return await self.db.write(lambda conn: resolve_many(conn, items), inline=True)
 
     @staticmethod
     async def _make_ready(conn: AsyncConnection, run_id: str, now: float) -> None:
-        await conn.execute(_MAKE_READY, {"b_id": run_id, "b_now": now})
+        await conn.execute(MAKE_READY, {"b_id": run_id, "b_now": now})
 
     async def send_signal(self, run_id: str, name: str, data: Any, new_events: Sequence[NewEvent]) -> str:
         """Resolve the open wait for ``name`` if there is one, else buffer the event. Returns which."""

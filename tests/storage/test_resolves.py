@@ -1,0 +1,98 @@
+"""Resumes made in one turn of the event loop commit together (storage/resolves.py), each with its own outcome:
+the compare-and-set holds for every one of them exactly as if each had committed alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from storage import Database
+from storage.records import NewEvent
+from storage.runs import CompareAndSetFailed, RunStore
+from tests.storage.test_runs import LEASE, held_run, suspended_run, suspension
+
+
+@pytest.fixture
+def store(databases: list[Database]) -> RunStore:
+    return RunStore(databases[0])
+
+
+async def test_resumes_of_one_turn_each_get_their_own_outcome(store):
+    claimed, ready, resolved, canceled = [await suspended_run(store) for _ in range(4)]
+    await store.resolve_suspension(resolved, "approve", {"n": 0}, "first", [])
+    await store.cancel(canceled, "admin", [NewEvent(type="run.canceled")])
+    executing_too = await held_run(store)  # still executing another branch: the resume may not claim it
+    await store.open_suspension(suspension(executing_too), "me", LEASE, [])
+
+    outcomes = await asyncio.gather(
+        store.resolve_suspension(claimed, "approve", {"n": 1}, "alice", [NewEvent(type="run.resumed", path="approve")],
+                                 claim_for="resumer", lease=LEASE),
+        store.resolve_suspension(ready, "approve", {"n": 2}, "bob", [NewEvent(type="run.resumed", path="approve")]),
+        store.resolve_suspension(resolved, "approve", {"n": 3}, "carol", []),
+        store.resolve_suspension(canceled, "approve", {"n": 4}, "dave", []),
+        store.resolve_suspension("no-such-run", "approve", {"n": 5}, "erin", []),
+        store.resolve_suspension(executing_too, "approve", {"n": 6}, "frank", [], claim_for="resumer", lease=LEASE),
+        return_exceptions=True,
+    )
+
+    assert outcomes[:2] == [True, False] and outcomes[5] is False
+    assert all(isinstance(o, CompareAndSetFailed) for o in outcomes[2:5])
+    assert (outcomes[2].current.resolved_by, outcomes[2].current.resume_data) == ("first", {"n": 0})
+    assert outcomes[3].current.status == "open" and outcomes[4].current is None
+    run = await store.get_run(claimed)
+    assert (run.status, run.owner) == ("running", "resumer") and run.lease_expires_at > run.updated_at
+    assert ((await store.get_run(ready)).status, (await store.get_run(ready)).owner) == ("pending", None)
+    assert (await store.get_run(canceled)).status == "canceled"
+    assert ((await store.get_run(executing_too)).status, (await store.get_run(executing_too)).owner) == ("running", "me")
+    for run_id, by, data in ((claimed, "alice", {"n": 1}), (ready, "bob", {"n": 2}), (executing_too, "frank", {"n": 6})):
+        [wait] = await store.suspensions_of(run_id)
+        assert (wait.status, wait.resolved_by, wait.resume_data) == ("resolved", by, data)
+    assert [e.type for e in await store.read_events(claimed)].count("run.resumed") == 1
+    assert [e.type for e in await store.read_events(ready)].count("run.resumed") == 1
+
+
+async def test_many_resumes_of_one_suspension_in_one_turn_exactly_one_wins(store):
+    run_id = await suspended_run(store)
+
+    outcomes = await asyncio.gather(
+        *(store.resolve_suspension(run_id, "approve", {"i": i}, f"U{i}", [], claim_for="me", lease=LEASE)
+          for i in range(20)),
+        return_exceptions=True,
+    )
+
+    winners = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
+    assert len(winners) == 1 and outcomes[winners[0]] is True
+    assert {o.current.resolved_by for o in outcomes if isinstance(o, CompareAndSetFailed)} == {f"U{winners[0]}"}
+    assert len([o for o in outcomes if isinstance(o, CompareAndSetFailed)]) == 19
+
+
+async def test_two_waits_of_one_run_resumed_in_one_turn_are_both_resolved(store):
+    run_id = await held_run(store)
+    for path in ("left", "right"):
+        await store.open_suspension(suspension(run_id, path), "me", LEASE, [])
+    await store.settle(run_id, "me", "suspended", [NewEvent(type="run.suspended")])
+
+    outcomes = await asyncio.gather(*(
+        store.resolve_suspension(run_id, path, {"p": path}, "alice", [], claim_for="resumer", lease=LEASE)
+        for path in ("left", "right")))
+
+    assert sorted(outcomes) == [False, True]  # one claims the run; the other finds it claimed already
+    assert {(w.path, w.status) for w in await store.suspensions_of(run_id)} == {("left", "resolved"), ("right", "resolved")}
+    assert (await store.get_run(run_id)).owner == "resumer"
+
+
+async def test_a_resume_that_cannot_be_stored_fails_alone(store):
+    good = [await suspended_run(store) for _ in range(3)]
+    bad = await suspended_run(store)
+
+    outcomes = await asyncio.gather(
+        *(store.resolve_suspension(run_id, "approve", {"ok": True}, "alice", []) for run_id in good),
+        store.resolve_suspension(bad, "approve", {"not json": object()}, "alice", []),
+        return_exceptions=True,
+    )
+
+    assert outcomes[:3] == [False, False, False] and isinstance(outcomes[3], Exception)
+    assert [(await store.get_run(run_id)).status for run_id in good] == ["pending"] * 3
+    assert (await store.get_run(bad)).status == "suspended"
+    assert [w.status for w in await store.suspensions_of(bad)] == ["open"]

@@ -16,13 +16,14 @@ from typing import Any
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from .tables import runs
 
 
-def ready_kinds(now: float) -> list[ColumnElement[bool]]:
-    """The four ways a run is ready at ``now``; each is a range of ``ix_runs_status_ready``."""
+def ready_kinds(now: float | BindParameter[float]) -> list[ColumnElement[bool]]:
+    """The four ways a run is ready at ``now`` (a moment, or a parameter of a prepared statement); each is a range
+    of ``ix_runs_status_ready``."""
     return [
         runs.c.status == "pending",
         and_(runs.c.status == "waiting", runs.c.ready_at.is_not(None), runs.c.ready_at <= now),
@@ -34,7 +35,7 @@ def ready_kinds(now: float) -> list[ColumnElement[bool]]:
     ]
 
 
-def is_ready(now: float) -> ColumnElement[bool]:
+def is_ready(now: float | BindParameter[float]) -> ColumnElement[bool]:
     """Any of :func:`ready_kinds` (for a test of rows already picked by id, as a claim's compare-and-set)."""
     return or_(*ready_kinds(now))
 

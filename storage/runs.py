@@ -163,6 +163,16 @@ _SUSPENSIONS_IN = prepared(
 _SIGNALS_IN = prepared(
     select(signals).where(signals.c.run_id.in_(bindparam("ids", expanding=True))).order_by(signals.c.id)
 )
+#: A run still "running" under an expired lease when claimed: its holder died (or lost the database for longer
+#: than a lease). Counted, so a run that kills its process is not retried forever.
+_RECOVERIES_AFTER_CLAIM = case((runs.c.status == "running", runs.c.recoveries + 1), else_=runs.c.recoveries)
+#: A claim's compare-and-set on SQLite (the candidates, if still ready at ``b_now``); see RunStore._claim.
+_CLAIM_READY = prepared(
+    update(runs)
+    .where(runs.c.id.in_(bindparam("ids", expanding=True)), is_ready(bindparam("b_now", type_=Float)))
+    .values(status="running", owner=bindparam("b_owner"), lease_expires_at=bindparam("b_expires"),
+            updated_at=bindparam("b_now"), waiting_for=None, recoveries=_RECOVERIES_AFTER_CLAIM)
+)
 #: A settle checks for input that arrived while the run executed (``_has_unconsumed_input``): a resolved
 #: suspension whose step has no result yet, or a buffered event one of its open waits is for. The run's
 #: suspensions are read by its key alone and their status tested here: with ``status = ...`` in the query,
@@ -774,17 +784,29 @@ class RunStore:
                 candidates = {run_id: candidates[run_id] for run_id in chosen if run_id in candidates}
             if not candidates:
                 return []
-            take = (
-                update(runs)
-                .where(runs.c.id.in_(list(candidates)), ready)
-                .values(status="running", owner=owner, lease_expires_at=now + lease, updated_at=now, waiting_for=None,
-                        # A run still "running" under an expired lease: its holder died (or lost the database
-                        # for longer than a lease). Counted, so a run that kills its process is not retried forever.
-                        recoveries=case((runs.c.status == "running", runs.c.recoveries + 1), else_=runs.c.recoveries))
-            )
-            res = await conn.execute(take.returning(*runs.c) if load else take.returning(runs.c.id))
-            returned = {r.id: r for r in res}
-            claimed = [run_id for run_id in candidates if run_id in returned]  # oldest first, as chosen
+            ids = list(candidates)
+            records: dict[str, RunRecord] = {}
+            if load and self.db.is_sqlite:
+                # One writer (this transaction): the candidates just read are still ready. The update as a prepared
+                # statement and the claimed rows read back by key cost half what RETURNING through SQLAlchemy's
+                # result layer did (a claim of 200 runs in a burst: ~9 ms). Claimed: held now, updated now.
+                await conn.execute(_CLAIM_READY, {"ids": ids, "b_now": now, "b_owner": owner,
+                                                  "b_expires": now + lease})
+                records = {run_id: run for run_id, run in (await read_runs(conn, ids)).items()
+                           if run.owner == owner and run.status == "running" and run.updated_at == now}
+                claimed = [run_id for run_id in ids if run_id in records]  # oldest first, as chosen
+            else:
+                take = (
+                    update(runs)
+                    .where(runs.c.id.in_(ids), ready)
+                    .values(status="running", owner=owner, lease_expires_at=now + lease, updated_at=now,
+                            waiting_for=None, recoveries=_RECOVERIES_AFTER_CLAIM)
+                )
+                res = await conn.execute(take.returning(*runs.c) if load else take.returning(runs.c.id))
+                returned = {r.id: r for r in res}
+                claimed = [run_id for run_id in ids if run_id in returned]  # oldest first, as chosen
+                if load:
+                    records = {run_id: run_record(returned[run_id]._mapping) for run_id in claimed}
             for run_id in claimed:
                 status, previous = candidates[run_id]
                 if status == "running":
@@ -793,8 +815,7 @@ class RunStore:
             if not load:
                 return [(run_id, None) for run_id in claimed]
             progress = await read_progress(conn, claimed)
-            return [(run_id, (run_record(returned[run_id]._mapping), progress[run_id]))
-                    for run_id in claimed]
+            return [(run_id, (records[run_id], progress[run_id])) for run_id in claimed]
 
         return await self.db.write(op, inline=True)
 

@@ -181,6 +181,24 @@ async def test_claim_runs_returns_each_run_as_claimed_with_what_it_has_done(stor
     assert await store.claim_runs("me-too", 10, LEASE) == []
 
 
+async def test_claim_runs_takes_over_an_expired_lease_and_counts_it(store):
+    # A run whose holder's lease ran out is claimed with its death counted and said; a held run is left alone.
+    abandoned = run_row("running", "dead", recoveries=1, lease_expires_at=time.time() - 1)
+    held = run_row("running", "alive")
+    for row in (abandoned, held):
+        await store.create_run(row, [])
+    await store.commit_step(result(abandoned["id"], "a", 1), "dead", LEASE, [])
+
+    [(run, progress)] = await store.claim_runs("me", 10, LEASE)
+
+    assert run == await store.get_run(abandoned["id"])
+    assert (run.status, run.owner, run.recoveries) == ("running", "me", 2)
+    assert run.lease_expires_at == run.updated_at + LEASE and list(progress.results) == ["a"]
+    assert [e.type for e in await store.read_events(abandoned["id"])] == ["run.recovered"]
+    assert (await store.get_run(held["id"])).owner == "alive"
+    assert await store.claim_runs("me-too", 10, LEASE) == []
+
+
 async def test_run_and_suspensions_read_together_as_resume_sees_them(store):
     run_id = await suspended_run(store, "approve")
     run, waits = await store.run_and_suspensions(run_id)

@@ -60,8 +60,17 @@ CLAIM_WAITING = prepared(
 )
 _OWNER = prepared(select(runs.c.owner).where(runs.c.id == bindparam("b_id")))
 
+#: The same, only if the run did not change since the resumer read it (every claim and every settle sets
+#: ``updated_at``): then the progress it read with the run is still all the run has done.
+CLAIM_UNCHANGED = prepared(
+    update(runs)
+    .where(runs.c.id == bindparam("b_id"), runs.c.status.in_(("suspended", "waiting")),
+           runs.c.updated_at == bindparam("b_seen"))
+    .values(status="running", owner=bindparam("b_owner"), lease_expires_at=bindparam("b_expires"),
+            updated_at=bindparam("b_now"), ready_at=bindparam("b_now"), waiting_for=None)
+)
 _RUN_STATES_IN = prepared(
-    select(runs.c.id, runs.c.status, runs.c.owner).where(runs.c.id.in_(bindparam("ids", expanding=True)))
+    select(runs.c.id, runs.c.status, runs.c.owner, runs.c.updated_at).where(runs.c.id.in_(bindparam("ids", expanding=True)))
 )
 #: By the runs' key only, the status tested in Python (see runs.py's _SUSPENSION_STATES: with ``status`` in
 #: the query, SQLite would read ``ix_suspensions_open``, every open suspension of every run).
@@ -98,6 +107,8 @@ class Resolve:
     claim_for: str | None
     lease: float
     now: float
+    #: The run's ``updated_at`` as the resumer read it: claimed only if unchanged since (see RunStore.resolve_suspension).
+    seen_at: float | None = None
 
 
 #: A resume's outcome in a group: whether its run was claimed, or why its compare-and-set failed.
@@ -205,9 +216,11 @@ async def resolve_one(conn: AsyncConnection, item: Resolve) -> bool:
         raise CompareAndSetFailed(SuspensionRecord.model_validate(dict(row)) if row else None)
     claimed = False
     if item.claim_for is not None:
-        claimed = (await conn.execute(CLAIM_WAITING, {
-            "b_id": item.run_id, "b_owner": item.claim_for, "b_now": now, "b_expires": now + item.lease,
-        })).rowcount == 1
+        params = {"b_id": item.run_id, "b_owner": item.claim_for, "b_now": now, "b_expires": now + item.lease}
+        claimed = (await conn.execute(
+            CLAIM_WAITING if item.seen_at is None else CLAIM_UNCHANGED,
+            params if item.seen_at is None else {**params, "b_seen": item.seen_at},
+        )).rowcount == 1
     if not claimed:
         await conn.execute(MAKE_READY, {"b_id": item.run_id, "b_now": now})
     rows = [{"run_id": item.run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now}
@@ -220,12 +233,12 @@ async def resolve_one(conn: AsyncConnection, item: Resolve) -> bool:
 async def resolve_many(conn: AsyncConnection, items: Sequence[Resolve]) -> list[Outcome]:
     """The compare-and-sets of ``items`` (one per run), each one's outcome: claimed or not, or why it failed."""
     ids = [item.run_id for item in items]
-    run_states: dict[str, tuple[str, str | None]] = {}
+    run_states: dict[str, tuple[str, str | None, float]] = {}
     waits: dict[tuple[str, str], tuple[str, str | None, float | None]] = {}
     for start in range(0, len(ids), MAX_KEYS):
         chunk = {"ids": ids[start:start + MAX_KEYS]}
         for r in (await conn.execute(_RUN_STATES_IN, chunk)).mappings():
-            run_states[r["id"]] = (r["status"], r["owner"])
+            run_states[r["id"]] = (r["status"], r["owner"], r["updated_at"])
         for r in (await conn.execute(_SUSPENSION_STATES_IN, chunk)).mappings():
             waits[(r["run_id"], r["path"])] = (r["status"], r["resolved_by"], r["resolved_at"])
     outcomes: list[Outcome] = []
@@ -246,7 +259,7 @@ async def resolve_many(conn: AsyncConnection, items: Sequence[Resolve]) -> list[
             continue
         resolve.append({"b_run_id": item.run_id, "b_path": item.path, "b_now": item.now, "b_by": item.by,
                         "b_data": item.data})
-        if item.claim_for is not None and run[0] in ("suspended", "waiting"):
+        if item.claim_for is not None and run[0] in ("suspended", "waiting") and item.seen_at in (None, run[2]):
             claim.append({"b_id": item.run_id, "b_owner": item.claim_for, "b_now": item.now,
                           "b_expires": item.now + item.lease})
             outcomes.append(True)

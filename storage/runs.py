@@ -291,6 +291,8 @@ class RunStore:
         self._suspensions: Coalescer[str, list[SuspensionRecord]] = Coalescer(self._get_suspensions, missing=[])
         self._run_waits: Coalescer[str, tuple[RunRecord | None, list[SuspensionRecord]]] = Coalescer(
             self._get_run_waits, missing=(None, []))
+        self._run_progress: Coalescer[str, tuple[RunRecord | None, RunProgress]] = Coalescer(
+            self._get_run_progress, missing=(None, _NO_PROGRESS))
         self._progress: Coalescer[str, RunProgress] = Coalescer(self._get_progress, missing=_NO_PROGRESS)
         self._resolves = ResolveGroups(self._resolve_one, self._resolve_many)
         #: The workflow versions this process executes: claims and timers only consider their runs
@@ -387,7 +389,7 @@ class RunStore:
         return await self.db.read(lambda conn: read_runs(conn, ids), inline=len(ids) == 1)
 
     async def run_and_suspensions(self, run_id: str) -> tuple[RunRecord | None, list[SuspensionRecord]]:
-        """The run and its suspensions, read together: what a resume decides on.
+        """The run and its suspensions (in the order they were opened), read together: what a resume decides on.
 
         One read (one snapshot, one thread hop) for both, shared by every resume in the same loop turn: a
         burst of 1,800 resumes reads them in a few ``IN`` queries instead of two rounds of them.
@@ -405,6 +407,19 @@ class RunStore:
         # burst, eight such reads spread over four reader threads spent their time handing the GIL to and fro
         # with the loop (resume() calls of a 1,800 burst returned after ~250 ms in a thread, ~160 ms inline).
         return await self.db.read(op, inline=True)
+
+    async def run_and_progress(self, run_id: str) -> tuple[RunRecord | None, RunProgress]:
+        """The run and everything it has done (its suspensions in the order they were opened), read together: for
+        a resume that will execute the run here if it claims it, so the run starts without a second read."""
+        return await self._run_progress.load(run_id)
+
+    async def _get_run_progress(self, ids: Sequence[str]) -> dict[str, tuple[RunRecord, RunProgress]]:
+        async def op(conn: AsyncConnection) -> dict[str, tuple[RunRecord, RunProgress]]:
+            found = await read_runs(conn, ids)
+            progress = await read_progress(conn, list(found))
+            return {run_id: (run, progress[run_id]) for run_id, run in found.items()}
+
+        return await self.db.read(op, inline=True)  # (inline as run_and_suspensions, for the same reason)
 
     async def list_runs(
         self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
@@ -609,16 +624,20 @@ class RunStore:
 
     async def resolve_suspension(
         self, run_id: str, path: str, data: Any, by: str | None, new_events: Sequence[NewEvent],
-        *, claim_for: str | None = None, lease: float = 0.0,
+        *, claim_for: str | None = None, lease: float = 0.0, seen_at: float | None = None, now: float | None = None,
     ) -> bool:
         """The compare-and-set behind resume: raises CompareAndSetFailed(current row) if not open.
 
         With ``claim_for``, the same transaction also claims the run for that owner if it was suspended or
         waiting (returns True): the resumer executes it at once, without a round through the dispatcher.
         Otherwise (or if the run is still executing elsewhere) the run becomes ready for any dispatcher.
-        On SQLite the resumes of one loop turn commit as one group (see resolves.py).
+        ``seen_at``: the run's ``updated_at`` as the resumer read it; the run is claimed only if unchanged since
+        (nobody executed it meanwhile), so what was read with it is all it has done. ``now``: the moment recorded
+        as ``resolved_at`` (default: this call's). On SQLite the resumes of one loop turn commit as one group
+        (see resolves.py).
         """
-        item = Resolve(run_id, path, data, by, new_events, claim_for, lease, time.time())
+        item = Resolve(run_id, path, data, by, new_events, claim_for, lease, time.time() if now is None else now,
+                       seen_at)
         if self.db.is_sqlite:
             return await self._resolves.resolve(item)
         return await self._resolve_one(item)

@@ -311,7 +311,23 @@ class Engine:
         """
         await self.open()
         _check_identifier("by", by)
-        found, suspensions = await self.store.run_and_suspensions(run_id)
+        # Room to execute the run here once resumed: a slot is held from now on and the run is read with what it
+        # has done, so it starts from that without a second read. In a burst the free slots fill this way; the
+        # other resumes read only the run and its suspensions, and leave their runs to the dispatcher.
+        hold = self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
+        self._reserved += hold
+        try:
+            return await self._resume(run_id, step, data, by, hold=hold)
+        finally:
+            self._reserved -= hold
+
+    async def _resume(self, run_id: str, step: str | None, data: Any, by: str | None, *, hold: bool) -> RunHandle:
+        progress: RunProgress | None = None
+        if hold:
+            found, progress = await self.store.run_and_progress(run_id)
+            suspensions = list(progress.suspensions.values())
+        else:
+            found, suspensions = await self.store.run_and_suspensions(run_id)
         if found is None:
             raise RunNotFound(run_id)
         run = found
@@ -338,15 +354,20 @@ class Engine:
         parsed = parse_model(model, data, f"resume data for step {target.step_id!r}", known_keys_only=True)
         json_data = dump_value(model, parsed)
         self.fault("before_resume_commit", run_id=run_id, path=target.path)
-        # Claim the run in the same transaction when this process has room to execute it right away.
-        claim = self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
-        self._reserved += claim
+        # Claim the run in the same transaction when this process has room to execute it right away (held since
+        # the read, or free now).
+        extra = not hold and self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
+        self._reserved += extra
+        now = time.time()
         try:
+            # With its progress read, claimed only if the run is as read (``seen_at``): then that is all it has
+            # done (otherwise it is left to the dispatcher, which reads it afresh).
             claimed = await self.store.resolve_suspension(
                 run_id, target.path, json_data, by, [NewEvent(
                     type="run.resumed", path=target.path, data={"step_id": target.step_id, "by": by, "data": json_data},
                 )],
-                claim_for=self.owner if claim else None, lease=self.lease_seconds,
+                claim_for=self.owner if hold or extra else None, lease=self.lease_seconds,
+                seen_at=run.updated_at if progress is not None else None, now=now,
             )
         except CompareAndSetFailed as exc:
             current = exc.current
@@ -354,11 +375,19 @@ class Engine:
                 raise AlreadyResumed(run_id, target.path, current.resolved_by, current.resolved_at) from None
             raise NotSuspended(f"Run {run_id} can no longer be resumed (it was canceled or finished).") from None
         finally:
-            self._reserved -= claim
+            self._reserved -= extra
         if claimed:
+            if progress is not None:
+                resolved = target.model_copy(update={
+                    "status": "resolved", "resolved_by": by, "resolved_at": now, "resume_data": json_data,
+                })
+                progress = RunProgress.model_construct(
+                    results=progress.results, suspensions={**progress.suspensions, target.path: resolved},
+                    signals=progress.signals)
             self._spawn(run_id, fresh=False, run=run.model_copy(update={
-                "status": "running", "owner": self.owner, "waiting_for": None,
-            }))
+                "status": "running", "owner": self.owner, "waiting_for": None, "updated_at": now, "ready_at": now,
+                "lease_expires_at": now + self.lease_seconds,
+            }), progress=progress)
             self._changed(run_id, wake=False)
         else:
             self._changed(run_id)

@@ -96,3 +96,49 @@ async def test_a_resume_that_cannot_be_stored_fails_alone(store):
     assert [(await store.get_run(run_id)).status for run_id in good] == ["pending"] * 3
     assert (await store.get_run(bad)).status == "suspended"
     assert [w.status for w in await store.suspensions_of(bad)] == ["open"]
+
+
+async def changed_meanwhile(store: RunStore) -> tuple[str, float]:
+    """A suspended run, and its ``updated_at`` as read before someone executed it again (it is suspended again)."""
+    run_id = await held_run(store)
+    for path in ("approve", "other"):
+        await store.open_suspension(suspension(run_id, path), "me", LEASE, [])
+    await store.settle(run_id, "me", "suspended", [])
+    seen = (await store.get_run(run_id)).updated_at
+    await store.resolve_suspension(run_id, "other", {}, "bob", [])
+    assert await store.claim("someone", 10, LEASE) == [run_id]
+    await store.settle(run_id, "someone", "suspended", [], seen=["other"])
+    assert (await store.get_run(run_id)).status == "suspended"
+    return run_id, seen
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "in-a-group"])
+async def test_a_resume_claims_its_run_only_if_it_did_not_change_since_it_was_read(store, together):
+    # A resumer that read the run's progress starts it from that read; if the run was executed meanwhile, the read
+    # is stale: the resume still wins, but the run is left to a dispatcher (which reads it afresh).
+    stale, seen = await changed_meanwhile(store)
+    fresh = await suspended_run(store)
+    fresh_seen = (await store.get_run(fresh)).updated_at
+
+    calls = [store.resolve_suspension(stale, "approve", {"ok": True}, "ann", [], claim_for="me", lease=LEASE,
+                                      seen_at=seen),
+             store.resolve_suspension(fresh, "approve", {"ok": True}, "ann", [], claim_for="me", lease=LEASE,
+                                      seen_at=fresh_seen)]
+    outcomes = await asyncio.gather(*calls) if together else [await call for call in calls]
+
+    assert outcomes == [False, True]
+    assert ((await store.get_run(stale)).status, (await store.get_run(stale)).owner) == ("pending", None)
+    assert [(w.path, w.status) for w in await store.suspensions_of(stale)] == [("approve", "resolved"),
+                                                                                 ("other", "resolved")]
+    assert ((await store.get_run(fresh)).status, (await store.get_run(fresh)).owner) == ("running", "me")
+
+
+async def test_run_and_progress_reads_what_a_claim_would(store):
+    run_id = await suspended_run(store)
+    await store.send_signal(run_id, "later", {"n": 1}, [])
+
+    run, progress = await store.run_and_progress(run_id)
+
+    assert run == await store.get_run(run_id) and progress == await store.load_progress(run_id)
+    assert list(progress.suspensions) == ["approve"] and [s.name for s in progress.signals] == ["later"]
+    assert await store.run_and_progress("no-such-run") == (None, await store.load_progress("no-such-run"))

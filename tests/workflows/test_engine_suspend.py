@@ -547,3 +547,30 @@ async def test_a_backlog_beyond_capacity_drains_as_slots_free_up_not_at_each_pol
         ("success", {"n": i, "approved": True, "by": "ann"}) for i in range(30)
     ]
     assert calls["ok"] == 60  # each body ran twice: once to suspend, once resumed; none ran a third time
+
+
+async def test_a_burst_of_resumes_fills_the_free_slots_and_leaves_the_rest_to_the_dispatcher(engine):
+    # Resumes with room read the run with what it has done and start it from that read (no second read); the
+    # others read only what they decide on. Either way every run goes on from its recorded steps, once each.
+    calls, gate = Counter(), asyncio.Event()
+
+    @step(id="first", input=Num, output=Num)
+    async def first(ctx: StepContext[Num]) -> Num:
+        calls["first"] += 1
+        return ctx.input
+
+    wf = (Workflow(id="approval", input=Num).then(first).then(approval_step("approve", calls))
+          .then(gated("after", gate, calls)).commit())
+    e = engine(wf, capacity=3, poll_interval=0.2)
+    ids = [(await (await e.start("approval", {"n": n})).result(timeout=5)).run_id for n in range(8)]
+
+    await asyncio.gather(*(e.resume(run_id, data={"approved": True}, by="U1") for run_id in ids))
+
+    runs = [await e.get_run(run_id) for run_id in ids]
+    assert sorted(r.status for r in runs) == ["pending"] * 5 + ["running"] * 3  # three claimed by their resumes
+    await eventually(lambda: calls["after"] == 3, timeout=5)
+    gate.set()
+    results = [await e.wait_for(run_id, timeout=10) for run_id in ids]
+    assert [r.status for r in results] == ["success"] * 8
+    assert [r.output["n"] for r in results] == list(range(8))
+    assert calls == Counter({"first": 8, "approve": 16, "after": 8})

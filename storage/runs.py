@@ -807,8 +807,9 @@ class RunStore:
             records: dict[str, RunRecord] = {}
             if load and self.db.is_sqlite:
                 # One writer (this transaction): the candidates just read are still ready. The update as a prepared
-                # statement and the claimed rows read back by key cost half what RETURNING through SQLAlchemy's
-                # result layer did (a claim of 200 runs in a burst: ~9 ms). Claimed: held now, updated now.
+                # statement and the claimed rows read back by key cost less than RETURNING through SQLAlchemy's
+                # result layer (a whole claim of 200 runs with their progress: ~9.8 -> ~8.4 ms of CPU). Claimed:
+                # held by this owner and updated at this moment.
                 await conn.execute(_CLAIM_READY, {"ids": ids, "b_now": now, "b_owner": owner,
                                                   "b_expires": now + lease})
                 records = {run_id: run for run_id, run in (await read_runs(conn, ids)).items()

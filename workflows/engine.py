@@ -366,7 +366,8 @@ class Engine:
                 run_id, target.path, json_data, by, [NewEvent(
                     type="run.resumed", path=target.path, data={"step_id": target.step_id, "by": by, "data": json_data},
                 )],
-                claim_for=self.owner if hold or extra else None, lease=self.lease_seconds,
+                # (Closing since the slot was held: close() may have handed this process's runs back already.)
+                claim_for=self.owner if (hold and not self._closing) or extra else None, lease=self.lease_seconds,
                 seen_at=run.updated_at if progress is not None else None, now=now,
             )
         except CompareAndSetFailed as exc:
@@ -376,7 +377,15 @@ class Engine:
             raise NotSuspended(f"Run {run_id} can no longer be resumed (it was canceled or finished).") from None
         finally:
             self._reserved -= extra
-        if claimed:
+        if claimed and self._closing:
+            # The engine began closing while the claim was in flight: hand the run back rather than start a task
+            # nothing will cancel (the run would stay held by a closed engine until its lease ran out).
+            try:
+                await self.store.release_run(run_id, self.owner)
+            except Exception as exc:  # the database is closing too: the lease runs out instead
+                log.warning("run %s: could not hand back a run resumed while closing: %s", run_id, exc)
+            self._changed(run_id)
+        elif claimed:
             if progress is not None:
                 resolved = target.model_copy(update={
                     "status": "resolved", "resolved_by": by, "resolved_at": now, "resume_data": json_data,

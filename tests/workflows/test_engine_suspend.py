@@ -574,3 +574,24 @@ async def test_a_burst_of_resumes_fills_the_free_slots_and_leaves_the_rest_to_th
     assert [r.status for r in results] == ["success"] * 8
     assert [r.output["n"] for r in results] == list(range(8))
     assert calls == Counter({"first": 8, "approve": 16, "after": 8})
+
+
+async def test_a_resume_under_way_when_the_engine_closes_leaves_the_run_to_other_processes(engine):
+    calls: Counter = Counter()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).then(counted("after", calls)).commit()
+    e = engine(wf)
+    other = engine(wf, execute=False)
+    handle = await e.start("approval", {"n": 1})
+    assert (await handle.result(timeout=5)).status == "suspended"
+
+    # The resume holds a slot and reads the run; close() begins before its commit and hands back the runs.
+    resume = asyncio.create_task(e.resume(handle.run_id, data={"approved": True}, by="U1"))
+    await asyncio.sleep(0)
+    await e.close()
+    await asyncio.gather(resume, return_exceptions=True)
+
+    run = await other.get_run(handle.run_id)
+    # Not held by the closed engine (that would wait for its lease to run out, and count as a death): ready for
+    # any process, or not resumed at all.
+    assert not (run.status == "running" and run.owner == e.owner), (run.status, run.owner)
+    assert not e._tasks and calls["after"] == 0

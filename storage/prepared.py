@@ -88,15 +88,21 @@ class Plan:
     _processed: tuple[tuple[int, Callable[[Any], Any]], ...] = field(default=(), init=False, repr=False, compare=False)
     #: the values of literal slots (``status = 'running'``), by their compiled names, for ``_get``
     _literals: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: for a SELECT: (index, result processor) of the columns that have one (JSON), for :meth:`run`
+    _column_processors: tuple[tuple[int, Callable[[Any], Any]], ...] = field(
+        default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.columns is not None:
+            object.__setattr__(self, "_column_processors", tuple(
+                (i, process) for i, (_, process) in enumerate(self.columns) if process is not None))
         if self.expanding or not self.slots:
             return
         names = [name for name, _, _ in self.slots]
-        literals = {name: literal for name, literal, _ in self.slots if literal is not _MISSING}
-        if len(literals) != len(names) - sum(literal is _MISSING for _, literal, _ in self.slots) or any(
-            literal is _MISSING and name in literals for name, literal, _ in self.slots
-        ):
+        literal_slots = [(name, literal) for name, literal, _ in self.slots if literal is not _MISSING]
+        literals = dict(literal_slots)
+        parameters = {name for name, literal, _ in self.slots if literal is _MISSING}
+        if len(literals) != len(literal_slots) or not parameters.isdisjoint(literals):
             return  # one compiled name for several literals (``IN ('a', 'b')``): the slot-by-slot path
         get = itemgetter(*names)
         object.__setattr__(self, "_get", get if len(names) > 1 else lambda params: (get(params),))
@@ -142,7 +148,7 @@ class Plan:
             rows = cursor.fetchall()
             # Only the columns that have a result processor (JSON) are touched: a run's row has 22 columns and 3
             # of them JSON; a generator over every value of every row was most of what reading 200 runs cost.
-            processed = [(i, process) for i, (_, process) in enumerate(self.columns) if process is not None]
+            processed = self._column_processors
             if processed:
                 for n, row in enumerate(rows):
                     values = list(row)

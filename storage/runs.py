@@ -83,7 +83,7 @@ class HotPlans:
 
     @classmethod
     def resolve(cls, conn: SyncConnection, insert_result: Any) -> HotPlans | None:
-        names = ("run_id", "path", "step_id", "kind", "output", "attempts", "started_at", "finished_at", "b_owner")
+        names = (*(c.name for c in step_results.columns), "b_owner")  # what _record_step binds
         result = plan_for(insert_result, dict.fromkeys(names), conn.dialect)
         events_plan = plan_for(INSERT_EVENTS, [dict.fromkeys(_EVENT_COLUMNS)], conn.dialect)
         if result is None or events_plan is None or tuple(n for n, _, _ in events_plan.slots) != _EVENT_COLUMNS:
@@ -467,17 +467,15 @@ class RunStore:
         # The record's own fields (outputs are JSON data already: the step dumped them), without a model_dump.
         params = {**result.__dict__, "b_owner": owner}
         hot = self._hot(conn)
-        if hot is not None:  # SQLite: the plans resolved once (most of a step's commit was looking them up)
+        if hot is not None:  # SQLite: the plan resolved once (most of a step's commit was looking it up)
             sync: Any = conn
-            if sync.run_plan(hot.result, hot.result.values(params)) == 0:
-                await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
-                return  # already recorded (insert-if-absent): nothing more to say
-            await self._add_events(conn, result.run_id, new_events, result.finished_at)
+            inserted = sync.run_plan(hot.result, hot.result.values(params))
         else:
-            if (await conn.execute(self._insert_result_if_held, params)).rowcount == 0:
-                await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
-                return  # already recorded (insert-if-absent): nothing more to say
-            await self._add_events(conn, result.run_id, new_events, result.finished_at)
+            inserted = (await conn.execute(self._insert_result_if_held, params)).rowcount
+        if inserted == 0:
+            await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
+            return  # already recorded (insert-if-absent): nothing more to say
+        await self._add_events(conn, result.run_id, new_events, result.finished_at)
         if progressed:
             await conn.execute(_RESET_RECOVERIES, {"b_id": result.run_id, "b_owner": owner})
 
@@ -566,7 +564,7 @@ class RunStore:
         PostgreSQL, where each is one statement, it is committed just before instead).
         """
         now = time.time()
-        if step is not None and self.db.dialect != "sqlite":
+        if step is not None and not self.settles_with_step:
             await self.commit_step(step.result, owner, step.lease, step.events, progressed=step.progressed, alone=alone)
             step = None
 

@@ -314,12 +314,16 @@ class Engine:
         # Room to execute the run here once resumed: a slot is held from now on and the run is read with what it
         # has done, so it starts from that without a second read. In a burst the free slots fill this way; the
         # other resumes read only the run and its suspensions, and leave their runs to the dispatcher.
-        hold = self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
+        hold = self._room_to_execute()
         self._reserved += hold
         try:
             return await self._resume(run_id, step, data, by, hold=hold)
         finally:
             self._reserved -= hold
+
+    def _room_to_execute(self) -> bool:
+        """A free slot to execute one more run here (this process executes runs and is not closing)."""
+        return self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
 
     async def _resume(self, run_id: str, step: str | None, data: Any, by: str | None, *, hold: bool) -> RunHandle:
         progress: RunProgress | None = None
@@ -356,7 +360,7 @@ class Engine:
         self.fault("before_resume_commit", run_id=run_id, path=target.path)
         # Claim the run in the same transaction when this process has room to execute it right away (held since
         # the read, or free now).
-        extra = not hold and self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
+        extra = not hold and self._room_to_execute()
         self._reserved += extra
         now = time.time()
         try:

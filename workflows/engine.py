@@ -13,7 +13,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from storage import Database
@@ -269,29 +270,30 @@ class Engine:
                             ("resource_id", resource_id)):
             _check_identifier(what, value)
         run_id = run_id or new_run_id()
-        row = self._new_run_row(run_id, wf, data, thread_id, resource_id, started_by)
-        try:
-            await self.store.create_run(row, [NewEvent(type="run.started", data={
-                "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
-                "version": wf.version, "fingerprint": wf.fingerprint,
-            })], alone=not self._tasks)
-        except RunExists:
-            raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
-        emit("run.started", workflow_id=wf.id)
-        await self._ensure_thread(thread_id, resource_id)
-        if row["owner"] == self.owner:
-            self._spawn(run_id, fresh=True, run=RunRecord.model_validate(row))
-        else:
-            self._backlog = True
-            self._wake.set()
+        with self._slot() as mine:
+            row = self._new_run_row(run_id, wf, data, thread_id, resource_id, started_by, mine=mine)
+            try:
+                await self.store.create_run(row, [NewEvent(type="run.started", data={
+                    "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
+                    "version": wf.version, "fingerprint": wf.fingerprint,
+                })], alone=not self._tasks)
+            except RunExists:
+                raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
+            emit("run.started", workflow_id=wf.id)
+            await self._ensure_thread(thread_id, resource_id)
+            if mine:
+                self._spawn(run_id, fresh=True, run=RunRecord.model_validate(row))
+            else:
+                self._backlog = True
+                self._wake.set()
         return RunHandle(self, run_id)
 
     def _new_run_row(
         self, run_id: str, wf: CommittedWorkflow, data: Any, thread_id: str | None, resource_id: str | None,
-        started_by: str | None, **extra: Any,
+        started_by: str | None, *, mine: bool, **extra: Any,
     ) -> dict[str, Any]:
+        """A new run's row: held by this process (``mine``: a slot is held for it) or pending for any."""
         now = time.time()
-        mine = self.execute_runs and len(self._tasks) + self._reserved < self.capacity
         return {
             "id": run_id, "workflow_id": wf.id, "workflow_version": wf.version, "workflow_fingerprint": wf.fingerprint,
             "status": "running" if mine else "pending", "input": data,
@@ -314,10 +316,19 @@ class Engine:
         # Room to execute the run here once resumed: a slot is held from now on and the run is read with what it
         # has done, so it starts from that without a second read. In a burst the free slots fill this way; the
         # other resumes read only the run and its suspensions, and leave their runs to the dispatcher.
+        with self._slot() as hold:
+            return await self._resume(run_id, step, data, by, hold=hold)
+
+    @contextmanager
+    def _slot(self) -> Iterator[bool]:
+        """Hold one of this process's slots, if one is free (True), while a run is written as this process's (a start,
+        a re-run, a resume's claim) and until its task takes the slot: writes in flight at once each see the slots
+        the others hold, so together they never exceed ``capacity``; a run that finds none is written pending, for
+        the dispatcher of any process."""
         hold = self._room_to_execute()
         self._reserved += hold
         try:
-            return await self._resume(run_id, step, data, by, hold=hold)
+            yield hold
         finally:
             self._reserved -= hold
 
@@ -464,23 +475,28 @@ class Engine:
         if input is not None:
             model = step_def.input if step_def else None
             override = dump_value(model, parse_model(model, input, f"input of step {from_step!r}", known_keys_only=True))
-        row = self._new_run_row(new_id, wf, data, original.thread_id, original.resource_id,
-                                started_by or original.started_by, rerun_of=run_id, rerun_from=override_path)
         moved = await self.replica.is_stranded(original)
-        supersede = (run_id, NewEvent(type="run.canceled", data={"by": row["started_by"], "moved_to": new_id})) if moved else None
-        try:
-            await self.store.create_rerun(row, copied, override_path if override is not None else None, override, [
-                NewEvent(type="run.started", data={
-                    "workflow_id": wf.id, "input": data, "rerun_of": run_id, "rerun_from": override_path,
-                    "started_by": row["started_by"], "version": wf.version, "fingerprint": wf.fingerprint,
-                })
-            ], supersede=supersede)
-        except CompareAndSetFailed as exc:
-            raise RunFinished(f"Run {run_id} finished ({exc.current}) while it was being moved; nothing was created.") from None
-        if moved:
-            self._changed(run_id)
-        if row["owner"] == self.owner:
-            self._spawn(new_id, fresh=False)
+        with self._slot() as mine:
+            row = self._new_run_row(new_id, wf, data, original.thread_id, original.resource_id,
+                                    started_by or original.started_by, mine=mine, rerun_of=run_id,
+                                    rerun_from=override_path)
+            supersede = (run_id, NewEvent(type="run.canceled", data={"by": row["started_by"], "moved_to": new_id})) if moved else None
+            try:
+                await self.store.create_rerun(row, copied, override_path if override is not None else None, override, [
+                    NewEvent(type="run.started", data={
+                        "workflow_id": wf.id, "input": data, "rerun_of": run_id, "rerun_from": override_path,
+                        "started_by": row["started_by"], "version": wf.version, "fingerprint": wf.fingerprint,
+                    })
+                ], supersede=supersede)
+            except CompareAndSetFailed as exc:
+                raise RunFinished(f"Run {run_id} finished ({exc.current}) while it was being moved; nothing was created.") from None
+            if moved:
+                self._changed(run_id)
+            if mine:
+                self._spawn(new_id, fresh=False)
+            else:
+                self._backlog = True
+                self._wake.set()
         return RunHandle(self, new_id)
 
     async def recover(self) -> list[str]:

@@ -365,6 +365,27 @@ async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
     assert [r.output for r in results] == [{"text": f"n{i}"} for i in range(5)]
 
 
+async def test_starts_in_flight_at_once_never_take_more_runs_than_capacity(engine):
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    @step(id="hold", input=Name, output=Greeting)
+    async def hold(ctx: StepContext[Name]) -> Greeting:
+        started.append(ctx.input.name)
+        await gate.wait()
+        return Greeting(text=ctx.input.name)
+
+    e = engine(Workflow(id="held", input=Name).then(hold).commit(), capacity=2, poll_interval=30.0)
+    # Six starts at once: each one's write is in flight while the others decide whether to execute their run here.
+    handles = await asyncio.gather(*(e.start("held", {"name": f"n{i}"}) for i in range(6)))
+    await asyncio.sleep(0.2)
+    statuses = [(await e.get_run(h.run_id)).status for h in handles]
+    assert len(started) == 2 and statuses.count("running") == 2 and statuses.count("pending") == 4, statuses
+    gate.set()
+    results = [await h.result(timeout=5) for h in handles]
+    assert [r.output for r in results] == [{"text": f"n{i}"} for i in range(6)]
+
+
 async def test_an_engine_freezes_the_start_up_heap_once_per_process(sqlite_url: str) -> None:
     import gc
 

@@ -62,7 +62,7 @@ def parse_command(text: str, command: str = "/flow") -> Command:
     if verb in ("run", "status", "cancel", "unschedule") and not args:
         what = "a workflow id" if verb == "run" else "a run id" if verb != "unschedule" else "a schedule id"
         raise CommandError(f"`{command} {verb}` needs {what}.\n{usage(command)}")
-    return Command(verb=verb, args=args)  # type: ignore[arg-type]
+    return Command(verb=verb, args=args)
 
 
 def split_run_args(args: str) -> tuple[str, str]:

@@ -8,9 +8,9 @@ report says what works and what will fall back (``[warn]``) or cannot work (``[F
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
@@ -133,5 +133,5 @@ async def _streaming(model: OpenAIChatModel) -> ProbeResult:
 
 _NAMES: dict[Capability, str] = {"chat": "Model", "structured": "Model structured output", "tools": "Model tools",
                                  "streaming": "Model streaming"}
-_PROBES: dict[Capability, Callable[[OpenAIChatModel], Any]] = {
+_PROBES: dict[Capability, Callable[[OpenAIChatModel], Awaitable[ProbeResult]]] = {
     "chat": _chat, "structured": _structured, "tools": _tools, "streaming": _streaming}

@@ -107,7 +107,7 @@ class InstalledAuthorize(AsyncAuthorize):
     """bolt's ``authorize`` for OAuth installs, through the same tokens (and rotation) as every other call."""
 
     def __init__(self, tokens: InstalledTokens) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # (bolt's base __init__ is unannotated and does nothing)
         self.tokens = tokens
 
     async def __call__(self, *, context: AsyncBoltContext, enterprise_id: str | None, team_id: str | None,

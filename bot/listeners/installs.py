@@ -33,7 +33,8 @@ def register(app: AsyncApp, store: EncryptedInstallationStore, tokens: Installed
 
     async def on_tokens_revoked(event: dict[str, Any], context: AsyncBoltContext) -> None:
         enterprise, team = workspace(context)
-        revoked = event.get("tokens") if isinstance(event.get("tokens"), dict) else {}
+        tokens_field = event.get("tokens")
+        revoked: dict[str, Any] = tokens_field if isinstance(tokens_field, dict) else {}
         for user_id in revoked.get("oauth") or []:
             await store.async_delete_installation(enterprise_id=enterprise, team_id=team, user_id=str(user_id))
         if revoked.get("bot"):

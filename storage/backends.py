@@ -11,6 +11,7 @@ one hop per commit, as the design asks, whatever the number of statements in it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -666,7 +667,14 @@ class SqliteSideWriter(SideWriter):
 
 
 class PostgresSideWriter(SideWriter):
-    """asyncpg on an event loop private to the calling thread (PostgreSQL has no sync driver here)."""
+    """asyncpg on an event loop private to the calling thread (PostgreSQL has no sync driver here).
+
+    One connection is kept between calls (a renewal every few seconds need not log in each time). A kept connection
+    the server or the network dropped meanwhile fails the next call at once: that call is tried again, once, on a
+    new connection (``fn`` must be safe to run again), so a restart of the server between two renewals costs no
+    renewal. Any other failure, or one on a new connection, is the caller's (an outage: the lease keeper reports
+    it and tries again at its next interval).
+    """
 
     def __init__(self, url: str, timeout: float) -> None:
         self._loop = asyncio.new_event_loop()
@@ -675,16 +683,43 @@ class PostgresSideWriter(SideWriter):
         if server_settings:
             args["server_settings"] = server_settings
         self._engine = create_async_engine(url, poolclass=NullPool, **JSON_CODEC, connect_args=args)
+        self._conn: AsyncConnection | None = None
 
     def run(self, fn: DbFn) -> Any:
-        async def go() -> Any:
-            async with self._engine.begin() as conn:
-                return await fn(conn)
+        return self._loop.run_until_complete(self._run(fn))
 
-        return self._loop.run_until_complete(go())
+    async def _run(self, fn: DbFn) -> Any:
+        kept = self._conn is not None
+        try:
+            return await self._once(fn)
+        except Exception as exc:
+            await self._drop()
+            if not kept or transient_kind(exc) != "connection":
+                raise
+        # The kept connection was gone (the lease keeper's renewal is safe to run again: it only extends leases).
+        try:
+            return await self._once(fn)
+        except Exception:
+            await self._drop()
+            raise
+
+    async def _once(self, fn: DbFn) -> Any:
+        if self._conn is None:
+            self._conn = await self._engine.connect()
+        async with self._conn.begin():
+            return await fn(self._conn)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()  # whatever state the failure left it in, it is not used again
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def close(self) -> None:
         try:
+            self._loop.run_until_complete(self._drop())
             self._loop.run_until_complete(self._engine.dispose())
         finally:
             self._loop.close()

@@ -20,11 +20,13 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.metrics import Metrics
 from storage import Database
+from storage.backends import PAGE_SIZE
 from storage.errors import DatabaseUnavailable
 from tests.conftest import FAST, EngineFactory, _admin_dsn
 from tests.helpers.system import tmpfs
@@ -92,12 +94,17 @@ async def test_sqlite_locked_past_the_busy_timeout_is_waited_out(
     assert len(outages) == 1  # logged once for the outage, not once per retry
 
 
+#: The size of ``small_disk``, and how many database pages it holds.
+DISK_SIZE = 4 * 1024 * 1024
+DISK_PAGES = DISK_SIZE // PAGE_SIZE
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs of this test's own (needs root, as CI has)."""
     if os.geteuid() != 0:
         pytest.skip("filling a disk needs a tmpfs of the test's own, and mounting one needs root (CI runs as root)")
-    with tmpfs(tmp_path / "disk") as mount:
+    with tmpfs(tmp_path / "disk", size=str(DISK_SIZE)) as mount:
         yield mount
 
 
@@ -128,6 +135,22 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+async def start_until_refused(e: Engine, expected: dict[str, Any]) -> None:
+    """Start healthy runs until one is refused (its DatabaseUnavailable propagates); those that fit join ``expected``.
+
+    A full filesystem need not refuse SQLite's next commit: the WAL file keeps the size it grew to, and once a
+    checkpoint has copied all of it into the database, commits write it over from its start. When a checkpoint
+    finished just before the disk filled (on a busy machine the engine's first one can run that late), starts
+    find room there and succeed, rightly, until it is used up; the first that needs the file to grow is refused.
+    Each start is a commit of its own, which adds a page at least to the WAL, so a disk of ``DISK_PAGES`` pages
+    has refused one before that many were made.
+    """
+    for n in range(100, 100 + DISK_PAGES):
+        run = await e.start("healthy", {"n": n})
+        expected[run.run_id] = {"n": n + 8}
+    raise AssertionError(f"{DISK_PAGES} starts fitted on a full disk of {DISK_PAGES} pages")
+
+
 async def test_sqlite_on_a_full_disk_carries_on_by_itself_once_space_is_freed(
     small_disk: Path, fault_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -137,7 +160,7 @@ async def test_sqlite_on_a_full_disk_carries_on_by_itself_once_space_is_freed(
         with caplog.at_level(logging.WARNING, logger="threadflow.storage"):
             filler = fill(small_disk)
             with pytest.raises(DatabaseUnavailable, match="database or disk is full"):
-                await e.start("healthy", {"n": 999})  # a clear error, after a second of retries
+                await start_until_refused(e, expected)  # a clear error, after a second of retries
             await asyncio.sleep(1.0)
             filler.unlink()
             counts = await tally("SQLite disk full for 2 s, then freed", e, expected, fault_dir)

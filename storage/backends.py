@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool, StaticPool
 
 from . import jsoncodec
+from .failure_log import FailureLog
 from .faults import transient_kind
 from .pgconn import PgConnection, is_autocommit_safe
 from .prepared import Plan, PreparedResult, plan_for
@@ -370,6 +371,7 @@ class ThreadBackend(Backend):
         self._path: str | None = str(Path(database).expanduser().resolve()) if plain and database and not sync_url.query else None
         self._disposed = False
         self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_failures = FailureLog(log, "WAL checkpoint")
         # In memory, reads and writes share one connection and one thread: writes stay in that thread too.
         self._inline = self.reader is not self.writer
         configure_sqlite(self.writer, begin="BEGIN IMMEDIATE")
@@ -521,7 +523,9 @@ class ThreadBackend(Backend):
                     raw: Any = self._writer_connection().connection.dbapi_connection
                     raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except Exception as exc:  # a later checkpoint tries again; the WAL only grows meanwhile
-                log.warning("WAL checkpoint failed: %s", exc)
+                self._checkpoint_failures.failed(exc)
+            else:
+                self._checkpoint_failures.worked()
             finally:
                 self._checkpointing = False
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from storage import Database
+from storage.failure_log import FailureLog
 from storage.progress_store import ProgressStore
 from storage.records import (
     SETTLED_STATUSES,
@@ -128,6 +129,7 @@ class Engine:
         self._backlog = True
         #: Claims in flight (a resume that will execute its run here once committed) count toward capacity.
         self._reserved = 0
+        self._dispatch_failures = FailureLog(log, "dispatcher iteration")
         self._opened = False
         self._closing = False
         self._next_timer: float | None = None
@@ -775,9 +777,11 @@ class Engine:
                     timeout = min(timeout, max(0.0, self._next_timer - time.time()))
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("dispatcher iteration failed; retrying")
+            except Exception as exc:
+                self._dispatch_failures.failed(exc)
                 timeout = self.poll_interval
+            else:
+                self._dispatch_failures.worked()
             await wait_set(self._wake, timeout)  # not wait_for: it can swallow close's cancel (see waits.py)
 
     def step_threads(self) -> StepThreads:

@@ -17,6 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from storage.failure_log import FailureLog
 from storage.records import NewEvent, RunRecord, ServedVersion
 from storage.versions import Serving, StrandedRun, VersionStore
 
@@ -38,6 +39,7 @@ class Replica:
         self.engine = engine
         self.store = VersionStore(engine.db)
         self._changed = asyncio.Event()
+        self._failures = FailureLog(log, "announcing workflow versions")
 
     def registered(self) -> None:
         """The engine's registry changed: claim only its runs now, and tell the others soon."""
@@ -60,8 +62,10 @@ class Replica:
                                     describe_version(s.version, s.fingerprint), s.workflow_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("announcing workflow versions failed; retrying")
+            except Exception as exc:
+                self._failures.failed(exc)
+            else:
+                self._failures.worked()
             await wait_set(self._changed, max(0.5, interval))  # not wait_for: it can swallow close's cancel
 
     async def withdraw(self) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 from . import jsoncodec
 from .failure_log import FailureLog
-from .faults import transient_kind
+from .faults import connection_dropped, transient_kind
 from .pgconn import PgConnection, is_autocommit_safe
 from .prepared import Plan, PreparedResult, plan_for
 from .urls import postgres_url_settings
@@ -637,7 +637,8 @@ class SideWriter:
 
     It commits whatever the event loop is doing: a step that blocks the loop, a long batch in the writer
     thread. ``run(fn)`` runs a database function in a transaction of its own and blocks until it committed;
-    after any failure the connection is dropped and the next call opens a new one.
+    after any failure the connection is dropped and the next call opens a new one. ``fn`` must be safe to run
+    again: a kept connection found dropped is replaced and ``fn`` tried once more on the new one (PostgreSQL).
     """
 
     def run(self, fn: DbFn) -> Any:
@@ -676,8 +677,8 @@ class PostgresSideWriter(SideWriter):
     One connection is kept between calls (a renewal every few seconds need not log in each time). A kept connection
     the server or the network dropped meanwhile fails the next call at once: that call is tried again, once, on a
     new connection (``fn`` must be safe to run again), so a restart of the server between two renewals costs no
-    renewal. Any other failure, or one on a new connection, is the caller's (an outage: the lease keeper reports
-    it and tries again at its next interval).
+    renewal. Any other failure (a statement that timed out on a live connection included), or one on a new
+    connection, is the caller's (an outage: the lease keeper reports it and tries again at its next interval).
     """
 
     def __init__(self, url: str, timeout: float) -> None:
@@ -698,7 +699,7 @@ class PostgresSideWriter(SideWriter):
             return await self._once(fn)
         except Exception as exc:
             await self._drop()
-            if not kept or transient_kind(exc) != "connection":
+            if not kept or not connection_dropped(exc):
                 raise
         # The kept connection was gone (the lease keeper's renewal is safe to run again: it only extends leases).
         try:

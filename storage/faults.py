@@ -88,6 +88,13 @@ def transient_kind(exc: BaseException) -> str | None:
     return None
 
 
+def connection_dropped(exc: BaseException) -> bool:
+    """The connection itself is gone (closed by the server or the network), not merely slow: a statement that timed
+    out on a live connection is not this (its function may have run; running it again is not the same)."""
+    chain = list(_chain(exc))
+    return transient_kind(exc) == "connection" and not any(isinstance(item, TimeoutError) for item in chain)
+
+
 def refused_data(exc: BaseException) -> bool:
     """The database refused a statement for its data (a value or type it cannot store), not for being unwell."""
     return isinstance(exc, StatementError | sqlite3.DataError | sqlite3.IntegrityError) and transient_kind(exc) is None

@@ -127,7 +127,8 @@ class Engine:
         self.announcer = Announcer()
         #: The last claim found more ready runs than free capacity: a finished run should wake the dispatcher.
         self._backlog = True
-        #: Claims in flight (a resume that will execute its run here once committed) count toward capacity.
+        #: Slots held by writes in flight that will execute their run here once committed (a start, a re-run, a
+        #: resume's claim, the dispatcher's claim): they count toward capacity.
         self._reserved = 0
         self._dispatch_failures = FailureLog(log, "dispatcher iteration")
         self._opened = False
@@ -283,7 +284,9 @@ class Engine:
                 raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
             emit("run.started", workflow_id=wf.id)
             await self._ensure_thread(thread_id, resource_id)
-            if mine:
+            if mine and self._closing:
+                await self._hand_back(run_id)
+            elif mine:
                 self._spawn(run_id, fresh=True, run=RunRecord.model_validate(row))
             else:
                 self._backlog = True
@@ -321,6 +324,15 @@ class Engine:
         with self._slot() as hold:
             return await self._resume(run_id, step, data, by, hold=hold)
 
+    async def _hand_back(self, run_id: str) -> None:
+        """A run written as this process's while the engine began closing: handed back rather than started as a task
+        nothing will cancel (it would stay held by a closed engine until its lease ran out)."""
+        try:
+            await self.store.release_run(run_id, self.owner)
+        except Exception as exc:  # the database is closing too: the lease runs out instead
+            log.warning("run %s: could not hand back a run written while closing: %s", run_id, exc)
+        self._changed(run_id)
+
     @contextmanager
     def _slot(self) -> Iterator[bool]:
         """Hold one of this process's slots, if one is free (True), while a run is written as this process's (a start,
@@ -333,6 +345,8 @@ class Engine:
             yield hold
         finally:
             self._reserved -= hold
+            if hold and self._backlog:
+                self._wake.set()  # given back unused (the write failed), a run written pending may take it now
 
     def _room_to_execute(self) -> bool:
         """A free slot to execute one more run here (this process executes runs and is not closing)."""
@@ -395,13 +409,7 @@ class Engine:
         finally:
             self._reserved -= extra
         if claimed and self._closing:
-            # The engine began closing while the claim was in flight: hand the run back rather than start a task
-            # nothing will cancel (the run would stay held by a closed engine until its lease ran out).
-            try:
-                await self.store.release_run(run_id, self.owner)
-            except Exception as exc:  # the database is closing too: the lease runs out instead
-                log.warning("run %s: could not hand back a run resumed while closing: %s", run_id, exc)
-            self._changed(run_id)
+            await self._hand_back(run_id)
         elif claimed:
             if progress is not None:
                 resolved = target.model_copy(update={
@@ -494,7 +502,9 @@ class Engine:
                 raise RunFinished(f"Run {run_id} finished ({exc.current}) while it was being moved; nothing was created.") from None
             if moved:
                 self._changed(run_id)
-            if mine:
+            if mine and self._closing:
+                await self._hand_back(new_id)
+            elif mine:
                 self._spawn(new_id, fresh=False)
             else:
                 self._backlog = True
@@ -735,15 +745,25 @@ class Engine:
                 return []
         if not self._backlog and not await self.store.has_ready():
             return []
+        free = self.capacity - len(self._tasks) - self._reserved  # (starts may have taken slots meanwhile)
+        if free <= 0:
+            self._backlog = True
+            return []
         recovered: dict[str, bool] = {}
-        # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
-        # at once, without reading their rows again.
-        claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds,
-                                              pick=lambda candidates: self.recoveries.pick(candidates, recovered))
-        self._backlog = len(claimed) >= free
-        for run, progress in claimed:
-            self.recoveries.claimed(run.id, recovered)
-            self._spawn(run.id, fresh=False, run=run, progress=progress)
+        # The slots claimed for are held until the claimed runs' tasks take them: a start or a resume made while
+        # the claim is in flight finds them taken (without this, both took the same slots).
+        self._reserved += free
+        try:
+            # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
+            # at once, without reading their rows again.
+            claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds,
+                                                  pick=lambda candidates: self.recoveries.pick(candidates, recovered))
+            self._backlog = len(claimed) >= free
+            for run, progress in claimed:
+                self.recoveries.claimed(run.id, recovered)
+                self._spawn(run.id, fresh=False, run=run, progress=progress)
+        finally:
+            self._reserved -= free  # (a start that found no slot meanwhile set _wake: the loop claims again)
         return [run.id for run, _ in claimed]
 
     def _limit(self, workflow_id: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import pytest
 
@@ -17,16 +18,20 @@ def said(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, bool]]:
     return records
 
 
+def disk_full(attempt: int = 0) -> sqlite3.OperationalError:
+    return sqlite3.OperationalError(f"database or disk is full ({attempt})")
+
+
 def test_a_failure_repeating_on_every_retry_is_logged_once_then_once_when_it_ends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     failures = FailureLog(log, "the nightly sweep")
     with caplog.at_level(logging.DEBUG, logger=log.name):
         for attempt in range(50):
-            failures.failed(OSError(f"database or disk is full ({attempt})"))
+            failures.failed(disk_full(attempt))
         [(level, first, traceback), *again] = said(caplog)
-        assert level == logging.WARNING and traceback
-        assert first == "the nightly sweep failed; retrying: OSError: database or disk is full (0)"
+        assert level == logging.WARNING and traceback  # an outage of the database: it ends by itself
+        assert first == "the nightly sweep failed; retrying: OperationalError: database or disk is full (0)"
         assert len(again) == 49 and {level for level, _, _ in again} == {logging.DEBUG}
 
         failures.worked()
@@ -36,8 +41,24 @@ def test_a_failure_repeating_on_every_retry_is_logged_once_then_once_when_it_end
         failures.worked()
         assert said(caplog) == []  # nothing to say while it works
 
-        failures.failed(OSError("again"))  # a new episode is told again, with its traceback
-        assert said(caplog) == [(logging.WARNING, "the nightly sweep failed; retrying: OSError: again", True)]
+        failures.failed(disk_full())  # a new episode is told again, with its traceback
+        assert said(caplog) == [
+            (logging.WARNING, "the nightly sweep failed; retrying: OperationalError: database or disk is full (0)", True)]
+
+
+def test_another_kind_of_failure_meanwhile_is_told_as_a_new_one_and_a_bug_is_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures = FailureLog(log, "the nightly sweep")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        failures.failed(disk_full())
+        failures.failed(disk_full())
+        failures.failed(TypeError("unsupported operand"))  # the database is back; a bug shows
+        failures.failed(TypeError("unsupported operand"))
+    assert said(caplog) == [
+        (logging.WARNING, "the nightly sweep failed; retrying: OperationalError: database or disk is full (0)", True),
+        (logging.ERROR, "the nightly sweep failed; retrying: TypeError: unsupported operand", True),
+    ]
 
 
 def test_a_long_failure_is_recalled_every_reminder_interval(caplog: pytest.LogCaptureFixture) -> None:

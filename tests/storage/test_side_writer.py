@@ -58,3 +58,23 @@ async def test_a_failure_that_is_not_the_connection_is_the_callers_and_not_run_t
     assert calls == [first]
     # The connection that failed is not trusted again; the next call works on a new one.
     assert await asyncio.to_thread(writer.run, backend_pid) != first
+
+
+async def test_a_statement_that_times_out_on_a_live_connection_is_not_run_again(databases: list[Database], db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's side writer keeps its one connection by itself")
+    writer = databases[0].side_writer(timeout=0.5)
+    assert writer is not None
+    calls: list[int] = []
+
+    async def slow(conn: AsyncConnection) -> None:
+        calls.append(await backend_pid(conn))
+        await conn.execute(text("SELECT pg_sleep(1.0)"))
+
+    try:
+        first = await asyncio.to_thread(writer.run, backend_pid)
+        with pytest.raises(Exception):  # noqa: B017 (the driver's timeout, as SQLAlchemy wraps it)
+            await asyncio.to_thread(writer.run, slow)
+        assert calls == [first]  # slow, not dropped: the caller decides what to do, nothing is run twice
+    finally:
+        await asyncio.to_thread(writer.close)

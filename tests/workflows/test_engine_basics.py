@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from workflows import (
     InvalidInput,
     RunNotFound,
     StepContext,
+    UsageError,
     Workflow,
     WorkflowNotFound,
     step,
@@ -384,6 +388,95 @@ async def test_starts_in_flight_at_once_never_take_more_runs_than_capacity(engin
     gate.set()
     results = [await h.result(timeout=5) for h in handles]
     assert [r.output for r in results] == [{"text": f"n{i}"} for i in range(6)]
+
+
+def sqlite_path(db_url: str) -> str:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("another process holds SQLite's write lock: writes stay in flight meanwhile")
+    return db_url.split("///", 1)[1]
+
+
+@contextmanager
+def write_lock_held(path: str) -> Iterator[None]:
+    """Another process holds the file's write lock: the engine's writes wait (its busy timeout is longer)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("COMMIT")
+        other.close()
+
+
+def holding_step() -> tuple[asyncio.Event, list[str], Any]:
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    @step(id="hold", input=Name, output=Greeting)
+    async def hold(ctx: StepContext[Name]) -> Greeting:
+        started.append(ctx.input.name)
+        await gate.wait()
+        return Greeting(text=ctx.input.name)
+
+    return gate, started, Workflow(id="held", input=Name).then(hold).commit()
+
+
+async def test_starts_made_while_the_dispatcher_claims_do_not_take_the_slots_it_claims_for(engine, db_url):
+    path = sqlite_path(db_url)
+    gate, started, wf = holding_step()
+    e = engine(wf, capacity=2, poll_interval=0.3)
+    await e.open()
+    writer = engine(wf, execute=False)  # another process starts two runs; this one's dispatcher claims them
+    waiting = [await writer.start("held", {"name": f"p{i}"}) for i in range(2)]
+    with write_lock_held(path):
+        await asyncio.sleep(0.8)  # the dispatcher found them ready; its claim waits for the lock
+        starting = asyncio.gather(*(e.start("held", {"name": f"s{i}"}) for i in range(2)))
+        await asyncio.sleep(0.2)
+    handles = await starting
+    await asyncio.sleep(0.5)
+    statuses = [(await e.get_run(h.run_id)).status for h in [*waiting, *handles]]
+    assert e.executing == 2 and sorted(started) == ["p0", "p1"], (e.executing, started)
+    assert statuses == ["running", "running", "pending", "pending"]
+    gate.set()
+    assert [(await h.result(timeout=10)).status for h in [*waiting, *handles]] == ["success"] * 4
+
+
+async def test_a_start_that_fails_gives_its_slot_back_to_a_run_written_pending_meanwhile(engine, db_url):
+    path = sqlite_path(db_url)
+    gate, started, wf = holding_step()
+    gate.set()
+    e = engine(wf, capacity=1, poll_interval=30.0)
+    await (await e.start("held", {"name": "first"}, run_id="taken")).result(timeout=5)
+    with write_lock_held(path):
+        taken = asyncio.ensure_future(e.start("held", {"name": "again"}, run_id="taken"))  # holds the one slot
+        await asyncio.sleep(0.1)
+        other = asyncio.ensure_future(e.start("held", {"name": "other"}))  # none free: written pending
+        await asyncio.sleep(0.1)
+    with pytest.raises(UsageError, match="exists already"):
+        await taken  # its slot is given back unused
+    result = await (await other).result(timeout=3)  # the dispatcher is woken for it (its poll is 30 s)
+    assert result.status == "success" and started == ["first", "other"]
+
+
+async def test_a_start_under_way_when_the_engine_closes_leaves_its_run_to_other_processes(engine, db_url):
+    path = sqlite_path(db_url)
+    gate, started, wf = holding_step()
+    gate.set()
+    e = engine(wf, capacity=2)
+    other = engine(wf, execute=False)
+    await e.open()
+    with write_lock_held(path):
+        starting = asyncio.ensure_future(e.start("held", {"name": "late"}))  # a slot held, its write waits
+        await asyncio.sleep(0.1)
+        closing = asyncio.ensure_future(e.close())  # begins before the start's write lands
+        await asyncio.sleep(0.1)
+    handle, _ = await asyncio.gather(starting, closing)
+
+    run = await other.get_run(handle.run_id)
+    # Handed back, not left held by the closed engine (that would wait for its lease, and count as a death), and no
+    # task outlives close().
+    assert not (run.status == "running" and run.owner == e.owner), (run.status, run.owner)
+    assert not e._tasks and started == []
 
 
 async def test_an_engine_freezes_the_start_up_heap_once_per_process(sqlite_url: str) -> None:

@@ -348,7 +348,8 @@ async def test_list_runs_filters_by_status_and_workflow(engine):
     assert await e.list_runs(status="failed") == []
 
 
-async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
+def holding_step() -> tuple[asyncio.Event, list[str], Any]:
+    """A workflow whose one step records its input's name, then waits for the gate."""
     gate = asyncio.Event()
     started: list[str] = []
 
@@ -358,7 +359,12 @@ async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
         await gate.wait()
         return Greeting(text=ctx.input.name)
 
-    e = engine(Workflow(id="held", input=Name).then(hold).commit(), capacity=2, poll_interval=30.0)
+    return gate, started, Workflow(id="held", input=Name).then(hold).commit()
+
+
+async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
+    gate, started, wf = holding_step()
+    e = engine(wf, capacity=2, poll_interval=30.0)
     handles = [await e.start("held", {"name": f"n{i}"}) for i in range(5)]
     await asyncio.sleep(0.2)
     assert sorted(started) == ["n0", "n1"]  # two slots; the other three are pending in the database
@@ -370,16 +376,8 @@ async def test_runs_beyond_capacity_wait_their_turn_and_all_finish(engine):
 
 
 async def test_starts_in_flight_at_once_never_take_more_runs_than_capacity(engine):
-    gate = asyncio.Event()
-    started: list[str] = []
-
-    @step(id="hold", input=Name, output=Greeting)
-    async def hold(ctx: StepContext[Name]) -> Greeting:
-        started.append(ctx.input.name)
-        await gate.wait()
-        return Greeting(text=ctx.input.name)
-
-    e = engine(Workflow(id="held", input=Name).then(hold).commit(), capacity=2, poll_interval=30.0)
+    gate, started, wf = holding_step()
+    e = engine(wf, capacity=2, poll_interval=30.0)
     # Six starts at once: each one's write is in flight while the others decide whether to execute their run here.
     handles = await asyncio.gather(*(e.start("held", {"name": f"n{i}"}) for i in range(6)))
     await asyncio.sleep(0.2)
@@ -406,19 +404,6 @@ def write_lock_held(path: str) -> Iterator[None]:
     finally:
         other.execute("COMMIT")
         other.close()
-
-
-def holding_step() -> tuple[asyncio.Event, list[str], Any]:
-    gate = asyncio.Event()
-    started: list[str] = []
-
-    @step(id="hold", input=Name, output=Greeting)
-    async def hold(ctx: StepContext[Name]) -> Greeting:
-        started.append(ctx.input.name)
-        await gate.wait()
-        return Greeting(text=ctx.input.name)
-
-    return gate, started, Workflow(id="held", input=Name).then(hold).commit()
 
 
 async def test_starts_made_while_the_dispatcher_claims_do_not_take_the_slots_it_claims_for(engine, db_url):

@@ -128,7 +128,7 @@ class Engine:
         #: The last claim found more ready runs than free capacity: a finished run should wake the dispatcher.
         self._backlog = True
         #: Slots held by writes in flight that will execute their run here once committed (a start, a re-run, a
-        #: resume's claim, the dispatcher's claim): they count toward capacity.
+        #: resume's claim): they count toward capacity.
         self._reserved = 0
         self._dispatch_failures = FailureLog(log, "dispatcher iteration")
         self._opened = False
@@ -325,12 +325,13 @@ class Engine:
             return await self._resume(run_id, step, data, by, hold=hold)
 
     async def _hand_back(self, run_id: str) -> None:
-        """A run written as this process's while the engine began closing: handed back rather than started as a task
-        nothing will cancel (it would stay held by a closed engine until its lease ran out)."""
+        """A run written as this process's that it will not execute (the engine began closing, or a claim found its
+        slots taken meanwhile): handed back, ``pending`` for any process, rather than left held until its lease ran
+        out (or started as a task nothing will cancel)."""
         try:
             await self.store.release_run(run_id, self.owner)
         except Exception as exc:  # the database is closing too: the lease runs out instead
-            log.warning("run %s: could not hand back a run written while closing: %s", run_id, exc)
+            log.warning("run %s: could not hand back a run this process will not execute: %s", run_id, exc)
         self._changed(run_id)
 
     @contextmanager
@@ -750,21 +751,22 @@ class Engine:
             self._backlog = True
             return []
         recovered: dict[str, bool] = {}
-        # The slots claimed for are held until the claimed runs' tasks take them: a start or a resume made while
-        # the claim is in flight finds them taken (without this, both took the same slots).
-        self._reserved += free
-        try:
-            # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
-            # at once, without reading their rows again.
-            claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds,
-                                                  pick=lambda candidates: self.recoveries.pick(candidates, recovered))
-            self._backlog = len(claimed) >= free
-            for run, progress in claimed:
-                self.recoveries.claimed(run.id, recovered)
-                self._spawn(run.id, fresh=False, run=run, progress=progress)
-        finally:
-            self._reserved -= free  # (a start that found no slot meanwhile set _wake: the loop claims again)
-        return [run.id for run, _ in claimed]
+        # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
+        # at once, without reading their rows again.
+        claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds,
+                                              pick=lambda candidates: self.recoveries.pick(candidates, recovered))
+        # Starts and resumes may have taken slots while the claim was in flight (they hold theirs from their
+        # decision, and are not kept waiting for a claim that may find nothing): runs claimed beyond the slots
+        # still free are handed back, for the next claim here or in any process, so capacity is never exceeded.
+        room = max(0, self.capacity - len(self._tasks) - self._reserved)
+        kept, extra = claimed[:room], claimed[room:]
+        self._backlog = len(claimed) >= free or bool(extra)
+        for run, progress in kept:
+            self.recoveries.claimed(run.id, recovered)
+            self._spawn(run.id, fresh=False, run=run, progress=progress)
+        for run, _ in extra:
+            await self._hand_back(run.id)
+        return [run.id for run, _ in kept]
 
     def _limit(self, workflow_id: str) -> int:
         """How many deaths of its process a run of ``workflow_id`` survives (1 or more: checked where it is set)."""

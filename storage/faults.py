@@ -91,8 +91,7 @@ def transient_kind(exc: BaseException) -> str | None:
 def connection_dropped(exc: BaseException) -> bool:
     """The connection itself is gone (closed by the server or the network), not merely slow: a statement that timed
     out on a live connection is not this (its function may have run; running it again is not the same)."""
-    chain = list(_chain(exc))
-    return transient_kind(exc) == "connection" and not any(isinstance(item, TimeoutError) for item in chain)
+    return transient_kind(exc) == "connection" and not any(isinstance(item, TimeoutError) for item in _chain(exc))
 
 
 def refused_data(exc: BaseException) -> bool:

@@ -284,13 +284,7 @@ class Engine:
                 raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
             emit("run.started", workflow_id=wf.id)
             await self._ensure_thread(thread_id, resource_id)
-            if mine and self._closing:
-                await self._hand_back(run_id)
-            elif mine:
-                self._spawn(run_id, fresh=True, run=RunRecord.model_validate(row))
-            else:
-                self._backlog = True
-                self._wake.set()
+            await self._place_new_run(run_id, mine, fresh=True, run=RunRecord.model_validate(row) if mine else None)
         return RunHandle(self, run_id)
 
     def _new_run_row(
@@ -323,6 +317,17 @@ class Engine:
         # other resumes read only the run and its suspensions, and leave their runs to the dispatcher.
         with self._slot() as hold:
             return await self._resume(run_id, step, data, by, hold=hold)
+
+    async def _place_new_run(self, run_id: str, mine: bool, *, fresh: bool, run: RunRecord | None = None) -> None:
+        """A run just written (a start, a re-run): its task starts here if it was written as this process's (``mine``),
+        unless the engine began closing meanwhile (then it is handed back); else the dispatcher is told it waits."""
+        if mine and self._closing:
+            await self._hand_back(run_id)
+        elif mine:
+            self._spawn(run_id, fresh=fresh, run=run)
+        else:
+            self._backlog = True
+            self._wake.set()
 
     async def _hand_back(self, run_id: str) -> None:
         """A run written as this process's that it will not execute (the engine began closing, or a claim found its
@@ -503,13 +508,7 @@ class Engine:
                 raise RunFinished(f"Run {run_id} finished ({exc.current}) while it was being moved; nothing was created.") from None
             if moved:
                 self._changed(run_id)
-            if mine and self._closing:
-                await self._hand_back(new_id)
-            elif mine:
-                self._spawn(new_id, fresh=False)
-            else:
-                self._backlog = True
-                self._wake.set()
+            await self._place_new_run(new_id, mine, fresh=False)
         return RunHandle(self, new_id)
 
     async def recover(self) -> list[str]:

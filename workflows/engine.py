@@ -8,8 +8,10 @@ renews leases while they run. Start, resume, wake-up and crash recovery are one 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -72,8 +74,20 @@ def _check_identifier(what: str, value: str | None) -> None:
         raise InvalidInput(what, f"{what} {value!r} contains a control character; give a plain name or id")
 
 
+#: Where this process's run ids count from: random, so that two processes' ids differ (see new_run_id).
+_run_id_counter = itertools.count(secrets.randbits(32))
+
+
 def new_run_id() -> str:
-    return uuid.uuid4().hex[:16]
+    """A new run's id: 16 hex digits, the time in seconds (8) and then a counter of this process (8).
+
+    Ids a process makes increase, so a new run's rows land at the end of every index keyed by run id (the
+    step results' and the events'), not at a random place in it: a step's commit touches fewer pages, which
+    stay in cache, and the index pages fill up instead of splitting half full. The counter starts at a random
+    point in each process: two processes repeat an id only if they make it in the same second with the same
+    count, a chance of about one in four billion for each pair of runs started in the same second.
+    """
+    return f"{int(time.time()) & 0xFFFFFFFF:08x}{next(_run_id_counter) & 0xFFFFFFFF:08x}"
 
 
 def default_owner() -> str:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +24,7 @@ from workflows import (
     UsageError,
     Workflow,
     WorkflowNotFound,
+    new_run_id,
     step,
 )
 
@@ -220,6 +224,22 @@ async def test_a_run_id_may_be_chosen_by_the_caller(engine):
 
     assert handle.run_id == "my-run-1"
     assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}
+
+
+async def test_run_ids_made_by_one_process_count_up_behind_the_time_and_never_repeat(engine):
+    """16 hex digits: the time in seconds, then the process's counter, so new runs' rows land at the end of the
+    indexes keyed by run id (see new_run_id)."""
+    e = engine(greet_user)
+    started = [(await e.start("greet-user", {"name": f"n{i}"})).run_id for i in range(5)]
+    made = [new_run_id() for _ in range(10_000)]
+
+    ids = started + made
+    assert all(re.fullmatch(r"[0-9a-f]{16}", run_id) for run_id in ids)
+    assert len(set(ids)) == len(ids)
+    now = int(time.time())
+    for before, after in itertools.pairwise(ids):
+        assert int(before[:8], 16) <= int(after[:8], 16) <= now
+        assert int(after[8:], 16) == (int(before[8:], 16) + 1) % 2**32  # one count on, wherever it started
 
 
 async def test_successful_run_records_its_events_in_order(engine):

@@ -286,20 +286,25 @@ class Engine:
         for what, value in (("run id", run_id), ("started_by", started_by), ("thread_id", thread_id),
                             ("resource_id", resource_id)):
             _check_identifier(what, value)
-        run_id = run_id or new_run_id()
-        with self._slot() as mine:
-            row = self._new_run_row(run_id, wf, data, thread_id, resource_id, started_by, mine=mine)
-            try:
-                await self.store.create_run(row, [NewEvent(type="run.started", data={
-                    "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
-                    "version": wf.version, "fingerprint": wf.fingerprint,
-                })], alone=not self._tasks)
-            except RunExists:
-                raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
-            emit("run.started", workflow_id=wf.id)
-            await self._ensure_thread(thread_id, resource_id)
-            await self._place_new_run(run_id, mine, fresh=True, run=RunRecord.model_validate(row) if mine else None)
-        return RunHandle(self, run_id)
+        chosen = run_id
+        for attempt in itertools.count(1):
+            run_id = chosen or new_run_id()
+            with self._slot() as mine:
+                row = self._new_run_row(run_id, wf, data, thread_id, resource_id, started_by, mine=mine)
+                try:
+                    await self.store.create_run(row, [NewEvent(type="run.started", data={
+                        "workflow_id": wf.id, "input": data, "started_by": started_by, "thread_id": thread_id,
+                        "version": wf.version, "fingerprint": wf.fingerprint,
+                    })], alone=not self._tasks)
+                except RunExists:
+                    if chosen is None and attempt < 3:
+                        continue  # an id this process made was taken (another process, the same second): make another
+                    raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
+                emit("run.started", workflow_id=wf.id)
+                await self._ensure_thread(thread_id, resource_id)
+                await self._place_new_run(run_id, mine, fresh=True, run=RunRecord.model_validate(row) if mine else None)
+            return RunHandle(self, run_id)
+        raise AssertionError("unreachable")
 
     def _new_run_row(
         self, run_id: str, wf: CommittedWorkflow, data: Any, thread_id: str | None, resource_id: str | None,

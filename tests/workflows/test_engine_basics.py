@@ -242,6 +242,23 @@ async def test_run_ids_made_by_one_process_count_up_behind_the_time_and_never_re
         assert int(after[8:], 16) == (int(before[8:], 16) + 1) % 2**32  # one count on, wherever it started
 
 
+async def test_a_start_whose_made_id_is_taken_already_makes_another(engine):
+    e = engine(greet_user)
+    last = new_run_id()
+    second, count = int(last[:8], 16), int(last[8:], 16)
+    taken = [f"{second + later:08x}{(count + 1) % 2**32:08x}" for later in range(3)]  # the next id, this second or soon
+    for run_id in taken:
+        await e.start("greet-user", {"name": "Bo"}, run_id=run_id)
+
+    handle = await e.start("greet-user", {"name": "Ada"})
+
+    assert handle.run_id not in taken
+    assert int(handle.run_id[8:], 16) == (count + 2) % 2**32
+    assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}
+    with pytest.raises(UsageError, match="exists already"):
+        await e.start("greet-user", {"name": "Cy"}, run_id=taken[0])  # an id the caller chose is never replaced
+
+
 async def test_successful_run_records_its_events_in_order(engine):
     e = engine(greet_loudly)
 

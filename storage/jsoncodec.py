@@ -13,13 +13,14 @@ from typing import Any
 
 import orjson
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+#: orjson's options for ``dumps`` (storage/prepared.py calls orjson with them directly on a step's hot path).
+OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def dumps(value: Any) -> str:
     """``json.dumps(value)``, faster; the text is compact (no spaces after separators) and UTF-8."""
     try:
-        return orjson.dumps(value, option=_OPTIONS).decode()
+        return orjson.dumps(value, option=OPTIONS).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError: let json say what it cannot store
         return json.dumps(value)
 

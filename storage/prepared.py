@@ -18,17 +18,22 @@ before anything else touches its table and before the commit (see ``SyncConnecti
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, TypeVar, cast
 
+import orjson
+from sqlalchemy.dialects.sqlite import base as sqlite_base
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import visitors
+from sqlalchemy.sql import sqltypes, visitors
 from sqlalchemy.sql.dml import Insert, UpdateBase
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.elements import BindParameter, Null
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.sql.util import find_tables
+
+from . import jsoncodec
 
 S = TypeVar("S")
 
@@ -81,13 +86,17 @@ class Plan:
     deferrable: bool = False
     #: some slots are items of a list parameter (``IN :ids``; see ``_Item``)
     expanding: bool = False
-    #: the hot path of :meth:`values` for the usual plan (every slot a parameter, no list items): one
-    #: ``itemgetter`` call for all the values, then the bind processors of the few slots that have one
-    #: (JSON). It is most of what a step's rows cost in Python, so it is worth the second code path.
+    #: the hot path of :meth:`values` for a plan without list items: one ``itemgetter`` call for all the values,
+    #: then the bind processors of the few slots that have one (JSON). It is most of what a step's rows cost in
+    #: Python, so it is worth the second code path.
     _get: Callable[[Mapping[str, Any]], Any] | None = field(default=None, init=False, repr=False, compare=False)
     _processed: tuple[tuple[int, Callable[[Any], Any]], ...] = field(default=(), init=False, repr=False, compare=False)
-    #: the values of literal slots (``status = 'running'``), by their compiled names, for ``_get``
+    #: the values of literal slots (``status = 'running'``), by the keys ``_get`` looks them up with
     _literals: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: for a plan with list items: the slots as segments, (name, items, literal, processor), ``items`` 0 for a
+    #: single value (None if the items of a list are not its slots 0, 1, 2, ... in a row: the slot-by-slot path)
+    _segments: tuple[tuple[str, int, Any, Callable[[Any], Any] | None], ...] | None = field(
+        default=None, init=False, repr=False, compare=False)
     #: for a SELECT: (index, result processor) of the columns that have one (JSON), for :meth:`run`
     _column_processors: tuple[tuple[int, Callable[[Any], Any]], ...] = field(
         default=(), init=False, repr=False, compare=False)
@@ -96,14 +105,15 @@ class Plan:
         if self.columns is not None:
             object.__setattr__(self, "_column_processors", tuple(
                 (i, process) for i, (_, process) in enumerate(self.columns) if process is not None))
-        if self.expanding or not self.slots:
+        if self.expanding:
+            object.__setattr__(self, "_segments", _segments(self.slots))
             return
-        names = [name for name, _, _ in self.slots]
-        literal_slots = [(name, literal) for name, literal, _ in self.slots if literal is not _MISSING]
-        literals = dict(literal_slots)
-        parameters = {name for name, literal, _ in self.slots if literal is _MISSING}
-        if len(literals) != len(literal_slots) or not parameters.isdisjoint(literals):
-            return  # one compiled name for several literals (``IN ('a', 'b')``): the slot-by-slot path
+        if not self.slots:
+            return
+        # A literal slot is looked up under a key of its own (a NUL and its position: no parameter is named so), as
+        # one compiled name may stand for several literals (``IN ('a', 'b')``) or for a literal and a parameter.
+        names = [name if literal is _MISSING else f"\0{i}" for i, (name, literal, _) in enumerate(self.slots)]
+        literals = {f"\0{i}": literal for i, (_, literal, _) in enumerate(self.slots) if literal is not _MISSING}
         get = itemgetter(*names)
         object.__setattr__(self, "_get", get if len(names) > 1 else lambda params: (get(params),))
         object.__setattr__(self, "_literals", literals)
@@ -126,7 +136,18 @@ class Plan:
             for i, fn in self._processed:
                 processed[i] = fn(processed[i])  # as SQLAlchemy: None too
             return tuple(processed)
-        out = []
+        out: list[Any] = []
+        segments = self._segments
+        if segments is not None:  # a list parameter's items in one go, not slot by slot (a claim binds 256 ids)
+            for name, size, literal, process in segments:
+                if size:
+                    items = list(params[name][:size])
+                    items += [items[-1]] * (size - len(items))  # a shorter list repeats its last item (see _Item)
+                    out.extend(map(process, items) if process is not None else items)
+                else:
+                    value = params[name] if literal is _MISSING else literal
+                    out.append(process(value) if process is not None else value)
+            return tuple(out)
         if self.expanding:
             for name, literal, process in self.slots:
                 if isinstance(literal, _Item):
@@ -176,6 +197,23 @@ class PreparedResult:
 
     def mappings(self) -> Mappings:
         return Mappings(dict(zip(self.keys, row, strict=True)) for row in self.rows or [])
+
+
+def _segments(slots: Sequence[tuple[str, Any, Callable[[Any], Any] | None]]
+              ) -> tuple[tuple[str, int, Any, Callable[[Any], Any] | None], ...] | None:
+    """A plan's slots with each list parameter's items (``_Item`` 0, 1, 2, ... of one name) as one segment."""
+    segments: list[tuple[str, int, Any, Callable[[Any], Any] | None]] = []
+    for name, literal, process in slots:
+        if not isinstance(literal, _Item):
+            segments.append((name, 0, literal, process))
+        elif literal.index == 0:
+            segments.append((name, 1, None, process))
+        else:
+            last_name, size, _, last_process = segments[-1] if segments else ("", 0, None, None)
+            if last_name != name or size != literal.index or last_process is not process:
+                return None
+            segments[-1] = (name, size + 1, None, process)
+    return tuple(segments)
 
 
 @dataclass(frozen=True)
@@ -241,7 +279,7 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect, sizes: Map
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
     if isinstance(statement, Select):
         columns = tuple(
-            (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
+            (str(column.key), _result_processor(column.type, dialect))
             for column in statement.selected_columns
         )
         if len({key for key, _ in columns}) != len(columns):
@@ -253,7 +291,7 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect, sizes: Map
     slots: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
     for name in compiled.positiontup:
         bind = compiled.binds[name]
-        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        process = _bind_processor(bind.type, dialect)
         if bind.expanding and name in sizes:
             sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * sizes[name]), 1)
             slots.extend((name, _Item(i), process) for i in range(sizes[name]))
@@ -276,3 +314,68 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect, sizes: Map
                                          include_joins=True, check_columns=True) if hasattr(t, "name")
     )
     return Plan(sql, tuple(slots), columns, tables, id(statement) in _DEFERRABLE, bool(sizes))
+
+
+# -- JSON columns -------------------------------------------------------------------------------------------
+# SQLAlchemy's JSON processors wrap the dialect's codec (ours: jsoncodec) in a layer of their own; a step binds three
+# or four JSON values and a claim parses a few per run, so the plans call the codec with the same rules, a layer less.
+# Any JSON type these do not know exactly (a subclass, ``none_as_null``, another codec) keeps SQLAlchemy's processors.
+
+#: SQLite's JSON type (its result processor passes a number through, as SQLite returns numbers from JSON functions).
+_SQLITE_JSON: Any = getattr(sqlite_base, "_SQliteJson", None)
+
+
+def _ours(impl: Any, dialect: Dialect) -> bool:
+    return (isinstance(impl, sqltypes.JSON) and type(impl).bind_processor is sqltypes.JSON.bind_processor
+            and not impl.none_as_null
+            and getattr(dialect, "_json_serializer", None) is jsoncodec.dumps
+            and getattr(dialect, "_json_deserializer", None) is jsoncodec.loads
+            and impl._str_impl.bind_processor(dialect) is None and impl._str_impl.result_processor(dialect, None) is None)
+
+
+def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    impl = type_.dialect_impl(dialect)
+    return _json_bind if _ours(impl, dialect) else impl.bind_processor(dialect)
+
+
+def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    impl = type_.dialect_impl(dialect)
+    if _ours(impl, dialect):
+        if type(impl).result_processor is sqltypes.JSON.result_processor:
+            return _json_result
+        if type(impl) is _SQLITE_JSON:
+            return _sqlite_json_result
+    process: Callable[[Any], Any] | None = impl.result_processor(dialect, None)
+    return process
+
+
+def _json_bind(value: Any, _null: Any = sqltypes.JSON.NULL, _orjson: Callable[..., bytes] = orjson.dumps,
+               _options: int = jsoncodec.OPTIONS, _dumps: Callable[[Any], str] = jsoncodec.dumps) -> Any:
+    """SQLAlchemy's JSON bind processor (``none_as_null=False``): ``None`` and ``JSON.NULL`` are stored as the JSON
+    ``null``, an SQL ``null()`` as SQL NULL, anything else as its JSON text (``jsoncodec.dumps``, its first try
+    inlined)."""
+    if value is _null:
+        value = None
+    elif isinstance(value, Null):
+        return None
+    try:
+        return _orjson(value, option=_options).decode()
+    except TypeError:  # what orjson refuses, jsoncodec.dumps hands to json (which says what it cannot store)
+        return _dumps(value)
+
+
+def _json_result(value: Any, _loads: Callable[[Any], Any] = jsoncodec.loads) -> Any:
+    """SQLAlchemy's JSON result processor: SQL NULL is ``None``, anything else parsed from its JSON text."""
+    return None if value is None else _loads(value)
+
+
+def _sqlite_json_result(value: Any, _loads: Callable[[Any], Any] = jsoncodec.loads) -> Any:
+    """SQLAlchemy's for SQLite: as ``_json_result``, and a number (not JSON text) comes back as it is."""
+    if value is None:
+        return None
+    try:
+        return _loads(value)
+    except TypeError:
+        if isinstance(value, numbers.Number):
+            return value
+        raise

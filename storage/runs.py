@@ -68,6 +68,10 @@ def _same(value: Any) -> Any:
     return value
 
 
+#: The slots of the fenced insert of a step's result, in the order SQLAlchemy compiles them (HotPlans.resolve checks).
+_RESULT_SLOTS = (*(c.name for c in step_results.columns), "run_id", "b_owner", "status_1")
+
+
 @dataclass(frozen=True)
 class HotPlans:
     """A step's two SQLite statements, resolved once per store: most of a step's commit was looking plans up and
@@ -77,21 +81,44 @@ class HotPlans:
     result: Plan
     #: the events INSERT, bound positionally: (run_id, type, path, data, at)
     events: Plan
-    #: the bind processors of the events' JSON ``data`` column and of their ``at`` (a float)
-    event_data: Callable[[Any], Any]
-    event_at: Callable[[Any], Any]
+    #: the bind processors of the JSON columns (the result's output, the events' data) and of the times (Float's)
+    json: Callable[[Any], Any]
+    times: Callable[[Any], Any]
+    #: the result's slots are the expected ones (``_RESULT_SLOTS``, each with one of the two processors or none):
+    #: its values are bound from the record's fields without a dict
+    direct: bool
 
     @classmethod
     def resolve(cls, conn: SyncConnection, insert_result: Any) -> HotPlans | None:
+        dialect = conn.dialect
         names = (*(c.name for c in step_results.columns), "b_owner")  # what _record_step binds
-        result = plan_for(insert_result, dict.fromkeys(names), conn.dialect)
-        events_plan = plan_for(INSERT_EVENTS, [dict.fromkeys(_EVENT_COLUMNS)], conn.dialect)
+        result = plan_for(insert_result, dict.fromkeys(names), dialect)
+        events_plan = plan_for(INSERT_EVENTS, [dict.fromkeys(_EVENT_COLUMNS)], dialect)
         if result is None or events_plan is None or tuple(n for n, _, _ in events_plan.slots) != _EVENT_COLUMNS:
             return None
         processors = {name: process for name, _, process in events_plan.slots}
         if any(processors[name] is not None for name in ("run_id", "type", "path")):
-            return None  # _add_events binds these three as they are
-        return cls(result, events_plan, processors["data"] or _same, processors["at"] or _same)
+            return None  # add_events binds these three as they are
+        json, times = processors["data"] or _same, processors["at"] or _same
+        expected = {"output": json, "started_at": times, "finished_at": times}
+        direct = (tuple(n for n, _, _ in result.slots) == _RESULT_SLOTS and result.slots[-1][1] == "running"
+                  and all((process or _same) is expected.get(name, _same) for name, _, process in result.slots))
+        return cls(result, events_plan, json, times, direct)
+
+    def result_values(self, record: StepResultRecord, owner: str) -> tuple[Any, ...]:
+        """The fenced insert's values for a step's result, as the plan binds them from the record's fields."""
+        d = record.__dict__
+        if self.direct:
+            run_id, times = d["run_id"], self.times
+            return (run_id, d["path"], d["step_id"], d["kind"], self.json(d["output"]), d["attempts"],
+                    times(d["started_at"]), times(d["finished_at"]), run_id, owner, "running")
+        return self.result.values({**d, "b_owner": owner})
+
+    def add_events(self, conn: Any, run_id: str, new: Iterable[NewEvent], now: float) -> None:
+        """Events as positional rows for the resolved plan, no dict and no look-up per row (``conn``: the batch's
+        SyncConnection)."""
+        json, times = self.json, self.times
+        conn.add_rows(self.events, [(run_id, e.type, e.path, json(e.data), times(e.at or now)) for e in new])
 
 
 class FinishedStep(NamedTuple):
@@ -312,10 +339,8 @@ class RunStore:
 
     async def _add_events(self, conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
         hot = self._hot(conn)
-        if hot is not None:  # SQLite: positional rows for the resolved plan, no dict and no look-up per row
-            data, at = hot.event_data, hot.event_at
-            sync: Any = conn
-            sync.add_rows(hot.events, [(run_id, e.type, e.path, data(e.data), at(e.at or now)) for e in new])
+        if hot is not None:
+            hot.add_events(conn, run_id, new, now)
             return
         rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now} for e in new]
         if rows:
@@ -465,17 +490,19 @@ class RunStore:
         # One statement both fences and records: the row goes in only while this process holds the run.
         # The lease itself is renewed by the heartbeat, not by every step.
         # The record's own fields (outputs are JSON data already: the step dumped them), without a model_dump.
-        params = {**result.__dict__, "b_owner": owner}
         hot = self._hot(conn)
-        if hot is not None:  # SQLite: the plan resolved once (most of a step's commit was looking it up)
+        if hot is not None:  # SQLite: the plans resolved once (most of a step's commit was looking them up)
             sync: Any = conn
-            inserted = sync.run_plan(hot.result, hot.result.values(params))
+            inserted = sync.run_plan(hot.result, hot.result_values(result, owner))
+            if inserted:
+                hot.add_events(sync, result.run_id, new_events, result.finished_at)
         else:
-            inserted = (await conn.execute(self._insert_result_if_held, params)).rowcount
+            inserted = (await conn.execute(self._insert_result_if_held, {**result.__dict__, "b_owner": owner})).rowcount
+            if inserted:
+                await self._add_events(conn, result.run_id, new_events, result.finished_at)
         if inserted == 0:
             await self._touch_lease(conn, result.run_id, owner, result.finished_at, lease)  # LeaseLost if not ours
             return  # already recorded (insert-if-absent): nothing more to say
-        await self._add_events(conn, result.run_id, new_events, result.finished_at)
         if progressed:
             await conn.execute(_RESET_RECOVERIES, {"b_id": result.run_id, "b_owner": owner})
 

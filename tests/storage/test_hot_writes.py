@@ -21,7 +21,7 @@ from bench.wire import WireCounter
 from storage import Database
 from storage.faults import refused_data, transient_kind
 from storage.pg_writes import RECORD_STEP
-from storage.records import NewEvent, StepResultRecord
+from storage.records import NewEvent, StepResultRecord, step_result
 from storage.runs import FinishedStep, HotPlans, LeaseLost, RunExists, RunStore, insert_result_if_held
 from storage.tables import runs
 from tests.conftest import _admin_dsn
@@ -345,7 +345,13 @@ async def test_on_sqlite_a_steps_statements_take_the_resolved_plans(db_url: str,
     hot = await databases[0].read(lambda conn: conn.run_sync(resolve))
     # Without them every step's commit falls back to looking its plans up (correct, but the slow path).
     assert hot is not None and "step_results" in hot.result.sql and hot.events.deferrable
-    assert hot.event_data({"ü": None}) == '{"ü":null}' and hot.event_data(None) == "null"
+    assert hot.json({"ü": None}) == '{"ü":null}' and hot.json(None) == "null"
+    # The result's values are taken from the record as they are (no dict, no processor but JSON's): the same values,
+    # in the same order, as the plan binds from the record's fields.
+    record = step_result(run_id="r1", path="a/b", step_id="b", kind="step", output={"n": [1, None]}, attempts=2,
+                         started_at=1.5, finished_at=2.5)
+    assert hot.direct
+    assert hot.result_values(record, "me") == hot.result.values({**record.__dict__, "b_owner": "me"})
 
 
 async def test_run_plan_of_the_held_plan_keeps_the_order_of_rows(db_url: str, databases: list[Database]) -> None:

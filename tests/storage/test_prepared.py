@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, bindparam, insert, select, text, update
+from sqlalchemy import JSON, Float, bindparam, insert, select, text, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import Database
-from storage.prepared import _MISSING, plan_for, prepared
+from storage.prepared import _MISSING, _Item, plan_for, prepared
 from storage.runs import _TOUCH_LEASE
 from storage.tables import events, runs, step_results
 
@@ -276,6 +276,9 @@ async def test_the_wal_stays_small_when_checkpoints_cannot_run_beside_the_commit
 
 
 _RUNS_IN = prepared(select(runs).where(runs.c.id.in_(bindparam("ids", expanding=True))).order_by(runs.c.id))
+#: a list, a value with a processor (Float) and literals around it
+_READY_IN = prepared(select(runs.c.id).where(runs.c.status == "pending", runs.c.id.in_(bindparam("ids", expanding=True)),
+                                             runs.c.ready_at <= bindparam("b_now", type_=Float), runs.c.owner.is_(None)))
 
 
 async def test_a_prepared_in_list_returns_what_sqlalchemy_returns_for_any_length(db: Database) -> None:
@@ -300,6 +303,16 @@ async def test_a_prepared_in_list_returns_what_sqlalchemy_returns_for_any_length
     dialect = sqlite_dialect.dialect(paramstyle="qmark")
     assert plan_for(_RUNS_IN, {"ids": []}, dialect) is None
     assert plan_for(_RUNS_IN, {"ids": ["a", "b", "c"]}, dialect) is plan_for(_RUNS_IN, {"ids": ["x", "y", "z", "w"]}, dialect)
+    # A list's items are bound in one go (a claim binds 256 ids), as the slot-by-slot path binds them.
+    for n in [1, 3, 5, 200]:
+        params = {"ids": [f"r{i}" for i in range(n)], "b_now": 5.0}
+        plan = plan_for(_READY_IN, params, dialect)
+        assert plan is not None and plan._segments is not None and plan.expanding
+        by_slot = tuple(
+            (process or (lambda v: v))(params[name][min(literal.index, n - 1)] if isinstance(literal, _Item)
+                                       else params[name] if literal is _MISSING else literal)
+            for name, literal, process in plan.slots)
+        assert plan.values(params) == by_slot and len(by_slot) > n
 
 
 # -- deferred inserts -------------------------------------------------------------------------------
@@ -385,12 +398,13 @@ def test_the_fast_path_binds_what_the_slot_by_slot_path_binds() -> None:
     with pytest.raises(KeyError):
         plan.values({k: v for k, v in row.items() if k != "type"})
     # A plan with a list of literals in it (``status IN (...)`` compiled from the statement: one name for two
-    # values) keeps the general path; one with a single literal (``status = 'running'``) takes the fast one.
+    # values, beside a parameter named ``status``) takes the fast path too, each literal in its place; so does
+    # one with a single literal (``status = 'running'``).
     update_plan = plan_for(_SET_STATUS, {"b_id": "r1", "status": "failed"}, dialect)
-    assert update_plan is not None and update_plan._get is None
+    assert update_plan is not None and update_plan._get is not None
     assert update_plan.values({"b_id": "r1", "status": "failed"}) == ("failed", "r1", "pending", "running")
     held = {"b_id": "r1", "b_owner": "me", "b_now": 2.0, "b_expires": 3.0}
     lease_plan = plan_for(_TOUCH_LEASE, held, dialect)
-    assert lease_plan is not None and lease_plan._get is not None and lease_plan._literals == {"status_1": "running"}
+    assert lease_plan is not None and lease_plan._get is not None
     by_slot = tuple(held[name] if literal is _MISSING else literal for name, literal, _ in lease_plan.slots)
     assert lease_plan.values(held) == by_slot and "running" in by_slot

@@ -14,6 +14,7 @@ from storage.records import (
     step_result,
     step_result_record,
     suspension_record,
+    updated,
 )
 from storage.tables import runs, signals, step_results, suspensions
 
@@ -59,3 +60,16 @@ def test_rows_of_the_engines_tables_read_without_validation_equal_validated_reco
         # A row with a column the record lacks (a join, a newer schema) reads as model_validate reads it.
         assert read({**row, "extra": 1}) == validated
         assert built.model_copy(update={"created_at": 3.0}).created_at == 3.0
+
+
+def test_an_updated_record_equals_pydantics_copy_with_the_update() -> None:
+    run = run_record({name: None for name in RunRecord.model_fields} | {
+        "id": "r1", "workflow_id": "wf", "status": "running", "input": {"n": 1}, "created_at": 1.0, "updated_at": 1.0,
+        "recoveries": 0})
+    suspension = SuspensionRecord.model_validate({"run_id": "r1", "path": "a", "step_id": "a", "created_at": 1.0})
+    for record, values in ((run, {"status": "success", "output": {"x": [1]}, "owner": None, "finished_at": 2.0}),
+                           (suspension, {"status": "resolved", "resolved_by": "u", "resume_data": {"ok": True}})):
+        mine, theirs = updated(record, values), record.model_copy(update=values)
+        assert mine == theirs and repr(mine) == repr(theirs)
+        assert mine.model_fields_set == theirs.model_fields_set
+        assert mine.model_dump() == theirs.model_dump() and record.model_dump() != mine.model_dump()

@@ -29,6 +29,7 @@ from storage.records import (
     RunProgress,
     RunRecord,
     SuspensionRecord,
+    updated,
 )
 from storage.runs import CompareAndSetFailed, RunExists, RunStore
 from storage.urls import DEFAULT_DATABASE_URL
@@ -57,7 +58,7 @@ from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
 from .step import Step, dump_value, parse_model
 from .step_call import default_step_timeout
 from .step_threads import StepThreads
-from .tracing import log_context, scope
+from .tracing import scope
 from .versions import Registry, VersionInfo, VersionStatus
 from .waits import wait_set
 from .workflow import CommittedWorkflow, _walk
@@ -459,13 +460,13 @@ class Engine:
             await self._hand_back(run_id)
         elif claimed:
             if progress is not None:
-                resolved = target.model_copy(update={
+                resolved = updated(target, {
                     "status": "resolved", "resolved_by": by, "resolved_at": now, "resume_data": json_data,
                 })
                 progress = RunProgress.model_construct(
                     results=progress.results, suspensions={**progress.suspensions, target.path: resolved},
                     signals=progress.signals)
-            self._spawn(run_id, fresh=False, run=run.model_copy(update={
+            self._spawn(run_id, fresh=False, run=updated(run, {
                 "status": "running", "owner": self.owner, "waiting_for": None, "updated_at": now, "ready_at": now,
                 "lease_expires_at": now + self.lease_seconds,
             }), progress=progress)
@@ -749,7 +750,7 @@ class Engine:
                 log.warning("run %s: recovered after its process died (%d time(s) without progress; the limit is %d)",
                             run_id, run.recoveries, limit)
             execution = RunExecution(self, wf, run, progress, crashed=run.recoveries if run.recoveries >= limit else None)
-            with log_context(run_id=run_id), scope("run", run_id=run_id, workflow_id=run.workflow_id):
+            with scope("run", run_id=run_id, workflow_id=run.workflow_id):  # (the run's fields on its log lines)
                 if run.recoveries > limit:
                     # It died again after reaching its limit, before it got to a step: fail it without walking.
                     await execution.fail(StepCrashed(None, run.recoveries))

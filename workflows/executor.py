@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from storage.faults import describe, refused_data
-from storage.records import NewEvent, RunProgress, RunRecord, StepResultRecord, SuspensionRecord, step_result
+from storage.records import (
+    NewEvent,
+    RunProgress,
+    RunRecord,
+    StepResultRecord,
+    SuspensionRecord,
+    step_result,
+    updated,
+)
 from storage.runs import FinishedStep, LeaseLost
 
 from .context import Halt, StepContext
@@ -48,7 +56,7 @@ from .graph import (
     WaitForEventNode,
     WorkflowNode,
 )
-from .observe import emit
+from .observe import emit, observing
 from .step import NO_RETRY, Step, dump_value, parse_model, to_jsonable
 from .step_call import call_step, failure_message, is_shutdown, timeout_of
 from .tracing import scope
@@ -236,7 +244,7 @@ class RunExecution:
 
     def _settled(self, values: dict[str, Any]) -> None:
         """The run as this process just committed it: local waiters get it without reading it back."""
-        self.final = self.run.model_copy(update=values)
+        self.final = updated(self.run, values)
 
     def output_of(self, step_id: str) -> Any:
         """Latest recorded output of a step id (the last iteration of a loop, for instance)."""
@@ -516,8 +524,9 @@ class RunExecution:
         return announcement
 
     def _observe_step(self, step: Step[Any, Any], status: str, started: float) -> None:
-        emit("step.finished", workflow_id=self.run.workflow_id, step_id=step.id, status=status,
-             duration=time.time() - started)
+        if observing():
+            emit("step.finished", workflow_id=self.run.workflow_id, step_id=step.id, status=status,
+                 duration=time.time() - started)
 
     def _record_failure(self, step: Step[Any, Any], path: str, exc: BaseException, attempts: int) -> None:
         if isinstance(exc, ThreadflowError) and getattr(exc, "path", None) is None:

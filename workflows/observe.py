@@ -39,6 +39,11 @@ def remove_observer(observer: Observer) -> None:
         _observers.remove(observer)
 
 
+def observing() -> bool:
+    """Whether anything observes: per-step emits skip building their data when nothing would read it."""
+    return bool(_observers)
+
+
 def emit(kind: str, **data: Any) -> None:
     for observer in list(_observers):
         try:

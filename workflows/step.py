@@ -230,7 +230,13 @@ def dump_value(model: type[BaseModel] | None, value: Any) -> Any:
     return to_jsonable(value)
 
 
+#: Values that are JSON as they are (most step inputs and outputs are these, or None, or a dict of them).
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
 def to_jsonable(value: Any) -> Any:
+    if type(value) in _JSON_SCALARS:
+        return value
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, dict):

@@ -95,15 +95,15 @@ class scope:  # noqa: N801 (used like the context-manager functions beside it)
 
     def __init__(self, name: str, **fields: Any) -> None:
         self._name = name
-        self._fields = fields
+        # (None values are left out; a step's fields have none, so its scope builds no second dict)
+        self._fields = {k: v for k, v in fields.items() if v is not None} if None in fields.values() else fields
         self._span: Any = None
 
     def __enter__(self) -> Any:
-        fields = self._fields
-        self._token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+        self._token = _context.set({**_context.get(), **self._fields})
         if _otel_trace is None:
             return None
-        self._span = span(self._name, **fields)
+        self._span = span(self._name, **self._fields)
         try:
             return self._span.__enter__()
         except BaseException:

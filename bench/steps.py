@@ -340,7 +340,8 @@ async def run(report: Report, quick: bool) -> None:
                 report.failed(BENCH, f"DBOS {dbos_version}", exc)
 
         if mastra is not None:
-            await _mastra(report, results, directory, size, mastra, modes=("conc",))
+            await _mastra(report, results, directory, size, mastra,
+                          modes=("conc",) if ("mastra", "seq") in results else ("seq", "conc"))
 
         for sync in ("NORMAL", "FULL"):
             try:
@@ -438,7 +439,7 @@ async def _against_mastra(report: Report, results: dict[tuple[str, str], Row], d
             ours.append((seconds, (latencies, stats)))
         except Exception as exc:
             report.failed(BENCH, "threadflow WAL+NORMAL", exc)
-            return
+            break  # the rounds measured so far are reported (none: each system is measured on its own after)
         if node is not None:
             try:
                 out = await _mastra_once(node, directory / f"mastra-1-round-{k}.db", n_mastra, 1)
@@ -446,11 +447,13 @@ async def _against_mastra(report: Report, results: dict[tuple[str, str], Row], d
             except Exception as exc:
                 report.failed(BENCH, "Mastra", exc)
                 node = None
+    if not ours:
+        return
     rates = [n * STEPS / s for s, _ in ours]
     mastra_rates = [n_mastra * STEPS / s for s, _ in theirs]
     listed = ""
-    if rounds > 1:
-        listed = f"; median of {rounds} rounds, steps/s " + ", ".join(f"{r:,.0f}" for r in rates)
+    if len(ours) > 1:
+        listed = f"; median of {len(ours)} rounds, steps/s " + ", ".join(f"{r:,.0f}" for r in rates)
         if len(mastra_rates) == len(rates):
             listed += (" (alternated with Mastra's: " + ", ".join(f"{m:,.0f}" for m in mastra_rates) + "; ratio in each pair "
                        + ", ".join(f"{r / m:.2f}x" for r, m in zip(rates, mastra_rates, strict=True)) + ")")

@@ -488,7 +488,10 @@ class ThreadBackend(Backend):
             self._writer_conn.close()  # see _discard_transaction: replaced, with this method's pragmas
         if self._writer_conn is None or self._writer_conn.closed:
             self._writer_conn = self.writer.connect()
-            raw: Any = self._writer_conn.connection.dbapi_connection
+        raw: Any = self._writer_conn.connection.dbapi_connection
+        if raw is not self._writer_raw[0]:
+            # A new DBAPI connection: ours just opened, or one SQLAlchemy put in place of an invalidated one on its own
+            # (it reconnects on the next use). Either way it gets this connection's pragmas and a cursor of its own.
             raw.execute("PRAGMA busy_timeout=0")
             if self._inline:
                 raw.execute("PRAGMA wal_autocheckpoint=0")
@@ -561,17 +564,11 @@ class ThreadBackend(Backend):
 
     def _batch(self, fns: Sequence[DbFn]) -> Outcomes:
         with self._write_lock:
-            conn = self._writer_connection()
-            raw: Any = conn.connection.dbapi_connection
-            raw.execute(f"PRAGMA busy_timeout={self._busy_ms}")
-            try:
-                return self._batch_waiting(conn, fns)
-            finally:
-                raw.execute("PRAGMA busy_timeout=0")
+            return self._batch_waiting(fns)
 
-    def _batch_waiting(self, conn: Connection, fns: Sequence[DbFn]) -> Outcomes:
+    def _batch_waiting(self, fns: Sequence[DbFn]) -> Outcomes:
         try:
-            return [(True, r) for r in self._transaction(conn, fns, *self._writer_raw)], 1
+            return [(True, r) for r in self._transaction_waiting(fns)], 1
         except Exception as exc:
             if len(fns) == 1:
                 return [(False, exc)], 0
@@ -579,12 +576,25 @@ class ThreadBackend(Backend):
         commits = 0
         for fn in fns:
             try:
-                [value] = self._transaction(conn, [fn], *self._writer_raw)
+                [value] = self._transaction_waiting([fn])
                 outcomes.append((True, value))
                 commits += 1
             except Exception as exc:
                 outcomes.append((False, exc))
         return outcomes, commits
+
+    def _transaction_waiting(self, fns: Sequence[DbFn]) -> list[Any]:
+        """A transaction on the writer connection (the caller holds ``_write_lock``) that waits up to the busy timeout
+        for SQLite's lock. The connection is taken afresh each time: a failed transaction may have replaced it."""
+        conn = self._writer_connection()
+        raw, cursor = self._writer_raw
+        raw.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        try:
+            return self._transaction(conn, fns, raw, cursor)
+        finally:
+            # (If the transaction's failure closed the connection, the next _writer_connection replaces it, at 0.)
+            with contextlib.suppress(Exception):
+                raw.execute("PRAGMA busy_timeout=0")
 
     @staticmethod
     def _transaction(conn: Connection, fns: Sequence[DbFn], raw: Any = None, cursor: Any = None) -> list[Any]:
@@ -597,7 +607,7 @@ class ThreadBackend(Backend):
         if raw is None:
             raw = conn.connection.dbapi_connection
         sync = SyncConnection(conn, defer=True, cursor=cursor)
-        (cursor or raw).execute("BEGIN IMMEDIATE")
+        (cursor if cursor is not None else raw).execute("BEGIN IMMEDIATE")
         commit = False
         try:
             results = [drive(fn, sync) for fn in fns]
@@ -608,8 +618,12 @@ class ThreadBackend(Backend):
             try:
                 if conn.in_transaction():
                     conn.commit() if commit else conn.rollback()
+                elif not commit:
+                    raw.rollback()
+                elif cursor is not None and raw.in_transaction:
+                    cursor.execute("COMMIT")  # a cached statement (raw.commit() prepares its COMMIT anew each time)
                 else:
-                    raw.commit() if commit else raw.rollback()
+                    raw.commit()
             except BaseException:
                 _discard_transaction(conn)
                 raise

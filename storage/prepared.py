@@ -328,6 +328,7 @@ _SQLITE_JSON: Any = getattr(sqlite_base, "_SQliteJson", None)
 def _ours(impl: Any, dialect: Dialect) -> bool:
     return (isinstance(impl, sqltypes.JSON) and type(impl).bind_processor is sqltypes.JSON.bind_processor
             and not impl.none_as_null
+            and not dialect.supports_native_json_serialization and not dialect.supports_native_json_deserialization
             and getattr(dialect, "_json_serializer", None) is jsoncodec.dumps
             and getattr(dialect, "_json_deserializer", None) is jsoncodec.loads
             and impl._str_impl.bind_processor(dialect) is None and impl._str_impl.result_processor(dialect, None) is None)

@@ -200,16 +200,18 @@ def row_reader(model: type[M]) -> Callable[[Mapping[Any, Any]], M]:
 
 
 def updated(record: M, values: Mapping[str, Any]) -> M:
-    """``record.model_copy(update=values)`` without its way through ``copy.copy``: the same copy (fields, fields set,
-    extra and private state), for the engine's own records and values of their fields' types (not validated, as
-    model_copy does not validate either). A settle and a resume each make one, for every run."""
+    """``record.model_copy(update=values)`` without its way through ``copy.copy``: the same copy (fields, fields set),
+    for the engine's own records and values of their fields' types (not validated, as model_copy does not validate
+    either). A settle and a resume each make one, for every run. A model with extra fields allowed or private state
+    goes through model_copy (it sorts those out)."""
+    if record.model_config.get("extra") == "allow" or record.__pydantic_private__:
+        return record.model_copy(update=values)
     copy = type(record).__new__(type(record))
     setattr_ = object.__setattr__
     setattr_(copy, "__dict__", {**record.__dict__, **values})
     setattr_(copy, "__pydantic_fields_set__", record.__pydantic_fields_set__ | values.keys())
-    extra, private = record.__pydantic_extra__, record.__pydantic_private__
-    setattr_(copy, "__pydantic_extra__", None if extra is None else dict(extra))
-    setattr_(copy, "__pydantic_private__", None if private is None else dict(private))
+    setattr_(copy, "__pydantic_extra__", None)
+    setattr_(copy, "__pydantic_private__", record.__pydantic_private__)  # (None or empty: see above)
     return copy
 
 

@@ -68,8 +68,10 @@ def _same(value: Any) -> Any:
     return value
 
 
-#: The slots of the fenced insert of a step's result, in the order SQLAlchemy compiles them (HotPlans.resolve checks).
-_RESULT_SLOTS = (*(c.name for c in step_results.columns), "run_id", "b_owner", "status_1")
+#: The slots of the fenced insert of a step's result, in the order SQLAlchemy compiles them, as HotPlans.result_values
+#: binds them (written out: a column added to the table changes the compiled slots, and resolve then binds by name).
+_RESULT_SLOTS = ("run_id", "path", "step_id", "kind", "output", "attempts", "started_at", "finished_at", "run_id",
+                 "b_owner", "status_1")
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class HotPlans:
     #: the events INSERT, bound positionally: (run_id, type, path, data, at)
     events: Plan
     #: the bind processors of the JSON columns (the result's output, the events' data) and of the times (Float's)
-    json: Callable[[Any], Any]
+    dump: Callable[[Any], Any]
     times: Callable[[Any], Any]
     #: the result's slots are the expected ones (``_RESULT_SLOTS``, each with one of the two processors or none):
     #: its values are bound from the record's fields without a dict
@@ -99,26 +101,26 @@ class HotPlans:
         processors = {name: process for name, _, process in events_plan.slots}
         if any(processors[name] is not None for name in ("run_id", "type", "path")):
             return None  # add_events binds these three as they are
-        json, times = processors["data"] or _same, processors["at"] or _same
-        expected = {"output": json, "started_at": times, "finished_at": times}
+        dump, times = processors["data"] or _same, processors["at"] or _same
+        expected = {"output": dump, "started_at": times, "finished_at": times}
         direct = (tuple(n for n, _, _ in result.slots) == _RESULT_SLOTS and result.slots[-1][1] == "running"
                   and all((process or _same) is expected.get(name, _same) for name, _, process in result.slots))
-        return cls(result, events_plan, json, times, direct)
+        return cls(result, events_plan, dump, times, direct)
 
     def result_values(self, record: StepResultRecord, owner: str) -> tuple[Any, ...]:
         """The fenced insert's values for a step's result, as the plan binds them from the record's fields."""
         d = record.__dict__
         if self.direct:
             run_id, times = d["run_id"], self.times
-            return (run_id, d["path"], d["step_id"], d["kind"], self.json(d["output"]), d["attempts"],
+            return (run_id, d["path"], d["step_id"], d["kind"], self.dump(d["output"]), d["attempts"],
                     times(d["started_at"]), times(d["finished_at"]), run_id, owner, "running")
         return self.result.values({**d, "b_owner": owner})
 
-    def add_events(self, conn: Any, run_id: str, new: Iterable[NewEvent], now: float) -> None:
+    def add_events(self, conn: SyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
         """Events as positional rows for the resolved plan, no dict and no look-up per row (``conn``: the batch's
         SyncConnection)."""
-        json, times = self.json, self.times
-        conn.add_rows(self.events, [(run_id, e.type, e.path, json(e.data), times(e.at or now)) for e in new])
+        dump, times = self.dump, self.times
+        conn.add_rows(self.events, [(run_id, e.type, e.path, dump(e.data), times(e.at or now)) for e in new])
 
 
 class FinishedStep(NamedTuple):
@@ -339,8 +341,9 @@ class RunStore:
 
     async def _add_events(self, conn: AsyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
         hot = self._hot(conn)
-        if hot is not None:
-            hot.add_events(conn, run_id, new, now)
+        if hot is not None:  # (then conn is the batch's SyncConnection, standing in for an AsyncConnection)
+            sync: Any = conn
+            hot.add_events(sync, run_id, new, now)
             return
         rows = [{"run_id": run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now} for e in new]
         if rows:

@@ -95,8 +95,11 @@ class scope:  # noqa: N801 (used like the context-manager functions beside it)
 
     def __init__(self, name: str, **fields: Any) -> None:
         self._name = name
-        # (None values are left out; a step's fields have none, so its scope builds no second dict)
-        self._fields = {k: v for k, v in fields.items() if v is not None} if None in fields.values() else fields
+        self._fields = fields
+        for value in fields.values():  # None values are left out (a step's fields have none: no second dict)
+            if value is None:
+                self._fields = {k: v for k, v in fields.items() if v is not None}
+                break
         self._span: Any = None
 
     def __enter__(self) -> Any:

@@ -345,7 +345,7 @@ async def test_on_sqlite_a_steps_statements_take_the_resolved_plans(db_url: str,
     hot = await databases[0].read(lambda conn: conn.run_sync(resolve))
     # Without them every step's commit falls back to looking its plans up (correct, but the slow path).
     assert hot is not None and "step_results" in hot.result.sql and hot.events.deferrable
-    assert hot.json({"ü": None}) == '{"ü":null}' and hot.json(None) == "null"
+    assert hot.dump({"ü": None}) == '{"ü":null}' and hot.dump(None) == "null"
     # The result's values are taken from the record as they are (no dict, no processor but JSON's): the same values,
     # in the same order, as the plan binds from the record's fields.
     record = step_result(run_id="r1", path="a/b", step_id="b", kind="step", output={"n": [1, None]}, attempts=2,

@@ -13,16 +13,42 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Float, bindparam, insert, select, text, update
+from sqlalchemy import (
+    JSON,
+    Float,
+    TypeDecorator,
+    bindparam,
+    create_engine,
+    insert,
+    null,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import Database
-from storage.prepared import _MISSING, _Item, plan_for, prepared
+from storage.backends import JSON_CODEC
+from storage.prepared import (
+    _MISSING,
+    _bind_processor,
+    _Item,
+    _json_bind,
+    _json_result,
+    _result_processor,
+    _segments,
+    _sqlite_json_result,
+    plan_for,
+    prepared,
+)
 from storage.runs import _TOUCH_LEASE
 from storage.tables import events, runs, step_results
 
@@ -184,6 +210,33 @@ async def test_only_writes_marked_inline_run_on_the_loop_thread(db: Database) ->
     assert threads["other"].startswith("threadflow-db-writer")
 
 
+async def test_a_writer_connection_replaced_under_the_engine_is_taken_up_inline_and_in_the_writer_thread(
+    db: Database,
+) -> None:
+    """The writer's DBAPI connection and cursor are kept with it; if SQLAlchemy replaces the DBAPI connection on its
+    own (it reconnects an invalidated connection on its next use), the next commit works on the new one, with the
+    writer's pragmas, on the loop's thread and in the writer thread alike."""
+
+    def insert(run_id: str) -> Any:
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(_INSERT_EVENT, {"run_id": run_id, "type": "x", "path": None, "data": None, "at": 1.0})
+
+        return op
+
+    await db.write(insert("before"), inline=True)
+    backend: Any = db._backend  # (the kept writer connection: what the test replaces)
+    for through, inline in (("loop", True), ("writer thread", False)):
+        conn = backend._writer_conn
+        old = conn.connection.dbapi_connection
+        conn.invalidate()
+        new = conn.connection.dbapi_connection  # SQLAlchemy reconnects here: the kept connection looks valid again
+        assert new is not old and not conn.invalidated
+        await db.write(insert(through), inline=inline)
+        assert backend._writer_raw[0] is new
+        assert new.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    assert raw_rows(db, "SELECT run_id FROM events ORDER BY id") == [("before",), ("loop",), ("writer thread",)]
+
+
 async def test_a_memory_database_keeps_every_write_in_its_one_thread() -> None:
     db = Database("sqlite+aiosqlite:///:memory:")
     await db.open()
@@ -276,6 +329,9 @@ async def test_the_wal_stays_small_when_checkpoints_cannot_run_beside_the_commit
 
 
 _RUNS_IN = prepared(select(runs).where(runs.c.id.in_(bindparam("ids", expanding=True))).order_by(runs.c.id))
+#: a list of JSON values (each item through the JSON processor)
+_JSON_IN = prepared(select(events.c.id).where(events.c.run_id == bindparam("b_id"),
+                                              events.c.data.in_(bindparam("datas", expanding=True))))
 #: a list, a value with a processor (Float) and literals around it
 _READY_IN = prepared(select(runs.c.id).where(runs.c.status == "pending", runs.c.id.in_(bindparam("ids", expanding=True)),
                                              runs.c.ready_at <= bindparam("b_now", type_=Float), runs.c.owner.is_(None)))
@@ -385,6 +441,78 @@ def test_only_a_plain_insert_can_be_deferred() -> None:
     ]:
         with pytest.raises(TypeError, match="plain INSERT"):
             prepared(statement, deferrable=True)
+
+
+#: SQLite's dialect with the engine's JSON codec (the plans' JSON processors are for it)
+OURS = create_engine("sqlite://", **JSON_CODEC).dialect
+_JSON_VALUES = [None, JSON.NULL, null(), {"a": [1, None]}, [1, 2], "x", 1.5, True, 2**70, {"n": 2**70},
+                float("nan"), float("inf"), {1: "int key"}, {"t": (1, 2)}, datetime(2026, 1, 2, 3, 4, 5),
+                uuid.UUID(int=7), Decimal("1.5"), b"bytes", object()]
+
+
+@pytest.mark.parametrize("value", _JSON_VALUES, ids=repr)
+def test_json_columns_bind_as_sqlalchemys_processor_binds(value: Any) -> None:
+    """The plans' JSON processor is SQLAlchemy's, a layer less: the same text, SQL NULL and errors, for any value."""
+    dialect = OURS
+    theirs = JSON().dialect_impl(dialect).bind_processor(dialect)
+    assert _bind_processor(JSON(), dialect) is _json_bind
+
+    def outcome(process: Any) -> Any:
+        try:
+            return ("value", process(value))
+        except Exception as exc:
+            return ("error", type(exc), str(exc))
+
+    assert outcome(_json_bind) == outcome(theirs)
+
+
+@pytest.mark.parametrize("text_", [None, "null", '{"a": [1, null]}', "5", 5, 5.5, Decimal("2.5"), "NaN", "{bad", b"[1]"],
+                         ids=repr)
+def test_json_columns_read_as_sqlalchemys_processor_reads(text_: Any) -> None:
+    dialect = OURS
+    theirs = JSON().dialect_impl(dialect).result_processor(dialect, None)
+    mine = _result_processor(JSON(), dialect)
+
+    def outcome(process: Any) -> Any:
+        try:
+            value = process(text_)
+            return ("value", "nan" if value != value else value)  # NaN is not equal to itself
+        except Exception as exc:
+            return ("error", type(exc))
+
+    assert outcome(mine) == outcome(theirs)
+
+
+def test_json_types_the_plans_do_not_know_keep_sqlalchemys_processors() -> None:
+    from storage.prepared import (
+        _bind_processor,
+        _json_bind,
+        _result_processor,
+    )
+
+    class Tagged(TypeDecorator[Any]):  # a type with processing of its own, over JSON
+        impl = JSON
+        cache_ok = True
+
+        def process_bind_param(self, value: Any, dialect: Any) -> Any:
+            return {"tagged": value}
+
+    for type_, dialect in ((JSON(none_as_null=True), OURS), (Tagged(), OURS), (JSON(), create_engine("sqlite://").dialect)):
+        assert _bind_processor(type_, dialect) is not _json_bind
+        assert _result_processor(type_, dialect) not in (_json_result, _sqlite_json_result)
+    assert _bind_processor(Tagged(), OURS)(1) == '{"tagged":1}'  # (SQLAlchemy's: its own step, then the JSON codec)
+
+
+def test_a_list_parameter_with_a_processor_binds_its_items_through_it() -> None:
+
+    dialect = OURS
+    params = {"datas": [{"a": 1}, None, [2]], "b_id": "r1"}
+    plan = plan_for(_JSON_IN, params, dialect)
+    assert plan is not None and plan._segments is not None
+    assert plan.values(params) == ("r1", '{"a":1}', "null", "[2]", "[2]")
+    # Items that are not a list's slots 0, 1, 2, ... in a row: no segments (the slot-by-slot path binds them).
+    assert _segments((("ids", _Item(0), None), ("ids", _Item(2), None))) is None
+    assert _segments((("ids", _Item(0), None), ("x", _MISSING, None), ("ids", _Item(1), None))) is None
 
 
 def test_the_fast_path_binds_what_the_slot_by_slot_path_binds() -> None:

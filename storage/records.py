@@ -211,7 +211,7 @@ def updated(record: M, values: Mapping[str, Any]) -> M:
     setattr_(copy, "__dict__", {**record.__dict__, **values})
     setattr_(copy, "__pydantic_fields_set__", record.__pydantic_fields_set__ | values.keys())
     setattr_(copy, "__pydantic_extra__", None)
-    setattr_(copy, "__pydantic_private__", record.__pydantic_private__)  # (None or empty: see above)
+    setattr_(copy, "__pydantic_private__", None if record.__pydantic_private__ is None else {})  # (empty: see above)
     return copy
 
 

@@ -19,6 +19,7 @@ import asyncio
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -53,7 +54,8 @@ class OpcodeCount:
 
 async def steps(concurrency: int, runs: int, by_function: bool) -> tuple[OpcodeCount, int]:
     """Benchmark 1's threadflow part (10 no-op durable steps a run, SQLite WAL+NORMAL): counted per step."""
-    from .steps import STEPS, WARMUP, threadflow
+    from .steps import WARMUP, threadflow
+    from .workloads import STEPS
 
     with tempfile.TemporaryDirectory() as directory:
         await threadflow(Path(directory), 20, concurrency, "NORMAL")  # plans compiled, caches warm: not counted
@@ -100,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.opcodes", description=__doc__.split("\n")[0])
     p.add_argument("--top", type=int, default=0, help="also list the N functions that execute the most bytecode")
     args = p.parse_args(argv)
-    workloads = (
-        ("10 no-op durable steps, one run at a time (200 runs)", "step", lambda: steps(1, 200, args.top > 0)),
-        ("the same, 100 runs in flight (400 runs)", "step", lambda: steps(100, 400, args.top > 0)),
-        ("900 of 1,000 suspended runs resumed at once", "resumed run", lambda: burst(1000, args.top > 0)),
-    )
+    by_function = args.top > 0
+    workloads: list[tuple[str, str, Callable[[], Coroutine[Any, Any, tuple[OpcodeCount, int]]]]] = [
+        ("10 no-op durable steps, one run at a time (200 runs)", "step", lambda: steps(1, 200, by_function)),
+        ("the same, 100 runs in flight (400 runs)", "step", lambda: steps(100, 400, by_function)),
+        ("900 of 1,000 suspended runs resumed at once", "resumed run", lambda: burst(1000, by_function)),
+    ]
     for title, unit, workload in workloads:
         count, n = asyncio.run(workload())
         print(f"{title}: {count.opcodes / n:,.0f} bytecode instructions a {unit}, {count.calls / n:,.1f} function "

@@ -148,17 +148,12 @@ class Plan:
                     value = params[name] if literal is _MISSING else literal
                     out.append(process(value) if process is not None else value)
             return tuple(out)
-        if self.expanding:
-            for name, literal, process in self.slots:
-                if isinstance(literal, _Item):
-                    items = params[name]
-                    value = items[min(literal.index, len(items) - 1)]
-                else:
-                    value = params[name] if literal is _MISSING else literal
-                out.append(process(value) if process is not None else value)
-            return tuple(out)
-        for name, literal, process in self.slots:
-            value = params[name] if literal is _MISSING else literal
+        for name, literal, process in self.slots:  # slot by slot (a plan without slots, or list items out of order)
+            if isinstance(literal, _Item):
+                items = params[name]
+                value = items[min(literal.index, len(items) - 1)]
+            else:
+                value = params[name] if literal is _MISSING else literal
             out.append(process(value) if process is not None else value)  # as SQLAlchemy: None too
         return tuple(out)
 

@@ -39,6 +39,7 @@ from storage import Database
 from storage.backends import JSON_CODEC
 from storage.prepared import (
     _MISSING,
+    Plan,
     _bind_processor,
     _Item,
     _json_bind,
@@ -453,9 +454,8 @@ _JSON_VALUES = [None, JSON.NULL, null(), {"a": [1, None]}, [1, 2], "x", 1.5, Tru
 @pytest.mark.parametrize("value", _JSON_VALUES, ids=repr)
 def test_json_columns_bind_as_sqlalchemys_processor_binds(value: Any) -> None:
     """The plans' JSON processor is SQLAlchemy's, a layer less: the same text, SQL NULL and errors, for any value."""
-    dialect = OURS
-    theirs = JSON().dialect_impl(dialect).bind_processor(dialect)
-    assert _bind_processor(JSON(), dialect) is _json_bind
+    theirs = JSON().dialect_impl(OURS).bind_processor(OURS)
+    assert _bind_processor(JSON(), OURS) is _json_bind
 
     def outcome(process: Any) -> Any:
         try:
@@ -469,9 +469,8 @@ def test_json_columns_bind_as_sqlalchemys_processor_binds(value: Any) -> None:
 @pytest.mark.parametrize("text_", [None, "null", '{"a": [1, null]}', "5", 5, 5.5, Decimal("2.5"), "NaN", "{bad", b"[1]"],
                          ids=repr)
 def test_json_columns_read_as_sqlalchemys_processor_reads(text_: Any) -> None:
-    dialect = OURS
-    theirs = JSON().dialect_impl(dialect).result_processor(dialect, None)
-    mine = _result_processor(JSON(), dialect)
+    theirs = JSON().dialect_impl(OURS).result_processor(OURS, None)
+    mine = _result_processor(JSON(), OURS)
 
     def outcome(process: Any) -> Any:
         try:
@@ -484,12 +483,6 @@ def test_json_columns_read_as_sqlalchemys_processor_reads(text_: Any) -> None:
 
 
 def test_json_types_the_plans_do_not_know_keep_sqlalchemys_processors() -> None:
-    from storage.prepared import (
-        _bind_processor,
-        _json_bind,
-        _result_processor,
-    )
-
     class Tagged(TypeDecorator[Any]):  # a type with processing of its own, over JSON
         impl = JSON
         cache_ok = True
@@ -504,15 +497,16 @@ def test_json_types_the_plans_do_not_know_keep_sqlalchemys_processors() -> None:
 
 
 def test_a_list_parameter_with_a_processor_binds_its_items_through_it() -> None:
-
-    dialect = OURS
     params = {"datas": [{"a": 1}, None, [2]], "b_id": "r1"}
-    plan = plan_for(_JSON_IN, params, dialect)
+    plan = plan_for(_JSON_IN, params, OURS)
     assert plan is not None and plan._segments is not None
     assert plan.values(params) == ("r1", '{"a":1}', "null", "[2]", "[2]")
-    # Items that are not a list's slots 0, 1, 2, ... in a row: no segments (the slot-by-slot path binds them).
+    # Items that are not a list's slots 0, 1, 2, ... in a row: no segments, and the slot-by-slot path binds them.
     assert _segments((("ids", _Item(0), None), ("ids", _Item(2), None))) is None
-    assert _segments((("ids", _Item(0), None), ("x", _MISSING, None), ("ids", _Item(1), None))) is None
+    shuffled = Plan("SELECT ?, ?, ?", (("ids", _Item(0), None), ("x", _MISSING, str), ("ids", _Item(3), None)),
+                    expanding=True)
+    assert shuffled._segments is None
+    assert shuffled.values({"ids": ["a", "b"], "x": 7}) == ("a", "7", "b")
 
 
 def test_the_fast_path_binds_what_the_slot_by_slot_path_binds() -> None:

@@ -102,15 +102,9 @@ def step_result(
     every step, and that look-up was most of its cost (2.5 us against 1 us). A test checks the record equals
     a validated one, so a pydantic release that changes how a model keeps its state is caught.
     """
-    record = StepResultRecord.__new__(StepResultRecord)
     values = {"run_id": run_id, "path": path, "step_id": step_id, "kind": kind, "output": output,
               "attempts": attempts, "started_at": started_at, "finished_at": finished_at}
-    setattr_ = object.__setattr__  # the model is frozen: its own __setattr__ refuses
-    setattr_(record, "__dict__", values)
-    setattr_(record, "__pydantic_fields_set__", set(values))
-    setattr_(record, "__pydantic_extra__", None)
-    setattr_(record, "__pydantic_private__", None)
-    return record
+    return _assembled(StepResultRecord, values, set(values))
 
 
 class SuspensionRecord(BaseModel):
@@ -169,6 +163,18 @@ class SignalRecord(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
+def _assembled(model: type[M], values: dict[str, Any], fields_set: set[str], private: dict[str, Any] | None = None) -> M:
+    """A ``model`` holding ``values`` as they are, the state pydantic keeps for a record built without validation
+    (as ``model_construct`` leaves it, without its per-field look-ups). The records below are all built this way."""
+    record = model.__new__(model)
+    setattr_ = object.__setattr__  # the models are frozen: their own __setattr__ refuses
+    setattr_(record, "__dict__", values)
+    setattr_(record, "__pydantic_fields_set__", fields_set)
+    setattr_(record, "__pydantic_extra__", None)
+    setattr_(record, "__pydantic_private__", private)
+    return record
+
+
 def row_reader(model: type[M]) -> Callable[[Mapping[Any, Any]], M]:
     """A function that makes a ``model`` record of a row of its own table, without validating the row again.
 
@@ -182,19 +188,12 @@ def row_reader(model: type[M]) -> Callable[[Mapping[Any, Any]], M]:
     """
     names = tuple(model.model_fields)
     fields = frozenset(names)
-    new = model.__new__
-    setattr_ = object.__setattr__  # frozen models refuse their own __setattr__
 
     def read(row: Mapping[Any, Any]) -> M:
         values = dict(row)
         if values.keys() != fields:
             values = {name: values[name] for name in names}
-        record = new(model)
-        setattr_(record, "__dict__", values)
-        setattr_(record, "__pydantic_fields_set__", set(names))
-        setattr_(record, "__pydantic_extra__", None)
-        setattr_(record, "__pydantic_private__", None)
-        return record
+        return _assembled(model, values, set(names))
 
     return read
 
@@ -206,13 +205,8 @@ def updated(record: M, values: Mapping[str, Any]) -> M:
     goes through model_copy (it sorts those out)."""
     if record.model_config.get("extra") == "allow" or record.__pydantic_private__:
         return record.model_copy(update=values)
-    copy = type(record).__new__(type(record))
-    setattr_ = object.__setattr__
-    setattr_(copy, "__dict__", {**record.__dict__, **values})
-    setattr_(copy, "__pydantic_fields_set__", record.__pydantic_fields_set__ | values.keys())
-    setattr_(copy, "__pydantic_extra__", None)
-    setattr_(copy, "__pydantic_private__", None if record.__pydantic_private__ is None else {})  # (empty: see above)
-    return copy
+    private: dict[str, Any] | None = None if record.__pydantic_private__ is None else {}  # (empty: see above)
+    return _assembled(type(record), {**record.__dict__, **values}, record.__pydantic_fields_set__ | values.keys(), private)
 
 
 run_record = row_reader(RunRecord)

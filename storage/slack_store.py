@@ -13,6 +13,7 @@ arrival time" per scope), so two replicas posting in one channel still stay with
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -210,6 +211,26 @@ class SlackStore:
             )
 
         await self.db.write(op)
+
+    async def release_renders_of(self, is_gone: Callable[[str], bool]) -> dict[str, int]:
+        """Hand back the render leases of every holder ``is_gone`` says no longer exists (a process on this host that
+        died): the runs they rendered are rendered by whoever claims them next, without waiting for the leases to
+        run out. Returns how many runs each such holder held."""
+
+        async def op(conn: AsyncConnection) -> dict[str, int]:
+            held = (await conn.execute(
+                select(slack_runs.c.renderer, func.count()).where(slack_runs.c.renderer.is_not(None))
+                .group_by(slack_runs.c.renderer)
+            )).all()
+            gone = {owner: count for owner, count in held if is_gone(owner)}
+            if gone:
+                await conn.execute(
+                    update(slack_runs).where(slack_runs.c.renderer.in_(list(gone)))
+                    .values(renderer=None, renderer_expires_at=None)
+                )
+            return gone
+
+        return await self.db.write(op)
 
     async def release_render(self, run_id: str, owner: str) -> None:
         async def op(conn: AsyncConnection) -> None:

@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +50,7 @@ from .graph import Node, WaitForEventNode, WorkflowNode
 from .heap import freeze_startup_heap
 from .liveness import Liveness
 from .observe import emit
+from .owners import dead_here, new_owner
 from .recovery import Recoveries, default_max_recoveries
 from .replicas import Replica
 from .rerun import plan_rerun
@@ -104,10 +104,6 @@ def new_run_id() -> str:
     return f"{int(time.time()) & 0xFFFFFFFF:08x}{next(_run_id_counter) & 0xFFFFFFFF:08x}"
 
 
-def default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
 class Engine:
     """Runs registered workflows durably against one database."""
 
@@ -128,7 +124,7 @@ class Engine:
             database = Database(database or os.environ.get("THREADFLOW_DATABASE_URL") or DEFAULT_DATABASE_URL)
         self.db = database
         self.store = RunStore(database)
-        self.owner = owner or default_owner()
+        self.owner = owner or new_owner()
         self.lease_seconds = lease_seconds
         self.capacity = capacity
         self.poll_interval = poll_interval
@@ -577,7 +573,7 @@ class Engine:
         await self.db.open()
         live = await self.replica.store.live(workflow_id)
         owners = {v.owner for v in live if fingerprint is None or v.fingerprint == fingerprint} - {self.owner}
-        return sorted(owner for owner in owners if not _dead_here(owner))
+        return sorted(owner for owner in owners if not dead_here(owner))
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -886,7 +882,7 @@ class Engine:
         host = socket.gethostname()
         handed_back: list[str] = []
         for owner in await self.store.running_owners():
-            if owner != self.owner and _dead_here(owner, host):
+            if owner != self.owner and dead_here(owner, host):
                 released = await self.store.release_owner(owner)
                 if released:
                     log.info("recovered %d run(s) from dead process %s", len(released), owner)
@@ -973,25 +969,6 @@ def _all_nodes(wf: CommittedWorkflow) -> list[Node]:
         if isinstance(node, WorkflowNode):
             nodes.extend(_all_nodes(node.workflow))
     return nodes
-
-
-def _dead_here(owner: str, host: str | None = None) -> bool:
-    """Whether ``owner`` (``host:pid:...``) is a process on this host that no longer exists."""
-    owner_host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if owner_host != (host or socket.gethostname()) or not pid_text.isdigit():
-        return False
-    return not _pid_alive(int(pid_text))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _crash_hook(where: str) -> FaultHook:

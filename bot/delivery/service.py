@@ -4,7 +4,9 @@ Rendering is leased per run in the database. :meth:`DeliveryService.ensure_rende
 and starts its :class:`~bot.delivery.renderer.RunRenderer`; the sweeper renews the leases of live renderers,
 starts renderers for runs that need one and have none (after a restart, when another replica died, when a
 long Slack outage left messages undelivered), and puts approval cards that Slack refused back in the queue
-while their run still waits, so a suspended run always ends up with its card.
+while their run still waits, so a suspended run always ends up with its card. At start, the leases held by
+processes on this host that no longer exist (this bot before a crash) are handed back: their runs are rendered
+from the first sweep, not once the leases run out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from storage.slack_store import SlackRun, SlackStore
 from workflows import Engine
+from workflows.owners import dead_here
 from workflows.tracing import log_context
 
 from ..slack import SlackClient
@@ -59,6 +62,7 @@ class DeliveryService:
         self.refused_card_retry = REFUSED_CARD_RETRY
 
     async def start(self) -> None:
+        await self.release_dead_renderers()
         await self.sweep()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="threadflow-render-sweep")
 
@@ -74,6 +78,14 @@ class DeliveryService:
         for run_id in list(self.render_tasks):
             await self.store.release_render(run_id, self.engine.owner)
         self.render_tasks.clear()
+
+    async def release_dead_renderers(self) -> None:
+        """Hand back the render leases of processes on this host that died (a restart after a crash): their runs are
+        rendered from the first sweep, not once the leases run out. A holder on another host may be alive: its
+        leases run out as usual."""
+        gone = await self.store.release_renders_of(lambda owner: owner != self.engine.owner and dead_here(owner))
+        for owner, count in gone.items():
+            log.info("handed back the render leases of %d run(s) from dead process %s", count, owner)
 
     async def ensure_rendering(self, slack_run: SlackRun) -> None:
         """Render this run here, unless this or another live process already does."""

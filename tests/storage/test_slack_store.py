@@ -1,4 +1,4 @@
-"""The Slack outbox's shared pacing: replicas on one database share each scope's budget of calls.
+"""The Slack outbox's shared pacing (replicas on one database share each scope's budget of calls), and render leases.
 
 Slack limits an app per workspace (and ``chat.postMessage`` per channel), not per process; two replicas
 that paced themselves alone would together send twice the rate and collect 429s. ``SlackStore.reserve``
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from storage import Database
-from storage.slack_store import SlackStore
+from storage.slack_store import SlackRun, SlackStore
 
 NOW = 1_800_000_000.0
 SCOPE = "T0TEAM:chat.postMessage:C0GENERAL"
@@ -57,3 +57,24 @@ async def test_a_retry_after_one_replica_got_holds_the_scope_for_the_other(
     await a.hold(SCOPE, NOW + 30, 1.05, 1)  # Slack answered 429 with Retry-After: 30
     assert await b.reserve(SCOPE, 1.05, 1, now=NOW + 1) == NOW + 30
     assert await a.reserve(SCOPE, 1.05, 1, now=NOW + 1) == pytest.approx(NOW + 31.05)
+
+
+async def test_the_render_leases_of_holders_that_are_gone_are_handed_back_and_no_others(
+    replicas: tuple[SlackStore, SlackStore],
+) -> None:
+    """A process that died held its runs' render leases; whoever may tell it is gone (a process on its host) hands
+    them back at once, so the runs are rendered without waiting for the leases to run out. A live holder keeps its."""
+    store, _ = replicas
+    for run_id in ("r-dead-1", "r-dead-2", "r-live"):
+        await store.add_run(SlackRun(run_id=run_id, team_id="T0TEAM", channel_id="C0GENERAL", root_ts=None,
+                                     thread_id=f"slack:T0TEAM:C0GENERAL:{run_id}", started_by=None, created_at=NOW))
+    assert await store.claim_render("r-dead-1", "host:1:dead", 300)
+    assert await store.claim_render("r-dead-2", "host:1:dead", 300)
+    assert await store.claim_render("r-live", "host:2:live", 300)
+    assert not await store.claim_render("r-dead-1", "host:3:new", 300)  # held: before, the new one had to wait
+
+    assert await store.release_renders_of(lambda owner: owner == "host:1:dead") == {"host:1:dead": 2}
+    assert await store.claim_render("r-dead-1", "host:3:new", 300)
+    assert await store.claim_render("r-dead-2", "host:3:new", 300)
+    assert not await store.claim_render("r-live", "host:3:new", 300)
+    assert await store.release_renders_of(lambda owner: owner == "host:1:dead") == {}

@@ -36,6 +36,9 @@ class Click(BaseModel):
     thread_ts: str | None
     value: str
     message_blocks: list[dict[str, Any]] | None = None
+    #: this app's id (``api_app_id``) and the app that posted the clicked message, as Slack gives them
+    app_id: str | None = None
+    message_app_id: str | None = None
     team: str = ""
     enterprise: str | None = None
 
@@ -71,8 +74,16 @@ def click_of(body: dict[str, Any], action: dict[str, Any]) -> Click:
         thread_ts=thread_ts_of_click(body),
         value=_text(action.get("value")),
         message_blocks=[b for b in blocks_ if isinstance(b, dict)] if isinstance(blocks_, list) else None,
+        app_id=_text(body.get("api_app_id")) or None,
+        message_app_id=_text(message.get("app_id")) or None,
         **workspace_of(body),
     )
+
+
+def posted_by_this_app(click: Click, run_id: str, path: str) -> bool:
+    """The clicked message was posted by this app (Slack says so in the signed payload) and shows this run's step."""
+    return (click.app_id is not None and click.message_app_id == click.app_id and bool(click.message_blocks)
+            and blocks.shows_step({"blocks": click.message_blocks}, run_id, path))
 
 
 def workspace_of(body: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +169,15 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
                                 "nothing was changed.")
         return None
     card = await deps.store.approval_message(run_id, path)
+    if card is not None and card.ts is None and card.attempt_started_at is not None and posted_by_this_app(
+        click, run_id, path
+    ):
+        # Slack took the card, but the process that posted it died before it recorded where (a crash, a restart, then
+        # this click, before the renderer looked the card up by its delivery id): the click shows where it is, a
+        # message this app posted in the run's channel showing this step's card. Recorded as the renderer would.
+        await deps.store.mark_sent(card.key, card.version, click.message_ts)
+        card = card.model_copy(update={"ts": click.message_ts})
+        deps.delivery.nudge(run_id)
     if card is None or not card.ts or card.ts != click.message_ts or (
         click.message_blocks and not blocks.shows_step({"blocks": click.message_blocks}, run_id, path)
     ):

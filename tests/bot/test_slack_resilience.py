@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,60 @@ async def test_an_approval_posted_but_not_recorded_is_not_posted_again(start_bot
     assert len(replies(emu, run.root)) == 2
 
 
+async def test_a_click_on_a_card_posted_but_not_recorded_decides_before_the_card_is_found_again(
+    start_bot: StartBot, tmp_path: Path
+) -> None:
+    """The process died between Slack taking the approval card and recording where it is, and the click comes before
+    the new process has found the card again (here Slack rate-limits that look-up): the click shows where the card
+    is, a message this app posted showing this run's step, so it decides instead of being told the button does not
+    match its message. The card is not posted a second time."""
+    first = await start_bot()
+    emu = first.emu
+    run = await suspend_approval(first)
+    await first.stop()
+    with sqlite3.connect(tmp_path / "threadflow.db") as db:
+        db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', "
+                   "attempt_started_at = ? WHERE key = ?", (float(run.approval.ts) - 0.5, f"approval:{run.run_id}:approve"))
+    db.close()
+    for _ in range(5):
+        emu.fail_next("conversations.replies", status=429, retry_after=30)
+
+    second = await start_bot()
+    await emu.click(run.approval, "approve", user=ALICE)
+    assert await second.settled(run.run_id) == "success"
+    await emu.wait_for(lambda: decided_and_finished(emu, run.approval, run.root), timeout=5)
+    recorded = await second.bot.store.approval_message(run.run_id, "approve")
+    assert recorded is not None and recorded.ts == run.approval.ts
+    assert [m.ts for m in replies(emu, run.root) if shows_step(m.to_api(), run.run_id, "approve")] == [run.approval.ts]
+    assert not emu.calls("chat.postEphemeral")  # nobody was told the button does not match
+
+
+async def test_a_click_on_a_message_this_app_did_not_post_decides_nothing(start_bot: StartBot, tmp_path: Path) -> None:
+    """The same state (the card's place not recorded yet), and a message that shows the run's step but was posted by
+    another app: it is not taken for the card, and the click is refused as before."""
+    first = await start_bot()
+    emu = first.emu
+    run = await suspend_approval(first)
+    await first.stop()
+    with sqlite3.connect(tmp_path / "threadflow.db") as db:
+        db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', "
+                   "attempt_started_at = ? WHERE key = ?", (float(run.approval.ts) - 0.5, f"approval:{run.run_id}:approve"))
+    db.close()
+    for _ in range(5):
+        emu.fail_next("conversations.replies", status=429, retry_after=30)
+
+    second = await start_bot()
+    shown = emu.message(run.approval.ts, run.approval.channel)
+    assert shown is not None
+    shown.app_id = "A0OTHERAPP"  # the same blocks at that place, but Slack says another app posted them
+    await emu.click(run.approval, "approve", user=ALICE)
+    await emu.wait_for(lambda: any("does not match" in str(c.params.get("text")) for c in emu.calls("chat.postEphemeral")),
+                       timeout=5)
+    assert (await second.bot.engine.get_run(run.run_id)).status == "suspended"
+    recorded = await second.bot.store.approval_message(run.run_id, "approve")
+    assert recorded is not None and recorded.ts is None
+
+
 async def _sent(bot: RunningBot, run_id: str) -> bool:
     card = await bot.bot.store.approval_message(run_id, "approve")
     return card is not None and card.state == "sent"
@@ -178,3 +233,33 @@ async def test_a_killed_serve_process_resumes_the_run_after_restart(emu: SlackEm
     assert "threadflow is listening on http://127.0.0.1:" in logs
     assert TOKEN not in logs and SIGNING_SECRET not in logs
     assert TOKEN not in json.dumps(emu.snapshot()) and SIGNING_SECRET not in json.dumps(emu.snapshot())
+
+
+async def test_a_restarted_serve_process_renders_at_once_what_the_killed_one_was_rendering(
+    emu: SlackEmulator, tmp_path: Path
+) -> None:
+    """The killed process held its runs' render leases (renewed while it lived); the one started after it on the same
+    host does not wait for them to run out: that process no longer exists, so its leases are handed back at start.
+    Here a lease lasts 30 s (``THREADFLOW_POLL_INTERVAL=10``), longer than the test waits."""
+    serve = ServeProcess(emu, tmp_path, THREADFLOW_POLL_INTERVAL=10)
+    emu.bot_url = serve.url
+    try:
+        await serve.start()
+        await emu.slash_command("/flow", "run approval ship it from a process", user=ALICE)
+        approval = await emu.wait_for(lambda: next(iter(approval_messages(emu)), None), timeout=10)
+        run_id = button_value(approval)["run_id"]
+        root = root_for(emu, run_id)
+        assert root is not None
+        with sqlite3.connect(tmp_path / "serve.db") as db:
+            [(renderer, expires)] = db.execute(
+                "SELECT renderer, renderer_expires_at FROM slack_runs WHERE run_id = ?", (run_id,)).fetchall()
+        db.close()
+        assert renderer is not None and expires > time.time() + 10  # the killed process's lease outlives the wait
+
+        await serve.kill()
+        await serve.start()
+        await emu.click(approval, "approve", user=ALICE)
+        await emu.wait_for(lambda: decided_and_finished(emu, approval, root), timeout=10)
+        assert "handed back" in serve.output() and renderer in serve.output()
+    finally:
+        await serve.stop()

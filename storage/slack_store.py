@@ -365,6 +365,24 @@ class SlackStore:
 
         return await self.db.write(op)
 
+    async def record_posted_ts(self, key: str, ts: str) -> str | None:
+        """Where a post that Slack took lives, learned from elsewhere than Slack's answer to it (a click on it), if
+        none is recorded yet; the ts recorded afterwards (another one if a sender recorded its own first).
+
+        Only the place is recorded, not which version Slack took: the message stays pending, so its sender edits
+        it to the newest content (one ``chat.update`` more if it was the newest already)."""
+        now = time.time()
+
+        async def op(conn: AsyncConnection) -> str | None:
+            await conn.execute(
+                update(slack_messages).where(slack_messages.c.key == key, slack_messages.c.ts.is_(None))
+                .values(ts=ts, attempt_started_at=None, next_attempt_at=0.0, attempts=0, updated_at=now)
+            )
+            row = (await conn.execute(select(slack_messages.c.ts).where(slack_messages.c.key == key))).first()
+            return None if row is None else row[0]
+
+        return await self.db.write(op)
+
     async def mark_retry(self, key: str, at: float, error: str, *, keep_attempt: bool = False,
                          count: bool = False) -> None:
         """Try again at ``at``; ``keep_attempt`` when the last try may have reached Slack (a timeout);

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from storage.records import SuspensionRecord
+from storage.slack_store import OutboxMessage
 from workflows.errors import AlreadyResumed, RunNotFound, ThreadflowError, UsageError
 
 from .. import blocks
@@ -80,9 +81,16 @@ def click_of(body: dict[str, Any], action: dict[str, Any]) -> Click:
     )
 
 
-def posted_by_this_app(click: Click, run_id: str, path: str) -> bool:
-    """The clicked message was posted by this app (Slack says so in the signed payload) and shows this run's step."""
-    return (click.app_id is not None and click.message_app_id == click.app_id and bool(click.message_blocks)
+def posted_by_this_app(click: Click, run_id: str, path: str, card: OutboxMessage) -> bool:
+    """The clicked message could be ``card``'s post whose place was not recorded: this app posted it (Slack says so in
+    the signed payload), in the card's thread, no earlier than the post's attempt began, and it shows this run's step.
+    """
+    try:
+        late_enough = float(click.message_ts) >= (card.attempt_started_at or 0.0) - 1.0  # as the look-up by id
+    except ValueError:
+        return False
+    return (late_enough and click.app_id is not None and click.message_app_id == click.app_id
+            and click.thread_ts == card.thread_ts and bool(click.message_blocks)
             and blocks.shows_step({"blocks": click.message_blocks}, run_id, path))
 
 
@@ -170,13 +178,14 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
         return None
     card = await deps.store.approval_message(run_id, path)
     if card is not None and card.ts is None and card.attempt_started_at is not None and posted_by_this_app(
-        click, run_id, path
+        click, run_id, path, card
     ):
         # Slack took the card, but the process that posted it died before it recorded where (a crash, a restart, then
         # this click, before the renderer looked the card up by its delivery id): the click shows where it is, a
-        # message this app posted in the run's channel showing this step's card. Recorded as the renderer would.
-        await deps.store.mark_sent(card.key, card.version, click.message_ts)
-        card = card.model_copy(update={"ts": click.message_ts})
+        # message this app posted in the card's thread, since the attempt began, showing this step's card. Only the
+        # place is recorded (the renderer then edits the card to its newest content); a place a sender recorded
+        # first wins, and the click is judged against that.
+        card = card.model_copy(update={"ts": await deps.store.record_posted_ts(card.key, click.message_ts)})
         deps.delivery.nudge(run_id)
     if card is None or not card.ts or card.ts != click.message_ts or (
         click.message_blocks and not blocks.shows_step({"blocks": click.message_blocks}, run_id, path)

@@ -158,24 +158,30 @@ async def test_a_click_on_a_card_posted_but_not_recorded_decides_before_the_card
     assert not emu.calls("chat.postEphemeral")  # nobody was told the button does not match
 
 
-async def test_a_click_on_a_message_this_app_did_not_post_decides_nothing(start_bot: StartBot, tmp_path: Path) -> None:
-    """The same state (the card's place not recorded yet), and a message that shows the run's step but was posted by
-    another app: it is not taken for the card, and the click is refused as before."""
+@pytest.mark.parametrize("shown_as", ["posted by another app", "posted by no app", "posted before the attempt"])
+async def test_a_click_that_may_not_be_on_the_unrecorded_card_decides_nothing(
+    start_bot: StartBot, tmp_path: Path, shown_as: str
+) -> None:
+    """The same state (the card's place not recorded yet), and a clicked message that shows the run's step but may not
+    be that post: Slack says another app posted it, or says no app did, or it is older than the post's attempt. It is
+    not taken for the card, and the click is refused as before."""
     first = await start_bot()
     emu = first.emu
     run = await suspend_approval(first)
     await first.stop()
+    began = float(run.approval.ts) + (5.0 if shown_as == "posted before the attempt" else -0.5)
     with sqlite3.connect(tmp_path / "threadflow.db") as db:
         db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', "
-                   "attempt_started_at = ? WHERE key = ?", (float(run.approval.ts) - 0.5, f"approval:{run.run_id}:approve"))
+                   "attempt_started_at = ? WHERE key = ?", (began, f"approval:{run.run_id}:approve"))
     db.close()
     for _ in range(5):
         emu.fail_next("conversations.replies", status=429, retry_after=30)
-
-    second = await start_bot()
     shown = emu.message(run.approval.ts, run.approval.channel)
     assert shown is not None
-    shown.app_id = "A0OTHERAPP"  # the same blocks at that place, but Slack says another app posted them
+    if shown_as != "posted before the attempt":  # the same blocks at that place, but Slack names another app or none
+        shown.app_id = "A0OTHERAPP" if shown_as == "posted by another app" else None
+
+    second = await start_bot()
     await emu.click(run.approval, "approve", user=ALICE)
     await emu.wait_for(lambda: any("does not match" in str(c.params.get("text")) for c in emu.calls("chat.postEphemeral")),
                        timeout=5)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from storage import Database
-from storage.slack_store import SlackRun, SlackStore
+from storage.slack_store import SlackRun, SlackStore, WantedMessage
 
 NOW = 1_800_000_000.0
 SCOPE = "T0TEAM:chat.postMessage:C0GENERAL"
@@ -78,3 +78,23 @@ async def test_the_render_leases_of_holders_that_are_gone_are_handed_back_and_no
     assert await store.claim_render("r-dead-2", "host:3:new", 300)
     assert not await store.claim_render("r-live", "host:3:new", 300)
     assert await store.release_renders_of(lambda owner: owner == "host:1:dead") == {}
+
+
+async def test_a_cards_place_learned_from_a_click_is_recorded_once_and_leaves_it_to_be_edited(
+    replicas: tuple[SlackStore, SlackStore],
+) -> None:
+    """``record_posted_ts``: the place of a card whose post was attempted and not recorded. The card stays pending (its
+    sender edits it to the newest content); a place recorded first, by its sender, is kept and returned."""
+    store, _ = replicas
+    run = SlackRun(run_id="r1", team_id="T0TEAM", channel_id="C0GENERAL", root_ts="100.000001",
+                   thread_id="slack:T0TEAM:C0GENERAL:100.000001", started_by=None, created_at=NOW)
+    await store.add_run(run)
+    await store.record(run, 1, [WantedMessage(key="approval:r1:go", kind="approval", channel_id="C0GENERAL",
+                                              thread_ts="100.000001", content={"text": "Approval needed"})])
+    assert await store.mark_attempt("approval:r1:go")  # posted; the answer was never recorded
+
+    assert await store.record_posted_ts("approval:r1:go", "100.000002") == "100.000002"
+    card = await store.approval_message("r1", "go")
+    assert card is not None and card.ts == "100.000002" and card.state == "pending" and card.sent_version == 0
+    assert card.attempt_started_at is None
+    assert await store.record_posted_ts("approval:r1:go", "100.000003") == "100.000002"  # the first place stays

@@ -20,6 +20,7 @@ from tests.bot.conftest import (
     TOKEN,
     RunningBot,
     StartBot,
+    SuspendedRun,
     approval_messages,
     block_text,
     button_value,
@@ -107,16 +108,22 @@ async def test_a_new_bot_on_the_same_database_finishes_a_run_started_by_the_old_
     assert {c.token for c in emu.calls("chat.update")} == {TOKEN}
 
 
-async def test_an_approval_posted_but_not_recorded_is_not_posted_again(start_bot: StartBot, tmp_path: Path) -> None:
+async def card_posted_then_crashed(start_bot: StartBot, tmp_path: Path, *,
+                                   attempt_began: float = -0.5) -> tuple[SlackEmulator, SuspendedRun]:
+    """A bot suspends a run at its approval card and stops, and the outbox is left as a crash leaves it between Slack
+    taking the card and recording it: no ``ts``, the post's attempt begun ``attempt_began`` s from the card's ``ts``."""
     first = await start_bot()
-    emu = first.emu
     run = await suspend_approval(first)
     await first.stop()
-    # The state a crash leaves between Slack taking the approval card and the outbox recording it.
     with sqlite3.connect(tmp_path / "threadflow.db") as db:
-        db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', "
-                   "attempt_started_at = ? WHERE key = ?", (float(run.approval.ts) - 0.5, f"approval:{run.run_id}:approve"))
+        db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', attempt_started_at = ? "
+                   "WHERE key = ?", (float(run.approval.ts) + attempt_began, f"approval:{run.run_id}:approve"))
     db.close()
+    return first.emu, run
+
+
+async def test_an_approval_posted_but_not_recorded_is_not_posted_again(start_bot: StartBot, tmp_path: Path) -> None:
+    emu, run = await card_posted_then_crashed(start_bot, tmp_path)
 
     second = await start_bot()
     await eventually(lambda: _sent(second, run.run_id))
@@ -137,14 +144,7 @@ async def test_a_click_on_a_card_posted_but_not_recorded_decides_before_the_card
     the new process has found the card again (here Slack rate-limits that look-up): the click shows where the card
     is, a message this app posted showing this run's step, so it decides instead of being told the button does not
     match its message. The card is not posted a second time."""
-    first = await start_bot()
-    emu = first.emu
-    run = await suspend_approval(first)
-    await first.stop()
-    with sqlite3.connect(tmp_path / "threadflow.db") as db:
-        db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', "
-                   "attempt_started_at = ? WHERE key = ?", (float(run.approval.ts) - 0.5, f"approval:{run.run_id}:approve"))
-    db.close()
+    emu, run = await card_posted_then_crashed(start_bot, tmp_path)
     for _ in range(5):
         emu.fail_next("conversations.replies", status=429, retry_after=30)
 
@@ -165,15 +165,8 @@ async def test_a_click_that_may_not_be_on_the_unrecorded_card_decides_nothing(
     """The same state (the card's place not recorded yet), and a clicked message that shows the run's step but may not
     be that post: Slack says another app posted it, or says no app did, or it is older than the post's attempt. It is
     not taken for the card, and the click is refused as before."""
-    first = await start_bot()
-    emu = first.emu
-    run = await suspend_approval(first)
-    await first.stop()
-    began = float(run.approval.ts) + (5.0 if shown_as == "posted before the attempt" else -0.5)
-    with sqlite3.connect(tmp_path / "threadflow.db") as db:
-        db.execute("UPDATE slack_messages SET ts = NULL, sent_version = 0, state = 'pending', "
-                   "attempt_started_at = ? WHERE key = ?", (began, f"approval:{run.run_id}:approve"))
-    db.close()
+    emu, run = await card_posted_then_crashed(
+        start_bot, tmp_path, attempt_began=5.0 if shown_as == "posted before the attempt" else -0.5)
     for _ in range(5):
         emu.fail_next("conversations.replies", status=429, retry_after=30)
     shown = emu.message(run.approval.ts, run.approval.channel)

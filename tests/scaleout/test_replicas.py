@@ -77,6 +77,19 @@ async def enqueue(url: str, n: int, delay: float = 0.0) -> list[str]:
     return ids
 
 
+async def wait_for_workers(url: str, count: int, timeout: float = 60) -> None:
+    """Until ``count`` worker processes are up (each lists the versions it executes in ``served_versions``)."""
+    watcher = Engine.from_url(url, execute=False)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(await watcher.live_executors()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(await watcher.live_executors())} of {count} workers up in {timeout}s")
+            await asyncio.sleep(0.1)
+    finally:
+        await watcher.close()
+
+
 async def wait_all_done(url: str, ids: list[str], timeout: float) -> None:
     watcher = Engine.from_url(url, execute=False)
     await watcher.open()
@@ -101,9 +114,12 @@ def executions(log: Path) -> Counter[tuple[str, str]]:
 @pytest.mark.parametrize("workers", [2, 4])
 async def test_workers_execute_each_step_exactly_once(pg_url: str, tmp_path: Path, workers: int) -> None:
     log = tmp_path / "exec.log"
-    ids = await enqueue(pg_url, 500)
     procs = start_workers(workers, worker_env(pg_url, log))
     try:
+        # Every worker up before the runs arrive: on a fast machine the first ones to start had run all 500 before
+        # the last one had imported its modules.
+        await wait_for_workers(pg_url, workers)
+        ids = await enqueue(pg_url, 500)
         await wait_all_done(pg_url, ids, timeout=150)
     finally:
         stop(procs)

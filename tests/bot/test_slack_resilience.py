@@ -13,6 +13,7 @@ import pytest
 
 from bot.blocks import shows_step
 from bot.emulator import Message, SlackEmulator
+from bot.runtime import build_engine
 from tests.bot.conftest import (
     ALICE,
     CHANNEL,
@@ -25,6 +26,7 @@ from tests.bot.conftest import (
     block_text,
     button_value,
     has_buttons,
+    make_settings,
     replies,
     root_for,
     suspend_approval,
@@ -156,6 +158,25 @@ async def test_a_click_on_a_card_posted_but_not_recorded_decides_before_the_card
     assert recorded is not None and recorded.ts == run.approval.ts
     assert [m.ts for m in replies(emu, run.root) if shows_step(m.to_api(), run.run_id, "approve")] == [run.approval.ts]
     assert not emu.calls("chat.postEphemeral")  # nobody was told the button does not match
+
+
+async def test_a_card_found_again_after_a_decision_taken_meanwhile_shows_the_decision(
+    start_bot: StartBot, tmp_path: Path
+) -> None:
+    """The card was posted, the bot died before recording where, and someone decided from the command line while no
+    bot ran. The bot started next plans the card's decided content, then finds the old card by its delivery id:
+    what it found is the old content (buttons and all), so it edits it to the decision instead of taking it as sent."""
+    emu, run = await card_posted_then_crashed(start_bot, tmp_path)
+    cli = build_engine(make_settings(emu, tmp_path / "threadflow.db"))  # as `threadflow approve` with no bot up
+    try:
+        await (await cli.resume(run.run_id, data={"approved": True}, by=ALICE)).result(timeout=10)
+    finally:
+        await cli.close()
+
+    await start_bot()
+    await emu.wait_for(lambda: decided_and_finished(emu, run.approval, run.root), timeout=10)
+    assert [m.ts for m in replies(emu, run.root) if shows_step(m.to_api(), run.run_id, "approve")] == [run.approval.ts]
+    assert emu.calls("conversations.replies")  # found by looking, not posted again
 
 
 @pytest.mark.parametrize("shown_as", ["posted by another app", "posted by no app", "posted before the attempt"])

@@ -82,11 +82,14 @@ def click_of(body: dict[str, Any], action: dict[str, Any]) -> Click:
 
 
 def posted_by_this_app(click: Click, run_id: str, path: str, card: OutboxMessage) -> bool:
-    """The clicked message could be ``card``'s post whose place was not recorded: this app posted it (Slack says so in
-    the signed payload), in the card's thread, no earlier than the post's attempt began, and it shows this run's step.
+    """The clicked message could be ``card``'s post whose place was not recorded: a post of it was attempted and no
+    place is recorded, and this app posted the message (Slack says so in the signed payload), in the card's thread,
+    no earlier than the attempt began, showing this run's step.
     """
+    if card.ts is not None or card.attempt_started_at is None:
+        return False
     try:
-        late_enough = float(click.message_ts) >= (card.attempt_started_at or 0.0) - 1.0  # as the look-up by id
+        late_enough = float(click.message_ts) >= card.attempt_started_at - 1.0  # as the look-up by id
     except ValueError:
         return False
     return (late_enough and click.app_id is not None and click.message_app_id == click.app_id
@@ -177,9 +180,7 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
                                 "nothing was changed.")
         return None
     card = await deps.store.approval_message(run_id, path)
-    if card is not None and card.ts is None and card.attempt_started_at is not None and posted_by_this_app(
-        click, run_id, path, card
-    ):
+    if card is not None and posted_by_this_app(click, run_id, path, card):
         # Slack took the card, but the process that posted it died before it recorded where (a crash, a restart, then
         # this click, before the renderer looked the card up by its delivery id): the click shows where it is, a
         # message this app posted in the card's thread, since the attempt began, showing this step's card. Only the

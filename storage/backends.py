@@ -31,7 +31,7 @@ from . import jsoncodec
 from .failure_log import FailureLog
 from .faults import connection_dropped, transient_kind
 from .pgconn import PgConnection, is_autocommit_safe
-from .prepared import Plan, PreparedResult, plan_for
+from .prepared import Plan, PlannedWrite, PreparedResult, plan_for
 from .urls import postgres_url_settings
 
 DbFn = Callable[[AsyncConnection], Awaitable[Any]]
@@ -73,6 +73,10 @@ class Backend:
     def commit_now(self, fns: Sequence[DbFn]) -> Outcomes | None:
         """The batch committed at once on the calling thread, or None: the queue runs it (the default)."""
         return None
+
+    def commit_planned_now(self, write: PlannedWrite) -> bool:
+        """``write`` committed at once on the calling thread: True; False if nothing was committed (the default)."""
+        return False
 
     async def run_batch(self, fns: Sequence[DbFn], *, inline: bool = False) -> Outcomes:
         """Run ``fns`` in one transaction; if any raises, roll back and give each its own transaction.
@@ -476,6 +480,44 @@ class ThreadBackend(Backend):
         if outcome is not None:
             self._maybe_checkpoint(PAGES_PER_COMMIT + PAGES_PER_WRITE * len(fns))
         return outcome
+
+    def commit_planned_now(self, write: PlannedWrite) -> bool:
+        """``write`` committed at once on the calling (event loop's) thread: True. False if nothing was committed: the
+        write lock was taken, a fenced statement changed no row (rolled back), or anything failed; the caller then
+        writes it as a database function, whose path sorts each case out (waits, LeaseLost, outages).
+
+        The same transaction ``commit_now`` makes of a function's statements, run straight on the kept cursor: one
+        run at a time, driving the function (its coroutine, the SyncConnection, the plan look-ups, the events held
+        back for one ``executemany``) cost about 4 us of a 50 us step.
+        """
+        if not self._inline or not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            try:
+                conn = self._writer_connection()
+            except Exception:
+                return False
+            raw, cursor = self._writer_raw
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                for plan, values in write.fenced:
+                    cursor.execute(plan.sql, values)
+                    if cursor.rowcount != 1:
+                        cursor.execute("ROLLBACK")
+                        return False
+                for plan, rows in write.then:
+                    if rows:
+                        cursor.executemany(plan.sql, rows)
+                cursor.execute("COMMIT")
+            except BaseException as exc:
+                _discard_transaction(conn)
+                if not isinstance(exc, Exception):
+                    raise
+                return False
+        finally:
+            self._write_lock.release()
+        self._maybe_checkpoint(PAGES_PER_COMMIT + PAGES_PER_WRITE)
+        return True
 
     def _writer_connection(self) -> Connection:
         """The one writer connection, kept open (callers hold ``_write_lock``).

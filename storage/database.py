@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .backends import AsyncBackend, Backend, PostgresSideWriter, SideWriter, SqliteSideWriter, ThreadBackend
 from .errors import DatabaseUnavailable, StorageError
 from .faults import describe, transient_kind
+from .prepared import PlannedWrite
 
 # Defined in urls.py (cheap to import: a read-only CLI command needs them without this module); still
 # importable from here, where callers have always found them.
@@ -315,6 +316,21 @@ class Database:
         if self._outages["write"] is not None:
             self._recovered("write")
         return (value,)
+
+    def commit_planned_now(self, write: PlannedWrite) -> bool:
+        """``write`` committed right here, as ``write(fn, inline=True, now=True)`` would commit a function doing the same
+        statements: True. False if it was not (the queue holds writes to go first, the backend cannot, or anything
+        failed): nothing was committed, and the caller writes it as a function instead."""
+        backend = self._backend
+        if backend is None or self._queue or self._committing:
+            return False
+        started = time.perf_counter()
+        if not backend.commit_planned_now(write):
+            return False
+        self._committed(1, time.perf_counter() - started)
+        if self._outages["write"] is not None:
+            self._recovered("write")
+        return True
 
     def write_nowait(self, fn: WriteFn[Any], *, inline: bool = False, patient: bool = False) -> asyncio.Future[Any]:
         """Queue a write without waiting for it (events whose loss in a crash is harmless); arguments as in write."""

@@ -22,7 +22,7 @@ import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
 from sqlalchemy.dialects.sqlite import base as sqlite_base
@@ -209,6 +209,20 @@ def _segments(slots: Sequence[tuple[str, Any, Callable[[Any], Any] | None]]
                 return None
             segments[-1] = (name, size + 1, None, process)
     return tuple(segments)
+
+
+class PlannedWrite(NamedTuple):
+    """A write made only of resolved plans and their values, with no database function to drive: statements that must
+    each change exactly one row (fenced: an insert-if-absent, an insert or update only while this process holds the
+    run), then the rows of further INSERTs, in that order; all or nothing.
+
+    What the engine's lone commits are (a run's row, a step's result, a run's end, each with its events):
+    ``Database.commit_planned_now`` runs one straight on the cursor, skipping what a function's path costs around the
+    same statements (see ``ThreadBackend.commit_planned_now``).
+    """
+
+    fenced: tuple[tuple[Plan, tuple[Any, ...]], ...]
+    then: tuple[tuple[Plan, list[tuple[Any, ...]]], ...]
 
 
 @dataclass(frozen=True)

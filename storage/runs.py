@@ -38,7 +38,7 @@ from .coalesce import Coalescer
 from .database import Database, insert_ignore
 from .outbox import INSERT_EVENTS
 from .pgconn import PgConnection, autocommit_safe
-from .prepared import Plan, plan_for, prepared
+from .prepared import Plan, PlannedWrite, plan_for, prepared
 from .ready import is_ready, oldest_ready
 from .records import (
     TERMINAL_STATUSES,
@@ -89,6 +89,8 @@ class HotPlans:
     #: the result's slots are the expected ones (``_RESULT_SLOTS``, each with one of the two processors or none):
     #: its values are bound from the record's fields without a dict
     direct: bool
+    #: the dialect the plans were compiled for (a new run's INSERT is planned by its row's columns, see run_write)
+    dialect: Any
 
     @classmethod
     def resolve(cls, conn: SyncConnection, insert_result: Any) -> HotPlans | None:
@@ -105,7 +107,7 @@ class HotPlans:
         expected = {"output": dump, "started_at": times, "finished_at": times}
         direct = (tuple(n for n, _, _ in result.slots) == _RESULT_SLOTS and result.slots[-1][1] == "running"
                   and all((process or _same) is expected.get(name, _same) for name, _, process in result.slots))
-        return cls(result, events_plan, dump, times, direct)
+        return cls(result, events_plan, dump, times, direct, dialect)
 
     def result_values(self, record: StepResultRecord, owner: str) -> tuple[Any, ...]:
         """The fenced insert's values for a step's result, as the plan binds them from the record's fields."""
@@ -116,11 +118,41 @@ class HotPlans:
                     times(d["started_at"]), times(d["finished_at"]), run_id, owner, "running")
         return self.result.values({**d, "b_owner": owner})
 
-    def add_events(self, conn: SyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
-        """Events as positional rows for the resolved plan, no dict and no look-up per row (``conn``: the batch's
-        SyncConnection)."""
+    def event_rows(self, run_id: str, new: Iterable[NewEvent], now: float) -> list[tuple[Any, ...]]:
+        """Events as positional rows for the resolved plan, no dict and no look-up per row."""
         dump, times = self.dump, self.times
-        conn.add_rows(self.events, [(run_id, e.type, e.path, dump(e.data), times(e.at or now)) for e in new])
+        return [(run_id, e.type, e.path, dump(e.data), times(e.at or now)) for e in new]
+
+    def add_events(self, conn: SyncConnection, run_id: str, new: Iterable[NewEvent], now: float) -> None:
+        """The events' rows added to the batch (``conn``: the batch's SyncConnection)."""
+        conn.add_rows(self.events, self.event_rows(run_id, new, now))
+
+    def step_write(self, record: StepResultRecord, owner: str, new: Iterable[NewEvent]) -> PlannedWrite:
+        """A step's result with its events as plans and values: what ``_record_step`` writes when the result goes in."""
+        return PlannedWrite(((self.result, self.result_values(record, owner)),),
+                            ((self.events, self.event_rows(record.run_id, new, record.finished_at)),))
+
+    def run_write(self, insert_run: Any, row: dict[str, Any], new: Iterable[NewEvent]) -> PlannedWrite | None:
+        """A new run's row with its events, as ``create_run`` writes them when the row goes in (None: not planned)."""
+        plan = plan_for(insert_run, row, self.dialect)
+        if plan is None:
+            return None
+        return PlannedWrite(((plan, plan.values(row)),), ((self.events, self.event_rows(row["id"], new, row["created_at"])),))
+
+    def settle_write(self, values: dict[str, Any], owner: str, new: Iterable[NewEvent], now: float,
+                     step: FinishedStep | None) -> PlannedWrite | None:
+        """A run's end (``values``: the columns ``settle`` sets), after its last step if ``step``, with their events;
+        as ``settle`` writes them (None: not planned)."""
+        run_id = values["b_id"]
+        plan = plan_for(_SETTLE, values, self.dialect)
+        if plan is None:
+            return None
+        fenced: tuple[tuple[Plan, tuple[Any, ...]], ...] = ((plan, plan.values(values)),)
+        rows = self.event_rows(run_id, new, now)
+        if step is not None:
+            fenced = ((self.result, self.result_values(step.result, owner)), *fenced)
+            rows = self.event_rows(run_id, step.events, step.result.finished_at) + rows
+        return PlannedWrite(fenced, ((self.events, rows),))
 
 
 class FinishedStep(NamedTuple):
@@ -358,6 +390,12 @@ class RunStore:
         retried, the row already there is this very run (same ``created_at``) and nothing is added twice.
         """
 
+        hot = self._hot_plans
+        if alone and hot:  # SQLite, one run at a time: committed straight on the cursor (else as a function, below)
+            write = hot.run_write(self._insert_run, row, new_events)
+            if write is not None and self.db.commit_planned_now(write):
+                return
+
         async def op(conn: AsyncConnection) -> None:
             if isinstance(conn, PgConnection):
                 inserted = await pg_writes.insert_run(conn, row, new_events)  # the run and its events, one statement
@@ -520,6 +558,10 @@ class RunStore:
         recovered from a dead process and this is its first step since, so its count of deaths starts over.
         """
 
+        hot = self._hot_plans
+        if alone and hot and not progressed and self.db.commit_planned_now(hot.step_write(result, owner, new_events)):
+            return  # SQLite, one run at a time: committed straight on the cursor (else as a function, below)
+
         async def op(conn: AsyncConnection) -> None:
             await self._record_step(conn, result, owner, lease, new_events, progressed)
 
@@ -598,12 +640,7 @@ class RunStore:
             await self.commit_step(step.result, owner, step.lease, step.events, progressed=step.progressed, alone=alone)
             step = None
 
-        async def op(conn: AsyncConnection) -> dict[str, Any]:
-            target = status
-            if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id, seen):
-                target = "pending"
-            elif status == "suspended" and ready_at is not None and ready_at <= now:
-                target = "waiting"  # the timer beside its approval is due already: claimed at once, walked again
+        def columns(target: str) -> dict[str, Any]:
             values: dict[str, Any] = {
                 "status": target,
                 "owner": None,
@@ -616,6 +653,23 @@ class RunStore:
                 values.update(output=output, error=error, finished_at=now)
             else:
                 values["recoveries"] = 0  # it got somewhere: the next process death is counted afresh
+            return values
+
+        hot = self._hot_plans
+        if alone and hot and status not in ("suspended", "waiting") and not (step is not None and step.progressed):
+            # SQLite, one run at a time, nothing to check first: committed straight on the cursor (else as a function)
+            values = columns(status)
+            write = hot.settle_write({**values, "b_id": run_id, "b_owner": owner}, owner, new_events, now, step)
+            if write is not None and self.db.commit_planned_now(write):
+                return values
+
+        async def op(conn: AsyncConnection) -> dict[str, Any]:
+            target = status
+            if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id, seen):
+                target = "pending"
+            elif status == "suspended" and ready_at is not None and ready_at <= now:
+                target = "waiting"  # the timer beside its approval is due already: claimed at once, walked again
+            values = columns(target)
             if step is not None:
                 await self._record_step(conn, step.result, owner, step.lease, step.events, step.progressed)
             evs = list(new_events)

@@ -46,13 +46,31 @@ async def events_of(store: RunStore, run_id: str) -> list[tuple[str, str | None,
     return [(e.type, e.path, e.data, e.at) for e in await store.read_events(run_id)]
 
 
+@pytest.fixture(params=[False, True], ids=["queued", "alone"])
+def alone(request: pytest.FixtureRequest) -> bool:
+    """Each write as the engine makes it with other runs executing (False) or one run at a time (True)."""
+    return bool(request.param)
+
+
+async def store_of(db: Database, alone: bool) -> RunStore:
+    """A run store; ``alone``: its SQLite plans resolved (a first step committed), so that its lone writes on SQLite are
+    planned writes, committed straight on the cursor, as the engine's are one run at a time."""
+    store = RunStore(db)
+    if alone:
+        row = run_row("warm-up")
+        await store.create_run(row, [])
+        await store.commit_step(result(row["id"], "w", None), "warm-up", LEASE, [])
+        assert store._hot_plans or db.dialect != "sqlite"
+    return store
+
+
 def postgres_only(db_url: str) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("what is sent to PostgreSQL")
 
 
-async def test_a_steps_events_commit_with_it_in_order_with_their_data(databases: list[Database]) -> None:
-    store = RunStore(databases[0])
+async def test_a_steps_events_commit_with_it_in_order_with_their_data(databases: list[Database], alone: bool) -> None:
+    store = await store_of(databases[0], alone)
     row = run_row("me")
     await store.create_run(row, [])
     started = time.time() - 5
@@ -63,7 +81,7 @@ async def test_a_steps_events_commit_with_it_in_order_with_their_data(databases:
     ]
     rec = result(row["id"], "a", {"v": [1, "two", None]}, attempts=3, started_at=started)
 
-    await store.commit_step(rec, "me", LEASE, evs)
+    await store.commit_step(rec, "me", LEASE, evs, alone=alone)
 
     [stored] = (await store.load_progress(row["id"])).results.values()
     assert stored == rec  # every column as given: JSON output, attempts, both times
@@ -74,15 +92,15 @@ async def test_a_steps_events_commit_with_it_in_order_with_their_data(databases:
     ]
 
 
-async def test_a_step_commit_retried_after_it_committed_adds_nothing(databases: list[Database]) -> None:
-    store = RunStore(databases[0])
+async def test_a_step_commit_retried_after_it_committed_adds_nothing(databases: list[Database], alone: bool) -> None:
+    store = await store_of(databases[0], alone)
     row = run_row("me")
-    await store.create_run(row, [])
+    await store.create_run(row, [], alone=alone)
     rec = result(row["id"], "a", 1)
 
-    await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+    await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")], alone=alone)
     # The same commit again, as after a dropped connection whose COMMIT's outcome was not known.
-    await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")])
+    await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")], alone=alone)
 
     assert [e[0] for e in await events_of(store, row["id"])] == ["step.succeeded"]
     assert list((await store.load_progress(row["id"])).results) == ["a"]
@@ -238,15 +256,16 @@ async def test_on_postgresql_a_value_the_server_refuses_is_a_data_error_not_an_o
     assert list((await store.load_progress(row["id"])).results) == ["a"]
 
 
-async def test_a_run_is_created_once_with_its_events(databases: list[Database]) -> None:
-    store = RunStore(databases[0])
+async def test_a_run_is_created_once_with_its_events(databases: list[Database], alone: bool) -> None:
+    store = await store_of(databases[0], alone)
     row = run_row(None, input={"n": [1, None]}, thread_id="t1")
 
-    await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})])
+    await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})], alone=alone)
     # The same start again (a commit of unknown outcome retried): harmless, nothing added.
-    await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})])
+    await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})], alone=alone)
     with pytest.raises(RunExists):  # another run with the same id
-        await store.create_run({**row, "created_at": row["created_at"] + 1}, [NewEvent(type="run.started")])
+        await store.create_run({**row, "created_at": row["created_at"] + 1}, [NewEvent(type="run.started")],
+                               alone=alone)
 
     created = await store.get_run(row["id"])
     assert created is not None and (created.input, created.thread_id, created.status) == ({"n": [1, None]}, "t1", "pending")
@@ -254,23 +273,24 @@ async def test_a_run_is_created_once_with_its_events(databases: list[Database]) 
     assert await events_of(store, row["id"]) == [("run.started", None, {"input": {"n": [1, None]}}, row["created_at"])]
 
 
-async def test_a_settle_sets_the_run_and_its_events_together_or_nothing(databases: list[Database]) -> None:
-    store = RunStore(databases[0])
+async def test_a_settle_sets_the_run_and_its_events_together_or_nothing(databases: list[Database], alone: bool) -> None:
+    store = await store_of(databases[0], alone)
     row = run_row("me", recoveries=2)
-    await store.create_run(row, [])
+    await store.create_run(row, [], alone=alone)
 
     with pytest.raises(LeaseLost):
-        await store.settle(row["id"], "someone-else", "success", [NewEvent(type="run.finished")], output=1)
+        await store.settle(row["id"], "someone-else", "success", [NewEvent(type="run.finished")], output=1, alone=alone)
     assert (await store.get_run(row["id"])).status == "running" and await events_of(store, row["id"]) == []
 
-    values = await store.settle(row["id"], "me", "pending", [NewEvent(type="run.released", data={"why": None})])
+    values = await store.settle(row["id"], "me", "pending", [NewEvent(type="run.released", data={"why": None})],
+                                alone=alone)
     assert values["status"] == "pending"
     released = await store.get_run(row["id"])
     assert (released.status, released.owner, released.lease_expires_at, released.recoveries) == ("pending", None, None, 0)
 
     assert await store.claim("me", 10, LEASE) == [row["id"]]
     await store.settle(row["id"], "me", "failed", [NewEvent(type="run.failed", path="a")],
-                       error={"type": "Boom", "message": "ü"}, output={"partial": [1]})
+                       error={"type": "Boom", "message": "ü"}, output={"partial": [1]}, alone=alone)
     failed = await store.get_run(row["id"])
     assert (failed.status, failed.error, failed.output, failed.owner) == ("failed", {"type": "Boom", "message": "ü"},
                                                                           {"partial": [1]}, None)
@@ -311,21 +331,24 @@ async def test_on_postgresql_a_run_start_step_and_finish_are_one_round_trip_each
     assert (await store.get_run(run_id)).status == "success"
 
 
-async def test_a_runs_last_step_settles_with_it_in_one_commit_or_not_at_all(databases: list[Database]) -> None:
+async def test_a_runs_last_step_settles_with_it_in_one_commit_or_not_at_all(
+    databases: list[Database], alone: bool
+) -> None:
     db = databases[0]
-    store = RunStore(db)
+    store = await store_of(db, alone)
     row = run_row("me")
-    await store.create_run(row, [])
+    await store.create_run(row, [], alone=alone)
     rec = result(row["id"], "last", {"v": 1})
     step = FinishedStep(rec, [NewEvent(type="step.succeeded", path="last", data={"output": {"v": 1}})], LEASE)
 
     with pytest.raises(LeaseLost):  # not this process's run: neither the step nor the end
-        await store.settle(row["id"], "someone-else", "success", [NewEvent(type="run.finished")], output=1, step=step)
+        await store.settle(row["id"], "someone-else", "success", [NewEvent(type="run.finished")], output=1, step=step,
+                           alone=alone)
     assert (await store.load_progress(row["id"])).results == {} and await events_of(store, row["id"]) == []
 
     commits = db.commits
     await store.settle(row["id"], "me", "success", [NewEvent(type="run.finished", data={"status": "success"})],
-                       output={"v": 1}, step=step)
+                       output={"v": 1}, step=step, alone=alone)
 
     assert db.commits - commits == (1 if db.dialect == "sqlite" else 2)
     assert (await store.load_progress(row["id"])).results == {"last": rec}
@@ -431,3 +454,126 @@ async def test_event_times_bind_as_the_at_columns_processor_would(db_url: str, d
     await store.create_run(row, [])
     await store.add_events(row["id"], [NewEvent(type="x", at=Decimal("1.5"))])  # type: ignore[arg-type]
     assert [e[3] for e in await events_of(store, row["id"])] == [1.5]
+
+
+# -- a lone step's commit as a planned write (SQLite, one run at a time) ----------------------------------------------
+
+def sqlite_only(db_url: str) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's planned writes")
+
+
+async def hot_plans(db: Database) -> HotPlans:
+    from storage.backends import SyncConnection
+
+    hot = await db.read(lambda conn: conn.run_sync(
+        lambda sync: HotPlans.resolve(SyncConnection(sync), insert_result_if_held("sqlite"))))
+    assert hot is not None
+    return hot
+
+
+def file_rows(db: Database, sql: str) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(db.url.split("///", 1)[1]) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_on_sqlite_a_lone_step_is_committed_as_a_planned_write_with_its_events(
+    db_url: str, databases: list[Database]
+) -> None:
+    sqlite_only(db_url)
+    db = databases[0]
+    store = RunStore(db)
+    row = run_row("me")
+    await store.create_run(row, [])
+    hot = await hot_plans(db)
+    started = time.time() - 1
+    rec = result(row["id"], "a", {"v": [1, None]}, attempts=2, started_at=started)
+    evs = [NewEvent(type="step.started", path="a", data={"input": {"n": 1}}, at=started),
+           NewEvent(type="step.succeeded", path="a", data={"output": {"v": [1, None]}})]
+    commits = db.commits
+
+    assert db.commit_planned_now(hot.step_write(rec, "me", evs)) is True
+
+    assert db.commits == commits + 1
+    assert (await store.load_progress(row["id"])).results == {"a": rec}
+    assert await events_of(store, row["id"]) == [
+        ("step.started", "a", {"input": {"n": 1}}, started),
+        ("step.succeeded", "a", {"output": {"v": [1, None]}}, rec.finished_at),
+    ]
+    # What commit_step writes for the next step, alone, is the same (it takes this path once its plans are resolved).
+    await store.commit_step(result(row["id"], "b", 2), "me", LEASE, [NewEvent(type="step.succeeded", path="b")],
+                            alone=True)
+    await store.commit_step(result(row["id"], "c", 3), "me", LEASE, [NewEvent(type="step.succeeded", path="c")],
+                            alone=True)
+    assert list((await store.load_progress(row["id"])).results) == ["a", "b", "c"]
+    assert [e[1] for e in await events_of(store, row["id"])] == ["a", "a", "b", "c"]
+
+
+async def test_on_sqlite_a_planned_write_of_a_run_not_held_writes_nothing_and_the_step_is_fenced(
+    db_url: str, databases: list[Database]
+) -> None:
+    sqlite_only(db_url)
+    db = databases[0]
+    store = RunStore(db)
+    row = run_row("someone else")
+    await store.create_run(row, [])
+    hot = await hot_plans(db)
+    late = result(row["id"], "a", 1)
+
+    assert db.commit_planned_now(hot.step_write(late, "me", [NewEvent(type="step.succeeded", path="a")])) is False
+    await store.commit_step(result(row["id"], "z", 0), "someone else", LEASE, [], alone=True)  # (plans resolved)
+    with pytest.raises(LeaseLost):
+        await store.commit_step(late, "me", LEASE, [NewEvent(type="step.succeeded", path="a")], alone=True)
+
+    assert list((await store.load_progress(row["id"])).results) == ["z"]
+    assert await events_of(store, row["id"]) == []
+
+
+async def test_on_sqlite_a_planned_write_while_another_process_writes_waits_its_turn_as_a_function(
+    db_url: str, databases: list[Database]
+) -> None:
+    """Another process (a CLI command) holds SQLite's write lock: the planned write commits nothing on the loop, and
+    the step's commit waits in the writer thread until the lock is free, then commits once."""
+    import sqlite3
+    import threading
+
+    sqlite_only(db_url)
+    db = databases[0]
+    store = RunStore(db)
+    row = run_row("me")
+    await store.create_run(row, [])
+    hot = await hot_plans(db)
+    other = sqlite3.connect(db.url.split("///", 1)[1], isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        rec = result(row["id"], "a", 1)
+        assert db.commit_planned_now(hot.step_write(rec, "me", [NewEvent(type="step.succeeded", path="a")])) is False
+        threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+        await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")], alone=True)
+    finally:
+        other.close()
+
+    assert list((await store.load_progress(row["id"])).results) == ["a"]
+    assert [e[0] for e in await events_of(store, row["id"])] == ["step.succeeded"]
+
+
+async def test_on_sqlite_a_planned_write_that_fails_midway_leaves_nothing_and_the_next_one_works(
+    db_url: str, databases: list[Database]
+) -> None:
+    sqlite_only(db_url)
+    db = databases[0]
+    store = RunStore(db)
+    row = run_row("me")
+    await store.create_run(row, [])
+    hot = await hot_plans(db)
+    # The result goes in, then an event row the table refuses (its type is NOT NULL): the whole commit is undone.
+    refused = hot.step_write(result(row["id"], "a", 1), "me", [NewEvent(type=None, path="a")])  # type: ignore[arg-type]
+
+    assert db.commit_planned_now(refused) is False
+    assert file_rows(db, "SELECT path FROM step_results") == []
+
+    assert db.commit_planned_now(hot.step_write(result(row["id"], "a", 1), "me", [NewEvent(type="ok", path="a")]))
+    assert file_rows(db, "SELECT path FROM step_results") == [("a",)]
+    assert [e[0] for e in await events_of(store, row["id"])] == ["ok"]

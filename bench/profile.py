@@ -34,6 +34,7 @@ SETUPS = (("1-at-a-time", 1, 2_000), ("100-in-flight", 100, 4_000))
 
 #: (group, test on the innermost frame "function (file:line)"), first match wins.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("SQLite: a lone commit's BEGIN, statements, COMMIT (planned writes)", ("ThreadBackend.commit_planned_now",)),
     ("SQLite: BEGIN/COMMIT (WAL append)", ("ThreadBackend._transaction",)),
     ("SQLite: executing statements", ("Plan.run", "SyncConnection.flush", "Cursor.execute")),
     ("SQLite: WAL checkpoint (writer thread)", ("checkpoint",)),

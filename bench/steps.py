@@ -398,8 +398,8 @@ def _threadflow_row(n: int, concurrency: int, sync: str, seconds: float, latenci
     per_commit = stats["queued_writes"] / max(1, stats["commits"])
     return _row("threadflow", _setup(concurrency, n, f"WAL+{sync}"), n, seconds, latencies,
                 note=(f"{stats['commits'] / n:.1f} commits/run, {per_commit:.1f} writes/commit, "
-                      f"{stats['cpu_us_per_step']:.0f} us CPU/step; writes a result row + event row + "
-                      "run position per step" + rounds),
+                      f"{stats['cpu_us_per_step']:.0f} us CPU/step; writes a fenced result row and two event rows "
+                      "(step.started, step.succeeded) per step" + rounds),
                 extra=stats)
 
 

@@ -74,6 +74,9 @@ class Backend:
         """The batch committed at once on the calling thread, or None: the queue runs it (the default)."""
         return None
 
+    #: whether ``commit_planned_now`` can commit at all (the default cannot)
+    plans_now = False
+
     def commit_planned_now(self, write: PlannedWrite) -> bool:
         """``write`` committed at once on the calling thread: True; False if nothing was committed (the default)."""
         return False
@@ -381,6 +384,7 @@ class ThreadBackend(Backend):
         self._checkpoint_failures = FailureLog(log, "WAL checkpoint")
         # In memory, reads and writes share one connection and one thread: writes stay in that thread too.
         self._inline = self.reader is not self.writer
+        self.plans_now = self._inline
         configure_sqlite(self.writer, begin="BEGIN IMMEDIATE")
         if self.reader is not self.writer:
             configure_sqlite(self.reader, begin=None)
@@ -483,8 +487,10 @@ class ThreadBackend(Backend):
 
     def commit_planned_now(self, write: PlannedWrite) -> bool:
         """``write`` committed at once on the calling (event loop's) thread: True. False if nothing was committed: the
-        write lock was taken, a fenced statement changed no row (rolled back), or anything failed; the caller then
-        writes it as a database function, whose path sorts each case out (waits, LeaseLost, outages).
+        writer is busy (this process's write lock) or SQLite's lock is held by another connection, a fenced statement
+        changed no row (rolled back), or any other error (rolled back); the caller then writes it as a database
+        function, whose path sorts each case out (waits, LeaseLost, outages). A KeyboardInterrupt or SystemExit on
+        the way rolls back and goes on up.
 
         The same transaction ``commit_now`` makes of a function's statements, run straight on the kept cursor: one
         run at a time, driving the function (its coroutine, the SyncConnection, the plan look-ups, the events held
@@ -497,7 +503,7 @@ class ThreadBackend(Backend):
                 conn = self._writer_connection()
             except Exception:
                 return False
-            raw, cursor = self._writer_raw
+            cursor = self._writer_raw[1]
             try:
                 cursor.execute("BEGIN IMMEDIATE")
                 for plan, values in write.fenced:
@@ -793,7 +799,8 @@ class PostgresSideWriter(SideWriter):
 
 
 def _discard_transaction(conn: Connection) -> None:
-    """After a failed commit (disk full, I/O error), leave the kept connection usable for the next batch.
+    """After a failed transaction (a COMMIT that failed on a full disk or an I/O error, a statement that failed), leave
+    the kept connection usable for the next batch.
 
     A COMMIT that fails may leave SQLite's transaction open and SQLAlchemy's marked invalid; without a full
     rollback of both, every later statement on the connection fails with PendingRollbackError, for good.
@@ -805,7 +812,7 @@ def _discard_transaction(conn: Connection) -> None:
             raw.rollback()
         conn.rollback()
     except Exception as exc:  # the connection itself is unusable: replace it
-        log.warning("rolling back a failed commit failed (%s); opening a new connection", type(exc).__name__)
+        log.warning("rolling back a failed transaction failed (%s); opening a new connection", type(exc).__name__)
         conn.invalidate()
 
 

@@ -145,6 +145,8 @@ class Database:
         self.changes = ChangeSignal()
         self.commits = 0
         self.batched_writes = 0
+        #: of ``commits``, those of planned writes (``commit_planned_now``)
+        self.planned_commits = 0
         self._after_commit_hooks: list[Callable[[int], None]] = []
         self._fault_hooks: list[Callable[[str, bool], None]] = []
         self.last_commit_seconds = 0.0
@@ -312,24 +314,34 @@ class Database:
         [(ok, value)], _ = outcome
         if not ok:
             return None
+        self._committed_now(started)
+        return (value,)
+
+    def _committed_now(self, started: float) -> None:
+        """A write committed on the caller's turn (``_commit_now``, ``commit_planned_now``) since ``started``."""
         self._committed(1, time.perf_counter() - started)
         if self._outages["write"] is not None:
             self._recovered("write")
-        return (value,)
+
+    def commits_planned_now(self) -> bool:
+        """Whether ``commit_planned_now`` may commit at all right now: the backend can (SQLite on a file) and no write is
+        queued or being committed (they go first)."""
+        backend = self._backend
+        return backend is not None and backend.plans_now and not self._queue and not self._committing
 
     def commit_planned_now(self, write: PlannedWrite) -> bool:
         """``write`` committed right here, as ``write(fn, inline=True, now=True)`` would commit a function doing the same
-        statements: True. False if it was not (the queue holds writes to go first, the backend cannot, or anything
-        failed): nothing was committed, and the caller writes it as a function instead."""
+        statements: True. False if it was not (a write is queued or being committed, the backend cannot, or it
+        failed; see ``ThreadBackend.commit_planned_now``): nothing was committed, and the caller writes it as a
+        function instead."""
         backend = self._backend
         if backend is None or self._queue or self._committing:
             return False
         started = time.perf_counter()
         if not backend.commit_planned_now(write):
             return False
-        self._committed(1, time.perf_counter() - started)
-        if self._outages["write"] is not None:
-            self._recovered("write")
+        self.planned_commits += 1
+        self._committed_now(started)
         return True
 
     def write_nowait(self, fn: WriteFn[Any], *, inline: bool = False, patient: bool = False) -> asyncio.Future[Any]:

@@ -127,31 +127,34 @@ class HotPlans:
         """The events' rows added to the batch (``conn``: the batch's SyncConnection)."""
         conn.add_rows(self.events, self.event_rows(run_id, new, now))
 
-    def step_write(self, record: StepResultRecord, owner: str, new: Iterable[NewEvent]) -> PlannedWrite:
+    def _step_statement(self, record: StepResultRecord, owner: str) -> tuple[Plan, tuple[Any, ...]]:
+        return self.result, self.result_values(record, owner)
+
+    def step_write(self, record: StepResultRecord, owner: str, new: Sequence[NewEvent]) -> PlannedWrite:
         """A step's result with its events as plans and values: what ``_record_step`` writes when the result goes in."""
-        return PlannedWrite(((self.result, self.result_values(record, owner)),),
+        return PlannedWrite((self._step_statement(record, owner),),
                             ((self.events, self.event_rows(record.run_id, new, record.finished_at)),))
 
-    def run_write(self, insert_run: Any, row: dict[str, Any], new: Iterable[NewEvent]) -> PlannedWrite | None:
+    def run_write(self, insert_run: Any, row: dict[str, Any], new: Sequence[NewEvent]) -> PlannedWrite | None:
         """A new run's row with its events, as ``create_run`` writes them when the row goes in (None: not planned)."""
         plan = plan_for(insert_run, row, self.dialect)
         if plan is None:
             return None
         return PlannedWrite(((plan, plan.values(row)),), ((self.events, self.event_rows(row["id"], new, row["created_at"])),))
 
-    def settle_write(self, values: dict[str, Any], owner: str, new: Iterable[NewEvent], now: float,
+    def settle_write(self, run_id: str, owner: str, values: dict[str, Any], new: Sequence[NewEvent], now: float,
                      step: FinishedStep | None) -> PlannedWrite | None:
         """A run's end (``values``: the columns ``settle`` sets), after its last step if ``step``, with their events;
         as ``settle`` writes them (None: not planned)."""
-        run_id = values["b_id"]
-        plan = plan_for(_SETTLE, values, self.dialect)
+        bound = {**values, "b_id": run_id, "b_owner": owner}
+        plan = plan_for(_SETTLE, bound, self.dialect)
         if plan is None:
             return None
-        fenced: tuple[tuple[Plan, tuple[Any, ...]], ...] = ((plan, plan.values(values)),)
+        fenced: tuple[tuple[Plan, tuple[Any, ...]], ...] = ((plan, plan.values(bound)),)
         rows = self.event_rows(run_id, new, now)
         if step is not None:
-            fenced = ((self.result, self.result_values(step.result, owner)), *fenced)
-            rows = self.event_rows(run_id, step.events, step.result.finished_at) + rows
+            fenced = (self._step_statement(step.result, owner), *fenced)
+            rows = self.event_rows(step.result.run_id, step.events, step.result.finished_at) + rows
         return PlannedWrite(fenced, ((self.events, rows),))
 
 
@@ -390,8 +393,8 @@ class RunStore:
         retried, the row already there is this very run (same ``created_at``) and nothing is added twice.
         """
 
-        hot = self._hot_plans
-        if alone and hot:  # SQLite, one run at a time: committed straight on the cursor (else as a function, below)
+        hot = self._planned_now(alone)
+        if hot:  # SQLite, one run at a time: committed straight on the cursor (else as a function, below)
             write = hot.run_write(self._insert_run, row, new_events)
             if write is not None and self.db.commit_planned_now(write):
                 return
@@ -558,8 +561,8 @@ class RunStore:
         recovered from a dead process and this is its first step since, so its count of deaths starts over.
         """
 
-        hot = self._hot_plans
-        if alone and hot and not progressed and self.db.commit_planned_now(hot.step_write(result, owner, new_events)):
+        hot = self._planned_now(alone)
+        if hot and not progressed and self.db.commit_planned_now(hot.step_write(result, owner, new_events)):
             return  # SQLite, one run at a time: committed straight on the cursor (else as a function, below)
 
         async def op(conn: AsyncConnection) -> None:
@@ -568,6 +571,12 @@ class RunStore:
         # Alone in a batch, no BEGIN/COMMIT around it: its one statement is atomic, and on the rare path
         # (not inserted) the lease check that follows only reads and touches the lease of a held run.
         await self.db.write(autocommit_safe(op), inline=True, patient=True, now=alone)
+
+    def _planned_now(self, alone: bool) -> HotPlans | None:
+        """The resolved plans, if a write made ``alone`` may be committed as a planned write now (see
+        ``Database.commits_planned_now``): checked before the write is built, which encodes its JSON."""
+        hot = self._hot_plans
+        return hot if alone and hot and self.db.commits_planned_now() else None
 
     def _hot(self, conn: AsyncConnection) -> HotPlans | None:
         """On SQLite's batch connection, the plans of a step's statements (resolved on first use), else None."""
@@ -655,11 +664,11 @@ class RunStore:
                 values["recoveries"] = 0  # it got somewhere: the next process death is counted afresh
             return values
 
-        hot = self._hot_plans
-        if alone and hot and status not in ("suspended", "waiting") and not (step is not None and step.progressed):
+        hot = self._planned_now(alone)
+        if hot and status not in ("suspended", "waiting") and not (step is not None and step.progressed):
             # SQLite, one run at a time, nothing to check first: committed straight on the cursor (else as a function)
             values = columns(status)
-            write = hot.settle_write({**values, "b_id": run_id, "b_owner": owner}, owner, new_events, now, step)
+            write = hot.settle_write(run_id, owner, values, new_events, now, step)
             if write is not None and self.db.commit_planned_now(write):
                 return values
 

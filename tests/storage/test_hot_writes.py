@@ -53,8 +53,9 @@ def alone(request: pytest.FixtureRequest) -> bool:
 
 
 async def store_of(db: Database, alone: bool) -> RunStore:
-    """A run store; ``alone``: its SQLite plans resolved (a first step committed), so that its lone writes on SQLite are
-    planned writes, committed straight on the cursor, as the engine's are one run at a time."""
+    """A run store; ``alone``: its SQLite plans resolved (they are resolved by its first write of a run's row or a step),
+    so that its lone writes on SQLite are planned writes, committed straight on the cursor, as the engine's are one run
+    at a time."""
     store = RunStore(db)
     if alone:
         row = run_row("warm-up")
@@ -62,6 +63,12 @@ async def store_of(db: Database, alone: bool) -> RunStore:
         await store.commit_step(result(row["id"], "w", None), "warm-up", LEASE, [])
         assert store._hot_plans or db.dialect != "sqlite"
     return store
+
+
+def planned_since(db: Database, before: int, alone: bool) -> None:
+    """The lone writes since ``before`` (``db.planned_commits`` then) took the planned path exactly when they could:
+    made alone, on SQLite."""
+    assert (db.planned_commits > before) == (alone and db.dialect == "sqlite")
 
 
 def postgres_only(db_url: str) -> None:
@@ -73,6 +80,7 @@ async def test_a_steps_events_commit_with_it_in_order_with_their_data(databases:
     store = await store_of(databases[0], alone)
     row = run_row("me")
     await store.create_run(row, [])
+    before = store.db.planned_commits
     started = time.time() - 5
     evs = [
         NewEvent(type="step.started", path="a", data={"input": {"n": [1, 2.5, None, "ü"]}}, at=started),
@@ -83,6 +91,7 @@ async def test_a_steps_events_commit_with_it_in_order_with_their_data(databases:
 
     await store.commit_step(rec, "me", LEASE, evs, alone=alone)
 
+    planned_since(store.db, before, alone)
     [stored] = (await store.load_progress(row["id"])).results.values()
     assert stored == rec  # every column as given: JSON output, attempts, both times
     assert await events_of(store, row["id"]) == [
@@ -155,15 +164,21 @@ async def test_on_postgresql_a_step_commit_waits_for_a_claim_under_way_and_is_fe
     assert await events_of(store, row["id"]) == []
 
 
-async def test_the_first_step_after_a_recovery_resets_the_count_of_deaths(databases: list[Database]) -> None:
-    store = RunStore(databases[0])
+async def test_the_first_step_after_a_recovery_resets_the_count_of_deaths(databases: list[Database], alone: bool) -> None:
+    store = await store_of(databases[0], alone)
     row = run_row("me", recoveries=2)
-    await store.create_run(row, [])
+    await store.create_run(row, [], alone=alone)
 
-    await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [], progressed=False)
+    await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [], progressed=False, alone=alone)
     assert (await store.get_run(row["id"])).recoveries == 2
-    await store.commit_step(result(row["id"], "b", 1), "me", LEASE, [], progressed=True)
+    await store.commit_step(result(row["id"], "b", 1), "me", LEASE, [], progressed=True, alone=alone)
     assert (await store.get_run(row["id"])).recoveries == 0
+    # The same for a run's last step, committed with its end.
+    again = run_row("me", recoveries=2)
+    await store.create_run(again, [], alone=alone)
+    last = FinishedStep(result(again["id"], "last", 1), [], LEASE, progressed=True)
+    await store.settle(again["id"], "me", "success", [], output=1, step=last, alone=alone)
+    assert (await store.get_run(again["id"])).recoveries == 0
 
 
 async def _kept_raw(db: Database) -> Any:
@@ -259,8 +274,10 @@ async def test_on_postgresql_a_value_the_server_refuses_is_a_data_error_not_an_o
 async def test_a_run_is_created_once_with_its_events(databases: list[Database], alone: bool) -> None:
     store = await store_of(databases[0], alone)
     row = run_row(None, input={"n": [1, None]}, thread_id="t1")
+    before = store.db.planned_commits
 
     await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})], alone=alone)
+    planned_since(store.db, before, alone)
     # The same start again (a commit of unknown outcome retried): harmless, nothing added.
     await store.create_run(row, [NewEvent(type="run.started", data={"input": {"n": [1, None]}})], alone=alone)
     with pytest.raises(RunExists):  # another run with the same id
@@ -282,8 +299,12 @@ async def test_a_settle_sets_the_run_and_its_events_together_or_nothing(database
         await store.settle(row["id"], "someone-else", "success", [NewEvent(type="run.finished")], output=1, alone=alone)
     assert (await store.get_run(row["id"])).status == "running" and await events_of(store, row["id"]) == []
 
+    before = store.db.planned_commits
     values = await store.settle(row["id"], "me", "pending", [NewEvent(type="run.released", data={"why": None})],
                                 alone=alone)
+    planned_since(store.db, before, alone)
+    assert values == {"status": "pending", "owner": None, "lease_expires_at": None, "updated_at": values["updated_at"],
+                      "ready_at": values["updated_at"], "waiting_for": None, "recoveries": 0}
     assert values["status"] == "pending"
     released = await store.get_run(row["id"])
     assert (released.status, released.owner, released.lease_expires_at, released.recoveries) == ("pending", None, None, 0)
@@ -346,15 +367,17 @@ async def test_a_runs_last_step_settles_with_it_in_one_commit_or_not_at_all(
                            alone=alone)
     assert (await store.load_progress(row["id"])).results == {} and await events_of(store, row["id"]) == []
 
-    commits = db.commits
+    commits, before = db.commits, db.planned_commits
     await store.settle(row["id"], "me", "success", [NewEvent(type="run.finished", data={"status": "success"})],
                        output={"v": 1}, step=step, alone=alone)
+    planned_since(db, before, alone)
 
     assert db.commits - commits == (1 if db.dialect == "sqlite" else 2)
     assert (await store.load_progress(row["id"])).results == {"last": rec}
     assert (await store.get_run(row["id"])).status == "success"
-    assert [(e[0], e[2]) for e in await events_of(store, row["id"])] == [
-        ("step.succeeded", {"output": {"v": 1}}), ("run.finished", {"status": "success"})]
+    assert [(e[0], e[2], e[3]) for e in await events_of(store, row["id"])] == [
+        ("step.succeeded", {"output": {"v": 1}}, rec.finished_at),
+        ("run.finished", {"status": "success"}, (await store.get_run(row["id"])).finished_at)]
 
 
 async def test_on_sqlite_a_steps_statements_take_the_resolved_plans(db_url: str, databases: list[Database]) -> None:
@@ -463,31 +486,37 @@ def sqlite_only(db_url: str) -> None:
         pytest.skip("SQLite's planned writes")
 
 
-async def hot_plans(db: Database) -> HotPlans:
+async def a_run_and_its_plans(db_url: str, db: Database, owner: str = "me") -> tuple[RunStore, dict[str, Any], HotPlans]:
+    """On SQLite: a store, a run held by ``owner``, and the plans of a step's statements (resolved here)."""
     from storage.backends import SyncConnection
 
+    sqlite_only(db_url)
+    store = RunStore(db)
+    row = run_row(owner)
+    await store.create_run(row, [])
     hot = await db.read(lambda conn: conn.run_sync(
         lambda sync: HotPlans.resolve(SyncConnection(sync), insert_result_if_held("sqlite"))))
     assert hot is not None
-    return hot
+    return store, row, hot
 
 
 def file_rows(db: Database, sql: str) -> list[tuple[Any, ...]]:
     import sqlite3
+    from contextlib import closing
 
-    with sqlite3.connect(db.url.split("///", 1)[1]) as conn:
+    with closing(sqlite3.connect(db_file(db))) as conn:
         return conn.execute(sql).fetchall()
+
+
+def db_file(db: Database) -> str:
+    return db.url.split("///", 1)[1]
 
 
 async def test_on_sqlite_a_lone_step_is_committed_as_a_planned_write_with_its_events(
     db_url: str, databases: list[Database]
 ) -> None:
-    sqlite_only(db_url)
     db = databases[0]
-    store = RunStore(db)
-    row = run_row("me")
-    await store.create_run(row, [])
-    hot = await hot_plans(db)
+    store, row, hot = await a_run_and_its_plans(db_url, db)
     started = time.time() - 1
     rec = result(row["id"], "a", {"v": [1, None]}, attempts=2, started_at=started)
     evs = [NewEvent(type="step.started", path="a", data={"input": {"n": 1}}, at=started),
@@ -514,16 +543,12 @@ async def test_on_sqlite_a_lone_step_is_committed_as_a_planned_write_with_its_ev
 async def test_on_sqlite_a_planned_write_of_a_run_not_held_writes_nothing_and_the_step_is_fenced(
     db_url: str, databases: list[Database]
 ) -> None:
-    sqlite_only(db_url)
     db = databases[0]
-    store = RunStore(db)
-    row = run_row("someone else")
-    await store.create_run(row, [])
-    hot = await hot_plans(db)
+    store, row, hot = await a_run_and_its_plans(db_url, db, "someone else")
     late = result(row["id"], "a", 1)
 
     assert db.commit_planned_now(hot.step_write(late, "me", [NewEvent(type="step.succeeded", path="a")])) is False
-    await store.commit_step(result(row["id"], "z", 0), "someone else", LEASE, [], alone=True)  # (plans resolved)
+    await store.commit_step(result(row["id"], "z", 0), "someone else", LEASE, [], alone=True)
     with pytest.raises(LeaseLost):
         await store.commit_step(late, "me", LEASE, [NewEvent(type="step.succeeded", path="a")], alone=True)
 
@@ -539,20 +564,19 @@ async def test_on_sqlite_a_planned_write_while_another_process_writes_waits_its_
     import sqlite3
     import threading
 
-    sqlite_only(db_url)
     db = databases[0]
-    store = RunStore(db)
-    row = run_row("me")
-    await store.create_run(row, [])
-    hot = await hot_plans(db)
-    other = sqlite3.connect(db.url.split("///", 1)[1], isolation_level=None, check_same_thread=False)
+    store, row, hot = await a_run_and_its_plans(db_url, db)
+    other = sqlite3.connect(db_file(db), isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
     try:
         rec = result(row["id"], "a", 1)
         assert db.commit_planned_now(hot.step_write(rec, "me", [NewEvent(type="step.succeeded", path="a")])) is False
-        threading.Timer(0.3, lambda: other.execute("COMMIT")).start()
+        release.start()
         await store.commit_step(rec, "me", LEASE, [NewEvent(type="step.succeeded", path="a")], alone=True)
     finally:
+        release.cancel()
+        release.join()
         other.close()
 
     assert list((await store.load_progress(row["id"])).results) == ["a"]
@@ -562,12 +586,8 @@ async def test_on_sqlite_a_planned_write_while_another_process_writes_waits_its_
 async def test_on_sqlite_a_planned_write_that_fails_midway_leaves_nothing_and_the_next_one_works(
     db_url: str, databases: list[Database]
 ) -> None:
-    sqlite_only(db_url)
     db = databases[0]
-    store = RunStore(db)
-    row = run_row("me")
-    await store.create_run(row, [])
-    hot = await hot_plans(db)
+    store, row, hot = await a_run_and_its_plans(db_url, db)
     # The result goes in, then an event row the table refuses (its type is NOT NULL): the whole commit is undone.
     refused = hot.step_write(result(row["id"], "a", 1), "me", [NewEvent(type=None, path="a")])  # type: ignore[arg-type]
 
@@ -577,3 +597,41 @@ async def test_on_sqlite_a_planned_write_that_fails_midway_leaves_nothing_and_th
     assert db.commit_planned_now(hot.step_write(result(row["id"], "a", 1), "me", [NewEvent(type="ok", path="a")]))
     assert file_rows(db, "SELECT path FROM step_results") == [("a",)]
     assert [e[0] for e in await events_of(store, row["id"])] == ["ok"]
+
+
+async def test_on_sqlite_events_queued_before_a_lone_step_commit_before_it(
+    db_url: str, databases: list[Database]
+) -> None:
+    """A step started earlier said so with a queued event (``add_events_nowait``): a lone step's commit made while it is
+    queued does not overtake it (it goes through the queue behind it), and the next one is planned again."""
+    sqlite_only(db_url)
+    db = databases[0]
+    store = await store_of(db, alone=True)
+    row = run_row("me")
+    await store.create_run(row, [], alone=True)
+
+    store.add_events_nowait(row["id"], [NewEvent(type="step.started", path="a")])
+    before = db.planned_commits
+    await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [NewEvent(type="step.succeeded", path="a")],
+                            alone=True)
+    assert db.planned_commits == before
+    await store.commit_step(result(row["id"], "b", 2), "me", LEASE, [NewEvent(type="step.succeeded", path="b")],
+                            alone=True)
+    assert db.planned_commits == before + 1
+    assert [(e[0], e[1]) for e in await events_of(store, row["id"])] == [
+        ("step.started", "a"), ("step.succeeded", "a"), ("step.succeeded", "b")]
+
+
+async def test_a_memory_database_never_builds_a_planned_write() -> None:
+    """SQLite in memory keeps every write in its one thread: a lone write goes the function's way at once."""
+    db = Database("sqlite+aiosqlite:///:memory:")
+    await db.open()
+    try:
+        store = await store_of(db, alone=True)
+        assert not db.commits_planned_now()
+        row = run_row("me")
+        await store.create_run(row, [], alone=True)
+        await store.commit_step(result(row["id"], "a", 1), "me", LEASE, [], alone=True)
+        assert db.planned_commits == 0 and list((await store.load_progress(row["id"])).results) == ["a"]
+    finally:
+        await db.close()

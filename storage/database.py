@@ -334,11 +334,10 @@ class Database:
         statements: True. False if it was not (a write is queued or being committed, the backend cannot, or it
         failed; see ``ThreadBackend.commit_planned_now``): nothing was committed, and the caller writes it as a
         function instead."""
-        backend = self._backend
-        if backend is None or self._queue or self._committing:
+        if not self.commits_planned_now():
             return False
         started = time.perf_counter()
-        if not backend.commit_planned_now(write):
+        if not self._require_open().commit_planned_now(write):
             return False
         self.planned_commits += 1
         self._committed_now(started)

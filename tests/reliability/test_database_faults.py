@@ -192,3 +192,69 @@ async def test_sqlite_on_a_full_disk_carries_on_by_itself_once_space_is_freed(
     for job in ("WAL checkpoint", "dispatcher iteration", "announcing workflow versions"):
         assert sum(m.startswith(f"{job} failed") for m in messages) <= 1, (job, messages)
     assert not any("PendingRollbackError" in m for m in messages)
+
+
+async def test_sqlite_on_a_full_disk_a_run_executing_alone_waits_for_space_and_runs_each_step_once(
+    small_disk: Path,
+) -> None:
+    """One run at a time, a step's commit is a planned write on the writer's cursor: on a full disk it fails there,
+    nothing is half written, and the commit waits its turn through the queue until space is freed; the next steps
+    are planned writes again on the same connection."""
+    from workflows import StepContext, Workflow, step
+
+    executed: list[str] = []
+    go_on = asyncio.Event()
+
+    @step(id="first")
+    async def first(ctx: StepContext[Any]) -> int:
+        executed.append("first")
+        await go_on.wait()
+        return 1
+
+    @step(id="second")
+    async def second(ctx: StepContext[Any]) -> int:
+        executed.append("second")
+        return 2
+
+    wf = Workflow(id="alone-on-a-full-disk").then(first).then(second).commit()
+    path = small_disk / "threadflow.db"
+    db = Database(f"sqlite+aiosqlite:///{path}", retry_seconds=1.0)
+    e = Engine(db, **FAST)
+    e.register(wf)
+    metrics = Metrics(e)
+    await e.open()
+    try:
+        warm = await e.start(wf.id, {})  # its plans resolved: the lone writes after it are planned
+        go_on.set()
+        assert (await warm.result(timeout=10)).status == "success"
+        go_on.clear()
+        executed.clear()
+        run = await e.start(wf.id, {})
+        while "first" not in executed:
+            await asyncio.sleep(0.01)
+        # The disk fills, then another process's writes use up what the WAL file had room for: big ones, then one-page
+        # ones (the frames a failed transaction wrote may be written over by the next one: at most a page is left).
+        ballast = sqlite3.connect(path, isolation_level=None)
+        ballast.execute("PRAGMA wal_autocheckpoint=0")
+        ballast.execute("CREATE TABLE ballast (x BLOB)")
+        filler = fill(small_disk)
+        for size in (8192, 1):
+            with pytest.raises(sqlite3.OperationalError, match="full"):
+                for _ in range(DISK_PAGES * 8):
+                    ballast.execute("INSERT INTO ballast VALUES (zeroblob(?))", (size,))
+        ballast.close()
+        planned = db.planned_commits
+
+        go_on.set()  # the first step finishes while nothing more fits
+        await asyncio.sleep(1.5)
+        assert transient_errors((await metrics.render()).decode(), "disk_full") > 0
+        assert executed == ["first"] and (await e.get_run(run.run_id)).status == "running"
+        filler.unlink()
+        result = await run.result(timeout=10)
+    finally:
+        metrics.close()
+        await e.close()
+
+    assert result.status == "success" and result.output == 2
+    assert executed == ["first", "second"]  # each once: the failed commit was not taken as the step's failure
+    assert db.planned_commits > planned  # after the failed one, planned writes work again on the same connection

@@ -19,7 +19,7 @@ before anything else touches its table and before the commit (see ``SyncConnecti
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
@@ -48,6 +48,10 @@ _PLANS: dict[tuple[Any, ...], Plan | None] = {}
 #: (id(statement), parameter names in the order the caller gave them) -> the same plans. Both keys end
 #: with the compiled size of each list parameter, if the statement has any.
 _BY_ORDER: dict[tuple[Any, ...], Plan | None] = {}
+#: (id(statement), parameter names, dialect name) -> SQLAlchemy's compiled statement, shared by its plans of every size.
+_COMPILED: dict[tuple[Any, ...], Any] = {}
+#: id(statement) -> the tables it reads or writes.
+_TABLES: dict[int, frozenset[str]] = {}
 
 _MISSING = object()
 
@@ -96,7 +100,7 @@ class Plan:
     #: for a plan with list items: the slots as segments, (name, items, literal, processor), ``items`` 0 for a
     #: single value (None if the items of a list are not its slots 0, 1, 2, ... in a row: the slot-by-slot path)
     _segments: tuple[tuple[str, int, Any, Callable[[Any], Any] | None], ...] | None = field(
-        default=None, init=False, repr=False, compare=False)
+        default=None, repr=False, compare=False)
     #: for a SELECT: (index, result processor) of the columns that have one (JSON), for :meth:`run`
     _column_processors: tuple[tuple[int, Callable[[Any], Any]], ...] = field(
         default=(), init=False, repr=False, compare=False)
@@ -106,7 +110,8 @@ class Plan:
             object.__setattr__(self, "_column_processors", tuple(
                 (i, process) for i, (_, process) in enumerate(self.columns) if process is not None))
         if self.expanding:
-            object.__setattr__(self, "_segments", _segments(self.slots))
+            if self._segments is None:  # (``_compile`` passes them, made as it went: a claim's plan has 256 slots)
+                object.__setattr__(self, "_segments", _segments(self.slots))
             return
         if not self.slots:
             return
@@ -189,6 +194,10 @@ class PreparedResult:
 
     def first(self) -> tuple[Any, ...] | None:
         return self.rows[0] if self.rows else None
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        """The rows, as iterating SQLAlchemy's Result gives them."""
+        return iter(self.rows or ())
 
     def mappings(self) -> Mappings:
         return Mappings(dict(zip(self.keys, row, strict=True)) for row in self.rows or [])
@@ -293,36 +302,49 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect, sizes: Map
         )
         if len({key for key, _ in columns}) != len(columns):
             return None  # duplicate keys: SQLAlchemy's Result disambiguates them
-    compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys))
+    # Compiled once for all sizes of its lists (SQLAlchemy leaves them as placeholders, filled in below): a burst of
+    # resumes meets claims and reads of many sizes, and compiling each anew cost about 0.5 ms.
+    compiled: Any = _COMPILED.get((id(statement), keys, dialect.name))
+    if compiled is None:
+        compiled = _COMPILED[id(statement), keys, dialect.name] = statement.compile(dialect=dialect, column_keys=list(keys))
     if compiled.insert_prefetch or compiled.update_prefetch or getattr(compiled, "effective_returning", None):
         return None  # Python-side defaults or RETURNING need SQLAlchemy's execution context
     sql: str = compiled.string
     slots: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
+    #: the slots as ``Plan._segments`` has them (a list parameter's items as one), made as they are listed
+    segments: list[tuple[str, int, Any, Callable[[Any], Any] | None]] = []
     for name in compiled.positiontup:
         bind = compiled.binds[name]
         process = _bind_processor(bind.type, dialect)
         if bind.expanding and name in sizes:
             sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * sizes[name]), 1)
             slots.extend((name, _Item(i), process) for i in range(sizes[name]))
+            segments.append((name, sizes[name], None, process))
         elif bind.expanding:
             values = bind.effective_value
             if bind.callable is not None or not isinstance(values, (list, tuple)) or not values:
                 return None
             sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(values)), 1)
             slots.extend((name, v, process) for v in values)
+            segments.extend((name, 0, v, process) for v in values)
         elif name in keys:
             slots.append((name, _MISSING, process))
+            segments.append((name, 0, _MISSING, process))
         elif bind.callable is None and not bind.required:
             slots.append((name, bind.value, process))
+            segments.append((name, 0, bind.value, process))
         else:
             return None  # a required value is missing: let SQLAlchemy raise its own clear error
     if "__[POSTCOMPILE_" in sql:
         return None
-    tables = frozenset(
-        str(t.name) for t in find_tables(statement, include_crud=True, include_selects=True, include_aliases=True,
-                                         include_joins=True, check_columns=True) if hasattr(t, "name")
-    )
-    return Plan(sql, tuple(slots), columns, tables, id(statement) in _DEFERRABLE, bool(sizes))
+    tables = _TABLES.get(id(statement))
+    if tables is None:
+        tables = _TABLES[id(statement)] = frozenset(
+            str(t.name) for t in find_tables(statement, include_crud=True, include_selects=True, include_aliases=True,
+                                             include_joins=True, check_columns=True) if hasattr(t, "name")
+        )
+    return Plan(sql, tuple(slots), columns, tables, id(statement) in _DEFERRABLE, bool(sizes),
+                _segments=tuple(segments) if sizes else None)
 
 
 # -- JSON columns -------------------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ _RECOVERIES_AFTER_CLAIM = case((runs.c.status == "running", runs.c.recoveries + 
 #: A claim's compare-and-set on SQLite (the candidates, if still ready at ``b_now``); see RunStore._claim.
 _CLAIM_READY = prepared(
     update(runs)
-    .where(runs.c.id.in_(bindparam("ids", expanding=True)), is_ready(bindparam("b_now", type_=Float)))
+    .where(runs.c.id.in_(bindparam("ids", expanding=True)), is_ready(bindparam("b_now", type_=Float), by_key=True))
     .values(status="running", owner=bindparam("b_owner"), lease_expires_at=bindparam("b_expires"),
             updated_at=bindparam("b_now"), waiting_for=None, recoveries=_RECOVERIES_AFTER_CLAIM)
 )
@@ -371,6 +371,10 @@ class RunStore:
     def _mine(self) -> ColumnElement[bool]:
         """Runs this process may execute (``serving``)."""
         return true() if self.serving is None else self.serving.clause()
+
+    def _mine_key(self) -> tuple[str, Serving | None]:
+        """What ``_mine()`` stands for: equal keys, equal clauses (``oldest_ready`` keeps its queries by it)."""
+        return ("serving", self.serving)
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -881,13 +885,13 @@ class RunStore:
     ) -> list[tuple[str, tuple[RunRecord, RunProgress] | None]]:
         """The claimed ids, oldest first, each with its record and progress if ``load``."""
         now = time.time()
-        ready = is_ready(now)
+        ready = is_ready(now, by_key=self.db.is_sqlite)
 
         async def op(conn: AsyncConnection) -> list[tuple[str, tuple[RunRecord, RunProgress] | None]]:
             # Only runs of versions this process has: another replica that has the version takes the rest.
             rows = await oldest_ready(conn, (runs.c.id, runs.c.status, runs.c.owner, runs.c.workflow_id,
                                              runs.c.recoveries), now, limit, self._mine(), only=only,
-                                      lock=not self.db.is_sqlite)
+                                      lock=not self.db.is_sqlite, key=self._mine_key())
             candidates = {r[0]: (r[1], r[2]) for r in rows}
             if pick is not None:
                 chosen = pick([ClaimCandidate(r[0], r[3], r[4] + (r[1] == "running")) for r in rows])
@@ -936,7 +940,7 @@ class RunStore:
         now = time.time()
 
         async def op(conn: AsyncConnection) -> list[str]:
-            return [r[0] for r in await oldest_ready(conn, (runs.c.id,), now, limit, self._mine())]
+            return [r[0] for r in await oldest_ready(conn, (runs.c.id,), now, limit, self._mine(), key=self._mine_key())]
 
         return await self.db.read(op)
 
@@ -944,7 +948,7 @@ class RunStore:
         now = time.time()
 
         async def op(conn: AsyncConnection) -> bool:
-            return bool(await oldest_ready(conn, (runs.c.id,), now, 1, self._mine()))
+            return bool(await oldest_ready(conn, (runs.c.id,), now, 1, self._mine(), key=self._mine_key()))
 
         return await self.db.read(op, inline=True)
 

@@ -11,7 +11,6 @@ import weakref
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from storage import Database
@@ -250,20 +249,29 @@ async def test_on_sqlite_a_settle_and_a_claim_read_by_key_not_every_waiting_run(
     if not db.is_sqlite:
         pytest.skip("the query planner in question is SQLite's")
     for _ in range(5):
-        await store.create_run(run_row("pending"), [])
         await suspended_run(store)
-    claim_reads: list[tuple[str, Any]] = []
+    for _ in range(20):
+        await store.create_run(run_row("pending"), [])
+    claim_reads: list[str] = []
+    claim_updates: list[str] = []
 
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            claim_reads.append((statement, parameters))
+    def capture(statement: str) -> None:
+        # SQLite's own trace (the claim's statements are prepared: they run on the cursor, not through SQLAlchemy),
+        # with the values written into the SQL.
+        if statement.lstrip().upper().startswith("SELECT") and "ORDER BY runs.ready_at" in statement:
+            claim_reads.append(statement)  # which runs are ready
+        elif statement.lstrip().upper().startswith("UPDATE RUNS"):
+            claim_updates.append(statement)
 
-    writer = db._backend.writer  # type: ignore[union-attr]
-    event.listen(writer, "before_cursor_execute", capture)
+    backend: Any = db._backend
+    raw = backend._writer_connection().connection.dbapi_connection
+    raw.set_trace_callback(capture)
     try:
-        assert len(await store.claim("me", 3, LEASE)) == 3
+        # (Ten ids each: SQLite's choice between the ids and the status indexes turned at about as many.)
+        assert len(await store.claim("me", 10, LEASE)) == 10
+        assert len(await store.claim_runs("me", 10, LEASE)) == 10  # (the claim that reads what it took)
     finally:
-        event.remove(writer, "before_cursor_execute", capture)
+        raw.set_trace_callback(None)
 
     async def plan(sql: str, parameters: Any = ()) -> str:
         async def op(conn: Any) -> str:
@@ -272,10 +280,14 @@ async def test_on_sqlite_a_settle_and_a_claim_read_by_key_not_every_waiting_run(
 
         return await db.read(op)
 
-    assert claim_reads
-    for sql, parameters in claim_reads:
+    assert len(claim_reads) == 8  # each claim: one query for each way a run is ready
+    for sql in claim_reads:
         # Each reads its part of the index in order and stops after ``limit`` rows: no sort of every ready run.
-        assert "TEMP B-TREE FOR ORDER BY" not in await plan(sql, parameters), sql
+        assert "TEMP B-TREE FOR ORDER BY" not in await plan(sql), sql
+    assert len(claim_updates) == 2
+    for sql in claim_updates:
+        # The runs just picked, by their ids: not every pending run through the status indexes.
+        assert await plan(sql) == "SEARCH runs USING INDEX sqlite_autoindex_runs_1 (id=?)", sql
     states = str(_SUSPENSION_STATES.compile(dialect=sqlite_dialect()))
     assert "sqlite_autoindex_suspensions_1 (run_id=?)" in await plan(states, ("r1",) * states.count("?"))
 

@@ -23,9 +23,9 @@ from .prepared import prepared
 from .tables import runs
 
 #: (columns, the caller's key for ``mine``, lock) -> the four queries of :func:`oldest_ready`, prepared statements.
+#: Kept for good, as every prepared statement is: a key stands for a set of versions a process serves, which changes
+#: only when workflows are registered (equal sets, one entry).
 _QUERIES: dict[tuple[Any, ...], tuple[Select[Any], ...]] = {}
-#: Kept at most: a key stands for the versions a process serves, which change only when workflows are registered.
-_MAX_QUERIES = 64
 
 
 def ready_kinds(now: float | BindParameter[float], status: ColumnElement[str] = runs.c.status) -> list[ColumnElement[bool]]:
@@ -93,8 +93,8 @@ async def oldest_ready(
             kind_rows = list(await conn.execute(q))
             if kind_rows:
                 found.append(kind_rows)
-    if len(found) == 1:
-        rows = found[0]  # one kind's rows are in order already
+    if len(found) == 1 and found[0][0][n] is not None and found[0][-1][n] is not None:
+        rows = found[0]  # one kind's rows, in order already (none without ready_at: databases place NULLs differently)
     else:
         rows = [r for kind_rows in found for r in kind_rows]
         # (A row without ready_at sorts first, as SQLite orders NULLs; this engine always sets it on ready runs.)
@@ -116,8 +116,6 @@ def _prepared_queries(columns: Sequence[Any], mine: ColumnElement[bool], lock: b
     cache_key = (tuple(columns), key, lock)
     queries = _QUERIES.get(cache_key)
     if queries is None:
-        if len(_QUERIES) >= _MAX_QUERIES:
-            _QUERIES.clear()
         now, limit = bindparam("b_now", type_=Float), bindparam("b_limit", type_=Integer)
         queries = _QUERIES[cache_key] = tuple(
             prepared(_query(columns, kind, mine, lock, limit)) for kind in ready_kinds(now))

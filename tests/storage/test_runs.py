@@ -11,6 +11,7 @@ import weakref
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from storage import Database
@@ -263,15 +264,24 @@ async def test_on_sqlite_a_settle_and_a_claim_read_by_key_not_every_waiting_run(
         elif statement.lstrip().upper().startswith("UPDATE RUNS"):
             claim_updates.append(statement)
 
+    through_sqlalchemy: list[str] = []
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        through_sqlalchemy.append(statement)
+
     backend: Any = db._backend
     raw = backend._writer_connection().connection.dbapi_connection
     raw.set_trace_callback(capture)
+    event.listen(backend.writer, "before_cursor_execute", executed)
     try:
         # (Ten ids each: SQLite's choice between the ids and the status indexes turned at about as many.)
         assert len(await store.claim("me", 10, LEASE)) == 10
         assert len(await store.claim_runs("me", 10, LEASE)) == 10  # (the claim that reads what it took)
     finally:
         raw.set_trace_callback(None)
+        event.remove(backend.writer, "before_cursor_execute", executed)
+    # The queries for ready runs are prepared statements, run straight on the cursor (built once per set of versions).
+    assert not [sql for sql in through_sqlalchemy if "ORDER BY runs.ready_at" in sql]
 
     async def plan(sql: str, parameters: Any = ()) -> str:
         async def op(conn: Any) -> str:

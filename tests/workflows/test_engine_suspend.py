@@ -134,6 +134,23 @@ async def test_invalid_resume_data_names_the_field_and_leaves_the_run_suspended(
     assert final.status == "success" and final.output["approved"] is True
 
 
+@pytest.mark.parametrize("by", ["U1\x00", "a\nb", "\x1f", "tab\there"])
+async def test_a_resume_by_a_name_with_a_control_character_is_refused_and_consumes_nothing(engine, by):
+    calls = Counter()
+    wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).commit()
+    e = engine(wf)
+    run_id = (await (await e.start("approval", {"n": 1})).result(timeout=5)).run_id
+
+    with pytest.raises(InvalidInput, match="contains a control character"):
+        await e.resume(run_id, data={"approved": True}, by=by)
+    with pytest.raises(InvalidInput, match="thread_id"):
+        await e.start("approval", {"n": 2}, thread_id=f"T{by}")
+
+    assert await status_of(e, run_id) == "suspended"
+    final = await (await e.resume(run_id, data={"approved": True}, by="U1 \u00e9\x7f")).result(timeout=5)
+    assert final.status == "success" and final.output["by"] == "U1 \u00e9\x7f"  # (DEL and beyond are plain text)
+
+
 async def test_resuming_twice_names_who_resumed_first(engine):
     calls = Counter()
     wf = Workflow(id="approval", input=Num).then(approval_step("approve", calls)).commit()

@@ -47,8 +47,8 @@ def is_ready(now: float | BindParameter[float], *, by_key: bool = False) -> Colu
 
     ``by_key`` (SQLite only): the rows are picked by their ids, so the status is kept off the indexes (SQLite's unary
     ``+``). SQLite keeps no statistics here and otherwise reads the four kinds from ``ix_runs_status_*`` (every
-    pending run) rather than the ids from the primary key: a claim of 200 runs cost about 1 ms per 1,600 pending
-    runs, growing with the backlog.
+    pending run) rather than the ids from the primary key once about ten ids are given: a claim of 200 runs took
+    24.5 ms with 100,000 runs pending (2.4 ms by key).
     """
     status = UnaryExpression(runs.c.status, operator=custom_op("+"), type_=runs.c.status.type) if by_key else runs.c.status
     return or_(*ready_kinds(now, status))

@@ -100,7 +100,7 @@ class Plan:
     #: for a plan with list items: the slots as segments, (name, items, literal, processor), ``items`` 0 for a
     #: single value (None if the items of a list are not its slots 0, 1, 2, ... in a row: the slot-by-slot path)
     _segments: tuple[tuple[str, int, Any, Callable[[Any], Any] | None], ...] | None = field(
-        default=None, repr=False, compare=False)
+        default=None, init=False, repr=False, compare=False)
     #: for a SELECT: (index, result processor) of the columns that have one (JSON), for :meth:`run`
     _column_processors: tuple[tuple[int, Callable[[Any], Any]], ...] = field(
         default=(), init=False, repr=False, compare=False)
@@ -110,8 +110,7 @@ class Plan:
             object.__setattr__(self, "_column_processors", tuple(
                 (i, process) for i, (_, process) in enumerate(self.columns) if process is not None))
         if self.expanding:
-            if self._segments is None:  # (``_compile`` passes them, made as it went: a claim's plan has 256 slots)
-                object.__setattr__(self, "_segments", _segments(self.slots))
+            object.__setattr__(self, "_segments", _segments(self.slots))
             return
         if not self.slots:
             return
@@ -311,28 +310,22 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect, sizes: Map
         return None  # Python-side defaults or RETURNING need SQLAlchemy's execution context
     sql: str = compiled.string
     slots: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
-    #: the slots as ``Plan._segments`` has them (a list parameter's items as one), made as they are listed
-    segments: list[tuple[str, int, Any, Callable[[Any], Any] | None]] = []
     for name in compiled.positiontup:
         bind = compiled.binds[name]
         process = _bind_processor(bind.type, dialect)
         if bind.expanding and name in sizes:
             sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * sizes[name]), 1)
             slots.extend((name, _Item(i), process) for i in range(sizes[name]))
-            segments.append((name, sizes[name], None, process))
         elif bind.expanding:
             values = bind.effective_value
             if bind.callable is not None or not isinstance(values, (list, tuple)) or not values:
                 return None
             sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * len(values)), 1)
             slots.extend((name, v, process) for v in values)
-            segments.extend((name, 0, v, process) for v in values)
         elif name in keys:
             slots.append((name, _MISSING, process))
-            segments.append((name, 0, _MISSING, process))
         elif bind.callable is None and not bind.required:
             slots.append((name, bind.value, process))
-            segments.append((name, 0, bind.value, process))
         else:
             return None  # a required value is missing: let SQLAlchemy raise its own clear error
     if "__[POSTCOMPILE_" in sql:
@@ -343,8 +336,7 @@ def _compile(statement: Any, keys: tuple[str, ...], dialect: Dialect, sizes: Map
             str(t.name) for t in find_tables(statement, include_crud=True, include_selects=True, include_aliases=True,
                                              include_joins=True, check_columns=True) if hasattr(t, "name")
         )
-    return Plan(sql, tuple(slots), columns, tables, id(statement) in _DEFERRABLE, bool(sizes),
-                _segments=tuple(segments) if sizes else None)
+    return Plan(sql, tuple(slots), columns, tables, id(statement) in _DEFERRABLE, bool(sizes))
 
 
 # -- JSON columns -------------------------------------------------------------------------------------------

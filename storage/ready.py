@@ -78,21 +78,19 @@ async def oldest_ready(
     if limit <= 0:
         return []
     n = len(columns)
-    found: list[list[Any]] = []
+    queries: Sequence[Select[Any]]
+    params: dict[str, Any] | None = None
     if key is not None and only is None:
-        params = {"b_now": now, "b_limit": limit}
-        for q in _prepared_queries(columns, mine, lock, key):
-            kind_rows = list(await conn.execute(q, params))
-            if kind_rows:
-                found.append(kind_rows)
+        queries, params = _prepared_queries(columns, mine, lock, key), {"b_now": now, "b_limit": limit}
     else:
-        for kind in ready_kinds(now):
-            q = _query(columns, kind, mine, lock, limit)
-            if only is not None:
-                q = q.where(runs.c.id.in_(list(only)))
-            kind_rows = list(await conn.execute(q))
-            if kind_rows:
-                found.append(kind_rows)
+        queries = [_query(columns, kind, mine, lock, limit) for kind in ready_kinds(now)]
+        if only is not None:
+            queries = [q.where(runs.c.id.in_(list(only))) for q in queries]
+    found: list[list[Any]] = []
+    for q in queries:
+        kind_rows = list(await conn.execute(q, params))
+        if kind_rows:
+            found.append(kind_rows)
     if len(found) == 1 and found[0][0][n] is not None and found[0][-1][n] is not None:
         rows = found[0]  # one kind's rows, in order already (none without ready_at: databases place NULLs differently)
     else:

@@ -3,9 +3,13 @@
 Why: a burst of resumes (a channel approving a batch; 1,800 at once in the benchmark) reaches the commit
 queue as one write per resume, each running its own two or three statements (the compare-and-set on the
 suspension, the claim or the ready mark of the run, its event) through the statement layer. Here the
-resumes of one loop turn become one write: the states of their suspensions and runs are read with a few
-``IN`` queries inside the write transaction, and every compare-and-set that holds is executed as one
-``executemany`` per statement.
+resumes of one loop turn become one write, each statement one ``executemany`` for all of them.
+
+Usually every resume of a group holds: the updates run first, with no read before them, and their row counts
+say so (each update carries its own compare-and-set ``WHERE``). If one did not hold, they are undone to a
+savepoint taken just before them, and the group is decided on a read: the states of its suspensions and runs
+are read with a few ``IN`` queries inside the write transaction, and every compare-and-set that holds is
+executed. (Reading first every time cost about a quarter of a group's write: 1,800 resumes, ~44 -> ~34 ms.)
 
 On SQLite the write transaction has the database to itself (``BEGIN IMMEDIATE``: one writer), so what the
 read says is what the updates find; every update still carries its own compare-and-set ``WHERE``, and the
@@ -81,6 +85,8 @@ _SUSPENSION_STATES_IN = prepared(
 _SUSPENSION = prepared(
     select(suspensions).where(suspensions.c.run_id == bindparam("b_run_id"), suspensions.c.path == bindparam("b_path"))
 )
+#: Taken before a group's updates, which are undone to it if one of them did not hold (see _resolve_all).
+_SAVEPOINT = "threadflow_resolve_group"
 
 
 class CompareAndSetFailed(Exception):
@@ -232,6 +238,52 @@ async def resolve_one(conn: AsyncConnection, item: Resolve) -> bool:
 
 async def resolve_many(conn: AsyncConnection, items: Sequence[Resolve]) -> list[Outcome]:
     """The compare-and-sets of ``items`` (one per run), each one's outcome: claimed or not, or why it failed."""
+    outcomes = await _resolve_all(conn, items)
+    return outcomes if outcomes is not None else await _resolve_each_as_read(conn, items)
+
+
+async def _resolve_all(conn: AsyncConnection, items: Sequence[Resolve]) -> list[Outcome] | None:
+    """Every resume of the group as it usually is: each compare-and-set holds, and each run to claim is claimable.
+    Their outcomes, or None, having changed nothing, if one of them is not so.
+
+    The updates are executed first, with no read before them: each carries its own compare-and-set, so their row
+    counts say whether every one held. If one did not, the updates are undone to a savepoint taken before them (the
+    rest of the batch's transaction is kept) and the group goes the way that reads first.
+    """
+    resolve = [{"b_run_id": item.run_id, "b_path": item.path, "b_now": item.now, "b_by": item.by, "b_data": item.data}
+               for item in items]
+    claims: list[dict[str, Any]] = []
+    claims_unchanged: list[dict[str, Any]] = []
+    ready: list[dict[str, Any]] = []
+    for item in items:
+        if item.claim_for is None:
+            ready.append({"b_id": item.run_id, "b_now": item.now})
+        elif item.seen_at is None:
+            claims.append({"b_id": item.run_id, "b_owner": item.claim_for, "b_now": item.now,
+                           "b_expires": item.now + item.lease})
+        else:
+            claims_unchanged.append({"b_id": item.run_id, "b_owner": item.claim_for, "b_now": item.now,
+                                     "b_expires": item.now + item.lease, "b_seen": item.seen_at})
+    await conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")  # (rows other writers of the batch hold back go in first)
+    if ((await conn.execute(RESOLVE_SUSPENSION, resolve)).rowcount != len(resolve)
+            or claims and (await conn.execute(CLAIM_WAITING, claims)).rowcount != len(claims)
+            or claims_unchanged and (await conn.execute(CLAIM_UNCHANGED, claims_unchanged)).rowcount != len(claims_unchanged)):
+        await conn.exec_driver_sql(f"ROLLBACK TO {_SAVEPOINT}")
+        await conn.exec_driver_sql(f"RELEASE {_SAVEPOINT}")
+        return None
+    if ready:
+        await conn.execute(MAKE_READY, ready)  # (a run executing elsewhere is left as it is)
+    await conn.exec_driver_sql(f"RELEASE {_SAVEPOINT}")
+    new_events = [{"run_id": item.run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or item.now}
+                  for item in items for e in item.events]
+    if new_events:
+        await conn.execute(INSERT_EVENTS, new_events)
+    return [item.claim_for is not None for item in items]
+
+
+async def _resolve_each_as_read(conn: AsyncConnection, items: Sequence[Resolve]) -> list[Outcome]:
+    """The group when some resume's compare-and-set or claim does not hold: the states of its suspensions and runs are
+    read first, and each resume is decided on what they say."""
     ids = [item.run_id for item in items]
     run_states: dict[str, tuple[str, str | None, float]] = {}
     waits: dict[tuple[str, str], tuple[str, str | None, float | None]] = {}

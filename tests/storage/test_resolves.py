@@ -4,11 +4,15 @@ the compare-and-set holds for every one of them exactly as if each had committed
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
 from storage import Database
+from storage.outbox import INSERT_EVENTS
 from storage.records import NewEvent
+from storage.resolves import Resolve, resolve_many
 from storage.runs import CompareAndSetFailed, RunStore
 from tests.storage.test_runs import LEASE, held_run, suspended_run, suspension
 
@@ -142,3 +146,71 @@ async def test_run_and_progress_reads_what_a_claim_would(store):
     assert run == await store.get_run(run_id) and progress == await store.load_progress(run_id)
     assert list(progress.suspensions) == ["approve"] and [s.name for s in progress.signals] == ["later"]
     assert await store.run_and_progress("no-such-run") == (None, await store.load_progress("no-such-run"))
+
+
+def traced(store: RunStore) -> tuple[list[str], Any]:
+    """The statements the write connection executes (SQLite's own trace: the group's statements are prepared), and a
+    function that stops the trace."""
+    statements: list[str] = []
+    raw = store.db._backend._writer_connection().connection.dbapi_connection  # type: ignore[union-attr]
+    raw.set_trace_callback(statements.append)
+    return statements, lambda: raw.set_trace_callback(None)
+
+
+async def test_a_group_whose_resumes_all_hold_writes_without_reading_first(store):
+    if not store.db.is_sqlite:
+        pytest.skip("resumes are grouped on SQLite only")
+    claimed = [await suspended_run(store) for _ in range(3)]
+    ready = [await suspended_run(store) for _ in range(2)]
+    statements, stop = traced(store)
+    try:
+        outcomes = await asyncio.gather(
+            *(store.resolve_suspension(r, "approve", {"ok": True}, "ann", [NewEvent(type="run.resumed")],
+                                       claim_for="me", lease=LEASE) for r in claimed),
+            *(store.resolve_suspension(r, "approve", {"ok": True}, "ann", [NewEvent(type="run.resumed")])
+              for r in ready))
+    finally:
+        stop()
+
+    assert outcomes == [True] * 3 + [False] * 2
+    # The compare-and-sets themselves say that every one held: the states of the runs and waits are not read first.
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")], statements
+    assert [s.split()[0] for s in statements if s.split()[0] in ("SAVEPOINT", "ROLLBACK", "RELEASE")] == [
+        "SAVEPOINT", "RELEASE"]
+    assert [(await store.get_run(r)).status for r in claimed + ready] == ["running"] * 3 + ["pending"] * 2
+    for run_id in claimed + ready:
+        assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
+
+
+async def test_a_group_with_one_resume_that_does_not_hold_undoes_only_its_own_updates(store):
+    if not store.db.is_sqlite:
+        pytest.skip("resumes are grouped on SQLite only")
+    good = [await suspended_run(store) for _ in range(3)]
+    taken = await suspended_run(store)
+    await store.resolve_suspension(taken, "approve", {"n": 0}, "first", [])
+    other = await held_run(store)
+    now = time.time()
+    items = [Resolve(r, "approve", {"ok": True}, "ann", [NewEvent(type="run.resumed")], "me", LEASE, now) for r in good]
+    items.append(Resolve(taken, "approve", {"n": 1}, "bob", [NewEvent(type="run.resumed")], None, LEASE, now))
+
+    async def batch(conn: Any) -> list[Any]:
+        # Another writer of the same batch went first: its event rows are held back for the batch's one insert.
+        await conn.execute(INSERT_EVENTS, [{"run_id": other, "type": "step.succeeded", "path": "a", "data": {}, "at": now}])
+        return await resolve_many(conn, items)
+
+    statements, stop = traced(store)
+    try:
+        outcomes = await store.db.write(batch)
+    finally:
+        stop()
+
+    assert outcomes[:3] == [True] * 3 and isinstance(outcomes[3], CompareAndSetFailed)
+    assert outcomes[3].current.resolved_by == "first"
+    assert "ROLLBACK TO threadflow_resolve_group" in statements  # the updates undone, then decided on a read
+    assert [(await store.get_run(r)).status for r in good] == ["running"] * 3
+    assert (await store.get_run(taken)).status == "pending"  # as the first resume left it, not resolved by bob
+    for run_id in good:
+        assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
+    assert "run.resumed" not in [e.type for e in await store.read_events(taken)]
+    # The rest of the batch's transaction was kept: the other writer's event, held back when the savepoint was taken.
+    assert [e.type for e in await store.read_events(other)].count("step.succeeded") == 1

@@ -453,7 +453,7 @@ def write_lock_held(path: str) -> Iterator[None]:
         other.close()
 
 
-async def test_starts_made_while_the_dispatcher_claims_and_the_claimed_runs_never_exceed_capacity_together(engine, db_url):
+async def test_starts_made_while_the_dispatcher_claims_wait_for_the_next_claim_and_capacity_is_never_exceeded(engine, db_url):
     path = sqlite_path(db_url)
     gate, started, wf = holding_step()
     e = engine(wf, capacity=2, poll_interval=0.3)
@@ -467,11 +467,30 @@ async def test_starts_made_while_the_dispatcher_claims_and_the_claimed_runs_neve
     handles = await starting
     await asyncio.sleep(0.5)
     statuses = [(await e.get_run(h.run_id)).status for h in [*waiting, *handles]]
-    # The starts kept the slots they took; the runs claimed meanwhile went back, pending, for the next claim.
-    assert e.executing == 2 and sorted(started) == ["s0", "s1"], (e.executing, started)
-    assert statuses == ["pending", "pending", "running", "running"]
+    # The claim in flight held the free slots: the runs it claimed keep them (none is handed back, no write is
+    # wasted), and the starts made meanwhile are written pending, for the next claim.
+    assert e.executing == 2 and sorted(started) == ["p0", "p1"], (e.executing, started)
+    assert statuses == ["running", "running", "pending", "pending"]
     gate.set()
     assert [(await h.result(timeout=10)).status for h in [*waiting, *handles]] == ["success"] * 4
+    assert sorted(started) == ["p0", "p1", "s0", "s1"]
+
+
+async def test_runs_claimed_beyond_a_capacity_lowered_meanwhile_are_handed_back(engine, db_url):
+    path = sqlite_path(db_url)
+    gate, started, wf = holding_step()
+    e = engine(wf, capacity=2, poll_interval=0.3)
+    await e.open()
+    writer = engine(wf, execute=False)
+    waiting = [await writer.start("held", {"name": f"p{i}"}) for i in range(2)]
+    with write_lock_held(path):
+        await asyncio.sleep(0.8)  # the dispatcher's claim of both waits for the lock
+        e.capacity = 1
+    await asyncio.sleep(0.5)
+    statuses = sorted([(await e.get_run(h.run_id)).status for h in waiting])
+    assert e.executing == 1 and len(started) == 1 and statuses == ["pending", "running"], (e.executing, statuses)
+    gate.set()
+    assert [(await h.result(timeout=10)).status for h in waiting] == ["success"] * 2
 
 
 async def test_a_start_that_fails_gives_its_slot_back_to_a_run_written_pending_meanwhile(engine, db_url):

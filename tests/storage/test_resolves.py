@@ -212,5 +212,22 @@ async def test_a_group_with_one_resume_that_does_not_hold_undoes_only_its_own_up
     for run_id in good:
         assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
     assert "run.resumed" not in [e.type for e in await store.read_events(taken)]
-    # The rest of the batch's transaction was kept: the other writer's event, held back when the savepoint was taken.
+    # The rest of the batch's transaction was kept: the other writer's event, which it held back, is there.
     assert [e.type for e in await store.read_events(other)].count("step.succeeded") == 1
+
+
+async def test_a_group_whose_compare_and_sets_hold_but_one_claim_does_not_claims_only_the_others(store):
+    # Every suspension is open, so every resolve holds; one run still executes another branch here ("me"), so its
+    # claim does not: the group must not report it claimed (the resumer would execute it a second time).
+    suspended = await suspended_run(store)
+    executing = await held_run(store)
+    await store.open_suspension(suspension(executing), "me", LEASE, [])
+
+    outcomes = await asyncio.gather(*(
+        store.resolve_suspension(r, "approve", {"ok": True}, "ann", [], claim_for="resumer", lease=LEASE)
+        for r in (suspended, executing)))
+
+    assert outcomes == [True, False]
+    assert ((await store.get_run(suspended)).status, (await store.get_run(suspended)).owner) == ("running", "resumer")
+    assert ((await store.get_run(executing)).status, (await store.get_run(executing)).owner) == ("running", "me")
+    assert [w.status for w in await store.suspensions_of(executing)] == ["resolved"]

@@ -159,6 +159,9 @@ class Engine:
         #: Slots held by writes in flight that will execute their run here once committed (a start, a re-run, a
         #: resume's claim): they count toward capacity.
         self._reserved = 0
+        #: This process wrote a run pending for want of a free slot (a start's, a resume's), and the claims since found
+        #: as many ready runs as free slots: runs wait here for capacity (see _claim_and_spawn).
+        self._contended = False
         self._dispatch_failures = FailureLog(log, "dispatcher iteration")
         self._opened = False
         self._closing = False
@@ -366,6 +369,7 @@ class Engine:
             self._spawn(run_id, fresh=fresh, run=run)
         else:
             self._backlog = True
+            self._contended = self._contended or (self.execute_runs and not self._closing)  # (else: no free slot)
             self._wake.set()
 
     async def _hand_back(self, run_id: str) -> None:
@@ -437,6 +441,7 @@ class Engine:
         # Claim the run in the same transaction when this process has room to execute it right away (held since
         # the read, or free now).
         extra = not hold and self._room_to_execute()
+        turned_away = not hold and not extra and self.execute_runs and not self._closing  # (no free slot)
         self._reserved += extra
         now = time.time()
         try:
@@ -473,6 +478,7 @@ class Engine:
             }), progress=progress)
             self._changed(run_id, wake=False)
         else:
+            self._contended = self._contended or turned_away
             self._changed(run_id)
         decision = json_data.get("approved") if isinstance(json_data, dict) else None
         emit("approval.decided", workflow_id=wf.id, step_id=target.step_id, by=by,
@@ -793,24 +799,32 @@ class Engine:
             self._backlog = True
             return []
         recovered: dict[str, bool] = {}
-        # The slots the claim may fill are held while it is in flight, as a start's or a resume's are: a resume
-        # meanwhile leaves its run ready (this claim or the next takes it) rather than taking a slot this claim
-        # then finds gone. (Before, in a burst of 1,800 resumes, ~50 runs a burst were claimed beyond the slots
-        # left and handed back one write each.)
-        self._reserved += free
+        # While runs wait here for capacity (this process turned runs away for want of a slot, a burst of starts or
+        # resumes, and its claims since found at least as many ready runs as free slots), the claim holds the slots
+        # it may fill while it is in flight, as a start or a resume holds its own: those made meanwhile queue behind
+        # the runs waiting longest, rather than take slots the claim then finds gone and hands back what it took,
+        # one write each (starting 2,000 runs 200 at a time: 56 such hand-backs). Otherwise a start or a resume
+        # takes a free slot at once, its run not kept waiting for a claim that may find nothing.
+        holding = free if self._contended else 0
+        self._contended = False  # (set again by a run turned away meanwhile)
+        self._reserved += holding
         try:
             # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
             # at once, without reading their rows again.
             claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds,
                                                   pick=lambda candidates: self.recoveries.pick(candidates, recovered))
+        except BaseException:
+            self._contended = self._contended or holding > 0  # (as it was: nothing was claimed)
+            raise
         finally:
-            self._reserved -= free
-        # Capacity lowered, or the slots taken some other way while the claim was in flight: runs claimed beyond
-        # the slots still free are handed back, for the next claim here or in any process, so capacity is never
-        # exceeded.
+            self._reserved -= holding
+        # Starts and resumes may have taken slots while the claim was in flight (unless it held them; or capacity was
+        # lowered): runs claimed beyond the slots still free are handed back, for the next claim here or in any
+        # process, so capacity is never exceeded.
         room = max(0, self._free_slots())
         kept, extra = claimed[:room], claimed[room:]
         self._backlog = len(claimed) >= free or bool(extra)
+        self._contended = self._contended or (holding > 0 and self._backlog)
         for run, progress in kept:
             self.recoveries.claimed(run.id, recovered)
             self._spawn(run.id, fresh=False, run=run, progress=progress)

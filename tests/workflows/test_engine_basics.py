@@ -453,7 +453,7 @@ def write_lock_held(path: str) -> Iterator[None]:
         other.close()
 
 
-async def test_starts_made_while_the_dispatcher_claims_wait_for_the_next_claim_and_capacity_is_never_exceeded(engine, db_url):
+async def test_starts_made_while_the_dispatcher_claims_and_the_claimed_runs_never_exceed_capacity_together(engine, db_url):
     path = sqlite_path(db_url)
     gate, started, wf = holding_step()
     e = engine(wf, capacity=2, poll_interval=0.3)
@@ -467,30 +467,51 @@ async def test_starts_made_while_the_dispatcher_claims_wait_for_the_next_claim_a
     handles = await starting
     await asyncio.sleep(0.5)
     statuses = [(await e.get_run(h.run_id)).status for h in [*waiting, *handles]]
-    # The claim in flight held the free slots: the runs it claimed keep them (none is handed back, no write is
-    # wasted), and the starts made meanwhile are written pending, for the next claim.
-    assert e.executing == 2 and sorted(started) == ["p0", "p1"], (e.executing, started)
-    assert statuses == ["running", "running", "pending", "pending"]
+    # The starts kept the slots they took; the runs claimed meanwhile went back, pending, for the next claim.
+    assert e.executing == 2 and sorted(started) == ["s0", "s1"], (e.executing, started)
+    assert statuses == ["pending", "pending", "running", "running"]
     gate.set()
     assert [(await h.result(timeout=10)).status for h in [*waiting, *handles]] == ["success"] * 4
-    assert sorted(started) == ["p0", "p1", "s0", "s1"]
 
 
-async def test_runs_claimed_beyond_a_capacity_lowered_meanwhile_are_handed_back(engine, db_url):
-    path = sqlite_path(db_url)
-    gate, started, wf = holding_step()
-    e = engine(wf, capacity=2, poll_interval=0.3)
+#: The statement that hands a claimed run back (``RunStore.release_run``), as SQLite's trace writes it with its values.
+HANDED_BACK = re.compile(r"UPDATE runs SET status='pending', owner=NULL, lease_expires_at=NULL, ready_at=[^,]+, "
+                         r"updated_at=[^,]+ WHERE")
+
+
+async def test_while_runs_wait_for_capacity_a_claim_holds_its_slots_and_hands_nothing_back(engine, db_url):
+    # A burst of starts beyond capacity: the runs turned away wait, pending, and the dispatcher claims them as slots
+    # free up. Starts made while such a claim is in flight wait behind those runs, rather than take the slots the
+    # claim is filling (it then handed back what it had claimed beyond them, a wasted claim and write each).
+    sqlite_path(db_url, needs="SQLite's own trace of the statements")
+
+    @step(id="ask")
+    async def ask(ctx: StepContext[Any]) -> Any:
+        return await ctx.suspend({"q": "?"})
+
+    e = engine(Workflow(id="asks").then(ask).commit(), capacity=4, poll_interval=30.0)
     await e.open()
-    writer = engine(wf, execute=False)
-    waiting = [await writer.start("held", {"name": f"p{i}"}) for i in range(2)]
-    with write_lock_held(path):
-        await asyncio.sleep(0.8)  # the dispatcher's claim of both waits for the lock
-        e.capacity = 1
-    await asyncio.sleep(0.5)
-    statuses = sorted([(await e.get_run(h.run_id)).status for h in waiting])
-    assert e.executing == 1 and len(started) == 1 and statuses == ["pending", "running"], (e.executing, statuses)
-    gate.set()
-    assert [(await h.result(timeout=10)).status for h in waiting] == ["success"] * 2
+    statements: list[str] = []
+    raw = e.db._backend._writer_connection().connection.dbapi_connection
+    raw.set_trace_callback(statements.append)
+    limit = asyncio.Semaphore(12)
+
+    async def start(i: int) -> str:
+        async with limit:
+            return (await e.start("asks", {}, run_id=f"ask-{i:03}")).run_id
+
+    try:
+        ids = await asyncio.gather(*(start(i) for i in range(120)))
+        for _ in range(500):
+            if await e.store.count_runs("suspended") == len(ids):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        raw.set_trace_callback(None)
+
+    assert await e.store.count_runs("suspended") == len(ids)
+    assert any(s.startswith("UPDATE runs SET status='running'") for s in statements)  # (the trace saw the claims)
+    assert [s for s in statements if HANDED_BACK.match(s)] == []
 
 
 async def test_a_start_that_fails_gives_its_slot_back_to_a_run_written_pending_meanwhile(engine, db_url):

@@ -159,9 +159,11 @@ class Engine:
         #: Slots held by writes in flight that will execute their run here once committed (a start, a re-run, a
         #: resume's claim): they count toward capacity.
         self._reserved = 0
-        #: This process wrote a run pending for want of a free slot (a start's, a resume's), and the claims since found
-        #: as many ready runs as free slots: runs wait here for capacity (see _claim_and_spawn).
+        #: A start or a resume here found no free slot (not even counting those a claim held), and the claims since
+        #: found as many ready runs as free slots: runs wait here for capacity (see _claim_and_spawn).
         self._contended = False
+        #: Slots the claim in flight holds (see _claim_and_spawn).
+        self._claim_holding = 0
         self._dispatch_failures = FailureLog(log, "dispatcher iteration")
         self._opened = False
         self._closing = False
@@ -240,6 +242,7 @@ class Engine:
                 freeze_startup_heap()
             await self.db.open()
             self._closing = False
+            self._contended = False
             if self.execute_runs:
                 loop = asyncio.get_running_loop()
                 self.liveness.start()
@@ -369,7 +372,6 @@ class Engine:
             self._spawn(run_id, fresh=fresh, run=run)
         else:
             self._backlog = True
-            self._contended = self._contended or (self.execute_runs and not self._closing)  # (else: no free slot)
             self._wake.set()
 
     async def _hand_back(self, run_id: str) -> None:
@@ -389,6 +391,8 @@ class Engine:
         the others hold, so together they never exceed ``capacity``; a run that finds none is written pending, for
         the dispatcher of any process."""
         hold = self._room_to_execute()
+        if not hold and self.execute_runs and not self._closing and self._free_slots() + self._claim_holding <= 0:
+            self._contended = True  # no slot free, and not only because a claim in flight holds them
         self._reserved += hold
         try:
             yield hold
@@ -441,7 +445,6 @@ class Engine:
         # Claim the run in the same transaction when this process has room to execute it right away (held since
         # the read, or free now).
         extra = not hold and self._room_to_execute()
-        turned_away = not hold and not extra and self.execute_runs and not self._closing  # (no free slot)
         self._reserved += extra
         now = time.time()
         try:
@@ -478,7 +481,6 @@ class Engine:
             }), progress=progress)
             self._changed(run_id, wake=False)
         else:
-            self._contended = self._contended or turned_away
             self._changed(run_id)
         decision = json_data.get("approved") if isinstance(json_data, dict) else None
         emit("approval.decided", workflow_id=wf.id, step_id=target.step_id, by=by,
@@ -806,8 +808,9 @@ class Engine:
         # one write each (starting 2,000 runs 200 at a time: 56 such hand-backs). Otherwise a start or a resume
         # takes a free slot at once, its run not kept waiting for a claim that may find nothing.
         holding = free if self._contended else 0
-        self._contended = False  # (set again by a run turned away meanwhile)
+        self._contended = False  # (set again by a start or a resume that finds no slot meanwhile)
         self._reserved += holding
+        self._claim_holding = holding
         try:
             # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
             # at once, without reading their rows again.
@@ -818,6 +821,7 @@ class Engine:
             raise
         finally:
             self._reserved -= holding
+            self._claim_holding = 0
         # Starts and resumes may have taken slots while the claim was in flight (unless it held them; or capacity was
         # lowered): runs claimed beyond the slots still free are handed back, for the next claim here or in any
         # process, so capacity is never exceeded.

@@ -476,7 +476,7 @@ async def test_starts_made_while_the_dispatcher_claims_and_the_claimed_runs_neve
 
 #: The statement that hands a claimed run back (``RunStore.release_run``), as SQLite's trace writes it with its values.
 HANDED_BACK = re.compile(r"UPDATE runs SET status='pending', owner=NULL, lease_expires_at=NULL, ready_at=[^,]+, "
-                         r"updated_at=[^,]+ WHERE")
+                         r"updated_at=[^,]+ WHERE runs\.id = ")
 
 
 async def test_while_runs_wait_for_capacity_a_claim_holds_its_slots_and_hands_nothing_back(engine, db_url):

@@ -162,7 +162,7 @@ class Engine:
         #: A start or a resume here found no free slot (not even counting those a claim held), and the claims since
         #: found as many ready runs as free slots: runs wait here for capacity (see _claim_and_spawn).
         self._contended = False
-        #: Slots the claim in flight holds (see _claim_and_spawn).
+        #: Slots the claims in flight hold (see _claim_and_spawn; ``recover`` may claim beside the dispatcher).
         self._claim_holding = 0
         self._dispatch_failures = FailureLog(log, "dispatcher iteration")
         self._opened = False
@@ -810,7 +810,7 @@ class Engine:
         holding = free if self._contended else 0
         self._contended = False  # (set again by a start or a resume that finds no slot meanwhile)
         self._reserved += holding
-        self._claim_holding = holding
+        self._claim_holding += holding
         try:
             # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
             # at once, without reading their rows again.
@@ -821,7 +821,7 @@ class Engine:
             raise
         finally:
             self._reserved -= holding
-            self._claim_holding = 0
+            self._claim_holding -= holding
         # Starts and resumes may have taken slots while the claim was in flight (unless it held them; or capacity was
         # lowered): runs claimed beyond the slots still free are handed back, for the next claim here or in any
         # process, so capacity is never exceeded.

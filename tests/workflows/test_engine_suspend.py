@@ -529,17 +529,20 @@ async def _settled_without_timer(e, run_id: str) -> bool:
 
 async def test_a_resume_before_the_sleep_ends_waits_for_the_timer(engine):
     calls = Counter()
-    nap = Workflow(id="nap", input=Num, output=Num).sleep(1.2).commit()
+    # A sleep of 2 s: longer than IN_PROCESS_SLEEP (1 s) by more than its commit takes on a busy machine, so the run
+    # halts (suspended beside its timer) rather than sleeping in process. (With 1.2 s, a commit slower than 0.2 s on
+    # PostgreSQL under CI's load left 1 s or less: the run slept in process and was still running.)
+    nap = Workflow(id="nap", input=Num, output=Num).sleep(2.0).commit()
     e = engine(Workflow(id="gate-and-nap", input=Num).parallel([approval_step("approve", calls), nap]).commit())
-    started = time.monotonic()  # (before the sleep starts: however slow the machine, the sleep ends 1.2 s after)
+    started = time.monotonic()  # (before the sleep starts: however slow the machine, the sleep ends 2 s after)
     handle = await e.start("gate-and-nap", {"n": 2})
-    assert (await handle.result(timeout=1.0)).status == "suspended"
+    assert (await handle.result(timeout=5.0)).status == "suspended"
 
     await e.resume(handle.run_id, data={"approved": False}, by="bob")
-    done = await handle.result(timeout=5)
+    done = await handle.result(timeout=10)
 
     assert done.status == "success" and done.output["approve"]["approved"] is False
-    assert time.monotonic() - started >= 1.1  # the sleep was not cut short by the resume
+    assert time.monotonic() - started >= 1.9  # the sleep was not cut short by the resume
 
 
 async def test_a_backlog_beyond_capacity_drains_as_slots_free_up_not_at_each_poll(engine):

@@ -116,6 +116,24 @@ class Resolve:
     #: The run's ``updated_at`` as the resumer read it: claimed only if unchanged since (see RunStore.resolve_suspension).
     seen_at: float | None = None
 
+    def resolve_values(self) -> dict[str, Any]:
+        """RESOLVE_SUSPENSION's parameters."""
+        return {"b_run_id": self.run_id, "b_path": self.path, "b_now": self.now, "b_by": self.by, "b_data": self.data}
+
+    def claim_values(self, *, unchanged: bool = False) -> dict[str, Any]:
+        """CLAIM_WAITING's parameters (``claim_for`` is set), or CLAIM_UNCHANGED's with ``unchanged``."""
+        values = {"b_id": self.run_id, "b_owner": self.claim_for, "b_now": self.now, "b_expires": self.now + self.lease}
+        return {**values, "b_seen": self.seen_at} if unchanged else values
+
+    def ready_values(self) -> dict[str, Any]:
+        """MAKE_READY's parameters."""
+        return {"b_id": self.run_id, "b_now": self.now}
+
+    def event_rows(self) -> list[dict[str, Any]]:
+        """INSERT_EVENTS's rows for the resume's events."""
+        return [{"run_id": self.run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or self.now}
+                for e in self.events]
+
 
 #: A resume's outcome in a group: whether its run was claimed, or why its compare-and-set failed.
 Outcome = bool | CompareAndSetFailed
@@ -210,9 +228,7 @@ async def resolve_one(conn: AsyncConnection, item: Resolve) -> bool:
     """One resume: the compare-and-set (CompareAndSetFailed with the current row if not open), then the claim of
     its run for ``claim_for`` if it was suspended or waiting (True), else the run made ready; its events."""
     now = item.now
-    res = await conn.execute(RESOLVE_SUSPENSION, {
-        "b_run_id": item.run_id, "b_path": item.path, "b_now": now, "b_by": item.by, "b_data": item.data,
-    })
+    res = await conn.execute(RESOLVE_SUSPENSION, item.resolve_values())
     if res.rowcount == 0:
         row = (await conn.execute(_SUSPENSION, {"b_run_id": item.run_id, "b_path": item.path})).mappings().first()
         if row is not None and row["resolved_at"] == now and row["resolved_by"] == item.by:
@@ -222,15 +238,12 @@ async def resolve_one(conn: AsyncConnection, item: Resolve) -> bool:
         raise CompareAndSetFailed(SuspensionRecord.model_validate(dict(row)) if row else None)
     claimed = False
     if item.claim_for is not None:
-        params = {"b_id": item.run_id, "b_owner": item.claim_for, "b_now": now, "b_expires": now + item.lease}
-        claimed = (await conn.execute(
-            CLAIM_WAITING if item.seen_at is None else CLAIM_UNCHANGED,
-            params if item.seen_at is None else {**params, "b_seen": item.seen_at},
-        )).rowcount == 1
+        unchanged = item.seen_at is not None
+        claimed = (await conn.execute(CLAIM_UNCHANGED if unchanged else CLAIM_WAITING,
+                                      item.claim_values(unchanged=unchanged))).rowcount == 1
     if not claimed:
-        await conn.execute(MAKE_READY, {"b_id": item.run_id, "b_now": now})
-    rows = [{"run_id": item.run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or now}
-            for e in item.events]
+        await conn.execute(MAKE_READY, item.ready_values())
+    rows = item.event_rows()
     if rows:
         await conn.execute(INSERT_EVENTS, rows)
     return claimed
@@ -250,20 +263,17 @@ async def _resolve_all(conn: AsyncConnection, items: Sequence[Resolve]) -> list[
     counts say whether every one held. If one did not, the updates are undone to a savepoint taken before them (the
     rest of the batch's transaction is kept) and the group goes the way that reads first.
     """
-    resolve = [{"b_run_id": item.run_id, "b_path": item.path, "b_now": item.now, "b_by": item.by, "b_data": item.data}
-               for item in items]
+    resolve = [item.resolve_values() for item in items]
     claims: list[dict[str, Any]] = []
     claims_unchanged: list[dict[str, Any]] = []
     ready: list[dict[str, Any]] = []
     for item in items:
         if item.claim_for is None:
-            ready.append({"b_id": item.run_id, "b_now": item.now})
+            ready.append(item.ready_values())
         elif item.seen_at is None:
-            claims.append({"b_id": item.run_id, "b_owner": item.claim_for, "b_now": item.now,
-                           "b_expires": item.now + item.lease})
+            claims.append(item.claim_values())
         else:
-            claims_unchanged.append({"b_id": item.run_id, "b_owner": item.claim_for, "b_now": item.now,
-                                     "b_expires": item.now + item.lease, "b_seen": item.seen_at})
+            claims_unchanged.append(item.claim_values(unchanged=True))
     await conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")  # (rows other writers of the batch hold back go in first)
     if ((await conn.execute(RESOLVE_SUSPENSION, resolve)).rowcount != len(resolve)
             or claims and (await conn.execute(CLAIM_WAITING, claims)).rowcount != len(claims)
@@ -274,8 +284,7 @@ async def _resolve_all(conn: AsyncConnection, items: Sequence[Resolve]) -> list[
     if ready:
         await conn.execute(MAKE_READY, ready)  # (a run executing elsewhere is left as it is)
     await conn.exec_driver_sql(f"RELEASE {_SAVEPOINT}")
-    new_events = [{"run_id": item.run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or item.now}
-                  for item in items for e in item.events]
+    new_events = [row for item in items for row in item.event_rows()]
     if new_events:
         await conn.execute(INSERT_EVENTS, new_events)
     return [item.claim_for is not None for item in items]
@@ -309,17 +318,14 @@ async def _resolve_each_as_read(conn: AsyncConnection, items: Sequence[Resolve])
             row = (await conn.execute(_SUSPENSION, {"b_run_id": item.run_id, "b_path": item.path})).mappings().first()
             outcomes.append(CompareAndSetFailed(SuspensionRecord.model_validate(dict(row)) if row else None))
             continue
-        resolve.append({"b_run_id": item.run_id, "b_path": item.path, "b_now": item.now, "b_by": item.by,
-                        "b_data": item.data})
+        resolve.append(item.resolve_values())
         if item.claim_for is not None and run[0] in ("suspended", "waiting") and item.seen_at in (None, run[2]):
-            claim.append({"b_id": item.run_id, "b_owner": item.claim_for, "b_now": item.now,
-                          "b_expires": item.now + item.lease})
+            claim.append(item.claim_values())  # (seen_at checked just above, against the run as read)
             outcomes.append(True)
         else:
-            ready.append({"b_id": item.run_id, "b_now": item.now})  # (a run executing elsewhere: nothing to do)
+            ready.append(item.ready_values())  # (a run executing elsewhere: nothing to do)
             outcomes.append(False)
-        new_events.extend({"run_id": item.run_id, "type": e.type, "path": e.path, "data": e.data, "at": e.at or item.now}
-                          for e in item.events)
+        new_events.extend(item.event_rows())
     if resolve and (await conn.execute(RESOLVE_SUSPENSION, resolve)).rowcount != len(resolve):
         raise GroupMismatch("a resume's compare-and-set did not match what the group's read found")
     if claim and (await conn.execute(CLAIM_WAITING, claim)).rowcount != len(claim):

@@ -49,6 +49,15 @@ RESOLVE_SUSPENSION = prepared(
     .values(status="resolved", resolved_by=bindparam("b_by"), resolved_at=bindparam("b_now"),
             resume_data=bindparam("b_data", type_=JSON))
 )
+#: The same without the test of the run, for a group's write-first path (see _resolve_all): there every run's own
+#: update, which follows, tests that it is suspended or waiting, so live (a quarter of a burst's resolve write).
+RESOLVE_OPEN = prepared(
+    update(suspensions)
+    .where(suspensions.c.run_id == bindparam("b_run_id"), suspensions.c.path == bindparam("b_path"),
+           suspensions.c.status == "open")
+    .values(status="resolved", resolved_by=bindparam("b_by"), resolved_at=bindparam("b_now"),
+            resume_data=bindparam("b_data", type_=JSON))
+)
 #: A suspended or waiting run becomes ready for any dispatcher.
 MAKE_READY = prepared(
     update(runs)
@@ -256,12 +265,15 @@ async def resolve_many(conn: AsyncConnection, items: Sequence[Resolve]) -> list[
 
 
 async def _resolve_all(conn: AsyncConnection, items: Sequence[Resolve]) -> list[Outcome] | None:
-    """Every resume of the group as it usually is: each compare-and-set holds, and each run to claim is claimable.
-    Their outcomes, or None, having changed nothing, if one of them is not so.
+    """Every resume of the group as it usually is: each suspension open, each run suspended or waiting (so live, and
+    claimable if it is to be claimed). Their outcomes, or None, having changed nothing, if one of them is not so.
 
     The updates are executed first, with no read before them: each carries its own compare-and-set, so their row
     counts say whether every one held. If one did not, the updates are undone to a savepoint taken before them (the
-    rest of the batch's transaction is kept) and the group goes the way that reads first.
+    rest of the batch's transaction is kept) and the group goes the way that reads first. As every run's update must
+    hold here, the suspensions' compare-and-set need not test their runs as well (RESOLVE_OPEN): a run that is no
+    longer live fails its own update, and the group is decided on the read (a run executing elsewhere too, whose
+    resume only resolves its suspension).
     """
     resolve = [item.resolve_values() for item in items]
     claims: list[dict[str, Any]] = []
@@ -275,14 +287,13 @@ async def _resolve_all(conn: AsyncConnection, items: Sequence[Resolve]) -> list[
         else:
             claims_unchanged.append(item.claim_values(unchanged=True))
     await conn.exec_driver_sql(f"SAVEPOINT {_SAVEPOINT}")  # (rows other writers of the batch hold back go in first)
-    if ((await conn.execute(RESOLVE_SUSPENSION, resolve)).rowcount != len(resolve)
+    if ((await conn.execute(RESOLVE_OPEN, resolve)).rowcount != len(resolve)
             or claims and (await conn.execute(CLAIM_WAITING, claims)).rowcount != len(claims)
-            or claims_unchanged and (await conn.execute(CLAIM_UNCHANGED, claims_unchanged)).rowcount != len(claims_unchanged)):
+            or claims_unchanged and (await conn.execute(CLAIM_UNCHANGED, claims_unchanged)).rowcount != len(claims_unchanged)
+            or ready and (await conn.execute(MAKE_READY, ready)).rowcount != len(ready)):
         await conn.exec_driver_sql(f"ROLLBACK TO {_SAVEPOINT}")
         await conn.exec_driver_sql(f"RELEASE {_SAVEPOINT}")
         return None
-    if ready:
-        await conn.execute(MAKE_READY, ready)  # (a run executing elsewhere is left as it is)
     await conn.exec_driver_sql(f"RELEASE {_SAVEPOINT}")
     new_events = [row for item in items for row in item.event_rows()]
     if new_events:

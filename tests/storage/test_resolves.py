@@ -177,8 +177,36 @@ async def test_a_group_whose_resumes_all_hold_writes_without_reading_first(store
     assert not [s for s in statements if s.lstrip().upper().startswith("SELECT")], statements
     assert [s.split()[0] for s in statements if s.split()[0] in ("SAVEPOINT", "ROLLBACK", "RELEASE")] == [
         "SAVEPOINT", "RELEASE"]
+    # Nor is the run read inside the compare-and-set: each run's own update that follows says it is live.
+    assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE SUSPENSIONS") and "runs" in s], statements
     assert [(await store.get_run(r)).status for r in claimed + ready] == ["running"] * 3 + ["pending"] * 2
     for run_id in claimed + ready:
+        assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
+
+
+async def test_a_group_of_resumes_that_leave_their_runs_to_the_dispatcher_holds_each_compare_and_set(store):
+    # No claims: every resume only makes its run ready. A run still executing another branch is not made ready (its
+    # wait is resolved: the execution sees it), and a canceled run's open wait may not be resolved at all.
+    suspended = await suspended_run(store)
+    executing = await held_run(store)
+    await store.open_suspension(suspension(executing), "me", LEASE, [])
+    canceled = await suspended_run(store)
+    await store.cancel(canceled, "admin", [NewEvent(type="run.canceled")])
+
+    outcomes = await asyncio.gather(
+        *(store.resolve_suspension(r, "approve", {"ok": True}, "ann", [NewEvent(type="run.resumed", path="approve")])
+          for r in (suspended, executing, canceled)),
+        return_exceptions=True)
+
+    assert outcomes[:2] == [False, False]
+    assert isinstance(outcomes[2], CompareAndSetFailed) and outcomes[2].current.status == "open"
+    assert ((await store.get_run(suspended)).status, (await store.get_run(executing)).status) == ("pending", "running")
+    assert (await store.get_run(executing)).owner == "me"
+    assert [w.status for w in await store.suspensions_of(executing)] == ["resolved"]
+    assert [w.status for w in await store.suspensions_of(canceled)] == ["open"]
+    assert (await store.get_run(canceled)).status == "canceled"
+    assert "run.resumed" not in [e.type for e in await store.read_events(canceled)]
+    for run_id in (suspended, executing):
         assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
 
 

@@ -50,7 +50,8 @@ RESOLVE_SUSPENSION = prepared(
             resume_data=bindparam("b_data", type_=JSON))
 )
 #: The same without the test of the run, for a group's write-first path (see _resolve_all): there every run's own
-#: update, which follows, tests that it is suspended or waiting, so live (a quarter of a burst's resolve write).
+#: update, which follows, tests that it is suspended or waiting, so live (the subquery was about a quarter of a burst's
+#: group write).
 RESOLVE_OPEN = prepared(
     update(suspensions)
     .where(suspensions.c.run_id == bindparam("b_run_id"), suspensions.c.path == bindparam("b_path"),
@@ -126,7 +127,7 @@ class Resolve:
     seen_at: float | None = None
 
     def resolve_values(self) -> dict[str, Any]:
-        """RESOLVE_SUSPENSION's parameters."""
+        """RESOLVE_SUSPENSION's (and RESOLVE_OPEN's) parameters."""
         return {"b_run_id": self.run_id, "b_path": self.path, "b_now": self.now, "b_by": self.by, "b_data": self.data}
 
     def claim_values(self, *, unchanged: bool = False) -> dict[str, Any]:
@@ -271,9 +272,9 @@ async def _resolve_all(conn: AsyncConnection, items: Sequence[Resolve]) -> list[
     The updates are executed first, with no read before them: each carries its own compare-and-set, so their row
     counts say whether every one held. If one did not, the updates are undone to a savepoint taken before them (the
     rest of the batch's transaction is kept) and the group goes the way that reads first. As every run's update must
-    hold here, the suspensions' compare-and-set need not test their runs as well (RESOLVE_OPEN): a run that is no
-    longer live fails its own update, and the group is decided on the read (a run executing elsewhere too, whose
-    resume only resolves its suspension).
+    hold here, the suspensions' compare-and-set need not test their runs as well (RESOLVE_OPEN): a run that is not
+    suspended or waiting (finished, canceled, missing, or pending or running) fails its own update, and the group is
+    decided on the read, where a live one's resume only resolves its suspension.
     """
     resolve = [item.resolve_values() for item in items]
     claims: list[dict[str, Any]] = []
@@ -302,8 +303,8 @@ async def _resolve_all(conn: AsyncConnection, items: Sequence[Resolve]) -> list[
 
 
 async def _resolve_each_as_read(conn: AsyncConnection, items: Sequence[Resolve]) -> list[Outcome]:
-    """The group when some resume's compare-and-set or claim does not hold: the states of its suspensions and runs are
-    read first, and each resume is decided on what they say."""
+    """The group when some resume's compare-and-set, claim or ready mark does not hold (a run pending or running
+    already, say): the states of its suspensions and runs are read first, and each resume is decided on what they say."""
     ids = [item.run_id for item in items]
     run_states: dict[str, tuple[str, str | None, float]] = {}
     waits: dict[tuple[str, str], tuple[str, str | None, float | None]] = {}
@@ -334,7 +335,7 @@ async def _resolve_each_as_read(conn: AsyncConnection, items: Sequence[Resolve])
             claim.append(item.claim_values())  # (seen_at checked just above, against the run as read)
             outcomes.append(True)
         else:
-            ready.append(item.ready_values())  # (a run executing elsewhere: nothing to do)
+            ready.append(item.ready_values())  # (a run executing elsewhere, or pending already: nothing to do)
             outcomes.append(False)
         new_events.extend(item.event_rows())
     if resolve and (await conn.execute(RESOLVE_SUSPENSION, resolve)).rowcount != len(resolve):

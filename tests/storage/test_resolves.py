@@ -178,9 +178,43 @@ async def test_a_group_whose_resumes_all_hold_writes_without_reading_first(store
     assert [s.split()[0] for s in statements if s.split()[0] in ("SAVEPOINT", "ROLLBACK", "RELEASE")] == [
         "SAVEPOINT", "RELEASE"]
     # Nor is the run read inside the compare-and-set: each run's own update that follows says it is live.
-    assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE SUSPENSIONS") and "runs" in s], statements
+    assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE SUSPENSIONS") and "EXISTS" in s.upper()]
     assert [(await store.get_run(r)).status for r in claimed + ready] == ["running"] * 3 + ["pending"] * 2
     for run_id in claimed + ready:
+        assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
+
+
+async def test_a_group_with_a_resume_of_a_run_already_pending_or_running_decides_every_resume_as_alone(store):
+    if not store.db.is_sqlite:
+        pytest.skip("resumes are grouped on SQLite only")
+    claimed, ready = await suspended_run(store), await suspended_run(store)
+    pending = await held_run(store)  # two approvals side by side; the first already made the run ready
+    for path in ("left", "right"):
+        await store.open_suspension(suspension(pending, path), "me", LEASE, [])
+    await store.settle(pending, "me", "suspended", [NewEvent(type="run.suspended")])
+    await store.resolve_suspension(pending, "left", {"ok": True}, "first", [])
+    ready_at = (await store.get_run(pending)).ready_at
+    running = await held_run(store)  # still executing another branch here
+    await store.open_suspension(suspension(running), "me", LEASE, [])
+    resumed = NewEvent(type="run.resumed")
+    statements, stop = traced(store)
+    try:
+        outcomes = await asyncio.gather(
+            store.resolve_suspension(claimed, "approve", {"ok": True}, "ann", [resumed], claim_for="resumer", lease=LEASE),
+            store.resolve_suspension(ready, "approve", {"ok": True}, "ann", [resumed]),
+            store.resolve_suspension(pending, "right", {"ok": True}, "ann", [resumed]),
+            store.resolve_suspension(running, "approve", {"ok": True}, "ann", [resumed]))
+    finally:
+        stop()
+
+    assert outcomes == [True, False, False, False]
+    assert statements.count("ROLLBACK TO threadflow_resolve_group") == 1  # the ready marks that did not hold
+    assert ((await store.get_run(claimed)).status, (await store.get_run(claimed)).owner) == ("running", "resumer")
+    assert (await store.get_run(ready)).status == "pending"
+    assert ((await store.get_run(pending)).status, (await store.get_run(pending)).ready_at) == ("pending", ready_at)
+    assert ((await store.get_run(running)).status, (await store.get_run(running)).owner) == ("running", "me")
+    for run_id in (claimed, ready, pending, running):
+        assert all(w.status == "resolved" for w in await store.suspensions_of(run_id))
         assert [e.type for e in await store.read_events(run_id)].count("run.resumed") == 1
 
 

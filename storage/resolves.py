@@ -36,22 +36,9 @@ from .prepared import prepared
 from .records import TERMINAL_STATUSES, NewEvent, SuspensionRecord
 from .tables import runs, suspensions
 
-#: Resume's compare-and-set: an open suspension of a live run becomes resolved.
-RESOLVE_SUSPENSION = prepared(
-    update(suspensions)
-    .where(
-        suspensions.c.run_id == bindparam("b_run_id"),
-        suspensions.c.path == bindparam("b_path"),
-        suspensions.c.status == "open",
-        # The run must still be live: a canceled run's suspensions are closed for good.
-        exists().where(and_(runs.c.id == bindparam("b_run_id"), runs.c.status.not_in(tuple(TERMINAL_STATUSES)))),
-    )
-    .values(status="resolved", resolved_by=bindparam("b_by"), resolved_at=bindparam("b_now"),
-            resume_data=bindparam("b_data", type_=JSON))
-)
-#: The same without the test of the run, for a group's write-first path (see _resolve_all): there every run's own
-#: update, which follows, tests that it is suspended or waiting, so live (the subquery was about a quarter of a burst's
-#: group write).
+#: An open suspension becomes resolved, its run not tested: for a group's write-first path only (see _resolve_all),
+#: where every run's own update, which follows, tests that it is suspended or waiting, so live (the subquery below
+#: was about a quarter of a burst's group write).
 RESOLVE_OPEN = prepared(
     update(suspensions)
     .where(suspensions.c.run_id == bindparam("b_run_id"), suspensions.c.path == bindparam("b_path"),
@@ -59,6 +46,11 @@ RESOLVE_OPEN = prepared(
     .values(status="resolved", resolved_by=bindparam("b_by"), resolved_at=bindparam("b_now"),
             resume_data=bindparam("b_data", type_=JSON))
 )
+#: Resume's compare-and-set: an open suspension of a live run becomes resolved.
+RESOLVE_SUSPENSION = prepared(RESOLVE_OPEN.where(
+    # The run must still be live: a canceled run's suspensions are closed for good.
+    exists().where(and_(runs.c.id == bindparam("b_run_id"), runs.c.status.not_in(tuple(TERMINAL_STATUSES)))),
+))
 #: A suspended or waiting run becomes ready for any dispatcher.
 MAKE_READY = prepared(
     update(runs)

@@ -366,8 +366,9 @@ class SlackStore:
         return await self.db.write(op)
 
     async def record_posted_ts(self, key: str, ts: str) -> str | None:
-        """Where a post that Slack took lives, learned from elsewhere than Slack's answer to it (a click on it), if
-        none is recorded yet; the ts recorded afterwards (another one if a sender recorded its own first).
+        """Where a post that Slack took lives, learned from elsewhere than Slack's answer to it (a click on it, or a
+        lookup by its delivery id), if none is recorded yet; the ts recorded afterwards (another one if a sender
+        recorded its own first).
 
         Only the place is recorded, not which version Slack took: the message stays pending, so its sender edits
         it to the newest content (one ``chat.update`` more if it was the newest already)."""

@@ -118,9 +118,11 @@ class Sender:
             if not known:
                 return False  # could not look yet (rate limited, Slack down): retried later
             if found is not None:
-                await self.store.mark_sent(row.key, row.version, found)
+                # Slack has the version that attempt posted, which may be older than this one (a card decided or
+                # withdrawn while the answer was lost): the place is recorded, and the message edited to the newest.
+                await self.store.record_posted_ts(row.key, found)
                 self._count(row, "found")
-                return True
+                return await self._update(run, row)
         await self.client.pacer.wait(self.client.scope_team, "chat.postMessage", row.channel_id)
         current = await self.store.get_message(row.key)  # newest content, after waiting for the slot
         if current is None or current.state != "pending" or current.ts is not None:

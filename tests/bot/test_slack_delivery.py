@@ -192,6 +192,23 @@ async def test_a_post_whose_answer_was_lost_is_found_by_its_delivery_id_not_post
     assert bot.emu.calls("conversations.replies")
 
 
+async def test_a_card_edited_while_its_lost_post_was_in_flight_shows_the_edit_once_found(bot: RunningBot) -> None:
+    # Slack takes the approval card, its answer is lost, and the run is canceled before the sender looks for the
+    # post: what Slack has is the card with buttons, not the withdrawn card the outbox now holds.
+    bot.emu.fail_next("chat.postMessage", status=200, delay=bot.settings.slack_timeout + 1, apply=True,
+                      when=is_card_post)
+    run_id = await start(bot, "run approval ship it")
+    card = await card_of(bot.emu, run_id)
+    await bot.command(f"cancel {run_id}")
+    assert await bot.settled(run_id) == "canceled"
+    row = await eventually(lambda: _card_sent(bot, run_id), timeout=bot.settings.slack_timeout + 15)
+    assert row.ts == card.ts and row.sent_version == row.version
+    withdrawn = bot.emu.message(card.ts)
+    assert withdrawn is not None and not has_buttons(withdrawn)
+    assert f"No decision needed any more: the run was canceled by <@{ALICE}>." in block_text(withdrawn)
+    assert len([c for c in bot.emu.calls("chat.postMessage") if is_card_post(c.params)]) == 1
+
+
 async def _card_sent(bot: RunningBot, run_id: str) -> Any:
     row = await bot.bot.store.approval_message(run_id, "approve")
     return row if row is not None and row.state == "sent" else None

@@ -17,7 +17,16 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from .errors import TRANSIENT_CODES, NotInstalled, Permanent, RateLimited, SlackCallError, Transient
+from .errors import (
+    MAYBE_DONE_CODES,
+    NOT_IDEMPOTENT,
+    TRANSIENT_CODES,
+    NotInstalled,
+    Permanent,
+    RateLimited,
+    SlackCallError,
+    Transient,
+)
 from .pacing import Pacer
 from .workspace import TokenSource, current_workspace
 
@@ -111,7 +120,8 @@ class SlackClient:
                 retry_after = 1.0
             return RateLimited(method, retry_after)
         if status >= 500 or code in TRANSIENT_CODES:
-            return Transient(method, f"HTTP {status} {code}")
+            maybe_done = status >= 500 or code in MAYBE_DONE_CODES
+            return Transient(method, f"HTTP {status} {code}", maybe_delivered=maybe_done and method in NOT_IDEMPOTENT)
         return Permanent(method, code)
 
     def _count(self, method: str, error: SlackCallError | None) -> None:

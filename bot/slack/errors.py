@@ -6,7 +6,7 @@
      └── Permanent            Slack refused for good (``code``): retrying the same call cannot help
 
 ``Transient.maybe_delivered`` says the request may have reached Slack before the failure (a timeout, a
-connection dropped mid-answer): a post retried blindly could appear twice.
+connection dropped mid-answer, a 5xx to a post): a post retried blindly could appear twice.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ from __future__ import annotations
 TRANSIENT_CODES = frozenset({
     "internal_error", "fatal_error", "service_unavailable", "request_timeout", "ratelimited", "team_added_to_org",
 })
+
+#: Methods a repeat of which adds something again (a second message, a stream's text twice), and the answers that do
+#: not prove Slack did nothing: a 5xx (a gateway's answer after the work was done) and Slack's own "it's possible
+#: some aspect of the operation succeeded" codes. Such a failure ``maybe_delivered``, like a timeout.
+NOT_IDEMPOTENT = frozenset({"chat.postMessage", "chat.startStream", "chat.appendStream"})
+MAYBE_DONE_CODES = frozenset({"internal_error", "fatal_error"})
 
 #: Codes that mean the app lost access to the workspace (token revoked, app uninstalled, account gone).
 ACCESS_LOST_CODES = frozenset({

@@ -209,6 +209,40 @@ async def test_a_card_edited_while_its_lost_post_was_in_flight_shows_the_edit_on
     assert len([c for c in bot.emu.calls("chat.postMessage") if is_card_post(c.params)]) == 1
 
 
+async def test_a_card_post_slack_took_but_answered_5xx_is_found_not_posted_twice(bot: RunningBot) -> None:
+    # A gateway's 503 after Slack posted the card: the answer does not prove nothing was posted.
+    bot.emu.fail_next("chat.postMessage", status=503, retry_after=None, apply=True, when=is_card_post)
+    run_id = await start(bot, "run approval ship it")
+    card = await card_of(bot.emu, run_id)
+    row = await eventually(lambda: _card_sent(bot, run_id), timeout=15)
+    assert row.ts == card.ts and bot.emu.calls("conversations.replies")
+    await bot.emu.click(card, "approve", user=ALICE)
+    assert await bot.settled(run_id) == "success"
+    await bot.emu.wait_for(lambda: "Approved by" in block_text(bot.emu.message(card.ts) or card), timeout=15)
+    assert [m for m in approval_messages(bot.emu) if button_value(m)["run_id"] == run_id] == []  # no live duplicate
+    assert len([c for c in bot.emu.calls("chat.postMessage") if is_card_post(c.params)]) == 1
+
+
+async def test_a_decided_card_slack_will_not_edit_yet_shows_its_decision_before_the_final_reply(
+    bot: RunningBot,
+) -> None:
+    run_id = await start(bot, "run approval ship it")
+    card = await card_of(bot.emu, run_id)
+    bot.emu.fail_next("chat.update", status=503, retry_after=None, times=2, when=lambda p: p.get("ts") == card.ts)
+    await bot.emu.click(card, "approve", user=ALICE)
+    assert await bot.settled(run_id) == "success"
+    root = root_for(bot.emu, run_id)
+    assert root is not None
+    await bot.emu.wait_for(lambda: any("Run finished" in m.text for m in replies(bot.emu, root)), timeout=15)
+    calls = bot.emu.calls()
+    final = next(i for i, c in enumerate(calls) if c.method == "chat.postMessage" and "Run finished" in str(
+        c.params.get("text")))
+    edited = next(i for i, c in enumerate(calls) if c.method == "chat.update" and c.status == 200
+                  and c.params.get("ts") == card.ts)
+    assert edited < final  # the thread never says the run finished under a card that still shows its buttons
+    assert [c.status for c in calls if c.method == "chat.update" and c.params.get("ts") == card.ts][:2] == [503, 503]
+
+
 async def _card_sent(bot: RunningBot, run_id: str) -> Any:
     row = await bot.bot.store.approval_message(run_id, "approve")
     return row if row is not None and row.state == "sent" else None

@@ -397,7 +397,8 @@ class RunExecution:
             data, found = susp.resume_data, True
         else:
             for sig in self.signals:
-                if sig.name == node.event and sig.consumed_path is None:
+                # (One this wait took already, before its result was committed: a process stopped in between.)
+                if sig.name == node.event and sig.consumed_path in (None, path):
                     if await self.store.consume_signal(self.run.id, sig.id, path):
                         data, found = sig.data, True
                         if susp is not None:

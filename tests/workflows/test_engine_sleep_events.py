@@ -202,6 +202,29 @@ async def test_an_event_sent_before_the_run_waits_is_buffered_and_consumed_once(
     assert calls == Counter({"prepare": 1, "ship": 1})
 
 
+async def test_an_event_a_stopped_process_took_for_the_wait_is_still_the_waits(engine):
+    # The run is resumed with an event buffered for its next wait; the process that continues it takes the event
+    # for the wait (that commit is its own) and stops before the wait's result is committed (a shutdown, a kill, a
+    # lost lease). Whoever walks the run again finds the event taken for this very wait, and goes on with it.
+    @step(id="review")
+    async def review(ctx: StepContext[None]) -> None:
+        await ctx.suspend({"why": "a look first"})
+
+    wf = Workflow(id="review-then-ship", output=Approval).then(review).wait_for_event("approved", Approval).commit()
+    e = engine(wf)
+    handle = await e.start("review-then-ship")
+    assert (await handle.result(timeout=5)).status == "suspended"
+    assert await e.send_event(handle.run_id, "approved", {"approved": True, "by": "early"}) == "buffered"
+    _, progress = await e.store.run_and_progress(handle.run_id)
+    [signal] = progress.signals
+    assert await e.store.consume_signal(handle.run_id, signal.id, "wait-approved")  # what the stopped process did
+
+    await e.resume(handle.run_id)
+    result = await e.wait_for(handle.run_id, timeout=5)
+
+    assert result.status == "success" and result.output == {"approved": True, "by": "early"}
+
+
 async def test_a_wait_for_an_event_survives_a_restart(engine):
     calls = Counter()
     first = engine(approval_flow(calls))

@@ -107,7 +107,8 @@ class Step(Generic[In, Out]):
     def dump_output(self, value: Any) -> Any:
         """Validate what the step returned against its output model and make it JSON-ready."""
         try:
-            output = dump_value(self.output, value) if self.output is not None else storable(value)
+            # (A model's dump is checked too: it keeps NaN and big integers, which the database would not give back.)
+            output = storable(dump_value(self.output, value) if self.output is not None else value)
         except ValidationError as exc:
             raise OutputInvalid(
                 f"Step {self.id!r} returned output that does not fit {self.output.__name__ if self.output else 'its model'}: "
@@ -234,6 +235,15 @@ def dump_value(model: type[BaseModel] | None, value: Any) -> Any:
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
+def storable_data(value: Any, where: str) -> Any:
+    """JSON-ready data given to a run (its input, resume data, an event's data) if the database can hold it and give
+    it back as it was; else InvalidInput (``where``: what the data is) names what it cannot hold."""
+    try:
+        return storable(value, "data")
+    except OutputUnstorable as exc:
+        raise InvalidInput(where, exc.problem) from None
+
+
 def to_jsonable(value: Any) -> Any:
     if type(value) in _JSON_SCALARS:
         return value
@@ -246,13 +256,23 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+#: The integers the database's JSON reader gives back as integers (orjson: 64 bits); one beyond comes back a float.
+_INT_MIN, _INT_END = -(2**63), 2**64
+
+
 def storable(value: Any, where: str = "output") -> Any:
-    """``value`` as JSON data the database can hold (models dumped, tuples as lists); OutputUnstorable names
-    the first thing that is not (``output.files[2] is a bytes object``)."""
-    if value is None or isinstance(value, bool | int | str):
+    """``value`` as JSON data the database can hold, and give back as it was (models dumped, tuples as lists);
+    OutputUnstorable names the first thing that is not (``output.files[2] is a bytes object``, ``output.ratio is
+    nan``, an integer beyond 64 bits)."""
+    if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, int):
+        if _INT_MIN <= value < _INT_END:
+            return value
+        raise OutputUnstorable(f"{where} is an integer beyond 64 bits ({value}), which would be read back as a "
+                               "float; store it as a string")
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return storable(value.model_dump(mode="json"), where)
     if isinstance(value, dict):
         return {str(k): storable(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -130,10 +130,18 @@ class Blob(BaseModel):
     value: Any
 
 
+class Ratio(BaseModel):
+    ratio: float
+
+
 UNSTORABLE = [
     pytest.param(None, {"data": b"\x00\x01"}, "output.data is a bytes object", id="bytes"),
     pytest.param(None, {"items": [1, object()]}, "output.items[1] is an object object", id="object"),
     pytest.param(None, {"ratio": math.nan}, "output.ratio is nan", id="nan"),
+    # A model keeps NaN (pydantic allows it) and the database would give it back as null.
+    pytest.param(Ratio, Ratio(ratio=math.inf), "output.ratio is inf", id="infinity-in-a-model"),
+    # The database's JSON reader would give it back as a float.
+    pytest.param(None, {"id": 2**64 + 1}, "output.id is an integer beyond 64 bits", id="integer-beyond-64-bits"),
     pytest.param(None, {"tags": {"a", "b"}}, "output.tags is a set object", id="set"),
     pytest.param(Blob, Blob(value=object()), "Unable to serialize unknown type", id="model-with-an-object"),
 ]

@@ -95,6 +95,24 @@ async def test_each_step_gets_the_previous_steps_output(engine):
     assert all(s.attempts == 1 for s in details.steps)
 
 
+async def test_input_the_database_could_not_give_back_is_refused_and_creates_no_run(engine):
+    class Count(BaseModel):
+        n: int
+
+    @step(id="count", input=Count, output=Count)
+    async def count(ctx: StepContext[Count]) -> Count:
+        return ctx.input
+
+    e = engine(Workflow(id="count", input=Count, output=Count).then(count).commit())
+
+    with pytest.raises(InvalidInput) as err:
+        await e.start("count", {"n": 2**64 + 1})  # it would be read back as 1.8446744073709552e+19
+
+    assert "input of workflow 'count'" in str(err.value) and "data.n is an integer beyond 64 bits" in str(err.value)
+    assert await e.list_runs() == []
+    assert (await (await e.start("count", {"n": 2**64 - 1})).result(timeout=5)).output == {"n": 2**64 - 1}
+
+
 async def test_invalid_workflow_input_names_the_workflow_and_field_and_creates_no_run(engine):
     e = engine(greet_user)
 

@@ -134,6 +134,33 @@ async def test_invalid_resume_data_names_the_field_and_leaves_the_run_suspended(
     assert final.status == "success" and final.output["approved"] is True
 
 
+class Note(BaseModel):
+    approved: bool
+    score: float | None = None
+    ticket: int | None = None
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    ({"approved": True, "score": float("nan")}, "data.score is nan"),
+    ({"approved": True, "ticket": 2**64}, "data.ticket is an integer beyond 64 bits"),
+], ids=["nan", "integer-beyond-64-bits"])
+async def test_resume_data_the_database_could_not_give_back_is_refused_and_consumes_nothing(engine, data, problem):
+    # NaN would be read back as null, an integer beyond 64 bits as a float: the step would get other data than sent.
+    @step(id="approve", resume=Note)
+    async def approve(ctx: StepContext[None]) -> Note:
+        return await ctx.suspend({"why": "a look first"})
+
+    e = engine(Workflow(id="noted").then(approve).commit())
+    run_id = (await (await e.start("noted")).result(timeout=5)).run_id
+
+    with pytest.raises(InvalidInput) as err:
+        await e.resume(run_id, data=data, by="U1")
+
+    assert "resume data for step 'approve'" in str(err.value) and problem in str(err.value)
+    assert await status_of(e, run_id) == "suspended"
+    assert [s.status for s in (await e.details(run_id)).suspensions] == ["open"]
+
+
 @pytest.mark.parametrize("by", ["U1\x00", "a\nb", "\x1f", "tab\there"])
 async def test_a_resume_by_a_name_with_a_control_character_is_refused_and_consumes_nothing(engine, by):
     calls = Counter()

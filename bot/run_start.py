@@ -16,7 +16,15 @@ from workflows.errors import ThreadflowError
 from . import blocks
 from .delivery.service import resource_id_for, thread_id_for
 from .deps import BotDeps
-from .slack import SlackCallError, describe_for_people, with_retries
+from .slack import (
+    Posted,
+    SlackCallError,
+    Transient,
+    delivery_metadata,
+    describe_for_people,
+    ts_of_delivery,
+    with_retries,
+)
 from .slack.workspace import in_workspace
 
 log = logging.getLogger("threadflow.bot.commands")
@@ -59,12 +67,18 @@ async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
     run_id = new_run_id()
     text, root_blocks = blocks.root_message(blocks.Checklist(
         run_id=run_id, workflow_id=request.workflow_id, started_by=request.user_id, status="pending"))
+    key, asked_at = f"root:{run_id}", time.time()
     try:
-        posted = await with_retries(lambda: deps.slack.post_message(request.channel_id, text, blocks=root_blocks,
-                                                                    thread_ts=request.thread_ts))
+        posted = await with_retries(lambda: deps.slack.post_message(
+            request.channel_id, text, blocks=root_blocks, thread_ts=request.thread_ts, metadata=delivery_metadata(key)))
     except SlackCallError as exc:
-        log.warning("could not post the root message of a %s run: %s", request.workflow_id, exc)
-        return StartOutcome(problem=describe_for_people(exc, deps.settings.command))
+        lost_answer = isinstance(exc, Transient) and exc.maybe_delivered
+        found = await _posted_anyway(deps, request, key, asked_at) if lost_answer else None
+        if found is None:
+            log.warning("could not post the root message of a %s run: %s", request.workflow_id, exc)
+            return StartOutcome(problem=describe_for_people(exc, deps.settings.command))
+        log.info("the root message of run %s reached Slack though its answer was lost (%s); starting it", run_id, exc)
+        posted = found
     team, channel = request.team_id, posted.channel
     slack_run = SlackRun(run_id=run_id, team_id=team, channel_id=channel, root_ts=posted.ts,
                          thread_id=thread_id_for(team, channel, request.thread_ts or posted.ts),
@@ -83,3 +97,18 @@ async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
         return StartOutcome(problem=str(exc))
     await deps.delivery.ensure_rendering(slack_run)
     return StartOutcome(run_id=run_id)
+
+
+async def _posted_anyway(deps: BotDeps, request: StartRequest, key: str, since: float) -> Posted | None:
+    """The root message Slack took although its answer was lost (no answer, a 5xx), found by its delivery id; None
+    if it is not there, or Slack cannot be asked now (then nothing is started, and the person is told so)."""
+    try:
+        if request.thread_ts is None:
+            messages = await deps.slack.channel_history(request.channel_id, oldest=since - 1.0)
+        else:
+            messages = await deps.slack.thread_replies(request.channel_id, request.thread_ts, oldest=since - 1.0)
+    except SlackCallError as exc:
+        log.warning("could not look for a root message whose answer was lost (%s): %s", key, exc)
+        return None
+    ts = ts_of_delivery(messages, key)
+    return None if ts is None else Posted(request.channel_id, ts)

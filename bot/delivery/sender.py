@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 from storage.slack_store import OutboxMessage, SlackRun, SlackStore
 
 from .. import blocks
-from ..slack import Permanent, RateLimited, SlackCallError, SlackClient, Transient, delivery_metadata
+from ..slack import (
+    Permanent,
+    RateLimited,
+    SlackCallError,
+    SlackClient,
+    Transient,
+    delivery_metadata,
+    ts_of_delivery,
+)
 from ..slack.workspace import in_workspace
 
 if TYPE_CHECKING:
@@ -246,11 +254,7 @@ class Sender:
             await self.store.mark_retry(row.key, time.time() + backoff(row.attempts + 1), f"lookup: {exc}",
                                         keep_attempt=True)
             return False, None
-        for message in replies:
-            payload = ((message.get("metadata") or {}).get("event_payload")) or {}
-            if payload.get("delivery_id") == row.key and message.get("ts"):
-                return True, str(message["ts"])
-        return True, None
+        return True, ts_of_delivery(replies, row.key)
 
     def _count(self, row: OutboxMessage, outcome: str) -> None:
         if self.metrics is not None:

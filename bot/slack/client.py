@@ -53,6 +53,15 @@ def delivery_metadata(delivery_id: str) -> dict[str, Any]:
     return {"event_type": "threadflow_delivery", "event_payload": {"delivery_id": delivery_id}}
 
 
+def ts_of_delivery(messages: list[dict[str, Any]], delivery_id: str) -> str | None:
+    """Where the message posted with ``delivery_metadata(delivery_id)`` is among ``messages`` (None: not there)."""
+    for message in messages:
+        payload = ((message.get("metadata") or {}).get("event_payload")) or {}
+        if payload.get("delivery_id") == delivery_id and message.get("ts"):
+            return str(message["ts"])
+    return None
+
+
 def make_web_client(token: str | None, base_url: str, timeout: float = DEFAULT_TIMEOUT) -> AsyncWebClient:
     """slack_sdk's client with no retry handlers of its own: retries are decided by the caller."""
     return AsyncWebClient(token=token, base_url=base_url, timeout=int(max(1, timeout)), retry_handlers=[])
@@ -163,10 +172,19 @@ class SlackClient:
     async def thread_replies(self, channel: str, ts: str, *, oldest: float | None = None,
                              limit: int = 15) -> list[dict[str, Any]]:
         """The thread's replies since ``oldest``, with their metadata (one page: used to find a half-done post)."""
-        params: dict[str, Any] = {"ts": ts, "limit": limit, "include_all_metadata": True}
+        return await self._messages("conversations.replies", channel, oldest, limit, ts=ts)
+
+    async def channel_history(self, channel: str, *, oldest: float | None = None,
+                              limit: int = 15) -> list[dict[str, Any]]:
+        """The channel's messages since ``oldest``, with their metadata (one page: used to find a half-done post)."""
+        return await self._messages("conversations.history", channel, oldest, limit)
+
+    async def _messages(self, method: str, channel: str, oldest: float | None, limit: int,
+                        **params: Any) -> list[dict[str, Any]]:
+        params.update(limit=limit, include_all_metadata=True)
         if oldest is not None:
             params["oldest"] = f"{oldest:.6f}"
-        data = await self.call("conversations.replies", channel=channel, **params)
+        data = await self.call(method, channel=channel, **params)
         return [m for m in data.get("messages") or [] if isinstance(m, dict)]
 
     async def channel_members(self, channel: str) -> frozenset[str]:

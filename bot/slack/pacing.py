@@ -43,8 +43,9 @@ PACES: dict[str, Pace] = {
     "chat.postEphemeral": TIER_4,
     "views.open": TIER_4,
     "views.update": TIER_4,
-    # Tier 3 on paper; apps outside the Marketplace get about one call a minute since 2025.
+    # Tier 3 on paper; apps outside the Marketplace get about one call a minute since 2025 (both).
     "conversations.replies": Pace(60.0, 1),
+    "conversations.history": Pace(60.0, 1),
     "conversations.info": TIER_3,
     "conversations.members": TIER_4,
     "users.info": TIER_4,

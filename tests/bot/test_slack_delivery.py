@@ -180,6 +180,28 @@ async def test_the_bot_killed_while_deliveries_are_pending_delivers_everything_a
         await serve.stop()
 
 
+def is_root_post(params: Json) -> bool:
+    return not params.get("thread_ts")
+
+
+@pytest.mark.parametrize("fault", [{"status": 200, "delay": 2.5}, {"status": 503, "retry_after": None}],
+                         ids=["no-answer", "5xx"])
+async def test_a_root_message_slack_took_without_saying_so_is_found_and_its_run_started(start_bot: StartBot,
+                                                                                        fault: Json) -> None:
+    # Slack posts the run's root message but its answer is lost: the run starts in that message's thread, rather
+    # than the person being told nothing started while a root stays in the channel, "pending" for good.
+    bot = await start_bot(THREADFLOW_SLACK_TIMEOUT=1)
+    bot.emu.fail_next("chat.postMessage", apply=True, when=is_root_post, **fault)
+    run_id = await start(bot, "run approval ship it")
+    card = await card_of(bot.emu, run_id)
+    [root] = bot.emu.messages(CHANNEL)
+    assert run_id in root.text and card.thread_ts == root.ts
+    assert bot.emu.calls("conversations.history") and not bot.emu.ephemerals(ALICE)
+    await bot.emu.click(card, "approve", user=ALICE)
+    assert await bot.settled(run_id) == "success"
+    await bot.emu.wait_for(lambda: root_says(bot.emu, run_id, ":white_check_mark: success"), timeout=15)
+
+
 async def test_a_post_whose_answer_was_lost_is_found_by_its_delivery_id_not_posted_twice(bot: RunningBot) -> None:
     # Slack takes the approval card, but its answer never arrives (the client times out).
     bot.emu.fail_next("chat.postMessage", status=200, delay=bot.settings.slack_timeout + 1, apply=True,

@@ -39,6 +39,10 @@ from .workspaces import ROTATE_BEFORE_MINUTES, InstalledAuthorize, InstalledToke
 
 log = logging.getLogger("threadflow.bot")
 
+#: Seconds a stopping bot gives the work its listeners acked to finish (a click's decision, a run being started: a
+#: second or less when Slack and the database answer) before cancelling what is left.
+SHUTDOWN_GRACE = 5.0
+
 
 def make_client(settings: Settings) -> AsyncWebClient:
     """slack_sdk's Web API client on the configured base URL (the bot's own client decides on retries)."""
@@ -132,8 +136,8 @@ class SlackBot:
 
     async def close(self) -> None:
         await self.scheduler.stop()
+        await self.background.close(SHUTDOWN_GRACE)  # (before delivery closes: a decision shows on its card)
         await self.delivery.close()
-        await self.background.cancel_all()
         await self.chat.close()
         self.metrics.close()
 

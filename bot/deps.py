@@ -23,7 +23,7 @@ log = logging.getLogger("threadflow.bot")
 
 class BackgroundTasks:
     """Work a listener hands off after acking: referenced until done (bolt keeps no reference), failures
-    logged, all cancelled on shutdown."""
+    logged; on shutdown given a moment to finish (:meth:`close`), then cancelled."""
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -38,6 +38,14 @@ class BackgroundTasks:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception())
+
+    async def close(self, grace: float) -> None:
+        """Let the work in flight finish for up to ``grace`` seconds, then cancel what is left. Slack sends an acked
+        request only once: cancelled at once, a click's decision or a run being started (its root message posted,
+        the run not yet written) would be lost without a word. An agent still answering after that is cancelled."""
+        if self.tasks and grace > 0:
+            await asyncio.wait(list(self.tasks), timeout=grace)
+        await self.cancel_all()
 
     async def cancel_all(self) -> None:
         tasks = list(self.tasks)

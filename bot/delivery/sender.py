@@ -103,12 +103,13 @@ class Sender:
                     posts_blocked = posts_blocked or row.kind == "approval"
                     continue
                 if not await self._update(run, row):
-                    # A card Slack did not take its new state for (429, 5xx, no answer) holds back the posts planned
-                    # after it, as a card waiting for its turn does: no final reply under a card still showing buttons.
-                    posts_blocked = posts_blocked or row.kind == "approval"
                     latest = await self.store.get_message(row.key)
                     if latest is not None and latest.state == "pending":
                         later(latest.next_attempt_at)
+                        # A card Slack did not take its new state for yet (429, 5xx, no answer) holds back the posts
+                        # planned after it, as a card waiting for its turn does: no final reply under a card still
+                        # showing its buttons. (One Slack refused for good holds back nothing.)
+                        posts_blocked = posts_blocked or row.kind == "approval"
                 else:
                     latest = await self.store.get_message(row.key)
                     if latest is not None and latest.state == "pending":  # edited again meanwhile

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from typing import Any
 
+from workflows.secrets import redact
 from workflows.tracing import CONTEXT_FIELDS, ContextFilter
 
 _EXTRA_FIELDS = CONTEXT_FIELDS
-
-#: Slack tokens (bot, user, app, refresh, config) and OpenAI-style keys.
-_SECRET = re.compile(r"\b(xox[abpre]|xapp|xoxe\.xox[bp])-[A-Za-z0-9-]{6,}|\bsk-[A-Za-z0-9_\-]{8,}")
-
-
-def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: m.group(0)[:5] + "…" if not m.group(0).startswith("sk-") else "sk-…", text)
 
 
 class JsonFormatter(logging.Formatter):

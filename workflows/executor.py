@@ -57,6 +57,7 @@ from .graph import (
     WorkflowNode,
 )
 from .observe import emit, observing
+from .secrets import redact
 from .step import NO_RETRY, Step, dump_value, parse_model, to_jsonable
 from .step_call import call_step, failure_message, is_shutdown, timeout_of
 from .tracing import scope
@@ -727,8 +728,9 @@ MAX_TRACEBACK = 16_000
 
 
 def traceback_text(exc: BaseException) -> str:
-    """The exception's traceback as text for the step's failure event (the run inspector shows it)."""
-    text = "".join(traceback.format_exception(exc))
+    """The exception's traceback as text for the step's failure event (the run inspector shows it), tokens and keys
+    masked (an error's text may repeat one)."""
+    text = redact("".join(traceback.format_exception(exc)))
     return text if len(text) <= MAX_TRACEBACK else "...\n" + text[-MAX_TRACEBACK:]
 
 

@@ -40,6 +40,13 @@ class _Slot:
     arguments: list[str] = field(default_factory=list)
     done: bool = False
 
+    @property
+    def sent(self) -> bool:
+        """Whether the server sent a call here: a name, an id or arguments. One without a name (seen from some parsers)
+        is kept, with the name "": the agent tells the model it has no such tool, rather than the call being dropped
+        and an empty answer taken for the reply."""
+        return bool(self.name or self.id or self.arguments)
+
     def call(self, position: int) -> ToolCall:
         arguments = "".join(self.arguments).strip()
         return ToolCall(id=self.id or f"call_{position}", name=self.name, arguments=arguments or "{}")
@@ -122,7 +129,7 @@ class StreamAssembler:
         server that interleaves two calls' pieces has its calls completed at the end instead)."""
         events: list[StreamEvent] = []
         for position, slot in enumerate(self._slots):
-            if not slot.done and slot.name and (final or _parses("".join(slot.arguments))):
+            if not slot.done and (slot.name and _parses("".join(slot.arguments)) or final and slot.sent):
                 slot.done = True
                 events.append(ToolCallDone(slot.call(position)))
         return events
@@ -130,7 +137,7 @@ class StreamAssembler:
     def finish(self) -> list[StreamEvent]:
         """The events left at the end of the stream: open tool calls, then :class:`ResponseDone`."""
         events = self._complete_open(final=True)
-        calls = [s.call(i) for i, s in enumerate(self._slots) if s.name]
+        calls = [s.call(i) for i, s in enumerate(self._slots) if s.sent]
         text = "".join(self.text)
         response = ModelResponse(
             text=text if text or not calls else None, tool_calls=calls, usage=self.usage, model=self.model

@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ModelError
 from .model_capabilities import (
@@ -93,7 +93,8 @@ class OpenAIChatModel(_OpenAIClient):
             )
         message = resp.choices[0].message
         calls = [
-            ToolCall(id=tc.id or f"call_{i}", name=tc.function.name, arguments=_arguments(tc.function.arguments))
+            # (A call without a name, seen from some parsers, keeps the name "": the model is told there is no such tool.)
+            ToolCall(id=tc.id or f"call_{i}", name=tc.function.name or "", arguments=_arguments(tc.function.arguments))
             for i, tc in enumerate(message.tool_calls or [])
             if getattr(tc, "function", None) is not None
         ]
@@ -122,38 +123,41 @@ class OpenAIChatModel(_OpenAIClient):
 
         A server that refuses to stream with tools (llama.cpp builds of early 2025) is asked without
         streaming instead, and its answer comes as one delta. Failures before the first chunk are retried
-        like any call; a stream that breaks after it is a :class:`ModelError` (a retry would repeat text
-        the caller has already shown).
+        like any call; a stream that breaks after it, or ends without the server saying the answer is finished,
+        is a :class:`ModelError` (a retry would repeat text the caller has already shown).
         """
-        stream: Any = None
+        opened: _OpenedStream | None = None
         if not (tools and self.capabilities.stream_with_tools_refused):
             try:
-                stream, prepared = await self._send(messages, tools, output_schema, options, stream=True)
+                opened, prepared = await self._send(messages, tools, output_schema, options, stream=True)
             except _StreamWithToolsRefused:
-                stream = None
-        if stream is None:
+                opened = None
+        if opened is None:
             async for event in response_events(await self.complete(messages, tools, output_schema, options=options)):
                 yield event
             return
         assembler = StreamAssembler(self.name)
-        chunks = stream.__aiter__()
         received = 0
         try:
-            while True:
+            chunk = opened.first
+            while chunk is not None:
+                received += 1
+                for event in assembler.feed(_as_dict(chunk)):
+                    yield event
                 try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
+                    chunk = await anext(opened.chunks, None)
                 except Exception as exc:  # the SDK's and the transport's errors, translated once, here
                     raise ModelError(
                         f"{self._what}: the answer's stream broke after {received} chunk(s): "
                         f"{type(exc).__name__}: {self._scrub(str(exc))[:300]}. Try again."
-                    ) from exc
-                received += 1
-                for event in assembler.feed(_as_dict(chunk)):
-                    yield event
+                    ) from None  # (not chained: the SDK's error keeps the server's answer unscrubbed)
         finally:
-            await stream.close()
+            await opened.stream.close()
+        if assembler.finish_reason is None:
+            # The body ended without the server saying the answer was done (a proxy or a worker that closed the
+            # stream cleanly mid-answer): what came is not all of it, and must not be taken for the answer.
+            raise ModelError(f"{self._what}: the answer's stream ended after {received} chunk(s) before the server "
+                             "said the answer was finished (no finish_reason): it was cut short. Try again.")
         for event in assembler.finish():
             if isinstance(event, ResponseDone):
                 event = ResponseDone(self._finished(event.response, prepared))
@@ -261,8 +265,30 @@ class OpenAIChatModel(_OpenAIClient):
 
 
 def _create(kwargs: dict[str, Any]) -> Callable[[Any], Awaitable[Any]]:
-    """The SDK call for one prepared request."""
-    return lambda client: client.chat.completions.create(**kwargs)
+    """The SDK call for one prepared request. A streamed one returns an :class:`_OpenedStream` once its first chunk is
+    in: a server sends the headers at once, so a stream that times out or drops before any chunk (nothing shown yet)
+    fails inside the call, and is retried like any call."""
+    if not kwargs.get("stream"):
+        return lambda client: client.chat.completions.create(**kwargs)
+
+    async def open_stream(client: Any) -> _OpenedStream:
+        stream = await client.chat.completions.create(**kwargs)
+        try:
+            chunks = stream.__aiter__()
+            return _OpenedStream(stream, chunks, await anext(chunks, None))
+        except BaseException:
+            await stream.close()
+            raise
+
+    return open_stream
+
+
+class _OpenedStream(NamedTuple):
+    """A streamed answer with its first chunk read (None: the stream ended before any)."""
+
+    stream: Any
+    chunks: AsyncIterator[Any]
+    first: Any
 
 
 class _StreamWithToolsRefused(ModelError):

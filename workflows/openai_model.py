@@ -83,12 +83,16 @@ class _OpenAIClient:
         call: Callable[[openai.AsyncOpenAI], Awaitable[Any]],
         request: dict[str, Any] | None = None,
     ) -> Any:
-        """``call`` with retries; with the ``request`` it sends, a refusal of part of it raises :class:`Refused`."""
+        """``call`` with retries; with the ``request`` it sends, a refusal of part of it raises :class:`Refused`.
+
+        The errors raised say what the server said, scrubbed of the key, and are not chained to the SDK's error for
+        an answer: it keeps the server's answer as it came (a proxy may repeat the key it refused), and a step's
+        traceback is stored with its failure and shown in the run inspector. (Timeouts and connection errors are.)"""
         import openai
         attempts = self.retry.attempts
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
-            failure: Exception
+            cause: Exception | None = None  # (a status error is not chained: its text is the server's answer)
             try:
                 return await call(self.client())
             except openai.APIStatusError as exc:
@@ -96,22 +100,22 @@ class _OpenAIClient:
                 problem = f"HTTP {exc.status_code}: {text}"
                 refusal = classify_refusal(exc.status_code, text, request) if request is not None else None
                 if refusal is not None:
-                    raise Refused(refusal, f"{what} failed: {problem}.") from exc
+                    raise Refused(refusal, f"{what} failed: {problem}.") from None
                 if exc.status_code not in _RETRY_STATUSES and exc.status_code < 500:
                     hint = _status_hint(exc.status_code, self.base_url)
-                    raise ModelError(f"{what} failed: {problem}. {hint}") from exc
-                retry_after, failure = _retry_after(exc.response.headers), exc
+                    raise ModelError(f"{what} failed: {problem}. {hint}") from None
+                retry_after = _retry_after(exc.response.headers)
             except openai.APITimeoutError as exc:
-                problem, failure = f"timed out after {self.timeout:g}s", exc
+                problem, cause = f"timed out after {self.timeout:g}s", exc
             except openai.APIConnectionError as exc:
-                problem, failure = f"could not connect to {self.base_url or 'api.openai.com'}", exc
+                problem, cause = f"could not connect to {self.base_url or 'api.openai.com'}", exc
             except openai.OpenAIError as exc:
-                raise ModelError(f"{what} failed: {self._scrub(str(exc))}") from exc
+                raise ModelError(f"{what} failed: {self._scrub(str(exc))}") from None
             if attempt == attempts:
                 raise ModelError(
                     f"{what} failed after {attempts} attempt(s): {problem}. Try again later, raise "
                     "THREADFLOW_MODEL_MAX_ATTEMPTS or THREADFLOW_MODEL_TIMEOUT, or check OPENAI_BASE_URL."
-                ) from failure
+                ) from cause
             delay = self.retry.delay(attempt) if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
             await self._sleep(delay)
         raise AssertionError("RetryPolicy guarantees at least one attempt")

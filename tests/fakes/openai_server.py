@@ -16,6 +16,11 @@ the schema it was asked for (read from ``response_format`` or from the instructi
 ``tools=False`` makes it a server started without tool calling. Requests with ``stream: true`` get
 server-sent events, scripted replies included, cut the family's way (``openai`` without a profile).
 
+A streamed reply can also go wrong after its headers, as real servers do (``Reply.text(...).broken(kind, n)``):
+``stall`` (the first chunk comes ``n`` seconds late: a queued request), ``drop`` (the connection closes after ``n``
+chunks: a worker dies) or ``eof`` (the body ends cleanly after ``n`` chunks, without the finish or ``[DONE]``: a
+proxy closing the stream).
+
 Embeddings are deterministic bag-of-words vectors (hashed words, optional synonyms) so similarity
 search can be tested without a model.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import inspect
 import itertools
 import json
@@ -77,12 +83,24 @@ class Reply:
     delay: float = 0.0
     #: For a streamed request: these ``chat.completion.chunk`` bodies, exactly (else ``body`` is cut up).
     chunks: list[dict[str, Any]] | None = None
+    #: For a streamed request: what goes wrong after the headers, ``(kind, n)`` (see the module's docstring).
+    fault: tuple[str, float] | None = None
+
+    def broken(self, kind: str, n: float) -> Reply:
+        """This reply, streamed with a fault after its headers: ``stall`` seconds, ``drop`` or ``eof`` after n chunks."""
+        if kind not in ("stall", "drop", "eof"):
+            raise ValueError(f"unknown stream fault {kind!r}")
+        return dataclasses.replace(self, fault=(kind, n))
 
     @classmethod
     def stream(cls, *deltas: dict[str, Any], usage: tuple[int, int] | None = (10, 5)) -> Reply:
-        """A stream of exactly these ``delta`` objects (then ``[DONE]``), for odd-chunking tests."""
+        """A stream of exactly these ``delta`` objects, then the finish (``tool_calls`` if a delta has some, else
+        ``stop``) and ``[DONE]``, for odd-chunking tests."""
         made = [{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "",
                  "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        finish = "tool_calls" if any(d.get("tool_calls") for d in deltas) else "stop"
+        made.append({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "",
+                     "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if usage is not None:
             made.append({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000,
                          "model": "", "choices": [],
@@ -270,9 +288,7 @@ class FakeOpenAI:
                 500, "FakeOpenAI has no scripted reply: queue one (fake.reply_text(...)) or set fake.handler."
             )
         if reply.status == 200 and isinstance(reply.body, dict) and reply.body.get("object") == "chat.completion":
-            reply = Reply(
-                reply.status, {**reply.body, "model": body.get("model", "")}, reply.headers, reply.delay, reply.chunks
-            )
+            reply = dataclasses.replace(reply, body={**reply.body, "model": body.get("model", "")})
         if body.get("stream") and reply.status == 200:
             return await self._stream(request, body, reply)
         return await self._respond(reply)
@@ -309,9 +325,19 @@ class FakeOpenAI:
             await self._wait(reply.delay)
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", **reply.headers})
         await response.prepare(request)
-        for chunk in chunks:
+        kind, n = reply.fault or ("", len(chunks))
+        if kind == "stall":
+            await self._wait(n)
+            n = len(chunks)
+        for chunk in chunks[:int(n)]:
             await response.write(f"data: {json.dumps({**chunk, 'model': body.get('model', '')})}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
+        if kind == "drop":
+            await asyncio.sleep(0.05)  # the chunks go out first
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        if kind != "eof":
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 

@@ -752,7 +752,10 @@ class RunStore:
         now = time.time()
 
         async def op(conn: AsyncConnection) -> str:
-            status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
+            # The run's row locked (PostgreSQL; SQLite has one writer): two events sent at once from two replicas
+            # are decided one after the other, so the second sees the wait the first resolved, and is buffered.
+            status = (await conn.execute(
+                select(runs.c.status).where(runs.c.id == run_id).with_for_update())).scalar_one_or_none()
             if status is None or status in TERMINAL_STATUSES:
                 raise CompareAndSetFailed(status)
             # By the run's key only, the status tested here (see _SUSPENSION_STATES: the index on status would
@@ -763,15 +766,15 @@ class RunStore:
                 .order_by(suspensions.c.created_at)
             )
             waiting = next((w for w in waits if w[1] == "open"), None)
-            if waiting is not None:
-                await conn.execute(
-                    update(suspensions)
-                    .where(suspensions.c.run_id == run_id, suspensions.c.path == waiting[0], suspensions.c.status == "open")
-                    .values(status="resolved", resolved_by="event", resolved_at=now, resume_data=data)
-                )
+            delivered = waiting is not None and (await conn.execute(
+                update(suspensions)
+                .where(suspensions.c.run_id == run_id, suspensions.c.path == waiting[0], suspensions.c.status == "open")
+                .values(status="resolved", resolved_by="event", resolved_at=now, resume_data=data)
+            )).rowcount == 1
+            if delivered:
                 await self._make_ready(conn, run_id, now)
                 outcome = "delivered"
-            else:
+            else:  # (also if the wait was resolved meanwhile, by a buffered event its run took: this one waits its turn)
                 await conn.execute(insert(signals).values(run_id=run_id, name=name, data=data, created_at=now))
                 outcome = "buffered"
             await self._add_events(conn, run_id, new_events, now)

@@ -301,3 +301,22 @@ async def test_parallel_sleep_and_event_both_have_to_finish(engine):
 
     assert result.status == "success"
     assert result.output == {"timer": {"n": 5}, "listener": {"go": True}}
+
+
+class Ping(BaseModel):
+    n: int
+
+
+async def test_two_events_sent_at_once_from_two_processes_are_both_received(engine):
+    # A run waits for "ping" twice; two replicas deliver one each at the same moment (two webhooks behind a load
+    # balancer). One resolves the open wait, the other is buffered for the next: none is lost. (On PostgreSQL the
+    # second's update used to find the wait resolved by the first, change nothing, and still answer "delivered".)
+    two_pings = Workflow(id="two-pings").wait_for_event("ping", Ping, id="w1").wait_for_event("ping", Ping, id="w2")
+    runner = engine(two_pings.commit())
+    a, b = engine(two_pings.commit(), execute=False), engine(two_pings.commit(), execute=False)
+    for n in range(10):
+        run_id = (await runner.start("two-pings", {})).run_id
+        assert (await runner.handle(run_id).result(timeout=5)).status == "waiting"
+        outcomes = await asyncio.gather(a.send_event(run_id, "ping", {"n": n}), b.send_event(run_id, "ping", {"n": -n}))
+        assert sorted(outcomes) in (["buffered", "delivered"], ["delivered", "delivered"])
+        assert (await runner.handle(run_id).result(timeout=5)).status == "success", (n, outcomes)

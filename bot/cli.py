@@ -164,7 +164,8 @@ async def cmd_rerun(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def cmd_send_event(engine: Engine, args: argparse.Namespace) -> int:
-    outcome = await engine.send_event(args.run_id, args.name, parse_json(args.data, "--data") or {})
+    data = parse_json(args.data, "--data") if args.data is not None else {}  # (false, 0 or [] are data too)
+    outcome = await engine.send_event(args.run_id, args.name, data)
     emit({"run_id": args.run_id, "event": args.name, "delivery": outcome})
     return EXIT_OK
 
@@ -175,13 +176,14 @@ async def cmd_recover(engine: Engine, args: argparse.Namespace) -> int:
         results = [(await engine.result_of(await engine.get_run(run_id))).to_json() for run_id in recovered]
         emit({"recovered": recovered, "results": results})
         return EXIT_OK
-    deadline = time.monotonic() + args.wait
-    results = []
-    for run_id in recovered:
-        try:
-            results.append((await engine.wait_for(run_id, max(0.001, deadline - time.monotonic()))).to_json())
-        except TimeoutError:
-            results.append((await engine.result_of(await engine.get_run(run_id))).to_json())
+    here: Engine | None = getattr(args, "unserved_engine", None)
+    try:
+        if here is not None:  # the runs of versions no live process executes are executed here
+            recovered = list(dict.fromkeys([*recovered, *await here.recover()]))
+        results = await _wait_for_each(engine, recovered, args.wait)
+    finally:
+        if here is not None:
+            await here.close()
     emit({"recovered": recovered, "results": results})
     unsettled = [r["run_id"] for r in results if r["status"] in ("running", "pending")]
     if unsettled:
@@ -189,6 +191,18 @@ async def cmd_recover(engine: Engine, args: argparse.Namespace) -> int:
               "They go on in the processes that execute runs (threadflow serve or worker).", file=sys.stderr)
         return EXIT_RUN_FAILED
     return EXIT_OK
+
+
+async def _wait_for_each(engine: Engine, run_ids: list[str], wait: float) -> list[dict[str, Any]]:
+    """Each run's result once it settles, or as it stands after ``wait`` seconds in all."""
+    deadline = time.monotonic() + wait
+    results = []
+    for run_id in run_ids:
+        try:
+            results.append((await engine.wait_for(run_id, max(0.001, deadline - time.monotonic()))).to_json())
+        except TimeoutError:
+            results.append((await engine.result_of(await engine.get_run(run_id))).to_json())
+    return results
 
 
 async def cmd_migrate(engine: Engine, args: argparse.Namespace) -> int:
@@ -315,6 +329,11 @@ async def _run_engine_command(settings: Settings, args: argparse.Namespace) -> i
             # waits. Executing it here too would race that process's dispatcher, and a step still running when
             # this command stops waiting would be handed back half done and run again.
             engine.execute_runs = False  # (before the engine opens: its dispatcher is never started)
+            if args.command == "recover":
+                # Runs of versions no live process executes (its process died after a deploy) are executed here,
+                # by an engine that has only those versions: it never takes a run a live process would.
+                unserved = [wf for wf in engine.registry if not await engine.live_executors(fingerprint=wf.fingerprint)]
+                args.unserved_engine = build_engine(settings, workflows=unserved) if unserved else None
         return await ENGINE_COMMANDS[args.command](engine, args)
     finally:
         await engine.close()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from storage.progress_store import ProgressStore
-from workflows import Engine
+from workflows import CommittedWorkflow, Engine
 from workflows.loading import load_workflows
 
 from .settings import Settings
@@ -22,8 +23,10 @@ def build_memory(settings: Settings, engine: Engine) -> Any:
     return Memory(engine.db, embedder=embedder)
 
 
-def build_engine(settings: Settings, *, execute: bool = True, **kwargs: Any) -> Engine:
-    """An engine on ``THREADFLOW_DATABASE_URL`` with the built-in and configured workflows registered."""
+def build_engine(settings: Settings, *, execute: bool = True, workflows: Sequence[CommittedWorkflow] | None = None,
+                 **kwargs: Any) -> Engine:
+    """An engine on ``THREADFLOW_DATABASE_URL`` with the built-in and configured workflows registered (``workflows``:
+    only these)."""
     kwargs.setdefault("lease_seconds", settings.lease_seconds)
     kwargs.setdefault("poll_interval", settings.poll_interval)
     kwargs.setdefault("max_recoveries", settings.max_recoveries)
@@ -34,5 +37,5 @@ def build_engine(settings: Settings, *, execute: bool = True, **kwargs: Any) -> 
         # Agent steps whose output is posted publish their progress, so the process rendering the run (this
         # one or another replica) can stream the answer into the run's Slack thread as it is written.
         engine.progress = ProgressStore(engine.db)
-    engine.register(*load_workflows(settings.workflows))
+    engine.register(*(load_workflows(settings.workflows) if workflows is None else workflows))
     return engine

@@ -105,6 +105,8 @@ def test_rerun_from_a_step_reuses_earlier_results(cli: Any) -> None:
 def test_send_event_resumes_a_waiting_run(cli: Any) -> None:
     waiting = as_json(cli("run", "waiter", "--input", '{"a": 1, "b": 2}'))
     assert waiting["status"] == "waiting"
+    refused = cli("send-event", waiting["run_id"], "ping", "--data", "false", expect=2)  # data, not "no data"
+    assert "data of event 'ping'" in refused.stderr and "valid dictionary" in refused.stderr
     assert as_json(cli("send-event", waiting["run_id"], "ping", "--data", '{"pong": "yes"}'))["delivery"] == "delivered"
     assert "bad" not in cli("show", waiting["run_id"]).stdout
 

@@ -12,8 +12,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EngineFactory
-from tests.helpers import eventually
+from tests.helpers import eventually, held_versions
 from tests.helpers.system import threadflow
 from tests.helpers.versioned_flows import V1
 from tests.reliability.conftest import StartWorker
@@ -136,3 +138,32 @@ async def test_run_right_after_the_worker_was_killed_executes_in_the_command_ins
     assert (await observer.get_run(run_id)).status == "suspended"  # walked to the gate by the command itself
     by = {s.path: s.output["by"] for s in (await observer.details(run_id)).steps}
     assert list(by) == ["prepare"] and pid_of(by["prepare"]) != worker.proc.pid
+
+
+async def test_recover_beside_a_live_worker_of_the_new_version_executes_a_dead_process_run_of_the_old(
+    db_url: str, start_worker: StartWorker, engine: EngineFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # v2 is deployed; the last v1 worker dies mid-step. The live worker has only v2, so `recover` (with v1 registered
+    # again, the way out the README gives) executes the v1 run itself instead of queueing it for nobody.
+    held = tmp_path / "held"
+    held.mkdir()
+    monkeypatch.setenv("HELD_DIR", str(held))
+    (held / "HOLD").touch()
+    flows = "tests.helpers.held_versions"
+    v1_worker = await start_worker(db_url, lease=30.0, env={"THREADFLOW_WORKFLOWS": f"{flows}:V1", "HELD_DIR": str(held)})
+    observer = engine(*held_versions.V1, execute=False)
+    run_id = (await observer.start("job", {})).run_id
+    await eventually(lambda: [s for s, _ in held_versions.executions(run_id)] == ["first", "hold"], timeout=20)
+    v2_worker = await start_worker(db_url, lease=30.0, env={"THREADFLOW_WORKFLOWS": f"{flows}:V2", "HELD_DIR": str(held)})
+    await v1_worker.kill()
+    (held / "HOLD").unlink()
+
+    proc = await cli(db_url, tmp_path, "recover", "--wait", "15", env={"THREADFLOW_WORKFLOWS": f"{flows}:BOTH",
+                                                                     "HELD_DIR": str(held)})
+
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["recovered"] == [run_id] and out["results"][0]["status"] == "success"
+    ran = held_versions.executions(run_id)
+    assert [s for s, _ in ran] == ["first", "hold", "hold"] and ran[-1][1] != v2_worker.proc.pid  # this command's
+    assert v2_worker.proc.returncode is None

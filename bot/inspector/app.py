@@ -33,9 +33,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Sign-in, the loopback host check, and CSRF for every state-changing request, in one place."""
+    """Sign-in, the loopback host check, and CSRF for every state-changing request, in one place (and no NUL in
+    the address)."""
     insp = inspector_of(request)
     cfg = insp.config
+    if "\x00" in request.path or any("\x00" in v for v in request.query.values()):
+        # No run id, search or cursor holds one; PostgreSQL's text refuses it (a server error, not "no such run").
+        return web.Response(status=400, text="The address holds a NUL character: nothing can match it.")
     if not cfg.sign_in_required and not is_loopback(request.url.host or ""):
         # No sign-in: answer only to this machine's own names, so a web page that rebinds its DNS name to
         # 127.0.0.1 cannot read runs through the visitor's browser.

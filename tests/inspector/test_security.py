@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.cli import main
 from bot.emulator import SlackEmulator
-from bot.inspector import InspectorConfig, InspectorError
+from bot.inspector import InspectorConfig, InspectorError, start_inspector
 from tests.inspector.conftest import (
     ALICE,
     BOB,
@@ -335,3 +336,23 @@ async def test_the_runs_page_feed_says_nothing_about_runs_a_person_may_not_see(
             await asyncio.wait_for(next_change(), 1.5)  # a run in a channel bob is not in: silence
         await slack_run(engine, "greet-user", {"name": "Open"}, channel=GENERAL, user=ALICE)
         assert await asyncio.wait_for(next_change(), 5)
+
+
+async def test_an_address_with_a_nul_character_is_a_bad_request_not_a_server_error(db_url: str) -> None:
+    # A hand-edited or hostile URL: PostgreSQL's text holds no NUL, so looking it up was a 500 there.
+    engine = Engine.from_url(db_url)
+    await engine.open()
+    running = await start_inspector(engine, InspectorConfig(port=0))
+    try:
+        async with aiohttp.ClientSession() as http:
+            answers = {}
+            for query in ("/runs?q=ab%00cd", "/runs?before=1.0~ab%00", "/runs?workflow=de%00ploy", "/runs/ab%00cd"):
+                async with http.get(running.url.rstrip("/") + query) as resp:
+                    answers[query] = (resp.status, await resp.text())
+            async with http.get(running.url.rstrip("/") + "/runs?q=abc") as resp:
+                assert resp.status == 200
+    finally:
+        await running.stop()
+        await engine.close()
+    assert {status for status, _ in answers.values()} == {400}, answers
+    assert all("NUL" in text for _, text in answers.values())

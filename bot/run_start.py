@@ -29,6 +29,9 @@ from .slack.workspace import in_workspace
 
 log = logging.getLogger("threadflow.bot.commands")
 
+#: Posts of a run's root message whose answers were lost (each looked for before the next), before giving up.
+ROOT_POST_ATTEMPTS = 3
+
 
 class StartRequest(BaseModel):
     """A run to start in a channel, as ``/flow run`` or a schedule asks for it."""
@@ -67,18 +70,27 @@ async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
     run_id = new_run_id()
     text, root_blocks = blocks.root_message(blocks.Checklist(
         run_id=run_id, workflow_id=request.workflow_id, started_by=request.user_id, status="pending"))
-    key, asked_at = f"root:{run_id}", time.time()
-    try:
-        posted = await with_retries(lambda: deps.slack.post_message(
-            request.channel_id, text, blocks=root_blocks, thread_ts=request.thread_ts, metadata=delivery_metadata(key)))
-    except SlackCallError as exc:
-        lost_answer = isinstance(exc, Transient) and exc.maybe_delivered
-        found = await _posted_anyway(deps, request, key, asked_at) if lost_answer else None
-        if found is None:
-            log.warning("could not post the root message of a %s run: %s", request.workflow_id, exc)
-            return StartOutcome(problem=describe_for_people(exc, deps.settings.command))
-        log.info("the root message of run %s reached Slack though its answer was lost (%s); starting it", run_id, exc)
-        posted = found
+    key = f"root:{run_id}"
+    posted: Posted | None = None
+    for attempt in range(1, ROOT_POST_ATTEMPTS + 1):
+        asked_at = time.time()
+        try:
+            posted = await with_retries(lambda: deps.slack.post_message(
+                request.channel_id, text, blocks=root_blocks, thread_ts=request.thread_ts,
+                metadata=delivery_metadata(key)))
+            break
+        except SlackCallError as exc:
+            # An answer lost (no answer, a 5xx): Slack may have posted it. Looked for by its delivery id: found, the
+            # run starts in its thread; surely not there, it is posted again; else the person is told.
+            lost_answer = isinstance(exc, Transient) and exc.maybe_delivered
+            known, posted = await _posted_anyway(deps, request, key, asked_at) if lost_answer else (False, None)
+            if posted is not None:
+                log.info("the root message of run %s reached Slack though its answer was lost (%s)", run_id, exc)
+                break
+            if not known or attempt == ROOT_POST_ATTEMPTS:
+                log.warning("could not post the root message of a %s run: %s", request.workflow_id, exc)
+                return StartOutcome(problem=describe_for_people(exc, deps.settings.command))
+    assert posted is not None
     team, channel = request.team_id, posted.channel
     slack_run = SlackRun(run_id=run_id, team_id=team, channel_id=channel, root_ts=posted.ts,
                          thread_id=thread_id_for(team, channel, request.thread_ts or posted.ts),
@@ -99,9 +111,9 @@ async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
     return StartOutcome(run_id=run_id)
 
 
-async def _posted_anyway(deps: BotDeps, request: StartRequest, key: str, since: float) -> Posted | None:
-    """The root message Slack took although its answer was lost (no answer, a 5xx), found by its delivery id; None
-    if it is not there, or Slack cannot be asked now (then nothing is started, and the person is told so)."""
+async def _posted_anyway(deps: BotDeps, request: StartRequest, key: str, since: float) -> tuple[bool, Posted | None]:
+    """Whether Slack could be asked, and the root message it took although its answer was lost (no answer, a 5xx),
+    found by its delivery id (None: not there)."""
     try:
         if request.thread_ts is None:
             messages = await deps.slack.channel_history(request.channel_id, oldest=since - 1.0)
@@ -109,6 +121,6 @@ async def _posted_anyway(deps: BotDeps, request: StartRequest, key: str, since: 
             messages = await deps.slack.thread_replies(request.channel_id, request.thread_ts, oldest=since - 1.0)
     except SlackCallError as exc:
         log.warning("could not look for a root message whose answer was lost (%s): %s", key, exc)
-        return None
+        return False, None
     ts = ts_of_delivery(messages, key)
-    return None if ts is None else Posted(request.channel_id, ts)
+    return True, None if ts is None else Posted(request.channel_id, ts)

@@ -729,6 +729,23 @@ class MemoryStore:
             words, counts, math.inf, limit=MAX_COMMON_SEARCH_TERMS
         )
 
+    async def forget_step_messages(self, thread_id: str, run_id: str, path: str) -> int:
+        """Delete the messages (and their vectors) a run's step wrote to a thread: an attempt of it that did not
+        finish, before the step runs again (its new attempt writes its own). How many were deleted."""
+
+        async def fn(conn: AsyncConnection) -> list[int]:
+            ids = [int(r[0]) for r in await conn.execute(select(messages.c.id).where(
+                messages.c.thread_id == thread_id, messages.c.run_id == run_id, messages.c.path == path))]
+            if ids:
+                await conn.execute(message_vectors.delete().where(message_vectors.c.message_id.in_(ids)))
+                await conn.execute(messages.delete().where(messages.c.id.in_(ids)))
+            return ids
+
+        deleted = await self.db.write(fn)
+        if deleted:
+            self.vector_generation += 1  # cached vectors of this process drop them at once
+        return len(deleted)
+
     async def add_vectors(self, vectors: Sequence[tuple[MessageRow, bytes]], model: str) -> None:
         """Store embeddings of existing messages (replacing older ones for the same message)."""
 

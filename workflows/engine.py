@@ -701,6 +701,13 @@ class Engine:
             return None
         return self._memory.thread(thread_id, resource_id, **bind)
 
+    async def forget_step_writes(self, run: RunRecord, path: str) -> None:
+        """What an unfinished attempt of the step at ``path`` wrote to the run's memory thread (an agent's turn), gone
+        before the step runs again: the thread holds each step's turn once, as its last attempt wrote it."""
+        store = getattr(self._memory, "store", None)
+        if store is not None and run.thread_id is not None and hasattr(store, "forget_step_messages"):
+            await store.forget_step_messages(run.thread_id, run.id, path)
+
     async def _ensure_thread(self, thread_id: str | None, resource_id: str | None) -> None:
         if self._memory is not None and thread_id is not None and hasattr(self._memory, "ensure_thread"):
             await self._memory.ensure_thread(thread_id, resource_id)

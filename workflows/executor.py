@@ -463,6 +463,9 @@ class RunExecution:
         attempt = 0
         while True:
             attempt += 1
+            if attempt > 1 or self._recovered:
+                # An earlier attempt may have written to the thread before failing, or before its process died.
+                await self.engine.forget_step_writes(self.run, path)
             announcement = self._announce_start(path, step.id, attempt, value if attempt == 1 else _NO_INPUT)
             ctx: StepContext[Any] = StepContext(
                 execution=self, step=step, path=path, input=parsed, attempt=attempt,

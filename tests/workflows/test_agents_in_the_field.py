@@ -136,3 +136,29 @@ async def test_a_tool_call_without_a_name_goes_back_to_the_model_as_no_such_tool
     told = fake_openai.chat_requests[1]["messages"][-1]
     assert told["role"] == "tool" and "no tool" in told["content"].lower()
     assert [m.content for m in await memory.thread("t1").history() if m.role == "assistant"] == [ANSWER]
+
+
+async def test_an_agent_step_that_runs_again_leaves_its_turn_in_the_thread_once(engine, fake_openai: FakeOpenAI) -> None:
+    # The answer is saved in the thread, then the attempt fails (here its summary outlasts the step's timeout; a
+    # process dying before the step's result is committed is the same): the next attempt's turn replaces it.
+    forget_capabilities()
+    fake_openai.reply(
+        Reply.text("Use Postgres."),  # attempt 1: the answer, saved in the thread at once
+        Reply(body=Reply.text("A summary.").body, delay=5.0),  # attempt 1: the summary, slower than the timeout
+        Reply.text("Use PostgreSQL 16."),  # attempt 2
+        Reply.text("A summary."),
+    )
+    agent = Agent("analyst", "You pick databases.", model="openai:gpt-test")
+    wf = (Workflow(id="twice", input=Ask, step_timeout=1.0, retry=RetryPolicy(attempts=2, backoff=0.01))
+          .then(agent_step(agent, input=Ask, prompt="{question}", post_output=False)).commit())
+    e = engine(wf)
+    e.memory = Memory(e.db, last_messages=1, summarize_after_tokens=1)
+    try:
+        handle = await e.start("twice", {"question": "Which database?"}, thread_id="th", resource_id="r")
+        result = await handle.result(timeout=20)
+    finally:
+        await agent.aclose()
+
+    assert result.status == "success", result.error
+    said = [(m.role, m.content) for m in await e.memory.thread("th").history(50)]
+    assert said == [("user", "Which database?"), ("assistant", "Use PostgreSQL 16.")]

@@ -177,13 +177,9 @@ async def cmd_recover(engine: Engine, args: argparse.Namespace) -> int:
         emit({"recovered": recovered, "results": results})
         return EXIT_OK
     here: Engine | None = getattr(args, "unserved_engine", None)
-    try:
-        if here is not None:  # the runs of versions no live process executes are executed here
-            recovered = list(dict.fromkeys([*recovered, *await here.recover()]))
-        results = await _wait_for_each(engine, recovered, args.wait)
-    finally:
-        if here is not None:
-            await here.close()
+    if here is not None:  # the runs of versions no live process executes are executed here (closed by the caller)
+        recovered = list(dict.fromkeys([*recovered, *await here.recover()]))
+    results = await _wait_for_each(engine, recovered, args.wait)
     emit({"recovered": recovered, "results": results})
     unsettled = [r["run_id"] for r in results if r["status"] in ("running", "pending")]
     if unsettled:
@@ -337,6 +333,8 @@ async def _run_engine_command(settings: Settings, args: argparse.Namespace) -> i
         return await ENGINE_COMMANDS[args.command](engine, args)
     finally:
         await engine.close()
+        if getattr(args, "unserved_engine", None) is not None:
+            await args.unserved_engine.close()
 
 
 async def _executed_elsewhere(engine: Engine, args: argparse.Namespace) -> bool:

@@ -29,8 +29,11 @@ from .slack.workspace import in_workspace
 
 log = logging.getLogger("threadflow.bot.commands")
 
-#: Posts of a run's root message whose answers were lost (each looked for before the next), before giving up.
-ROOT_POST_ATTEMPTS = 3
+#: Posts of a run's root message: one more after an answer that was lost and a look-up that found nothing (the look-up
+#: is paced at one a minute per workspace: a person waits at most one).
+ROOT_POST_ATTEMPTS = 2
+#: Seconds before a post that a look-up for it reads back from (this machine's clock and Slack's may differ).
+LOOKUP_MARGIN = 60.0
 
 
 class StartRequest(BaseModel):
@@ -77,7 +80,7 @@ async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
         try:
             posted = await with_retries(lambda: deps.slack.post_message(
                 request.channel_id, text, blocks=root_blocks, thread_ts=request.thread_ts,
-                metadata=delivery_metadata(key)))
+                metadata=delivery_metadata(key)), retry_errors_after_delivery=False)
             break
         except SlackCallError as exc:
             # An answer lost (no answer, a 5xx): Slack may have posted it. Looked for by its delivery id: found, the
@@ -116,9 +119,9 @@ async def _posted_anyway(deps: BotDeps, request: StartRequest, key: str, since: 
     found by its delivery id (None: not there)."""
     try:
         if request.thread_ts is None:
-            messages = await deps.slack.channel_history(request.channel_id, oldest=since - 1.0)
+            messages = await deps.slack.channel_history(request.channel_id, oldest=since - LOOKUP_MARGIN)
         else:
-            messages = await deps.slack.thread_replies(request.channel_id, request.thread_ts, oldest=since - 1.0)
+            messages = await deps.slack.thread_replies(request.channel_id, request.thread_ts, oldest=since - LOOKUP_MARGIN)
     except SlackCallError as exc:
         log.warning("could not look for a root message whose answer was lost (%s): %s", key, exc)
         return False, None

@@ -752,10 +752,7 @@ class RunStore:
         now = time.time()
 
         async def op(conn: AsyncConnection) -> str:
-            # The run's row locked (PostgreSQL; SQLite has one writer): two events sent at once from two replicas
-            # are decided one after the other, so the second sees the wait the first resolved, and is buffered.
-            status = (await conn.execute(
-                select(runs.c.status).where(runs.c.id == run_id).with_for_update())).scalar_one_or_none()
+            status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
             if status is None or status in TERMINAL_STATUSES:
                 raise CompareAndSetFailed(status)
             # By the run's key only, the status tested here (see _SUSPENSION_STATES: the index on status would
@@ -774,7 +771,10 @@ class RunStore:
             if delivered:
                 await self._make_ready(conn, run_id, now)
                 outcome = "delivered"
-            else:  # (also if the wait was resolved meanwhile, by a buffered event its run took: this one waits its turn)
+            else:
+                # Also when the wait was resolved since it was read: two events sent at once from two processes
+                # (PostgreSQL: the second's update waits for the first's commit, then matches nothing), or a
+                # buffered event the run took. This one waits for the next wait.
                 await conn.execute(insert(signals).values(run_id=run_id, name=name, data=data, created_at=now))
                 outcome = "buffered"
             await self._add_events(conn, run_id, new_events, now)

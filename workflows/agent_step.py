@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .agent import Agent
-from .context import StepContext
+from .context import StepContext, run_thread_id
 from .progress import StepProgress
 from .step import RetryPolicy, Step
 
@@ -86,7 +86,7 @@ def run_thread(ctx: StepContext[Any]) -> Any:
     shared = ctx.engine.memory if ctx.engine is not None else None
     if shared is None:
         return None
-    return shared.thread(f"run:{ctx.run_id}", ctx.resource_id, run_id=ctx.run_id, path=ctx.path)
+    return shared.thread(run_thread_id(None, ctx.run_id), ctx.resource_id, run_id=ctx.run_id, path=ctx.path)
 
 
 async def render_prompt(prompt: PromptArg, ctx: StepContext[Any]) -> str:

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 In = TypeVar("In")
 
 
+def run_thread_id(thread_id: str | None, run_id: str) -> str:
+    """The memory thread a run's agents write to: its own (a Slack thread's), else one of the run's alone."""
+    return thread_id if thread_id is not None else f"run:{run_id}"
+
+
 @dataclass
 class Halt(BaseException):
     """Control flow, not an error: this part of the run cannot go on now.

@@ -34,6 +34,7 @@ from storage.records import (
 from storage.runs import CompareAndSetFailed, RunExists, RunStore
 from storage.urls import DEFAULT_DATABASE_URL
 
+from .context import run_thread_id
 from .errors import (
     AlreadyResumed,
     InvalidInput,
@@ -705,8 +706,8 @@ class Engine:
         """What an unfinished attempt of the step at ``path`` wrote to the run's memory thread (an agent's turn), gone
         before the step runs again: the thread holds each step's turn once, as its last attempt wrote it."""
         store = getattr(self._memory, "store", None)
-        if store is not None and run.thread_id is not None and hasattr(store, "forget_step_messages"):
-            await store.forget_step_messages(run.thread_id, run.id, path)
+        if store is not None and hasattr(store, "forget_step_messages"):
+            await store.forget_step_messages(run_thread_id(run.thread_id, run.id), run.id, path)
 
     async def _ensure_thread(self, thread_id: str | None, resource_id: str | None) -> None:
         if self._memory is not None and thread_id is not None and hasattr(self._memory, "ensure_thread"):

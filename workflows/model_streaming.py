@@ -60,6 +60,8 @@ class StreamAssembler:
         self.text: list[str] = []
         self.usage = Usage()
         self.finish_reason: str | None = None
+        #: Whether the server sent its usage: it does so at the end of a whole answer (a finish it may leave out).
+        self.usage_seen = False
         self._slots: list[_Slot] = []
         self._by_index: dict[int, int] = {}  # the server's index -> our slot position
 
@@ -69,6 +71,7 @@ class StreamAssembler:
             self.model = str(chunk["model"])
         usage = chunk.get("usage")
         if isinstance(usage, dict):
+            self.usage_seen = True
             self.usage = Usage(
                 prompt_tokens=int(usage.get("prompt_tokens") or 0),
                 completion_tokens=int(usage.get("completion_tokens") or 0),

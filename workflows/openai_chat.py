@@ -153,9 +153,10 @@ class OpenAIChatModel(_OpenAIClient):
                     ) from None  # (not chained: the SDK's error keeps the server's answer unscrubbed)
         finally:
             await opened.stream.close()
-        if assembler.finish_reason is None:
+        if assembler.finish_reason is None and not assembler.usage_seen:
             # The body ended without the server saying the answer was done (a proxy or a worker that closed the
-            # stream cleanly mid-answer): what came is not all of it, and must not be taken for the answer.
+            # stream cleanly mid-answer): what came is not all of it, and must not be taken for the answer. (A
+            # server that leaves the finish out still ends a whole answer with its usage, which it is asked for.)
             raise ModelError(f"{self._what}: the answer's stream ended after {received} chunk(s) before the server "
                              "said the answer was finished (no finish_reason): it was cut short. Try again.")
         for event in assembler.finish():

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
@@ -107,8 +108,7 @@ class Step(Generic[In, Out]):
     def dump_output(self, value: Any) -> Any:
         """Validate what the step returned against its output model and make it JSON-ready."""
         try:
-            # (A model's dump is checked too: it keeps NaN and big integers, which the database would not give back.)
-            output = storable(dump_value(self.output, value) if self.output is not None else value)
+            output = storable(value) if self.output is None else checked_dump(dump_value(self.output, value))
         except ValidationError as exc:
             raise OutputInvalid(
                 f"Step {self.id!r} returned output that does not fit {self.output.__name__ if self.output else 'its model'}: "
@@ -233,6 +233,17 @@ def dump_value(model: type[BaseModel] | None, value: Any) -> Any:
 
 #: Values that are JSON as they are (most step inputs and outputs are these, or None, or a dict of them).
 _JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def checked_dump(value: Any, where: str = "output") -> Any:
+    """A model's dump (JSON data already, which may still hold NaN, an infinity or an integer beyond 64 bits: the
+    database would give back null or a float), checked as :func:`storable` would, without walking it when orjson
+    shows there is nothing to find: it refuses such an integer, and writes NaN and infinities as ``null``."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return storable(value, where)  # names what it is (or finds it storable after all)
+    return storable(value, where) if b"null" in text else value
 
 
 def storable_data(value: Any, where: str) -> Any:

@@ -130,7 +130,8 @@ class SlackClient:
             return RateLimited(method, retry_after)
         if status >= 500 or code in TRANSIENT_CODES:
             maybe_done = status >= 500 or code in MAYBE_DONE_CODES
-            return Transient(method, f"HTTP {status} {code}", maybe_delivered=maybe_done and method in NOT_IDEMPOTENT)
+            return Transient(method, f"HTTP {status} {code}", maybe_delivered=maybe_done and method in NOT_IDEMPOTENT,
+                             answered=True)
         return Permanent(method, code)
 
     def _count(self, method: str, error: SlackCallError | None) -> None:
@@ -248,9 +249,14 @@ class SlackClient:
         await self.call("assistant.threads.setTitle", channel_id=channel, thread_ts=thread_ts, title=title)
 
 
-async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 4, max_wait: float = 30.0) -> T:
+async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 4, max_wait: float = 30.0,
+                       retry_errors_after_delivery: bool = True) -> T:
     """Retry an interactive call a few times: after 429s (as long as ``Retry-After`` allows) and transient
-    failures that cannot have reached Slack. Used where a person is waiting and there is no outbox row."""
+    failures that cannot have reached Slack. Used where a person is waiting and there is no outbox row.
+
+    A post Slack answered with a 5xx may have been made: it is tried again (a duplicate rather than an answer
+    lost) unless ``retry_errors_after_delivery`` is False, for a caller that looks it up first. A post with no
+    answer at all is never tried again here."""
     for attempt in range(1, attempts + 1):
         try:
             return await call()
@@ -259,7 +265,8 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 4, m
                 raise
             await asyncio.sleep(exc.retry_after)
         except Transient as exc:
-            if attempt == attempts or exc.maybe_delivered:
+            retry_anyway = exc.answered and retry_errors_after_delivery
+            if attempt == attempts or (exc.maybe_delivered and not retry_anyway):
                 raise
             await asyncio.sleep(min(max_wait, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")  # pragma: no cover

@@ -45,10 +45,14 @@ class RateLimited(SlackCallError):
 
 
 class Transient(SlackCallError):
-    def __init__(self, method: str, reason: str, *, maybe_delivered: bool = False) -> None:
+    """``maybe_delivered``: the request may have taken effect (see the module's docstring); ``answered``: Slack (or a
+    gateway) answered with an error, rather than not at all."""
+
+    def __init__(self, method: str, reason: str, *, maybe_delivered: bool = False, answered: bool = False) -> None:
         super().__init__(method, reason)
         self.reason = reason
         self.maybe_delivered = maybe_delivered
+        self.answered = answered
 
 
 class Permanent(SlackCallError):

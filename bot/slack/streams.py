@@ -240,7 +240,9 @@ class AnswerStream:
                     await self.slack.append_stream(self.channel, self.ts or "", chunks)
                     self._count("append", "ok")
             except (RateLimited, Transient) as exc:
-                if isinstance(exc, Transient) and exc.maybe_delivered:
+                if isinstance(exc, Transient) and exc.maybe_delivered and not exc.answered:
+                    # (No answer at all: the text may be on screen. A 5xx is tried again, as before: text shown
+                    # twice is better than a stream given up.)
                     self._gave_up(exc)
                     return
                 self._pending = chunks + self._pending  # nothing lost: sent with the next try

@@ -45,6 +45,20 @@ async def test_a_reply_in_a_run_thread_is_answered_about_the_run(bot: RunningBot
     assert f'Earlier in this thread: "[threadflow] Step approve was approved by {ALICE}.' in answer.text
 
 
+async def test_an_answer_streamed_through_a_5xx_goes_on_streaming(bot: RunningBot) -> None:
+    # A 5xx to a stream's append is tried again a moment later, as before: the answer keeps streaming in place (a 5xx
+    # is "maybe delivered" for posts in the outbox, which look them up; a stream has nothing to look up by).
+    bot.emu.echo_bot_messages = True
+    run = await finished_run(bot)
+    bot.emu.fail_next("chat.appendStream", status=503, retry_after=None)
+    question = await bot.emu.post_as_user("who approved the approve step?", user=BOB, thread_ts=run.root.ts)
+    answer = await answered(bot, run.root.ts, question.ts)
+    assert '"who approved the approve step?"' in answer.text
+    assert [c.status for c in bot.emu.calls("chat.appendStream")][:1] == [503]
+    [stopped] = bot.emu.calls("chat.stopStream")  # the stream was ended, not given up (then edited as a message)
+    assert stopped.status == 200 and not [c for c in bot.emu.calls("chat.update") if c.params.get("ts") == answer.ts]
+
+
 async def test_a_reply_while_the_run_waits_knows_what_is_waiting(bot: RunningBot) -> None:
     bot.emu.echo_bot_messages = True
     run = await suspend_approval(bot, "run approval ship release 2.4 to production")

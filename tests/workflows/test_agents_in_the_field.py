@@ -138,7 +138,10 @@ async def test_a_tool_call_without_a_name_goes_back_to_the_model_as_no_such_tool
     assert [m.content for m in await memory.thread("t1").history() if m.role == "assistant"] == [ANSWER]
 
 
-async def test_an_agent_step_that_runs_again_leaves_its_turn_in_the_thread_once(engine, fake_openai: FakeOpenAI) -> None:
+@pytest.mark.parametrize("thread_id", ["th", None], ids=["slack-thread", "run-thread"])
+async def test_an_agent_step_that_runs_again_leaves_its_turn_in_the_thread_once(
+    engine, fake_openai: FakeOpenAI, thread_id: str | None
+) -> None:
     # The answer is saved in the thread, then the attempt fails (here its summary outlasts the step's timeout; a
     # process dying before the step's result is committed is the same): the next attempt's turn replaces it.
     forget_capabilities()
@@ -154,11 +157,11 @@ async def test_an_agent_step_that_runs_again_leaves_its_turn_in_the_thread_once(
     e = engine(wf)
     e.memory = Memory(e.db, last_messages=1, summarize_after_tokens=1)
     try:
-        handle = await e.start("twice", {"question": "Which database?"}, thread_id="th", resource_id="r")
+        handle = await e.start("twice", {"question": "Which database?"}, thread_id=thread_id, resource_id="r")
         result = await handle.result(timeout=20)
     finally:
         await agent.aclose()
 
     assert result.status == "success", result.error
-    said = [(m.role, m.content) for m in await e.memory.thread("th").history(50)]
+    said = [(m.role, m.content) for m in await e.memory.thread(thread_id or f"run:{result.run_id}").history(50)]
     assert said == [("user", "Which database?"), ("assistant", "Use PostgreSQL 16.")]

@@ -7,6 +7,7 @@ what makes a due time fire once with any number of processes, with no lock held 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -70,16 +71,27 @@ class ScheduleStore:
 
         return await self.db.write(op)
 
-    async def due(self, now: float, limit: int = 100) -> list[ScheduleRecord]:
+    async def due(self, now: float, limit: int = 100, *, workflow_ids: Sequence[str] | None = None) -> list[ScheduleRecord]:
+        """Schedules due at ``now``, the longest due first; ``workflow_ids``: only those of these workflows (a schedule
+        whose workflow no process registers any more would otherwise stay first, and hide the others past ``limit``)."""
+
         async def op(conn: AsyncConnection) -> list[ScheduleRecord]:
-            q = select(schedules).where(schedules.c.next_at <= now).order_by(schedules.c.next_at).limit(limit)
+            q = select(schedules).where(schedules.c.next_at <= now)
+            if workflow_ids is not None:
+                q = q.where(schedules.c.workflow_id.in_(list(workflow_ids)))
+            q = q.order_by(schedules.c.next_at).limit(limit)
             return [ScheduleRecord.model_validate(dict(r)) for r in (await conn.execute(q)).mappings()]
 
         return await self.db.read(op)
 
-    async def next_due_at(self) -> float | None:
+    async def next_due_at(self, *, workflow_ids: Sequence[str] | None = None) -> float | None:
+        """The earliest due time (of the schedules of ``workflow_ids``, if given)."""
+
         async def op(conn: AsyncConnection) -> float | None:
-            value = (await conn.execute(select(func.min(schedules.c.next_at)))).scalar_one_or_none()
+            q = select(func.min(schedules.c.next_at))
+            if workflow_ids is not None:
+                q = q.where(schedules.c.workflow_id.in_(list(workflow_ids)))
+            value = (await conn.execute(q)).scalar_one_or_none()
             return float(value) if value is not None else None
 
         return await self.db.read(op)

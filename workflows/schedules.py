@@ -38,6 +38,8 @@ log = logging.getLogger("threadflow.schedules")
 #: ``fire(schedule, run_input)``: start the schedule's run (the default starts it on the engine).
 FireFn = Callable[[ScheduleRecord, Any], Awaitable[None]]
 
+#: Seconds before a scheduler looks again when the earliest due time is one it did not fire (another replica's).
+MISSED_RECHECK = 1.0
 CRON_HELP = (
     "A schedule is a cron expression with 5 fields (minute hour day-of-month month day-of-week), "
     "e.g. \"0 9 * * 1-5\" for 9:00 on weekdays, or @hourly, @daily, @weekly, @monthly."
@@ -69,9 +71,24 @@ def check_cron(expression: str) -> str:
 
 
 def next_fire_time(cron: str, timezone: str, after: float) -> float:
-    """The first time strictly after ``after`` (seconds since the epoch) matching ``cron`` in ``timezone``."""
+    """The first time strictly after ``after`` (seconds since the epoch) matching ``cron`` in ``timezone``.
+
+    On the night clocks go back, a local time passes twice (01:30 summer time, then 01:30 winter time): a schedule
+    of that time fires at the first, not again an hour later, as a person reading "every day at 01:30" expects.
+    (A schedule of every hour or every few minutes fires in both hours: each of its times is a new one.)"""
+    cron = check_cron(cron)
     start = datetime.fromtimestamp(after, check_timezone(timezone))
-    return float(croniter(check_cron(cron), start).get_next(float))
+    found: datetime = croniter(cron, start).get_next(datetime)
+    if croniter(cron).expanded[1] != ["*"]:  # (times of some hours only: a local time, not a rhythm)
+        while found.fold == 1 and _passed_already(found, after):
+            found = croniter(cron, found).get_next(datetime)
+    return found.timestamp()
+
+
+def _passed_already(found: datetime, after: float) -> bool:
+    """Whether the first pass of ``found``'s local time (its ``fold=0`` instant) is already at or before ``after``."""
+    first = found.replace(fold=0).timestamp()
+    return first != found.timestamp() and first <= after
 
 
 def new_schedule_id() -> str:
@@ -156,7 +173,7 @@ class Scheduler:
         await self.engine.open()
         now = self.clock()
         fired: list[Fired] = []
-        for schedule in await self.store.due(now):
+        for schedule in await self.store.due(now, workflow_ids=list(self.engine.workflows)):
             if schedule.workflow_id not in self.engine.workflows or not self.handles(schedule):
                 continue  # a process that knows the workflow (or can post in its channel) fires it
             with log_context(schedule_id=schedule.id, workflow_id=schedule.workflow_id):
@@ -193,9 +210,12 @@ class Scheduler:
             timeout = interval
             try:
                 await self.tick()
-                next_at = await self.store.next_due_at()
+                next_at = await self.store.next_due_at(workflow_ids=list(self.engine.workflows))
                 if next_at is not None:
-                    timeout = min(interval, max(0.0, next_at - self.clock()))
+                    # A time already past is one this process did not fire (another replica's to fire, or a channel
+                    # it cannot post in): it looks again a moment later, not at once (which would spin).
+                    left = next_at - self.clock()
+                    timeout = min(interval, left if left > 0 else MISSED_RECHECK)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -36,6 +37,23 @@ def test_next_fire_time_is_computed_in_the_schedules_time_zone() -> None:
     utc = next_fire_time("0 9 * * *", "UTC", MONDAY_0830)
     assert datetime.fromtimestamp(utc, UTC) == datetime(2024, 6, 3, 9, 0, tzinfo=UTC)
     assert next_fire_time("@hourly", "UTC", MONDAY_0830) == MONDAY_0830 + HOUR / 2
+
+
+def test_on_the_night_clocks_go_back_a_daily_time_fires_once_and_an_hourly_one_every_hour() -> None:
+    # New York, Sunday 2024-11-03: 02:00 EDT becomes 01:00 EST, so 01:00-01:59 local pass twice.
+    ny = ZoneInfo("America/New_York")
+
+    def times(cron: str, n: int) -> list[str]:
+        at, out = datetime(2024, 11, 3, 0, 30, tzinfo=ny).timestamp(), []
+        for _ in range(n):
+            at = next_fire_time(cron, "America/New_York", at)
+            out.append(datetime.fromtimestamp(at, ny).isoformat())
+        return out
+
+    assert times("30 1 * * *", 2) == ["2024-11-03T01:30:00-04:00", "2024-11-04T01:30:00-05:00"]  # not 01:30 EST too
+    assert times("0 * * * *", 3) == ["2024-11-03T01:00:00-04:00", "2024-11-03T01:00:00-05:00",
+                                     "2024-11-03T02:00:00-05:00"]  # every hour, each of them
+    assert times("30 2 * * *", 1) == ["2024-11-03T02:30:00-05:00"]
 
 
 @pytest.mark.parametrize("cron", ["0 9 * *", "61 * * * *", "every day", "* * * * * *", ""])
@@ -227,3 +245,39 @@ async def test_a_scheduler_woken_as_it_stops_still_stops(sqlite_url: str) -> Non
         assert task.cancelled()
     finally:
         await engine.close()
+
+
+async def test_a_schedule_whose_workflow_is_gone_neither_spins_the_scheduler_nor_hides_the_others(
+    sqlite_url: str,
+) -> None:
+    # Redeployed without greet-user: its schedules stay due for good (no process fires them). The scheduler still
+    # sleeps between looks, and a live schedule behind 100 such rows still fires.
+    old = engine_on(sqlite_url)
+    store = ScheduleStore(old.db)
+    try:
+        for _ in range(101):
+            await create_schedule(old, store, "greet-user", "* * * * *", input={"name": "Ada"},
+                                  now=MONDAY_0830 - HOUR)
+        live = await create_schedule(old, store, "approval", "* * * * *", input={"request": "x"}, now=MONDAY_0830)
+    finally:
+        await old.close()
+    new = Engine.from_url(sqlite_url, execute=False).register(
+        *[w for w in builtin_workflows() if w.id != "greet-user"])
+    clock = FakeClock(MONDAY_0830 + 120)
+    looks = 0
+
+    def counted() -> float:
+        nonlocal looks
+        looks += 1
+        return clock()
+
+    scheduler = Scheduler(new, ScheduleStore(new.db), clock=counted)
+    try:
+        assert [f.schedule.id for f in await scheduler.tick()] == [live.id]
+        scheduler.start(interval=15.0)
+        await asyncio.sleep(0.5)
+        await scheduler.stop()
+        assert looks <= 6, f"the scheduler looked {looks} times in half a second"
+    finally:
+        await scheduler.stop()
+        await new.close()

@@ -895,6 +895,31 @@ class MemoryStore:
 
         await self.db.write(fn)
 
+    async def replace_working_memory(self, scope: str, key: str, content: str, *, expected: str | None) -> str | None:
+        """Replace the working memory of ``(scope, key)`` only if it still is ``expected`` (None: none written yet), as
+        a compare-and-set; returns None if it was replaced, else the text it has now (another writer's)."""
+        now = time.time()
+
+        async def fn(conn: AsyncConnection) -> str | None:
+            if expected is None:
+                dialect_insert = sqlite_insert if self.db.is_sqlite else pg_insert
+                stmt = dialect_insert(working_memory).values(scope=scope, key=key, content=content, updated_at=now)
+                done = (await conn.execute(stmt.on_conflict_do_nothing(index_elements=["scope", "key"]))).rowcount
+            else:
+                done = (await conn.execute(
+                    update(working_memory)
+                    .where(working_memory.c.scope == scope, working_memory.c.key == key,
+                           working_memory.c.content == expected)
+                    .values(content=content, updated_at=now)
+                )).rowcount
+            if done == 1:
+                return None
+            current = (await conn.execute(select(working_memory.c.content).where(
+                working_memory.c.scope == scope, working_memory.c.key == key))).scalar_one_or_none()
+            return str(current) if current is not None else ""
+
+        return await self.db.write(fn)
+
     # -- agent contexts -----------------------------------------------------------------------------
 
     async def record_agent_context(self, record: NewAgentContext) -> int:

@@ -150,6 +150,17 @@ class Memory:
         return [UPDATE_WORKING_MEMORY] if self.working_memory is not None else []
 
 
+_UNREAD = object()
+
+
+class WorkingMemoryChanged(Exception):
+    """The working memory changed since this handle read it (another agent's update); ``current`` is its text now."""
+
+    def __init__(self, current: str) -> None:
+        super().__init__("the working memory changed since it was read")
+        self.current = current
+
+
 class ThreadMemory:
     """One conversation: its messages, recall, working memory, bound to the run step writing to it."""
 
@@ -169,6 +180,8 @@ class ThreadMemory:
         self.run_id = run_id
         self.path = path
         self._ensured = False
+        #: The working memory as this handle last read or wrote it (``_UNREAD``: not yet): what an update replaces.
+        self._working_seen: str | None | object = _UNREAD
 
     def __repr__(self) -> str:
         return f"ThreadMemory(thread_id={self.thread_id!r}, resource_id={self.resource_id!r})"
@@ -314,10 +327,22 @@ class ThreadMemory:
     async def working_memory(self) -> str | None:
         """The stored working memory text, or None if none was written yet."""
         row = await self.store.get_working_memory(*self._working_memory_key())
-        return None if row is None else row.content
+        self._working_seen = None if row is None else row.content
+        return self._working_seen
 
     async def set_working_memory(self, text: str) -> None:
-        await self.store.set_working_memory(*self._working_memory_key(), text)
+        """Replace the working memory. Once read through this handle (an agent's context), only if it is still what
+        was read: another agent's update since raises :class:`WorkingMemoryChanged` with the text it has now,
+        rather than being lost (each rewrites the whole text from the copy it saw)."""
+        if self._working_seen is _UNREAD:
+            await self.store.set_working_memory(*self._working_memory_key(), text)
+        else:
+            seen = self._working_seen if isinstance(self._working_seen, str) else None
+            current = await self.store.replace_working_memory(*self._working_memory_key(), text, expected=seen)
+            if current is not None:
+                self._working_seen = current
+                raise WorkingMemoryChanged(current)
+        self._working_seen = text
 
     # -- context ------------------------------------------------------------------------------------
 
@@ -453,7 +478,13 @@ class UpdateWorkingMemoryArgs(BaseModel):
 async def _update_working_memory(args: UpdateWorkingMemoryArgs, ctx: ToolContext) -> str:
     if ctx.thread is None:
         raise ToolFailed("there is no conversation thread to keep working memory for; answer without it.")
-    await ctx.thread.set_working_memory(args.content)
+    try:
+        await ctx.thread.set_working_memory(args.content)
+    except WorkingMemoryChanged as exc:
+        raise ToolFailed(
+            "another agent updated the working memory since you read it, so yours was not saved. It now reads:\n"
+            f"{exc.current}\nMerge what you learned into that text and call update_working_memory again."
+        ) from None
     return "Working memory updated."
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from storage import Database
 from storage.memory_store import DEFAULT_VECTOR_CANDIDATES
-from tests.fakes import FakeOpenAI
+from tests.fakes import FakeOpenAI, Reply
+from workflows.agent import Agent
 from workflows.memory import Memory, Recall, WorkingMemory, extractive_summary
 from workflows.models import OfflineModel, OpenAIChatModel, OpenAIEmbedder
 
@@ -194,3 +198,42 @@ def test_extractive_summary_is_bounded_and_keeps_the_newest() -> None:
     text = extractive_summary(None, rows, max_chars=400)
     assert len(text) <= 400 and "Sentence 99." in text and "Second sentence" not in text
     assert extractive_summary(None, rows[:2]) == extractive_summary(None, rows[:2])
+
+
+async def test_two_agents_updating_working_memory_at_once_both_keep_their_notes(
+    memory_db: Database, fake_openai: FakeOpenAI, openai_model: OpenAIChatModel
+) -> None:
+    # Each agent rewrites the whole text from the copy it was shown. The second to write finds the text changed
+    # since it read it: its update is refused with the text as it is now, and it merges its note into that.
+    memory = Memory(memory_db, working_memory=WorkingMemory(scope="resource"), summarize_after_tokens=None)
+    shown_to_both = asyncio.Event()
+    asked: list[str] = []
+
+    async def model(body: dict[str, Any]) -> Reply:
+        messages = body["messages"]
+        note = "- Prefers Go" if any("Go" in str(m.get("content")) for m in messages if m["role"] == "user") else \
+            "- Budget is 100 dollars"
+        if messages[-1]["role"] == "tool":
+            told = str(messages[-1]["content"])
+            if "It now reads:\n" not in told:
+                return Reply.text("noted")
+            current = told.split("It now reads:\n", 1)[1].split("\nMerge what you learned", 1)[0]
+            return Reply.tool_calls(("update_working_memory", {"content": current.rstrip("\n") + "\n" + note + "\n"}))
+        shown = next(m["content"] for m in messages if m["role"] == "system" and "working memory" in m["content"])
+        current = shown.split(":\n", 1)[1]
+        asked.append(note)
+        if len(asked) == 2:
+            shown_to_both.set()
+        await asyncio.wait_for(shown_to_both.wait(), 5)  # both have read the same text before either writes
+        return Reply.tool_calls(("update_working_memory", {"content": current.rstrip("\n") + "\n" + note + "\n"}))
+
+    fake_openai.handler = model
+    planner = Agent("planner", "Plan.", model=openai_model, memory=memory)
+    coder = Agent("coder", "Code.", model=openai_model, memory=memory)
+    await asyncio.gather(
+        planner.generate("I prefer Go for services.", thread="slack:T1:C1:1.0", resource="slack:T1:C1"),
+        coder.generate("Our budget is 100 dollars.", thread="slack:T1:C1:1.0", resource="slack:T1:C1"),
+    )
+
+    final = await memory.thread("slack:T1:C1:1.0", "slack:T1:C1").working_memory()
+    assert final is not None and "- Prefers Go" in final and "- Budget is 100 dollars" in final, final

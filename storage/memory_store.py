@@ -44,7 +44,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
-from .database import Database
+from .database import Database, insert_ignore
 from .prepared import prepared
 from .tables import agent_contexts, message_vectors, messages, threads, working_memory
 
@@ -902,9 +902,8 @@ class MemoryStore:
 
         async def fn(conn: AsyncConnection) -> str | None:
             if expected is None:
-                dialect_insert = sqlite_insert if self.db.is_sqlite else pg_insert
-                stmt = dialect_insert(working_memory).values(scope=scope, key=key, content=content, updated_at=now)
-                done = (await conn.execute(stmt.on_conflict_do_nothing(index_elements=["scope", "key"]))).rowcount
+                done = (await conn.execute(insert_ignore(self.db, working_memory).values(
+                    scope=scope, key=key, content=content, updated_at=now))).rowcount
             else:
                 done = (await conn.execute(
                     update(working_memory)

@@ -57,7 +57,7 @@ from .recovery import Recoveries, default_max_recoveries
 from .replicas import Replica
 from .rerun import plan_rerun
 from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
-from .step import Step, dump_value, parse_model, storable_data
+from .step import Step, parse_data
 from .step_call import default_step_timeout
 from .step_threads import StepThreads
 from .tracing import scope
@@ -440,8 +440,7 @@ class Engine:
             elif "by" not in model.model_fields and data.get("by") == by:
                 # Who decided is recorded with the resume itself; a model without the field is not asked for it.
                 data = {k: v for k, v in data.items() if k != "by"}
-        where = f"resume data for step {target.step_id!r}"
-        json_data = storable_data(dump_value(model, parse_model(model, data, where, known_keys_only=True)), where)
+        json_data = parse_data(model, data, f"resume data for step {target.step_id!r}")
         self.fault("before_resume_commit", run_id=run_id, path=target.path)
         # Claim the run in the same transaction when this process has room to execute it right away (held since
         # the read, or free now).
@@ -499,9 +498,7 @@ class Engine:
         if not nodes:
             raise UsageError(f"Workflow {wf.id!r} never waits for event {name!r}; nothing would receive it.")
         schema = nodes[0].schema
-        where = f"data of event {name!r}"
-        json_data = storable_data(dump_value(schema, parse_model(
-            schema, data if data is not None else {}, where, known_keys_only=True)), where)
+        json_data = parse_data(schema, data if data is not None else {}, f"data of event {name!r}")
         try:
             outcome = await self.store.send_signal(run_id, name, json_data, [])
         except CompareAndSetFailed:
@@ -543,8 +540,7 @@ class Engine:
         override = None
         if input is not None:
             model = step_def.input if step_def else None
-            where = f"input of step {from_step!r}"
-            override = storable_data(dump_value(model, parse_model(model, input, where, known_keys_only=True)), where)
+            override = parse_data(model, input, f"input of step {from_step!r}")
         moved = await self.replica.is_stranded(original)
         with self._slot() as mine:
             row = self._new_run_row(new_id, wf, data, original.thread_id, original.resource_id,

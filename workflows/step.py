@@ -246,9 +246,11 @@ def checked_dump(value: Any, where: str = "output") -> Any:
     return storable(value, where) if b"null" in text else value
 
 
-def storable_data(value: Any, where: str) -> Any:
-    """JSON-ready data given to a run (its input, resume data, an event's data) if the database can hold it and give
-    it back as it was; else InvalidInput (``where``: what the data is) names what it cannot hold."""
+def parse_data(model: type[BaseModel] | None, data: Any, where: str, *, known_keys_only: bool = True) -> Any:
+    """Data given to a run (its input, resume data, an event's data) validated against ``model`` and made JSON-ready,
+    as the database can hold it and give it back; InvalidInput (``where``: what the data is) names what does not fit
+    the model, or what the database cannot hold."""
+    value = dump_value(model, parse_model(model, data, where, known_keys_only=known_keys_only))
     try:
         return storable(value, "data")
     except OutputUnstorable as exc:

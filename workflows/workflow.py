@@ -31,7 +31,7 @@ from .graph import (
     WorkflowNode,
     WorkflowOptions,
 )
-from .step import RetryPolicy, Step, dump_value, parse_model, storable_data, validate_id
+from .step import RetryPolicy, Step, parse_data, validate_id
 from .versions import check_version, fingerprint_of, schema_shape
 
 Runnable = Union[Step[Any, Any], "CommittedWorkflow"]  # noqa: UP007 (forward reference)
@@ -211,8 +211,7 @@ class CommittedWorkflow:
             raise InvalidInput(where, f"it takes no input (it declares no input model), but got {_preview(data)}; "
                                f"leave the input out, or declare the workflow with Workflow(id={self.id!r}, "
                                "input=YourModel)")
-        return storable_data(dump_value(self.input, parse_model(self.input, data, where, known_keys_only=known_keys_only)),
-                             where)
+        return parse_data(self.input, data, where, known_keys_only=known_keys_only)
 
     def input_schema(self) -> dict[str, Any] | None:
         return self.input.model_json_schema() if self.input else None

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .coalesce import MAX_KEYS
 from .outbox import INSERT_EVENTS
+from .pgconn import PgConnection
 from .prepared import prepared
 from .records import TERMINAL_STATUSES, NewEvent, SuspensionRecord
 from .tables import runs, suspensions
@@ -65,6 +66,8 @@ CLAIM_WAITING = prepared(
             updated_at=bindparam("b_now"), ready_at=bindparam("b_now"), waiting_for=None)
 )
 _OWNER = prepared(select(runs.c.owner).where(runs.c.id == bindparam("b_id")))
+#: PostgreSQL: the run's row locked for the rest of the transaction, and its status (see locked_status).
+_LOCK_RUN_PG = "SELECT status FROM runs WHERE id = $1 FOR UPDATE"
 
 #: The same, only if the run did not change since the resumer read it (every claim and every settle sets
 #: ``updated_at``): then the progress it read with the run is still all the run has done.
@@ -226,12 +229,32 @@ class ResolveGroups:
                 fut.set_result(result)
 
 
+async def locked_status(conn: AsyncConnection, run_id: str) -> str | None:
+    """PostgreSQL: lock the run's row until the transaction ends and return its status (None: no such run).
+
+    Every write that changes what a run waits for (a resume, an event, a run settling suspended or waiting, a
+    cancel) takes this lock first, so they happen one after the other: under READ COMMITTED a statement's
+    subquery or an earlier read does not see a concurrent transaction's change, and a resume could be told it
+    resumed a run canceled at the same moment, or land between a settle's check for input and its update (the
+    run then waiting for good on an approval already given). On SQLite the write transaction holds the database
+    (``BEGIN IMMEDIATE``): nothing to lock, ``"-"`` is returned without a statement.
+    """
+    if isinstance(conn, PgConnection):
+        status: str | None = await conn.fetchval(_LOCK_RUN_PG, run_id)
+        return status
+    if conn.dialect.name == "postgresql":
+        return (await conn.execute(select(runs.c.status).where(runs.c.id == run_id).with_for_update())).scalar_one_or_none()
+    return "-"
+
+
 async def resolve_one(conn: AsyncConnection, item: Resolve) -> bool:
     """One resume: the compare-and-set (CompareAndSetFailed with the current row if not open), then the claim of
     its run for ``claim_for`` if it was suspended or waiting (True), else the run made ready; its events."""
     now = item.now
-    res = await conn.execute(RESOLVE_SUSPENSION, item.resolve_values())
-    if res.rowcount == 0:
+    status = await locked_status(conn, item.run_id)
+    live = status is not None and status not in TERMINAL_STATUSES
+    res = await conn.execute(RESOLVE_SUSPENSION, item.resolve_values()) if live else None
+    if res is None or res.rowcount == 0:
         row = (await conn.execute(_SUSPENSION, {"b_run_id": item.run_id, "b_path": item.path})).mappings().first()
         if row is not None and row["resolved_at"] == now and row["resolved_by"] == item.by:
             # This very resume, committed by an attempt whose outcome was not known (a dropped connection).

@@ -54,7 +54,7 @@ from .records import (
     step_result_record,
     suspension_record,
 )
-from .resolves import MAKE_READY, Outcome, Resolve, ResolveGroups, resolve_many, resolve_one
+from .resolves import MAKE_READY, Outcome, Resolve, ResolveGroups, locked_status, resolve_many, resolve_one
 from .resolves import CompareAndSetFailed as CompareAndSetFailed  # (callers import it from here)
 from .tables import events, runs, signals, step_results, suspensions
 from .versions import Serving
@@ -434,7 +434,15 @@ class RunStore:
         transaction (CompareAndSetFailed, and nothing created, if it finished meanwhile).
         """
 
+        attempts = 0
+
         async def op(conn: AsyncConnection) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (await conn.execute(
+                select(runs.c.id).where(runs.c.id == row["id"], runs.c.created_at == row["created_at"])
+            )).first() is not None:
+                return  # this very rerun, committed by an attempt whose outcome was not known (a dropped connection)
             if supersede is not None:
                 old_id, event = supersede
                 by = (event.data or {}).get("by")
@@ -678,6 +686,10 @@ class RunStore:
 
         async def op(conn: AsyncConnection) -> dict[str, Any]:
             target = status
+            if status in ("suspended", "waiting"):
+                # (PostgreSQL: a resume or an event committed from now on waits for this settle, and one committed
+                # before is seen by the check below; see locked_status.)
+                await locked_status(conn, run_id)
             if status in ("suspended", "waiting") and await self._has_unconsumed_input(conn, run_id, seen):
                 target = "pending"
             elif status == "suspended" and ready_at is not None and ready_at <= now:
@@ -751,8 +763,16 @@ class RunStore:
         """Resolve the open wait for ``name`` if there is one, else buffer the event. Returns which."""
         now = time.time()
 
+        attempts = 0
+
         async def op(conn: AsyncConnection) -> str:
-            status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (earlier := await self._signal_sent_at(conn, run_id, name, now)) is not None:
+                return earlier  # this very event, committed by an attempt whose outcome was not known (a dropped connection)
+            status = await locked_status(conn, run_id)  # (PostgreSQL: a cancel or a settle meanwhile waits for this)
+            if status == "-":
+                status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
             if status is None or status in TERMINAL_STATUSES:
                 raise CompareAndSetFailed(status)
             # By the run's key only, the status tested here (see _SUSPENSION_STATES: the index on status would
@@ -782,6 +802,22 @@ class RunStore:
 
         return await self.db.write(op)
 
+    @staticmethod
+    async def _signal_sent_at(conn: AsyncConnection, run_id: str, name: str, now: float) -> str | None:
+        """How an event sent at ``now`` was taken, if an earlier attempt of its write committed: "delivered" (it
+        resolved the run's wait), "buffered", or None (nothing of it committed)."""
+        delivered = (await conn.execute(
+            select(suspensions.c.path).where(suspensions.c.run_id == run_id, suspensions.c.kind == "event",
+                                             suspensions.c.event_name == name, suspensions.c.resolved_by == "event",
+                                             suspensions.c.resolved_at == now)
+        )).first()
+        if delivered is not None:
+            return "delivered"
+        buffered = (await conn.execute(
+            select(signals.c.id).where(signals.c.run_id == run_id, signals.c.name == name, signals.c.created_at == now)
+        )).first()
+        return "buffered" if buffered is not None else None
+
     async def consume_signal(self, run_id: str, signal_id: int, path: str) -> bool:
         async def op(conn: AsyncConnection) -> bool:
             res = await conn.execute(
@@ -807,8 +843,10 @@ class RunStore:
             .values(status="canceled", owner=None, lease_expires_at=None, updated_at=now, finished_at=now, error=error)
         )
         if res.rowcount == 0:
-            status = (await conn.execute(select(runs.c.status).where(runs.c.id == run_id))).scalar_one_or_none()
-            raise CompareAndSetFailed(status)
+            found = (await conn.execute(select(runs.c.status, runs.c.finished_at).where(runs.c.id == run_id))).first()
+            if found is not None and found[0] == "canceled" and found[1] == now:
+                return  # this very cancel, committed by an attempt whose outcome was not known (a dropped connection)
+            raise CompareAndSetFailed(found[0] if found is not None else None)
         await self._add_events(conn, run_id, new_events, now)
 
     async def open_suspensions(self, run_id: str) -> list[SuspensionRecord]:

@@ -98,13 +98,25 @@ class ScheduleStore:
 
     async def advance(self, schedule_id: str, expected_next_at: float, new_next_at: float, fired_at: float) -> bool:
         """Claim the due time ``expected_next_at``: True for exactly one caller, False if another took it."""
+        attempts = 0
 
         async def op(conn: AsyncConnection) -> bool:
+            nonlocal attempts
+            attempts += 1
             res = await conn.execute(
                 update(schedules)
                 .where(schedules.c.id == schedule_id, schedules.c.next_at == expected_next_at)
                 .values(next_at=new_next_at, last_fired_at=fired_at)
             )
-            return bool(res.rowcount)
+            if res.rowcount:
+                return True
+            if attempts == 1:
+                return False  # another replica claimed it
+            # Tried again after a failure: this very claim, committed by an attempt whose outcome was not known (a
+            # dropped connection)? (Not on a first attempt: replicas ticking with one clock write the same values.)
+            found = (await conn.execute(
+                select(schedules.c.next_at, schedules.c.last_fired_at).where(schedules.c.id == schedule_id)
+            )).first()
+            return found is not None and found[0] == new_next_at and found[1] == fired_at
 
         return await self.db.write(op)

@@ -24,13 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-async def pg_url(db_url: str) -> str:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("scale-out runs on PostgreSQL only")
-    return db_url
-
-
 def worker_env(url: str, log: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update({

@@ -1,0 +1,158 @@
+"""A TCP proxy in front of PostgreSQL that can cut a connection at an awkward point: right after the server
+committed a transaction, before its answer reaches the client (a network failure or a proxy restart at that
+moment). The client then sees a dropped connection for a COMMIT that did happen: a commit of unknown outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.engine import make_url
+
+_SSL_REQUEST = 80877103
+_GSSENC_REQUEST = 80877104
+
+
+class CommitCutter:
+    """``cutter.arm(n)``: the next ``n`` answers to a ``COMMIT`` are not delivered; their connections are cut.
+
+    ``cutter.hold(b"SQL text")``: the next statement whose SQL contains the text is held on its way to the server
+    (a slow network at that moment) until ``cutter.release()``; ``cutter.held`` is set once it is.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.armed = 0
+        self.cut = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+        self._hold_pattern: bytes | None = None
+        self.held = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def hold(self, pattern: bytes) -> None:
+        self._hold_pattern = pattern
+        self.held.clear()
+        self._released.clear()
+
+    def release(self) -> None:
+        self._hold_pattern = None
+        self._released.set()
+
+    def arm(self, n: int = 1) -> None:
+        self.armed = n
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            s_reader, s_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            c_writer.close()
+            self._tasks.discard(task)
+            return
+        single_bytes = [0]  # answers of one byte the server owes (SSL / GSSENC requests)
+        done = asyncio.Event()
+
+        def cut() -> None:
+            for w in (c_writer, s_writer):
+                try:
+                    w.transport.abort()
+                except Exception:
+                    pass
+            done.set()
+
+        async def client_to_server() -> None:
+            try:
+                started = False
+                while not started:  # untyped startup packets
+                    head = await c_reader.readexactly(4)
+                    (length,) = struct.unpack("!i", head)
+                    body = await c_reader.readexactly(length - 4)
+                    code = struct.unpack("!i", body[:4])[0] if len(body) >= 4 else 0
+                    if code in (_SSL_REQUEST, _GSSENC_REQUEST):
+                        single_bytes[0] += 1
+                    else:
+                        started = True
+                    s_writer.write(head + body)
+                    await s_writer.drain()
+                statements: dict[bytes, bytes] = {}  # prepared statement name -> its SQL
+                while True:
+                    head = await c_reader.readexactly(5)
+                    kind = head[:1]
+                    (length,) = struct.unpack("!i", head[1:])
+                    body = await c_reader.readexactly(length - 4)
+                    sql = b""
+                    if kind == b"P":  # Parse: name, query
+                        name, query = body.split(b"\0")[:2]
+                        statements[name] = query
+                    elif kind == b"B":  # Bind: portal, statement name: the statement is executed with it
+                        sql = statements.get(body.split(b"\0")[1], b"")
+                    elif kind == b"Q":
+                        sql = body
+                    pattern = self._hold_pattern
+                    if pattern is not None and sql and pattern in sql:
+                        self._hold_pattern = None
+                        self.held.set()
+                        await self._released.wait()
+                    s_writer.write(head + body)
+                    await s_writer.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            cut()
+
+        async def server_to_client() -> None:
+            try:
+                while True:
+                    if single_bytes[0]:
+                        b = await s_reader.readexactly(1)
+                        single_bytes[0] -= 1
+                        c_writer.write(b)
+                        await c_writer.drain()
+                        continue
+                    head = await s_reader.readexactly(5)
+                    kind = head[:1]
+                    (length,) = struct.unpack("!i", head[1:])
+                    body = await s_reader.readexactly(length - 4)
+                    if kind == b"C" and body.rstrip(b"\0") == b"COMMIT" and self.armed > 0:
+                        self.armed -= 1
+                        self.cut += 1
+                        break  # committed on the server; the client never hears of it
+                    c_writer.write(head + body)
+                    await c_writer.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            cut()
+
+        try:
+            await asyncio.gather(client_to_server(), server_to_client())
+        finally:
+            self._tasks.discard(task)
+
+
+@asynccontextmanager
+async def commit_cutter(url: str) -> AsyncIterator[tuple[CommitCutter, str]]:
+    """A proxy in front of ``url``'s server, and the URL that goes through it."""
+    parsed = make_url(url)
+    cutter = CommitCutter(parsed.host or "127.0.0.1", parsed.port or 5432)
+    await cutter.start()
+    try:
+        yield cutter, parsed.set(host="127.0.0.1", port=cutter.port).render_as_string(hide_password=False)
+    finally:
+        await cutter.close()

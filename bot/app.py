@@ -66,7 +66,9 @@ class SlackBot:
             self.installs = EncryptedInstallationStore(engine.db, settings.slack_client_id,
                                                        TokenCipher(settings.encryption_key.get_secret_value()))
             self.tokens = InstalledTokens(self.installs, settings.slack_client_id,
-                                          settings.slack_client_secret.get_secret_value(), settings.slack_api_url)
+                                          settings.slack_client_secret.get_secret_value(), settings.slack_api_url,
+                                          timeout=settings.slack_timeout)
+            self.installs.on_saved(self.tokens.forget)  # an install made now is used now
         self.slack = SlackClient(self.client, Pacer(self.store, enabled=settings.slack_pacing), self.metrics,
                                  tokens=self.tokens)
         self.streams = (Streams(self.slack, StreamingSupport(self.store), interval=settings.slack_stream_interval,

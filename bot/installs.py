@@ -21,6 +21,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -84,12 +85,22 @@ def _epoch(value: Any) -> float | None:
     return float(value)
 
 
+#: Called with (enterprise_id, team_id) after a workspace's bot was saved (an install, a reinstall, a refresh).
+SavedListener = Callable[[str | None, str | None], None]
+
+
 class EncryptedInstallationStore(AsyncInstallationStore):
     """slack_sdk's installation store contract, rows in our database, secrets encrypted."""
 
     def __init__(self, db: Database, client_id: str, cipher: TokenCipher) -> None:
         self.rows = InstallationRows(db, client_id)
         self.cipher = cipher
+        self._on_saved: list[SavedListener] = []
+
+    def on_saved(self, listener: SavedListener) -> None:
+        """Call ``listener`` after each save of a bot: bolt's OAuth callback saves an install here directly, and
+        whoever keeps tokens in memory (:class:`bot.workspaces.InstalledTokens`) must drop the old ones then."""
+        self._on_saved.append(listener)
 
     @property
     def logger(self) -> logging.Logger:
@@ -121,6 +132,9 @@ class EncryptedInstallationStore(AsyncInstallationStore):
 
     async def async_save_bot(self, bot: Bot) -> None:
         await self.rows.save_bot(self._sealed(bot.to_dict()))
+        team_id = None if bot.is_enterprise_install else bot.team_id
+        for listener in self._on_saved:
+            listener(bot.enterprise_id or None, team_id or None)
 
     async def async_find_bot(self, *, enterprise_id: str | None, team_id: str | None,
                              is_enterprise_install: bool | None = False) -> Bot | None:

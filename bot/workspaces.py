@@ -2,7 +2,12 @@
 expires (token rotation), forgotten when the app is uninstalled or its tokens are revoked.
 
 Tokens are kept in memory for a short while (``ttl``) so a burst of calls does not read and decrypt the
-row each time; an uninstall in this process forgets at once, other replicas within ``ttl``.
+row each time; an uninstall or a (re)install in this process forgets at once, other replicas within ``ttl``.
+"No token" is never kept: a workspace that installs the app again (on any replica) can use it at once.
+
+A refresh that gets no answer (Slack down, a dropped connection, no answer within ``THREADFLOW_SLACK_TIMEOUT``)
+keeps the current token while it still works; once it has expired, calls end in :class:`bot.slack.errors.Transient`
+so the outbox tries again later instead of calling Slack with a dead token.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 from slack_bolt.authorization.async_authorize import AsyncAuthorize
 from slack_bolt.authorization.authorize_result import AuthorizeResult
 from slack_bolt.context.async_context import AsyncBoltContext
@@ -20,6 +26,8 @@ from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from slack_sdk.web.async_client import AsyncWebClient
 
 from .installs import EncryptedInstallationStore, UndecryptableToken
+from .slack.client import DEFAULT_TIMEOUT, make_web_client
+from .slack.errors import Transient
 from .slack.workspace import Workspace
 
 log = logging.getLogger("threadflow.bot.workspaces")
@@ -34,14 +42,19 @@ class InstalledTokens:
     """A :class:`bot.slack.workspace.TokenSource` over OAuth installs."""
 
     def __init__(self, store: EncryptedInstallationStore, client_id: str, client_secret: str, api_url: str, *,
-                 ttl: float = TOKEN_TTL, rotate_before_minutes: int = ROTATE_BEFORE_MINUTES) -> None:
+                 ttl: float = TOKEN_TTL, rotate_before_minutes: int = ROTATE_BEFORE_MINUTES,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self.store = store
         self.ttl = ttl
         self.rotate_before_minutes = rotate_before_minutes
-        self.rotator = AsyncTokenRotator(client_id=client_id, client_secret=client_secret,
-                                         client=AsyncWebClient(base_url=api_url, retry_handlers=[]))
-        self._bots: dict[Workspace, tuple[float, Bot | None]] = {}
+        # The refresh is a Slack call like any other: it gives up after THREADFLOW_SLACK_TIMEOUT (it runs under the
+        # workspace's lock, so a refresh Slack does not answer would otherwise hold every call of the workspace).
+        client: AsyncWebClient = make_web_client(None, api_url, timeout)
+        self.rotator = AsyncTokenRotator(client_id=client_id, client_secret=client_secret, client=client)
+        self._bots: dict[Workspace, tuple[float, Bot]] = {}
         self._locks: dict[Workspace, asyncio.Lock] = {}
+        #: Bumped by :meth:`forget`: a lookup that began before it does not put what it read in the cache.
+        self._generation = 0
 
     async def token_for(self, workspace: Workspace | None) -> str | None:
         if workspace is None or not (workspace.team_id or workspace.enterprise_id):
@@ -50,14 +63,22 @@ class InstalledTokens:
         return bot.bot_token if bot is not None else None
 
     async def bot_for(self, workspace: Workspace) -> Bot | None:
+        """The workspace's bot (its token refreshed when due); None when the app is not installed there.
+
+        Raises :class:`bot.slack.errors.Transient` when the token has expired and Slack could not refresh it."""
         lock = self._locks.setdefault(workspace, asyncio.Lock())
         async with lock:  # one rotation at a time per workspace (a refresh token is good for one use)
+            generation = self._generation
             cached = self._bots.get(workspace)
             now = time.monotonic()
-            bot = cached[1] if cached is not None and now - cached[0] < self.ttl else await self._find(workspace)
-            if bot is not None:
-                bot = await self._rotated(bot)
-            self._bots[workspace] = (now if cached is None or now - cached[0] >= self.ttl else cached[0], bot)
+            fresh = cached is not None and now - cached[0] < self.ttl
+            bot = cached[1] if cached is not None and fresh else await self._find(workspace)
+            if bot is None:
+                self._bots.pop(workspace, None)  # never kept: a reinstall must be seen at once
+                return None
+            bot = await self._rotated(bot)
+            if generation == self._generation:  # (not when an install or uninstall happened meanwhile)
+                self._bots[workspace] = (cached[0] if cached is not None and fresh else now, bot)
             return bot
 
     async def _find(self, workspace: Workspace) -> Bot | None:
@@ -88,6 +109,8 @@ class InstalledTokens:
             log.error("could not refresh the bot token of workspace %s: %s", bot.team_id or bot.enterprise_id,
                       exc.api_error.response.get("error") if exc.api_error.response else exc)
             return bot
+        except (aiohttp.ClientError, TimeoutError, OSError, KeyError, ValueError) as exc:
+            return self._unrefreshed(bot, exc)
         if refreshed is None:
             return bot
         await self.store.async_save_bot(refreshed)
@@ -95,8 +118,23 @@ class InstalledTokens:
                  (refreshed.bot_token_expires_at or 0) - time.time())
         return refreshed
 
+    def _unrefreshed(self, bot: Bot, exc: BaseException) -> Bot:
+        """The refresh got no (usable) answer: the current token while it still works, else try again later."""
+        workspace = bot.team_id or bot.enterprise_id
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        left = (bot.bot_token_expires_at or 0) - time.time()
+        if left > 0:
+            log.warning("could not refresh the bot token of workspace %s (%s); the current one works for %.0f s more",
+                        workspace, reason, left)
+            return bot
+        log.error("could not refresh the expired bot token of workspace %s (%s); its Slack calls wait until Slack "
+                  "answers the refresh", workspace, reason)
+        raise Transient("oauth.v2.access", f"the bot token of workspace {workspace} expired and could not be "
+                        f"refreshed ({reason})")
+
     def forget(self, enterprise_id: str | None, team_id: str | None) -> None:
-        """The workspace's tokens are gone (uninstalled, revoked): stop using the cached ones now."""
+        """The workspace's tokens changed (installed again, uninstalled, revoked): stop using the cached ones now."""
+        self._generation += 1
         for workspace in list(self._bots):
             if (team_id and workspace.team_id == team_id) or (enterprise_id and workspace.enterprise_id == enterprise_id
                                                               and not team_id):

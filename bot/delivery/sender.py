@@ -218,7 +218,12 @@ class Sender:
             await self.store.set_content(row.key, shortened(content))
             self._count(row, "shortened")
             return
-        log.error("Slack refused %s for good (%s): %s", row.key, code, advice(code))
+        if code == "not_installed":  # (Slack was not called: there is no token for the workspace)
+            log.error("dropped %s: the app is not installed in workspace %s (uninstalled, or its tokens revoked); "
+                      "reinstall it there to get this run's later messages", row.key, row.team_id or "?")
+        else:
+            log.error("Slack refused %s for good (%s) in workspace %s: %s", row.key, code, row.team_id or "?",
+                      advice(code))
         await self.store.mark_failed(row.key, code)
         self._count(row, "failed")
         if self.metrics is not None:
@@ -282,6 +287,7 @@ def advice(code: str) -> str:
         "thread_not_found": "the run's root message was deleted",
         "invalid_auth": "the bot token is invalid; reinstall the app",
         "token_revoked": "the app was uninstalled or its token revoked",
+        "token_expired": "the bot token expired and could not be refreshed; check SLACK_CLIENT_SECRET, or reinstall",
         "account_inactive": "the app's token belongs to a deactivated account",
         "missing_scope": "the app lacks a scope; reinstall it from the current manifest",
         "restricted_action": "a workspace setting keeps the bot from posting in this channel",

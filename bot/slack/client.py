@@ -89,7 +89,11 @@ class SlackClient:
         """Call ``method`` (``chat.postMessage``); returns Slack's answer or raises a :class:`SlackCallError`."""
         team = self.scope_team
         if self.tokens is not None:
-            token = await self.tokens.token_for(current_workspace())
+            try:
+                token = await self.tokens.token_for(current_workspace())
+            except Transient as exc:  # its token expired and Slack did not answer the refresh: later
+                self._count(method, exc)
+                raise
             if token is None:
                 self._count(method, NotInstalled(method, team))
                 raise NotInstalled(method, team)

@@ -110,6 +110,10 @@ def new_run_id() -> str:
     return f"{int(time.time()) & 0xFFFFFFFF:08x}{next(_run_id_counter) & 0xFFFFFFFF:08x}"
 
 
+#: ``Engine(memory=...)``'s default: the engine's own ``Memory`` on its database, made when first needed.
+DEFAULT_MEMORY: Any = object()
+
+
 class Engine:
     """Runs registered workflows durably against one database."""
 
@@ -117,7 +121,7 @@ class Engine:
         self,
         database: Database | str | None = None,
         *,
-        memory: Any = None,
+        memory: Any = DEFAULT_MEMORY,
         owner: str | None = None,
         lease_seconds: float = 30.0,
         capacity: int = 200,
@@ -278,7 +282,7 @@ class Engine:
                 await self.replica.withdraw()
         except Exception as exc:  # the database may be gone already; leases expire on their own
             log.warning("could not hand back runs at shutdown: %s", exc)
-        if self._memory is not None and hasattr(self._memory, "close"):
+        if self._memory is not DEFAULT_MEMORY and self._memory is not None and hasattr(self._memory, "close"):
             await self._memory.close()
         await self.db.close()
         self._opened = False
@@ -431,7 +435,7 @@ class Engine:
         # The run's own version (never another one's reading of its paths); if this process lacks it, the
         # error names it and what is registered, and nothing is consumed: the decision can be given again.
         wf = await self.replica.definition_for(run)
-        step_def = wf.find_step(target.step_id)
+        step_def = wf.find_step_at(target.path)  # by path: nested workflows may each have a step of this id
         model = step_def.resume if step_def else None
         data = data if data is not None else {}
         if by is not None and isinstance(data, dict) and model is not None:
@@ -490,15 +494,17 @@ class Engine:
     async def send_event(self, run_id: str, name: str, data: Any = None) -> str:
         """Deliver an event a run waits for (``.wait_for_event(name)``); buffered if it is not waiting yet."""
         await self.open()
-        run = await self.get_run(run_id)
+        found, suspensions = await self.store.run_and_suspensions(run_id)
+        if found is None:
+            raise RunNotFound(run_id)
+        run = found
         if run.is_terminal:
             raise NotWaitingForEvent(f"Run {run_id} is {run.status}; it cannot receive event {name!r}.")
         wf = await self.replica.definition_for(run)
         nodes = [n for n in _all_nodes(wf) if isinstance(n, WaitForEventNode) and n.event == name]
         if not nodes:
             raise UsageError(f"Workflow {wf.id!r} never waits for event {name!r}; nothing would receive it.")
-        schema = nodes[0].schema
-        json_data = parse_data(schema, data if data is not None else {}, f"data of event {name!r}")
+        json_data = _event_data(wf, nodes, suspensions, name, data if data is not None else {})
         try:
             outcome = await self.store.send_signal(run_id, name, json_data, [])
         except CompareAndSetFailed:
@@ -612,7 +618,8 @@ class Engine:
     async def details(self, run_id: str) -> RunDetails:
         run = await self.get_run(run_id)
         progress = await self.store.load_progress(run_id)
-        steps = sorted((StepInfo.from_record(r) for r in progress.results.values()), key=lambda s: s.finished_at)
+        steps = sorted((StepInfo.from_record(r) for r in progress.results.values() if r.kind not in _NOT_STEPS),
+                       key=lambda s: s.finished_at)
         events = [WorkflowEvent.from_record(e) for e in await self.store.read_events(run_id, 0, 100_000)]
         return RunDetails(run=run, steps=steps, suspensions=list(progress.suspensions.values()), events=events)
 
@@ -686,7 +693,13 @@ class Engine:
 
     @property
     def memory(self) -> Any:
-        """The shared memory threads (``workflows.memory.Memory``) agent steps read and write, if any."""
+        """The shared memory threads (``workflows.memory.Memory``) agent steps read and write, if any: unless the
+        engine was given one (or ``memory=None``: none), its own on the engine's database, made when first needed,
+        so the agent steps of a run share its thread and record what they were given with the library alone."""
+        if self._memory is DEFAULT_MEMORY:
+            from .memory import Memory
+
+            self._memory = Memory(self.db)
         return self._memory
 
     @memory.setter
@@ -694,20 +707,20 @@ class Engine:
         self._memory = value
 
     def thread_memory(self, thread_id: str | None, resource_id: str | None, **bind: Any) -> Any:
-        if self._memory is None or thread_id is None:
+        if thread_id is None or self.memory is None:
             return None
-        return self._memory.thread(thread_id, resource_id, **bind)
+        return self.memory.thread(thread_id, resource_id, **bind)
 
     async def forget_step_writes(self, run: RunRecord, path: str) -> None:
         """What an unfinished attempt of the step at ``path`` wrote to the run's memory thread (an agent's turn), gone
         before the step runs again: the thread holds each step's turn once, as its last attempt wrote it."""
-        store = getattr(self._memory, "store", None)
+        store = getattr(self.memory, "store", None)
         if store is not None and hasattr(store, "forget_step_messages"):
             await store.forget_step_messages(run_thread_id(run.thread_id, run.id), run.id, path)
 
     async def _ensure_thread(self, thread_id: str | None, resource_id: str | None) -> None:
-        if self._memory is not None and thread_id is not None and hasattr(self._memory, "ensure_thread"):
-            await self._memory.ensure_thread(thread_id, resource_id)
+        if thread_id is not None and self.memory is not None and hasattr(self.memory, "ensure_thread"):
+            await self.memory.ensure_thread(thread_id, resource_id)
 
     def fault(self, point: str, **info: Any) -> None:
         """A named fault-injection point (tests make a process crash exactly here)."""
@@ -934,7 +947,7 @@ class Engine:
             wf = self.registry.for_run(run) if run else None
             if run is None or wf is None or run.is_terminal:
                 continue
-            step_def = wf.find_step(susp.step_id)
+            step_def = wf.find_step_at(susp.path)
             data = expiry_data(step_def)
             try:
                 await self.store.resolve_suspension(susp.run_id, susp.path, data, "system", [NewEvent(
@@ -997,6 +1010,29 @@ def _pick_suspension(run: RunRecord, suspensions: list[Any], step: str | None) -
         return by_id[-1]
     waiting = ", ".join(s.path for s in open_) or "nothing"
     raise NotSuspended(f"Run {run.id} has no suspended step {step!r}; it waits for: {waiting}.")
+
+
+#: Results that record no step's output: a failed attempt's (its events tell it), a branch's choice.
+_NOT_STEPS = ("retry", "branch")
+
+
+def _event_data(
+    wf: CommittedWorkflow, nodes: list[WaitForEventNode], suspensions: list[SuspensionRecord], name: str, data: Any,
+) -> Any:
+    """``data`` validated for the wait that will take it: the wait the run is at (its open wait for ``name``),
+    else, the run not there yet, any wait for ``name`` (two waits for one name may expect different data)."""
+    at = [wf.node_at(s.path) for s in suspensions if s.kind == "event" and s.status == "open" and s.event_name == name]
+    waits = [n for n in at if isinstance(n, WaitForEventNode)] or nodes
+    where = f"data of event {name!r}"
+    try:
+        return parse_data(waits[0].schema, data, where)
+    except InvalidInput:
+        for node in waits[1:]:
+            try:
+                return parse_data(node.schema, data, where)
+            except InvalidInput:
+                continue
+        raise  # what the first wait wants
 
 
 def _all_nodes(wf: CommittedWorkflow) -> list[Node]:

@@ -72,6 +72,10 @@ log = logging.getLogger("threadflow.engine")
 IN_PROCESS_SLEEP = 1.0
 
 OVERRIDE_PREFIX = "__input__/"
+#: Where the branches a ``.branch()`` chose are recorded: ``__branch__/<path>`` (see _choose).
+BRANCH_PREFIX = "__branch__/"
+#: Where a failed attempt that will be retried is recorded: ``__retry__/<attempt>/<path>`` (see _record_retry).
+RETRY_PREFIX = "__retry__/"
 
 #: A step that runs longer than this has its ``step.started`` event written on its own (seconds).
 ANNOUNCE_AFTER = 0.05
@@ -136,6 +140,8 @@ class RunExecution:
         self._last_step = last_step_path(workflow)
         self._held: FinishedStep | None = None
         self._held_observe: Step[Any, Any] | None = None
+        #: Set once a commit found the run no longer this process's: no step of it may start after that.
+        self.lost: LeaseLost | None = None
 
     # -- the run ---------------------------------------------------------------------------------------
 
@@ -294,8 +300,7 @@ class RunExecution:
             outs = await self._gather([self.exec_node(c, prefix, value, wf, upstream) for c in node.children])
             return {c.id: o for c, o in zip(node.children, outs, strict=True)}
         if isinstance(node, BranchNode):
-            arg = view(value, upstream)
-            chosen = [n for cond, n in node.branches if await maybe_await(cond(arg))]
+            chosen = await self._choose(node, path, value, upstream)
             outs = await self._gather([self.exec_node(n, prefix, value, wf, upstream) for n in chosen])
             return {n.id: o for n, o in zip(chosen, outs, strict=True)}
         if isinstance(node, LoopNode):
@@ -310,11 +315,50 @@ class RunExecution:
             return await self._exec_wait(node, path)
         raise TypeError(f"unknown node {node!r}")
 
+    async def _choose(self, node: BranchNode, path: str, value: Any, upstream: type[BaseModel] | None) -> list[Node]:
+        """The branches to run: chosen once, then recorded at the branch's path and reused by every later walk.
+
+        Conditions may be async and ask the outside world (a flag, an API); evaluated again after a resume or a
+        restart they could pick another branch, dropping a step a person already approved.
+        """
+        key = BRANCH_PREFIX + path  # (a step may have the id an unnamed branch got: "branch-1")
+        rec = self.results.get(key)
+        if rec is not None:
+            ids = set(rec.output["chosen"])
+            return [n for _, n in node.branches if n.id in ids]
+        arg = view(value, upstream)
+        chosen = [n for cond, n in node.branches if await maybe_await(cond(arg))]
+        record = step_result(
+            run_id=self.run.id, path=key, step_id=node.id, kind="branch", output={"chosen": [n.id for n in chosen]},
+            attempts=1, started_at=None, finished_at=time.time(),
+        )
+        await self._store(record, [], progressed=False)
+        return chosen
+
     async def _gather(self, coros: list[Any]) -> list[Any]:
-        """Run branches to the end; a failure beats a halt, halts merge (so parallel suspensions all open)."""
+        """Run branches to the end; a failure beats a halt, halts merge (so parallel suspensions all open).
+
+        A branch that finds the run no longer this process's (LeaseLost: canceled, or taken over) stops the
+        others at once: nothing they would still start (a foreach's waiting items) may run its step's code.
+        """
         if len(coros) == 1:
             return [await coros[0]]
-        results = await asyncio.gather(*coros, return_exceptions=True)
+        tasks: list[asyncio.Task[Any]] = []
+
+        async def branch(coro: Any) -> Any:
+            try:
+                return await coro
+            except LeaseLost as exc:
+                self.lost = self.lost or exc
+                for task in tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                raise
+
+        tasks.extend(asyncio.ensure_future(branch(c)) for c in coros)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        if self.lost is not None:
+            raise self.lost
         halt: Halt | None = None
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, Halt):
@@ -451,16 +495,21 @@ class RunExecution:
         except InvalidInput as exc:
             self._record_failure(step, path, exc, 1)
             raise
+        if self.lost is not None:
+            raise self.lost  # a sibling branch found the run canceled or taken over
         if self.crashed is not None:
             # This is where the walk stood each time the process died: do not run it again.
             crashed = StepCrashed(path, self.crashed)
             self._record_failure(step, path, crashed, 1)
             self._observe_step(step, "failed", time.time())
             raise crashed
-        policy = step.retry or wf.options.retry or NO_RETRY
+        # The step's, else its workflow's, else that of a workflow around it (the run's top workflow's last).
+        policy = step.retry or wf.options.retry or self.workflow.option_at(path, "retry") or NO_RETRY
         timeout = timeout_of(step, wf, self.workflow, self.engine.step_timeout)
+        # Attempts made before this execution (its process stopped during a backoff): they count, and their
+        # backoff is waited out, as if the process had not stopped.
+        attempt = await self._wait_out_backoff(path)
         started = time.time()
-        attempt = 0
         while True:
             attempt += 1
             if attempt > 1 or self._recovered:
@@ -510,15 +559,49 @@ class RunExecution:
             if not deliberate and policy.should_retry(failure, attempt):
                 delay = policy.delay(attempt)
                 emit("step.retrying", workflow_id=self.run.workflow_id, step_id=step.id, attempt=attempt)
-                self.store.add_events_nowait(self.run.id, [NewEvent(type="step.retrying", path=path, data={
+                await self._record_retry(step, path, attempt, started, delay, {
                     "step_id": step.id, "attempt": attempt, "error": f"{type(failure).__name__}: {message}",
                     "delay": round(delay, 3), "traceback": traceback_text(failure),
-                })])
+                })
                 await asyncio.sleep(delay)
                 continue
             self._record_failure(step, path, failure, attempt)
             self._observe_step(step, "failed", started)
             raise StepFailed(path, message, type(failure).__name__, attempt, deliberate=deliberate) from failure
+
+    async def _record_retry(
+        self, step: Step[Any, Any], path: str, attempt: int, started: float, delay: float, data: dict[str, Any],
+    ) -> None:
+        """Commit that attempt ``attempt`` failed and when the next is due (with its ``step.retrying`` event).
+
+        A process that stops during the backoff (a deploy) hands the run on; the next one goes on from this
+        record (see ``_wait_out_backoff``) instead of starting the step over at attempt 1. One record per attempt
+        (``__retry__/<n>/<path>``): results are insert-if-absent. Not progress: a step that keeps failing is not
+        a run that moves on (the count of its process's deaths goes on)."""
+        now = time.time()
+        retry_at = now + delay
+        event = NewEvent(type="step.retrying", path=path, data={**data, "retry_at": round(retry_at, 3)})
+        record = step_result(
+            run_id=self.run.id, path=retry_path(path, attempt), step_id=step.id, kind="retry",
+            output={"attempt": attempt, "retry_at": retry_at}, attempts=attempt, started_at=started, finished_at=now,
+        )
+        await self._store(record, [event], progressed=False)
+
+    async def _wait_out_backoff(self, path: str) -> int:
+        """How many attempts at ``path`` failed before this execution; the last one's backoff waited out first
+        (here if short, else the run waits, woken when it is over, as a sleep does)."""
+        tried = 0
+        while retry_path(path, tried + 1) in self.results:
+            tried += 1
+        if not tried:
+            return 0
+        retry_at = float(self.results[retry_path(path, tried)].output["retry_at"])
+        remaining = retry_at - time.time()
+        if remaining > IN_PROCESS_SLEEP:
+            raise Halt(wake_at=retry_at)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        return tried
 
     def _announce_start(self, path: str, step_id: str, attempt: int, value: Any = None) -> StartAnnouncement:
         data: dict[str, Any] = {"step_id": step_id, "attempt": attempt}
@@ -600,7 +683,9 @@ class RunExecution:
             self._held_done(held)
 
     async def open_suspension(self, step: Step[Any, Any], path: str, payload: Any, ttl: float | None) -> None:
-        ttl = ttl if ttl is not None else step.suspend_ttl if step.suspend_ttl is not None else self.workflow.options.suspend_ttl
+        if ttl is None:
+            # The step's, else its own workflow's (a nested one's), else those of the workflows around it.
+            ttl = step.suspend_ttl if step.suspend_ttl is not None else self.workflow.option_at(path, "suspend_ttl")
         now = time.time()
         record = SuspensionRecord(
             run_id=self.run.id, path=path, step_id=step.id, kind="suspend", payload=payload, created_at=now,
@@ -711,6 +796,11 @@ def last_step_path(workflow: CommittedWorkflow) -> str | None:
     if isinstance(node, SequenceNode):
         node = node.children[-1] if node.children else None
     return node.id if isinstance(node, StepNode) else None
+
+
+def retry_path(path: str, attempt: int) -> str:
+    """Where the failure of attempt ``attempt`` of the step at ``path`` is recorded, when it is retried."""
+    return f"{RETRY_PREFIX}{attempt}/{path}"
 
 
 def _wake_time(node: SleepNode, value: Any) -> float:

@@ -29,13 +29,14 @@ def plan_rerun(
 ) -> tuple[list[StepResultRecord], str, Step[Any, Any] | None]:
     """Return (results to copy, the path re-run starts at, the step definition)."""
     matches = [r for r in progress.results.values() if r.kind == "step" and (r.path == from_step or r.step_id == from_step)]
-    step_def = wf.find_step(from_step)
+    start_path = min(matches, key=lambda r: r.started_at or r.finished_at).path if matches else from_step
+    # By path (nested workflows may each have a step of this id); by id alone only if the path names no step.
+    step_def = wf.find_step_at(start_path) or wf.find_step(from_step)
     if not matches and step_def is None:
         known = ", ".join(sorted({r.step_id for r in progress.results.values() if r.kind == "step"})) or "none"
         raise UsageError(
             f"Run {original.id} has no step {from_step!r} to re-run from. Steps it ran: {known}."
         )
-    start_path = min(matches, key=lambda r: r.started_at or r.finished_at).path if matches else from_step
     target = top_segment(start_path)
     order: dict[str, int] = {}
     for index, node in enumerate(wf.root.children):
@@ -57,7 +58,7 @@ def plan_rerun(
 def _check_fit(wf: CommittedWorkflow, original: RunRecord, copied: list[StepResultRecord]) -> None:
     """Moving a run onto another version: the results it keeps must fit that version's steps."""
     for r in sorted(copied, key=lambda r: r.finished_at):
-        step = wf.find_step(r.step_id) if r.kind == "step" else None
+        step = wf.find_step_at(r.path) if r.kind == "step" else None
         if step is None or step.output is None:
             continue
         try:

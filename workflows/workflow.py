@@ -7,6 +7,7 @@ an error that says what to change.
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,61 @@ class CommittedWorkflow:
             self.__dict__["_steps_by_id"] = index
         return index.get(step_id)
 
+    def node_at(self, path: str) -> Node | None:
+        """The node a run's path names (``release/approve``, ``review[3]/approve#1``), or None.
+
+        Unlike :meth:`find_step`, two nested workflows that each have a step ``approve`` are told apart: the
+        path is followed workflow by workflow (loop ``#i`` and foreach ``[i]`` marks are ignored).
+        """
+        found = self._locate(path)
+        return found[0] if found else None
+
+    def find_step_at(self, path: str) -> Step[Any, Any] | None:
+        """The step at a run's path (see :meth:`node_at`), or None if the path names no step."""
+        node = self.node_at(path)
+        return node.step if isinstance(node, StepNode) else None
+
+    def workflows_at(self, path: str) -> tuple[CommittedWorkflow, ...]:
+        """The workflows enclosing the node at ``path``, innermost first, this one last (just this one if the
+        path names nothing): where a step's workflow-level options (retry, suspend_ttl, approvers) come from."""
+        found = self._locate(path)
+        return found[1] if found else (self,)
+
+    def option_at(self, path: str, name: str) -> Any:
+        """A workflow option for the node at ``path``: its innermost enclosing workflow's that sets it, else None."""
+        for wf in self.workflows_at(path):
+            value = getattr(wf.options, name)
+            if value is not None:
+                return value
+        return None
+
+    def _locate(self, path: str) -> tuple[Node, tuple[CommittedWorkflow, ...]] | None:
+        cache: dict[str, tuple[Node, tuple[CommittedWorkflow, ...]] | None] = self.__dict__.setdefault(
+            "_located", {})  # the tree never changes once committed; steps and resumes look their paths up
+        try:
+            return cache[path]
+        except KeyError:
+            pass
+        found = self._follow(tuple(_PATH_MARKS.sub("", s) for s in path.split("/")))
+        if len(cache) < _MAX_LOCATED:  # a path typed by a person may name nothing: do not let those pile up
+            cache[path] = found
+        return found
+
+    def _follow(self, segments: Sequence[str]) -> tuple[Node, tuple[CommittedWorkflow, ...]] | None:
+        wf: CommittedWorkflow = self
+        enclosing: tuple[CommittedWorkflow, ...] = (self,)
+        for i, segment in enumerate(segments):
+            node = _named_child(wf.root, segment)
+            if node is None:
+                return None
+            if i == len(segments) - 1:
+                return node, enclosing
+            if not isinstance(node, WorkflowNode):
+                return None
+            wf = node.workflow
+            enclosing = (wf, *enclosing)
+        return None
+
     def steps(self) -> list[Step[Any, Any]]:
         out: list[Step[Any, Any]] = []
         _collect_steps(self.root, out)
@@ -246,6 +302,26 @@ def _node_for(runnable: Any, workflow_id: str) -> Node:
     raise DefinitionError(
         f"Workflow {workflow_id!r}: expected a step (made with @step) or a committed workflow, got {runnable!r}."
     )
+
+
+#: Loop iteration (``#2``) and foreach item (``[3]``) marks at the end of a path segment.
+_PATH_MARKS = re.compile(r"(#\d+|\[\d+\])+$")
+#: How many looked-up paths a committed workflow remembers.
+_MAX_LOCATED = 4096
+
+
+def _named_child(root: Node, segment: str) -> Node | None:
+    """The node under ``root`` (within the same workflow) whose path segment is ``segment``.
+
+    Sequences, parallels, branches, loops and foreaches add no segment of their own (a loop or foreach
+    marks its body's), so the search goes through them.
+    """
+    for node in _walk(root)[1:]:
+        if isinstance(node, SequenceNode | ParallelNode | BranchNode | LoopNode | ForeachNode):
+            continue
+        if node.id == segment:
+            return node
+    return None
 
 
 def _walk(node: Node) -> list[Node]:

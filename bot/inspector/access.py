@@ -6,7 +6,7 @@
   workspace (the same rule as ``/flow status`` in Slack, :mod:`bot.run_access`), plus runs they started themselves (from the inspector's forms). Any other run is "not found" for them (404), so
   they cannot even learn that it exists.
 - Approving or rejecting a suspension follows ``bot.policy.approvers_for`` (the step's approvers, else the
-  workflow's, else THREADFLOW_APPROVERS, else the person who started the run), as the Slack buttons do.
+  workflow's around it, else THREADFLOW_APPROVERS, else the person who started the run), as the Slack buttons do.
   Cancel, re-run and send-event follow ``bot.policy.may_cancel`` (the approvers and the run's starter).
 """
 
@@ -50,11 +50,12 @@ class Access:
         team, channel = place
         return channel in seen.channels and (not seen.team or team == seen.team)
 
-    def deciders(self, run: RunRecord, step_id: str) -> set[str]:
-        return approvers_for(self.engine, run, step_id, self.approvers)
+    def deciders(self, run: RunRecord, path: str) -> set[str]:
+        """Who may decide the suspension at ``path`` (its path, not its step id: nested workflows may share ids)."""
+        return approvers_for(self.engine, run, path, self.approvers)
 
-    def may_decide(self, viewer: Viewer, run: RunRecord, step_id: str) -> bool:
-        return viewer.is_operator or (viewer.user is not None and viewer.user in self.deciders(run, step_id))
+    def may_decide(self, viewer: Viewer, run: RunRecord, path: str) -> bool:
+        return viewer.is_operator or (viewer.user is not None and viewer.user in self.deciders(run, path))
 
     def may_act(self, viewer: Viewer, run: RunRecord) -> bool:
         """Cancel, re-run from a step, send an event."""

@@ -77,8 +77,8 @@ async def resume(request: web.Request) -> web.Response:
     target = next((s for s in suspensions if path in (s.path, s.step_id)), None)
     if target is None:
         return _done(request, f"Run {run.id} does not wait at {path or 'any step'}.", ok=False)
-    if not insp.access.may_decide(viewer, run, target.step_id):
-        who = ", ".join(sorted(insp.access.deciders(run, target.step_id))) or "nobody"
+    if not insp.access.may_decide(viewer, run, target.path):
+        who = ", ".join(sorted(insp.access.deciders(run, target.path))) or "nobody"
         log.info("refused a decision on %s/%s by %s (approvers: %s)", run.id, target.path, viewer.actor, who)
         return web.Response(status=403, text=f"You can't decide this one: only {who} may.")
     decision = form.get("decision")

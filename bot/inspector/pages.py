@@ -118,11 +118,11 @@ async def live_context(insp: Inspector, viewer: Viewer, view: RunView) -> dict[s
     wf = insp.engine.workflow_of(run)
     suspensions = []
     for susp in view.open_suspensions:
-        step = wf.find_step(susp.step_id) if wf else None
+        step = wf.find_step_at(susp.path) if wf else None
         fields = step.resume.model_fields if step is not None and step.resume is not None else {}
         suspensions.append({
-            "record": susp, "may_decide": insp.access.may_decide(viewer, run, susp.step_id),
-            "deciders": sorted(insp.access.deciders(run, susp.step_id)),
+            "record": susp, "may_decide": insp.access.may_decide(viewer, run, susp.path),
+            "deciders": sorted(insp.access.deciders(run, susp.path)),
             "decision": "approved" in fields, "reason": "reason" in fields,
         })
     rows, total = timeline(view)

@@ -194,7 +194,7 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
         # The button does not belong to this message: never let one run's message decide another's step.
         await tell(deps, click, ":warning: This button does not match this message; nothing was changed.")
         return None
-    allowed = approvers_for(deps.engine, run, suspension.step_id, deps.settings.approvers)
+    allowed = approvers_for(deps.engine, run, suspension.path, deps.settings.approvers)
     if click.user not in allowed:
         who = ", ".join(blocks.mention(u) for u in sorted(allowed)) or "nobody"
         await tell(deps, click, f":no_entry: You can't decide this one; it is up to {who}. Nothing was changed.")

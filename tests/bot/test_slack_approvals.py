@@ -198,3 +198,44 @@ async def test_an_approval_nobody_answers_in_time_shows_expired_without_buttons(
     await root_shows(bot.emu, run.run_id, "failed")
     # the expiry was the only decision: the card was edited, never posted again
     assert len([m for m in replies(bot.emu, run.root) if "Approval needed" in block_text(m)]) == 1
+
+
+NESTED = "tests.helpers.nested_approval_flows"
+
+
+async def test_each_approval_of_a_nested_workflow_is_decided_by_its_own_step_approvers(start_bot: StartBot) -> None:
+    # ``review/approve`` (Alice's) and ``release/approve`` (Bob's): two steps with the id "approve", told apart by path.
+    bot = await start_bot(THREADFLOW_WORKFLOWS=NESTED)
+    emu = bot.emu
+    run = await suspend_approval(bot, "run ship v1.2", user=ALICE)
+    await emu.click(run.approval, "approve", user=ALICE)
+    await decided(emu, run.approval, f"Approved by <@{ALICE}>")
+    release = await emu.wait_for(
+        lambda: next((m for m in replies(emu, run.root) if has_buttons(m) and m.ts != run.approval.ts), None),
+        timeout=5)
+    assert await bot.settled(run.run_id, ("suspended",)) == "suspended"
+
+    await emu.click(release, "approve", user=ALICE)  # the reviewer does not decide the release
+    refusal = await emu.wait_for(lambda: emu.ephemerals(ALICE), timeout=5)
+    assert refusal[0].text == f":no_entry: You can't decide this one; it is up to <@{BOB}>. Nothing was changed."
+    await bot.idle()
+    assert (await bot.engine.get_run(run.run_id)).status == "suspended"
+
+    await emu.click(release, "approve", user=BOB)
+    assert await bot.settled(run.run_id) == "success"
+
+
+async def test_an_approval_of_a_nested_workflow_is_decided_by_that_workflows_approvers(start_bot: StartBot) -> None:
+    # ``Workflow(id="security-review", approvers=[Bob])`` used as a step of ``guarded``: Bob decides, not the starter.
+    bot = await start_bot(THREADFLOW_WORKFLOWS=NESTED)
+    emu = bot.emu
+    run = await suspend_approval(bot, "run guarded new firewall rules", user=ALICE)
+
+    await emu.click(run.approval, "approve", user=ALICE)
+    refusal = await emu.wait_for(lambda: emu.ephemerals(ALICE), timeout=5)
+    assert refusal[0].text == f":no_entry: You can't decide this one; it is up to <@{BOB}>. Nothing was changed."
+    await bot.idle()
+    assert (await bot.engine.get_run(run.run_id)).status == "suspended"
+
+    await emu.click(run.approval, "approve", user=BOB)
+    assert await bot.settled(run.run_id) == "success"

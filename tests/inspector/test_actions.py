@@ -121,3 +121,27 @@ async def test_optional_sign_in_turns_the_operator_into_a_person(
     token = await client.csrf(f"/runs/{run_id}")
     await client.post("/logout", {"csrf": token})
     assert 'value="approve"' in (await client.get(f"/runs/{run_id}"))[1]
+
+
+async def test_who_may_decide_a_step_of_a_nested_workflow_follows_its_path(
+    engine: Engine, emulator: SlackEmulator, start: StartInspector, browser: type[Browser],
+) -> None:
+    """``review/approve`` and ``release/approve`` share a step id; each is decided by its own step's approvers."""
+    from tests.helpers.nested_approval_flows import RELEASER, REVIEWER, ship
+
+    engine.register(ship)
+    run_id = await slack_run(engine, "ship", {"request": "v1.2"}, channel=GENERAL, user=REVIEWER)
+    await engine.resume(run_id, step="review/approve", data={"approved": True}, by=REVIEWER)
+    await engine.wait_for(run_id, timeout=5)
+    [waiting] = [s for s in await engine.suspensions(run_id) if s.status == "open"]
+    assert waiting.path == "release/approve"
+    client = browser((await start(slack_config(emulator))).url)
+    await client.sign_in_with_slack(emulator, REVIEWER)
+
+    status, page = await client.get(f"/runs/{run_id}")
+    assert status == 200 and f"Only {RELEASER} may decide this." in page
+    token = await client.csrf(f"/runs/{run_id}")
+    status, _, _ = await client.post(f"/runs/{run_id}/resume", {"csrf": token, "path": "release/approve",
+                                                              "decision": "approve"})
+    assert status == 403
+    assert (await engine.get_run(run_id)).status == "suspended"

@@ -413,3 +413,45 @@ async def test_parallel_of_a_step_and_a_nested_workflow(engine):
 
     assert result.output == {"square": {"n": 9}, "inner": {"n": 7}}
     assert await paths(e, result.run_id) == ["inner/double", "inner/inc", "square"]
+
+
+class Decision(BaseModel):
+    approved: bool
+
+
+async def test_a_branch_taken_before_a_suspension_is_the_branch_the_resume_continues(engine):
+    # "conditions may be async": a condition may ask something outside (a flag, an API). The branch chosen is not
+    # recorded; every walk (resume, wake-up, recovery) evaluates the conditions again. Here the person approves the
+    # step of the chosen branch; meanwhile the flag changed, and the resumed run drops the approved step and runs the
+    # other branch instead.
+    flag = {"big": True}
+    calls = Counter()
+
+    async def is_big(x) -> bool:
+        return flag["big"]
+
+    async def is_small(x) -> bool:
+        return not flag["big"]
+
+    @step(id="big", input=Num, output=Num, resume=Decision)
+    async def big(ctx: StepContext[Num]) -> Num:
+        calls["big"] += 1
+        decision = await ctx.suspend({"q": "big change, ok?"})
+        return Num(n=ctx.input.n * (10 if decision.approved else 0))
+
+    @step(id="small", input=Num, output=Num)
+    async def small(ctx: StepContext[Num]) -> Num:
+        calls["small"] += 1
+        return Num(n=ctx.input.n + 1)
+
+    wf = Workflow(id="sized", input=Num).branch([(is_big, big), (is_small, small)]).commit()
+    e = engine(wf)
+    first = await (await e.start("sized", {"n": 3})).result(timeout=5)
+    assert [s.path for s in first.suspended] == ["big"]
+
+    flag["big"] = False
+    result = await (await e.resume(first.run_id, step="big", data={"approved": True}, by="U1")).result(timeout=5)
+
+    assert result.status == "success"
+    assert result.output == {"big": {"n": 30}}
+    assert calls["small"] == 0

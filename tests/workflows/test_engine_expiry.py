@@ -6,6 +6,7 @@ import asyncio
 
 from pydantic import BaseModel
 
+from tests.helpers import eventually
 from workflows import StepContext, Workflow, step
 from workflows.errors import RunFailure
 
@@ -114,3 +115,37 @@ async def test_an_event_in_time_beats_the_timeout(engine) -> None:
     await e.send_event(run.run_id, "ping", {"pong": "here"})
     result = await e.wait_for(run.run_id, timeout=10)
     assert result.status == "success" and result.output == {"pong": "here"}
+
+
+class Num(BaseModel):
+    n: int
+
+
+async def test_a_nested_workflows_suspend_ttl_expires_its_approvals(engine):
+    # README: "Give a step suspend_ttl=3600 (or the workflow suspend_ttl=) and an unanswered approval expires into
+    # the reject path." The nested workflow's step_timeout and retry apply to its steps; its suspend_ttl does not
+    # (open_suspension reads only the run's top workflow's).
+    @step(id="ask", input=Num, output=Num, resume=Decision)
+    async def ask(ctx: StepContext[Num]) -> Num:
+        decision = await ctx.suspend({"q": "ok?"})
+        return Num(n=1 if decision.approved else 0)
+
+    inner = Workflow(id="gate", input=Num, output=Num, suspend_ttl=0.3).then(ask).commit()
+    alone = engine(inner)
+    outer = Workflow(id="outer", input=Num, output=Num).then(inner).commit()
+    nested = engine(outer)
+
+    direct = await (await alone.start("gate", {"n": 5})).result(timeout=5)
+    [own] = await alone.suspensions(direct.run_id)
+    assert own.expires_at is not None  # the workflow's own suspend_ttl, run on its own
+
+    first = await (await nested.start("outer", {"n": 5})).result(timeout=5)
+    [susp] = await nested.suspensions(first.run_id)
+    assert susp.path == "gate/ask"
+    assert susp.expires_at is not None, "the nested workflow's suspend_ttl was ignored: the approval never expires"
+    assert await eventually(lambda: _finished(nested, first.run_id)) == {"n": 0}  # expired: the reject path
+
+
+async def _finished(e, run_id):
+    run = await e.get_run(run_id)
+    return run.status == "success" and run.output

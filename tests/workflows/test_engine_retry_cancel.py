@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 
 import pytest
@@ -273,8 +274,9 @@ async def test_a_finished_run_cannot_be_canceled(engine):
 
 
 async def test_nothing_is_recorded_about_a_run_after_it_was_canceled(engine):
-    # A holder that has not noticed the cancel yet keeps retrying its step for a moment; what it
-    # says meanwhile (step.started, step.retrying) must not land after the run's final event.
+    # A holder that has not noticed the cancel yet is in the middle of an attempt; what it says then
+    # (step.started, step.retrying) must not land after the run's final event. Its failed attempt's record is
+    # refused (the run is no longer its own), so it tries no more than once after the cancel.
     attempts = Counter()
     first_failure = asyncio.Event()
 
@@ -295,6 +297,117 @@ async def test_nothing_is_recorded_about_a_run_after_it_was_canceled(engine):
     await eventually(lambda: handle.run_id not in holder._tasks)  # the heartbeat noticed and stopped it
     await asyncio.sleep(0.05)  # let any queued event writes land
 
-    assert attempts["retrying"] > at_cancel  # the holder really did keep going for a while
+    assert attempts["retrying"] <= at_cancel + 1  # the attempt under way (or due) at the cancel, no more
     events = (await other.details(handle.run_id)).events
     assert events[-1].type == "run.canceled", [e.type for e in events[-5:]]
+
+
+# -- retries durable across a restart, nested workflows, a cancel seen by one branch ------------------
+
+
+async def test_a_step_retried_across_a_restart_gets_no_more_attempts_than_its_policy(engine):
+    # RetryPolicy: "``attempts`` tries in all". A process stopped (a deploy: SIGTERM, the run handed back) while a
+    # failing step waits out its backoff: the next process starts the step over at attempt 1.
+    attempts: list[int] = []
+    failed_once = asyncio.Event()
+
+    @step(id="flaky", input=Num, output=Num, retry=RetryPolicy(attempts=3, backoff=2.0, jitter=False))
+    async def flaky(ctx: StepContext[Num]) -> Num:
+        attempts.append(ctx.attempt)
+        failed_once.set()
+        raise ConnectionError(f"try {ctx.attempt} failed")
+
+    wf = Workflow(id="flaky-wf", input=Num, output=Num).then(flaky).commit()
+    first = engine(wf)
+    handle = await first.start("flaky-wf", {"n": 1})
+    await asyncio.wait_for(failed_once.wait(), 5)
+    await first.close()  # graceful: the run is handed back during the 2 s backoff
+
+    second = engine(wf, lease_seconds=2.0)
+    await second.recover()
+    result = await second.handle(handle.run_id).result(timeout=15)
+
+    assert result.status == "failed"
+    assert len(attempts) == 3, f"the step ran {len(attempts)} times, attempts seen by it: {attempts}"
+    assert attempts == [1, 2, 3]
+
+
+async def test_a_backoff_under_way_at_a_restart_is_still_waited_out(engine):
+    # The backoff is an asyncio.sleep in the process: a restart during it runs the step again at once.
+    times: list[float] = []
+    failed_once = asyncio.Event()
+
+    @step(id="flaky", input=Num, output=Num, retry=RetryPolicy(attempts=2, backoff=3.0, jitter=False))
+    async def flaky(ctx: StepContext[Num]) -> Num:
+        times.append(time.time())
+        failed_once.set()
+        if len(times) == 1:
+            raise ConnectionError("the service is down for a moment")
+        return ctx.input
+
+    wf = Workflow(id="flaky-wf", input=Num, output=Num).then(flaky).commit()
+    first = engine(wf)
+    handle = await first.start("flaky-wf", {"n": 1})
+    await asyncio.wait_for(failed_once.wait(), 5)
+    await first.close()  # handed back during the 3 s backoff
+
+    second = engine(wf)
+    await second.recover()
+    result = await second.handle(handle.run_id).result(timeout=15)
+
+    assert result.status == "success"
+    assert times[1] - times[0] >= 2.9, f"retried {times[1] - times[0]:.2f} s after the failure, not after its 3 s backoff"
+
+
+async def test_the_run_workflows_retry_policy_applies_to_the_steps_of_a_nested_workflow(engine):
+    # A step's timeout falls back to its workflow's step_timeout, then to the run's top workflow's; its retry policy
+    # falls back only to its own (nested) workflow's: Workflow(id="deploy", retry=...) does not retry the steps of
+    # a sub-workflow it runs, while Workflow(id="deploy", step_timeout=...) does time them out.
+    attempts: list[int] = []
+
+    @step(id="shaky", input=Num, output=Num)
+    async def shaky(ctx: StepContext[Num]) -> Num:
+        attempts.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ConnectionError("flaky network")
+        return ctx.input
+
+    inner = Workflow(id="provision", input=Num, output=Num).then(shaky).commit()
+    outer = (Workflow(id="deploy", input=Num, output=Num, retry=RetryPolicy(attempts=3, backoff=0.01, jitter=False))
+             .then(inner).commit())
+    e = engine(outer)
+
+    result = await (await e.start("deploy", {"n": 1})).result(timeout=5)
+
+    assert result.status == "success", result.error
+    assert attempts == [1, 2, 3]
+
+
+async def test_a_foreach_canceled_from_another_engine_starts_no_item_after_its_holder_saw_the_cancel(engine):
+    # The holder learns of the cancel at its next commit (LeaseLost). In a sequence that ends the walk; in a
+    # foreach every remaining item still starts (its step code runs, side effects included), each failing only
+    # at its own commit, until the lease keeper's next renewal (a third of a 30 s lease by default).
+    started: list[str] = []
+    first = asyncio.Event()
+
+    @step(id="item", input=Num, output=Num)
+    async def item(ctx: StepContext[Num]) -> Num:
+        started.append(ctx.path)
+        first.set()
+        await asyncio.sleep(0.05)
+        return ctx.input
+
+    wf = (Workflow(id="each", input=Num)
+          .foreach(item, items=lambda x: [{"n": i} for i in range(x.n)], concurrency=1)
+          .commit())
+    holder = engine(wf, lease_seconds=30.0)
+    other = engine(wf, lease_seconds=30.0)
+    handle = await holder.start("each", {"n": 12})
+    await asyncio.wait_for(first.wait(), 5)
+
+    await other.cancel(handle.run_id, by="admin")
+    await asyncio.sleep(1.0)  # ample time for the item in flight to finish and find its commit refused
+
+    assert await status_of(other, handle.run_id) == "canceled"
+    # item[0] was in flight at the cancel; at most one more may have been between its start and its commit.
+    assert len(started) <= 2, f"items started after the holder's commit was refused: {started}"

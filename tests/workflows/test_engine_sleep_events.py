@@ -320,3 +320,37 @@ async def test_two_events_sent_at_once_from_two_processes_are_both_received(engi
         outcomes = await asyncio.gather(a.send_event(run_id, "ping", {"n": n}), b.send_event(run_id, "ping", {"n": -n}))
         assert sorted(outcomes) in (["buffered", "delivered"], ["delivered", "delivered"])
         assert (await runner.handle(run_id).result(timeout=5)).status == "success", (n, outcomes)
+
+
+class Sizing(BaseModel):
+    size: int
+
+
+class Signoff(BaseModel):
+    who: str
+
+
+async def test_an_event_is_validated_against_the_wait_the_run_is_at(engine):
+    # Two waits for the same event name with their own schemas (one each: "two waits in a row take one event each").
+    # send_event validates the data against the first wait node with that name anywhere in the tree, so the data
+    # the second wait expects is refused while the run waits there.
+    wf = (Workflow(id="two-waits", input=Num)
+          .wait_for_event("reply", Sizing, id="sizing")
+          .wait_for_event("reply", Signoff, id="signoff")
+          .commit())
+    e = engine(wf)
+    handle = await e.start("two-waits", {"n": 1})
+    assert (await handle.result(timeout=5)).status == "waiting"
+    await e.send_event(handle.run_id, "reply", {"size": 3})
+    await eventually(lambda: _waits_at(e, handle.run_id, "signoff"))
+
+    await e.send_event(handle.run_id, "reply", {"who": "U1"})
+    result = await e.handle(handle.run_id).result(timeout=5)
+
+    assert result.status == "success"
+    assert result.output == {"who": "U1"}
+
+
+async def _waits_at(e, run_id, path):
+    run = await e.get_run(run_id)
+    return run.status == "waiting" and any(s.path == path and s.status == "open" for s in await e.suspensions(run_id))

@@ -642,3 +642,46 @@ async def test_a_resume_under_way_when_the_engine_closes_leaves_the_run_to_other
     # any process, or not resumed at all.
     assert not (run.status == "running" and run.owner == e.owner), (run.status, run.owner)
     assert not e._tasks and calls["after"] == 0
+
+
+class Confirm(BaseModel):
+    confirm: str
+
+
+async def test_resume_validates_with_the_resume_model_of_the_step_at_the_resumed_path(engine):
+    # Step ids must be unique within a workflow, but commit() accepts two nested workflows that each have a step
+    # "approve" (paths review/approve and release/approve). A resume of release/approve is validated against
+    # review's "approve" step (find_step returns the first step with that id).
+    @step(id="approve", input=Num, output=Num, resume=Decision)
+    async def review_approve(ctx: StepContext[Num]) -> Num:
+        decision = await ctx.suspend({"q": "review ok?"})
+        return Num(n=ctx.input.n + (1 if decision.approved else 0))
+
+    @step(id="approve", input=Num, output=Num, resume=Confirm)
+    async def release_approve(ctx: StepContext[Num]) -> Num:
+        answer = await ctx.suspend({"q": "type the version to release"})
+        return Num(n=ctx.input.n + len(answer.confirm))
+
+    review = Workflow(id="review", input=Num, output=Num).then(review_approve).commit()
+    release = Workflow(id="release", input=Num, output=Num).then(release_approve).commit()
+    outer = Workflow(id="ship", input=Num, output=Num).then(review).then(release).commit()
+    e = engine(outer)
+    handle = await e.start("ship", {"n": 1})
+    first = await handle.result(timeout=5)
+    assert first.suspended and [s.path for s in first.suspended] == ["review/approve"]
+    await e.resume(handle.run_id, step="review/approve", data={"approved": True})
+    second = await eventually(lambda: _suspended_at(e, handle.run_id, "release/approve"))
+    assert second
+
+    await e.resume(handle.run_id, step="release/approve", data={"confirm": "v1.2"})
+    result = await e.handle(handle.run_id).result(timeout=5)
+
+    assert result.status == "success", result.error
+    assert result.output == {"n": 6}
+
+
+async def _suspended_at(e, run_id, path):
+    run = await e.get_run(run_id)
+    if run.status != "suspended":
+        return False
+    return any(s.path == path and s.status == "open" for s in await e.suspensions(run_id))

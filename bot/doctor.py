@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,6 +94,7 @@ def check_settings(settings: Settings) -> list[Check]:
                             "https://YOUR-HOST/slack/events; set it so `threadflow manifest` fills in the URLs."))
     checks.append(_check_workflows(settings))
     checks.extend(_check_models(settings))
+    checks.extend(_check_tuning())
     checks.append(Check("THREADFLOW_TIMEZONE", "ok", f"schedules default to {settings.timezone}."))
     return checks
 
@@ -186,6 +188,26 @@ def _check_models(settings: Settings) -> list[Check]:
             checks.append(Check("THREADFLOW_EMBEDDER", "ok", f"memory recall uses {settings.embedder}."))
         except ThreadflowError as exc:
             checks.append(Check("THREADFLOW_EMBEDDER", "fail", str(exc)))
+    return checks
+
+
+def _check_tuning() -> list[Check]:
+    """The numeric settings read from the environment where they are used (not by :class:`Settings`): one
+    failed line for each malformed one, nothing when they are fine or unset."""
+    from storage.backends import busy_timeout_ms, sqlite_synchronous
+    from storage.errors import DatabaseSettingError
+    from workflows.errors import UsageError
+    from workflows.models import model_max_attempts, model_timeout
+
+    checks: list[Check] = []
+    readers: list[tuple[str, Callable[[], object]]] = [
+        ("THREADFLOW_MODEL_TIMEOUT", model_timeout), ("THREADFLOW_MODEL_MAX_ATTEMPTS", model_max_attempts),
+        ("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", busy_timeout_ms), ("THREADFLOW_SQLITE_SYNCHRONOUS", sqlite_synchronous)]
+    for name, read in readers:
+        try:
+            read()
+        except (UsageError, DatabaseSettingError) as exc:
+            checks.append(Check(name, "fail", str(exc).removeprefix(f"{name} ")))
     return checks
 
 

@@ -25,7 +25,8 @@ Endpoints on the emulator's app (JSON in, JSON out):
   with ``SlackEmulator.fail_next``/``slow``/``realistic``: ``{"realistic": true}`` (0.1-0.3 s per call and
   Slack's rate limits), ``{"latency": {"chat.update": 0.3}}`` (seconds, or ``[low, high]``; 0 removes it),
   ``{"fail_next": [{"method": "chat.postMessage", "status": 429, "times": 4, "retry_after": 1}]}`` (also
-  ``error``, ``delay`` past the bot's timeout, ``drop``), ``{"clear_faults": true}``
+  ``error``, ``delay`` past the bot's timeout, ``drop``), ``{"clear_faults": true}`` (every failure and
+  every latency; realistic mode stays until ``{"realistic": false}``)
 
 Streamed answers grow on the page as the bot appends to them (``message.updated`` carries the stream's state
 and its task cards); feedback buttons under answers click like any button (``value`` ``positive``/``negative``).
@@ -461,7 +462,7 @@ class SandboxPage:
             raise PageError(f"Unknown Web API method {', '.join(unknown)}; use '*' or one of "
                             f"{', '.join(sorted(self.emulator.web_api.methods))}.")
         if change.clear_faults:
-            self.emulator.clear_faults()
+            self._clear_faults()
         if change.realistic is not None:
             self.emulator.realistic(change.realistic)
         for method, span in (change.latency or {}).items():
@@ -474,6 +475,15 @@ class SandboxPage:
             self.emulator.fail_next(fault.method, status=fault.status, retry_after=fault.retry_after, times=fault.times,
                                     error=fault.error, delay=fault.delay, drop=fault.drop)
         return self.slack_behaviour()
+
+    def _clear_faults(self) -> None:
+        """``clear_faults``: every pending failure and every slowed method go, so the README's reset line resets;
+        realistic mode (its latency and Slack's limits) stays until ``"realistic": false``."""
+        web_api = self.emulator.web_api
+        self.emulator.clear_faults()
+        web_api.latency.ranges.clear()
+        if web_api.rate_limits.enabled:
+            self.emulator.realistic(True)
 
 
 #: Seconds a call of the sandbox's Slack may be made to take.

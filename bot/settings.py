@@ -1,15 +1,23 @@
-"""Settings from the environment or a ``.env`` file (pydantic-settings). Secrets stay ``SecretStr``."""
+"""Settings from the environment or a ``.env`` file (pydantic-settings). Secrets stay ``SecretStr``.
+
+:func:`load_settings` also copies the ``.env`` file into ``os.environ`` (a variable already set wins): the
+parts of threadflow that run without a :class:`Settings` object (an agent's model, deploy-app's workspace,
+the SQLite tuning) read the environment, and a setting must mean the same wherever it is put.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from storage.urls import DEFAULT_DATABASE_URL
 
 SLACK_API_URL = "https://slack.com/api/"
+ENV_FILE = ".env"
 
 
 class SettingsError(Exception):
@@ -17,7 +25,7 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", populate_by_name=True)
 
     slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
@@ -180,8 +188,24 @@ def _set(value: SecretStr | None) -> bool:
     return value is not None and bool(value.get_secret_value().strip())
 
 
+def export_env_file(path: str = ENV_FILE) -> None:
+    """Copy every variable of the ``.env`` file into ``os.environ``, unless the environment already has it.
+
+    Why: :class:`Settings` reads ``.env`` by itself, but agents' models (``THREADFLOW_MODEL``,
+    ``OPENAI_API_KEY``, ``THREADFLOW_MODEL_TIMEOUT``, ...), deploy-app (``THREADFLOW_WORKSPACE``) and the
+    SQLite tuning (``THREADFLOW_SQLITE_*``) read the environment; without this they would ignore ``.env``.
+    The environment wins, as it does for :class:`Settings`. A missing file exports nothing.
+    """
+    for name, value in dotenv_values(path, encoding="utf8").items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings, turning validation errors into one line that names the setting."""
+    """Read settings, turning validation errors into one line that names the setting.
+
+    The ``.env`` file is exported to the environment first (see :func:`export_env_file`)."""
+    export_env_file()
     try:
         return Settings(**overrides)
     except ValidationError as exc:

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool, StaticPool
 
 from . import jsoncodec
+from .errors import DatabaseSettingError
 from .failure_log import FailureLog
 from .faults import connection_dropped, transient_kind
 from .pgconn import PgConnection, is_autocommit_safe
@@ -823,9 +824,36 @@ def _is_busy(exc: BaseException) -> bool:
     return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(orig)
 
 
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
 def busy_timeout_ms() -> int:
-    """How long a SQLite connection waits for another connection's lock before "database is locked"."""
-    return int(os.environ.get("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "30000"))
+    """How long a SQLite connection waits for another connection's lock before "database is locked":
+    ``THREADFLOW_SQLITE_BUSY_TIMEOUT_MS``, default 30000. A malformed value is a :class:`DatabaseSettingError`
+    that names the setting (``threadflow doctor`` calls this too), not a traceback from ``int()``."""
+    text = os.environ.get("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "").strip()
+    if not text:
+        return 30000
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise DatabaseSettingError(f"THREADFLOW_SQLITE_BUSY_TIMEOUT_MS must be a whole number of milliseconds, "
+                                   f"0 or more, like 30000; got {text!r}.")
+    return value
+
+
+def sqlite_synchronous() -> str:
+    """``THREADFLOW_SQLITE_SYNCHRONOUS`` (default NORMAL); a typo is an error rather than a silent NORMAL,
+    since whoever set FULL wanted every commit to survive a power loss."""
+    text = os.environ.get("THREADFLOW_SQLITE_SYNCHRONOUS", "").strip()
+    if not text:
+        return "NORMAL"
+    if text.upper() not in SQLITE_SYNCHRONOUS:
+        raise DatabaseSettingError(f"THREADFLOW_SQLITE_SYNCHRONOUS must be one of {', '.join(SQLITE_SYNCHRONOUS)}; "
+                                   f"got {text!r}.")
+    return text.upper()
 
 
 def _enable_wal(cursor: Any, busy_ms: int) -> None:
@@ -848,9 +876,7 @@ def _enable_wal(cursor: Any, busy_ms: int) -> None:
 def configure_sqlite(engine: Engine, *, begin: str | None, busy_ms: int | None = None) -> None:
     """WAL, a busy timeout, and explicit transaction control (pysqlite's own is off)."""
     busy_ms = busy_timeout_ms() if busy_ms is None else busy_ms
-    synchronous = os.environ.get("THREADFLOW_SQLITE_SYNCHRONOUS", "NORMAL").upper()
-    if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        synchronous = "NORMAL"
+    synchronous = sqlite_synchronous()
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

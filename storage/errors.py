@@ -2,6 +2,7 @@
 
     StorageError
      +-- DatabaseURLError        the configured URL is not one threadflow can use (user's fault)
+     +-- DatabaseSettingError    a THREADFLOW_SQLITE_* setting is malformed (user's fault)
      +-- DatabaseUnavailable     the database cannot be reached, opened or written (retried first, when it may pass)
      +-- MigrationError          the schema could not be brought up to date
 """
@@ -15,6 +16,10 @@ class StorageError(Exception):
 
 class DatabaseURLError(StorageError, ValueError):
     """The database URL is malformed or names an unsupported database."""
+
+
+class DatabaseSettingError(StorageError, ValueError):
+    """A database setting other than the URL (``THREADFLOW_SQLITE_*``) is malformed; the message names it."""
 
 
 class DatabaseUnavailable(StorageError):

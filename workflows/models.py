@@ -13,12 +13,13 @@ enough for English prose to budget context, and free.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import DefinitionError
+from .errors import DefinitionError, UsageError
 from .model_capabilities import PROFILES, ModelProfile, forget_capabilities, resolve_profile
 from .model_streaming import StreamAssembler, response_events, stream_or_complete
 from .model_types import (
@@ -73,6 +74,8 @@ __all__ = [
     "estimate_tokens",
     "fill_schema",
     "forget_capabilities",
+    "model_max_attempts",
+    "model_timeout",
     "resolve_embedder",
     "resolve_model",
     "resolve_profile",
@@ -142,10 +145,47 @@ class ModelConfig:
             embedder=pick("embedder", "THREADFLOW_EMBEDDER"),
             openai_api_key=pick("openai_api_key", "OPENAI_API_KEY"),
             openai_base_url=pick("openai_base_url", "OPENAI_BASE_URL"),
-            timeout=float(pick("model_timeout", "THREADFLOW_MODEL_TIMEOUT") or 60.0),
-            max_attempts=int(pick("model_max_attempts", "THREADFLOW_MODEL_MAX_ATTEMPTS") or 4),
+            timeout=model_timeout(pick("model_timeout", "THREADFLOW_MODEL_TIMEOUT")),
+            max_attempts=model_max_attempts(pick("model_max_attempts", "THREADFLOW_MODEL_MAX_ATTEMPTS")),
             profile=pick("model_profile", "THREADFLOW_MODEL_PROFILE"),
         )
+
+
+def model_timeout(text: str | None = None) -> float:
+    """Seconds one model request may take: ``text``, else ``THREADFLOW_MODEL_TIMEOUT``, else 60.
+
+    Checked here (not left to ``float()``) so a typo names the setting instead of failing every agent
+    call with "could not convert string to float"; ``threadflow doctor`` calls this too."""
+    text = _setting_text("THREADFLOW_MODEL_TIMEOUT", text)
+    if text is None:
+        return 60.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # also NaN
+        raise UsageError(f"THREADFLOW_MODEL_TIMEOUT must be a number of seconds above 0, like 60; got {text!r}.")
+    return value
+
+
+def model_max_attempts(text: str | None = None) -> int:
+    """Tries of one model request: ``text``, else ``THREADFLOW_MODEL_MAX_ATTEMPTS``, else 4 (see :func:`model_timeout`)."""
+    text = _setting_text("THREADFLOW_MODEL_MAX_ATTEMPTS", text)
+    if text is None:
+        return 4
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"THREADFLOW_MODEL_MAX_ATTEMPTS must be a whole number of tries, 1 or more, like 4; got {text!r}.")
+    return value
+
+
+def _setting_text(env: str, text: str | None) -> str | None:
+    """``text``, else the environment variable; blank means unset (the default)."""
+    text = os.environ.get(env) if text is None else text
+    return text.strip() if text and text.strip() else None
 
 
 def resolve_model(

@@ -365,6 +365,17 @@ async def test_a_person_switches_slack_faults_on_and_off_from_the_sandbox(http: 
     assert "realistc" in bad["error"]
 
 
+async def test_clear_faults_also_removes_slowed_methods_but_not_realistic_mode(http: Page) -> None:
+    """The README's reset line (``clear_faults`` + ``realistic: false``) left an earlier latency in place."""
+    await http.post("/sandbox/faults", {"latency": {"chat.update": 0.3}, "fail_next": [{"method": "chat.update"}]})
+    reset = await http.post("/sandbox/faults", {"clear_faults": True, "realistic": False})
+    assert reset["latency"] == {} and reset["faults"] == [] and reset["realistic"] is False
+
+    await http.post("/sandbox/faults", {"realistic": True, "latency": {"chat.update": 0.3}})
+    kept = await http.post("/sandbox/faults", {"clear_faults": True})
+    assert kept["realistic"] is True and kept["latency"] == {"*": [0.1, 0.3]}
+
+
 async def test_approving_from_the_run_inspector_updates_the_slack_card(http: Page) -> None:
     """``threadflow dev`` serves the inspector beside the sandbox: a decision there goes through the same
     compare-and-set as the buttons, and the card in Slack says who decided."""

@@ -120,6 +120,20 @@ async def test_a_malformed_setting_is_named(tmp_path: Path) -> None:
     assert code == 2 and "THREADFLOW_TIMEZONE" in err and "'Mars/Olympus' is not a known time zone" in err
 
 
+async def test_malformed_model_and_sqlite_tuning_are_each_a_failed_line(tmp_path: Path, migrated: str) -> None:
+    """Read where they are used, not by Settings: unchecked, every agent call failed with "could not convert
+    string to float" and doctor said nothing."""
+    code, out, _ = await doctor(tmp_path, THREADFLOW_DATABASE_URL=migrated, THREADFLOW_MODEL_TIMEOUT="60s",
+                                THREADFLOW_MODEL_MAX_ATTEMPTS="four", THREADFLOW_SQLITE_BUSY_TIMEOUT_MS="30s",
+                                THREADFLOW_SQLITE_SYNCHRONOUS="FUL")
+    assert code == 1
+    failed = "\n".join(line for line in out.splitlines() if line.startswith("[FAIL]"))
+    assert "THREADFLOW_MODEL_TIMEOUT: must be a number of seconds above 0, like 60; got '60s'." in failed, out
+    assert "THREADFLOW_MODEL_MAX_ATTEMPTS: must be a whole number of tries, 1 or more, like 4; got 'four'." in failed
+    assert "THREADFLOW_SQLITE_BUSY_TIMEOUT_MS: must be a whole number of milliseconds" in failed
+    assert "THREADFLOW_SQLITE_SYNCHRONOUS: must be one of OFF, NORMAL, FULL, EXTRA; got 'FUL'." in failed
+
+
 # -- scopes, from the x-oauth-scopes header a real Slack sends ------------------------------------------
 
 

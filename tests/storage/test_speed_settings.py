@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from storage import Database, DatabaseURLError, jsoncodec
+from storage.errors import DatabaseSettingError
 from storage.schema_head import head_revision
 
 
@@ -36,6 +37,20 @@ async def test_synchronous_commit_in_the_url_reaches_every_connection(db_url: st
 def test_a_bad_synchronous_commit_is_refused_with_the_values_to_use() -> None:
     with pytest.raises(DatabaseURLError, match="synchronous_commit='sometimes'.*on, off, local"):
         Database("postgresql+asyncpg://postgres@127.0.0.1/test?synchronous_commit=sometimes")
+
+
+@pytest.mark.parametrize(("name", "value", "wanted"), [
+    ("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "30s", "a whole number of milliseconds"),
+    ("THREADFLOW_SQLITE_SYNCHRONOUS", "FUL", "one of OFF, NORMAL, FULL, EXTRA"),
+])
+async def test_a_malformed_sqlite_setting_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             name: str, value: str, wanted: str) -> None:
+    """Not a ValueError from ``int()``, nor a typo of FULL silently running with NORMAL."""
+    monkeypatch.setenv(name, value)
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(DatabaseSettingError, match=f"{name} must be {wanted}.*; got '{value}'"):
+        await db.open()
+    await db.close()
 
 
 def test_the_head_revision_is_read_from_the_migration_files() -> None:

@@ -1,0 +1,80 @@
+"""Where the ``threadflow`` command takes its settings from: ``.env`` as well as the environment (README,
+"Running it in your Slack workspace"), and a malformed one as one line with exit status 2 (README, "The CLI").
+
+The settings go only into ``.env`` (or only into the environment), and the real command runs as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import DUMMY_KEY, FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def threadflow(cwd: Path, *args: str, **env: str) -> tuple[int, str, str]:
+    """``threadflow ARGS`` in ``cwd`` with only ``env`` set; this event loop keeps serving the fakes meanwhile."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("THREADFLOW_", "SLACK_", "OPENAI_"))}
+    full.update(env, PYTHONPATH=str(ROOT))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", *args, cwd=cwd, env=full,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI(profile="openai") as fake:
+        yield fake
+
+
+async def test_model_settings_in_dotenv_are_used_by_agents(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    """Settings read ``.env``, but agents read their model from the environment: they answered offline."""
+    (tmp_path / ".env").write_text(
+        f"OPENAI_API_KEY={DUMMY_KEY}\nOPENAI_BASE_URL={fake_openai.base_url}\nTHREADFLOW_MODEL=openai:gpt-4o-mini\n"
+        f"THREADFLOW_DATABASE_URL=sqlite+aiosqlite:///{tmp_path / 'x.db'}\n")
+    fake_openai.reply_text("Hello from the configured server.")
+    code, out, err = await threadflow(tmp_path, "run", "chat-flow", "--input", '{"prompt": "hi there"}')
+    assert code == 0, out + err
+    result = json.loads(out)
+    assert result["status"] == "success"
+    assert "offline" not in result["output"]["text"], result["output"]
+    assert fake_openai.chat_requests, "the agent never called the model server named in .env"
+
+
+async def test_workspace_setting_in_dotenv_is_where_deploy_app_writes(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"THREADFLOW_WORKSPACE={tmp_path / 'tf-out'}\nTHREADFLOW_DATABASE_URL=sqlite+aiosqlite:///{tmp_path / 'x.db'}\n")
+    code, out, err = await threadflow(tmp_path, "run", "deploy-app", "--input", '{"cost_threshold": 100000}')
+    assert code in (0, 1), out + err
+    run_id = json.loads(out)["run_id"]
+    assert list((tmp_path / "tf-out" / run_id).glob("*.tf")), "no .tf files under THREADFLOW_WORKSPACE from .env"
+
+
+async def test_the_environment_wins_over_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"THREADFLOW_WORKSPACE={tmp_path / 'from-dotenv'}\n")
+    code, out, err = await threadflow(tmp_path, "run", "deploy-app", "--input", '{"cost_threshold": 100000}',
+                                      THREADFLOW_WORKSPACE=str(tmp_path / "from-env"),
+                                      THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    assert code in (0, 1), out + err
+    assert (tmp_path / "from-env").exists() and not (tmp_path / "from-dotenv").exists()
+
+
+@pytest.mark.parametrize(("name", "value"), [("THREADFLOW_SQLITE_BUSY_TIMEOUT_MS", "30s"),
+                                             ("THREADFLOW_SQLITE_SYNCHRONOUS", "FUL")])
+async def test_a_malformed_sqlite_setting_is_one_line_and_exit_2(tmp_path: Path, name: str, value: str) -> None:
+    """Unchecked, the busy timeout was a ValueError traceback (exit 1), and a synchronous typo silently NORMAL."""
+    code, _, err = await threadflow(tmp_path, "run", "greet-user", "--input", '{"name": "Ada"}', **{name: value},
+                                    THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    assert "Traceback" not in err, err[-600:]
+    assert code == 2 and err.startswith(f"error: {name} must be") and err.count("\n") == 1, (code, err)

@@ -21,7 +21,7 @@ from . import blocks
 from .delivery.live import can_stream_to
 from .deps import BotDeps
 from .slack import SlackCallError, with_retries
-from .slack.streams import AnswerStream, clip_field
+from .slack.streams import AnswerStream, clip_field, markdown_block
 
 log = logging.getLogger("threadflow.bot.chat")
 
@@ -92,9 +92,12 @@ async def _answer_whole(deps: BotDeps, agent: Any, prompt: str, *, thread: Any, 
     except Exception as exc:
         log.exception("thread chat failed")
         reply = f":warning: I could not answer ({type(exc).__name__})."
-    body = [*blocks.text_reply(reply), *feedback_under(result)]
+    # One markdown block, like a streamed answer posted whole: it holds 12,000 characters, where a section
+    # would cut the answer at 3,000; ``text`` is only the notification.
+    body = [markdown_block(reply), *feedback_under(result)]
+    text = blocks.clip(reply, blocks.TEXT_LIMIT)
     try:
-        await with_retries(lambda: deps.slack.post_message(channel, reply, blocks=body, thread_ts=thread_ts))
+        await with_retries(lambda: deps.slack.post_message(channel, text, blocks=body, thread_ts=thread_ts))
     except SlackCallError as exc:
         log.error("could not post the answer to %s's message: %s", author, exc)
     return result

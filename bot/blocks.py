@@ -30,7 +30,12 @@ from slack_sdk.models.views import View
 SECTION_LIMIT = 2900
 MAX_BLOCKS = 50
 
-_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+#: A Slack user id: ``U`` or ``W`` then upper-case letters and digits, at least one a digit (``U0ALICE``,
+#: ``U012AB3CD``). Words such as ``URGENT``, ``USD`` or a name typed on the CLI (``Walter``) are not ids: shown
+#: as ``<@URGENT>`` Slack would render a mention of a user that does not exist.
+_USER_ID = re.compile(r"[UW](?=[A-Z0-9]*[0-9])[A-Z0-9]{4,12}")
+#: What a notification's ``text`` may hold (Slack takes 40,000; a notification needs far less).
+TEXT_LIMIT = 3000
 
 APPROVE, REJECT, REJECT_WITH_REASON = "approve", "reject", "reject_with_reason"
 #: The feedback buttons under every agent answer (Slack's ``feedback_buttons`` in a ``context_actions`` block).
@@ -53,6 +58,8 @@ STEP_ICON = {
     "failed": ":x:",
     "suspended": ":double_vertical_bar:",
     "waiting": ":zzz:",
+    "canceled": ":no_entry_sign:",
+    "stopped": ":black_square_for_stop:",
 }
 
 
@@ -63,7 +70,15 @@ def escape(text: str) -> str:
 
 
 def clip(text: str, limit: int = SECTION_LIMIT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` cut to ``limit`` characters with a visible "…". The cut never splits an entity of ``escape``
+    (``&lt;`` would show as ``&l…``): a trailing ``&`` without its ``;`` is dropped with the rest."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    amp = cut.rfind("&", max(0, len(cut) - 4))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
 
 
 def pretty(value: Any, limit: int = 1500) -> str:
@@ -129,10 +144,16 @@ def root_message(cl: Checklist) -> tuple[str, list[dict[str, Any]]]:
     return fallback, [b.to_dict() for b in blocks[:MAX_BLOCKS]]
 
 
+def is_user_id(text: str) -> bool:
+    """Whether ``text`` is shaped like a Slack user id (see ``_USER_ID``)."""
+    return _USER_ID.fullmatch(text) is not None
+
+
 def mention(user: str | None) -> str:
+    """A mention of ``user`` when it is a Slack user id; any other name (``--by Walter`` on the CLI) as text."""
     if not user:
         return "someone"
-    return f"<@{user}>" if user[:1] in "UW" and user.isalnum() else escape(user)
+    return f"<@{user}>" if is_user_id(user) else escape(user)
 
 
 def approval_message(run_id: str, path: str, payload: Any, expires_at: float | None, *,
@@ -155,7 +176,7 @@ def approval_message(run_id: str, path: str, payload: Any, expires_at: float | N
         ]),
     ]
     fallback = title if "approv" in title.lower() else f"{title}: approval needed"
-    return fallback, [b.to_dict() for b in blocks]
+    return clip(fallback, TEXT_LIMIT), [b.to_dict() for b in blocks]
 
 
 def decided_message(run_id: str, path: str, payload: Any, approved: bool, by: str | None,
@@ -168,7 +189,7 @@ def decided_message(run_id: str, path: str, payload: Any, approved: bool, by: st
         verdict = f":white_check_mark: Approved by {mention(by)}"
     else:
         verdict = f":x: Rejected by {mention(by)}" + (f": {escape(reason)}" if reason else "")
-    return verdict, _closed_approval(run_id, path, title, body, verdict)
+    return clip(verdict, TEXT_LIMIT), _closed_approval(run_id, path, title, body, verdict)
 
 
 def withdrawn_message(run_id: str, path: str, payload: Any, why: str) -> tuple[str, list[dict[str, Any]]]:
@@ -215,7 +236,7 @@ def describe_payload(payload: Any) -> tuple[str, str]:
         shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
         if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
             shown = ", ".join(str(v) for v in value)
-        shown = mention(value) if isinstance(value, str) and _USER_ID.fullmatch(value) else escape(shown)
+        shown = mention(value) if isinstance(value, str) and is_user_id(value) else escape(shown)
         lines.append(f"*{escape(key.replace('_', ' '))}:* {shown}")
     return title, clip("\n".join(lines), 2500)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.request.async_internals import build_async_context
+from slack_bolt.request.async_request import AsyncBoltRequest
 
 from workflows import Engine
 
@@ -30,6 +33,48 @@ METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 MAX_BODY = 1024 * 1024
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
+def form_fields(raw_body: str, content_type: str | None) -> dict[str, str] | None:
+    """The fields of a form-encoded body that is not an interaction (no ``payload`` field), else None.
+
+    bolt takes any form body in which the letters ``payload`` occur *anywhere* for an interaction
+    (``payload={json}``): a slash command whose text, channel or user name holds the word would reach bolt as
+    ``{}`` and be answered 404. The fields parsed here are what bolt should have seen."""
+    if content_type != FORM or raw_body.startswith("{"):
+        return None
+    fields = dict(parse_qsl(raw_body, keep_blank_values=True))
+    return None if "payload" in fields else fields
+
+
+class SlackRequest(AsyncBoltRequest):
+    """A bolt request whose form body is parsed by its fields, not by a substring (see ``form_fields``).
+
+    The signature is still verified on ``raw_body``, the bytes Slack signed; only ``body`` (what listeners see)
+    and the context built from it change."""
+
+    def __init__(self, *, body: str | dict[str, Any], query: Any = None,
+                 headers: Any = None, context: dict[str, Any] | None = None,
+                 mode: str = "http") -> None:
+        super().__init__(body=body, query=query, headers=headers, context=context, mode=mode)
+        fields = form_fields(self.raw_body, self.content_type)
+        if fields is not None and fields != self.body:
+            self.body = fields
+            self.context = build_async_context(self.context, self.body)
+
+    def to_copyable(self) -> SlackRequest:
+        """A copy for a lazy listener, parsed the same way (bolt's own copy would re-parse the raw body)."""
+        return SlackRequest(body=self.raw_body if self.mode == "http" else self.body, query=self.query,
+                            headers=dict(self.headers), context=self.context.to_copyable(), mode=self.mode)
+
+
+async def slack_request(request: web.Request) -> SlackRequest:
+    """What bolt's aiohttp adapter (``to_bolt_request``) builds, parsed as ``SlackRequest``."""
+    return SlackRequest(body=await request.text(), query=request.query_string,
+                        headers=dict(request.headers))
+
+
 async def slack_events(request: web.Request) -> web.Response:
     """Every Slack request (commands, interactivity, events) arrives here; bolt verifies the signature.
 
@@ -43,7 +88,7 @@ async def slack_events(request: web.Request) -> web.Response:
         log.warning("dropped a Slack request whose body did not arrive within %s s", timeout)
         return web.json_response({"error": "request body too slow"}, status=408)
     try:
-        bolt_request = await to_bolt_request(request)  # reads the body already read above
+        bolt_request = await slack_request(request)  # reads the body already read above
         bolt_response = await bot.app.async_dispatch(bolt_request)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
         # A signed request bolt cannot parse or route (malformed payload): a client error, not a crash.

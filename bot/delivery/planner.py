@@ -29,6 +29,7 @@ from workflows.events import (
 
 from .. import blocks
 from ..blocks import Checklist
+from ..slack.streams import markdown_block
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class StepPresentation:
 
 #: ``describe(workflow_id, step_id)``: how to show that step, or None for a step it does not know.
 DescribeStep = Callable[[str, str], StepPresentation | None]
+
+
+#: Checklist states of a step that has not ended (see ``RunView._stop_unfinished``).
+UNFINISHED = frozenset({"running", "retrying", "waiting", "suspended"})
 
 
 @dataclass
@@ -137,9 +142,18 @@ class RunView:
         elif isinstance(data, RunFinished):
             cl.status, cl.error = data.status, data.error_message
             self._withdraw_open(f"the run {data.status}.")
+            self._stop_unfinished("stopped", "not finished: the run ended")
         elif isinstance(data, RunCanceled):
             cl.status, cl.canceled_by = "canceled", data.by
             self._withdraw_open(f"the run was canceled by {blocks.mention(data.by)}.")
+            self._stop_unfinished("canceled", "canceled")
+
+    def _stop_unfinished(self, state: str, note: str) -> None:
+        """Lines still running or waiting when the run ended: left as they were, the checklist of a canceled
+        run would go on saying a step waits for approval while its card says no decision is needed."""
+        for line in self.checklist.steps.values():
+            if line.state in UNFINISHED:
+                line.state, line.note = state, note
 
     def _withdraw_open(self, why: str) -> None:
         for card in self.open_approvals:
@@ -233,13 +247,17 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
 
 def output_post(step: StepPresentation | None, run_id: str, path: str, step_id: str, output: Any) -> dict[str, Any] | None:
     """An agent step's output as a thread post: its text, the feedback buttons, and what the live stream of
-    the step needs to end with this answer (``stream``: the step's path, and the answer in markdown)."""
+    the step needs to end with this answer (``stream``: the step's path, and the answer in markdown).
+
+    The post shows the answer in one ``markdown`` block, as a stream posted whole does (12,000 characters,
+    where a section would cut it at 3,000); ``text``, the notification, is the short readable form."""
     text = readable_output(step, step_id, output)
     if text is None or step is None:
         return None
+    shown = markdown_block(stream_header(step.name, step_id) + stream_answer(output))
     return {
         "text": text,
-        "blocks": [*blocks.text_reply(text), blocks.feedback_block({"run_id": run_id, "path": path})],
+        "blocks": [shown, blocks.feedback_block({"run_id": run_id, "path": path})],
         "stream": {"path": path, "answer": stream_answer(output)},
     }
 

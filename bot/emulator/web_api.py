@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .limits import block_problems, text_too_long
 from .realism import REALISTIC_LATENCY, Latency, RateLimits
 from .state import ApiCall, Json, Message, ResponseUrl, View, WorkspaceState, truthy
 
@@ -25,9 +26,11 @@ Handler = Callable[[Json, str], Json]
 class ApiError(Exception):
     """Raised by a method handler to answer ``{"ok": false, "error": ...}`` (HTTP 200, as Slack)."""
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, messages: list[str] | None = None) -> None:
         super().__init__(error)
         self.error = error
+        #: Slack's reasons, answered as ``response_metadata.messages`` (``invalid_blocks`` lists them).
+        self.messages = messages or []
 
 
 @dataclass
@@ -110,6 +113,8 @@ class SlackWebApi:
         self.rate_limits = RateLimits()
         self.open_socket: Callable[[str | None], Json] | None = None
         self.on_bot_message = on_bot_message
+        #: Refuse messages over Slack's limits as Slack does (``msg_too_long``, ``invalid_blocks``).
+        self.enforce_limits = True
         self.methods: dict[str, Handler] = {
             "auth.test": self.auth_test,
             "chat.postMessage": self.chat_post_message,
@@ -217,6 +222,8 @@ class SlackWebApi:
         try:
             return {"ok": True, **self.methods[method](params, self.state.tokens[token])}
         except ApiError as exc:
+            if exc.messages:
+                return {"ok": False, "error": exc.error, "response_metadata": {"messages": exc.messages}}
             return {"ok": False, "error": exc.error}
 
     def _channel_id(self, params: Json) -> str | None:
@@ -254,6 +261,16 @@ class SlackWebApi:
             raise ApiError("message_not_found")
         return msg
 
+    def _within_limits(self, params: Json) -> None:
+        """Slack's limits on one message (see :mod:`bot.emulator.limits`)."""
+        if not self.enforce_limits:
+            return
+        if text_too_long(params.get("text")):
+            raise ApiError("msg_too_long")
+        problems = block_problems(params.get("blocks"))
+        if problems:
+            raise ApiError("invalid_blocks", [f"[ERROR] {p}" for p in problems])
+
     @staticmethod
     def _page(items: list[Any], params: Json) -> tuple[list[Any], Json]:
         """Cursor pagination: the cursor is simply the offset, opaque enough for clients."""
@@ -278,6 +295,7 @@ class SlackWebApi:
         text, blocks, attachments = params.get("text") or "", params.get("blocks"), params.get("attachments")
         if not text and not blocks and not attachments:
             raise ApiError("no_text")
+        self._within_limits(params)
         try:
             msg = self.state.add_message(
                 channel, text=text, user=caller, blocks=blocks, attachments=attachments,
@@ -296,6 +314,7 @@ class SlackWebApi:
             raise ApiError("cant_update_message")
         if not params.get("text") and params.get("blocks") is None and params.get("attachments") is None:
             raise ApiError("no_text")
+        self._within_limits(params)
         self.state.update_message(msg, editor=caller, text=params.get("text"), blocks=params.get("blocks"),
                                   attachments=params.get("attachments"), metadata=params.get("metadata"))
         return {"channel": channel, "ts": msg.ts, "text": msg.text, "message": msg.to_api()}
@@ -315,6 +334,7 @@ class SlackWebApi:
             raise ApiError("user_not_found")
         if not params.get("text") and not params.get("blocks"):
             raise ApiError("no_text")
+        self._within_limits(params)
         eph = self.state.add_ephemeral(channel, user, text=params.get("text") or "", blocks=params.get("blocks"),
                                        thread_ts=params.get("thread_ts") or None)
         return {"message_ts": eph.ts}

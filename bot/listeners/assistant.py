@@ -24,6 +24,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.assistant.thread_context import AssistantThreadContext
 from slack_bolt.context.assistant.thread_context_store.async_store import AsyncAssistantThreadContextStore
+from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.middleware.assistant.async_assistant import AsyncAssistant
 
 from workflows.errors import ThreadflowError, UsageError
@@ -35,6 +36,7 @@ from ..delivery.service import resource_id_for, thread_id_for
 from ..deps import BotDeps
 from ..run_start import StartRequest, start_run_in_channel
 from ..slack import SlackCallError, with_retries
+from ..slack.text import from_slack
 from ..slack.workspace import current_workspace
 from .chat import ThreadChat
 
@@ -108,10 +110,11 @@ class AssistantThreads:
         thread = payload.get("assistant_thread") or {}
         self.deps.background.spawn(self.remember_context(str(body.get("team_id") or ""), thread))
 
-    async def on_user_message(self, body: dict[str, Any], payload: dict[str, Any]) -> None:
+    async def on_user_message(self, body: dict[str, Any], payload: dict[str, Any], context: AsyncBoltContext) -> None:
         if payload.get("subtype") not in (None, "file_share"):
             return
-        self.deps.background.spawn(self.user_message(str(body.get("team_id") or ""), payload))
+        self.deps.background.spawn(self.user_message(str(body.get("team_id") or ""), payload,
+                                                     bot_user=context.bot_user_id))
 
     # -- the work -----------------------------------------------------------------------------------------
 
@@ -135,7 +138,8 @@ class AssistantThreads:
             await MemoryThreadContextStore(self.deps, team).save(channel_id=channel, thread_ts=thread_ts,
                                                                  context=context)
 
-    async def user_message(self, team: str, event: dict[str, Any]) -> None:
+    async def user_message(self, team: str, event: dict[str, Any], *, bot_user: str | None = None) -> None:
+        """What the person typed in the thread (as typed: Slack's escaping undone, see ``from_slack``)."""
         deps = self.deps
         channel, user = str(event.get("channel") or ""), str(event.get("user") or "")
         ts, thread_ts = str(event.get("ts") or ""), str(event.get("thread_ts") or "")
@@ -144,7 +148,7 @@ class AssistantThreads:
         memory = deps.engine.memory
         if memory is None:
             return
-        text = (event.get("text") or "").strip()
+        text = from_slack(event.get("text") or "", bot_user=bot_user)
         thread_id = thread_id_for(team, channel, thread_ts)
         row = await memory.store.ensure_thread(thread_id, resource_id_for(team, channel))
         if not row.title and text:

@@ -11,16 +11,17 @@ channel and ``ts`` (insert-if-absent). Replies that carry files (``file_share``)
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
 
 from workflows.errors import ThreadflowError
 
 from ..answers import answer_with_agent
 from ..delivery.service import resource_id_for, thread_id_for
 from ..deps import BotDeps
+from ..slack.text import from_slack
 
 log = logging.getLogger("threadflow.bot.chat")
 
@@ -29,8 +30,6 @@ ASSISTANT_INSTRUCTIONS = (
     "steps and agents said and decided, and what people asked. Answer briefly and concretely, referring to "
     "that history when it is relevant. If you don't know, say so."
 )
-
-_MENTION = re.compile(r"<@[A-Z0-9]+>")
 
 #: Message subtypes that are a person saying something (the rest are joins, edits, deletions, ...).
 SPOKEN_SUBTYPES = (None, "thread_broadcast", "file_share")
@@ -69,13 +68,14 @@ class ThreadChat:
 
     # -- listeners ---------------------------------------------------------------------------------------
 
-    async def on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+    async def on_mention(self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext) -> None:
         if event.get("bot_id"):
             return
         thread_ts = event.get("thread_ts") or event["ts"]
-        self.deps.background.spawn(self.answer(body.get("team_id", ""), event, thread_ts))
+        self.deps.background.spawn(self.answer(body.get("team_id", ""), event, thread_ts,
+                                               bot_user=context.bot_user_id))
 
-    async def on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+    async def on_message(self, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext) -> None:
         team = body.get("team_id", "")
         subtype = event.get("subtype")
         if subtype == "message_deleted":
@@ -85,11 +85,12 @@ class ThreadChat:
             return
         thread_ts = event.get("thread_ts")
         if event.get("channel_type") == "im":
-            self.deps.background.spawn(self.answer(team, event, thread_ts, direct=True))
+            self.deps.background.spawn(self.answer(team, event, thread_ts, direct=True, bot_user=context.bot_user_id))
             return
         if not thread_ts or thread_ts == event.get("ts"):
             return  # top-level chatter in a channel is not ours; mentions arrive as app_mention
-        self.deps.background.spawn(self.answer(team, event, thread_ts, require_known_thread=True))
+        self.deps.background.spawn(self.answer(team, event, thread_ts, require_known_thread=True,
+                                               bot_user=context.bot_user_id))
 
     async def on_deleted(self, event: dict[str, Any], team: str = "") -> None:
         """Someone deleted a message the bot shows: an approval card that still matters is posted again."""
@@ -106,7 +107,8 @@ class ThreadChat:
     # -- answering ---------------------------------------------------------------------------------------
 
     async def answer(self, team: str, event: dict[str, Any], thread_ts: str | None, *,
-                     require_known_thread: bool = False, direct: bool = False) -> None:
+                     require_known_thread: bool = False, direct: bool = False, bot_user: str | None = None) -> None:
+        """Answer a person's message; ``bot_user`` is the bot's user id (its mention is not part of the question)."""
         deps = self.deps
         channel, user, ts = event.get("channel", ""), event.get("user", ""), event.get("ts", "")
         thread_id = thread_id_for(team, channel, thread_ts or ("dm" if direct else ts))
@@ -117,7 +119,7 @@ class ThreadChat:
             return  # a retry, or the other half of a mention in a thread
         if deps.engine.memory is None:
             return
-        text = _MENTION.sub("", event.get("text") or "").strip() or "Hello!"
+        text = from_slack(event.get("text") or "", bot_user=bot_user) or "Hello!"
         reply_in = thread_ts if thread_ts or not direct else None
         try:
             workflow_id = (await deps.engine.get_run(slack_run.run_id)).workflow_id if slack_run else None

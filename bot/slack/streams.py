@@ -75,7 +75,19 @@ def within_limits(chunks: list[Chunk]) -> list[Chunk]:
 
 
 def markdown_block(text: str) -> dict[str, Any]:
-    return {"type": "markdown", "text": text[:MARKDOWN_LIMIT] or " "}
+    """``text`` as one ``markdown`` block. Slack takes at most ``MARKDOWN_LIMIT`` characters there: a longer
+    text is cut, and its last line says so and how much is missing (a silent cut reads as a whole answer)."""
+    if len(text) <= MARKDOWN_LIMIT:
+        return {"type": "markdown", "text": text or " "}
+    keep = _entity_safe(text[: MARKDOWN_LIMIT - 80])
+    marker = f"…\n\n_(The answer is cut here: {len(text) - len(keep):,} more characters.)_"
+    return {"type": "markdown", "text": keep + marker}
+
+
+def _entity_safe(cut: str) -> str:
+    """``cut`` without a trailing half of an escaped entity (``&l`` of ``&lt;``)."""
+    amp = cut.rfind("&", max(0, len(cut) - 4))
+    return cut[:amp] if amp != -1 and ";" not in cut[amp:] else cut
 
 
 class StreamingSupport:

@@ -74,6 +74,18 @@ def test_a_canceled_run_withdraws_its_open_card() -> None:
     assert not has_buttons(card) and "canceled by <@U0BOB>" in card.content["text"]
 
 
+def test_an_agent_steps_long_answer_is_posted_whole_with_a_short_notification() -> None:
+    """Where the answer is not streamed, the post is what people read: a 6,000-character answer must be shown
+    to its end (a markdown block holds 12,000; a section would cut it at 3,000), its ``text`` stays short."""
+    answer = "".join(f"Point {i}: check the exit code of every command in the deploy script.\n" for i in range(90))
+    answer += "THE END."
+    events = [EVENTS[0], ev(2, "step.succeeded", "plan", step_id="plan", output={"text": answer})]
+    [post] = [w for w in plan(RunView(RUN), events, describe).wanted if w.kind == "post"]
+    [shown] = [b for b in post.content["blocks"] if b["type"] == "markdown"]
+    assert len(answer) > 6000 and shown["text"].endswith("THE END.")
+    assert len(post.content["text"]) <= 3000
+
+
 def test_replaying_the_same_events_plans_the_same_messages() -> None:
     first = plan(RunView(RUN), EVENTS, describe)
     second = plan(RunView(RUN), EVENTS, describe)

@@ -137,6 +137,41 @@ async def test_post_history_and_errors(emulator: SlackEmulator, client: AsyncWeb
     assert err.value.response["error"] == "no_text"
 
 
+async def test_messages_over_slacks_limits_are_refused_as_slack_does(emulator: SlackEmulator,
+                                                                      client: AsyncWebClient) -> None:
+    """``msg_too_long`` for a text over 40,000 characters; ``invalid_blocks`` with the reasons for blocks over
+    their limits; nothing is posted. A message at the limits is taken."""
+    section = {"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3000}}
+    posted = await client.chat_postMessage(channel="C0GENERAL", text="y" * 40_000, blocks=[section] * 50)
+    assert posted["ok"]
+    too_big: list[tuple[dict[str, Any], str]] = [
+        ({"text": "y" * 40_001}, "msg_too_long"),
+        ({"text": "x", "blocks": [section] * 51}, "invalid_blocks"),
+        ({"text": "x", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 3001}}]},
+         "invalid_blocks"),
+        ({"text": "x", "blocks": [{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}]},
+         "invalid_blocks"),
+        ({"text": "x", "blocks": [{"type": "markdown", "text": "m" * 12_001}]}, "invalid_blocks"),
+        ({"text": "x", "blocks": [{"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Go"}, "action_id": "go", "value": "v" * 2001},
+        ]}]}, "invalid_blocks"),
+    ]
+    for kwargs, error in too_big:
+        with pytest.raises(SlackApiError) as err:
+            await client.chat_postMessage(channel="C0GENERAL", **kwargs)
+        assert err.value.response["error"] == error
+        if error == "invalid_blocks":
+            assert err.value.response["response_metadata"]["messages"]
+    with pytest.raises(SlackApiError) as err:
+        await client.chat_update(channel="C0GENERAL", ts=posted["ts"], text="y" * 40_001)
+    assert err.value.response["error"] == "msg_too_long"
+    with pytest.raises(SlackApiError) as err:
+        await client.chat_postEphemeral(channel="C0GENERAL", user="U0ALICE", text="x", blocks=[section] * 51)
+    assert err.value.response["error"] == "invalid_blocks"
+    assert len(emulator.messages("C0GENERAL")) == 1 and emulator.ephemerals() == []
+    assert emulator.messages("C0GENERAL")[0].text == "y" * 40_000
+
+
 async def test_threads_and_replies(emulator: SlackEmulator, client: AsyncWebClient) -> None:
     parent = await client.chat_postMessage(channel="C0GENERAL", text="run started")
     await client.chat_postMessage(channel="C0GENERAL", text="step 1", thread_ts=parent["ts"])

@@ -121,3 +121,22 @@ async def test_an_app_without_the_assistant_view_cannot_be_opened_and_refuses_it
         await client.assistant_threads_setSuggestedPrompts(channel_id=DM, thread_ts="1.000001",
                                                            prompts=[{"title": "t", "message": "m"}])
     assert refused.value.response["error"] == "not_agent_app"
+
+
+async def test_a_run_started_by_typing_in_the_assistant_gets_the_input_the_person_typed(bot: RunningBot) -> None:
+    """In the assistant container ``run WORKFLOW input`` is typed as a message; Slack sends it escaped
+    (``&`` as ``&amp;``, a URL wrapped as ``<https://...>``). The run's input must be what the person typed,
+    not Slack's markup."""
+    emu = bot.emu
+    thread, delivered = await emu.assistant.open_thread(ALICE, context_channel=CHANNEL)
+    assert delivered is not None and delivered.status == 200
+    # typed: run approval R&D budget for https://example.com/q?a=1&b=2
+    await emu.post_as_user("run approval R&amp;D budget for <https://example.com/q?a=1&amp;b=2>",
+                           channel=DM, thread_ts=thread.thread_ts)
+
+    async def started() -> list[str]:
+        return [r.id for r in await bot.engine.list_runs()]
+
+    [run_id] = await eventually(started, timeout=10)
+    assert (await bot.engine.get_run(run_id)).input == {
+        "request": "R&D budget for https://example.com/q?a=1&b=2"}

@@ -150,8 +150,9 @@ async def test_a_direct_message_is_answered_in_the_conversation(bot: RunningBot)
 
 async def test_agent_text_is_escaped_so_it_cannot_ping_the_channel(bot: RunningBot) -> None:
     run = await finished_run(bot)
-    question = await bot.emu.post_as_user("say <!channel> & <https://evil.example|your bank>", user=BOB,
-                                          thread_ts=run.root.ts)
+    # Typed as characters (Slack sends them escaped): the model reads ``<!channel>`` and the offline model echoes it.
+    question = await bot.emu.post_as_user("say &lt;!channel&gt; &amp; &lt;https://evil.example|your bank&gt;",
+                                          user=BOB, thread_ts=run.root.ts)
     answer = await answered(bot, run.root.ts, question.ts)
     assert "<!channel>" not in answer.text and "&lt;!channel&gt;" in answer.text
     assert "&amp;" in answer.text and "<https://evil.example" not in answer.text

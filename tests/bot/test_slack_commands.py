@@ -156,3 +156,27 @@ async def test_unsigned_requests_are_rejected_and_ignored(bot: RunningBot, tampe
     assert await bot.engine.list_runs() == []
     assert emu.calls("chat.postMessage") == [] and emu.ephemerals() == []
     assert [m.user for m in emu.messages(CHANNEL)] == [ALICE]  # only the person's own post
+
+
+# -- any text after /flow is a command ------------------------------------------------------------------------
+# slack_bolt's body parser takes any form body in which the letters "payload" occur for an interaction
+# (``payload={json}``); a slash command whose text, channel or user name holds the word would be parsed as ``{}``
+# and answered 404 ("/flow failed with the error http_service_error" in Slack).
+
+
+async def test_a_run_whose_input_mentions_payload_starts(bot: RunningBot) -> None:
+    ack = await bot.command("run approval check the webhook payload before we ship")
+    assert ack.status == 200, ack.body
+
+    async def started() -> list[str]:
+        return [r.id for r in await bot.engine.list_runs()]
+
+    [run_id] = await eventually(started)
+    assert (await bot.engine.get_run(run_id)).input == {"request": "check the webhook payload before we ship"}
+
+
+async def test_commands_work_in_a_channel_whose_name_contains_payload(bot: RunningBot) -> None:
+    channel = bot.emu.add_channel("payload-team")
+    ack = await bot.emu.slash_command(bot.settings.command, "help", user=ALICE, channel=channel)
+    assert ack.status == 200, ack.body
+    assert "Usage" in ack.body

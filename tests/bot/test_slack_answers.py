@@ -1,0 +1,109 @@
+"""Agents' answers in Slack (bot/answers.py): what a person typed reaches the model as they typed it, and a long
+answer is shown whole, or says where it was cut.
+
+Slack sends a person's message with ``&``, ``<`` and ``>`` as ``&amp;``, ``&lt;`` and ``&gt;`` and mentions as
+``<@U...>``; the bot escapes an answer before posting it. Text taken from Slack is converted once on the way in
+(bot/slack/text.py), or the model reads entities and a quote of the person's words shows ``&lt;`` in Slack. The
+model is the fake OpenAI server over HTTP (or the offline model, which quotes the question).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.emulator import Message
+from tests.bot.conftest import BOB, RunningBot, StartBot, block_text
+from tests.fakes import DUMMY_KEY, FakeOpenAI
+from tests.helpers.slack_limits import limit_refusals
+
+BOT_USER = "U0BOT"
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+async def llm_bot(start_bot: StartBot, fake: FakeOpenAI, **overrides: object) -> RunningBot:
+    return await start_bot(THREADFLOW_MODEL="openai:gpt-4o-mini", OPENAI_BASE_URL=fake.base_url,
+                           OPENAI_API_KEY=DUMMY_KEY, **overrides)
+
+
+async def dm_answer(bot: RunningBot, text: str) -> Message:
+    dm = bot.emu.state.im_channel(BOB).id
+    asked = await bot.emu.post_as_user(text, user=BOB, channel=dm)
+    assert asked.deliveries and all(d.status == 200 for d in asked.deliveries)  # a mention: message + app_mention
+    found: list[Message] = await bot.emu.wait_for(
+        lambda: [m for m in bot.emu.messages(dm) if m.user == BOT_USER and float(m.ts) > float(asked.ts)], timeout=10)
+    await bot.idle()
+    return found[0]
+
+
+async def test_what_a_person_typed_reaches_the_model_unescaped(start_bot: StartBot, fake_llm: FakeOpenAI) -> None:
+    bot = await llm_bot(start_bot, fake_llm)
+    fake_llm.reply_text("Yes.")
+    # The person typed: is 1 < 2 && 3 > 2?
+    await dm_answer(bot, "is 1 &lt; 2 &amp;&amp; 3 &gt; 2?")
+    sent = [m for m in fake_llm.chat_requests[-1]["messages"] if m["role"] == "user"]
+    assert sent[-1]["content"] == "is 1 < 2 && 3 > 2?", sent[-1]["content"]
+
+
+async def test_a_quote_of_what_a_person_typed_shows_their_characters(bot: RunningBot) -> None:
+    """The offline model quotes the question; Slack must show ``1 < 2 && 3 > 2``, not ``1 &lt; 2 &amp;&amp; ...``."""
+    answer = await dm_answer(bot, "is 1 &lt; 2 &amp;&amp; 3 &gt; 2?")
+    shown = block_text(answer)
+    assert "&amp;lt;" not in shown and "&amp;amp;" not in shown, shown
+    assert "is 1 &lt; 2 &amp;&amp; 3 &gt; 2?" in shown  # as Slack displays "is 1 < 2 && 3 > 2?"
+
+
+async def test_a_long_direct_message_answer_is_shown_whole(start_bot: StartBot, fake_llm: FakeOpenAI) -> None:
+    """A direct message is answered in the conversation (no thread to stream into): the answer is posted
+    whole. A 6,000-character answer (a longer code review, say) must be readable to its end in the blocks,
+    which is what Slack shows when a message has blocks (``text`` is only the notification)."""
+    bot = await llm_bot(start_bot, fake_llm)
+    paragraphs = [f"Point {i}: " + "the deploy script should check the exit code of every command. " * 4
+                  for i in range(25)]
+    long_answer = "\n\n".join(paragraphs) + "\n\nTHE END."
+    assert len(long_answer) > 6000
+    fake_llm.reply_text(long_answer)
+    answer = await dm_answer(bot, "review our deploy script please")
+    shown = "\n".join(b["text"]["text"] if isinstance(b.get("text"), dict) else str(b.get("text") or "")
+                      for b in answer.blocks or [])
+    assert "Point 24:" in shown and "THE END." in shown, shown[-300:]
+    assert limit_refusals(bot.emu) == []
+
+
+async def test_a_person_mentioned_in_a_question_is_not_dropped_from_it(start_bot: StartBot,
+                                                                       fake_llm: FakeOpenAI) -> None:
+    """Only the bot's own mention is noise; ``<@U0ALICE>`` names whom the person means, and the model must see it."""
+    bot = await llm_bot(start_bot, fake_llm)
+    fake_llm.reply_text("Done.")
+    await dm_answer(bot, f"<@{BOT_USER}> who should review this, <@U0ALICE> or <@U0CAROL>?")
+    sent = [m for m in fake_llm.chat_requests[-1]["messages"] if m["role"] == "user"]
+    assert sent[-1]["content"] == "who should review this, <@U0ALICE> or <@U0CAROL>?", sent[-1]["content"]
+
+
+async def test_a_long_answer_posted_whole_where_slack_does_not_stream_says_it_was_cut(
+        start_bot: StartBot, fake_llm: FakeOpenAI) -> None:
+    """A workspace without streaming (``not_agent_app``): a thread answer is posted whole as one ``markdown``
+    block, which Slack caps at 12,000 characters. A 15,000-character answer is cut there, and must say so: a silent
+    cut reads as a whole answer."""
+    bot = await llm_bot(start_bot, fake_llm, THREADFLOW_SLACK_STREAM_INTERVAL=0.05)
+    bot.emu.streams.refuse("not_agent_app")
+    long_answer = "".join(f"Step {i}: run the migration for shard {i} and check its row counts.\n" for i in range(250))
+    long_answer += "THE END."
+    assert len(long_answer) > 15_000
+    fake_llm.reply_text(long_answer)
+    asked = await bot.emu.post_as_user("<@U0BOT> how do we migrate the shards?", user=BOB)
+    answer: Message = await bot.emu.wait_for(lambda: next(
+        (m for m in bot.emu.thread(asked.message.channel, asked.message.ts) if m.user == BOT_USER), None), timeout=10)
+    await bot.idle()
+    answer = bot.emu.message(answer.ts, answer.channel) or answer
+    shown = "\n".join(str(b.get("text") or "") for b in answer.blocks or [] if b.get("type") == "markdown")
+    assert "THE END." not in shown
+    assert shown.rstrip().endswith("more characters.)_"), shown[-200:]
+    assert "The answer is cut here" in shown
+    assert limit_refusals(bot.emu) == []

@@ -142,6 +142,9 @@ class RunExecution:
         self._held_observe: Step[Any, Any] | None = None
         #: Set once a commit found the run no longer this process's: no step of it may start after that.
         self.lost: LeaseLost | None = None
+        #: Some step failed attempts that were retried before this execution (see _wait_out_backoff): only then
+        #: does a step look for them (the records are written by the execution that retries, which goes on itself).
+        self._retried_before = any(path.startswith(RETRY_PREFIX) for path in self.results)
 
     # -- the run ---------------------------------------------------------------------------------------
 
@@ -504,11 +507,12 @@ class RunExecution:
             self._observe_step(step, "failed", time.time())
             raise crashed
         # The step's, else its workflow's, else that of a workflow around it (the run's top workflow's last).
-        policy = step.retry or wf.options.retry or self.workflow.option_at(path, "retry") or NO_RETRY
+        policy = step.retry or wf.options.retry or (
+            self.workflow.option_at(path, "retry") if wf is not self.workflow else None) or NO_RETRY
         timeout = timeout_of(step, wf, self.workflow, self.engine.step_timeout)
         # Attempts made before this execution (its process stopped during a backoff): they count, and their
         # backoff is waited out, as if the process had not stopped.
-        attempt = await self._wait_out_backoff(path)
+        attempt = await self._wait_out_backoff(path) if self._retried_before else 0
         started = time.time()
         while True:
             attempt += 1

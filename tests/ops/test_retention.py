@@ -14,6 +14,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import Database
+from storage.database import insert_ignore
 from storage.retention import DAY, prune
 from storage.tables import (
     agent_contexts,
@@ -87,8 +88,11 @@ async def seed(engine: Engine) -> dict[str, str]:
                                                        {"key": "ev-new", "seen_at": NOW - 60}])
         for thread_id, at in (("t-old-done", OLD), ("t-suspended", OLD), ("t-idle", OLD), ("t-recent", OLD),
                               ("t-recent-run", OLD)):
-            await conn.execute(insert(threads).values(id=thread_id, resource_id="slack:T:C", title=None,
-                                                      metadata=None, created_at=at, updated_at=at))
+            # (The engine made the threads of the runs started on one; backdated here like the rest.)
+            await conn.execute(insert_ignore(engine.db, threads).values(
+                id=thread_id, resource_id="slack:T:C", title=None, metadata=None, created_at=at, updated_at=at))
+            await conn.execute(update(threads).where(threads.c.id == thread_id).values(
+                resource_id="slack:T:C", created_at=at, updated_at=at))
         written = {}
         for thread_id, at in (("t-old-done", OLD), ("t-suspended", OLD), ("t-idle", OLD), ("t-idle", OLD),
                               ("t-recent", NOW - 60), ("t-recent-run", OLD)):

@@ -189,7 +189,8 @@ def _set(value: SecretStr | None) -> bool:
 
 
 def export_env_file(path: str = ENV_FILE) -> None:
-    """Copy every variable of the ``.env`` file into ``os.environ``, unless the environment already has it.
+    """Copy the settings of the ``.env`` file into ``os.environ`` (see ``exported``), unless the environment already
+    has them.
 
     Why: :class:`Settings` reads ``.env`` by itself, but agents' models (``THREADFLOW_MODEL``,
     ``OPENAI_API_KEY``, ``THREADFLOW_MODEL_TIMEOUT``, ...), deploy-app (``THREADFLOW_WORKSPACE``) and the
@@ -197,8 +198,23 @@ def export_env_file(path: str = ENV_FILE) -> None:
     The environment wins, as it does for :class:`Settings`. A missing file exports nothing.
     """
     for name, value in dotenv_values(path, encoding="utf8").items():
-        if value is not None:
+        if value is not None and exported(name):
             os.environ.setdefault(name, value)
+
+
+#: Settings of ``.env`` that stay out of the environment: the Slack app's and the bot's own secrets, which only
+#: :class:`Settings` reads. In the environment, step and tool code (and every process a step starts) could read them.
+NOT_EXPORTED = frozenset({
+    "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "SLACK_CLIENT_SECRET", "SLACK_STATE_SECRET",
+    "THREADFLOW_UI_TOKEN", "THREADFLOW_UI_SECRET", "THREADFLOW_ENCRYPTION_KEY",
+})
+
+
+def exported(name: str) -> bool:
+    """Whether ``export_env_file`` copies the ``.env`` line ``name``: threadflow's and the model's settings
+    (``THREADFLOW_*``, ``OPENAI_*``: agents read the key from the environment), not the secrets of NOT_EXPORTED,
+    and nothing else (a ``.env`` may hold other programs' variables)."""
+    return name.startswith(("THREADFLOW_", "OPENAI_")) and name not in NOT_EXPORTED
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -832,10 +832,18 @@ class RunStore:
     async def cancel(self, run_id: str, by: str | None, new_events: Sequence[NewEvent]) -> None:
         now = time.time()
         error = {"type": "Canceled", "message": f"Canceled by {by or 'a user'}."}
-        await self.db.write(lambda conn: self._cancel(conn, run_id, now, error, new_events))
+        attempts = 0
+
+        async def op(conn: AsyncConnection) -> None:
+            nonlocal attempts
+            attempts += 1
+            await self._cancel(conn, run_id, now, error, new_events, retried=attempts > 1)
+
+        await self.db.write(op)
 
     async def _cancel(
-        self, conn: AsyncConnection, run_id: str, now: float, error: dict[str, Any], new_events: Sequence[NewEvent]
+        self, conn: AsyncConnection, run_id: str, now: float, error: dict[str, Any], new_events: Sequence[NewEvent],
+        *, retried: bool = False,
     ) -> None:
         res = await conn.execute(
             update(runs)
@@ -844,7 +852,7 @@ class RunStore:
         )
         if res.rowcount == 0:
             found = (await conn.execute(select(runs.c.status, runs.c.finished_at).where(runs.c.id == run_id))).first()
-            if found is not None and found[0] == "canceled" and found[1] == now:
+            if retried and found is not None and found[0] == "canceled" and found[1] == now:
                 return  # this very cancel, committed by an attempt whose outcome was not known (a dropped connection)
             raise CompareAndSetFailed(found[0] if found is not None else None)
         await self._add_events(conn, run_id, new_events, now)

@@ -257,15 +257,17 @@ class CommittedWorkflow:
         return None
 
     def _locate(self, path: str) -> tuple[Node, tuple[CommittedWorkflow, ...]] | None:
-        cache: dict[str, tuple[Node, tuple[CommittedWorkflow, ...]] | None] = self.__dict__.setdefault(
-            "_located", {})  # the tree never changes once committed; steps and resumes look their paths up
+        cache: dict[tuple[str, ...], tuple[Node, tuple[CommittedWorkflow, ...]] | None] = self.__dict__.setdefault(
+            "_located", {})  # the tree never changes once committed; resumes and nested steps look their paths up
+        # By the path without its loop and foreach marks: as many entries as the tree has nodes, however many items.
+        segments = tuple(_PATH_MARKS.sub("", s) for s in path.split("/"))
         try:
-            return cache[path]
+            return cache[segments]
         except KeyError:
             pass
-        found = self._follow(tuple(_PATH_MARKS.sub("", s) for s in path.split("/")))
+        found = self._follow(segments)
         if len(cache) < _MAX_LOCATED:  # a path typed by a person may name nothing: do not let those pile up
-            cache[path] = found
+            cache[segments] = found
         return found
 
     def _follow(self, segments: Sequence[str]) -> tuple[Node, tuple[CommittedWorkflow, ...]] | None:

@@ -151,7 +151,7 @@ class LiveSteps:
     async def _begin(self, row: ProgressRow) -> _Attempt | None:
         data = row.data or {}
         step_id = str(data.get("step_id") or row.path.rsplit("/", 1)[-1])
-        step = self.describe(self.workflow_id(), step_id)
+        step = self.describe(self.workflow_id(), step_id, row.path)
         if step is None or not step.post_output:
             return None
         run = self.run

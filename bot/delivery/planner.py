@@ -47,8 +47,9 @@ class StepPresentation:
     tools: tuple[str, ...] = ()
 
 
-#: ``describe(workflow_id, step_id)``: how to show that step, or None for a step it does not know.
-DescribeStep = Callable[[str, str], StepPresentation | None]
+#: ``describe(workflow_id, step_id, path)``: how to show the step at ``path`` (its id where the path names none), or
+#: None for a step it does not know. By path: two nested workflows may each have a step of one id.
+DescribeStep = Callable[[str, str, str], StepPresentation | None]
 
 
 #: Checklist states of a step that has not ended (see ``RunView._stop_unfinished``).
@@ -179,7 +180,8 @@ def wanted_cards(view: RunView, describe: DescribeStep) -> list[WantedMessage]:
     for card in view.approvals.values():
         wanted.append(WantedMessage(key=approval_key(run.run_id, card.path), kind="approval",
                                     channel_id=run.channel_id, thread_ts=run.reply_ts, seq=card.seq,
-                                    content=card_content(run.run_id, card, describe(view.workflow_id, card.step_id or ""))))
+                                    content=card_content(run.run_id, card,
+                                                         describe(view.workflow_id, card.step_id or "", card.path))))
     return wanted
 
 
@@ -217,7 +219,7 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
             notes.append(f"Run {run.run_id} of workflow {ev.data.get('workflow_id')} was started by "
                          f"{ev.data.get('started_by') or 'someone'} with input {summary(ev.data.get('input'))}.")
         elif isinstance(data, StepSucceeded) and ev.step_id:
-            content = output_post(describe(view.workflow_id, ev.step_id), run.run_id, ev.path or ev.step_id,
+            content = output_post(describe(view.workflow_id, ev.step_id, ev.path or ""), run.run_id, ev.path or ev.step_id,
                                   ev.step_id, data.output)
             if content is not None:
                 posts.append(WantedMessage(key=f"post:{run.run_id}:{ev.id}:output", kind="post",

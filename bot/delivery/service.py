@@ -148,9 +148,9 @@ class DeliveryService:
 
     # -- what the renderers need from the engine ---------------------------------------------------------
 
-    def describe(self, workflow_id: str, step_id: str) -> StepPresentation | None:
+    def describe(self, workflow_id: str, step_id: str, path: str = "") -> StepPresentation | None:
         wf = self.engine.workflows.get(workflow_id)
-        step = wf.find_step(step_id) if wf else None
+        step = (wf.find_step_at(path) if path else None) or wf.find_step(step_id) if wf else None
         if step is None:
             return None
         resume = step.resume

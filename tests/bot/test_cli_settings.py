@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,3 +79,23 @@ async def test_a_malformed_sqlite_setting_is_one_line_and_exit_2(tmp_path: Path,
                                     THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     assert "Traceback" not in err, err[-600:]
     assert code == 2 and err.startswith(f"error: {name} must be") and err.count("\n") == 1, (code, err)
+
+
+def test_secrets_in_dotenv_stay_out_of_the_environment_steps_see(tmp_path: Path) -> None:
+    """Step and tool code (and every process a step starts) sees the environment: .env's Slack and bot secrets are
+    read by the settings only; the model's settings, which agents read from the environment, are exported."""
+    (tmp_path / ".env").write_text("SLACK_BOT_TOKEN=xoxb-dotenv-secret\nSLACK_SIGNING_SECRET=s3cret\n"
+                                   "THREADFLOW_ENCRYPTION_KEY=k3y\nOPENAI_API_KEY=sk-model\nOTHER_APP_SETTING=x\n")
+    script = ("import json, os; from bot.settings import load_settings; s = load_settings(); "
+              "print(json.dumps([s.slack_bot_token.get_secret_value(), {k: os.environ.get(k) for k in "
+              "('SLACK_BOT_TOKEN', 'SLACK_SIGNING_SECRET', 'THREADFLOW_ENCRYPTION_KEY', 'OPENAI_API_KEY', "
+              "'OTHER_APP_SETTING')}]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "THREADFLOW_", "OPENAI_"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    token, seen = json.loads(done.stdout)
+    assert token == "xoxb-dotenv-secret"  # the settings read it
+    assert seen == {"SLACK_BOT_TOKEN": None, "SLACK_SIGNING_SECRET": None, "THREADFLOW_ENCRYPTION_KEY": None,
+                    "OPENAI_API_KEY": "sk-model", "OTHER_APP_SETTING": None}

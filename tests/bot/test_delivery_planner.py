@@ -16,7 +16,7 @@ def ev(id_: int, type_: str, path: str | None = None, **data: Any) -> WorkflowEv
     return WorkflowEvent(id=id_, run_id="r1", type=type_, path=path, data=data, at=float(id_))  # type: ignore[arg-type]
 
 
-def describe(workflow_id: str, step_id: str) -> StepPresentation | None:
+def describe(workflow_id: str, step_id: str, path: str = "") -> StepPresentation | None:
     return StepPresentation(post_output=True, name="planner") if step_id == "plan" else None
 
 
@@ -111,7 +111,7 @@ def test_a_stranded_run_says_so_once_in_its_thread() -> None:
 
 
 def test_reject_with_reason_is_offered_only_when_the_step_takes_a_reason() -> None:
-    def with_reason(workflow_id: str, step_id: str) -> StepPresentation:
+    def with_reason(workflow_id: str, step_id: str, path: str) -> StepPresentation:
         return StepPresentation(post_output=False, name=step_id, accepts_reason=True)
 
     def buttons(result_wanted: list[WantedMessage]) -> list[str]:

@@ -203,17 +203,24 @@ async def test_an_approval_nobody_answers_in_time_shows_expired_without_buttons(
 NESTED = "tests.helpers.nested_approval_flows"
 
 
+def action_ids(msg: Message) -> list[str]:
+    return [e["action_id"] for b in msg.blocks or [] if b.get("type") == "actions" for e in b["elements"]]
+
+
 async def test_each_approval_of_a_nested_workflow_is_decided_by_its_own_step_approvers(start_bot: StartBot) -> None:
     # ``review/approve`` (Alice's) and ``release/approve`` (Bob's): two steps with the id "approve", told apart by path.
     bot = await start_bot(THREADFLOW_WORKFLOWS=NESTED)
     emu = bot.emu
     run = await suspend_approval(bot, "run ship v1.2", user=ALICE)
+    assert "reject_with_reason" in action_ids(run.approval)
     await emu.click(run.approval, "approve", user=ALICE)
     await decided(emu, run.approval, f"Approved by <@{ALICE}>")
     release = await emu.wait_for(
         lambda: next((m for m in replies(emu, run.root) if has_buttons(m) and m.ts != run.approval.ts), None),
         timeout=5)
     assert await bot.settled(run.run_id, ("suspended",)) == "suspended"
+    # Each card is drawn from the step at its path: only the review's decision takes a reason.
+    assert "reject_with_reason" not in action_ids(release)
 
     await emu.click(release, "approve", user=ALICE)  # the reviewer does not decide the release
     refusal = await emu.wait_for(lambda: emu.ephemerals(ALICE), timeout=5)

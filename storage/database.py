@@ -70,6 +70,22 @@ RETRY_BACKOFF = (0.05, 2.0)
 CLOSE_GRACE_SECONDS = 5.0
 
 
+def knowing_retries(op: Callable[[AsyncConnection, bool], Awaitable[T]]) -> WriteFn[T]:
+    """A write function for ``Database.write`` that tells ``op`` whether this call is a retry (``retried``).
+
+    A write is run again after a failure whose COMMIT may have gone through (a dropped connection, a failover):
+    a retry of a write that is not idempotent looks for its own earlier commit first (by a value it wrote), and a
+    first call need not. (A batch that failed as a whole calls its functions again too: they find nothing.)"""
+    calls = 0
+
+    async def write(conn: AsyncConnection) -> T:
+        nonlocal calls
+        calls += 1
+        return await op(conn, calls > 1)
+
+    return write
+
+
 def insert_ignore(db: Database | str, table: Any) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the database's dialect (``db`` or its name): exactly-once rows."""
     name = db if isinstance(db, str) else db.dialect

@@ -35,7 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from . import pg_writes
 from .backends import SyncConnection
 from .coalesce import Coalescer
-from .database import Database, insert_ignore
+from .database import Database, insert_ignore, knowing_retries
 from .outbox import INSERT_EVENTS
 from .pgconn import PgConnection, autocommit_safe
 from .prepared import Plan, PlannedWrite, plan_for, prepared
@@ -434,12 +434,8 @@ class RunStore:
         transaction (CompareAndSetFailed, and nothing created, if it finished meanwhile).
         """
 
-        attempts = 0
-
-        async def op(conn: AsyncConnection) -> None:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1 and (await conn.execute(
+        async def op(conn: AsyncConnection, retried: bool) -> None:
+            if retried and (await conn.execute(
                 select(runs.c.id).where(runs.c.id == row["id"], runs.c.created_at == row["created_at"])
             )).first() is not None:
                 return  # this very rerun, committed by an attempt whose outcome was not known (a dropped connection)
@@ -461,7 +457,7 @@ class RunStore:
                 await conn.execute(insert(step_results), rows)
             await self._add_events(conn, row["id"], new_events, row["created_at"])
 
-        await self.db.write(op)
+        await self.db.write(knowing_retries(op))
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._runs.load(run_id)
@@ -763,12 +759,8 @@ class RunStore:
         """Resolve the open wait for ``name`` if there is one, else buffer the event. Returns which."""
         now = time.time()
 
-        attempts = 0
-
-        async def op(conn: AsyncConnection) -> str:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1 and (earlier := await self._signal_sent_at(conn, run_id, name, now)) is not None:
+        async def op(conn: AsyncConnection, retried: bool) -> str:
+            if retried and (earlier := await self._signal_sent_at(conn, run_id, name, now)) is not None:
                 return earlier  # this very event, committed by an attempt whose outcome was not known (a dropped connection)
             status = await locked_status(conn, run_id)  # (PostgreSQL: a cancel or a settle meanwhile waits for this)
             if status == "-":
@@ -800,7 +792,7 @@ class RunStore:
             await self._add_events(conn, run_id, new_events, now)
             return outcome
 
-        return await self.db.write(op)
+        return await self.db.write(knowing_retries(op))
 
     @staticmethod
     async def _signal_sent_at(conn: AsyncConnection, run_id: str, name: str, now: float) -> str | None:
@@ -832,14 +824,8 @@ class RunStore:
     async def cancel(self, run_id: str, by: str | None, new_events: Sequence[NewEvent]) -> None:
         now = time.time()
         error = {"type": "Canceled", "message": f"Canceled by {by or 'a user'}."}
-        attempts = 0
-
-        async def op(conn: AsyncConnection) -> None:
-            nonlocal attempts
-            attempts += 1
-            await self._cancel(conn, run_id, now, error, new_events, retried=attempts > 1)
-
-        await self.db.write(op)
+        await self.db.write(knowing_retries(
+            lambda conn, retried: self._cancel(conn, run_id, now, error, new_events, retried=retried)))
 
     async def _cancel(
         self, conn: AsyncConnection, run_id: str, now: float, error: dict[str, Any], new_events: Sequence[NewEvent],

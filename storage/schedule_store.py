@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .database import Database
+from .database import Database, knowing_retries
 from .tables import schedules
 
 
@@ -98,11 +98,8 @@ class ScheduleStore:
 
     async def advance(self, schedule_id: str, expected_next_at: float, new_next_at: float, fired_at: float) -> bool:
         """Claim the due time ``expected_next_at``: True for exactly one caller, False if another took it."""
-        attempts = 0
 
-        async def op(conn: AsyncConnection) -> bool:
-            nonlocal attempts
-            attempts += 1
+        async def op(conn: AsyncConnection, retried: bool) -> bool:
             res = await conn.execute(
                 update(schedules)
                 .where(schedules.c.id == schedule_id, schedules.c.next_at == expected_next_at)
@@ -110,7 +107,7 @@ class ScheduleStore:
             )
             if res.rowcount:
                 return True
-            if attempts == 1:
+            if not retried:
                 return False  # another replica claimed it
             # Tried again after a failure: this very claim, committed by an attempt whose outcome was not known (a
             # dropped connection)? (Not on a first attempt: replicas ticking with one clock write the same values.)
@@ -119,4 +116,4 @@ class ScheduleStore:
             )).first()
             return found is not None and found[0] == new_next_at and found[1] == fired_at
 
-        return await self.db.write(op)
+        return await self.db.write(knowing_retries(op))

@@ -13,13 +13,13 @@ enough for English prose to budget context, and free.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import DefinitionError, UsageError
+from .env_settings import number_setting
+from .errors import DefinitionError
 from .model_capabilities import PROFILES, ModelProfile, forget_capabilities, resolve_profile
 from .model_streaming import StreamAssembler, response_events, stream_or_complete
 from .model_types import (
@@ -156,36 +156,16 @@ def model_timeout(text: str | None = None) -> float:
 
     Checked here (not left to ``float()``) so a typo names the setting instead of failing every agent
     call with "could not convert string to float"; ``threadflow doctor`` calls this too."""
-    text = _setting_text("THREADFLOW_MODEL_TIMEOUT", text)
-    if text is None:
-        return 60.0
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:  # also NaN
-        raise UsageError(f"THREADFLOW_MODEL_TIMEOUT must be a number of seconds above 0, like 60; got {text!r}.")
-    return value
+    value = number_setting("THREADFLOW_MODEL_TIMEOUT", text, float, lambda v: v > 0,  # (NaN is not > 0)
+                           "a number of seconds above 0, like 60")
+    return 60.0 if value is None else value
 
 
 def model_max_attempts(text: str | None = None) -> int:
     """Tries of one model request: ``text``, else ``THREADFLOW_MODEL_MAX_ATTEMPTS``, else 4 (see :func:`model_timeout`)."""
-    text = _setting_text("THREADFLOW_MODEL_MAX_ATTEMPTS", text)
-    if text is None:
-        return 4
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"THREADFLOW_MODEL_MAX_ATTEMPTS must be a whole number of tries, 1 or more, like 4; got {text!r}.")
-    return value
-
-
-def _setting_text(env: str, text: str | None) -> str | None:
-    """``text``, else the environment variable; blank means unset (the default)."""
-    text = os.environ.get(env) if text is None else text
-    return text.strip() if text and text.strip() else None
+    value = number_setting("THREADFLOW_MODEL_MAX_ATTEMPTS", text, int, lambda v: v >= 1,
+                           "a whole number of tries, 1 or more, like 4")
+    return 4 if value is None else value
 
 
 def resolve_model(

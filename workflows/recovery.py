@@ -16,29 +16,20 @@ never died are claimed as usual, so a single crash slows nothing down.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from storage.records import ClaimCandidate
 
-from .errors import UsageError
+from .env_settings import number_setting
 
 DEFAULT_MAX_RECOVERIES = 3
 
 
 def default_max_recoveries() -> int:
     """``THREADFLOW_MAX_RECOVERIES``, else DEFAULT_MAX_RECOVERIES."""
-    text = os.environ.get("THREADFLOW_MAX_RECOVERIES", "").strip()
-    if not text:
-        return DEFAULT_MAX_RECOVERIES
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UsageError(f"THREADFLOW_MAX_RECOVERIES must be a whole number, 1 or more; got {text!r}. It is how many "
-                         "times a run may be taken over from a process that died while executing it.")
-    return value
+    value = number_setting("THREADFLOW_MAX_RECOVERIES", None, int, lambda v: v >= 1, "a whole number, 1 or more",
+                           " It is how many times a run may be taken over from a process that died while executing it.")
+    return DEFAULT_MAX_RECOVERIES if value is None else value
 
 
 class Recoveries:

@@ -6,7 +6,6 @@ The settings go only into ``.env`` (or only into the environment), and the real 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -17,20 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import DUMMY_KEY, FakeOpenAI
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.processes import ROOT, run_cli
 
 
 async def threadflow(cwd: Path, *args: str, **env: str) -> tuple[int, str, str]:
     """``threadflow ARGS`` in ``cwd`` with only ``env`` set; this event loop keeps serving the fakes meanwhile."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(("THREADFLOW_", "SLACK_", "OPENAI_"))}
     full.update(env, PYTHONPATH=str(ROOT))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", *args, cwd=cwd, env=full,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(cwd, args, full)
 
 
 @pytest.fixture
@@ -91,7 +84,7 @@ def test_secrets_in_dotenv_stay_out_of_the_environment_steps_see(tmp_path: Path)
               "('SLACK_BOT_TOKEN', 'SLACK_SIGNING_SECRET', 'THREADFLOW_ENCRYPTION_KEY', 'OPENAI_API_KEY', "
               "'OTHER_APP_SETTING')}]))")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "THREADFLOW_", "OPENAI_"))}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

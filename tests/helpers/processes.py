@@ -67,3 +67,14 @@ async def spawner(module: str, tmp_path: Path) -> AsyncIterator[Spawn]:
             if w.proc.returncode is None:
                 w.proc.kill()
                 await w.proc.wait()
+
+
+async def run_cli(cwd: Path, args: tuple[str, ...], env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    """``threadflow ARGS`` in ``cwd`` with exactly ``env``, awaited without blocking: the test's event loop keeps
+    serving the fakes (Slack, OpenAI) the command talks to. Returns its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", *args, cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

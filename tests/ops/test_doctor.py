@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +16,13 @@ from bot.emulator import SlackEmulator
 from bot.settings import Settings
 from storage import Database
 from tests.fakes import DUMMY_KEY, FakeOpenAI
+from tests.helpers.processes import run_cli
 from tests.ops.conftest import SIGNING_SECRET, TOKEN, cli_env
 
 
 async def doctor(tmp_path: Path, **env: str) -> tuple[int, str, str]:
     """``threadflow doctor`` as a subprocess; this event loop keeps serving the fakes meanwhile."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "doctor", cwd=tmp_path, env=cli_env(tmp_path, **env),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(tmp_path, ("doctor",), cli_env(tmp_path, **env))
 
 
 @pytest.fixture

@@ -102,8 +102,12 @@ class StepContext(Generic[In]):
         return self.resume_data is not None
 
     def step_output(self, step_id: str) -> Any:
-        """The recorded output of an earlier step of this run (JSON form), or None if it has not run."""
-        return self._execution.output_of(step_id)
+        """The recorded output of an earlier step of this run (JSON form), or None if it has not run.
+
+        Inside a nested workflow (a foreach's item, a loop's iteration) it is that item's step first, then one of the
+        workflows around it; never another item's. Of a step that ran several times (a loop), the latest.
+        """
+        return self._execution.output_of(step_id, self.path)
 
     async def suspend(self, payload: BaseModel | dict[str, Any] | None = None, *, ttl: float | None = None) -> Any:
         """Wait for a person: return the resume data once resumed, or halt the run until then.

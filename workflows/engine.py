@@ -675,7 +675,9 @@ class Engine:
 
     async def watch(self, run_id: str, after: int = 0, *, follow: bool = False) -> AsyncIterator[WorkflowEvent]:
         """Yield the run's events from offset ``after``, live, until the run finishes (forever with ``follow``)."""
-        await self.get_run(run_id)
+        # A run that has finished has written all its events (its final one with its end): what is after ``after``
+        # is read, and nothing is waited for (a watcher reconnecting from the final event's id gets nothing more).
+        ended = (await self.get_run(run_id)).is_terminal and not follow
         last = after
         while True:
             version = self.db.changes.version
@@ -687,6 +689,8 @@ class Engine:
                 if ev.is_final and not follow:
                     return
             if not records:
+                if ended:
+                    return
                 await self.db.changes.wait(version, self.poll_interval / 2)
 
     # -- memory and faults -----------------------------------------------------------------------------
@@ -1012,8 +1016,8 @@ def _pick_suspension(run: RunRecord, suspensions: list[Any], step: str | None) -
     raise NotSuspended(f"Run {run.id} has no suspended step {step!r}; it waits for: {waiting}.")
 
 
-#: Results that record no step's output: a failed attempt's (its events tell it), a branch's choice.
-_NOT_STEPS = ("retry", "branch")
+#: Results that record no step's output: a failed attempt's (its events tell it), a branch's choice, a foreach's list.
+_NOT_STEPS = ("retry", "branch", "items")
 
 
 def _event_data(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from storage.faults import describe, refused_data
 from storage.records import (
@@ -58,10 +59,10 @@ from .graph import (
 )
 from .observe import emit, observing
 from .secrets import redact
-from .step import NO_RETRY, Step, dump_value, parse_model, to_jsonable
+from .step import NO_RETRY, Step, dump_value, parse_model, storable, to_jsonable
 from .step_call import call_step, failure_message, is_shutdown, timeout_of
 from .tracing import scope
-from .workflow import CommittedWorkflow
+from .workflow import CommittedWorkflow, segment_node
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -74,6 +75,8 @@ IN_PROCESS_SLEEP = 1.0
 OVERRIDE_PREFIX = "__input__/"
 #: Where the branches a ``.branch()`` chose are recorded: ``__branch__/<path>`` (see _choose).
 BRANCH_PREFIX = "__branch__/"
+#: Where the list a ``foreach(..., items=fn)`` picked is recorded: ``__items__/<path>`` (see _foreach_items).
+ITEMS_PREFIX = "__items__/"
 #: Where a failed attempt that will be retried is recorded: ``__retry__/<attempt>/<path>`` (see _record_retry).
 RETRY_PREFIX = "__retry__/"
 
@@ -100,7 +103,7 @@ def view(value: Any, model: type[BaseModel] | None) -> Any:
     """What conditions and map functions receive: the typed model when known, else attribute-friendly data."""
     if model is not None:
         try:
-            return model.model_validate(value)
+            return model.model_validate(value, by_alias=True, by_name=True)  # recorded data is by field name
         except Exception:  # untyped fallback; the next step validates for real
             pass
     return DotDict(value) if isinstance(value, dict) else value
@@ -256,12 +259,23 @@ class RunExecution:
         """The run as this process just committed it: local waiters get it without reading it back."""
         self.final = updated(self.run, values)
 
-    def output_of(self, step_id: str) -> Any:
-        """Latest recorded output of a step id (the last iteration of a loop, for instance)."""
+    def output_of(self, step_id: str, caller: str = "") -> Any:
+        """The recorded output of step ``step_id`` as the step (or map) at path ``caller`` sees it.
+
+        The nearest one: in the caller's own nested workflow (its foreach item, its loop iteration) first, then in
+        the workflows around it; of those, the latest (a loop's last iteration). Another item or iteration of a
+        foreach or loop the caller is in is never seen: its ``lookup`` is not the caller's. From the top level
+        (``caller`` ""), every record is as near: the latest one anywhere.
+        """
+        scope = caller.split("/")[:-1]
         best: StepResultRecord | None = None
+        best_near = -1
         for rec in self.results.values():
-            if rec.step_id == step_id and rec.kind == "step" and (best is None or rec.finished_at >= best.finished_at):
-                best = rec
+            if rec.step_id != step_id or rec.kind != "step":
+                continue
+            near = nearness(scope, rec.path)
+            if near > best_near or (near == best_near and best is not None and rec.finished_at >= best.finished_at):
+                best, best_near = rec, near
         return best.output if best else None
 
     # -- the walk ----------------------------------------------------------------------------------------
@@ -309,9 +323,9 @@ class RunExecution:
         if isinstance(node, LoopNode):
             return await self._exec_loop(node, prefix, value, wf, upstream)
         if isinstance(node, ForeachNode):
-            return await self._exec_foreach(node, prefix, value, wf, upstream)
+            return await self._exec_foreach(node, path, prefix, value, wf, upstream)
         if isinstance(node, MapNode):
-            return await self._exec_map(node, value, upstream)
+            return await self._exec_map(node, path, value, upstream)
         if isinstance(node, SleepNode):
             return await self._exec_sleep(node, path, value, upstream)
         if isinstance(node, WaitForEventNode):
@@ -388,31 +402,62 @@ class RunExecution:
         )
 
     async def _exec_foreach(
-        self, node: ForeachNode, prefix: str, value: Any, wf: CommittedWorkflow, upstream: type[BaseModel] | None
+        self, node: ForeachNode, path: str, prefix: str, value: Any, wf: CommittedWorkflow,
+        upstream: type[BaseModel] | None,
     ) -> Any:
-        items = await maybe_await(node.items(view(value, upstream))) if node.items else value
-        items = to_jsonable(items)
-        if isinstance(items, dict):
-            lists = [v for v in items.values() if isinstance(v, list)]
-            if len(lists) == 1:
-                items = lists[0]
-        if not isinstance(items, list):
-            raise InvalidInput(
-                f"input of foreach {node.id!r}", "expected a list of items (or a model with one list field); "
-                "use .map(...) or foreach(..., items=...) to pick the list."
-            )
+        items = await self._foreach_items(node, path, value, upstream)
         sem = asyncio.Semaphore(node.concurrency)
+        failed = False
 
         async def one(i: int, item: Any) -> Any:
+            nonlocal failed
             async with sem:
-                return await self.exec_node(node.body, prefix, item, wf, None, name=f"{node.body.id}[{i}]")
+                if failed:
+                    return None  # an item failed, so has the run: the items not started yet do not start
+                try:
+                    return await self.exec_node(node.body, prefix, item, wf, None, name=f"{node.body.id}[{i}]")
+                except Exception:
+                    failed = True
+                    raise
 
         return await self._gather([one(i, item) for i, item in enumerate(items)])
 
-    async def _exec_map(self, node: MapNode, value: Any, upstream: type[BaseModel] | None) -> Any:
+    async def _foreach_items(
+        self, node: ForeachNode, path: str, value: Any, upstream: type[BaseModel] | None,
+    ) -> list[Any]:
+        """The items to run the body for. With ``items=``, the list ``items(input)`` gave: picked once, recorded at
+        the foreach's path (``__items__/<path>``) and reused by every later walk.
+
+        Like a branch's conditions, the function may ask the outside world (a host inventory); asked again after a
+        resume it could give another list, and an approval given for one item would apply to another. The items
+        are recorded as JSON data, and every walk (the first included) gives the steps the recorded form.
+        """
+        if node.items is None:
+            return item_list(node, value)  # the incoming value: recorded already (an earlier step's, the run's input)
+        key = ITEMS_PREFIX + path
+        rec = self.results.get(key)
+        if rec is not None:
+            return list(rec.output["items"])
+        items = item_list(node, await maybe_await(node.items(view(value, upstream))))
+        try:
+            recorded: list[Any] = storable(to_jsonable_python(items), "items")
+        except (PydanticSerializationError, OutputUnstorable) as exc:
+            reason = exc.problem if isinstance(exc, OutputUnstorable) else str(exc).splitlines()[0]
+            raise InvalidInput(
+                f"items of foreach {node.id!r}", f"{reason}. The items are recorded with the run: return JSON data "
+                "(dicts, lists, strings, numbers, booleans, None) or pydantic models."
+            ) from exc
+        record = step_result(
+            run_id=self.run.id, path=key, step_id=node.id, kind="items", output={"items": recorded},
+            attempts=1, started_at=None, finished_at=time.time(),
+        )
+        await self._store(record, [], progressed=False)
+        return recorded
+
+    async def _exec_map(self, node: MapNode, path: str, value: Any, upstream: type[BaseModel] | None) -> Any:
         arg = view(value, upstream)
         params = len(inspect.signature(node.fn).parameters)
-        result = node.fn(arg, MapContext(self)) if params >= 2 else node.fn(arg)
+        result = node.fn(arg, MapContext(self, path)) if params >= 2 else node.fn(arg)
         result = await maybe_await(result)
         try:
             return dump_value(node.output, result)
@@ -779,8 +824,9 @@ class Announcer:
 class MapContext:
     """The second argument of a two-parameter map function."""
 
-    def __init__(self, execution: RunExecution) -> None:
+    def __init__(self, execution: RunExecution, path: str = "") -> None:
         self._execution = execution
+        self._path = path
 
     @property
     def run_id(self) -> str:
@@ -791,7 +837,36 @@ class MapContext:
         return self._execution.run.input
 
     def step_output(self, step_id: str) -> Any:
-        return self._execution.output_of(step_id)
+        """The recorded output of an earlier step, the nearest to this map (see ``StepContext.step_output``)."""
+        return self._execution.output_of(step_id, self._path)
+
+
+def nearness(scope: list[str], path: str) -> int:
+    """How near the record at ``path`` is to a caller whose path's segments but the last are ``scope``: the number of
+    segments their scopes share; -1 if the record lies in another item or iteration of a foreach or loop the caller
+    is in (the scopes part at two marks of one node: ``deploy[0]`` and ``deploy[1]``)."""
+    segments = path.split("/")[:-1]
+    shared = 0
+    for mine, theirs in zip(scope, segments, strict=False):
+        if mine != theirs:
+            return -1 if segment_node(mine) == segment_node(theirs) else shared
+        shared += 1
+    return shared
+
+
+def item_list(node: ForeachNode, value: Any) -> list[Any]:
+    """The items a foreach runs its body for: a list, or the one list field of a model (or dict)."""
+    items = to_jsonable(value)
+    if isinstance(items, dict):
+        lists = [v for v in items.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            items = lists[0]
+    if not isinstance(items, list):
+        raise InvalidInput(
+            f"input of foreach {node.id!r}", "expected a list of items (or a model with one list field); "
+            "use .map(...) or foreach(..., items=...) to pick the list."
+        )
+    return items
 
 
 def last_step_path(workflow: CommittedWorkflow) -> str | None:

@@ -6,22 +6,34 @@ A new run reuses every result recorded under the top-level nodes *before* the on
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from storage.records import RunProgress, RunRecord, StepResultRecord
 
 from .errors import InvalidInput, UsageError
+from .executor import BRANCH_PREFIX, ITEMS_PREFIX
 from .step import Step, parse_model
 from .versions import describe_version
-from .workflow import CommittedWorkflow
+from .workflow import CommittedWorkflow, segment_node
 
-_SEGMENT_SUFFIX = re.compile(r"(#\d+|\[\d+\])+$")
+#: Records of what the walk decided once and reuses (a branch's choice, a foreach's list), by the node's path.
+_DECISIONS = (BRANCH_PREFIX, ITEMS_PREFIX)
 
 
 def top_segment(path: str) -> str:
     """``validate#2/check`` -> ``validate``; ``review[3]/approve`` -> ``review``."""
-    return _SEGMENT_SUFFIX.sub("", path.split("/", 1)[0])
+    return segment_node(path.split("/", 1)[0])
+
+
+def recorded_at(path: str) -> str | None:
+    """The path in the workflow a result record is of: a step's own; the node's for a decision (``__branch__/x``:
+    ``x``); None for what a re-run does not keep (a re-run's new input, failed attempts)."""
+    if not path.startswith("__"):
+        return path
+    for prefix in _DECISIONS:
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return None
 
 
 def plan_rerun(
@@ -46,9 +58,11 @@ def plan_rerun(
     if target not in order:
         raise UsageError(f"Step {from_step!r} is not a step of workflow {wf.id!r}.")
     cutoff = order[target]
+    # The branches taken and the lists picked before the cutoff are kept too: evaluated again (the world changed
+    # since), the re-run could take another branch than the results it keeps came from.
     copied = [
         r for r in progress.results.values()
-        if not r.path.startswith("__") and order.get(top_segment(r.path), cutoff) < cutoff
+        if (at := recorded_at(r.path)) is not None and order.get(top_segment(at), cutoff) < cutoff
     ]
     if original.workflow_fingerprint != wf.fingerprint:
         _check_fit(wf, original, copied)

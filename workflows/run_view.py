@@ -163,7 +163,7 @@ def fold_run(
         _apply(at(ev.path, ev.step_id), ev)
 
     for rec in results:
-        if rec.kind in ("override", "retry", "branch"):  # a re-run's new input, a failed attempt, a branch's choice
+        if rec.kind in ("override", "retry", "branch", "items"):  # a re-run's new input, a failed attempt, decisions
             continue
         view = at(rec.path, rec.step_id)
         view.kind = rec.kind

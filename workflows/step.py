@@ -187,6 +187,9 @@ def parse_model(model: type[BaseModel] | None, data: Any, where: str, *, known_k
     ``known_keys_only``: data a person or a caller typed (a workflow's input, resume data, event data) may
     not carry keys the model does not have. pydantic ignores them by default, so a misspelt field would be
     dropped silently and the run go on with the default; a model that sets ``extra`` itself is left alone.
+
+    Fields are read by alias and by name: the engine stores a model's data as ``model_dump`` gives it (by name), and
+    a model with aliases (a camelCase API payload) must read back what it stored; a caller may send either form.
     """
     if model is None:
         return data
@@ -198,7 +201,7 @@ def parse_model(model: type[BaseModel] | None, data: Any, where: str, *, known_k
     if known_keys_only and isinstance(data, dict) and "extra" not in model.model_config:
         unknown = unknown_keys(model, data)
     try:
-        value = model.model_validate(data)
+        value = model.model_validate(data, by_alias=True, by_name=True)
     except ValidationError as exc:
         if not unknown:
             raise InvalidInput.from_validation(where, exc) from exc
@@ -224,7 +227,8 @@ def dump_value(model: type[BaseModel] | None, value: Any) -> Any:
     """JSON-ready form of a step's value, validated against ``model`` when there is one."""
     if model is not None:
         if not isinstance(value, model):
-            value = model.model_validate(value.model_dump() if isinstance(value, BaseModel) else value)
+            value = model.model_validate(
+                value.model_dump() if isinstance(value, BaseModel) else value, by_alias=True, by_name=True)
         return value.model_dump(mode="json")
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")

@@ -308,6 +308,13 @@ def _node_for(runnable: Any, workflow_id: str) -> Node:
 
 #: Loop iteration (``#2``) and foreach item (``[3]``) marks at the end of a path segment.
 _PATH_MARKS = re.compile(r"(#\d+|\[\d+\])+$")
+
+
+def segment_node(segment: str) -> str:
+    """The node a path segment names, without its loop iteration or foreach item marks: ``review[3]`` -> ``review``."""
+    return _PATH_MARKS.sub("", segment)
+
+
 #: How many looked-up paths a committed workflow remembers.
 _MAX_LOCATED = 4096
 

@@ -23,6 +23,10 @@ class Numbers(BaseModel):
     values: list[int]
 
 
+class Hosts(BaseModel):
+    hosts: list[str]
+
+
 class Pair(BaseModel):
     double: Num
     square: Num
@@ -315,6 +319,37 @@ async def test_foreach_never_runs_more_items_at_once_than_its_concurrency(engine
     assert peak == 3
 
 
+async def test_a_sequential_foreach_starts_no_item_after_one_failed(engine):
+    # Host after host: once host b failed, so has the run; hosts c, d and e are not deployed.
+    deployed: list[str] = []
+
+    @step(id="deploy")
+    async def deploy(ctx: StepContext[None]) -> dict:
+        deployed.append(ctx.input)
+        if ctx.input == "b":
+            raise RuntimeError("b is down")
+        return {"host": ctx.input}
+
+    wf = Workflow(id="rollout", input=Hosts).foreach(deploy, concurrency=1).commit()
+    e = engine(wf)
+
+    result = await run(e, "rollout", {"hosts": ["a", "b", "c", "d", "e"]})
+
+    assert result.status == "failed" and result.error_path == "deploy[1]"
+    assert deployed == ["a", "b"]
+
+
+async def test_items_a_run_cannot_record_fail_it_naming_the_foreach(engine):
+    # The list ``items=`` picks is recorded (a resume deploys the items approved), so it must be JSON data.
+    wf = Workflow(id="sockets").foreach(inc, items=lambda _: [object()]).commit()
+    e = engine(wf)
+
+    result = await run(e, "sockets", None)
+
+    assert result.status == "failed" and result.error_type == "InvalidInput"
+    assert "items of foreach 'inc'" in result.error and "JSON data" in result.error
+
+
 async def test_foreach_over_something_that_is_not_a_list_fails_with_a_hint(engine):
     wf = Workflow(id="not-a-list", input=Num).foreach(inc).commit()
     e = engine(wf)
@@ -394,6 +429,71 @@ async def test_nested_workflows_inside_foreach_and_loops_get_indexed_paths(engin
     ]
 
 
+async def test_step_output_inside_a_foreach_item_reads_that_items_step(engine):
+    # Each item looks its host up, waits for a person's approval, then deploys the host it looked up. Approving
+    # item 0 deploys item 0's host, not the host of the item whose lookup finished last.
+    deployed: list[str] = []
+
+    @step(id="lookup")
+    async def lookup(ctx: StepContext[None]) -> dict:
+        return {"host": ctx.input}
+
+    @step(id="approve", resume=Decision)
+    async def approve(ctx: StepContext[None]) -> dict:
+        decision = await ctx.suspend({"host": ctx.input["host"]})
+        return {"approved": decision.approved}
+
+    @step(id="deploy")
+    async def deploy(ctx: StepContext[None]) -> dict:
+        host = ctx.step_output("lookup")["host"]
+        deployed.append(host)
+        return {"deployed": host}
+
+    item = Workflow(id="one-host").then(lookup).then(approve).then(deploy).commit()
+    wf = Workflow(id="rollout", input=Hosts).foreach(item, concurrency=1).commit()
+    e = engine(wf)
+    handle = await e.start("rollout", {"hosts": ["a", "b", "c"]})
+    first = await handle.result(timeout=5)
+    assert sorted(s.path for s in first.suspended) == [
+        "one-host[0]/approve", "one-host[1]/approve", "one-host[2]/approve",
+    ]
+
+    await e.resume(handle.run_id, step="one-host[0]/approve", data={"approved": True})
+    after = await e.handle(handle.run_id).result(timeout=5)
+
+    assert after.status == "suspended"
+    assert deployed == ["a"]
+
+
+async def test_a_map_inside_a_foreach_item_reads_that_items_steps_then_the_ones_around_it(engine):
+    @step(id="plan")
+    async def plan(ctx: StepContext[None]) -> dict:
+        return {"version": "v2", "hosts": ctx.input["hosts"]}
+
+    @step(id="lookup")
+    async def lookup(ctx: StepContext[None]) -> dict:
+        return {"host": ctx.input}
+
+    arrived = 0
+    every_lookup_done = asyncio.Event()
+
+    async def target(value, ctx):
+        nonlocal arrived
+        arrived += 1
+        if arrived == 3:
+            every_lookup_done.set()
+        await every_lookup_done.wait()  # each item reads with the other items' lookups recorded too
+        return {"host": ctx.step_output("lookup")["host"], "version": ctx.step_output("plan")["version"]}
+
+    item = Workflow(id="one-host").then(lookup).map(target, id="target").commit()
+    wf = Workflow(id="planned", input=Hosts).then(plan).foreach(item, concurrency=3).commit()
+    e = engine(wf)
+
+    result = await run(e, "planned", {"hosts": ["a", "b", "c"]})
+
+    assert result.output == [{"host": h, "version": "v2"} for h in ["a", "b", "c"]]
+
+
 async def test_nested_workflow_input_is_validated_with_its_own_model(engine):
     outer = Workflow(id="outer-bad", input=Text).map(lambda t: {"n": t.text}).then(inner).commit()
     e = engine(outer)
@@ -455,3 +555,30 @@ async def test_a_branch_taken_before_a_suspension_is_the_branch_the_resume_conti
     assert result.status == "success"
     assert result.output == {"big": {"n": 30}}
     assert calls["small"] == 0
+
+
+async def test_an_approval_in_a_foreach_applies_to_the_item_that_was_approved(engine):
+    # ``items=`` may ask the outside world (a host inventory), like a branch's conditions. A person approves
+    # deploying host "a"; meanwhile the inventory gained a host. The resumed run deploys "a", the item approved.
+    inventory = ["a", "b"]
+    deployed: list[str] = []
+
+    @step(id="deploy", resume=Decision)
+    async def deploy(ctx: StepContext[None]) -> dict:
+        decision = await ctx.suspend({"host": ctx.input})
+        if decision.approved:
+            deployed.append(ctx.input)
+        return {"host": ctx.input, "deployed": decision.approved}
+
+    wf = Workflow(id="rollout").foreach(deploy, items=lambda _: list(inventory)).commit()
+    e = engine(wf)
+    handle = await e.start("rollout")
+    first = await handle.result(timeout=5)
+    assert {s.path: s.payload for s in first.suspended} == {"deploy[0]": {"host": "a"}, "deploy[1]": {"host": "b"}}
+
+    inventory.insert(0, "new")
+    await e.resume(handle.run_id, step="deploy[0]", data={"approved": True})
+    await e.handle(handle.run_id).result(timeout=5)
+
+    assert deployed == ["a"]
+    assert await paths(e, handle.run_id) == ["deploy[0]"]  # the recorded list is no step of the run

@@ -66,6 +66,19 @@ async def test_watch_after_an_offset_yields_only_later_events(engine):
     assert rest == everything[3:]
 
 
+async def test_watching_a_finished_run_from_its_last_event_ends_at_once(engine):
+    # A watcher that reconnects with the last event id it got (an SSE ``Last-Event-ID``) after the run ended gets
+    # nothing more, and its stream ends: the run will never write another event.
+    e = engine(two_steps)
+    handle = await e.start("two-steps", {"n": 1})
+    assert (await handle.result(timeout=5)).status == "success"
+    seen = await collect(handle.watch())
+
+    rest = await asyncio.wait_for(collect(handle.watch(after=seen[-1].id)), timeout=3)
+
+    assert seen[-1].type == "run.finished" and rest == []
+
+
 async def test_a_live_watcher_sees_events_as_they_happen(engine):
     gate = asyncio.Event()
 

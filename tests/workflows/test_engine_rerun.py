@@ -178,3 +178,70 @@ async def test_rerun_from_a_step_it_never_ran_is_refused(engine):
 
     with pytest.raises(UsageError, match="no step 'nope' to re-run from. Steps it ran: fetch, publish, transform"):
         await e.rerun(original.run_id, from_step="nope")
+
+
+async def test_rerun_after_a_branch_keeps_the_branch_the_original_run_took(engine):
+    # The conditions may ask the outside world; it changed since the original run. The re-run reuses the branch's
+    # decision like every result before the re-run point: it runs neither the other branch (a step the original run
+    # never ran) nor gives the step re-run other input than the original run gave it.
+    calls = Counter()
+    world = {"big": True}
+
+    class Picked(BaseModel):
+        big: Num | None = None
+        small: Num | None = None
+
+    @step(id="report", input=Picked, output=Num)
+    async def report(ctx: StepContext[Picked]) -> Num:
+        calls["report"] += 1
+        chosen = ctx.input.big or ctx.input.small
+        return Num(n=chosen.n)
+
+    wf = (
+        Workflow(id="routed", input=Num, output=Num)
+        .then(counted("prepare", calls))
+        .branch([
+            (lambda x: world["big"], counted("big", calls, lambda n: n * 100)),
+            (lambda x: not world["big"], counted("small", calls, lambda n: n - 1)),
+        ])
+        .then(report)
+        .commit()
+    )
+    e = engine(wf)
+    original = await (await e.start("routed", {"n": 1})).result(timeout=5)
+    assert original.output == {"n": 200}
+
+    world["big"] = False
+    rerun = await (await e.rerun(original.run_id, from_step="report")).result(timeout=5)
+
+    assert rerun.status == "success" and rerun.output == {"n": 200}
+    assert calls == Counter({"prepare": 1, "big": 1, "report": 2})
+
+
+async def test_rerun_after_a_foreach_keeps_the_items_the_original_run_picked(engine):
+    calls = Counter()
+    inventory = [1, 2]
+
+    class Sum(BaseModel):
+        total: int
+
+    @step(id="total", output=Sum)
+    async def total(ctx: StepContext[list]) -> Sum:
+        calls["total"] += 1
+        return Sum(total=sum(item["n"] for item in ctx.input))
+
+    wf = (
+        Workflow(id="inventory")
+        .foreach(counted("deploy", calls), items=lambda _: [{"n": n} for n in inventory])
+        .then(total)
+        .commit()
+    )
+    e = engine(wf)
+    original = await (await e.start("inventory")).result(timeout=5)
+    assert original.output == {"total": 5}
+
+    inventory.append(3)  # the inventory changed since
+    rerun = await (await e.rerun(original.run_id, from_step="total")).result(timeout=5)
+
+    assert rerun.status == "success" and rerun.output == {"total": 5}
+    assert calls == Counter({"deploy": 2, "total": 2})

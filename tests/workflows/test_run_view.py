@@ -81,3 +81,14 @@ async def test_loop_iterations_share_their_node(engine) -> None:
     details = await e.details(result.run_id)
     again = fold_run(details.run, details.events, now=view.steps[0].started_at)
     assert [s.path for s in again.steps] == [s.path for s in view.steps]
+
+
+async def test_the_list_a_foreach_picked_is_not_shown_as_a_step(engine) -> None:
+    @step(id="ping")
+    async def ping(ctx: StepContext[None]) -> dict:
+        return {"host": ctx.input}
+
+    e = engine(Workflow(id="ping-all").foreach(ping, items=lambda _: ["a", "b"]).commit())
+    result = await (await e.start("ping-all")).result(timeout=5)
+    view = await load_run_view(e, result.run_id)
+    assert sorted(s.path for s in view.steps) == ["ping[0]", "ping[1]"]

@@ -28,6 +28,11 @@ Endpoints on the emulator's app (JSON in, JSON out):
   ``error``, ``delay`` past the bot's timeout, ``drop``), ``{"clear_faults": true}`` (every failure and
   every latency; realistic mode stays until ``{"realistic": false}``)
 
+Everything on the emulator's address (the page, its endpoints, the local Slack's Web API) answers only to the host
+names 127.0.0.1/localhost (or the address it listens on), as the run inspector does without sign-in: a web page
+that rebinds its DNS name to 127.0.0.1 is same-origin with the sandbox and could otherwise read its Slack and act
+as anyone in it (the bot token ``xoxb-sandbox`` is no secret).
+
 Streamed answers grow on the page as the bot appends to them (``message.updated`` carries the stream's state
 and its task cards); feedback buttons under answers click like any button (``value`` ``positive``/``negative``).
 """
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -49,11 +55,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .emulator import DeliveryResult, SlackEmulator, install_app
 from .inspector import RunningInspector
 from .inspector.command import start_for_sandbox
+from .inspector.config import is_loopback
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -97,6 +105,7 @@ class Sandbox:
                  ui_port: int = 0, realistic_slack: bool = False, workspaces: int = 1) -> None:
         self.host, self.port, self.bot_port, self.ui_port = host, port, bot_port, ui_port
         self.emulator = SlackEmulator(signing_secret=secrets.token_urlsafe(32), bot_token=SANDBOX_BOT_TOKEN)
+        self.emulator.app.middlewares.append(local_hosts_only(host))
         #: Answer like the real Web API: 0.1-0.3 s per call and Slack's rate limits (429 + Retry-After).
         self.emulator.realistic(realistic_slack)
         self.page = SandboxPage(self.emulator, settings.command, model=settings.model_name)
@@ -511,6 +520,33 @@ class SlackBehaviour(BaseModel):
     latency: dict[str, Seconds | tuple[Seconds, Seconds]] | None = None
     fail_next: list[FaultSpec] = []
     clear_faults: bool = False
+
+
+def local_hosts_only(host: str) -> Middleware:
+    """Refuse requests whose Host is not 127.0.0.1/localhost, or the IP address the sandbox listens on: no DNS
+    rebinding (a name can be rebound, an address cannot), as the run inspector (``bot/inspector/app.py``)."""
+    own = _ip_address(host)
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = request.url.host or ""
+        if not (is_loopback(name) or (own is not None and _ip_address(name) == own)):
+            log.warning("refused %s %s for the host name %r: the sandbox answers only on 127.0.0.1 or localhost",
+                        request.method, request.path, name)
+            return web.Response(status=403, text="The sandbox answers only on 127.0.0.1 or localhost: open the "
+                                                 "address `threadflow dev` printed.")
+        return await handler(request)
+
+    return guard
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address (None for a name, or for 0.0.0.0 and ``::``, which are every address)."""
+    try:
+        address = ipaddress.ip_address(host.strip().strip("[]"))
+    except ValueError:
+        return None
+    return None if address.is_unspecified else address
 
 
 async def _first(pair: Awaitable[tuple[Any, DeliveryResult | None]]) -> DeliveryResult:

@@ -7,6 +7,8 @@ without loading SQLAlchemy at all where it can (see ``run_listing.py``).
 
 from __future__ import annotations
 
+import re
+
 from .errors import DatabaseURLError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///threadflow.db"
@@ -40,10 +42,12 @@ def normalize_url(url: str) -> str:
 
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
+        # ValueError: SQLAlchemy's parser reads the port with int() (``:54x32``, a typo).
+        problem = "its port is not a number" if isinstance(exc, ValueError) else "it must start with a scheme and ://"
         raise DatabaseURLError(
-            f"Database URL {url!r} is not a valid SQLAlchemy URL. "
-            "Use sqlite+aiosqlite:///path/to/threadflow.db or postgresql+asyncpg://user@host/db."
+            f"Database URL {masked(url)!r} is not a valid SQLAlchemy URL: {problem}. "
+            "Use sqlite+aiosqlite:///path/to/threadflow.db or postgresql+asyncpg://user:password@host:5432/db."
         ) from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -60,6 +64,25 @@ def normalize_url(url: str) -> str:
             "SQLite (sqlite+aiosqlite://) and PostgreSQL (postgresql+asyncpg://)."
         )
     return parsed.render_as_string(hide_password=False)
+
+
+#: The scheme and slashes of a URL (``postgresql://``, or ``postgresql:/`` with a slash missing).
+_SCHEME = re.compile(r"[A-Za-z][\w+.-]*:/+")
+
+
+def masked(url: str) -> str:
+    """``url`` as typed, with what may be a password in it replaced by ``***``: for a URL SQLAlchemy cannot
+    parse (``redacted`` needs one it can). Everything between the user name's ``:`` and the last ``@`` is
+    masked; a malformed URL may lose a bit more than its password, never less."""
+    front, at, back = url.rpartition("@")
+    if not at:
+        return url
+    scheme = _SCHEME.match(front)
+    start = scheme.end() if scheme else 0
+    user, colon, _ = front[start:].partition(":")
+    if not colon:
+        return url
+    return f"{front[:start]}{user}:***@{back}"
 
 
 def redacted(url: str) -> str:

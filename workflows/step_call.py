@@ -20,6 +20,7 @@ from storage.faults import describe
 
 from . import interrupts
 from .errors import StepTimeout, UsageError
+from .secrets import redact
 from .step import Step
 
 if TYPE_CHECKING:
@@ -96,7 +97,15 @@ async def _call_in_thread(step: Step[Any, Any], ctx: StepContext[Any], timeout: 
 
 
 def failure_message(exc: BaseException) -> str:
-    """What a failure says, for people: never SQL text, never an empty string."""
+    """What a failure says, for people: never SQL text, never an empty string, never a token or key.
+
+    The one source of a failed step's error text (its events, the run's error, the Slack thread, the inspector):
+    a library's error may repeat a secret it was given (httpx names the URL, and Slack's Web API takes
+    ``?token=``), so it is masked here as the traceback is."""
+    return redact(_unmasked_message(exc))
+
+
+def _unmasked_message(exc: BaseException) -> str:
     if type(exc).__module__.startswith(("sqlalchemy", "sqlite3", "asyncpg")):
         return describe(exc)
     text = str(exc)

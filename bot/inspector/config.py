@@ -47,11 +47,19 @@ class InspectorConfig:
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     #: THREADFLOW_APPROVERS, as the Slack buttons use them.
     approvers: tuple[str, ...] = ()
+    #: Why Sign in with Slack is off although SLACK_CLIENT_ID is set (installs through OAuth, no bot token).
+    slack_off: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, *, host: str | None = None, port: int | None = None) -> InspectorConfig:
-        slack = None
-        if settings.slack_client_id or settings.slack_client_secret:
+        slack, slack_off = None, None
+        if settings.oauth_enabled and settings.slack_bot_token is None:
+            # The client id and secret are the installs' (many workspaces): no single bot token to ask Slack which
+            # channels a person is in, or which workspace is the bot's. Nobody signs in with Slack (fail closed:
+            # a person sees no run, and no stranger from another workspace may start one); operators still do.
+            slack_off = ("Sign in with Slack is off: installs come through OAuth and the inspector needs "
+                         "SLACK_BOT_TOKEN to ask Slack which channels a person belongs to")
+        elif settings.slack_client_id or settings.slack_client_secret:
             if not (settings.slack_client_id and settings.slack_client_secret):
                 raise InspectorError("Sign in with Slack needs both SLACK_CLIENT_ID and SLACK_CLIENT_SECRET "
                                      "(from the Slack app's Basic Information page).")
@@ -66,7 +74,7 @@ class InspectorConfig:
             slack=slack, bot_token=settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None,
             slack_api_url=settings.slack_api_url, public_url=settings.ui_url,
             secret=settings.ui_secret.get_secret_value().encode() if settings.ui_secret else secrets.token_bytes(32),
-            approvers=tuple(settings.approvers),
+            approvers=tuple(settings.approvers), slack_off=slack_off,
         )
 
     @property
@@ -81,10 +89,11 @@ class InspectorConfig:
     def check_exposure(self) -> None:
         """Refuse to listen beyond this machine when nobody has to sign in."""
         if not is_loopback(self.host) and not self.sign_in_required:
+            slack = "" if self.slack_off else " or SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack)"
             raise InspectorError(
                 f"The inspector will not listen on {self.host or 'every address'} without sign-in: anyone who can "
-                "reach it could read every run and approve steps. Set THREADFLOW_UI_TOKEN (one operator) or "
-                "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET (Sign in with Slack), or keep --host 127.0.0.1."
+                f"reach it could read every run and approve steps. Set THREADFLOW_UI_TOKEN (one operator){slack}, "
+                "or keep --host 127.0.0.1." + (f" {self.slack_off}." if self.slack_off else "")
             )
 
 

@@ -74,6 +74,28 @@ async def test_a_malformed_sqlite_setting_is_one_line_and_exit_2(tmp_path: Path,
     assert code == 2 and err.startswith(f"error: {name} must be") and err.count("\n") == 1, (code, err)
 
 
+PASSWORD = "Sup3rSecretPw"
+
+
+@pytest.mark.parametrize("command", ["runs", "doctor"])
+@pytest.mark.parametrize(("url", "reason"), [
+    # One slash missing (an easy typo): SQLAlchemy cannot parse it at all.
+    (f"postgresql:/threadflow:{PASSWORD}@db.internal/threadflow", "it must start with a scheme and ://"),
+    # A port that is not a number: SQLAlchemy's parser raised a ValueError, a traceback from every command.
+    (f"postgresql://threadflow:{PASSWORD}@db.internal:54x32/threadflow", "its port is not a number"),
+])
+async def test_a_malformed_database_url_is_refused_without_its_password(tmp_path: Path, command: str, url: str,
+                                                                        reason: str) -> None:
+    """Refused with the reason and the URL as typed, the password as ``***`` (terminals, CI logs, doctor reports
+    pasted into issues), as every other database error shows it; never as a traceback."""
+    code, out, err = await threadflow(tmp_path, command, THREADFLOW_DATABASE_URL=url)
+    assert code != 0
+    assert "Traceback" not in err, err[-600:]
+    assert "is not a valid SQLAlchemy URL" in out + err and reason in out + err
+    assert "threadflow:***@db.internal" in out + err  # the URL, to find the typo in...
+    assert PASSWORD not in out + err  # ...but never the password
+
+
 def test_secrets_in_dotenv_stay_out_of_the_environment_steps_see(tmp_path: Path) -> None:
     """Step and tool code (and every process a step starts) sees the environment: .env's Slack and bot secrets are
     read by the settings only; the model's settings, which agents read from the environment, are exported."""

@@ -452,3 +452,26 @@ async def test_another_web_site_cannot_drive_the_sandbox_from_the_persons_browse
         assert "Content-Type: application/json" in refused["error"]
     assert not http.emu.web_api.rate_limits.enabled
     assert not http.emu.messages(CHANNEL)
+
+
+async def test_a_page_whose_dns_name_rebinds_to_127_0_0_1_can_neither_read_nor_drive_the_sandbox(http: Page) -> None:
+    """After a DNS rebinding, a web page the developer visits is same-origin with the sandbox (its JSON requests
+    need no preflight): it could read every message of the sandbox's Slack and start runs as alice. Everything on
+    the sandbox's address answers only to 127.0.0.1/localhost, as the run inspector does without sign-in."""
+    port = http.sandbox.url.rstrip("/").rsplit(":", 1)[-1]
+    rebound = {"Host": f"rebind.attacker.example:{port}", "Origin": f"http://rebind.attacker.example:{port}"}
+    async with http.session.get("/sandbox/state", headers=rebound) as resp:
+        assert resp.status == 403
+    async with http.session.get("/api/conversations.history", params={"channel": CHANNEL},
+                                headers={**rebound, "Authorization": f"Bearer {SANDBOX_BOT_TOKEN}"}) as resp:
+        assert resp.status == 403  # the local Slack's Web API too: the sandbox's bot token is no secret
+    async with http.session.post("/sandbox/command", json={"user": ALICE, "channel": CHANNEL,
+                                                           "text": "/flow run greet-user name=mallory"},
+                                 headers=rebound) as resp:
+        assert resp.status == 403
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):  # the names the developer opens it with
+        async with http.session.get("/sandbox/state", headers={"Host": host}) as resp:
+            assert resp.status == 200
+    await asyncio.sleep(0.5)  # (a command taken would have posted the run's root message by now)
+    assert http.root("greet-user") is None
+

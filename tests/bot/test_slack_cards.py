@@ -15,6 +15,7 @@ import json
 from bot.emulator import Message
 from tests.bot.conftest import CHANNEL, RunningBot, StartBot, block_text, has_buttons, replies, root_for
 from tests.helpers import eventually
+from tests.helpers.leaky_flows import STEP_TOKEN, refusing_api
 from tests.helpers.slack_limits import limit_refusals
 
 FLOWS = "tests.helpers.content_flows"
@@ -123,3 +124,20 @@ async def test_clipped_text_does_not_end_in_half_an_entity(start_bot: StartBot) 
     shown = block_text(reply)
     body = shown.split("```")[1]
     assert body.rstrip("…").endswith("&lt;"), body[-20:]
+
+
+async def test_a_token_in_a_failed_steps_error_is_not_posted_in_the_slack_thread(start_bot: StartBot) -> None:
+    """A step's library names the URL it called, token included (``?token=``): the ":x: Run failed" reply and
+    the root's checklist say what failed, never the token (it would be posted to the whole channel)."""
+    bot = await start_bot(THREADFLOW_WORKFLOWS="tests.helpers.leaky_flows")
+    async with refusing_api() as api:
+        run_id = await run_from_slack(bot, "sync-users", {"api": api})
+        assert await bot.settled(run_id) == "failed"
+    root = await bot.emu.wait_for(lambda: root_for(bot.emu, run_id), timeout=5)
+    failed = await bot.emu.wait_for(
+        lambda: next((m for m in replies(bot.emu, root) if "Run failed" in block_text(m)), None), timeout=10)
+    root = await bot.emu.wait_for(
+        lambda: (m := root_for(bot.emu, run_id)) is not None and "failed" in m.text and m, timeout=5)
+    assert "users.list" in block_text(failed)  # the reply says what failed...
+    shown = "\n".join(block_text(m) for m in [root, *replies(bot.emu, root)])
+    assert STEP_TOKEN not in shown  # ...without the token

@@ -81,6 +81,50 @@ async def test_the_ui_command_prints_its_address_and_with_a_token_may_listen_any
         assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
+async def test_the_operator_can_use_the_inspector_of_an_oauth_installed_bot(tmp_path: Path) -> None:
+    """Installs through OAuth (README, "Distributing the app"): no SLACK_BOT_TOKEN, and SLACK_CLIENT_ID/SECRET are
+    the installs' credentials. ``threadflow ui`` starts (it refused: "Sign in with Slack needs SLACK_BOT_TOKEN
+    too"); the operator sees every run, and nobody signs in with Slack, which could not tell their channels."""
+    from cryptography.fernet import Fernet
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "THREADFLOW_", "OPENAI_"))}
+    env.update({
+        "PYTHONPATH": str(ROOT), "THREADFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'ui.db'}",
+        "SLACK_CLIENT_ID": "1234.5678", "SLACK_CLIENT_SECRET": "0123456789abcdef0123456789abcdef",
+        "SLACK_SIGNING_SECRET": "signing-secret", "SLACK_STATE_SECRET": "state-secret",
+        "THREADFLOW_ENCRYPTION_KEY": Fernet.generate_key().decode(), "THREADFLOW_UI_TOKEN": "operator-token-for-tests",
+    })
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "ui", "--port", "0", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert "threadflow inspector: open" in line, line or (await proc.stderr.read()).decode()
+        url = line.split("open ", 1)[1].split()[0]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, headers={"Authorization": "Bearer operator-token-for-tests"}) as resp:
+                assert resp.status == 200 and "Runs" in await resp.text()
+            async with http.get(url.replace("/runs", "/auth/slack"), allow_redirects=False) as resp:
+                assert resp.status == 404  # Sign in with Slack is off: it fails closed
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+def test_off_loopback_an_oauth_installed_bots_inspector_needs_the_operator_token() -> None:
+    """With Sign in with Slack off (OAuth installs, no bot token), only THREADFLOW_UI_TOKEN lets it off loopback,
+    and the refusal says why SLACK_CLIENT_ID, although set, is not sign-in."""
+    from bot.settings import Settings
+
+    settings = Settings(_env_file=None, SLACK_CLIENT_ID="1234.5678", SLACK_CLIENT_SECRET="c" * 32,  # type: ignore[call-arg]
+                        SLACK_STATE_SECRET="state", SLACK_SIGNING_SECRET="signing")
+    config = InspectorConfig.from_settings(settings, host="0.0.0.0")
+    assert config.slack is None and not config.sign_in_configured
+    with pytest.raises(InspectorError, match="THREADFLOW_UI_TOKEN.*Sign in with Slack is off: installs come through"):
+        config.check_exposure()
+
+
 async def test_without_sign_in_it_answers_only_to_loopback_host_names(engine: Engine, start: StartInspector,
                                                                     browser: type[Browser]) -> None:
     running = await start(InspectorConfig(port=0))

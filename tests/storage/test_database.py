@@ -57,6 +57,17 @@ def test_unusable_urls_are_refused_with_what_to_use_instead(bad):
         Database(bad)
 
 
+@pytest.mark.parametrize(("bad", "shown"), [
+    ("postgresql:/u:pa:ss@h/d", "'postgresql:/u:***@h/d'"),  # one slash missing, a ':' in the password
+    ("postgresql://u:p@ss@h:54x32/d", "'postgresql://u:***@h:54x32/d'"),  # an '@' in it, a port not a number
+    ("u:pass@h/d", "'u:***@h/d'"),  # no scheme at all
+])
+def test_an_unparsable_url_is_refused_with_its_password_masked(bad, shown):
+    with pytest.raises(DatabaseURLError, match="not a valid SQLAlchemy URL") as refused:
+        normalize_url(bad)
+    assert shown in str(refused.value)
+
+
 async def test_opening_migrates_to_head_and_is_idempotent(db_url):
     first, second = Database(db_url), Database(db_url)
     # Two handles opening at once (two processes starting) both end up on the current schema.

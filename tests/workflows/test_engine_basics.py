@@ -19,6 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.helpers import event_types
+from tests.helpers.leaky_flows import STEP_TOKEN, refusing_api, sync_users
 from workflows import (
     Engine,
     InvalidInput,
@@ -177,6 +178,21 @@ async def test_a_step_that_raises_fails_the_run_with_its_error_and_path(engine):
     details = await e.details(result.run_id)
     assert [s.path for s in details.steps] == ["greet"]
     assert details.run.error["type"] == "ValueError"
+
+
+async def test_a_token_in_a_failed_steps_error_text_is_masked_everywhere_it_is_stored(engine):
+    """httpx's error names the URL, and Slack's Web API takes ``?token=``: the run's error, the step.failed event
+    and its traceback say what failed, with the token cut to its kind (``xoxb-…``)."""
+    e = engine(sync_users)
+    async with refusing_api() as api:
+        result = await (await e.start("sync-users", {"api": api})).result(timeout=10)
+
+    assert result.status == "failed"
+    assert "users.list" in (result.error or "") and "xoxb-…" in (result.error or "")  # says what failed...
+    details = await e.details(result.run_id)
+    [failed] = [ev for ev in details.events if ev.type == "step.failed"]
+    stored = [result.error or "", str(details.run.error), failed.data["error"], failed.data["traceback"]]
+    assert not [text for text in stored if STEP_TOKEN in text]  # ...without the token
 
 
 async def test_output_that_does_not_fit_the_model_fails_naming_step_and_field(engine):

@@ -5,11 +5,13 @@ Used by thread chat (replies in a run's thread, mentions, direct messages) and b
 agent is called with streaming; what it writes is appended to one streamed message (see
 :mod:`bot.slack.streams` for the pace and the fallbacks), each tool it calls shows as a task card (in progress,
 then complete or error with a short output; several tools make a plan). Without a thread to stream into (a
-top-level direct message) or with streaming switched off, the answer is posted whole when it is done.
+top-level direct message) or with streaming switched off, the answer is posted whole when it is done. An answer
+cancelled midway (a shutdown, after its grace period) ends its stream with a line saying it was cut short.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -26,6 +28,10 @@ from .slack.streams import AnswerStream, clip_field, markdown_block
 log = logging.getLogger("threadflow.bot.chat")
 
 THINKING = "is thinking..."
+#: What ends an answer cut short by a shutdown (or any cancellation): the message must not read as finished.
+CUT_SHORT = "_(I was interrupted, probably by a restart, before I could finish this answer. Ask me again in a moment.)_"
+#: Seconds a cancelled answer may take to end its stream with :data:`CUT_SHORT`.
+CUT_SHORT_WITHIN = 3.0
 
 
 def feedback_under(result: AgentResult[Any] | None) -> list[dict[str, Any]]:
@@ -48,7 +54,11 @@ async def answer_with_agent(deps: BotDeps, agent: Any, prompt: str, *, thread: A
     stream = streams.open(team_id=team, channel=channel, thread_ts=thread_ts, recipient_user_id=author,
                           planner=agent.name if len(tools) > 1 else None)
     async with stream:
-        result, problem = await _feed(stream, agent.stream(prompt, thread=thread, author=author))
+        try:
+            result, problem = await _feed(stream, agent.stream(prompt, thread=thread, author=author))
+        except asyncio.CancelledError:
+            await _cut_short(stream)
+            raise
         if result is None:
             await stream.finish(problem)
             return None
@@ -79,6 +89,19 @@ async def _feed(stream: AnswerStream, events: Any) -> tuple[AgentResult[Any] | N
         log.exception("thread chat failed")
         return None, f":warning: I could not answer ({type(exc).__name__})."
     return None, ":warning: I could not answer (the agent stopped without an answer)."
+
+
+async def _cut_short(stream: AnswerStream) -> None:
+    """End a cancelled answer's stream with :data:`CUT_SHORT`, shielded and within :data:`CUT_SHORT_WITHIN` seconds:
+    left as it is, the message stays "streaming" until Slack gives up on it, and then reads as a finished answer."""
+    ending = asyncio.ensure_future(stream.finish(CUT_SHORT))
+    try:
+        await asyncio.wait_for(asyncio.shield(ending), CUT_SHORT_WITHIN)
+    except (TimeoutError, asyncio.CancelledError):
+        ending.cancel()
+        log.warning("could not end the answer cut short in %s within %gs", stream.channel, CUT_SHORT_WITHIN)
+    except Exception:
+        log.exception("could not end the answer cut short in %s", stream.channel)
 
 
 async def _answer_whole(deps: BotDeps, agent: Any, prompt: str, *, thread: Any, author: str, channel: str,

@@ -8,6 +8,9 @@ messages, their vectors and its context record in one commit.
 SQLite and PostgreSQL differ only in full-text search (FTS5 + bm25 vs ``to_tsvector`` + ``ts_rank``) and
 in the insert-if-absent / upsert constructs, chosen by ``db.is_sqlite``.
 
+Text is kept as it came, but for NUL (``\x00``): PostgreSQL's TEXT cannot hold it, so it becomes U+FFFD (the
+replacement character) on the way in, on both databases alike (:func:`storable`).
+
 The schema has no column for "which messages a summary covers", so a ``kind='summary'`` row keeps the id
 of the last message it covers in ``tool_call_id`` (as text); only this module reads or writes that.
 """
@@ -389,7 +392,7 @@ class MemoryStore:
                 return None
             values: dict[str, Any] = {"updated_at": time.time()}
             if title is not None:
-                values["title"] = title[:500]
+                values["title"] = storable(title[:500])
             if metadata is not None:
                 values["metadata"] = {**(row["metadata"] or {}), **metadata}
             await conn.execute(update(threads).where(threads.c.id == thread_id).values(**values))
@@ -467,7 +470,9 @@ class MemoryStore:
             return []
         now = time.time()
         rows = [
-            m.model_dump() | {"created_at": m.created_at if m.created_at is not None else now} for m in new
+            m.model_dump() | {"content": storable(m.content),
+                              "created_at": m.created_at if m.created_at is not None else now}
+            for m in new
         ]
         result = await conn.execute(
             insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
@@ -883,7 +888,7 @@ class MemoryStore:
         """Replace the working memory of ``(scope, key)`` (an upsert: last writer wins)."""
 
         async def fn(conn: AsyncConnection) -> None:
-            values = {"scope": scope, "key": key, "content": content, "updated_at": time.time()}
+            values = {"scope": scope, "key": key, "content": storable(content), "updated_at": time.time()}
             dialect_insert = sqlite_insert if self.db.is_sqlite else pg_insert
             stmt = dialect_insert(working_memory).values(**values)
             await conn.execute(
@@ -899,6 +904,8 @@ class MemoryStore:
         """Replace the working memory of ``(scope, key)`` only if it still is ``expected`` (None: none written yet), as
         a compare-and-set; returns None if it was replaced, else the text it has now (another writer's)."""
         now = time.time()
+        content = storable(content)
+        expected = storable(expected) if expected is not None else None
 
         async def fn(conn: AsyncConnection) -> str | None:
             if expected is None:
@@ -996,6 +1003,12 @@ class MemoryStore:
             return [AgentContextRow.model_validate(dict(r)) for r in (await conn.execute(query)).mappings()]
 
         return await self.db.read(fn)
+
+
+def storable(text: str) -> str:
+    """``text`` as both databases keep it: NUL, which PostgreSQL's TEXT cannot hold (the whole write would fail),
+    becomes U+FFFD; SQLite keeps the same, so a thread reads alike on either."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _text_hit(row: Any, sign: float) -> TextHit:

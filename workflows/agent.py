@@ -358,6 +358,7 @@ class Agent:
         """Call the model until it answers without tool calls; validate the answer if asked to."""
         specs = [t.spec for t in tools.values()]
         schema = output.model_json_schema() if output is not None else None
+        ids = _CallIds()
         steps = 0
         reasks = 0
         while True:
@@ -369,14 +370,16 @@ class Agent:
                 if streaming:  # no span around the yields: a span's context must not outlive its task step
                     async for event in stream_or_complete(model, messages, specs, schema, options):
                         if isinstance(event, ResponseDone):
-                            response = event.response
+                            response = ids.answered(event.response)
+                        elif isinstance(event, ToolCallDone):
+                            yield ToolCallDone(ids.streamed(event.call))
                         else:
                             yield event
                     if response is None:
                         raise ModelError(f"Model {model.name!r} ended its stream without a final answer.")
                 else:
                     with span("agent.call", agent=self.name, model=model.name):
-                        response = await complete(model, messages, specs, schema, options)
+                        response = ids.answered(await complete(model, messages, specs, schema, options))
             except ModelError as exc:
                 emit("llm.call", model=model.name, agent=self.name, prompt_tokens=0, completion_tokens=0,
                      duration=time.perf_counter() - started, error=type(exc.__cause__ or exc).__name__)
@@ -526,6 +529,46 @@ class Agent:
                 self._context_record(memory, run_id, path, context, answer, usage)
             )
         return None
+
+
+class _CallIds:
+    """Gives each tool call of a turn an id of its own. Servers whose parser gives none are numbered per answer
+    (``call_0``, ``call_1``, ...), so two model calls in a turn repeat them: the model would be told two results for
+    one call, and Slack would show the second tool in the first one's task card. A call with no id, or an id already
+    used this turn, gets the next free ``call_N``; a streamed call keeps the id it was shown with."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+        self._shown: dict[str, list[str]] = {}  # the id a streamed call came with -> the ids it was shown with
+
+    def streamed(self, call: ToolCall) -> ToolCall:
+        """A call as it completes in a stream (before the answer it belongs to is whole)."""
+        own = self._own(call)
+        self._shown.setdefault(call.id, []).append(own.id)
+        return own
+
+    def answered(self, response: ModelResponse) -> ModelResponse:
+        """The whole answer, its calls with the ids they were streamed with (or new ones)."""
+        shown, self._shown = self._shown, {}
+        if not response.tool_calls:
+            return response
+        calls = []
+        for call in response.tool_calls:
+            given = shown.get(call.id)
+            calls.append(call.model_copy(update={"id": given.pop(0)}) if given else self._own(call))
+        if all(a.id == b.id for a, b in zip(calls, response.tool_calls, strict=True)):
+            return response
+        return response.model_copy(update={"tool_calls": calls})
+
+    def _own(self, call: ToolCall) -> ToolCall:
+        if call.id and call.id not in self._used:
+            self._used.add(call.id)
+            return call
+        n = len(self._used)
+        while f"call_{n}" in self._used:
+            n += 1
+        self._used.add(f"call_{n}")
+        return call.model_copy(update={"id": f"call_{n}"})
 
 
 def _assistant_tool_message(text: str | None, calls: list[ToolCall]) -> Message:

@@ -1,12 +1,12 @@
 """Assembling a streamed chat completion, whatever way the server cut it into chunks.
 
 OpenAI sends a tool call's ``id`` and ``name`` in its first chunk and the arguments in later pieces,
-keyed by ``index``. Other servers differ: arguments split mid-token or mid-escape, a whole call in one
-chunk (Ollama), no ``index`` at all, the name repeated in every chunk, empty deltas, ``content: null``,
-arguments sent as an object rather than a string, several calls interleaved, usage in a last chunk
-with no choices (``stream_options.include_usage``) or in the chunk that finishes. :class:`StreamAssembler`
-takes chunks as plain dicts and yields events as soon as they are certain: a text delta at once, a tool
-call when the next one starts or the stream ends.
+keyed by ``index``, and a refusal in ``delta.refusal`` (read as the answer's text). Other servers differ:
+arguments split mid-token or mid-escape, a whole call in one chunk (Ollama), no ``index`` at all, the name
+repeated in every chunk, empty deltas, ``content: null``, arguments sent as an object rather than a string,
+several calls interleaved, usage in a last chunk with no choices (``stream_options.include_usage``) or in the
+chunk that finishes. :class:`StreamAssembler` takes chunks as plain dicts and yields events as soon as they
+are certain: a text delta at once, a tool call when the next one starts or the stream ends.
 """
 
 from __future__ import annotations
@@ -81,10 +81,12 @@ class StreamAssembler:
             if int(choice.get("index") or 0) != 0:
                 continue  # we ask for one choice; a server that sends more gets its first one read
             delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                self.text.append(content)
-                events.append(TextDelta(content))
+            for said in (delta.get("content"), delta.get("refusal")):
+                # A refusal (``delta.refusal``, content null) is the answer's words, as ``message.refusal`` is
+                # when the answer comes whole: an empty answer would read as no answer at all.
+                if isinstance(said, str) and said:
+                    self.text.append(said)
+                    events.append(TextDelta(said))
             for piece in delta.get("tool_calls") or []:
                 events.extend(self._tool_piece(piece))
             if choice.get("finish_reason"):

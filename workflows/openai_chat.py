@@ -37,7 +37,7 @@ from .model_types import (
     Usage,
     estimate_tokens,
 )
-from .openai_model import Refused, _OpenAIClient
+from .openai_model import EmptyStream, Refused, _OpenAIClient
 from .structured import output_instructions, with_instructions
 
 _NAMED_CHOICES = ("auto", "required", "none")
@@ -267,8 +267,8 @@ class OpenAIChatModel(_OpenAIClient):
 
 def _create(kwargs: dict[str, Any]) -> Callable[[Any], Awaitable[Any]]:
     """The SDK call for one prepared request. A streamed one returns an :class:`_OpenedStream` once its first chunk is
-    in: a server sends the headers at once, so a stream that times out or drops before any chunk (nothing shown yet)
-    fails inside the call, and is retried like any call."""
+    in: a server sends the headers at once, so a stream that times out, drops, reports an outage or ends before any
+    chunk (nothing shown yet) fails inside the call, and is retried like any call."""
     if not kwargs.get("stream"):
         return lambda client: client.chat.completions.create(**kwargs)
 
@@ -276,7 +276,10 @@ def _create(kwargs: dict[str, Any]) -> Callable[[Any], Awaitable[Any]]:
         stream = await client.chat.completions.create(**kwargs)
         try:
             chunks = stream.__aiter__()
-            return _OpenedStream(stream, chunks, await anext(chunks, None))
+            first = await anext(chunks, None)
+            if first is None:
+                raise EmptyStream("the answer's stream ended before its first chunk")
+            return _OpenedStream(stream, chunks, first)
         except BaseException:
             await stream.close()
             raise
@@ -285,7 +288,7 @@ def _create(kwargs: dict[str, Any]) -> Callable[[Any], Awaitable[Any]]:
 
 
 class _OpenedStream(NamedTuple):
-    """A streamed answer with its first chunk read (None: the stream ended before any)."""
+    """A streamed answer with its first chunk read."""
 
     stream: Any
     chunks: AsyncIterator[Any]

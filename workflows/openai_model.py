@@ -109,6 +109,12 @@ class _OpenAIClient:
                 problem, cause = f"timed out after {self.timeout:g}s", exc
             except openai.APIConnectionError as exc:
                 problem, cause = f"could not connect to {self.base_url or 'api.openai.com'}", exc
+            except EmptyStream as exc:
+                problem = str(exc)
+            except openai.APIError as exc:  # an error event in a stream, before its first chunk (nothing shown)
+                if not _outage_event(exc):
+                    raise ModelError(f"{what} failed: {self._scrub(str(exc))}") from None
+                problem = f"the server reported an outage: {self._scrub(error_text(exc)).rstrip('. ')}"
             except openai.OpenAIError as exc:
                 raise ModelError(f"{what} failed: {self._scrub(str(exc))}") from None
             if attempt == attempts:
@@ -124,6 +130,11 @@ class _OpenAIClient:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return _KEY_PATTERN.sub("sk-***", text)
+
+
+class EmptyStream(Exception):
+    """A streamed answer's body ended before its first chunk (a proxy or a worker shutting down closed it): nothing
+    was shown, so it is retried like a dropped connection (internal: :meth:`_OpenAIClient._with_retries` says so)."""
 
 
 class Refused(ModelError):
@@ -149,6 +160,17 @@ def error_text(exc: Any) -> str:
             return said
         return json.dumps(said if said is not None else body, ensure_ascii=False)
     return str(getattr(exc, "message", "") or exc)
+
+
+def _outage_event(exc: Any) -> bool:
+    """Whether an error event sent in a stream (after the 200 headers) is an outage to retry: proxies and servers
+    (OpenRouter, vLLM) send ``{"error": {"type": "server_error", "code": 503, ...}}`` for what would be a 5xx or 429."""
+    body = getattr(exc, "body", None)
+    if not isinstance(body, dict):
+        return False
+    code = body.get("code")
+    status = int(code) if isinstance(code, int | str) and str(code).isdigit() else 0
+    return body.get("type") == "server_error" or status >= 500 or status in _RETRY_STATUSES
 
 
 def _status_hint(status: int, base_url: str | None = None) -> str:

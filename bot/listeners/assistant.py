@@ -6,7 +6,9 @@ app", "Ask for approval": each sends ``run WORKFLOW``). What the person then wri
 
 - ``run WORKFLOW [input]`` (a prompt, or typed; ``/flow run ...`` works too): the run starts *in that thread*:
   its checklist, its agents' answers and its approval cards are replies there, and the thread is the run's
-  memory thread;
+  memory thread. Only a registered workflow's id after ``run`` makes it a command ("Run me through ..." is a
+  question), but for ``/flow run ...`` and a bare ``run WORD``, which are commands whatever the word: an unknown
+  id there is answered with the known ones;
 - anything else: an agent answers, streamed, with "is thinking..." under the thread while it works (the run's
   chat agent when the thread has a run, else the default assistant).
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Container
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -46,13 +49,27 @@ log = logging.getLogger("threadflow.bot.assistant")
 MAX_PROMPTS = 4
 PROMPTS_TITLE = "Start a workflow, or ask me anything"
 TITLE_LIMIT = 80
-_RUN = re.compile(r"^\s*(?:/\S+\s+)?run\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
+_RUN = re.compile(r"^\s*(/\S+\s+)?run\s+(\S.*)$", re.IGNORECASE | re.DOTALL)
 
 
 def suggested_prompts(deps: BotDeps) -> list[dict[str, str]]:
     """One prompt per registered workflow (its title, else its id), each sending ``run WORKFLOW``."""
     found = sorted(deps.engine.workflows.values(), key=lambda wf: (wf.options.title is None, wf.id))
     return [{"title": wf.options.title or f"Run {wf.id}", "message": f"run {wf.id}"} for wf in found[:MAX_PROMPTS]]
+
+
+def run_command(text: str, workflows: Container[str]) -> str | None:
+    """The arguments of ``run WORKFLOW [input]`` when ``text`` is that command, else None (a question for the agent).
+
+    Plain words starting with "run" are a command only when the next one is a registered workflow's id: "Run me
+    through what deploy-app does" is a question. ``/flow run ...`` and a bare ``run WORD`` are commands whatever
+    the word, so a mistyped id is answered with the known ones rather than by an agent guessing."""
+    found = _RUN.match(text)
+    if found is None:
+        return None
+    slash, args = found.group(1), found.group(2)
+    words = args.split(maxsplit=1)
+    return args if slash or len(words) == 1 or words[0] in workflows else None
 
 
 class MemoryThreadContextStore(AsyncAssistantThreadContextStore):
@@ -153,9 +170,9 @@ class AssistantThreads:
         row = await memory.store.ensure_thread(thread_id, resource_id_for(team, channel))
         if not row.title and text:
             await self.name_thread(thread_id, channel, thread_ts, text)
-        started = _RUN.match(text)
-        if started is not None:
-            await self.start_workflow(team, channel, user, thread_ts, started.group(1))
+        args = run_command(text, self.deps.engine.workflows)
+        if args is not None:
+            await self.start_workflow(team, channel, user, thread_ts, args)
             return
         await show_thinking(deps, channel, thread_ts)
         slack_run = await deps.store.run_for_thread(thread_id)

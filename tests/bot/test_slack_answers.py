@@ -1,5 +1,6 @@
-"""Agents' answers in Slack (bot/answers.py): what a person typed reaches the model as they typed it, and a long
-answer is shown whole, or says where it was cut.
+"""Agents' answers in Slack (bot/answers.py): what a person typed reaches the model as they typed it, a long
+answer is shown whole, or says where it was cut, each tool call is a task card of its own, a refusal reads as the
+refusal, and an answer cut by a shutdown says so.
 
 Slack sends a person's message with ``&``, ``<`` and ``>`` as ``&amp;``, ``&lt;`` and ``&gt;`` and mentions as
 ``<@U...>``; the bot escapes an answer before posting it. Text taken from Slack is converted once on the way in
@@ -14,8 +15,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.emulator import Message
-from tests.bot.conftest import BOB, RunningBot, StartBot, block_text
-from tests.fakes import DUMMY_KEY, FakeOpenAI
+from tests.bot.conftest import BOB, CHANNEL, RunningBot, StartBot, block_text, replies
+from tests.bot.test_slack_streaming import (
+    last_assistant_message,
+    start_run,
+    stopped_stream,
+    stream_calls,
+    task_updates,
+)
+from tests.fakes import DUMMY_KEY, FakeOpenAI, Reply
 from tests.helpers.slack_limits import limit_refusals
 
 BOT_USER = "U0BOT"
@@ -24,6 +32,17 @@ BOT_USER = "U0BOT"
 @pytest.fixture
 async def fake_llm() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def llm_for_runs(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]:
+    """The fake model for thread chat and for the runs' own agents (built with ``model=None``, they read the
+    model settings from the environment); it answers what nobody scripted, like a small model."""
+    async with FakeOpenAI(profile="openai") as fake:
+        monkeypatch.setenv("THREADFLOW_MODEL", "openai:gpt-4o-mini")
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
         yield fake
 
 
@@ -107,3 +126,86 @@ async def test_a_long_answer_posted_whole_where_slack_does_not_stream_says_it_wa
     assert shown.rstrip().endswith("more characters.)_"), shown[-200:]
     assert "The answer is cut here" in shown
     assert limit_refusals(bot.emu) == []
+
+
+FLOWS = {"THREADFLOW_WORKFLOWS": "tests.helpers.agent_flows", "THREADFLOW_SLACK_STREAM_INTERVAL": 0.05}
+
+
+async def finished_weather_run(start_bot: StartBot, fake: FakeOpenAI) -> tuple[RunningBot, Message]:
+    """A bot whose ``weather`` run has finished; the run's root message (its thread is where people chat)."""
+    bot = await llm_bot(start_bot, fake, **FLOWS)
+    run_id, root = await start_run(bot, 'run weather question="Is it cold?"')
+    assert await bot.settled(run_id, timeout=30) == "success"
+    await bot.emu.wait_for(lambda: any("Run finished" in m.text for m in replies(bot.emu, root)), timeout=30)
+    return bot, root
+
+
+def call_without_id(name: str, arguments: str) -> dict[str, object]:
+    # Servers whose parser gives no call id (the agent numbers such calls itself).
+    return {"tool_calls": [{"index": 0, "type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
+async def test_two_tool_calls_in_two_model_steps_show_as_two_task_cards(
+        start_bot: StartBot, llm_for_runs: FakeOpenAI) -> None:
+    bot, root = await finished_weather_run(start_bot, llm_for_runs)
+
+    # The chat agent checks Oslo, then (having read the result) Bergen, then answers: two tools ran.
+    llm_for_runs.reply(Reply.stream(call_without_id("get_weather", '{"city": "Oslo"}')),
+                       Reply.stream(call_without_id("get_weather", '{"city": "Bergen"}')),
+                       Reply.stream({"role": "assistant", "content": "Oslo and Bergen are both sunny."}))
+    question = await bot.emu.post_as_user("Weather in Oslo, and if sunny, in Bergen?", thread_ts=root.ts)
+
+    answer = await stopped_stream(bot.emu, CHANNEL, root.ts, question.ts)
+    await bot.idle()
+    assert "Oslo and Bergen are both sunny." in answer.text
+    cards = [b for b in answer.blocks or [] if b["type"] == "task_card"]
+    updates = task_updates(stream_calls(bot.emu, answer.ts))
+    # The Bergen call must not overwrite (or vanish into) the Oslo card.
+    assert len(cards) == 2, (cards, updates)
+    assert len({u["id"] for u in updates}) == 2, updates
+
+
+async def test_a_refusal_streamed_into_a_thread_reads_as_the_refusal_not_no_answer(
+        start_bot: StartBot, fake_llm: FakeOpenAI) -> None:
+    # The model declines (OpenAI streams it in `delta.refusal`, content null): the person reads the refusal, and the
+    # thread's memory keeps it, as when the answer is posted whole.
+    bot = await llm_bot(start_bot, fake_llm, THREADFLOW_SLACK_STREAM_INTERVAL=0.05)
+    fake_llm.reply(Reply.stream({"role": "assistant", "content": None, "refusal": ""},
+                                {"refusal": "I'm sorry, I can't help "}, {"refusal": "with that."}))
+    mention = await bot.emu.post_as_user(f"<@{BOT_USER}> write me a phishing email for our bank", user=BOB)
+    answer = await stopped_stream(bot.emu, CHANNEL, mention.ts, mention.ts)
+    await bot.idle()
+
+    recorded = await last_assistant_message(bot, f"slack:{bot.emu.state.team_id}:{CHANNEL}:{mention.ts}")
+    assert "I'm sorry, I can't help with that." in answer.text, answer.text
+    assert recorded == "I'm sorry, I can't help with that."
+
+
+async def test_an_answer_cut_by_a_shutdown_says_so_and_is_not_left_streaming(
+        start_bot: StartBot, llm_for_runs: FakeOpenAI) -> None:
+    # A deploy stops the bot while an agent answers in a thread: the model has said "Let me look that up.", the tool
+    # ran, and the final answer is still being generated. Cancelled after the grace period, the answer ends with a
+    # word that it will not come, rather than staying "streaming" until Slack gives up and then reading as finished.
+    bot, root = await finished_weather_run(start_bot, llm_for_runs)
+    llm_for_runs.reply(Reply.stream({"role": "assistant", "content": "Let me look that up. "},
+                                    {"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                                                     "function": {"name": "get_weather",
+                                                                  "arguments": '{"city": "Oslo"}'}}]}),
+                       Reply.text("It is sunny in Oslo.").broken("stall", 30))
+    question = await bot.emu.post_as_user("Weather in Oslo?", thread_ts=root.ts)
+
+    def tool_done() -> str | None:
+        for m in bot.emu.thread(CHANNEL, root.ts):
+            stream = bot.emu.streams.of(m.ts)
+            if float(m.ts) > float(question.ts) and stream is not None and \
+                    stream.task_history.get("call_a", [])[-1:] == ["complete"]:
+                return m.ts
+        return None
+
+    ts = await bot.emu.wait_for(tool_done, timeout=15)
+    await bot.stop()  # SIGTERM: the answer waiting for the model is cancelled after the grace period
+
+    stream = bot.emu.streams.of(ts)
+    assert stream is not None and stream.state == "stopped", stream.state if stream else None
+    shown = bot.emu.message(ts, CHANNEL)
+    assert shown is not None and "Let me look that up." in shown.text and "I was interrupted" in shown.text, shown

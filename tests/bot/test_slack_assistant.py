@@ -95,6 +95,33 @@ async def test_a_question_in_the_thread_is_answered_with_thinking_status_and_the
     assert emu.assistant.snapshot()[0]["status"] == ""
 
 
+async def first_reply(bot: RunningBot, text: str) -> Message:
+    """What the bot first says in a new assistant thread to ``text``, once it is done."""
+    thread_ts = await open_thread(bot)
+    await bot.emu.post_as_user(text, user=ALICE, channel=DM, thread_ts=thread_ts)
+    reply: Message = await bot.emu.wait_for(
+        lambda: next((m for m in in_thread(bot.emu, thread_ts) if m.user == "U0BOT"), None), timeout=15)
+    await bot.idle()
+    return bot.emu.message(reply.ts, DM) or reply
+
+
+async def test_a_question_that_starts_with_the_word_run_is_answered_not_taken_for_an_unknown_workflow(
+        bot: RunningBot) -> None:
+    # "Run me through ..." names no workflow: it is a question, answered by the agent, not refused as the start of
+    # a workflow called "me".
+    reply = await first_reply(bot, "Run me through what the deploy-app workflow does")
+
+    assert not reply.text.startswith(":warning:"), reply.text
+    assert "(offline model)" in reply.text, reply.text
+
+
+async def test_run_and_a_mistyped_workflow_is_answered_with_the_known_ones(bot: RunningBot) -> None:
+    reply = await first_reply(bot, "run deploy-ap")
+
+    assert reply.text.startswith(":warning:") and "'deploy-ap' is not registered" in reply.text, reply.text
+    assert "deploy-app" in reply.text
+
+
 async def test_slack_refusing_the_assistant_methods_is_logged_and_the_thread_still_answers(
         bot: RunningBot, logs: pytest.LogCaptureFixture) -> None:
     emu = bot.emu

@@ -249,6 +249,19 @@ async def test_working_memory_upserts(store: MemoryStore) -> None:
     assert row is not None and row.content == "name: Ada Lovelace"
 
 
+async def test_text_holding_nul_is_kept_with_a_replacement_character(store: MemoryStore) -> None:
+    # PostgreSQL's TEXT cannot hold NUL (the write would fail with a driver error); both databases keep U+FFFD.
+    await store.ensure_thread("t1", "R1")
+    await store.update_thread("t1", title="PK\x00\x03 archive")
+    await store.add_messages([msg("t1", "PK\x00\x03")])
+    await store.set_working_memory("thread", "t1", "- magic: PK\x00")
+    assert await store.replace_working_memory("thread", "t1", "- zip\x00", expected="- magic: PK\x00") is None
+
+    assert [m.content for m in await store.last_messages("t1", 5)] == ["PK\ufffd\x03"]
+    assert (await store.get_thread("t1")).title == "PK\ufffd\x03 archive"  # type: ignore[union-attr]
+    assert (await store.get_working_memory("thread", "t1")).content == "- zip\ufffd"  # type: ignore[union-attr]
+
+
 async def test_agent_contexts_are_recorded_in_call_order(store: MemoryStore) -> None:
     for path, agent in [("review/draft", "writer"), ("review/critique#1", "critic"), ("other", "writer")]:
         await store.record_agent_context(

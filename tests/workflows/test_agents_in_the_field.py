@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +14,7 @@ from workflows import Workflow, agent_step
 from workflows.agent import Agent, AgentDone
 from workflows.errors import ModelError
 from workflows.memory import Memory
+from workflows.model_types import ToolCallDone
 from workflows.models import OpenAIChatModel, forget_capabilities
 from workflows.run_view import load_run_view
 from workflows.step import RetryPolicy
@@ -39,17 +41,45 @@ async def streamed(agent: Agent, prompt: str, **kwargs: object) -> AgentDone:
     return last
 
 
-@pytest.mark.parametrize("fault", [("stall", 3.0), ("drop", 0)], ids=["first-chunk-late", "dropped-before-any"])
+@pytest.mark.parametrize("fault", [("stall", 3.0), ("drop", 0), ("eof", 0)],
+                         ids=["first-chunk-late", "dropped-before-any", "ended-before-any"])
 async def test_a_stream_that_fails_before_its_first_chunk_is_retried_like_any_call(
     fake_openai: FakeOpenAI, model: OpenAIChatModel, fault: tuple[str, float]
 ) -> None:
-    # The server sends its headers at once; the first token is late (a queued request) or the connection drops.
-    # Nothing was shown yet: a timeout or a dropped connection like any other, retried.
+    # The server sends its headers at once; the first token is late (a queued request), the connection drops, or
+    # the body ends cleanly (a proxy or a worker shutting down). Nothing was shown yet: an outage like any other,
+    # retried.
     fake_openai.reply(Reply.text(ANSWER).broken(*fault), Reply.text(ANSWER))
 
     done = await streamed(Agent("a", "be brief", model=model), "cheapest db?")
 
     assert done.result.text == ANSWER and len(fake_openai.chat_requests) == 2
+
+
+def error_event(message: str, kind: str, code: int) -> Reply:
+    """A streamed answer that is only an error event, as proxies and servers that sent the 200 headers already
+    report a failure (OpenRouter, vLLM)."""
+    return Reply(chunks=[{"error": {"message": message, "type": kind, "code": code}}])
+
+
+async def test_an_overload_error_event_before_the_first_chunk_is_retried_like_a_5xx(
+    fake_openai: FakeOpenAI, model: OpenAIChatModel
+) -> None:
+    # Nothing was shown yet, and the event says it is the 503 THREADFLOW_MODEL_MAX_ATTEMPTS promises to retry.
+    fake_openai.reply(error_event("The server is overloaded, try again", "server_error", 503), Reply.text(ANSWER))
+
+    done = await streamed(Agent("a", "be brief", model=model), "cheapest db?")
+
+    assert done.result.text == ANSWER and len(fake_openai.chat_requests) == 2
+
+
+async def test_a_request_error_event_is_not_retried(fake_openai: FakeOpenAI, model: OpenAIChatModel) -> None:
+    fake_openai.reply(error_event("Unknown parameter 'foo'", "invalid_request_error", 400), Reply.text(ANSWER))
+
+    with pytest.raises(ModelError, match="Unknown parameter 'foo'"):
+        await streamed(Agent("a", "be brief", model=model), "cheapest db?")
+
+    assert len(fake_openai.chat_requests) == 1
 
 
 async def test_a_stream_that_breaks_after_its_first_chunk_is_not_retried(
@@ -74,6 +104,34 @@ async def test_a_stream_cut_short_cleanly_is_an_error_not_the_answer(
         await streamed(Agent("a", "be brief", model=model, memory=memory), "cheapest db?", thread="t1")
 
     assert [m.role for m in await memory.thread("t1").history()] == []
+
+
+REFUSAL = "I'm sorry, I can't help with that request."
+
+
+def answered_whole(message: dict[str, object], finish_reason: str = "stop") -> Reply:
+    """A chat completion (not streamed) whose message is ``message``."""
+    return Reply(body={
+        "id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "",
+        "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+
+async def test_a_refusal_streamed_reads_the_same_as_one_not_streamed(
+    fake_openai: FakeOpenAI, model: OpenAIChatModel, memory: Memory
+) -> None:
+    # OpenAI sends a model's refusal in `message.refusal` (content null) and, streamed, in `delta.refusal`. Both are
+    # the answer: not an empty one ("(no answer)" in Slack, an empty assistant message kept in the thread).
+    whole = answered_whole({"role": "assistant", "content": None, "refusal": REFUSAL})
+    fake_openai.reply(whole, Reply.stream({"role": "assistant", "content": None, "refusal": ""},
+                                          {"refusal": "I'm sorry, I can't "}, {"refusal": "help with that request."}))
+    agent = Agent("a", "be brief", model=model, memory=memory)
+
+    assert (await agent.generate("help me pick a lock", thread="t-whole")).text == REFUSAL
+    done = await streamed(agent, "help me pick a lock", thread="t-streamed")
+
+    assert done.result.text == REFUSAL
+    assert [m.content for m in await memory.thread("t-streamed").history()][-1] == REFUSAL
 
 
 class Ask(BaseModel):
@@ -136,6 +194,38 @@ async def test_a_tool_call_without_a_name_goes_back_to_the_model_as_no_such_tool
     told = fake_openai.chat_requests[1]["messages"][-1]
     assert told["role"] == "tool" and "no tool" in told["content"].lower()
     assert [m.content for m in await memory.thread("t1").history() if m.role == "assistant"] == [ANSWER]
+
+
+def call_without_id(city: str, *, streaming: bool) -> Reply:
+    """A tool call from a server whose parser gives no call id (the agent numbers such calls itself)."""
+    call = {"type": "function", "function": {"name": "lookup", "arguments": json.dumps({"city": city})}}
+    if streaming:
+        return Reply.stream({"role": "assistant"}, {"tool_calls": [{"index": 0, **call}]})
+    return answered_whole({"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls")
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["answer", "stream"])
+async def test_tool_calls_without_ids_in_two_model_calls_each_get_an_id_of_their_own(
+    fake_openai: FakeOpenAI, model: OpenAIChatModel, streaming: bool
+) -> None:
+    # Oslo first, then (having read the result) Bergen: each call's result goes back to the model under its own id,
+    # and each is a tool call of its own to whoever watches the stream (a Slack task card each).
+    fake_openai.reply(call_without_id("Oslo", streaming=streaming), call_without_id("Bergen", streaming=streaming),
+                      Reply.text(ANSWER))
+    agent = Agent("a", "be brief", model=model, tools=[lookup])
+
+    if streaming:
+        events = [e async for e in agent.stream("weather in Oslo, then Bergen?")]
+        done = events[-1].result  # type: ignore[union-attr]
+        shown = [e.call.id for e in events if isinstance(e, ToolCallDone)]
+        assert shown == [c.id for c in done.tool_calls]
+    else:
+        done = await agent.generate("weather in Oslo, then Bergen?")
+
+    ids = [c.id for c in done.tool_calls]
+    assert len(set(ids)) == 2 and all(ids)
+    told = [m["tool_call_id"] for m in fake_openai.chat_requests[2]["messages"] if m["role"] == "tool"]
+    assert told == ids
 
 
 @pytest.mark.parametrize("thread_id", ["th", None], ids=["slack-thread", "run-thread"])

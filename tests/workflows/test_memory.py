@@ -237,3 +237,19 @@ async def test_two_agents_updating_working_memory_at_once_both_keep_their_notes(
 
     final = await memory.thread("slack:T1:C1:1.0", "slack:T1:C1").working_memory()
     assert final is not None and "- Prefers Go" in final and "- Budget is 100 dollars" in final, final
+
+
+async def test_a_turn_whose_text_holds_a_nul_character_is_kept_on_either_database(
+    db: Database, fake_openai: FakeOpenAI, openai_model: OpenAIChatModel
+) -> None:
+    # A prompt built from a file a step read (a NUL byte in it), and a model that quotes it back. PostgreSQL's TEXT
+    # cannot hold NUL: the NUL becomes U+FFFD, on SQLite too, rather than the whole answer being lost.
+    memory = Memory(db, summarize_after_tokens=None)
+    fake_openai.reply_text("The file starts with 'PK\x00\x03', a zip archive.")
+    agent = Agent("a", "inspect files", model=openai_model, memory=memory)
+
+    result = await agent.generate("What is this file? It starts with PK\x00\x03\x04.", thread="t1")
+
+    assert result.text == "The file starts with 'PK\x00\x03', a zip archive."
+    assert [m.content for m in await memory.thread("t1").history()] == [
+        "What is this file? It starts with PK\ufffd\x03\x04.", "The file starts with 'PK\ufffd\x03', a zip archive."]

@@ -8,6 +8,10 @@ row each time; an uninstall or a (re)install in this process forgets at once, ot
 A refresh that gets no answer (Slack down, a dropped connection, no answer within ``THREADFLOW_SLACK_TIMEOUT``)
 keeps the current token while it still works; once it has expired, calls end in :class:`bot.slack.errors.Transient`
 so the outbox tries again later instead of calling Slack with a dead token.
+
+A refreshed token that cannot be saved (the database is down past its retries) is not dropped: Slack has spent the
+refresh token it replaced, so the store's copy can no longer be refreshed. It is used from memory and saved again
+(at most every ``save_again`` seconds) on the workspace's next calls until the save works.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ log = logging.getLogger("threadflow.bot.workspaces")
 ROTATE_BEFORE_MINUTES = 120
 #: How long a token read from the store is reused.
 TOKEN_TTL = 30.0
+#: How often a refreshed token the store could not take is offered to it again.
+SAVE_AGAIN_SECONDS = 5.0
 
 
 class InstalledTokens:
@@ -43,9 +49,10 @@ class InstalledTokens:
 
     def __init__(self, store: EncryptedInstallationStore, client_id: str, client_secret: str, api_url: str, *,
                  ttl: float = TOKEN_TTL, rotate_before_minutes: int = ROTATE_BEFORE_MINUTES,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, save_again: float = SAVE_AGAIN_SECONDS) -> None:
         self.store = store
         self.ttl = ttl
+        self.save_again = save_again
         self.rotate_before_minutes = rotate_before_minutes
         # The refresh is a Slack call like any other: it gives up after THREADFLOW_SLACK_TIMEOUT (it runs under the
         # workspace's lock, so a refresh Slack does not answer would otherwise hold every call of the workspace).
@@ -55,6 +62,8 @@ class InstalledTokens:
         self._locks: dict[Workspace, asyncio.Lock] = {}
         #: Bumped by :meth:`forget`: a lookup that began before it does not put what it read in the cache.
         self._generation = 0
+        #: Refreshed tokens the store has not taken yet, with when it was last tried (see the module's docstring).
+        self._unsaved: dict[Workspace, tuple[float, Bot]] = {}
 
     async def token_for(self, workspace: Workspace | None) -> str | None:
         if workspace is None or not (workspace.team_id or workspace.enterprise_id):
@@ -72,11 +81,15 @@ class InstalledTokens:
             cached = self._bots.get(workspace)
             now = time.monotonic()
             fresh = cached is not None and now - cached[0] < self.ttl
-            bot = cached[1] if cached is not None and fresh else await self._find(workspace)
+            unsaved = self._unsaved.get(workspace)
+            if unsaved is not None:  # newer than the store's copy, whose refresh token is spent
+                bot = unsaved[1] if now - unsaved[0] < self.save_again else await self._saved(workspace, unsaved[1])
+            else:
+                bot = cached[1] if cached is not None and fresh else await self._find(workspace)
             if bot is None:
                 self._bots.pop(workspace, None)  # never kept: a reinstall must be seen at once
                 return None
-            bot = await self._rotated(bot)
+            bot = await self._rotated(workspace, bot)
             if generation == self._generation:  # (not when an install or uninstall happened meanwhile)
                 self._bots[workspace] = (cached[0] if cached is not None and fresh else now, bot)
             return bot
@@ -92,7 +105,22 @@ class InstalledTokens:
             return None
         return bot
 
-    async def _rotated(self, bot: Bot) -> Bot:
+    async def _saved(self, workspace: Workspace, bot: Bot) -> Bot:
+        """``bot`` (a refreshed token) saved to the store; kept in memory to be saved again if the store refuses it."""
+        try:
+            await self.store.async_save_bot(bot)
+        except Exception as exc:  # the database is down (past its retries) or refuses the write
+            self._unsaved[workspace] = (time.monotonic(), bot)
+            log.error("could not save the refreshed bot token of workspace %s (%s: %s); it is used from memory and "
+                      "saved again on the workspace's next calls", workspace.team_id or workspace.enterprise_id,
+                      type(exc).__name__, exc)
+            return bot
+        if self._unsaved.pop(workspace, None) is not None:
+            log.info("saved the refreshed bot token of workspace %s, kept in memory until now",
+                     workspace.team_id or workspace.enterprise_id)
+        return bot
+
+    async def _rotated(self, workspace: Workspace, bot: Bot) -> Bot:
         """The bot with a fresh token when its token expires within ``rotate_before_minutes`` (saved first)."""
         if bot.bot_token_expires_at is None or bot.bot_token_expires_at > time.time() + self.rotate_before_minutes * 60:
             return bot
@@ -113,7 +141,7 @@ class InstalledTokens:
             return self._unrefreshed(bot, exc)
         if refreshed is None:
             return bot
-        await self.store.async_save_bot(refreshed)
+        await self._saved(workspace, refreshed)
         log.info("refreshed the bot token of workspace %s (expires in %.0f s)", bot.team_id or bot.enterprise_id,
                  (refreshed.bot_token_expires_at or 0) - time.time())
         return refreshed
@@ -135,6 +163,10 @@ class InstalledTokens:
     def forget(self, enterprise_id: str | None, team_id: str | None) -> None:
         """The workspace's tokens changed (installed again, uninstalled, revoked): stop using the cached ones now."""
         self._generation += 1
+        for workspace in list(self._unsaved):  # replaced by the install, or gone with it
+            if (team_id and workspace.team_id == team_id) or (enterprise_id and workspace.enterprise_id == enterprise_id
+                                                              and not team_id):
+                self._unsaved.pop(workspace, None)
         for workspace in list(self._bots):
             if (team_id and workspace.team_id == team_id) or (enterprise_id and workspace.enterprise_id == enterprise_id
                                                               and not team_id):

@@ -8,6 +8,7 @@ FlakyProxy` in front of the emulator, which the bot reaches as its SLACK_API_URL
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -198,3 +199,30 @@ async def test_a_delivery_waits_while_an_expired_token_cannot_be_refreshed(emu: 
         proxy.drop = lambda path, params: False  # Slack answers again
         await emu.wait_for(lambda: any("Run finished" in m.text for m in emu.thread(CHANNEL, run.root.ts)),
                            timeout=15)
+
+
+async def test_a_refreshed_token_the_database_refuses_is_kept_and_saved_once_it_can(emu: SlackEmulator,
+                                                                                  tmp_path: Path) -> None:
+    """Slack trades a refresh token once. When the refreshed pair cannot be saved (the disk is full, the database
+    refuses the write), the store's copy holds a spent refresh token: dropping the new pair would leave the workspace
+    with a token nobody can refresh (a reinstall, once it expires). The person's command still works with the new
+    token, and the pair is saved once the database takes writes again."""
+    async with rotating_bot_behind_a_proxy(emu, tmp_path, expires_in=60) as (bot, _proxy):
+        tokens = bot.bot.tokens
+        assert tokens is not None
+        tokens.save_again = 0.0  # offer it to the store again on the very next call
+        old = emu.oauth.grants[0].access_token
+        with sqlite3.connect(tmp_path / "threadflow.db") as db:  # the database refuses writes of the bots' table
+            for when in ("INSERT", "UPDATE"):
+                db.execute(f"CREATE TRIGGER refuse_{when.lower()} BEFORE {when} ON slack_bots "
+                           "BEGIN SELECT RAISE(ABORT, 'writes to slack_bots are refused'); END")
+        await command_starts_a_run(emu)
+        new = emu.oauth.grants[0].access_token
+        assert new != old, "the token was not refreshed"
+        with sqlite3.connect(tmp_path / "threadflow.db") as db:
+            db.execute("DROP TRIGGER refuse_insert")
+            db.execute("DROP TRIGGER refuse_update")
+        await command_starts_a_run(emu)
+        stored = await bot.bot.installs.async_find_bot(enterprise_id=None, team_id=TEAM_A)  # type: ignore[union-attr]
+        assert stored is not None and stored.bot_token == new, "the refreshed token was never saved"
+        assert stored.bot_refresh_token == emu.oauth.grants[0].refresh_token

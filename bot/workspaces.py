@@ -82,6 +82,7 @@ class InstalledTokens:
             now = time.monotonic()
             fresh = cached is not None and now - cached[0] < self.ttl
             unsaved = self._unsaved.get(workspace)
+            bot: Bot | None
             if unsaved is not None:  # newer than the store's copy, whose refresh token is spent
                 bot = unsaved[1] if now - unsaved[0] < self.save_again else await self._saved(workspace, unsaved[1])
             else:

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 from storage.schedule_store import ScheduleRecord, ScheduleStore
 
@@ -78,10 +78,20 @@ def next_fire_time(cron: str, timezone: str, after: float) -> float:
     (A schedule of every hour or every few minutes fires in both hours: each of its times is a new one.)"""
     cron = check_cron(cron)
     start = datetime.fromtimestamp(after, check_timezone(timezone))
-    found: datetime = croniter(cron, start).get_next(datetime)
-    if croniter(cron).expanded[1] != ["*"]:  # (times of some hours only: a local time, not a rhythm)
-        while found.fold == 1 and _passed_already(found, after):
-            found = croniter(cron, found).get_next(datetime)
+    try:
+        found: datetime = croniter(cron, start).get_next(datetime)
+        if croniter(cron).expanded[1] != ["*"]:  # (times of some hours only: a local time, not a rhythm)
+            while found.fold == 1 and _passed_already(found, after):
+                found = croniter(cron, found).get_next(datetime)
+    except CroniterBadDateError:
+        # Valid syntax (croniter.is_valid says yes) naming a day no month has, like "0 9 30 2 *" (February 30th):
+        # croniter looks 50 years ahead, finds no such date, and gives up.
+        raise ScheduleError(
+            f"{cron!r} never fires: no date has that day of month in that month (there is no February 30th or "
+            f"April 31st). Check those two fields. {CRON_HELP}"
+        ) from None
+    except CroniterError as exc:
+        raise ScheduleError(f"{cron!r} is not a valid cron expression ({exc}). {CRON_HELP}") from exc
     return found.timestamp()
 
 
@@ -109,17 +119,17 @@ async def create_schedule(
     now: float | None = None,
     enterprise_id: str | None = None,
 ) -> ScheduleRecord:
-    """Validate (workflow registered, input fits it, cron and time zone valid) and store a schedule."""
+    """Validate (workflow registered, input fits it, cron and time zone valid, a next time exists) and store it."""
     await engine.open()
     wf = engine.get_workflow(workflow_id)
     cron = check_cron(cron)
     check_timezone(timezone)
-    data = wf.parse_input(input if input is not None else {})
     now = time.time() if now is None else now
+    next_at = next_fire_time(cron, timezone, now)  # refuses a valid-looking cron that never fires (Feb 30th)
+    data = wf.parse_input(input if input is not None else {})
     record = ScheduleRecord(
         id=new_schedule_id(), workflow_id=wf.id, cron=cron, timezone=timezone, input=data, team_id=team_id,
-        channel_id=channel_id, created_by=created_by, next_at=next_fire_time(cron, timezone, now), created_at=now,
-        enterprise_id=enterprise_id,
+        channel_id=channel_id, created_by=created_by, next_at=next_at, created_at=now, enterprise_id=enterprise_id,
     )
     await store.add(record)
     return record

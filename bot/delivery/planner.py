@@ -107,6 +107,7 @@ class RunView:
         if isinstance(data, StepStarted):
             line = cl.step(path, ev.step_id)
             line.state, line.attempts, line.note = "running", data.attempt, ""
+            self._woke()
         elif isinstance(data, StepRetrying):
             line = cl.step(path, ev.step_id)
             line.state, line.note = "retrying", clip_note(data.error)
@@ -132,6 +133,7 @@ class RunView:
             cl.status = "running"
         elif ev.type == "event.received":
             cl.step(path, ev.step_id).state = "done"
+            self._woke()
         elif ev.type == "run.suspended":
             cl.status = "suspended"
         elif ev.type == "run.waiting":
@@ -148,6 +150,16 @@ class RunView:
             cl.status, cl.canceled_by = "canceled", data.by
             self._withdraw_open(f"the run was canceled by {blocks.mention(data.by)}.")
             self._stop_unfinished("canceled", "canceled")
+
+    def _woke(self) -> None:
+        """A step starts, or an awaited event is taken: the run is at work again (its status is ``running``).
+
+        Claiming a run whose sleep ended or whose event arrived writes no event of its own, so the first thing
+        the woken run does marks it. A run with one branch awaiting approval shows ``running`` while another
+        branch works, as the run's record does, and ``suspended`` again when that branch halts (``run.suspended``).
+        """
+        if self.checklist.status in ("waiting", "suspended"):
+            self.checklist.status = "running"
 
     def _stop_unfinished(self, state: str, note: str) -> None:
         """Lines still running or waiting when the run ended: left as they were, the checklist of a canceled

@@ -120,3 +120,39 @@ def test_reject_with_reason_is_offered_only_when_the_step_takes_a_reason() -> No
 
     assert buttons(plan(RunView(RUN), EVENTS, with_reason).wanted) == ["approve", "reject", "reject_with_reason"]
     assert buttons(plan(RunView(RUN), EVENTS, describe).wanted) == ["approve", "reject"]
+
+
+def root_text(result_wanted: list[WantedMessage]) -> str:
+    return str(by_key(result_wanted)["root:r1"].content["text"])
+
+
+def test_a_run_that_wakes_from_a_sleep_or_an_event_shows_running_again() -> None:
+    """Claiming a woken run writes no event: the first thing it does (a step starts, the event is taken) says so."""
+    view = RunView(RUN)
+    started = [ev(1, "run.started", workflow_id="nap"), ev(2, "step.succeeded", "prepare", step_id="prepare")]
+    asleep = plan(view, [*started, ev(3, "run.waiting", until=60.0, events=[], suspended=[])], describe)
+    assert root_text(asleep.wanted).endswith(": waiting")
+    assert root_text(plan(view, [ev(4, "step.started", "work", step_id="work")], describe).wanted).endswith(": running")
+
+    view = RunView(RUN)
+    waiting = [*started, ev(3, "step.suspended", "wait-go", step_id="wait-go", event="go"),
+               ev(4, "run.waiting", until=None, events=["go"], suspended=[])]
+    assert root_text(plan(view, waiting, describe).wanted).endswith(": waiting")
+    arrived = plan(view, [ev(5, "event.received", "wait-go", step_id="wait-go", event="go")], describe)
+    assert root_text(arrived.wanted).endswith(": running")
+
+
+def test_a_branch_working_beside_one_awaiting_approval_shows_running_until_the_run_halts_again() -> None:
+    """As the run's record says (the woken run is ``running``), and its open approval card keeps its buttons."""
+    view = RunView(RUN)
+    halted = [ev(1, "run.started", workflow_id="deploy"),
+              ev(2, "step.suspended", "branches/0/approve", step_id="approve", payload={"title": "Deploy?"}),
+              ev(3, "run.suspended", paths=["branches/0/approve"], until=60.0)]
+    assert root_text(plan(view, halted, describe).wanted).endswith(": suspended")
+    working = plan(view, [ev(4, "step.started", "branches/1/build", step_id="build")], describe)
+    assert root_text(working.wanted).endswith(": running")
+    assert has_buttons(by_key(working.wanted)["approval:r1:branches/0/approve"])
+    assert "waiting for approval" in str(by_key(working.wanted)["root:r1"].content["blocks"])
+    again = [ev(5, "step.succeeded", "branches/1/build", step_id="build"),
+             ev(6, "run.suspended", paths=["branches/0/approve"])]
+    assert root_text(plan(view, again, describe).wanted).endswith(": suspended")

@@ -5,11 +5,13 @@ Runs are started from Slack (``/flow run``) through the emulator and the real bo
 ``tests.helpers.content_flows``. Slack reads ``<@X>`` in mrkdwn as a mention of user X: a card field whose
 value merely looks like an id (``URGENT``, ``USD``) or a person's name typed on the CLI (``--by Walter``) must be
 shown as text, not as a mention of a user that does not exist ("@Unknown user" / "<@Walter>" in Slack). The
-emulator refuses a message over Slack's limits as Slack does (``msg_too_long``, ``invalid_blocks``).
+emulator refuses a message over Slack's limits as Slack does (``msg_too_long``, ``invalid_blocks``). The root's
+status follows a run that sleeps or waits for an event and then works again (``tests.helpers.nap_flows``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from bot.emulator import Message
@@ -141,3 +143,36 @@ async def test_a_token_in_a_failed_steps_error_is_not_posted_in_the_slack_thread
     assert "users.list" in block_text(failed)  # the reply says what failed...
     shown = "\n".join(block_text(m) for m in [root, *replies(bot.emu, root)])
     assert STEP_TOKEN not in shown  # ...without the token
+
+
+async def root_status_while_step_runs(bot: RunningBot, run_id: str, step: str) -> str:
+    """The root's *Status:* line while the run executes ``step`` (after its ``step.started``, re-rendered since)."""
+
+    async def started() -> bool | None:
+        events = (await bot.engine.details(run_id)).events
+        return any(e.type == "step.started" and e.data.get("step_id") == step for e in events) or None
+
+    await eventually(started, timeout=8)
+    assert (await bot.engine.get_run(run_id)).status == "running"
+    await asyncio.sleep(1.0)  # the progress interval is 0.05 s: the root has been re-rendered by now
+    root = root_for(bot.emu, run_id)
+    assert root is not None
+    return next(line for line in block_text(bot.emu.message(root.ts, root.channel)).splitlines() if "Status:" in line)
+
+
+async def test_the_root_message_says_running_again_once_a_sleep_ends(start_bot: StartBot) -> None:
+    """Waking a sleeping run writes no event of its own: its first ``step.started`` marks it running again (a root
+    that went on saying :zzz: waiting while the step worked told people the run was stuck)."""
+    bot = await start_bot(THREADFLOW_WORKFLOWS="tests.helpers.nap_flows")
+    run_id = await run_from_slack(bot, "nap-then-work", {})
+    status = await root_status_while_step_runs(bot, run_id, "work")
+    assert "waiting" not in status.lower() and "running" in status.lower(), status
+
+
+async def test_the_root_message_says_running_again_once_the_awaited_event_arrives(start_bot: StartBot) -> None:
+    bot = await start_bot(THREADFLOW_WORKFLOWS="tests.helpers.nap_flows")
+    run_id = await run_from_slack(bot, "wait-then-work", {})
+    await bot.settled(run_id, ("waiting",))
+    await bot.engine.send_event(run_id, "go", {"ok": True})
+    status = await root_status_while_step_runs(bot, run_id, "work-on-event")
+    assert "waiting" not in status.lower() and "running" in status.lower(), status

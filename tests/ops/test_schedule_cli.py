@@ -61,3 +61,9 @@ def test_bad_schedules_are_refused_with_exit_status_2(run_main: MainCLI) -> None
     assert "--input is not valid JSON" in error("greet-user", "@daily", "--input", "{")
     assert "--channel needs --team" in error("approval", "@daily", "--channel", "C1")
     assert run_main("schedule", "list")[0].startswith("No schedules.")
+
+
+def test_a_cron_of_a_date_that_never_comes_is_refused_with_exit_status_2(run_main: MainCLI) -> None:
+    """``0 9 30 2 *`` is valid cron syntax (February 30th): refused with the reason, not croniter's traceback."""
+    _, err = run_main("schedule", "add", "greet-user", "0 9 30 2 *", "--input", '{"name": "Ada"}', expect=2)
+    assert err.startswith("error: '0 9 30 2 *' never fires") and "Traceback" not in err

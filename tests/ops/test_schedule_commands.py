@@ -80,6 +80,22 @@ async def test_bad_schedule_commands_get_the_reason_and_the_usage(start_bot: Sta
     assert await ScheduleStore(bot.engine.db).list_schedules() == []
 
 
+@pytest.mark.parametrize("cron", ["0 9 30 2 *", "0 9 31 4 *"])  # February 30th, April 31st: typos of a real date
+async def test_a_cron_of_a_date_that_never_comes_is_refused_with_the_reason(start_bot: StartBot, cron: str) -> None:
+    """Valid cron syntax that never fires: refused when it is typed, not a silent failure inside the bot."""
+    bot = await start_bot()
+    ack = await bot.emu.slash_command(bot.settings.command, f'schedule greet-user "{cron}" name=Ada', user=ALICE,
+                                      channel=CHANNEL)
+
+    def warning() -> str | None:
+        said = [ack.body, *(e.text or "" for e in bot.emu.ephemerals(ALICE))]
+        return next((s for s in said if ":warning:" in s), None)
+
+    answer = await eventually(warning)
+    assert f"'{cron}' never fires" in answer and "*Scheduling with `/flow`*" in answer
+    assert await ScheduleStore(bot.engine.db).list_schedules() == []
+
+
 async def test_a_schedule_fires_into_the_channel_it_was_made_in(start_bot: StartBot) -> None:
     bot = await start_bot()
     emu = bot.emu

@@ -62,6 +62,22 @@ def test_bad_cron_expressions_are_refused_with_the_accepted_forms(cron: str) -> 
         check_cron(cron)
 
 
+@pytest.mark.parametrize("cron", ["0 9 30 2 *", "0 9 31 4 *", "0 0 31 2,4,6,9,11 *"])
+async def test_a_cron_of_a_date_that_never_comes_is_refused(sqlite_url: str, cron: str) -> None:
+    """croniter.is_valid accepts these; they have no next time, so there is nothing to store (or to fire)."""
+    with pytest.raises(ScheduleError, match="never fires"):
+        next_fire_time(cron, "UTC", MONDAY_0830)
+    engine = engine_on(sqlite_url)
+    store = ScheduleStore(engine.db)
+    try:
+        with pytest.raises(ScheduleError, match="no date has that day of month"):
+            await create_schedule(engine, store, "greet-user", cron, input={"name": "Ada"}, now=MONDAY_0830)
+        assert await store.list_schedules() == []
+        assert next_fire_time("0 9 29 2 *", "UTC", MONDAY_0830) > MONDAY_0830  # February 29th comes, in leap years
+    finally:
+        await engine.close()
+
+
 async def test_create_schedule_validates_workflow_input_and_time_zone(sqlite_url: str) -> None:
     engine = engine_on(sqlite_url)
     store = ScheduleStore(engine.db)

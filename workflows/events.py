@@ -84,6 +84,8 @@ class RunFinished(EventData):
 
 class RunCanceled(EventData):
     by: str | None = None
+    #: The run that took this one's place: a stranded run moved onto the current version (``threadflow rerun``).
+    moved_to: str | None = None
 
 
 class StepStarted(EventData):

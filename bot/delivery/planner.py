@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from storage.slack_store import SlackRun, WantedMessage, approval_key, root_key
 from workflows import WorkflowEvent
@@ -52,6 +52,14 @@ class StepPresentation:
 DescribeStep = Callable[[str, str, str], StepPresentation | None]
 
 
+class DescribeVersionStep(Protocol):
+    """A :data:`DescribeStep` that also takes the run's version (``fingerprint``): a run is shown as its own
+    version says (a newer version registered beside it may have renamed the step or changed its approval)."""
+
+    def __call__(self, workflow_id: str, step_id: str, path: str = "", *,
+                 fingerprint: str | None = None) -> StepPresentation | None: ...
+
+
 #: Checklist states of a step that has not ended (see ``RunView._stop_unfinished``).
 UNFINISHED = frozenset({"running", "retrying", "waiting", "suspended"})
 
@@ -89,9 +97,13 @@ class RunView:
 
     run: SlackRun
     workflow_id: str = ""
+    #: The run's workflow version (None: unknown yet, or a run from before versions were recorded).
+    workflow_fingerprint: str | None = None
     checklist: Checklist = field(init=False)
     approvals: dict[str, ApprovalCard] = field(default_factory=dict)
     last_event_id: int = 0
+    #: Runs this one was moved to (``RunCanceled.moved_to``), with their version as people read it, once known.
+    moved_versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.checklist = Checklist(run_id=self.run.run_id, workflow_id=self.workflow_id, started_by=self.run.started_by)
@@ -141,6 +153,7 @@ class RunView:
         elif ev.type in ("run.started", "run.recovered", "run.released"):
             if ev.type == "run.started" and ev.data.get("workflow_id"):
                 self.workflow_id = cl.workflow_id = str(ev.data["workflow_id"])
+                self.workflow_fingerprint = ev.data.get("fingerprint") or self.workflow_fingerprint
             cl.status = "running"
         elif isinstance(data, RunFinished):
             cl.status, cl.error = data.status, data.error_message
@@ -148,7 +161,11 @@ class RunView:
             self._stop_unfinished("stopped", "not finished: the run ended")
         elif isinstance(data, RunCanceled):
             cl.status, cl.canceled_by = "canceled", data.by
-            self._withdraw_open(f"the run was canceled by {blocks.mention(data.by)}.")
+            if data.moved_to:
+                self._withdraw_open(f"the run was moved to run `{blocks.escape(data.moved_to)}` by "
+                                    f"{blocks.mention(data.by)}; decide on that run's card in this thread.")
+            else:
+                self._withdraw_open(f"the run was canceled by {blocks.mention(data.by)}.")
             self._stop_unfinished("canceled", "canceled")
 
     def _woke(self) -> None:
@@ -186,8 +203,11 @@ def wanted_cards(view: RunView, describe: DescribeStep) -> list[WantedMessage]:
     run = view.run
     text, root_blocks = blocks.root_message(view.checklist)
     wanted = []
-    if run.root_ts is not None:
+    if run.reply_ts is not None:
+        # Posted by whoever started the run (``root_ts``), or, for a run moved here from another version, the first
+        # message the renderer posts in the thread of the run it replaced (``thread_ts``).
         wanted.append(WantedMessage(key=root_key(run.run_id), kind="root", channel_id=run.channel_id, seq=0,
+                                    thread_ts=None if run.root_ts is not None else run.thread_ts,
                                     content={"text": text, "blocks": root_blocks}))
     for card in view.approvals.values():
         wanted.append(WantedMessage(key=approval_key(run.run_id, card.path), kind="approval",
@@ -250,13 +270,20 @@ def plan(view: RunView, new_events: list[WorkflowEvent], describe: DescribeStep)
             notes.append(f"The run finished with status {data.status}: {text}")
         elif isinstance(data, RunCanceled):
             by = blocks.mention(data.by)
-            text, reply = blocks.result_reply("canceled", None, f"Canceled by {by}.", None)
+            why = f"Canceled by {by}."
+            if data.moved_to:
+                version = view.moved_versions.get(data.moved_to)
+                why = (f"Moved by {by} to run `{blocks.escape(data.moved_to)}`"
+                       f"{f' on version {blocks.escape(version)}' if version else ''}, which goes on in this thread.")
+                notes.append(f"Run {run.run_id} was moved by {data.by or 'someone'} to run {data.moved_to}"
+                             f"{f' on version {version}' if version else ''}, which goes on in this thread.")
+            text, reply = blocks.result_reply("canceled", None, why, None)
             post(ev, "result", text, reply)
         elif isinstance(data, RunStranded):
             # Said once per stranding (the engine commits one event each time no process has the version).
             text = f":warning: {blocks.escape(data.message or 'No running process has this run’s workflow version.')}"
             post(ev, "stranded", text.split("\n")[0], blocks.text_reply(text))
-    return Plan(wanted=wanted_cards(view, describe) + posts if run.root_ts is not None else [], notes=notes)
+    return Plan(wanted=wanted_cards(view, describe) + posts if run.reply_ts is not None else [], notes=notes)
 
 
 def output_post(step: StepPresentation | None, run_id: str, path: str, step_id: str, output: Any) -> dict[str, Any] | None:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from storage.slack_store import SlackRun, SlackStore
-from workflows import Engine
+from workflows import Engine, describe_version
+from workflows.errors import RunNotFound
 from workflows.owners import dead_here
 from workflows.tracing import log_context
 
+from .. import blocks
 from ..slack import SlackClient
 from ..slack.workspace import in_workspace
 from .live import Streams
@@ -100,7 +103,7 @@ class DeliveryService:
             if not await self.store.claim_render(run_id, self.engine.owner, self.lease):
                 return
             renderer = RunRenderer(self.engine, self.store, self.sender, slack_run, self.describe, self.remember,
-                                   streams=self.streams)
+                                   streams=self.streams, follow_move=self.follow_move)
             self.renderers[run_id] = renderer
             task = asyncio.get_running_loop().create_task(self._render(renderer), name=f"threadflow-render-{run_id}")
             self.render_tasks[run_id] = task
@@ -148,8 +151,13 @@ class DeliveryService:
 
     # -- what the renderers need from the engine ---------------------------------------------------------
 
-    def describe(self, workflow_id: str, step_id: str, path: str = "") -> StepPresentation | None:
-        wf = self.engine.workflows.get(workflow_id)
+    def describe(self, workflow_id: str, step_id: str, path: str = "", *,
+                 fingerprint: str | None = None) -> StepPresentation | None:
+        """How to show a step of a run on the version ``fingerprint`` (the run's own: a newer version registered
+        beside it may have renamed the step, or changed whether its approval takes a reason); the newest version
+        of ``workflow_id`` when the run's version is not registered here (or the run predates versions)."""
+        registry = self.engine.registry
+        wf = (registry.by_fingerprint(fingerprint) if fingerprint else None) or registry.get(workflow_id)
         step = (wf.find_step_at(path) if path else None) or wf.find_step(step_id) if wf else None
         if step is None:
             return None
@@ -159,6 +167,25 @@ class DeliveryService:
                                 accepts_reason=resume is not None and "reason" in resume.model_fields,
                                 streams_text=step.metadata.get("answer", "text") == "text",
                                 tools=tuple(str(t) for t in step.metadata.get("tools") or ()))
+
+    async def follow_move(self, run: SlackRun, moved_to: str) -> str | None:
+        """``run`` was moved onto the current version (``threadflow rerun`` of a stranded run): show the run it goes
+        on as in the same thread, where the people waiting for it are; its root message and cards are posted there.
+        Returns the new run's version as people read it (None: the new run is not in this database)."""
+        try:
+            new = await self.engine.get_run(moved_to)
+        except RunNotFound:
+            log.warning("run %s was moved to run %s, which is not in the database", run.run_id, moved_to)
+            return None
+        shown = await self.store.get_run(moved_to)
+        if shown is None:
+            starter = new.started_by if new.started_by and blocks.is_user_id(new.started_by) else run.started_by
+            shown = SlackRun(run_id=moved_to, team_id=run.team_id, channel_id=run.channel_id, root_ts=None,
+                             thread_id=run.thread_id, started_by=starter, created_at=time.time(),
+                             thread_ts=run.reply_ts, enterprise_id=run.enterprise_id)
+            await self.store.add_run(shown)
+        await self.ensure_rendering(shown)
+        return describe_version(new.workflow_version, new.workflow_fingerprint)
 
     async def remember(self, run: SlackRun, text: str) -> None:
         """Note what happened in the thread's memory, so the agents answering there know it."""

@@ -194,6 +194,15 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
         # The button does not belong to this message: never let one run's message decide another's step.
         await tell(deps, click, ":warning: This button does not match this message; nothing was changed.")
         return None
+    if suspension.status == "open" and not run.is_terminal and deps.engine.workflow_of(run) is None:
+        # Who decides is the step's to say, and this process lacks the run's version (a stranded run, or one a
+        # replica still on the old version runs): the click is answered with that, as the resume would be, not
+        # judged against the fallback approvers (which would tell the step's approver it is someone else's call).
+        try:
+            await deps.engine.replica.definition_for(run)
+        except ThreadflowError as exc:
+            await tell(deps, click, f":warning: {blocks.escape(str(exc))}")
+            return None
     allowed = approvers_for(deps.engine, run, suspension.path, deps.settings.approvers)
     if click.user not in allowed:
         who = ", ".join(blocks.mention(u) for u in sorted(allowed)) or "nobody"

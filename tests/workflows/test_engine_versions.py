@@ -23,11 +23,13 @@ from workflows import (
     Engine,
     RunFinished,
     StepContext,
+    UsageError,
     VersionNotRegistered,
     Workflow,
     WorkflowNotFound,
     step,
 )
+from workflows.versions import legacy_fingerprint
 
 APPROVE = {"approved": True}
 
@@ -410,3 +412,151 @@ async def test_an_engine_closes_although_a_registration_woke_its_version_announc
                 task.cancel()
         await asyncio.wait({closing}, timeout=5)
     assert done, "close() waited for a version announcer that had swallowed its cancel"
+
+
+# -- moving a run onto a version that reshaped its tree ---------------------------------------------------
+
+
+class Decision(BaseModel):
+    approved: bool
+
+
+@step(id="prepare")
+async def prepare(ctx: StepContext[Any]) -> dict[str, Any]:
+    return {"prepared": True}
+
+
+@step(id="gate", resume=Decision)
+async def gate(ctx: StepContext[Any]) -> dict[str, Any]:
+    decision = await ctx.suspend({"question": "ship it?"})
+    return {"approved": decision.approved}
+
+
+@step(id="finish")
+async def finish(ctx: StepContext[Any]) -> dict[str, Any]:
+    return {"done": True}
+
+
+async def test_a_stranded_run_moves_from_its_step_now_nested_in_a_workflow(engine: EngineFactory) -> None:
+    old = engine(Workflow(id="release", version="1").then(prepare).then(gate).then(finish).commit())
+    waiting = await (await old.start("release", {})).result(timeout=15)
+    assert [s.path for s in waiting.suspended] == ["gate"]
+    await old.close()
+    # Version 2 moves the approval into a nested ``review`` workflow (the step keeps its id).
+    review = Workflow(id="review").then(gate).commit()
+    e = engine(Workflow(id="release", version="2").then(prepare).then(review).then(finish).commit())
+    assert [r.id for r in await e.list_runs(status="stranded")] == [waiting.run_id]
+
+    # The stranded note says: move it with `threadflow rerun RUN --from STEP`; the run waits at `gate`.
+    moved = await (await e.rerun(waiting.run_id, "gate", started_by="ops")).result(timeout=15)
+    assert moved.status == "suspended" and [s.path for s in moved.suspended] == ["review/gate"]
+    assert {s.path: s.output for s in (await e.details(moved.run_id)).steps} == {"prepare": {"prepared": True}}
+
+
+@step(id="build_small")
+async def build_small(ctx: StepContext[Any]) -> dict[str, Any]:
+    return {"built": "small"}
+
+
+@step(id="build")
+async def build(ctx: StepContext[Any]) -> dict[str, Any]:
+    return {"built": "everything"}
+
+
+def always(_: Any) -> bool:
+    return True
+
+
+async def test_moving_a_run_onto_a_version_whose_branch_changed_says_to_rerun_from_the_branch(
+    engine: EngineFactory,
+) -> None:
+    old = engine(Workflow(id="ship", version="1").branch([(always, build_small)]).then(gate).commit())
+    waiting = await (await old.start("ship", {})).result(timeout=15)
+    assert [s.path for s in waiting.suspended] == ["gate"]
+    await old.close()
+    # Version 2 renames the branch's step (same condition, same place). The kept choice names `build_small`:
+    # taken as it is, the moved run would run no branch at all.
+    e = engine(Workflow(id="ship", version="2").branch([(always, build)]).then(gate).commit())
+    with pytest.raises(UsageError, match=r"cannot keep the branch it took at 'branch-1'.*'build_small'.*"
+                                         r"Re-run from 'build' \(the branch's first step\)"):
+        await e.rerun(waiting.run_id, "gate", started_by="ops")
+    assert (await e.get_run(waiting.run_id)).status == "suspended"  # nothing moved
+
+    moved = await (await e.rerun(waiting.run_id, "build", started_by="ops")).result(timeout=15)
+    assert moved.status == "suspended" and [s.path for s in moved.suspended] == ["gate"]
+    assert await step_paths(e, moved.run_id) == ["build"]  # the branch chosen again, on version 2
+    assert (await e.get_run(waiting.run_id)).status == "canceled"
+
+
+# -- a class rename is not a new version ------------------------------------------------------------------
+
+
+class Item(BaseModel):  # before a refactor
+    sku: str
+    qty: int = 1
+
+
+class OrderBefore(BaseModel):
+    items: list[Item]
+
+
+class LineItem(BaseModel):  # after it: the same fields, types and defaults under a clearer name
+    sku: str
+    qty: int = 1
+
+
+class OrderAfter(BaseModel):
+    items: list[LineItem]
+
+
+def order_flow(order: type[BaseModel]) -> Any:
+    @step(id="gate", input=order, output=order, resume=Decision)
+    async def order_gate(ctx: StepContext[Any]) -> Any:
+        await ctx.suspend({"question": "place the order?"})
+        return ctx.input
+
+    return Workflow(id="order", version="1", input=order).then(order_gate).commit()
+
+
+async def test_a_run_waiting_across_a_deploy_that_only_renamed_a_nested_model_class_continues(
+    engine: EngineFactory,
+) -> None:
+    class ItemRepriced(BaseModel):  # a nested default changed: that is a new shape
+        sku: str
+        qty: int = 2
+
+    class OrderRepriced(BaseModel):
+        items: list[ItemRepriced]
+
+    assert order_flow(OrderBefore).fingerprint == order_flow(OrderAfter).fingerprint
+    assert order_flow(OrderBefore).fingerprint != order_flow(OrderRepriced).fingerprint
+    old = engine(order_flow(OrderBefore))
+    waiting = await (await old.start("order", {"items": [{"sku": "A-1"}]})).result(timeout=15)
+    assert waiting.status == "suspended"
+    await old.close()
+
+    e = engine(order_flow(OrderAfter))
+    assert await e.list_runs(status="stranded") == []
+    done = await (await e.resume(waiting.run_id, data=APPROVE)).result(timeout=15)
+    assert done.status == "success"
+
+
+async def test_a_run_recorded_when_nested_model_class_names_counted_continues_after_the_upgrade(
+    engine: EngineFactory,
+) -> None:
+    wf = order_flow(OrderBefore)
+    old = engine(wf)
+    waiting = await (await old.start("order", {"items": [{"sku": "A-1"}]})).result(timeout=15)
+    await old.close()
+
+    async def as_recorded_before(conn: Any) -> None:  # what threadflow recorded before the upgrade
+        await conn.execute(update(runs).where(runs.c.id == waiting.run_id)
+                           .values(workflow_fingerprint=legacy_fingerprint(wf)))
+
+    e = engine(order_flow(OrderBefore))
+    await e.open()
+    await e.db.write(as_recorded_before)
+    assert legacy_fingerprint(wf) != wf.fingerprint  # (nested models: the class name was part of it)
+    assert await e.list_runs(status="stranded") == []
+    done = await (await e.resume(waiting.run_id, data=APPROVE)).result(timeout=15)
+    assert done.status == "success"

@@ -11,6 +11,7 @@ it needs when it runs (``threadflow --help`` does not load the engine, the datab
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from storage.records import RunRecord
     from workflows import Engine, RunHandle
 
@@ -43,7 +46,22 @@ def parse_json(text: str | None, what: str) -> Any:
 
 
 def emit(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    if not _printable(text):
+        # A lone surrogate (text cut in the middle of an emoji by a UTF-16 length limit, as Slack's and
+        # JavaScript's are) or a character the terminal's encoding lacks: JSON's own \u escapes print it.
+        text = json.dumps(data, indent=2, default=str)
+    print(text)
+
+
+def _printable(text: str) -> bool:
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:
+        return False
+    except LookupError:  # an encoding Python does not know: let print try
+        pass
+    return True
 
 
 # -- commands -----------------------------------------------------------------------------------------
@@ -238,6 +256,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+#: The most runs ``runs --limit`` lists (a database's LIMIT takes a 64-bit number; this is far below it).
+MAX_LIMIT = 1_000_000_000
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of runs from 1 to {MAX_LIMIT}")
+    return value
+
+
 def add_wait_options(p: argparse.ArgumentParser) -> None:
     wait = p.add_mutually_exclusive_group()
     wait.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
@@ -268,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "stranded"],
                    help="stranded: unfinished runs whose workflow version no running process (nor this one) has")
     p.add_argument("--workflow")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_limit, default=50, help=f"at most this many runs, newest first (1 to {MAX_LIMIT})")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("show", help="show a run: steps, outputs, events, who resumed")
@@ -371,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .inspector.config import InspectorError
     from .settings import SettingsError, load_settings
 
+    _never_fail_on_unencodable_text()
+    restore_sigterm = _stop_on_sigterm_as_on_ctrl_c()
     try:
         overrides = {"database_url": args.database_url} if args.database_url else {}
         settings = load_settings(**overrides)
@@ -399,7 +433,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGPIPE would (status 128 + 13), and send what is still buffered nowhere, so exit does not fail on it.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = EXIT_BROKEN_PIPE
+    finally:
+        restore_sigterm()
     return code
+
+
+def _never_fail_on_unencodable_text() -> None:
+    """Print what standard output's encoding cannot encode (a lone surrogate in a run's input: text cut in the
+    middle of an emoji) as a backslash escape, as standard error does, instead of dying with UnicodeEncodeError.
+    (``emit`` prints JSON's own escapes before it comes to that.)"""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
+def _stop_on_sigterm_as_on_ctrl_c() -> Callable[[], None]:
+    """Make SIGTERM (what ``kill``, ``timeout``, systemd and CI runners send) stop the command as Ctrl-C does;
+    returns what puts the previous handler back.
+
+    A command that executes runs (``run``, ``resume``, ``rerun``, ``recover``) then hands them back as it stops
+    (pending, no owner), where the default SIGTERM killed it at once and left them ``running`` under a dead
+    owner until a recovery counted a crash against them. The handler calls the current SIGINT handler (asyncio's
+    while the command runs: it cancels the command, the engine closes, then KeyboardInterrupt): exactly Ctrl-C,
+    including a second signal interrupting a step that holds the event loop (see ``workflows.interrupts``).
+    ``serve``, ``worker``, ``dev`` and ``ui`` put their own handler in place once started (``wait_for_stop_signal``).
+    """
+    import signal
+    import threading
+
+    from workflows import interrupts
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        ctrl_c = signal.getsignal(signal.SIGINT)
+        if callable(ctrl_c):
+            ctrl_c(signal.SIGINT, frame)
+            return
+        interrupts.note(signal.SIGINT)  # SIGINT is ignored (a script's background job): stop as Ctrl-C would
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        if previous is not None:  # (None: a handler not installed from Python, which cannot be put back)
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def _reader_gone() -> bool:

@@ -113,12 +113,17 @@ async def _schedule(settings: Settings, args: argparse.Namespace) -> int:
 # -- prune --------------------------------------------------------------------------------------------
 
 
+#: The oldest cutoff ``prune`` takes (about 270 years): a cutoff the clock, and JSON, can still show.
+MAX_DAYS = 100_000
+
+
 def run_prune(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio  # here, not at the top: `threadflow --help` does not need it
 
     days = settings.retention_days if args.days is None else args.days
-    if days < 0:
-        raise OpsUsageError("--days must be zero or more.")
+    if not 0 <= days <= MAX_DAYS:  # (also false for nan)
+        where = "THREADFLOW_RETENTION_DAYS" if args.days is None else "--days"
+        raise OpsUsageError(f"{where} must be zero or more, and at most {MAX_DAYS} days; got {days:g}.")
     return asyncio.run(_prune(settings, days, args))
 
 

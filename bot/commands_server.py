@@ -13,23 +13,31 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from workflows import interrupts
+from workflows.errors import UsageError
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .inspector.app import RunningInspector
     from .settings import Settings
 
 log = logging.getLogger("threadflow.bot")
 
 
+class PortInUse(UsageError):
+    """``serve`` cannot listen on its port (or the inspector's): one line and exit status 2, like ``threadflow ui``."""
+
+
 def add_server_commands(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the Slack bot (HTTP on THREADFLOW_PORT, or Socket Mode with SLACK_APP_TOKEN)")
     p.add_argument("--host", help="overrides THREADFLOW_HOST")
-    p.add_argument("--port", type=int, help="overrides THREADFLOW_PORT")
+    p.add_argument("--port", type=port_number, help="overrides THREADFLOW_PORT")
     p.add_argument("--ui", action="store_true", default=None,
                    help="also serve the run inspector (THREADFLOW_UI=true) on THREADFLOW_UI_HOST:THREADFLOW_UI_PORT")
     p.set_defaults(handler=run_serve)
 
     p = sub.add_parser("worker", help="execute runs only (scale-out); no Slack")
-    p.add_argument("--concurrency", type=int, default=200, help="runs executed at once")
+    p.add_argument("--concurrency", type=concurrency, default=200, help="runs executed at once (1 or more)")
     p.set_defaults(handler=run_worker)
 
     p = sub.add_parser("manifest", help="print a Slack app manifest to paste into api.slack.com")
@@ -44,9 +52,34 @@ def add_server_commands(sub: Any) -> None:
     add_ui_command(sub)
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0 (pick a free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is a number from 0 to 65535 (0 picks a free one)")
+    return value
+
+
+def concurrency(text: str) -> int:
+    """How many runs a worker executes at once: 1 or more. A worker that can execute none would still announce
+    its versions, and every ``threadflow run`` would queue its run for it and wait in vain."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a worker must execute at least 1 run at once")
+    return value
+
+
 def configure_logging(settings: Settings) -> None:
+    """Set up logging as THREADFLOW_LOG_LEVEL and THREADFLOW_LOG_FORMAT say (SettingsError when they are malformed)."""
     from .logs import setup_logging
 
+    settings.require_logging()
     setup_logging(settings.log_level, settings.log_format)
 
 
@@ -66,32 +99,56 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     async def main() -> None:
         engine = build_engine(settings)
-        runner, bot, port = await start_server(settings, engine, host=args.host, port=args.port)
-        inspector = None
-        if with_ui:
+        host = args.host or settings.host
+        port = settings.port if args.port is None else args.port
+        inspector: RunningInspector | None = None
+
+        async def listen_for_inspector() -> None:  # (before the bot and its engine start: see start_server)
+            nonlocal inspector
             from .inspector.command import start_for
 
-            inspector = await start_for(settings, engine)
-            print(f"threadflow inspector: open {inspector.url}runs", flush=True)
-        socket_handler = None
-        if settings.socket_mode:
-            from .server import connect_socket_mode
+            try:
+                inspector = await start_for(settings, engine)
+            except OSError as exc:
+                raise PortInUse(f"the run inspector cannot listen on {settings.ui_host}:{settings.ui_port} "
+                                f"({_reason(exc)}). Stop what uses that port, or set another "
+                                "THREADFLOW_UI_PORT.") from None
 
-            socket_handler = await connect_socket_mode(bot, settings)
-            print(f"threadflow is running in Socket Mode (health on port {port})", flush=True)
-        else:
-            print(f"threadflow is listening on http://{args.host or settings.host}:{port}/slack/events", flush=True)
+        runner: web.AppRunner | None = None
+        socket_handler = None
         try:
+            try:
+                runner, bot, port = await start_server(settings, engine, host=host, port=port,
+                                                       before_start=listen_for_inspector if with_ui else None)
+            except OSError as exc:
+                raise PortInUse(f"threadflow cannot listen on {host}:{port} ({_reason(exc)}). Another "
+                                "process uses the port (an earlier `threadflow serve` still stopping?): stop it, "
+                                "or pass another --port (THREADFLOW_PORT).") from None
+            if inspector is not None:
+                print(f"threadflow inspector: open {inspector.url}runs", flush=True)
+            if settings.socket_mode:
+                from .server import connect_socket_mode
+
+                socket_handler = await connect_socket_mode(bot, settings)
+                print(f"threadflow is running in Socket Mode (health on port {port})", flush=True)
+            else:
+                print(f"threadflow is listening on http://{host}:{port}/slack/events", flush=True)
             await wait_for_stop_signal()
         finally:  # (also after a second signal: the engine hands its runs back in the runner's cleanup)
             if socket_handler is not None:
                 await socket_handler.close_async()
             if inspector is not None:
                 await inspector.stop()
-            await runner.cleanup()
+            if runner is not None:
+                await runner.cleanup()
 
     asyncio.run(main())
     return 0
+
+
+def _reason(exc: OSError) -> str:
+    """``Address already in use``, not asyncio's "error while attempting to bind on address ...: ..." around it."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:

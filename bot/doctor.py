@@ -92,6 +92,8 @@ def check_settings(settings: Settings) -> list[Check]:
     elif not settings.public_url and app_token is None:
         checks.append(Check("THREADFLOW_PUBLIC_URL", "warn", "not set: Slack must reach this bot at "
                             "https://YOUR-HOST/slack/events; set it so `threadflow manifest` fills in the URLs."))
+    for env, problem in settings.logging_problems():  # (serve, worker, dev and ui refuse to start over these)
+        checks.append(Check(env, "fail", f"{problem}."))
     checks.append(_check_workflows(settings))
     checks.extend(_check_models(settings))
     checks.extend(_check_tuning())

@@ -40,8 +40,11 @@ class BoundedTCPSite(web.TCPSite):
         self.max_connections = max_connections
         self.refused = 0
 
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
+    async def bind(self) -> None:
+        """Take the port without accepting connections yet: OSError when it is in use, before anything started.
+
+        ``start`` then accepts them (and binds first if this was not called)."""
+        await web.BaseSite.start(self)  # (registers the site: the runner's cleanup closes the socket)
         server = self._runner.server
         assert server is not None
 
@@ -52,7 +55,13 @@ class BoundedTCPSite(web.TCPSite):
             return server()
 
         self._server = await asyncio.get_running_loop().create_server(protocol, self._host, self._port,
-                                                                      backlog=self._backlog)
+                                                                      backlog=self._backlog, start_serving=False)
+
+    async def start(self) -> None:
+        if self._server is None:
+            await self.bind()
+        assert isinstance(self._server, asyncio.Server)
+        await self._server.start_serving()
 
     @property
     def bound_port(self) -> int:

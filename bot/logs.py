@@ -51,12 +51,13 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Log to stderr at ``level`` as ``fmt`` (checked beforehand: ``Settings.require_logging``)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt.lower() == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt.strip().lower() == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level.strip().upper())
     # Third-party request logs can carry tokens in URLs or bodies: keep them quiet.
     for noisy in ("slack_bolt", "slack_sdk", "httpx", "openai", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -13,6 +13,7 @@ user input.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
     from workflows import Engine
 
 log = logging.getLogger("threadflow.metrics")
+
+#: How long a scrape waits for the gauges read from the database. During an outage a read retries for 10 s,
+#: as long as Prometheus' default scrape timeout: the outage counters would never be scraped while it lasts.
+GAUGE_READ_TIMEOUT = 2.0
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -207,19 +212,26 @@ class Metrics:
     # -- scraping ----------------------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        """Read the gauges that live in the database."""
+        """Read the gauges that live in the database (within GAUGE_READ_TIMEOUT)."""
         if self.engine is None:
             return
         self.step_threads_abandoned.set(self.engine.abandoned_step_threads)
         try:
-            self.runs_suspended.set(await self.engine.store.count_runs("suspended"))
-            from storage.slack_store import SlackStore
+            async with asyncio.timeout(GAUGE_READ_TIMEOUT):
+                suspended = await self.engine.store.count_runs("suspended")
+                from storage.slack_store import SlackStore
 
-            counts = await SlackStore(self.engine.db).delivery_counts()
-            for state in ("pending", "sent", "failed"):
-                self.slack_outbox.labels(state).set(counts.get(state, 0))
+                counts = await SlackStore(self.engine.db).delivery_counts()
+        except TimeoutError:  # the database is down (reads retry for 10 s): scrape what this process counted
+            log.warning("metrics: the database's gauges were not read within %g s; they keep their last values",
+                        GAUGE_READ_TIMEOUT)
+            return
         except Exception as exc:  # a scrape still answers; the gauges keep their last values
             log.warning("metrics: could not read the database's gauges: %s", type(exc).__name__)
+            return
+        self.runs_suspended.set(suspended)
+        for state in ("pending", "sent", "failed"):
+            self.slack_outbox.labels(state).set(counts.get(state, 0))
 
     async def render(self) -> bytes:
         await self.refresh()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -111,10 +112,19 @@ async def slack_oauth(request: web.Request) -> web.Response:
     return await to_aiohttp_response(bolt_response)
 
 
+#: How long ``GET /healthz`` waits for the database: under Kubernetes' default probe timeout (1 s). A read
+#: otherwise retries through an outage for ``RETRY_SECONDS`` (10), and a probe would time out, not see the 503.
+HEALTH_TIMEOUT = 0.8
+
+
 async def healthz(request: web.Request) -> web.Response:
     bot = request.app[BOT_KEY]
     try:
-        await bot.engine.store.count_runs("running")
+        async with asyncio.timeout(HEALTH_TIMEOUT):
+            await bot.engine.store.count_runs("running")
+    except TimeoutError:
+        return web.json_response({"ok": False, "database": f"unreachable: no answer within {HEALTH_TIMEOUT:g} s"},
+                                 status=503)
     except Exception as exc:
         return web.json_response({"ok": False, "database": f"unreachable: {type(exc).__name__}"}, status=503)
     return web.json_response({"ok": True, "database": bot.engine.db.dialect, "owner": bot.engine.owner})
@@ -140,16 +150,12 @@ def create_web_app(bot: SlackBot, metrics: Metrics | None = None) -> web.Applica
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
 
-    async def on_startup(_: web.Application) -> None:
-        await bot.start()
-
     async def on_cleanup(app_: web.Application) -> None:
         await bot.close()
         await bot.engine.close()
         app_[METRICS_KEY].close()
 
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
+    app.on_cleanup.append(on_cleanup)  # (the bot is started by start_server, once its port is taken)
     return app
 
 
@@ -164,13 +170,27 @@ async def connect_socket_mode(bot: SlackBot, settings: Settings) -> Any:
 
 
 async def start_server(settings: Settings, engine: Engine, *, host: str | None = None, port: int | None = None,
+                       before_start: Callable[[], Awaitable[None]] | None = None,
                        **bot_kwargs: Any) -> tuple[web.AppRunner, SlackBot, int]:
-    """Start the bot's HTTP server; returns the runner (for cleanup), the bot and the bound port."""
+    """Start the bot's HTTP server; returns the runner (for cleanup), the bot and the bound port.
+
+    The port is taken first, then ``before_start`` runs (``serve --ui`` takes the inspector's port there), and
+    only then does the bot start, with its engine: a port in use raises OSError before this process has claimed
+    a run, so a restart loop on a taken port never starts (and abandons) a run's steps. Connections are accepted
+    once the bot has started. On any failure what was started is closed again, its runs handed back."""
     bot = SlackBot(settings, engine, **bot_kwargs)
     install_accept_error_filter(asyncio.get_running_loop())
     runner = web.AppRunner(create_web_app(bot), access_log=None, keepalive_timeout=settings.http_timeout)
     await runner.setup()
     site = BoundedTCPSite(runner, host or settings.host, settings.port if port is None else port,
                           max_connections=settings.max_connections)
-    await site.start()
+    try:
+        await site.bind()
+        if before_start is not None:
+            await before_start()
+        await bot.start()
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner, bot, site.bound_port

@@ -18,6 +18,9 @@ from storage.urls import DEFAULT_DATABASE_URL
 
 SLACK_API_URL = "https://slack.com/api/"
 ENV_FILE = ".env"
+#: THREADFLOW_LOG_LEVEL (any case; the README names the first four) and THREADFLOW_LOG_FORMAT.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 
 class SettingsError(Exception):
@@ -150,6 +153,28 @@ class Settings(BaseSettings):
     @property
     def socket_mode(self) -> bool:
         return self.slack_app_token is not None and bool(self.slack_app_token.get_secret_value().strip())
+
+    def logging_problems(self) -> list[tuple[str, str]]:
+        """What is malformed in THREADFLOW_LOG_LEVEL and THREADFLOW_LOG_FORMAT, as (setting, message) pairs.
+
+        Checked where logging is set up (``serve``, ``worker``, ``dev``, ``ui``: see ``require_logging``) and by
+        ``doctor``, not when settings load: the other commands log warnings as plain text whatever these say,
+        and a misspelt log level should not stop ``threadflow runs`` or ``migrate``."""
+        problems: list[tuple[str, str]] = []
+        if self.log_level.strip().upper() not in LOG_LEVELS:
+            problems.append(("THREADFLOW_LOG_LEVEL", f"{self.log_level!r} is not a log level; use DEBUG, INFO, "
+                             "WARNING or ERROR"))
+        if self.log_format.strip().lower() not in LOG_FORMATS:
+            problems.append(("THREADFLOW_LOG_FORMAT", f"{self.log_format!r} is not a log format; use text "
+                             "(the default) or json"))
+        return problems
+
+    def require_logging(self) -> None:
+        """Stop start-up with one line naming the first malformed logging setting."""
+        problems = self.logging_problems()
+        if problems:
+            env, problem = problems[0]
+            raise SettingsError(f"Setting {env} is invalid: {problem}.")
 
     def require_slack(self) -> None:
         """Stop start-up with one clear line naming the first missing Slack setting.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Iterable
 
-from .errors import DefinitionError
+from .errors import DefinitionError, ThreadflowError
 from .workflow import CommittedWorkflow
 
 
@@ -47,6 +48,13 @@ def _load_one(spec: str) -> list[CommittedWorkflow]:
             f"Could not import workflow module {module_name!r} (from THREADFLOW_WORKFLOWS): {exc}. "
             "Check the name and that it is importable from the current directory."
         ) from exc
+    except ThreadflowError:  # a definition the module commits is wrong: that error names it already
+        raise
+    except Exception as exc:  # a SyntaxError in it, or code that raises at import (a setting it reads is missing)
+        raise DefinitionError(
+            f"Workflow module {module_name!r} (from THREADFLOW_WORKFLOWS) failed to import: {type(exc).__name__}: "
+            f"{_described(exc)}. Fix the module, or take it out of THREADFLOW_WORKFLOWS."
+        ) from exc
     if attr:
         value = getattr(module, attr, None)
         if value is None:
@@ -62,3 +70,13 @@ def _load_one(spec: str) -> list[CommittedWorkflow]:
             f"Module {spec!r} defines no committed workflows; call .commit() on your Workflow at module level."
         )
     return workflows
+
+
+def _described(exc: Exception) -> str:
+    """The error's message and where it was raised: a SyntaxError names its file and line itself, any other
+    error the innermost frame of its traceback (the line in the module, or in what it called)."""
+    if isinstance(exc, SyntaxError):
+        return str(exc)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"{exc}{where}"

@@ -69,6 +69,39 @@ async def test_runs_on_an_empty_database_says_so(db: Database) -> None:
     assert threadflow(db.url, "runs", "--json").stdout == "[]\n"
 
 
+async def test_a_run_with_text_cut_in_the_middle_of_an_emoji_is_listed_and_shown(db_url: str,
+                                                                                  tmp_path: Path) -> None:
+    """Text cut by a UTF-16 length limit (Slack's, JavaScript's) is valid JSON with a lone surrogate
+    (``"\\ud83d"``), and such a run is stored and runs fine; but printing it died with UnicodeEncodeError, in
+    ``run`` and then in every ``runs --json`` and ``show``: one such run broke the listing of the whole database.
+    JSON output carries it as JSON's own escape; text output as a backslash escape."""
+    env = {"THREADFLOW_WORKSPACE": str(tmp_path / "workspace")}
+    started = threadflow(db_url, "run", "greet-user", "--input", '{"name": "Ada \\ud83d"}', env=env)
+    assert started.returncode == 0 and started.stderr == "", started.stderr[-600:]
+    run_id = json.loads(started.stdout)["run_id"]
+
+    listed = threadflow(db_url, "runs", "--json")
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr[-600:]
+    [run] = json.loads(listed.stdout)
+    assert (run["id"], run["status"], run["input"]) == (run_id, "success", {"name": "Ada \ud83d"})
+    shown = threadflow(db_url, "show", run_id, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["run"]["output"] == {"greeting": "Hello, Ada \ud83d!"}
+    for text in (threadflow(db_url, "runs"), threadflow(db_url, "show", run_id)):
+        assert text.returncode == 0 and text.stderr == "", text.stderr[-600:]
+    assert "Hello, Ada \\ud83d!" in text.stdout
+
+
+@pytest.mark.parametrize("limit", ["-1", "99999999999999999999"])
+async def test_a_limit_out_of_range_is_a_usage_error(db: Database, limit: str) -> None:
+    """``--limit`` had no bound: on SQLite ``-1`` listed every run, and on PostgreSQL it reached the server
+    ("LIMIT must not be negative") and died with a traceback and exit 1."""
+    await add_runs(db, 3)
+    proc = threadflow(db.url, "runs", "--limit", limit)
+    assert "Traceback" not in proc.stderr, proc.stderr[-600:]
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.endswith(f"argument --limit: '{limit}': give a number of runs from 1 to 1000000000\n")
+
+
 async def seed_file(url: str, n: int) -> None:
     """``n`` runs in the database at ``url``, which is closed again (the CLI opens it on its own)."""
     db = Database(url)

@@ -6,6 +6,7 @@ The settings go only into ``.env`` (or only into the environment), and the real 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -72,6 +73,31 @@ async def test_a_malformed_sqlite_setting_is_one_line_and_exit_2(tmp_path: Path,
                                     THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     assert "Traceback" not in err, err[-600:]
     assert code == 2 and err.startswith(f"error: {name} must be") and err.count("\n") == 1, (code, err)
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), [
+    ("THREADFLOW_LOG_LEVEL", "verbose", "'verbose' is not a log level; use DEBUG, INFO, WARNING or ERROR."),
+    ("THREADFLOW_LOG_FORMAT", "yaml", "'yaml' is not a log format; use text (the default) or json."),
+])
+async def test_a_misspelt_log_setting_stops_worker_with_one_line_and_exit_2(tmp_path: Path, name: str, value: str,
+                                                                            reason: str) -> None:
+    """README: THREADFLOW_LOG_LEVEL is DEBUG, INFO, WARNING or ERROR. A misspelt one crashed ``serve`` and
+    ``worker`` at start with a ValueError traceback; an unknown format was silently text."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("THREADFLOW_", "SLACK_", "OPENAI_"))}
+    env |= {name: value, "THREADFLOW_DATABASE_URL": database, "PYTHONPATH": str(ROOT)}
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot.cli", "worker", cwd=tmp_path, env=env,
+                                                  stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(worker.communicate(), 20)
+    finally:
+        if worker.returncode is None:  # (it started: stop it)
+            worker.kill()
+            await worker.wait()
+    assert "Traceback" not in err.decode(), err.decode()[-600:]
+    assert (worker.returncode, err.decode()) == (2, f"error: Setting {name} is invalid: {reason}\n")
+    # Only the commands that set up logging read them: the others still work (and doctor names them).
+    assert (await threadflow(tmp_path, "runs", **{name: value}, THREADFLOW_DATABASE_URL=database))[0] == 0
 
 
 PASSWORD = "Sup3rSecretPw"

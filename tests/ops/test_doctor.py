@@ -114,6 +114,38 @@ async def test_a_malformed_setting_is_named(tmp_path: Path) -> None:
     assert code == 2 and "THREADFLOW_TIMEZONE" in err and "'Mars/Olympus' is not a known time zone" in err
 
 
+async def test_a_misspelt_log_level_or_format_is_a_failed_line(tmp_path: Path, migrated: str) -> None:
+    """Read by serve, worker, dev and ui only (which refuse to start over them), not when settings load: doctor
+    said nothing of a THREADFLOW_LOG_LEVEL that made serve and worker die at start."""
+    code, out, _ = await doctor(tmp_path, THREADFLOW_DATABASE_URL=migrated, THREADFLOW_LOG_LEVEL="verbose",
+                                THREADFLOW_LOG_FORMAT="yaml")
+    assert code == 1
+    failed = "\n".join(line for line in out.splitlines() if line.startswith("[FAIL]"))
+    assert "THREADFLOW_LOG_LEVEL: 'verbose' is not a log level; use DEBUG, INFO, WARNING or ERROR." in failed, out
+    assert "THREADFLOW_LOG_FORMAT: 'yaml' is not a log format; use text (the default) or json." in failed
+
+
+@pytest.mark.parametrize(("source", "error"), [
+    ("x = (\n", "SyntaxError: '(' was never closed (myflows.py, line 1)"),
+    ("import os\nraise RuntimeError('settings missing: API_KEY')\n",
+     "RuntimeError: settings missing: API_KEY (at {dir}/myflows.py, line 2)"),
+], ids=["syntax-error", "raises-at-import"])
+async def test_a_workflow_module_that_fails_to_import_is_a_failed_line_not_a_crash(
+        tmp_path: Path, migrated: str, source: str, error: str) -> None:
+    """Only an ImportError was turned into a clear failure: a module with a SyntaxError, or one raising at import,
+    made doctor die with a traceback before printing any check, and every other command too."""
+    (tmp_path / "myflows.py").write_text(source)
+    code, out, err = await doctor(tmp_path, THREADFLOW_DATABASE_URL=migrated, THREADFLOW_WORKFLOWS="myflows")
+    assert code == 1 and "Traceback" not in err, err[-300:]
+    [line] = [line for line in out.splitlines() if line.startswith("[FAIL] THREADFLOW_WORKFLOWS")]
+    assert f"Workflow module 'myflows' (from THREADFLOW_WORKFLOWS) failed to import: {error.format(dir=tmp_path)}. " \
+           "Fix the module, or take it out of THREADFLOW_WORKFLOWS." in line, line
+    assert "[ ok ] Database" in out  # the other checks still ran
+
+    code, out, err = await run_cli(tmp_path, ("workflows",), cli_env(tmp_path, THREADFLOW_WORKFLOWS="myflows"))
+    assert (code, out) == (2, "") and err.startswith("error: Workflow module 'myflows'"), (code, err[-300:])
+
+
 async def test_malformed_model_and_sqlite_tuning_are_each_a_failed_line(tmp_path: Path, migrated: str) -> None:
     """Read where they are used, not by Settings: unchecked, every agent call failed with "could not convert
     string to float" and doctor said nothing."""

@@ -214,3 +214,15 @@ async def test_prune_cli_dry_run_then_real(seeded: Any, cli: Any) -> None:
     assert {r.id for r in await engine.list_runs(limit=100)} == {ids["old_suspended"], ids["recent_success"]}
     assert cli("prune", THREADFLOW_DATABASE_URL=url).stdout.startswith("Nothing to prune")
     assert "must be zero or more" in cli("prune", "--days", "-1", expect=2, THREADFLOW_DATABASE_URL=url).stderr
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "1e12"])
+def test_prune_refuses_a_number_of_days_it_cannot_use(cli: Any, days: str) -> None:
+    """Only ``< 0`` was refused: ``nan`` and a huge value crashed with a traceback (ValueError or OverflowError
+    from time.gmtime), and ``--json`` with ``inf`` printed ``-Infinity`` as the cutoff, which is not JSON."""
+    cli("migrate")
+    for extra in ((), ("--json",)):
+        proc = cli("prune", "--dry-run", "--days", days, *extra, expect=2)
+        assert proc.stderr == f"error: --days must be zero or more, and at most 100000 days; got {float(days):g}.\n"
+    proc = cli("prune", "--dry-run", expect=2, THREADFLOW_RETENTION_DAYS=days)  # (nan: refused with the settings)
+    assert proc.stderr.startswith("error: ") and "THREADFLOW_RETENTION_DAYS" in proc.stderr, proc.stderr

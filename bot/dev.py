@@ -10,10 +10,12 @@ if TYPE_CHECKING:
 
 
 def add_dev_command(sub: Any) -> None:
+    from .commands_server import port_number
+
     p = sub.add_parser("dev", help="try threadflow locally: the bot plus a Slack sandbox page, on SQLite")
-    p.add_argument("--port", type=int, default=8080, help="port of the sandbox page")
-    p.add_argument("--bot-port", type=int, default=0, help="port of the bot (default: any free port)")
-    p.add_argument("--ui-port", type=int, default=8090, help="port of the run inspector (0: any free port)")
+    p.add_argument("--port", type=port_number, default=8080, help="port of the sandbox page")
+    p.add_argument("--bot-port", type=port_number, default=0, help="port of the bot (default: any free port)")
+    p.add_argument("--ui-port", type=port_number, default=8090, help="port of the run inspector (0: any free port)")
     p.add_argument("--no-browser", action="store_true")
     p.add_argument("--realistic-slack", action="store_true",
                    help="make the local Slack answer like the real one: 0.1-0.3 s per call, and Slack's rate limits")

@@ -15,10 +15,12 @@ if TYPE_CHECKING:  # imported where used, so ``threadflow --help`` stays cheap
 
 
 def add_ui_command(sub: Any) -> None:
+    from ..commands_server import port_number
+
     p = sub.add_parser("ui", help="serve the run inspector in a browser (127.0.0.1:8090 by default)")
     p.add_argument("--host", help="address to listen on (THREADFLOW_UI_HOST, default 127.0.0.1); any other "
                                   "than loopback needs THREADFLOW_UI_TOKEN or Sign in with Slack")
-    p.add_argument("--port", type=int, help="port (THREADFLOW_UI_PORT, default 8090; 0 picks a free one)")
+    p.add_argument("--port", type=port_number, help="port (THREADFLOW_UI_PORT, default 8090; 0 picks a free one)")
     p.set_defaults(handler=run_ui)
 
 

@@ -125,11 +125,13 @@ async def test_a_worker_that_could_execute_nothing_is_refused(tmp_path: Path, en
     assert run_rows(tmp_path) == []
 
 
+@pytest.mark.parametrize(("command", "option"), [("serve", "--port"), ("ui", "--port"), ("dev", "--port"),
+                                                 ("dev", "--ui-port"), ("dev", "--bot-port")])
 @pytest.mark.parametrize("port", ["70000", "-1"])
-async def test_serve_on_a_port_that_cannot_exist_is_a_usage_error(tmp_path: Path, env: dict[str, str],
-                                                                  port: str) -> None:
+async def test_a_port_that_cannot_exist_is_a_usage_error(tmp_path: Path, env: dict[str, str], command: str,
+                                                         option: str, port: str) -> None:
     """``--port`` was any int: 70000 died with an OverflowError traceback from bind()."""
-    code, _, err = await run_cli(tmp_path, ("serve", "--port", port), env | {"SLACK_BOT_TOKEN": "xoxb-test",
-                                                                             "SLACK_SIGNING_SECRET": "secret"})
+    code, _, err = await run_cli(tmp_path, (command, option, port), env | {"SLACK_BOT_TOKEN": "xoxb-test",
+                                                                            "SLACK_SIGNING_SECRET": "secret"})
     assert code == 2 and "Traceback" not in err, err[-300:]
-    assert err.endswith(f"argument --port: '{port}': a port is a number from 0 to 65535 (0 picks a free one)\n")
+    assert err.endswith(f"argument {option}: '{port}': a port is a number from 0 to 65535 (0 picks a free one)\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
@@ -59,6 +60,8 @@ PAGES_PER_WRITE = 0.6
 JSON_CODEC: dict[str, Any] = {"json_serializer": jsoncodec.dumps, "json_deserializer": jsoncodec.loads}
 #: Seconds to wait for a PostgreSQL server to accept a connection.
 CONNECT_TIMEOUT = 10.0
+#: Seconds a PostgreSQL connection's graceful close waits for the server to end it; then it is dropped.
+CLOSE_TIMEOUT = 0.25
 #: (succeeded, result or exception) for each function of a batch, and how many transactions committed.
 Outcomes = tuple[list[tuple[bool, Any]], int]
 
@@ -108,10 +111,16 @@ class AsyncBackend(Backend):
 
     def __init__(self, url: str, echo: bool) -> None:
         # A server that does not answer is an error after CONNECT_TIMEOUT, not after asyncpg's default minute.
+        # A statement the server does not answer within the command timeout (the connection went silent: a failover
+        # whose old primary died without closing it) fails with TimeoutError, which the queue and reads retry on a new
+        # connection, instead of waiting for the kernel's TCP timeout (about 15 minutes on Linux).
         url, server_settings = postgres_url_settings(url)
-        args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT}
+        timeout = command_timeout()
+        args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT, "command_timeout": timeout,
+                                "connection_class": _briefly_closing_connection()}
         if server_settings:
             args["server_settings"] = server_settings
+        self._url, self._connect_args = url, args
         self.writer: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=5, pool_pre_ping=True, **JSON_CODEC,
                                                        connect_args=args)
         # Reads run in autocommit: under READ COMMITTED every statement takes its own snapshot anyway, so a
@@ -120,8 +129,16 @@ class AsyncBackend(Backend):
         # then discards the pool's connections, and Database.read retries the read (a transient error).
         self.reader: AsyncEngine = create_async_engine(url, echo=echo, pool_size=5, max_overflow=10, isolation_level="AUTOCOMMIT",
                                                        **JSON_CODEC, connect_args=args)
+        for engine in (self.writer, self.reader):
+            event.listen(engine.sync_engine, "handle_error", _timeout_invalidates_the_pool)
         self._kept: AsyncConnection | None = None
         self._kept_lock = asyncio.Lock()
+        # The kept connection's transactions end themselves on the server if this process stops talking to it
+        # mid-batch (the network went silent, not the server): its session would hold the rows it locked until the
+        # server's TCP keepalive noticed (hours), and the batch retried on a new connection would wait for them, time
+        # out, and again. (Set once per connection: no cost per batch.)
+        self._session_setup = None if timeout is None else (
+            f"SET idle_in_transaction_session_timeout = {max(1, round(timeout * 1000))}")
 
     async def migrate(self) -> None:
         from .schema_head import is_current
@@ -131,7 +148,13 @@ class AsyncBackend(Backend):
                 return
         from .migrations import upgrade_to_head
 
-        await upgrade_to_head(self.writer, "postgresql")
+        # Without the command timeout: a migration may rewrite a large table, or wait for another process's.
+        migrator = create_async_engine(self._url, poolclass=NullPool, **JSON_CODEC,
+                                       connect_args={**self._connect_args, "command_timeout": None})
+        try:
+            await upgrade_to_head(migrator, "postgresql")
+        finally:
+            await migrator.dispose()
 
     async def read(self, fn: DbFn, *, inline: bool = False) -> Any:
         async with self.reader.connect() as conn:
@@ -150,6 +173,8 @@ class AsyncBackend(Backend):
             try:
                 # The backend sends BEGIN/COMMIT itself; SQLAlchemy's adapter must not begin one of its own.
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
+                if self._session_setup is not None:
+                    await conn.exec_driver_sql(self._session_setup)
             except BaseException:
                 await conn.close()
                 raise
@@ -168,12 +193,13 @@ class AsyncBackend(Backend):
             await pg.raw.execute("BEGIN")
             try:
                 results = [await fn(conn) for fn in fns]
-            except Exception:
-                if not pg.raw.is_closed():
+            except Exception as exc:
+                # (Not after a timeout: a ROLLBACK would wait as long again for a server that does not answer.)
+                if not pg.raw.is_closed() and not isinstance(exc, TimeoutError):
                     try:
                         await pg.raw.execute("ROLLBACK")
-                    except Exception as exc:  # the connection is in doubt: discarded below
-                        log.debug("rolling back a failed batch failed: %s", type(exc).__name__)
+                    except Exception as failed:  # the connection is in doubt: discarded below
+                        log.debug("rolling back a failed batch failed: %s", type(failed).__name__)
                 raise
             await pg.raw.execute("COMMIT")
             return results
@@ -213,8 +239,32 @@ class AsyncBackend(Backend):
                     await conn.close()
                 except Exception as exc:
                     log.debug("closing the writer connection failed: %s", type(exc).__name__)
-        await self.writer.dispose()
-        await self.reader.dispose()
+        await asyncio.gather(self.writer.dispose(), self.reader.dispose())
+
+
+def _timeout_invalidates_the_pool(context: ExceptionContext) -> None:
+    """A statement unanswered within the command timeout: SQLAlchemy drops its connection (as after any timeout) and
+    here also replaces every connection the pool opened before it, on its next checkout. After a failover that left
+    them silent, each would otherwise cost a read the whole command timeout before it failed."""
+    if isinstance(context.original_exception, TimeoutError):
+        context.invalidate_pool_on_disconnect = True
+
+
+@functools.cache
+def _briefly_closing_connection() -> type:
+    """asyncpg's connection, closed gracefully within CLOSE_TIMEOUT or else dropped (asyncpg would wait for the
+    command timeout): pooled connections are closed one after another, and after a failover that left them silent,
+    waiting that long for each would hold up a shutdown for minutes."""
+    import asyncpg
+
+    class BrieflyClosingConnection(asyncpg.Connection):  # type: ignore[misc]
+        async def close(self, *, timeout: float | None = None) -> None:
+            try:
+                await super().close(timeout=CLOSE_TIMEOUT if timeout is None else min(timeout, CLOSE_TIMEOUT))
+            except TimeoutError:  # asyncpg dropped it (the server did not answer the goodbye)
+                log.debug("a PostgreSQL connection did not close within %g s; dropped", CLOSE_TIMEOUT)
+
+    return BrieflyClosingConnection
 
 
 async def _together_else_each(fns: Sequence[DbFn], transaction: Callable[[Sequence[DbFn]], Awaitable[list[Any]]]) -> Outcomes:
@@ -825,6 +875,25 @@ def _is_busy(exc: BaseException) -> bool:
 
 
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: Seconds a PostgreSQL statement may go unanswered before it fails as a timeout (and is retried on a new connection).
+DEFAULT_COMMAND_TIMEOUT = 30.0
+
+
+def command_timeout() -> float | None:
+    """How long the engine waits for PostgreSQL to answer one statement: ``THREADFLOW_DB_COMMAND_TIMEOUT`` in seconds,
+    default 30; ``0`` waits without limit. Past it the connection is given up for a new one (a failover that left the
+    old one silent). A malformed value is a :class:`DatabaseSettingError` that names the setting."""
+    text = os.environ.get("THREADFLOW_DB_COMMAND_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_COMMAND_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise DatabaseSettingError(f"THREADFLOW_DB_COMMAND_TIMEOUT must be a number of seconds, 0 (no limit) or more, "
+                                   f"like 30; got {text!r}.")
+    return value or None
 
 
 def busy_timeout_ms() -> int:

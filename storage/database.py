@@ -488,11 +488,20 @@ class Database:
                 return
             attempt += 1
             self._fault("write", transient_kind(failure) or "unknown", failure)
+            if attempt == 1:
+                # Retried for ``retry_seconds`` after this first failure, however long it took to come (a statement
+                # the server never answered fails only after the command timeout), as reads are.
+                retry = [self._retried_until(entry, time.monotonic() + self.retry_seconds) for entry in retry]
             await asyncio.sleep(backoff(attempt))
             batch = self._still_retried(retry, failure)
             self._still_retried_in_queue(failure)
             if not batch:
                 return
+
+    @staticmethod
+    def _retried_until(entry: Queued, deadline: float) -> Queued:
+        fn, fut, inline, until = entry
+        return (fn, fut, inline, max(until, deadline))
 
     def _still_retried(self, entries: list[Queued], failure: BaseException) -> list[Queued]:
         """The entries whose retry deadline has not passed; the others fail with DatabaseUnavailable."""

@@ -23,7 +23,14 @@ _TRANSIENT_SQLSTATES = {
     "40001": "conflict",  # serialization_failure
     "40P01": "conflict",  # deadlock_detected
     "25006": "connection",  # read_only_sql_transaction: connected to a standby during a failover
+    # The statement was cancelled and rolled back, nothing of it done: a ``lock_timeout`` (another session held a
+    # lock a moment too long), a ``statement_timeout``, a DBA's ``pg_cancel_backend``. Running it again is safe.
+    "55P03": "locked",  # lock_not_available
+    "57014": "conflict",  # query_canceled
 }
+#: SQLSTATE classes (PostgreSQL) of a statement refused for its data: 22 data exception (a value out of range, a NUL
+#: in text, a value of the wrong type), 23 integrity constraint violation.
+_DATA_SQLSTATE_CLASSES = ("22", "23")
 #: SQLite result codes (``sqlite_errorname``) after which the same statement may well succeed.
 _TRANSIENT_SQLITE = {
     "SQLITE_BUSY": "locked",
@@ -95,8 +102,24 @@ def connection_dropped(exc: BaseException) -> bool:
 
 
 def refused_data(exc: BaseException) -> bool:
-    """The database refused a statement for its data (a value or type it cannot store), not for being unwell."""
-    return isinstance(exc, StatementError | sqlite3.DataError | sqlite3.IntegrityError) and transient_kind(exc) is None
+    """The database refused a statement for its data (a value or type it cannot store), not for being unwell.
+
+    Only errors that say so: PostgreSQL's SQLSTATE classes 22 and 23, SQLite's data and integrity errors and its
+    refusal to bind a value, or a value SQLAlchemy could not turn into a parameter at all. Anything else the
+    database answered (a missing table, a permission, a timeout not retried) is about the database, not the data.
+    """
+    if transient_kind(exc) is not None:
+        return False
+    for item in _chain(exc):
+        if isinstance(item, sqlite3.DataError | sqlite3.IntegrityError):
+            return True
+        if isinstance(item, sqlite3.Error):
+            return isinstance(item, sqlite3.InterfaceError | sqlite3.ProgrammingError) and "binding" in str(item)
+        code = getattr(item, "sqlstate", None) or getattr(item, "pgcode", None)
+        if isinstance(code, str) and code:
+            return code[:2] in _DATA_SQLSTATE_CLASSES
+    # No driver error: SQLAlchemy failed to make a parameter of a value (its JSON or type processing) before sending.
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
 def describe(exc: BaseException) -> str:

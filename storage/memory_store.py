@@ -47,7 +47,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
-from .database import Database, insert_ignore
+from .database import Database, insert_ignore, knowing_retries
 from .prepared import prepared
 from .tables import agent_contexts, message_vectors, messages, threads, working_memory
 
@@ -448,37 +448,43 @@ class MemoryStore:
         vector_model: str | None = None,
         agent_context: NewAgentContext | None = None,
     ) -> tuple[list[int], int | None]:
-        """Like :meth:`save_turn`, also returning the id of the agent context record (what feedback rates)."""
+        """Like :meth:`save_turn`, also returning the id of the agent context record (what feedback rates).
 
-        async def fn(conn: AsyncConnection) -> tuple[list[int], int | None]:
-            ids = await self._add_messages(conn, new)
+        Safe to run again after a commit whose answer was lost (a dropped connection): the retry finds the rows this
+        write made (by their exact contents and the ``created_at`` it chose once) and returns their ids, so each
+        message is stored once."""
+        if vectors and vector_model is None:
+            raise ValueError("save_turn(vectors=...) needs vector_model, the embedder's name.")
+        now = time.time()
+        rows = _message_values(new, now)
+        context = _context_values(agent_context, now) if agent_context is not None else None
+
+        async def op(conn: AsyncConnection, retried: bool) -> tuple[list[int], int | None]:
+            if retried:
+                earlier = await _saved_answer(conn, rows, context)
+                if earlier is not None:
+                    return earlier
+            ids = await self._insert_messages(conn, rows, now)
             if vectors:
-                if vector_model is None:
-                    raise ValueError("save_turn(vectors=...) needs vector_model, the embedder's name.")
+                assert vector_model is not None
                 await self._add_vectors(
                     conn, [(ids[v.index], new[v.index], v.vector) for v in vectors], vector_model
                 )
             context_id = None
-            if agent_context is not None:
-                context_id = await self._record_agent_context(conn, agent_context)
+            if context is not None:
+                context_id = await _insert_agent_context(conn, context)
             return ids, context_id
 
-        return await self.db.write(fn)
+        return await self.db.write(knowing_retries(op))
 
-    async def _add_messages(self, conn: AsyncConnection, new: Sequence[NewMessage]) -> list[int]:
-        if not new:
+    async def _insert_messages(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]], now: float) -> list[int]:
+        if not rows:
             return []
-        now = time.time()
-        rows = [
-            m.model_dump() | {"content": storable(m.content),
-                              "created_at": m.created_at if m.created_at is not None else now}
-            for m in new
-        ]
         result = await conn.execute(
             insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
         )
         ids = [int(r[0]) for r in result]
-        touched = {m.thread_id for m in new}
+        touched = {row["thread_id"] for row in rows}
         await conn.execute(update(threads).where(threads.c.id.in_(touched)).values(updated_at=now))
         return ids
 
@@ -907,7 +913,7 @@ class MemoryStore:
         content = storable(content)
         expected = storable(expected) if expected is not None else None
 
-        async def fn(conn: AsyncConnection) -> str | None:
+        async def op(conn: AsyncConnection, retried: bool) -> str | None:
             if expected is None:
                 done = (await conn.execute(insert_ignore(self.db, working_memory).values(
                     scope=scope, key=key, content=content, updated_at=now))).rowcount
@@ -920,24 +926,30 @@ class MemoryStore:
                 )).rowcount
             if done == 1:
                 return None
-            current = (await conn.execute(select(working_memory.c.content).where(
-                working_memory.c.scope == scope, working_memory.c.key == key))).scalar_one_or_none()
-            return str(current) if current is not None else ""
+            current = (await conn.execute(select(working_memory.c.content, working_memory.c.updated_at).where(
+                working_memory.c.scope == scope, working_memory.c.key == key))).first()
+            if current is None:
+                return ""
+            if retried and current[0] == content and current[1] == now:
+                return None  # this very write, committed by an attempt whose answer was lost (a dropped connection)
+            return str(current[0])
 
-        return await self.db.write(fn)
+        return await self.db.write(knowing_retries(op))
 
     # -- agent contexts -----------------------------------------------------------------------------
 
     async def record_agent_context(self, record: NewAgentContext) -> int:
-        async def fn(conn: AsyncConnection) -> int:
-            return await self._record_agent_context(conn, record)
+        """The record's id; recorded once even if its commit's answer was lost and the write runs again."""
+        values = _context_values(record, time.time())
 
-        return await self.db.write(fn)
+        async def op(conn: AsyncConnection, retried: bool) -> int:
+            if retried:
+                earlier = await _recorded_context(conn, values)
+                if earlier is not None:
+                    return earlier
+            return await _insert_agent_context(conn, values)
 
-    async def _record_agent_context(self, conn: AsyncConnection, record: NewAgentContext) -> int:
-        values = record.model_dump() | {"created_at": time.time()}
-        result = await conn.execute(insert(agent_contexts).values(**values).returning(agent_contexts.c.id))
-        return int(result.scalar_one())
+        return await self.db.write(knowing_retries(op))
 
     async def get_agent_context(self, context_id: int) -> AgentContextRow | None:
         async def fn(conn: AsyncConnection) -> AgentContextRow | None:
@@ -1009,6 +1021,58 @@ def storable(text: str) -> str:
     """``text`` as both databases keep it: NUL, which PostgreSQL's TEXT cannot hold (the whole write would fail),
     becomes U+FFFD; SQLite keeps the same, so a thread reads alike on either."""
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _message_values(new: Sequence[NewMessage], now: float) -> list[dict[str, Any]]:
+    """The rows of new messages, ``created_at`` chosen once (``now`` unless given): what a retry looks for."""
+    return [m.model_dump() | {"content": storable(m.content), "created_at": m.created_at if m.created_at is not None else now}
+            for m in new]
+
+
+def _context_values(record: NewAgentContext, now: float) -> dict[str, Any]:
+    return record.model_dump() | {"created_at": now}
+
+
+async def _insert_agent_context(conn: AsyncConnection, values: dict[str, Any]) -> int:
+    result = await conn.execute(insert(agent_contexts).values(**values).returning(agent_contexts.c.id))
+    return int(result.scalar_one())
+
+
+async def _recorded_context(conn: AsyncConnection, values: dict[str, Any]) -> int | None:
+    """The id of the agent context record ``values`` describe (same call, same ``created_at``), if it is stored."""
+    found = (await conn.execute(select(agent_contexts.c.id).where(
+        agent_contexts.c.run_id == values["run_id"], agent_contexts.c.path == values["path"],
+        agent_contexts.c.agent == values["agent"], agent_contexts.c.thread_id == values["thread_id"],
+        agent_contexts.c.created_at == values["created_at"],
+    ).order_by(agent_contexts.c.id).limit(1))).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
+async def _saved_answer(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], context: dict[str, Any] | None
+) -> tuple[list[int], int | None] | None:
+    """The ids an earlier attempt of the same :meth:`MemoryStore.save_answer` committed (a retry after a commit whose
+    answer was lost), found by what it wrote; None if it committed nothing (its rows are one transaction)."""
+    if not rows and context is None:
+        return None
+    ids: list[int] = []
+    for row in rows:
+        query = select(messages.c.id).where(
+            messages.c.thread_id == row["thread_id"], messages.c.role == row["role"], messages.c.kind == row["kind"],
+            messages.c.created_at == row["created_at"], messages.c.content == row["content"],
+        )
+        if ids:  # (two alike messages in one turn are two rows)
+            query = query.where(messages.c.id.not_in(ids))
+        found = (await conn.execute(query.order_by(messages.c.id).limit(1))).scalar_one_or_none()
+        if found is None:
+            return None
+        ids.append(int(found))
+    context_id = None
+    if context is not None:
+        context_id = await _recorded_context(conn, context)
+        if context_id is None:
+            return None
+    return ids, context_id
 
 
 def _text_hit(row: Any, sign: float) -> TextHit:

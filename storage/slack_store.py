@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .database import Database, insert_ignore
+from .database import Database, insert_ignore, knowing_retries
 from .tables import events, runs, slack_features, slack_messages, slack_pacing, slack_runs, slack_seen_events
 
 MessageKind = Literal["root", "approval", "post"]
@@ -525,14 +525,21 @@ class SlackStore:
     # -- Slack events seen -------------------------------------------------------------------------------
 
     async def mark_seen(self, key: str) -> bool:
-        """Mark a Slack event/message as handled; True only for the first caller (insert-if-absent)."""
+        """Mark a Slack event/message as handled; True only for the first caller (insert-if-absent).
+
+        Run again after a commit whose answer was lost (a dropped connection), the insert finds the row this very call
+        wrote (its ``seen_at``): that is still the first caller, not a replay."""
         now = time.time()
 
-        async def op(conn: AsyncConnection) -> bool:
+        async def op(conn: AsyncConnection, retried: bool) -> bool:
             res = await conn.execute(insert_ignore(self.db, slack_seen_events).values(key=key, seen_at=now))
-            return bool(res.rowcount)
+            if res.rowcount or not retried:
+                return bool(res.rowcount)
+            seen_at = (await conn.execute(
+                select(slack_seen_events.c.seen_at).where(slack_seen_events.c.key == key))).scalar_one_or_none()
+            return seen_at == now
 
-        return await self.db.write(op)
+        return await self.db.write(knowing_retries(op))
 
 
 __all__ = [

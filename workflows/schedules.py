@@ -7,7 +7,10 @@ exactly one replica's update matches, and only that one starts the run. The next
 not once per miss.
 
 The claim commits before the run starts: a process killed between the two loses that one firing rather
-than risking two (at most once in that window; every other path is exactly once).
+than risking two (at most once in that window; every other path is exactly once). A start that fails because
+the database is unavailable (an outage longer than a start's retries) gives the due time back: the next tick
+after the database returns puts ``next_at`` back to it (a compare-and-set on the claimed value) and fires it,
+once. A start that fails for any other reason (bad input, Slack refusing) is reported and not retried.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
+from storage.errors import DatabaseUnavailable
 from storage.schedule_store import ScheduleRecord, ScheduleStore
 
 from .errors import UsageError
@@ -93,6 +97,19 @@ def next_fire_time(cron: str, timezone: str, after: float) -> float:
     except CroniterError as exc:
         raise ScheduleError(f"{cron!r} is not a valid cron expression ({exc}). {CRON_HELP}") from exc
     return found.timestamp()
+
+
+def _database_outage(exc: BaseException) -> bool:
+    """The start failed because the database did not answer through its retries (DatabaseUnavailable, raised or behind
+    the error ``fire`` raised), not because of the run itself or Slack."""
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        if isinstance(item, DatabaseUnavailable):
+            return True
+        seen.add(id(item))
+        item = item.__cause__ or item.__context__
+    return False
 
 
 def _passed_already(found: datetime, after: float) -> bool:
@@ -170,17 +187,36 @@ class Scheduler:
         self.handles = handles
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Due times whose start met a database outage, to give back: schedule id -> (claimed next_at, due time,
+        #: when it was tried).
+        self._unfired: dict[str, tuple[float, float, float]] = {}
+        #: The run id the engine was last asked to start for a schedule, while that start's outcome is not known.
+        self._tried_run_ids: dict[str, str] = {}
 
     async def _start_on_engine(self, schedule: ScheduleRecord, run_input: Any) -> None:
         from .engine import new_run_id
 
-        run_id = new_run_id()
+        run_id = self._tried_run_ids.get(schedule.id)
+        if run_id is not None and await self.engine.store.get_run(run_id) is not None:
+            return  # the start that failed did commit (only its answer was lost in the outage): fired already
+        run_id = run_id or new_run_id()
+        self._tried_run_ids[schedule.id] = run_id
         with log_context(run_id=run_id):  # the run's task, spawned inside, logs with its id
             await self.engine.start(schedule.workflow_id, run_input, started_by=f"schedule:{schedule.id}", run_id=run_id)
+
+    async def _give_back_unfired(self) -> None:
+        """Put due times whose start met an outage back (``next_at`` from the claimed value to the due time), so this
+        tick fires them. Raises while the database is still unavailable; they stay to give back on a later tick."""
+        for schedule_id, (claimed, due_at, tried_at) in list(self._unfired.items()):
+            if not await self.store.advance(schedule_id, claimed, due_at, tried_at):
+                # Changed meanwhile (edited, deleted, or its next time came and another replica fired it).
+                self._tried_run_ids.pop(schedule_id, None)
+            del self._unfired[schedule_id]
 
     async def tick(self) -> list[Fired]:
         """Fire every due schedule this process can run; returns what it fired (other replicas fire the rest)."""
         await self.engine.open()
+        await self._give_back_unfired()
         now = self.clock()
         fired: list[Fired] = []
         for schedule in await self.store.due(now, workflow_ids=list(self.engine.workflows)):
@@ -201,9 +237,16 @@ class Scheduler:
                     log.info("schedule %s fired %s (due %.0f)", schedule.id, schedule.workflow_id, schedule.next_at)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # the claim stands: a failing start is reported, not retried forever
+                except Exception as exc:
                     error = f"{type(exc).__name__}: {exc}"
-                    log.error("schedule %s could not start %s: %s", schedule.id, schedule.workflow_id, error)
+                    if _database_outage(exc):  # not fired: given back once the database answers again
+                        self._unfired[schedule.id] = (new_next, schedule.next_at, now)
+                        log.error("schedule %s could not start %s: %s; it fires once the database is back",
+                                  schedule.id, schedule.workflow_id, error)
+                    else:  # the claim stands: a failing start is reported, not retried forever
+                        log.error("schedule %s could not start %s: %s", schedule.id, schedule.workflow_id, error)
+                if schedule.id not in self._unfired:
+                    self._tried_run_ids.pop(schedule.id, None)
                 fired.append(Fired(claimed, schedule.next_at, now, error))
         return fired
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -32,6 +33,7 @@ from tests.bot.conftest import (
     suspend_approval,
 )
 from tests.helpers import eventually
+from tests.helpers.pg_wire import commit_cutter
 from tests.helpers.serve_process import ServeProcess
 from workflows import Engine
 
@@ -202,6 +204,34 @@ async def test_a_click_that_may_not_be_on_the_unrecorded_card_decides_nothing(
     assert (await second.bot.engine.get_run(run.run_id)).status == "suspended"
     recorded = await second.bot.store.approval_message(run.run_id, "approve")
     assert recorded is not None and recorded.ts is None
+
+
+async def test_an_approval_click_whose_replay_record_commit_answer_is_lost_is_not_refused_as_a_replay(
+    db_url: str, start_bot: StartBot
+) -> None:
+    """The bot records every signed Slack request (``slack_seen_events``) before handling it. When the COMMIT of that
+    record reached PostgreSQL but its answer did not reach the bot (a failover, a proxy or NAT restart at that moment),
+    the commit queue runs the insert again and finds the row it wrote itself: that is still the one delivery of the
+    click, not a replay to refuse with 401 (the decision dropped, the run waiting on)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a commit whose answer a proxy in front of PostgreSQL loses")
+    async with commit_cutter(db_url) as (cutter, proxied):
+        running = await start_bot(THREADFLOW_DATABASE_URL=proxied)
+        try:
+            run = await suspend_approval(running)
+            cutter.hold(b"slack_seen_events")  # the click's replay record, on its way to the server
+            clicking = asyncio.ensure_future(running.emu.click(run.approval, "approve", user=ALICE))
+            await asyncio.wait_for(cutter.held.wait(), 5)
+            cutter.arm(1)  # its COMMIT happens; the answer is lost
+            cutter.release()
+            click = await clicking
+            assert cutter.cut == 1  # the fault really hit the record's commit
+            status = await running.settled(run.run_id, timeout=5)
+        finally:
+            cutter.release()
+            await running.stop()
+    assert click.status == 200, f"Slack's one delivery of the click was answered {click.status}: {click.body}"
+    assert status == "success", f"approved once, the run is {status}"
 
 
 async def _sent(bot: RunningBot, run_id: str) -> bool:

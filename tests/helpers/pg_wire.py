@@ -1,6 +1,10 @@
-"""A TCP proxy in front of PostgreSQL that can cut a connection at an awkward point: right after the server
-committed a transaction, before its answer reaches the client (a network failure or a proxy restart at that
-moment). The client then sees a dropped connection for a COMMIT that did happen: a commit of unknown outcome.
+"""TCP proxies in front of PostgreSQL that fail the network between client and server at awkward points.
+
+- :class:`CommitCutter` cuts a connection right after the server committed a transaction, before its answer reaches
+  the client (a network failure or a proxy restart at that moment). The client then sees a dropped connection for
+  a COMMIT that did happen: a commit of unknown outcome.
+- :class:`Blackhole` makes every open connection go silent at once, as clients of a primary that died (power loss,
+  a kernel panic, a network partition) see during a failover, or refuses and drops them all (an outage).
 """
 
 from __future__ import annotations
@@ -156,3 +160,113 @@ async def commit_cutter(url: str) -> AsyncIterator[tuple[CommitCutter, str]]:
         yield cutter, parsed.set(host="127.0.0.1", port=cutter.port).render_as_string(hide_password=False)
     finally:
         await cutter.close()
+
+
+class Blackhole:
+    """Nothing answers on the old connections after :meth:`fail_over` and nothing closes them (no RST, no FIN: the
+    host is gone), while new connections reach the server (the new primary, where DNS or the proxy now points).
+    ``refusing``: new connections are dropped at once (the server is down); :meth:`cut_all` drops the open ones."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.generation = 0
+        self.refusing = False
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.silenced = 0
+        #: ``hold_on``: the first client message holding these bytes is not forwarded; ``held`` is set then.
+        self.hold_on: bytes | None = None
+        self.held = asyncio.Event()
+
+    def fail_over(self) -> None:
+        """Every connection open now goes silent for good; new ones reach the server."""
+        self.generation += 1
+
+    def cut_all(self) -> None:
+        """Every connection open now is closed at once (the server restarted, or the old primary's host answers RST)."""
+        for w in self._writers:
+            try:
+                w.transport.abort()
+            except Exception:
+                pass
+        self._writers.clear()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in self._writers:
+            try:
+                w.transport.abort()
+            except Exception:
+                pass
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        if self.refusing:
+            c_writer.transport.abort()
+            self._tasks.discard(task)
+            return
+        born = self.generation
+        try:
+            s_reader, s_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            c_writer.transport.abort()
+            self._tasks.discard(task)
+            return
+        self._writers += [c_writer, s_writer]
+        silent = asyncio.Event()
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    if writer is s_writer and self.hold_on is not None and self.hold_on in data:
+                        self.hold_on = None
+                        self.held.set()
+                        await asyncio.Event().wait()  # never forwarded (the test cuts the connection)
+                    if self.generation != born:
+                        if not silent.is_set():
+                            silent.set()
+                            self.silenced += 1
+                        await asyncio.Event().wait()  # the host is gone: nothing arrives, nothing is closed
+                    writer.write(data)
+                    await writer.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            for w in (c_writer, s_writer):
+                try:
+                    w.transport.abort()
+                except Exception:
+                    pass
+
+        try:
+            await asyncio.gather(pump(c_reader, s_writer), pump(s_reader, c_writer))
+        except asyncio.CancelledError:
+            pass  # closed (a silent connection never ends by itself): a normal end, not an error asyncio logs
+        finally:
+            self._tasks.discard(task)
+
+
+@asynccontextmanager
+async def blackhole(url: str) -> AsyncIterator[tuple[Blackhole, str]]:
+    """A :class:`Blackhole` in front of ``url``'s server, and the URL that goes through it."""
+    parsed = make_url(url)
+    proxy = Blackhole(parsed.host or "127.0.0.1", parsed.port or 5432)
+    await proxy.start()
+    try:
+        yield proxy, parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    finally:
+        await proxy.close()

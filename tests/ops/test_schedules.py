@@ -9,8 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from storage.errors import DatabaseUnavailable
 from storage.schedule_store import ScheduleRecord, ScheduleStore
 from tests.helpers import eventually
+from tests.helpers.pg_wire import blackhole
 from tests.ops.conftest import FakeClock
 from workflows import Engine
 from workflows.errors import WorkflowNotFound
@@ -186,6 +188,70 @@ async def test_a_failing_start_is_reported_and_the_due_time_is_not_retried(sqlit
         assert fired.error == "RuntimeError: Slack is down"
         assert calls == [(made.id, {"name": "C"})]
         assert await scheduler.tick() == [] and len(calls) == 1
+    finally:
+        await engine.close()
+
+
+async def test_a_due_time_whose_start_meets_a_database_outage_fires_once_the_database_is_back(db_url: str) -> None:
+    """README: "each due time fires exactly once". The scheduler claims the due time, then starts its run; when the
+    database goes away between the two for longer than a start's 10 s of retries, the start fails: the due time is
+    given back, and the first tick once the database answers again fires it, once."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("an outage of the PostgreSQL server")
+    clock = FakeClock(MONDAY_0830)
+    async with blackhole(db_url) as (proxy, proxied):
+        engine = engine_on(proxied)
+        scheduler = Scheduler(engine, clock=clock)
+        try:
+            made = await create_schedule(engine, scheduler.store, "greet-user", "0 9 * * *", input={"name": "Ada"},
+                                         now=clock())
+            clock.now = made.next_at + HOUR  # 10:00: 09:00 is due
+            proxy.hold_on = b"INSERT INTO runs"  # the run's row, on its way to the server...
+            ticking = asyncio.ensure_future(scheduler.tick())
+            await asyncio.wait_for(proxy.held.wait(), 5)
+            proxy.refusing = True  # ...when the database goes away for longer than the 10 s of retries
+            proxy.cut_all()
+            [first] = await asyncio.wait_for(ticking, 20)
+            assert first.error is not None and "DatabaseUnavailable" in first.error  # the fault hit the start
+            proxy.refusing = False
+            later = []
+            for _ in range(3):  # the database is back: the scheduler ticks on, as run_forever does
+                clock.advance(15)
+                later += await scheduler.tick()
+            runs = await scheduled_runs(engine, made.id)
+            stored = await scheduler.store.get(made.id)
+        finally:
+            await engine.close()
+    assert [f.due_at for f in later] == [made.next_at] and later[0].error is None
+    assert len(runs) == 1, f"09:00 fired {len(runs)} times"
+    assert stored is not None and stored.next_at == made.next_at + 24 * HOUR
+
+
+async def test_a_start_that_failed_for_the_database_is_fired_again_but_any_other_failure_is_not(
+    sqlite_url: str,
+) -> None:
+    clock = FakeClock(MONDAY_0830)
+    engine = engine_on(sqlite_url)
+    calls: list[str] = []
+    failures = [DatabaseUnavailable("The database is not usable right now; retried for 10 s."), RuntimeError("bad")]
+
+    async def fire(schedule: ScheduleRecord, run_input: Any) -> None:
+        calls.append(schedule.id)
+        if failures:
+            raise failures.pop(0)
+
+    scheduler = Scheduler(engine, clock=clock, fire=fire)
+    try:
+        made = await create_schedule(engine, scheduler.store, "greet-user", "0 9 * * *", input={"name": "C"}, now=clock())
+        clock.now = made.next_at
+        [unavailable] = await scheduler.tick()
+        assert unavailable.error is not None and unavailable.error.startswith("DatabaseUnavailable")
+        clock.advance(15)
+        [refused] = await scheduler.tick()  # given back, fired again: this time it fails for another reason
+        assert refused.due_at == made.next_at and refused.error == "RuntimeError: bad"
+        clock.advance(15)
+        assert await scheduler.tick() == []  # that failure is reported, not retried
+        assert calls == [made.id, made.id]
     finally:
         await engine.close()
 

@@ -15,10 +15,12 @@ import time
 import pytest
 from pydantic import BaseModel
 
+from storage import Database
 from storage.schedule_store import ScheduleStore
 from tests.conftest import FAST
 from tests.helpers.pg_wire import commit_cutter
 from workflows import Engine, StepContext, Workflow, step
+from workflows.memory import Memory, WorkingMemory, WorkingMemoryChanged
 from workflows.schedules import Scheduler, create_schedule
 
 pytestmark = pytest.mark.timeout(60)
@@ -149,3 +151,49 @@ async def test_a_rerun_whose_commit_answer_is_lost_reports_the_run_it_created(pg
     assert len(reruns) == 1  # the re-run was created (and executes)
     # ...so the command must say so, with its id, not fail (a user would re-run again: two re-runs).
     assert outcome == f"rerun as {reruns[0].id}", outcome
+
+
+async def test_a_message_added_once_is_remembered_once_when_its_commit_answer_is_lost(pg_url: str) -> None:
+    async with commit_cutter(pg_url) as (cutter, proxied):
+        db = Database(proxied)
+        await db.open()
+        try:
+            thread = Memory(db).thread("C1:1700000000.000100", "T1:C1")
+            await thread.ensure()
+            await thread.add("user", "the deploy window is Tuesday 10:00")
+            cutter.arm(1)
+            await thread.add("assistant", "Noted: Tuesday 10:00.")
+            assert cutter.cut == 1  # the fault really hit the message's commit
+            history = [m.content for m in await thread.history(10)]
+        finally:
+            await db.close()
+    # What the agents of the thread see of it from now on: each message once.
+    assert history == ["the deploy window is Tuesday 10:00", "Noted: Tuesday 10:00."]
+
+
+async def test_a_working_memory_update_whose_commit_answer_is_lost_is_not_reported_as_someone_elses(
+    pg_url: str,
+) -> None:
+    async with commit_cutter(pg_url) as (cutter, proxied):
+        db = Database(proxied)
+        await db.open()
+        try:
+            thread = Memory(db, working_memory=WorkingMemory(scope="thread")).thread("C1:1700000000.000200", "T1:C1")
+            await thread.ensure()
+            await thread.set_working_memory("deploy window: Tuesday")
+            assert await thread.working_memory() == "deploy window: Tuesday"  # an agent's context read it
+            cutter.arm(1)
+            outcome = "saved"
+            try:
+                # The agent's update_working_memory tool: a compare-and-set on what it read.
+                await thread.set_working_memory("deploy window: Tuesday 10:00, owner: Bob")
+            except WorkingMemoryChanged as exc:
+                outcome = f"WorkingMemoryChanged (the model is told its update was not saved); it now reads {exc.current!r}"
+            assert cutter.cut == 1  # the fault really hit the update's commit
+            now = await thread.working_memory()
+        finally:
+            await db.close()
+    # Nobody else wrote: the one update was saved, and the agent must not be told it was lost to another agent.
+    assert outcome == "saved"
+    assert now == "deploy window: Tuesday 10:00, owner: Bob"
+

@@ -53,6 +53,17 @@ async def test_a_malformed_sqlite_setting_is_refused_by_name(tmp_path: Path, mon
     await db.close()
 
 
+@pytest.mark.parametrize("value", ["30s", "-1", "nan"])
+async def test_a_malformed_command_timeout_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """``THREADFLOW_DB_COMMAND_TIMEOUT`` (PostgreSQL): refused when the database opens, before any connection."""
+    monkeypatch.setenv("THREADFLOW_DB_COMMAND_TIMEOUT", value)
+    db = Database("postgresql+asyncpg://postgres@127.0.0.1:1/nowhere")
+    with pytest.raises(DatabaseSettingError, match=f"THREADFLOW_DB_COMMAND_TIMEOUT must be a number of seconds.*; "
+                                                   f"got '{value}'"):
+        await db.open()
+    await db.close()
+
+
 def test_the_head_revision_is_read_from_the_migration_files() -> None:
     from alembic.script import ScriptDirectory
 

@@ -93,14 +93,16 @@ class VersionStore:
         """List ``(workflow_id, version, fingerprint)`` as executed by ``owner`` until ``now + lease``.
 
         Also drops expired rows of processes that are gone (a late heartbeat simply writes its rows again).
+        ``now`` is when the write runs, not when it was asked for: a write that waited out a stall of the database
+        (a lock held elsewhere, a restart) longer than a lease would otherwise list rows already expired.
         """
-        now = time.time()
-        rows = [
-            {"owner": owner, "workflow_id": wid, "version": version, "fingerprint": fp, "expires_at": now + lease}
-            for wid, version, fp in served
-        ]
 
         async def op(conn: AsyncConnection) -> None:
+            now = time.time()
+            rows = [
+                {"owner": owner, "workflow_id": wid, "version": version, "fingerprint": fp, "expires_at": now + lease}
+                for wid, version, fp in served
+            ]
             await conn.execute(delete(served_versions).where(
                 or_(served_versions.c.owner == owner, served_versions.c.expires_at < now)
             ))
@@ -146,23 +148,26 @@ class VersionStore:
 
         return await self.db.read(op)
 
-    async def sweep(self, event_for: Callable[[StrandedRun], NewEvent]) -> list[StrandedRun]:
+    async def sweep(self, event_for: Callable[[StrandedRun], NewEvent], mine: Serving = Serving()) -> list[StrandedRun]:
         """Flag unfinished runs no live process can execute, each with one event (``event_for``), once.
 
+        ``mine``: the versions the sweeping process has; its own runs are never stranded (as in ``find_stranded``),
+        whatever its rows in ``served_versions`` say (a write of them may have waited out a stall of the database).
         A flagged run whose version is back (a process with it started) is unflagged, so a later stranding
         is said again. The flag is a compare-and-set: of several replicas sweeping at once, one flags a run.
         """
-        now = time.time()
 
         async def op(conn: AsyncConnection) -> list[StrandedRun]:
+            now = time.time()  # (when the write runs: see announce)
+            served = or_(served_live(now), mine.clause())
             await conn.execute(
                 update(runs)
-                .where(runs.c.stranded_at.is_not(None), runs.c.status.not_in(_TERMINAL), served_live(now))
+                .where(runs.c.stranded_at.is_not(None), runs.c.status.not_in(_TERMINAL), served)
                 .values(stranded_at=None)
             )
             candidates = (
                 select(runs.c.id)
-                .where(runs.c.status.not_in(_TERMINAL), runs.c.stranded_at.is_(None), not_(served_live(now)))
+                .where(runs.c.status.not_in(_TERMINAL), runs.c.stranded_at.is_(None), not_(served))
                 .limit(SWEEP_LIMIT)
                 .scalar_subquery()
             )

@@ -21,17 +21,19 @@ from typing import Any
 
 from storage import Database
 from storage.failure_log import FailureLog
+from storage.faults import describe
 from storage.progress_store import ProgressStore
 from storage.records import (
     SETTLED_STATUSES,
     TERMINAL_STATUSES,
+    ClaimCandidate,
     NewEvent,
     RunProgress,
     RunRecord,
     SuspensionRecord,
     updated,
 )
-from storage.runs import CompareAndSetFailed, RunExists, RunStore
+from storage.runs import CompareAndSetFailed, LeaseLost, RunExists, RunStore
 from storage.urls import DEFAULT_DATABASE_URL
 
 from .context import run_thread_id
@@ -58,7 +60,7 @@ from .replicas import Replica
 from .rerun import plan_rerun
 from .run import RunDetails, RunHandle, RunResult, StepInfo, SuspendedStep
 from .step import Step, parse_data
-from .step_call import default_step_timeout
+from .step_call import STOP_GRACE, default_step_timeout, failure_message
 from .step_threads import StepThreads
 from .tracing import scope
 from .versions import Registry, VersionInfo, VersionStatus
@@ -153,6 +155,8 @@ class Engine:
         #: Every registered version of every workflow id (new runs take the newest of their id).
         self.registry = Registry()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: The execution each of those tasks runs (once it has one): told when its run is no longer this process's.
+        self._executions: dict[str, RunExecution] = {}
         # The lease keeper thread reads the runs held here with ``dict.copy`` (one call, atomic under the GIL).
         self.liveness = Liveness(self.db, self.owner, lease_seconds, capacity, self._tasks.copy, self._lost)
         self._background: list[asyncio.Task[None]] = []
@@ -269,10 +273,16 @@ class Engine:
         self._closing = True
         for task in self._background:
             task.cancel()
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*self._background, *tasks, return_exceptions=True)
+        running = dict(self._tasks)
+        for run_id in running:
+            self._stop_run(run_id, later=False)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if running:
+            # A step that swallows its cancel would hold close() for ever (a worker's graceful stop on SIGTERM):
+            # what has not ended within the grace is abandoned, and its run handed back below with the others.
+            await asyncio.wait(running.values(), timeout=RUN_STOP_GRACE)
+            for run_id, task in running.items():
+                self._abandon(run_id, task)
         self._background = []
         self.announcer.close()
         await self.liveness.stop()
@@ -521,9 +531,7 @@ class Engine:
             if exc.current is None:
                 raise RunNotFound(run_id) from None
             raise RunFinished(f"Run {run_id} is already {exc.current}; it cannot be canceled.") from None
-        task = self._tasks.get(run_id)
-        if task is not None:
-            task.cancel()
+        self._stop_run(run_id)
         self._changed(run_id)
         run = await self.get_run(run_id)
         emit("run.finished", workflow_id=run.workflow_id, status="canceled")
@@ -782,6 +790,7 @@ class Engine:
                 log.warning("run %s: recovered after its process died (%d time(s) without progress; the limit is %d)",
                             run_id, run.recoveries, limit)
             execution = RunExecution(self, wf, run, progress, crashed=run.recoveries if run.recoveries >= limit else None)
+            self._executions[run_id] = execution
             with scope("run", run_id=run_id, workflow_id=run.workflow_id):  # (the run's fields on its log lines)
                 if run.recoveries > limit:
                     # It died again after reaching its limit, before it got to a step: fail it without walking.
@@ -790,20 +799,48 @@ class Engine:
                     await execution.execute()
         except asyncio.CancelledError:
             pass
-        except Exception:
+        except Exception as exc:
             log.exception("run %s: unexpected error in the executor", run_id)
+            if self._tasks.get(run_id) is asyncio.current_task():  # (not if abandoned: the run is not its own)
+                await self._fail_unexpectedly(run_id, exc, execution)
         finally:
-            self._tasks.pop(run_id, None)
-            self.made_progress(run_id)
-            final = execution.final if execution is not None else None
-            # Wake the dispatcher if capacity just freed up for runs waiting for it, or if input arrived
-            # while this run executed (it settled as pending and must be picked up again).
-            if self._backlog or (final is not None and final.status == "pending"):
-                self._wake.set()
-            event = self._run_changed.pop(run_id, None)
-            if event is not None:
-                event.final = final
-                event.set()
+            if self._executions.get(run_id) is execution and (  # (else abandoned: _abandon did what follows)
+                    execution is not None or self._tasks.get(run_id) is asyncio.current_task()):
+                self._tasks.pop(run_id, None)
+                self._executions.pop(run_id, None)
+                self.made_progress(run_id)
+                final = execution.final if execution is not None else None
+                # Wake the dispatcher if capacity just freed up for runs waiting for it, or if input arrived
+                # while this run executed (it settled as pending and must be picked up again).
+                if self._backlog or (final is not None and final.status == "pending"):
+                    self._wake.set()
+                event = self._run_changed.pop(run_id, None)
+                if event is not None:
+                    event.final = final
+                    event.set()
+
+    async def _fail_unexpectedly(self, run_id: str, exc: Exception, execution: RunExecution | None) -> None:
+        """An error of the engine's own (a step's errors fail their step) stopped the run's execution: the run fails,
+        naming it, if it is still this process's (the settle is fenced). Left ``running`` under a lease nobody
+        renews, it would be taken over every lease as if its process had died, fail the same way, and end as
+        StepCrashed ("the process running it died N times") minutes later."""
+        kind = type(exc).__name__
+        error = {"type": kind, "path": None, "message": (
+            f"threadflow failed while executing this run ({kind}: {failure_message(exc)}); the log of process "
+            f"{self.owner} has the traceback. Once that is fixed, re-run it with `threadflow rerun {run_id} --from "
+            "STEP`.")}
+        events = [*(execution.failure_events if execution is not None else []),
+                  NewEvent(type="run.finished", data={"status": "failed", "error": error})]
+        try:
+            values = await self.store.settle(run_id, self.owner, "failed", events, error=error)
+        except LeaseLost:
+            return  # no longer this process's (canceled, taken over, or it settled before the error)
+        except Exception as again:  # the database refuses even that: the lease runs out, as before
+            log.warning("run %s: could not record its failure either: %s", run_id, describe(again))
+            return
+        if execution is not None:
+            execution.final = updated(execution.run, values)
+            emit("run.finished", workflow_id=execution.run.workflow_id, status="failed")
 
     async def _claim_and_spawn(self) -> list[str]:
         free = self._free_slots()
@@ -837,8 +874,8 @@ class Engine:
         try:
             # The claim returns each run as claimed and what it has done (read in its transaction): the runs start
             # at once, without reading their rows again.
-            claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds,
-                                                  pick=lambda candidates: self.recoveries.pick(candidates, recovered))
+            claimed = await self.store.claim_runs(self.owner, free, self.lease_seconds, pick=lambda candidates: (
+                self.recoveries.pick(self._not_executing(candidates), recovered)))
         except BaseException:
             self._contended = self._contended or holding > 0  # (as it was: nothing was claimed)
             raise
@@ -858,6 +895,14 @@ class Engine:
         for run, _ in extra:
             await self._hand_back(run.id)
         return [run.id for run, _ in kept]
+
+    def _not_executing(self, candidates: list[ClaimCandidate]) -> list[ClaimCandidate]:
+        """The candidates of a claim but those executing here: a run this process executes is a candidate only when
+        its lease ran out because the database stalled past it (the lease keeper could not renew it); its holder is
+        alive, and renews it once the database answers. Not taken over from itself, counted as a recovery.
+        (Read inside the claim's transaction, possibly in the database's writer thread: only a read of ``_tasks``.)"""
+        tasks = self._tasks
+        return [c for c in candidates if c.id not in tasks] if tasks else candidates
 
     def _limit(self, workflow_id: str) -> int:
         """How many deaths of its process a run of ``workflow_id`` survives (1 or more: checked where it is set)."""
@@ -909,10 +954,41 @@ class Engine:
     def _lost(self, run_ids: set[str]) -> None:
         """Runs this process no longer holds (canceled, or taken over): stop executing them."""
         for run_id in run_ids:
-            task = self._tasks.get(run_id)
-            if task is not None:
+            if run_id in self._tasks:
                 log.info("run %s is no longer held here (canceled or taken over); stopping it", run_id)
-                task.cancel()
+                self._stop_run(run_id)
+
+    def _stop_run(self, run_id: str, *, later: bool = True) -> None:
+        """The run is no longer this process's (canceled, taken over, handed back at close): its execution commits
+        nothing more, and its task is canceled. ``later``: a task that has not ended RUN_STOP_GRACE from now (a
+        step that swallows CancelledError) is abandoned then (see _abandon)."""
+        task = self._tasks.get(run_id)
+        if task is None:
+            return
+        execution = self._executions.get(run_id)
+        if execution is not None:
+            execution.lose(LeaseLost(run_id))
+        task.cancel()
+        if later:
+            asyncio.get_running_loop().call_later(RUN_STOP_GRACE, self._abandon, run_id, task)
+
+    def _abandon(self, run_id: str, task: asyncio.Task[None]) -> None:
+        """A run's task that did not end after it was stopped: no longer counted here. Its slot is free, its lease
+        no longer renewed, waiters read the run from the database; whatever its step does later is not recorded
+        (its execution was told it lost the run, and the run is no longer this process's in the database)."""
+        if task.done() or self._tasks.get(run_id) is not task:
+            return
+        del self._tasks[run_id]
+        self._executions.pop(run_id, None)
+        log.warning("run %s: its task did not end within %g s of being stopped (a step that swallows "
+                    "CancelledError, e.g. with a bare `except:`); it is abandoned: its slot is free again and nothing "
+                    "it does from now on is recorded", run_id, RUN_STOP_GRACE)
+        self._backlog = True
+        self._wake.set()
+        event = self._run_changed.pop(run_id, None)
+        if event is not None:
+            event.final = None
+            event.set()
 
     async def _heartbeat_loop(self) -> None:
         """Renews leases when no lease keeper thread does (in-memory SQLite), and hands back dead processes' runs."""
@@ -965,6 +1041,9 @@ class Engine:
 
 #: How long the dispatcher lets slots free up before claiming runs that wait for capacity.
 BACKLOG_GATHER_SECONDS = 0.005
+#: How long a run's task may take to end once stopped (canceled, taken over, the engine closing) before it is
+#: abandoned; longer than a timed step's own grace, so that one ends its run's task first (see step_call.py).
+RUN_STOP_GRACE = STOP_GRACE + 1.0
 class RunChanged(asyncio.Event):
     """Set when a run changed here; ``final`` is the run as settled by a local execution that just ended."""
 

@@ -59,7 +59,7 @@ from .graph import (
 )
 from .observe import emit, observing
 from .secrets import redact
-from .step import NO_RETRY, Step, dump_value, parse_model, storable, to_jsonable
+from .step import NO_RETRY, Step, checked_dump, dump_value, parse_model, storable, to_jsonable
 from .step_call import call_step, failure_message, is_shutdown, timeout_of
 from .tracing import scope
 from .workflow import CommittedWorkflow, segment_node
@@ -116,6 +116,9 @@ async def maybe_await(value: Any) -> Any:
 class RunExecution:
     """One process executing one run it holds the lease for."""
 
+    #: A step that returns is looked at first (see _check_return): set once the run is lost, or a suspension opened.
+    _check_returns = False
+
     def __init__(
         self, engine: Engine, workflow: CommittedWorkflow, run: RunRecord, progress: RunProgress,
         *, crashed: int | None = None,
@@ -164,6 +167,8 @@ class RunExecution:
         try:
             value = await self.exec_node(self.workflow.root, "", self.run.input, self.workflow, self.workflow.input)
             output = dump_value(self.workflow.output, value) if value is not None or self.workflow.output else None
+            if self._last_step is None and output is not None:
+                output = self._storable_output(output)  # (a last step's output was checked as it returned)
         except Halt as halt:
             await self._settle_halt(halt)
             return
@@ -203,6 +208,20 @@ class RunExecution:
             run_id, owner, "success", finished, output=output, alone=self.engine.executing <= 1,
         ))
         emit("run.finished", workflow_id=self.run.workflow_id, status="success")
+
+    def _storable_output(self, output: Any) -> Any:
+        """The run's output as its last node (a map, a branch, a foreach) gave it, checked as a step's output is: the
+        database would give NaN back as null, and PostgreSQL refuses NaN beside an integer beyond 64 bits."""
+        try:
+            return checked_dump(output)
+        except OutputUnstorable as exc:
+            node = last_node(self.workflow)
+            unstorable = OutputUnstorable(
+                f"The output of workflow {self.workflow.id!r}, as its last node {node.id!r} gave it, cannot be stored: "
+                f"{exc.problem}. Return JSON data (dicts, lists, strings, numbers, booleans, None) or a pydantic "
+                "model; None or a string for a number that is not finite.", problem=exc.problem)
+            unstorable.path = node.id  # type: ignore[attr-defined]
+            raise unstorable from exc
 
     async def fail(self, exc: BaseException) -> None:
         """Fail the run without walking it (its process kept dying before it reached a step)."""
@@ -366,7 +385,7 @@ class RunExecution:
             try:
                 return await coro
             except LeaseLost as exc:
-                self.lost = self.lost or exc
+                self.lose(exc)
                 for task in tasks:
                     if task is not asyncio.current_task():
                         task.cancel()
@@ -457,8 +476,13 @@ class RunExecution:
     async def _exec_map(self, node: MapNode, path: str, value: Any, upstream: type[BaseModel] | None) -> Any:
         arg = view(value, upstream)
         params = len(inspect.signature(node.fn).parameters)
-        result = node.fn(arg, MapContext(self, path)) if params >= 2 else node.fn(arg)
-        result = await maybe_await(result)
+        try:
+            result = node.fn(arg, MapContext(self, path)) if params >= 2 else node.fn(arg)
+            result = await maybe_await(result)
+        except ThreadflowError:
+            raise
+        except Exception as exc:  # the run's error names the map, as a step's names the step
+            raise StepFailed(path, failure_message(exc), type(exc).__name__) from exc
         try:
             return dump_value(node.output, result)
         except Exception as exc:
@@ -572,6 +596,8 @@ class RunExecution:
             try:
                 with scope("step", path=path, step_id=step.id, attempt=attempt):
                     result = await call_step(step, ctx, timeout, self.engine.step_threads)
+                if self._check_returns:
+                    self._check_return(path)
                 output = step.dump_output(result)
             except Halt:
                 announcement.flush()
@@ -590,6 +616,9 @@ class RunExecution:
                 if is_shutdown(exc):
                     announcement.cancel()
                     raise
+                if self.lost is not None:  # it ended after the run stopped being this process's
+                    announcement.cancel()
+                    raise self.lost from None
                 failure = exc
             else:
                 rec = await self._commit(path, step.id, "step", output, attempts=attempt, started=started, events=[
@@ -617,6 +646,26 @@ class RunExecution:
             self._record_failure(step, path, failure, attempt)
             self._observe_step(step, "failed", started)
             raise StepFailed(path, message, type(failure).__name__, attempt, deliberate=deliberate) from failure
+
+    def lose(self, exc: LeaseLost) -> None:
+        """The run is no longer this process's (canceled, taken over, handed back): no step of it starts, and what
+        a step that was running does when it ends (it may have ignored its cancel) is not recorded."""
+        self.lost = self.lost or exc
+        self._check_returns = True
+
+    def _check_return(self, path: str) -> None:
+        """A step returned (rather than raising) though the run is no longer this process's, or with a suspension of
+        its own open: then its code caught the Halt ``ctx.suspend()`` raises (a bare ``except:``), and it would end
+        ``success`` with its approval left waiting for nobody."""
+        if self.lost is not None:
+            raise self.lost  # stopped while it ran and, swallowing its cancel, abandoned: nothing more is recorded
+        opened = self.suspensions.get(path)
+        if opened is not None and opened.status == "open":
+            raise RunFailure(
+                "it called ctx.suspend() and then returned instead of waiting: its code caught the Halt "
+                "that suspend() raises (a bare `except:` or `except BaseException:` around it). Catch Exception "
+                f"instead, then run it again with `threadflow rerun {self.run.id} --from {path}`."
+            )
 
     async def _record_retry(
         self, step: Step[Any, Any], path: str, attempt: int, started: float, delay: float, data: dict[str, Any],
@@ -732,6 +781,8 @@ class RunExecution:
             self._held_done(held)
 
     async def open_suspension(self, step: Step[Any, Any], path: str, payload: Any, ttl: float | None) -> None:
+        if self.lost is not None:
+            raise self.lost  # (a step abandoned after its run stopped being this process's)
         if ttl is None:
             # The step's, else its own workflow's (a nested one's), else those of the workflows around it.
             ttl = step.suspend_ttl if step.suspend_ttl is not None else self.workflow.option_at(path, "suspend_ttl")
@@ -749,6 +800,7 @@ class RunExecution:
             })
         ])
         self.suspensions[path] = record
+        self._check_returns = True  # (a step that catches the Halt of ctx.suspend() returns instead: see _check_return)
 
 
 class StartAnnouncement:
@@ -875,6 +927,12 @@ def last_step_path(workflow: CommittedWorkflow) -> str | None:
     if isinstance(node, SequenceNode):
         node = node.children[-1] if node.children else None
     return node.id if isinstance(node, StepNode) else None
+
+
+def last_node(workflow: CommittedWorkflow) -> Node:
+    """The node whose value is the workflow's output: its top sequence's last node (or its root)."""
+    root = workflow.root
+    return root.children[-1] if isinstance(root, SequenceNode) and root.children else root
 
 
 def retry_path(path: str, attempt: int) -> str:

@@ -57,7 +57,7 @@ class Replica:
                 served = [(wf.id, wf.version, wf.fingerprint) for wf in engine.registry]
                 await self.store.announce(engine.owner, served, engine.lease_seconds)
                 if time.monotonic() - up_since >= engine.lease_seconds:
-                    for s in await self.store.sweep(self.stranded_event):
+                    for s in await self.store.sweep(self.stranded_event, self.mine()):
                         log.warning("run %s is stranded: no live process has version %s of %s", s.run_id,
                                     describe_version(s.version, s.fingerprint), s.workflow_id)
             except asyncio.CancelledError:

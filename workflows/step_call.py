@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from .context import StepContext
     from .step_threads import StepThreads
     from .workflow import CommittedWorkflow
+
+log = logging.getLogger("threadflow.engine")
 
 
 def default_step_timeout() -> float | None:
@@ -59,19 +62,70 @@ async def call_step(
         return await _call_in_thread(step, ctx, timeout, threads())
     if timeout is None:
         return await step.fn(ctx)
+    return await _call_with_timeout(step, ctx, timeout, threads)
+
+
+#: How long a step told to stop (past its timeout, or its run canceled) may take to end before it is abandoned.
+STOP_GRACE = 1.0
+#: Tasks of ``async def`` steps told to stop that have not ended (referenced here, so they are not collected).
+_stopping: set[asyncio.Task[Any]] = set()
+
+
+def abandoned_steps() -> int:
+    """``async def`` steps told to stop (timed out, or their run stopped) that have not ended yet."""
+    return len(_stopping)
+
+
+async def _call_with_timeout(
+    step: Step[Any, Any], ctx: StepContext[Any], timeout: float, threads: Callable[[], StepThreads]
+) -> Any:
+    """An ``async def`` step with a timeout runs in a task of its own: one that swallows its cancel (a bare
+    ``except:`` around an ``await``, a retry decorator catching BaseException) cannot hold its run. Past the
+    timeout, or when the run stops, it is canceled and given STOP_GRACE to end; then it is abandoned as a thread
+    is (left to run on, logged, its result dropped). Steps without a timeout stay inline (no task: the fast path)."""
     begun = time.monotonic()
-    deadline = asyncio.timeout(timeout)
+    attempt = asyncio.ensure_future(_attempt(step, ctx, threads))
     try:
-        async with deadline:
-            result = await step.fn(ctx)
-    except TimeoutError:
-        if deadline.expired():
-            raise StepTimeout(ctx.path, timeout) from None
+        done, _ = await asyncio.wait((attempt,), timeout=timeout)
+    except asyncio.CancelledError:
+        await _stop(attempt, f"run {ctx.run_id}: step {ctx.path!r} was stopped while it ran")
         raise
+    if not done:
+        await _stop(attempt, f"run {ctx.run_id}: step {ctx.path!r} ran past its timeout of {timeout:g} s")
+        raise StepTimeout(ctx.path, timeout)
+    returned, value = attempt.result()
+    if not returned:
+        raise value
     if time.monotonic() - begun > timeout:
         # It blocked the event loop past its deadline, so the timeout could not interrupt it: it is late all the same.
         raise StepTimeout(ctx.path, timeout)
-    return result
+    return value
+
+
+async def _attempt(step: Step[Any, Any], ctx: StepContext[Any], threads: Callable[[], StepThreads]) -> tuple[bool, Any]:
+    """The step in its task; what it raises is handed back as a value (in a task's own frame SystemExit or
+    KeyboardInterrupt would stop the event loop, and an abandoned step's error would be logged as never retrieved).
+    Through ``call_step``, whose frame the watchdog looks for."""
+    try:
+        return True, await call_step(step, ctx, None, threads)
+    except BaseException as exc:  # noqa: BLE001 (sorted out by the caller, as an inline step's error is)
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            raise  # told to stop (see _stop)
+        return False, exc
+
+
+async def _stop(attempt: asyncio.Task[Any], what: str) -> None:
+    """Cancel the step's task and wait up to STOP_GRACE for it to end; if it does not, it is abandoned."""
+    attempt.cancel()
+    _stopping.add(attempt)
+    attempt.add_done_callback(_stopping.discard)
+    await asyncio.wait((attempt,), timeout=STOP_GRACE)
+    if not attempt.done():
+        count = len(_stopping)
+        log.warning("%s: it ignored its cancel for %g s and is left to finish on its own, its result dropped (%d "
+                    "such step%s in this process); let CancelledError through (no bare `except:`)", what, STOP_GRACE,
+                    count, "" if count == 1 else "s")
 
 
 async def _call_in_thread(step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None,
@@ -108,7 +162,10 @@ def failure_message(exc: BaseException) -> str:
 def _unmasked_message(exc: BaseException) -> str:
     if type(exc).__module__.startswith(("sqlalchemy", "sqlite3", "asyncpg")):
         return describe(exc)
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception as failed:  # noqa: BLE001 (its own __str__ is broken: an API error formatting a field it lacks)
+        text = f"(its message could not be read: str() raised {type(failed).__name__})"
     if isinstance(exc, asyncio.CancelledError):
         return text or "the step was not canceled, but something it awaited was (a task or future canceled elsewhere)"
     if isinstance(exc, SystemExit):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,112 @@ async def test_output_that_cannot_be_stored_fails_its_step_with_its_path_and_no_
     failed = [ev for ev in (await e.details(result.run_id)).events if ev.type == "step.failed"]
     assert [ev.path for ev in failed] == ["bad-output"] and "OutputUnstorable" in failed[0].data["error"]
     assert (await tally("step returns unstorable output", e, expected, fault_dir)).save().harmless
+
+
+class ApiError(Exception):
+    """An HTTP client's error, raised without a response when the connection dropped before one came: its ``__str__``
+    reads a field it was not given, so ``str()`` of it raises."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__(response)
+        self.response = response
+
+    def __str__(self) -> str:
+        return f"HTTP {self.response.status}: {self.response.reason}"
+
+
+async def test_an_exception_whose_str_fails_is_still_that_steps_failure_and_is_retried(engine: EngineFactory) -> None:
+    @step(id="call-api", input=Num, output=Num, retry=RetryPolicy(attempts=3, backoff=0))
+    async def call_api(ctx: StepContext[Num]) -> Num:
+        if ctx.attempt == 1:
+            raise ApiError(None)  # the connection dropped: the next attempt gets through
+        return Num(n=ctx.input.n * 2)
+
+    e = engine(Workflow(id="calls", input=Num, output=Num).then(call_api).commit())
+    result = await (await e.start("calls", {"n": 21})).result(timeout=10)
+
+    assert (result.status, result.output) == ("success", {"n": 42}), result
+    [retrying] = [ev for ev in (await e.details(result.run_id)).events if ev.type == "step.retrying"]
+    assert retrying.data["error"].startswith("ApiError: ")
+
+
+async def test_an_exception_whose_str_fails_names_the_step_and_is_recorded_as_its_failure(
+    engine: EngineFactory,
+) -> None:
+    @step(id="call-api", input=Num, output=Num)
+    async def call_api(ctx: StepContext[Num]) -> Num:
+        raise ApiError(None)
+
+    e = engine(Workflow(id="calls", input=Num, output=Num).then(call_api).commit())
+    result = await (await e.start("calls", {"n": 1})).result(timeout=10)
+
+    assert (result.status, result.error_type, result.error_path) == ("failed", "ApiError", "call-api")
+    assert "its message could not be read" in (result.error or "")
+    failed = [ev.path for ev in (await e.details(result.run_id)).events if ev.type == "step.failed"]
+    assert failed == ["call-api"]
+
+
+def reshape(value: Any) -> Any:
+    raise ApiError(None)  # e.g. a lookup in a .map that calls a client
+
+
+async def test_a_map_that_raises_an_unprintable_exception_fails_the_run_at_once_naming_the_map(
+    engine: EngineFactory,
+) -> None:
+    e = engine(Workflow(id="reshapes", input=Num).map(reshape, id="reshape").commit())
+
+    result = await (await e.start("reshapes", {"n": 1})).result(timeout=4)  # two leases of this test's engine
+
+    assert (result.status, result.error_type, result.error_path) == ("failed", "ApiError", "reshape")
+    assert "run.recovered" not in [ev.type for ev in (await e.details(result.run_id)).events]
+
+
+async def test_an_unexpected_error_of_the_engine_fails_the_run_at_once_rather_than_as_a_dead_process(
+    engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a step's error (those fail their step): one of the engine's own, here a run's end the database refuses for
+    a reason nobody foresaw. Left ``running``, the run was taken over every lease "from a dead process" and failed
+    as StepCrashed minutes later."""
+    e = engine(Workflow(id="reshapes", input=Num).map(lambda x: x, id="same").commit())
+    settle = e.store.settle
+
+    async def success_refused(run_id: str, owner: str, status: str, *args: Any, **kwargs: Any) -> Any:
+        if status == "success":
+            raise RuntimeError("a bug in the engine")
+        return await settle(run_id, owner, status, *args, **kwargs)
+
+    monkeypatch.setattr(e.store, "settle", success_refused)
+    result = await (await e.start("reshapes", {"n": 1})).result(timeout=4)  # two leases of this test's engine
+
+    assert (result.status, result.error_type) == ("failed", "RuntimeError"), result
+    assert "threadflow failed while executing this run (RuntimeError: a bug in the engine)" in (result.error or "")
+    assert "run.recovered" not in [ev.type for ev in (await e.details(result.run_id)).events]
+
+
+class Counts(BaseModel):
+    errors: int
+    total: int
+
+
+def error_rate(counts: Counts) -> dict[str, Any]:
+    return {"rate": counts.errors / counts.total if counts.total else math.nan}
+
+
+def report(counts: Counts) -> dict[str, Any]:
+    return {"report_id": uuid.uuid4().int, **error_rate(counts)}  # an integer beyond 64 bits beside the NaN
+
+
+@pytest.mark.parametrize("last", [error_rate, report], ids=["nan", "nan-beside-an-integer-beyond-64-bits"])
+async def test_a_final_map_whose_output_cannot_be_stored_fails_the_run_at_once_naming_the_map(
+    engine: EngineFactory, last: Any
+) -> None:
+    """Not stored as null (NaN: the caller waiting here got ``nan``, everyone reading the run back ``None``), nor
+    refused by PostgreSQL every time the run was taken over "from a dead process" (NaN beside a 128-bit integer)."""
+    e = engine(Workflow(id="error-rate", input=Counts).map(last, id="rate").commit())
+
+    result = await (await e.start("error-rate", {"errors": 0, "total": 0})).result(timeout=4)  # two leases
+
+    assert (result.status, result.error_type, result.error_path) == ("failed", "OutputUnstorable", "rate"), result
+    assert "as its last node 'rate' gave it, cannot be stored: output." in (result.error or "")
+    assert (await e.get_run(result.run_id)).output is None
+    assert "run.recovered" not in [ev.type for ev in (await e.details(result.run_id)).events]

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage import Database
+from storage import Database, jsoncodec
 from storage.backends import JSON_CODEC
 from storage.prepared import (
     _MISSING,
@@ -464,6 +464,14 @@ def test_json_columns_bind_as_sqlalchemys_processor_binds(value: Any) -> None:
             return ("error", type(exc), str(exc))
 
     assert outcome(_json_bind) == outcome(theirs)
+
+
+def test_nan_beside_an_integer_beyond_64_bits_is_refused_not_written_as_the_text_nan() -> None:
+    """orjson refuses the integer, and ``json``, which takes it, would write ``NaN``: not JSON, which PostgreSQL
+    refuses (every time the run was taken over) and SQLite gave back as NaN where orjson alone gives ``null``."""
+    assert json.loads(jsoncodec.dumps({"id": 2**70, "rate": 0.5})) == {"id": 2**70, "rate": 0.5}
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        jsoncodec.dumps({"id": 2**70, "rate": float("nan")})
 
 
 @pytest.mark.parametrize("text_", [None, "null", '{"a": [1, null]}', "5", 5, 5.5, Decimal("2.5"), "NaN", "{bad", b"[1]"],

@@ -98,3 +98,13 @@ async def test_a_sweep_flags_each_stranded_run_once_with_its_event(db: Database)
     assert (await store.get_run(old)).stranded_at is None  # served again: a later stranding is said again
     await versions.withdraw("replica-b")
     assert [s.run_id for s in await versions.sweep(event)] == [old]
+
+
+async def test_a_sweep_never_strands_the_runs_of_versions_the_sweeping_process_has(db: Database) -> None:
+    """Whatever its rows in the table say: their write may have waited out a database stall and committed expired."""
+    store, versions = RunStore(db), VersionStore(db)
+    [mine] = await add(store, row("suspended", OLD))
+    await versions.announce("replica-a", [("wf", "1", OLD)], lease=-1.0)  # listed, but already expired
+
+    assert await versions.sweep(lambda s: NewEvent(type="run.stranded"), Serving((OLD,), ("wf",))) == []
+    assert (await store.get_run(mine)).stranded_at is None

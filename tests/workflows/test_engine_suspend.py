@@ -685,3 +685,20 @@ async def _suspended_at(e, run_id, path):
     if run.status != "suspended":
         return False
     return any(s.path == path and s.status == "open" for s in await e.suspensions(run_id))
+
+
+async def test_a_step_that_swallows_the_halt_of_suspend_fails_instead_of_succeeding_with_its_approval_open(engine):
+    @step(id="approve", input=Num, output=Num, suspend=Request, resume=Decision)
+    async def approve(ctx: StepContext[Num]) -> Num:
+        try:
+            await ctx.suspend(Request(title="ship it?"))
+        except:  # noqa: E722 (the point: a bare except around the call catches the Halt suspend() raises)
+            pass
+        return ctx.input
+
+    e = engine(Workflow(id="swallows", input=Num, output=Num).then(approve).commit())
+    result = await (await e.start("swallows", {"n": 1})).result(timeout=5)
+
+    assert (result.status, result.error_path) == ("failed", "approve"), result
+    assert "caught the Halt that suspend() raises" in (result.error or "")
+    assert "step.succeeded" not in [ev.type for ev in (await e.details(result.run_id)).events]

@@ -173,6 +173,8 @@ class Engine:
         self._contended = False
         #: Slots the claims in flight hold (see _claim_and_spawn; ``recover`` may claim beside the dispatcher).
         self._claim_holding = 0
+        #: Lists ``recover()`` calls are filling with the runs any claim here takes meanwhile (its dispatcher's too).
+        self._recovering: list[list[str]] = []
         self._dispatch_failures = FailureLog(log, "dispatcher iteration")
         self._opened = False
         self._closing = False
@@ -582,12 +584,20 @@ class Engine:
         processes that do are running) only hands back the runs of dead processes and returns the runs now
         ready for those processes: nothing is executed twice by a command racing a live dispatcher.
         """
-        await self.open()
-        released = await self._reap_dead_owners()
-        if not self.execute_runs:
-            ready = await self.store.ready_ids()
-            return list(dict.fromkeys([*released, *ready]))
-        return await self._claim_and_spawn()
+        # Opening starts the dispatcher, whose first claim may take the runs before this call's own claim does:
+        # they are recovered all the same (and reported), not lost to a race.
+        claimed: list[str] = []
+        self._recovering.append(claimed)
+        try:
+            await self.open()
+            released = await self._reap_dead_owners()
+            if not self.execute_runs:
+                ready = await self.store.ready_ids()
+                return list(dict.fromkeys([*released, *ready]))
+            await self._claim_and_spawn()
+            return list(dict.fromkeys(claimed))
+        finally:
+            self._recovering.remove(claimed)
 
     async def live_executors(self, *, fingerprint: str | None = None, workflow_id: str | None = None) -> list[str]:
         """Other running processes (``serve``, ``worker``) that execute runs of a version (by ``fingerprint``), of
@@ -894,7 +904,10 @@ class Engine:
             self._spawn(run.id, fresh=False, run=run, progress=progress)
         for run, _ in extra:
             await self._hand_back(run.id)
-        return [run.id for run, _ in kept]
+        taken = [run.id for run, _ in kept]
+        for recovering in self._recovering:
+            recovering.extend(taken)
+        return taken
 
     def _not_executing(self, candidates: list[ClaimCandidate]) -> list[ClaimCandidate]:
         """The candidates of a claim but those executing here: a run this process executes is a candidate only when

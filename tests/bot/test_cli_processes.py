@@ -14,7 +14,9 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,3 +137,38 @@ async def test_a_port_that_cannot_exist_is_a_usage_error(tmp_path: Path, env: di
                                                                             "SLACK_SIGNING_SECRET": "secret"})
     assert code == 2 and "Traceback" not in err, err[-300:]
     assert err.endswith(f"argument {option}: '{port}': a port is a number from 0 to 65535 (0 picks a free one)\n")
+
+
+async def test_recover_alone_executes_the_queued_run_every_time_instead_of_reporting_nothing(tmp_path: Path,
+                                                                                           env: dict[str, str]) -> None:
+    """README: "With no such process they [run, resume, rerun, recover] execute the run themselves, so the CLI works
+    alone on a laptop"; ``recover`` "continue[s] runs ... and wait[s] for them".
+
+    ``Engine.recover`` first calls ``open()``, which starts the engine's dispatcher; the dispatcher's own first
+    claim races recover's ``_claim_and_spawn``. When the dispatcher wins (about one time in four here), recover's
+    claim finds nothing: the command prints ``{"recovered": [], "results": []}`` and exits 0, and closing the
+    engine hands the runs its dispatcher had just started back as pending. Nothing was recovered, and the
+    operator is told all is well."""
+    base = env
+
+    async def attempt(n: int) -> tuple[str, int, dict[str, Any]]:
+        env = base | {"THREADFLOW_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / f'attempt-{n}.db'}"}
+        code, out, err = await run_cli(tmp_path, ("run", "slow-flow", "--input", '{"seconds": 0.2}', "--no-wait"), env)
+        assert code == 0, (code, out, err)
+        run_id = json.loads(out)["run_id"]
+        code, out, err = await run_cli(tmp_path, ("recover", "--wait", "10"), env)
+        report = json.loads(out)
+        with sqlite3.connect(tmp_path / f"attempt-{n}.db") as conn:  # where the run stands once recover exited
+            report["status_after"] = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+        return run_id, code, report
+
+    # The race is lost at random (one attempt in four to eight here): a few rounds of attempts side by side.
+    deadline = time.monotonic() + 15
+    outcomes: list[tuple[str, int, dict[str, Any]]] = []
+    while time.monotonic() < deadline:
+        outcomes += await asyncio.gather(*(attempt(len(outcomes) + i) for i in range(6)))
+        if any(report["recovered"] != [run_id] for run_id, _, report in outcomes):
+            break
+    bad = [(run_id, code, report) for run_id, code, report in outcomes if report["recovered"] != [run_id]]
+    assert not bad, f"{len(bad)} of {len(outcomes)} recovers left their run pending and reported nothing: {bad[:2]}"
+    assert all(code == 0 and report["results"][0]["status"] == "success" for _, code, report in outcomes)

@@ -287,6 +287,7 @@ async def check_stranded_runs(settings: Settings, database: Check) -> Check | No
     from workflows import describe_version
     from workflows.errors import ThreadflowError
     from workflows.loading import load_workflows
+    from workflows.versions import legacy_fingerprint
 
     if database.status != "ok":
         return None  # nothing to read (the database check said why)
@@ -294,7 +295,10 @@ async def check_stranded_runs(settings: Settings, database: Check) -> Check | No
         found = load_workflows(settings.workflows)
     except ThreadflowError:
         return None  # THREADFLOW_WORKFLOWS failed above
-    mine = Serving(tuple(wf.fingerprint for wf in found), tuple({wf.id for wf in found}))
+    # Every fingerprint the engine's registry runs these definitions for: a run recorded before nested models were named
+    # by place carries the one its definition had then (``legacy_fingerprint``), and this process runs it too.
+    fingerprints = {fp for wf in found for fp in (wf.fingerprint, legacy_fingerprint(wf))}
+    mine = Serving(tuple(fingerprints), tuple({wf.id for wf in found}))
     engine = create_async_engine(normalize_url(settings.database_url), poolclass=NullPool)
     try:
         async with engine.connect() as conn:

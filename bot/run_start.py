@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from storage.errors import DatabaseUnavailable
 from storage.slack_store import SlackRun
 from workflows import new_run_id
 from workflows.errors import ThreadflowError
@@ -64,6 +65,10 @@ async def start_run_in_channel(deps: BotDeps, request: StartRequest) -> StartOut
     The root message goes out first and directly (its ``ts`` names the run's memory thread); when Slack
     cannot take it, nothing is started and the outcome says why in words that are true for the case. Every
     call is made for (and with the token of) the request's workspace, whoever asks (a command, a schedule).
+
+    Raises :class:`~storage.errors.DatabaseUnavailable` when the database stays out of reach past its retries: the
+    root message says by then that the run was not started (:func:`outage_problem`); the caller tells the person
+    who asked, and a schedule fires again once the database is back.
     """
     with in_workspace(request.team_id, request.enterprise_id):
         return await _start(deps, request)
@@ -99,19 +104,41 @@ async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
                          thread_id=thread_id_for(team, channel, request.thread_ts or posted.ts),
                          started_by=request.user_id, created_at=time.time(), thread_ts=request.thread_ts,
                          enterprise_id=request.enterprise_id)
-    await deps.store.add_run(slack_run, {"text": text, "blocks": root_blocks})
     try:
+        await deps.store.add_run(slack_run, {"text": text, "blocks": root_blocks})
         await deps.engine.start(request.workflow_id, request.data, thread_id=slack_run.thread_id,
                                 resource_id=resource_id_for(team, channel), started_by=request.user_id, run_id=run_id)
     except ThreadflowError as exc:
-        failed = f":x: Could not start `{request.workflow_id}`: {blocks.escape(str(exc))}"
-        try:
-            await deps.slack.update_message(channel, posted.ts, f"Could not start: {exc}", blocks=blocks.text_reply(failed))
-        except SlackCallError as slack_exc:
-            log.warning("could not mark the root message of run %s as not started: %s", run_id, slack_exc)
+        await _mark_not_started(deps, run_id, posted, f"Could not start: {exc}",
+                                f":x: Could not start `{request.workflow_id}`: {blocks.escape(str(exc))}")
         return StartOutcome(problem=str(exc))
+    except DatabaseUnavailable as exc:
+        log.warning("could not start a %s run (%s): %s", request.workflow_id, run_id, exc)
+        # Slack is told without waiting for a pacing slot: those are reserved in the database that is out of reach.
+        await _mark_not_started(deps, run_id, posted, outage_problem(request.workflow_id),
+                                f":x: {outage_problem(request.workflow_id)}", paced=False)
+        raise
     await deps.delivery.ensure_rendering(slack_run)
     return StartOutcome(run_id=run_id)
+
+
+def outage_problem(workflow_id: str) -> str:
+    """What a person hears when a start met a database outage longer than the database's retries."""
+    return (f"Could not start `{workflow_id}`: the database is unavailable right now, so the run was not started. "
+            "Try again in a minute.")
+
+
+async def _mark_not_started(deps: BotDeps, run_id: str, posted: Posted, text: str, shown: str, *,
+                            paced: bool = True) -> None:
+    """Edit the root message so the channel does not show, for good, a pending run that does not exist."""
+    try:
+        if paced:
+            await deps.slack.update_message(posted.channel, posted.ts, text, blocks=blocks.text_reply(shown))
+        else:
+            await deps.slack.call("chat.update", channel=posted.channel, pace=False, ts=posted.ts, text=text,
+                                  blocks=blocks.text_reply(shown))
+    except (SlackCallError, DatabaseUnavailable) as exc:  # DatabaseUnavailable: a 429's hold is kept there too
+        log.warning("could not mark the root message of run %s as not started: %s", run_id, exc)
 
 
 async def _posted_anyway(deps: BotDeps, request: StartRequest, key: str, since: float) -> tuple[bool, Posted | None]:

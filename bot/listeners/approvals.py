@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
+from storage.errors import DatabaseUnavailable
 from storage.records import SuspensionRecord
 from storage.slack_store import OutboxMessage
 from workflows.errors import AlreadyResumed, RunNotFound, ThreadflowError, UsageError
@@ -138,12 +139,27 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
     app.view(REJECT_REASON_VIEW)(on_reject_reason)
 
 
-async def tell(deps: BotDeps, click: Click, text: str) -> None:
-    """An ephemeral note to the clicker, in the thread it concerns (best effort: logged when Slack refuses)."""
+#: What a clicker hears when the database stayed out of reach past its retries while their click was handled.
+NOT_RECORDED = (":warning: Your decision was not recorded: the database is unavailable right now. Nothing was "
+                "changed and the card keeps its buttons; click again in a minute.")
+
+
+async def tell(deps: BotDeps, click: Click, text: str, *, paced: bool = True) -> None:
+    """An ephemeral note to the clicker, in the thread it concerns (best effort: logged when Slack refuses).
+
+    ``paced=False`` sends it without waiting for a pacing slot, which is reserved in the database: for a note about
+    that database being unavailable."""
+    async def post() -> None:
+        if paced:
+            await deps.slack.post_ephemeral(click.channel, click.user, text, thread_ts=click.thread_ts)
+        else:
+            thread = {"thread_ts": click.thread_ts} if click.thread_ts else {}
+            await deps.slack.call("chat.postEphemeral", channel=click.channel, pace=False, user=click.user, text=text,
+                                  **thread)
+
     try:
-        await with_retries(lambda: deps.slack.post_ephemeral(click.channel, click.user, text, thread_ts=click.thread_ts),
-                           attempts=3, max_wait=5.0)
-    except SlackCallError as exc:
+        await with_retries(post, attempts=3, max_wait=5.0)
+    except (SlackCallError, DatabaseUnavailable) as exc:  # DatabaseUnavailable: a 429's hold is kept there too
         log.warning("could not tell %s about their click: %s", click.user, exc)
 
 
@@ -217,7 +233,13 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
 
 
 async def open_reject_form(deps: BotDeps, click: Click, trigger_id: str) -> None:
-    target = await authorize_decision(deps, click, require_open=True)
+    try:
+        target = await authorize_decision(deps, click, require_open=True)
+    except DatabaseUnavailable as exc:
+        log.warning("could not open the reject form for %s: %s", click.user, exc)
+        await tell(deps, click, ":warning: The database is unavailable right now, so the form could not be opened; "
+                                "nothing was changed. Click *Reject with reason…* again in a minute.", paced=False)
+        return
     if target is None:
         return
     view = blocks.reject_reason_view(target.run_id, target.path, click.channel, click.message_ts, click.thread_ts)
@@ -229,6 +251,15 @@ async def open_reject_form(deps: BotDeps, click: Click, trigger_id: str) -> None
 
 
 async def decide(deps: BotDeps, click: Click, *, approved: bool, reason: str | None = None) -> None:
+    """Authorize the click, then resume the step with the decision; the clicker hears why when it was not taken."""
+    try:
+        await _decide(deps, click, approved=approved, reason=reason)
+    except DatabaseUnavailable as exc:  # an outage longer than the database's retries (README: "a clear error")
+        log.warning("the decision of %s on %s was not recorded: %s", click.user, click.value, exc)
+        await tell(deps, click, NOT_RECORDED, paced=False)
+
+
+async def _decide(deps: BotDeps, click: Click, *, approved: bool, reason: str | None) -> None:
     target = await authorize_decision(deps, click)
     if target is None:
         return

@@ -30,6 +30,7 @@ from slack_bolt.context.assistant.thread_context_store.async_store import AsyncA
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.middleware.assistant.async_assistant import AsyncAssistant
 
+from storage.errors import DatabaseUnavailable
 from workflows.errors import ThreadflowError, UsageError
 
 from .. import blocks
@@ -208,7 +209,10 @@ class AssistantThreads:
         except UsageError as exc:
             await self.reply(channel, thread_ts, f":warning: {blocks.escape(str(exc))}")
             return
-        outcome = await start_run_in_channel(deps, request)
+        try:
+            outcome = await start_run_in_channel(deps, request)
+        except DatabaseUnavailable:
+            return  # the run's root message, in this thread, says it was not started (logged there too)
         if outcome.problem is not None:
             await self.reply(channel, thread_ts, f":warning: {blocks.escape(outcome.problem)}")
 

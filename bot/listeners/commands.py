@@ -8,6 +8,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
+from storage.errors import DatabaseUnavailable
 from workflows.errors import RunNotFound, UsageError
 
 from .. import blocks
@@ -15,7 +16,7 @@ from ..commands import parse_command, parse_run_input, split_run_args, usage
 from ..deps import BotDeps
 from ..policy import may_cancel
 from ..run_access import Requester, no_such_run
-from ..run_start import StartRequest, start_run_in_channel
+from ..run_start import StartOutcome, StartRequest, outage_problem, start_run_in_channel
 from ..schedule_commands import handle_schedule_command
 
 log = logging.getLogger("threadflow.bot.commands")
@@ -57,7 +58,10 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
 
 
 async def start_and_report(deps: BotDeps, request: StartRequest, respond: AsyncRespond) -> None:
-    outcome = await start_run_in_channel(deps, request)
+    try:
+        outcome = await start_run_in_channel(deps, request)
+    except DatabaseUnavailable:  # nothing was started (a root message already posted says so too)
+        outcome = StartOutcome(problem=outage_problem(request.workflow_id))
     if outcome.problem is not None:
         await respond(response_type="ephemeral", replace_original=False, text=f":warning: {outcome.problem}")
 

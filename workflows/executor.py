@@ -315,7 +315,7 @@ class RunExecution:
             # process (in a parallel branch's task it would otherwise stop the event loop).
             if is_shutdown(exc):
                 raise
-            raise StepFailed(path, str(exc) or "raised by a function of the workflow", type(exc).__name__) from exc
+            raise StepFailed(path, failure_message(exc), type(exc).__name__) from exc
 
     async def _exec_other(
         self, node: Node, path: str, prefix: str, value: Any, wf: CommittedWorkflow, upstream: type[BaseModel] | None,
@@ -766,7 +766,7 @@ class RunExecution:
                 f"The result of step {record.path!r} could not be stored: {describe(exc)}.", problem=describe(exc))
             unstorable.path = record.path  # type: ignore[attr-defined]
             self.failure_events.append(NewEvent(type="step.failed", path=record.path, data={
-                "step_id": record.step_id, "attempts": record.attempts, "error": f"OutputUnstorable: {unstorable}",
+                "step_id": record.step_id, "attempts": record.attempts, "error": redact(f"OutputUnstorable: {unstorable}"),
             }))
             raise unstorable from exc
         if progressed:
@@ -972,4 +972,4 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
     kind = type(exc).__name__
     if not isinstance(exc, ThreadflowError | RunFailure):
         return {"type": kind, "message": f"{kind}: {failure_message(exc)}", "path": path}
-    return {"type": kind, "message": str(exc), "path": path}
+    return {"type": kind, "message": redact(str(exc)), "path": path}  # (a RunFailure a step raised may name a token)

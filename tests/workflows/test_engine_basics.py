@@ -23,6 +23,7 @@ from tests.helpers.leaky_flows import STEP_TOKEN, refusing_api, sync_users
 from workflows import (
     Engine,
     InvalidInput,
+    RunFailure,
     RunNotFound,
     StepContext,
     UsageError,
@@ -193,6 +194,33 @@ async def test_a_token_in_a_failed_steps_error_text_is_masked_everywhere_it_is_s
     [failed] = [ev for ev in details.events if ev.type == "step.failed"]
     stored = [result.error or "", str(details.run.error), failed.data["error"], failed.data["traceback"]]
     assert not [text for text in stored if STEP_TOKEN in text]  # ...without the token
+
+
+class _Interrupted(BaseException):
+    """Not an Exception: what a library may raise from deep inside (a stop signal of its own)."""
+
+
+def _deny_with_token(value: Name) -> bool:
+    raise RunFailure(f"the API refused token={STEP_TOKEN}")  # a condition that gives up, naming what it used
+
+
+def _interrupt_with_token(value: Name) -> Name:
+    raise _Interrupted(f"GET https://slack.com/api/users.list?token={STEP_TOKEN} was interrupted")
+
+
+@pytest.mark.parametrize("how", ["a-condition-raising-run-failure", "a-map-raising-a-base-exception"])
+async def test_a_token_in_the_error_of_a_workflow_function_is_masked_too(engine, how: str) -> None:
+    """Conditions and maps fail the run with their own error text: it is masked like a step's."""
+    wf = Workflow(id="leaky-functions", input=Name)
+    wf = (wf.branch([(_deny_with_token, greet)]) if how.startswith("a-condition")
+          else wf.map(_interrupt_with_token, output=Name, id="lookup").then(greet))
+    e = engine(wf.commit())
+    result = await (await e.start("leaky-functions", {"name": "Ada"})).result(timeout=10)
+
+    assert result.status == "failed" and "xoxb-…" in (result.error or ""), result
+    details = await e.details(result.run_id)
+    stored = [result.error or "", str(details.run.error), *(str(ev.data) for ev in details.events)]
+    assert not [text for text in stored if STEP_TOKEN in text]
 
 
 async def test_output_that_does_not_fit_the_model_fails_naming_step_and_field(engine):

@@ -54,7 +54,7 @@ class Replica:
         while True:  # until the engine cancels it on close
             self._changed.clear()
             try:
-                served = [(wf.id, wf.version, wf.fingerprint) for wf in engine.registry]
+                served = engine.registry.served()  # (earlier fingerprints of the same definitions too)
                 await self.store.announce(engine.owner, served, engine.lease_seconds)
                 if time.monotonic() - up_since >= engine.lease_seconds:
                     for s in await self.store.sweep(self.stranded_event, self.mine()):

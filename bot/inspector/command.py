@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 from typing import TYPE_CHECKING, Any
@@ -54,13 +55,16 @@ def run_ui(settings: Settings, args: argparse.Namespace) -> int:
         # (any other process may take it as well; claims are compare-and-set).
         engine = build_engine(settings)
         try:
-            await engine.open()
+            # Its port first: on a port that is taken nothing has been claimed or started (opening the engine
+            # starts its dispatcher, which takes queued runs and starts their steps).
             try:
                 running = await start_inspector(engine, config)
             except OSError as exc:
-                print(f"error: the inspector cannot listen on {config.host}:{config.port} "
-                      f"({exc.strerror or exc}); pass another --port.", file=sys.stderr)
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)  # (not asyncio's words around it)
+                print(f"error: the run inspector cannot listen on {config.host}:{config.port} ({reason}). Stop what "
+                      "uses that port, or pass another --port (THREADFLOW_UI_PORT).", file=sys.stderr)
                 return 2
+            await engine.open()
             where = running.url
             if config.host in ("0.0.0.0", "::", ""):  # every address: this machine's own is one of them
                 where = "http://127.0.0.1:" + running.url.rstrip("/").rsplit(":", 1)[-1] + "/"

@@ -77,7 +77,7 @@ async def test_a_signal_to_threadflow_run_hands_the_run_back(tmp_path: Path, env
     assert proc.returncode == 130 and "Traceback" not in err.decode()
 
 
-@pytest.mark.parametrize("taken", ["bot-port", "inspector-port"])
+@pytest.mark.parametrize("taken", ["bot-port", "inspector-port", "ui-port"])
 async def test_serve_on_a_port_in_use_says_so_without_taking_the_queued_runs(tmp_path: Path, env: dict[str, str],
                                                                              taken: str) -> None:
     """``serve`` on a taken port (an earlier instance still stopping, a second one by mistake) died with an
@@ -94,7 +94,8 @@ async def test_serve_on_a_port_in_use_says_so_without_taking_the_queued_runs(tmp
         other.listen()
         port = other.getsockname()[1]
         env["THREADFLOW_UI_PORT"] = str(port)
-        args = ("serve", "--port", str(port)) if taken == "bot-port" else ("serve", "--ui", "--port", "0")
+        args = {"bot-port": ("serve", "--port", str(port)), "inspector-port": ("serve", "--ui", "--port", "0"),
+                "ui-port": ("ui",)}[taken]  # (``threadflow ui`` executes runs too)
         starts = [await run_cli(tmp_path, args, env, timeout=20) for _ in range(4)]
 
     assert run_rows(tmp_path) == [(run_id, "pending", None, 0)]

@@ -13,10 +13,10 @@ from storage.records import RunProgress, RunRecord, StepResultRecord
 
 from .errors import InvalidInput, UsageError
 from .executor import BRANCH_PREFIX, ITEMS_PREFIX, join
-from .graph import BranchNode, ForeachNode, LoopNode, Node, ParallelNode, SequenceNode, StepNode, WorkflowNode
+from .graph import BranchNode, Node, StepNode, WorkflowNode
 from .step import Step, parse_model
 from .versions import describe_version
-from .workflow import CommittedWorkflow, segment_node
+from .workflow import CommittedWorkflow, _walk, segment_node
 
 #: Records of what the walk decided once and reuses (a branch's choice, a foreach's list), by the node's path.
 _DECISIONS = (BRANCH_PREFIX, ITEMS_PREFIX)
@@ -144,22 +144,8 @@ def branch_paths(root: Node) -> Iterator[tuple[str, BranchNode]]:
 def node_paths(root: Node, prefix: str = "") -> Iterator[tuple[str, Node]]:
     """Every node under ``root`` with the path a run records it at (without loop and foreach marks), nested
     workflows' nodes included: a node's path is its workflow's path and its id."""
-    for node in _within(root):
+    for node in _walk(root)[1:]:  # (in one workflow: a nested one's nodes come from its WorkflowNode)
         path = join(prefix, node.id)
         yield path, node
         if isinstance(node, WorkflowNode):
             yield from node_paths(node.workflow.root, path)
-
-
-def _within(node: Node) -> Iterator[Node]:
-    """The nodes under ``node`` in one workflow (not those of a nested workflow), in the tree's order."""
-    children: list[Node] = []
-    if isinstance(node, SequenceNode | ParallelNode):
-        children = list(node.children)
-    elif isinstance(node, BranchNode):
-        children = [n for _, n in node.branches]
-    elif isinstance(node, LoopNode | ForeachNode):
-        children = [node.body]
-    for child in children:
-        yield child
-        yield from _within(child)

@@ -13,6 +13,7 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from sqlalchemy.engine import make_url
 
@@ -153,13 +154,23 @@ class CommitCutter:
 @asynccontextmanager
 async def commit_cutter(url: str) -> AsyncIterator[tuple[CommitCutter, str]]:
     """A proxy in front of ``url``'s server, and the URL that goes through it."""
+    async with _in_front(CommitCutter, url) as proxied:
+        yield proxied
+
+
+P = TypeVar("P", "CommitCutter", "Blackhole")
+
+
+@asynccontextmanager
+async def _in_front(kind: type[P], url: str) -> AsyncIterator[tuple[P, str]]:
+    """A ``kind`` proxy started in front of ``url``'s server, the URL that goes through it; closed afterwards."""
     parsed = make_url(url)
-    cutter = CommitCutter(parsed.host or "127.0.0.1", parsed.port or 5432)
-    await cutter.start()
+    proxy = kind(parsed.host or "127.0.0.1", parsed.port or 5432)
+    await proxy.start()
     try:
-        yield cutter, parsed.set(host="127.0.0.1", port=cutter.port).render_as_string(hide_password=False)
+        yield proxy, parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     finally:
-        await cutter.close()
+        await proxy.close()
 
 
 class Blackhole:
@@ -263,10 +274,5 @@ class Blackhole:
 @asynccontextmanager
 async def blackhole(url: str) -> AsyncIterator[tuple[Blackhole, str]]:
     """A :class:`Blackhole` in front of ``url``'s server, and the URL that goes through it."""
-    parsed = make_url(url)
-    proxy = Blackhole(parsed.host or "127.0.0.1", parsed.port or 5432)
-    await proxy.start()
-    try:
-        yield proxy, parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    finally:
-        await proxy.close()
+    async with _in_front(Blackhole, url) as proxied:
+        yield proxied

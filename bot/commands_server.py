@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -111,8 +113,9 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
                 inspector = await start_for(settings, engine)
             except OSError as exc:
                 raise PortInUse(f"the run inspector cannot listen on {settings.ui_host}:{settings.ui_port} "
-                                f"({_reason(exc)}). Stop what uses that port, or set another "
-                                "THREADFLOW_UI_PORT.") from None
+                                f"({bind_reason(exc)}). " + ("Stop what uses that port, or set another THREADFLOW_UI_PORT."
+                                if exc.errno == errno.EADDRINUSE else "Check THREADFLOW_UI_HOST and THREADFLOW_UI_PORT."))\
+                    from None
 
         runner: web.AppRunner | None = None
         socket_handler = None
@@ -121,9 +124,10 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
                 runner, bot, port = await start_server(settings, engine, host=host, port=port,
                                                        before_start=listen_for_inspector if with_ui else None)
             except OSError as exc:
-                raise PortInUse(f"threadflow cannot listen on {host}:{port} ({_reason(exc)}). Another "
-                                "process uses the port (an earlier `threadflow serve` still stopping?): stop it, "
-                                "or pass another --port (THREADFLOW_PORT).") from None
+                raise PortInUse(f"threadflow cannot listen on {host}:{port} ({bind_reason(exc)}). " + (
+                    "Another process uses the port (an earlier `threadflow serve` still stopping?): stop it, or pass "
+                    "another --port (THREADFLOW_PORT)." if exc.errno == errno.EADDRINUSE else
+                    "Check --host and --port (THREADFLOW_HOST, THREADFLOW_PORT).")) from None
             if inspector is not None:
                 print(f"threadflow inspector: open {inspector.url}runs", flush=True)
             if settings.socket_mode:
@@ -146,8 +150,10 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _reason(exc: OSError) -> str:
+def bind_reason(exc: OSError) -> str:
     """``Address already in use``, not asyncio's "error while attempting to bind on address ...: ..." around it."""
+    if isinstance(exc, socket.gaierror):  # a host name that does not resolve: its errno is the resolver's
+        return f"{exc.strerror or exc}"
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 

@@ -124,8 +124,8 @@ async def _start(deps: BotDeps, request: StartRequest) -> StartOutcome:
 
 def outage_problem(workflow_id: str) -> str:
     """What a person hears when a start met a database outage longer than the database's retries."""
-    return (f"Could not start `{workflow_id}`: the database is unavailable right now, so the run was not started. "
-            "Try again in a minute.")
+    return (f"Could not start `{workflow_id}`: the database is unavailable right now, so the run was most likely not "
+            "started. Check `/flow status` in a minute before you try again.")
 
 
 async def _mark_not_started(deps: BotDeps, run_id: str, posted: Posted, text: str, shown: str, *,

@@ -123,8 +123,12 @@ async def healthz(request: web.Request) -> web.Response:
         async with asyncio.timeout(HEALTH_TIMEOUT):
             await bot.engine.store.count_runs("running")
     except TimeoutError:
-        return web.json_response({"ok": False, "database": f"unreachable: no answer within {HEALTH_TIMEOUT:g} s"},
-                                 status=503)
+        failing = bot.engine.db.failing()
+        if failing is None:  # no error seen: slow, or every connection busy (a heavy moment), not down
+            return web.json_response({"ok": True, "database": bot.engine.db.dialect, "owner": bot.engine.owner,
+                                      "busy": f"no answer within {HEALTH_TIMEOUT:g} s, and no error"})
+        return web.json_response({"ok": False, "database": f"unreachable: no answer within {HEALTH_TIMEOUT:g} s "
+                                                           f"({failing} failing)"}, status=503)
     except Exception as exc:
         return web.json_response({"ok": False, "database": f"unreachable: {type(exc).__name__}"}, status=503)
     return web.json_response({"ok": True, "database": bot.engine.db.dialect, "owner": bot.engine.owner})

@@ -19,7 +19,7 @@ from storage.urls import DEFAULT_DATABASE_URL
 SLACK_API_URL = "https://slack.com/api/"
 ENV_FILE = ".env"
 #: THREADFLOW_LOG_LEVEL (any case; the README names the first four) and THREADFLOW_LOG_FORMAT.
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "WARN", "FATAL", "NOTSET")  # (logging's own names)
 LOG_FORMATS = ("text", "json")
 
 

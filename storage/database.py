@@ -399,6 +399,10 @@ class Database:
         """Call ``hook(kind, new_outage)`` after every transient error that will be retried (metrics)."""
         self._fault_hooks.append(hook)
 
+    def failing(self) -> str | None:
+        """What is failing now (``"read"``, ``"write"``, ``"lease renewal"``: an outage in progress), else None."""
+        return next((what for what, outage in self._outages.items() if outage is not None), None)
+
     def _fault(self, what: str, kind: str, exc: BaseException) -> None:
         outage = self._outages.get(what)
         new = outage is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import errno
 import secrets
 import sys
 from typing import TYPE_CHECKING, Any
@@ -60,9 +60,12 @@ def run_ui(settings: Settings, args: argparse.Namespace) -> int:
             try:
                 running = await start_inspector(engine, config)
             except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc)  # (not asyncio's words around it)
-                print(f"error: the run inspector cannot listen on {config.host}:{config.port} ({reason}). Stop what "
-                      "uses that port, or pass another --port (THREADFLOW_UI_PORT).", file=sys.stderr)
+                from ..commands_server import bind_reason
+
+                advice = ("Stop what uses that port, or pass another --port (THREADFLOW_UI_PORT)."
+                          if exc.errno == errno.EADDRINUSE else "Check --host and --port (THREADFLOW_UI_HOST, _PORT).")
+                print(f"error: the run inspector cannot listen on {config.host}:{config.port} ({bind_reason(exc)}). "
+                      f"{advice}", file=sys.stderr)
                 return 2
             await engine.open()
             where = running.url

@@ -140,8 +140,9 @@ def register(app: AsyncApp, deps: BotDeps) -> None:
 
 
 #: What a clicker hears when the database stayed out of reach past its retries while their click was handled.
-NOT_RECORDED = (":warning: Your decision was not recorded: the database is unavailable right now. Nothing was "
-                "changed and the card keeps its buttons; click again in a minute.")
+NOT_RECORDED = (":warning: Your decision was most likely not recorded: the database is unavailable right now. If "
+                "the card still shows its buttons in a minute, click again (a second click of a decision that was "
+                "taken changes nothing).")
 
 
 async def tell(deps: BotDeps, click: Click, text: str, *, paced: bool = True) -> None:
@@ -217,7 +218,12 @@ async def authorize_decision(deps: BotDeps, click: Click, *, require_open: bool 
         try:
             await deps.engine.replica.definition_for(run)
         except ThreadflowError as exc:
-            await tell(deps, click, f":warning: {blocks.escape(str(exc))}")
+            # The whole text (the versions, the processes that have them, what to run) for those who may decide
+            # when the step's own approvers are unknown here; to anyone else only what happened.
+            fallback = approvers_for(deps.engine, run, suspension.path, deps.settings.approvers)
+            await tell(deps, click, f":warning: {blocks.escape(str(exc))}" if click.user in fallback else (
+                ":warning: This run waits for a version of its workflow that is not deployed here, so it cannot be "
+                "decided now. Nothing was changed."))
             return None
     allowed = approvers_for(deps.engine, run, suspension.path, deps.settings.approvers)
     if click.user not in allowed:

@@ -173,3 +173,13 @@ async def test_recover_alone_executes_the_queued_run_every_time_instead_of_repor
     bad = [(run_id, code, report) for run_id, code, report in outcomes if report["recovered"] != [run_id]]
     assert not bad, f"{len(bad)} of {len(outcomes)} recovers left their run pending and reported nothing: {bad[:2]}"
     assert all(code == 0 and report["results"][0]["status"] == "success" for _, code, report in outcomes)
+
+
+async def test_serve_on_a_host_that_does_not_resolve_says_so_not_that_the_port_is_taken(tmp_path: Path,
+                                                                                       env: dict[str, str]) -> None:
+    code, _, err = await run_cli(tmp_path, ("serve", "--host", "no-such-host.invalid", "--port", "0"),
+                                 env | {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "secret"}, timeout=30)
+    assert code == 2 and "Traceback" not in err, err[-300:]
+    line = err.splitlines()[-1]
+    assert line.startswith("error: threadflow cannot listen on no-such-host.invalid:0 (")
+    assert "Another process uses the port" not in line and "Unknown error" not in line and "Check --host" in line

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.settings import Settings
 from tests.fakes import DUMMY_KEY, FakeOpenAI
 from tests.helpers.processes import ROOT, run_cli
 
@@ -73,6 +74,12 @@ async def test_a_malformed_sqlite_setting_is_one_line_and_exit_2(tmp_path: Path,
                                     THREADFLOW_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
     assert "Traceback" not in err, err[-600:]
     assert code == 2 and err.startswith(f"error: {name} must be") and err.count("\n") == 1, (code, err)
+
+
+@pytest.mark.parametrize("level", ["warn", "WARNING", "fatal", "debug"])
+def test_log_levels_logging_itself_knows_are_accepted(level: str) -> None:
+    """``WARN`` and ``FATAL`` are Python logging's own names too: a deployment that set one kept starting."""
+    assert Settings(log_level=level).logging_problems() == []
 
 
 @pytest.mark.parametrize(("name", "value", "reason"), [

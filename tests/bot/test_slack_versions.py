@@ -88,8 +88,14 @@ async def test_a_stranded_runs_approver_is_told_about_the_version_not_that_it_is
     new = await start_bot(THREADFLOW_WORKFLOWS=f"{RESHAPED}:GUARDED_V2")  # version 1 is not here
     assert (await emu.click(card, "approve", user=BOB)).status == 200
     [said] = await emu.wait_for(lambda: emu.ephemerals(BOB), timeout=5)
-    assert "You can't decide this one" not in said.text
-    assert f"Run {run_id} is on version 1" in said.text and "Nothing was changed" in said.text
+    assert "You can't decide this one" not in said.text  # (who decides is the step's to say: unknown here)
+    assert "not deployed here" in said.text and "Nothing was changed" in said.text
+    # The versions, the processes that have them and what to run are for those who may decide without the step's
+    # own word (the run's starter here), not for whoever clicks.
+    assert "version 1" not in said.text and new.engine.owner not in said.text
+    assert (await emu.click(card, "approve", user=ALICE)).status == 200
+    [told] = await emu.wait_for(lambda: emu.ephemerals(ALICE), timeout=5)
+    assert f"Run {run_id} is on version 1" in told.text and "Nothing was changed" in told.text
     await new.stop()
 
 
@@ -167,7 +173,10 @@ async def test_the_moved_run_goes_on_in_the_same_thread_and_is_approved_there(st
 
     card = await emu.wait_for(moved_card, timeout=5)
     assert any(f"Run `{moved_to}`" in block_text(m) and "Workflow deploy" in block_text(m) for m in replies(emu, root))
-    assert (await emu.click(card, "approve", user=OPS)).status == 200  # the one who moved it started it
+    # Still the requester's run: moving it did not make the operator its approver.
+    await emu.click(card, "approve", user=OPS)
+    assert (await new.engine.get_run(moved_to)).status == "suspended"  # type: ignore[attr-defined]
+    assert (await emu.click(card, "approve", user=ALICE)).status == 200
     assert await new.settled(moved_to) == "success"  # type: ignore[attr-defined]
 
 

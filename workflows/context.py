@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -42,6 +43,9 @@ class Halt(BaseException):
 
 class StepContext(Generic[In]):
     """Passed to every step function as ``ctx``."""
+
+    #: Set on an attempt abandoned after ignoring its cancel (see ``step_call``): it may no longer ask a person.
+    abandoned = False
 
     def __init__(
         self,
@@ -117,6 +121,8 @@ class StepContext(Generic[In]):
         """
         if self.resume_data is not None:
             return self.resume_data
+        if self.abandoned:  # its run went on without it (a StepTimeout, a retry): no card for an attempt now gone
+            raise asyncio.CancelledError(f"step {self.path!r}: this attempt was abandoned; it cannot suspend the run")
         data = parse_model(self.step.suspend, payload or {}, f"suspend payload of step {self.step.id!r}")
         json_payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
         await self._execution.open_suspension(self.step, self.path, json_payload, ttl)

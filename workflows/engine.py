@@ -8,6 +8,7 @@ renews leases while they run. Start, resume, wake-up and crash recovery are one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from storage import Database
+from storage.errors import DatabaseUnavailable
 from storage.failure_log import FailureLog
 from storage.faults import describe
 from storage.progress_store import ProgressStore
@@ -516,6 +518,15 @@ class Engine:
         nodes = [n for n in _all_nodes(wf) if isinstance(n, WaitForEventNode) and n.event == name]
         if not nodes:
             raise UsageError(f"Workflow {wf.id!r} never waits for event {name!r}; nothing would receive it.")
+        # A wait whose deadline passed while nothing walked the run (its worker down, a parallel branch at work)
+        # is open still; it times out when the run is walked, and an event sent after its deadline does not count.
+        now = time.time()
+        waits = [s for s in suspensions if s.kind == "event" and s.status == "open" and s.event_name == name]
+        if waits and all(s.expires_at is not None and s.expires_at <= now for s in waits):
+            ago = now - max(s.expires_at or now for s in waits)
+            raise NotWaitingForEvent(
+                f"Run {run_id} no longer waits for event {name!r}: the wait timed out {ago:.1f} s ago, so the run "
+                "fails with EventTimeout and this event was not delivered.")
         json_data = _event_data(wf, nodes, suspensions, name, data if data is not None else {})
         try:
             outcome = await self.store.send_signal(run_id, name, json_data, [])
@@ -558,11 +569,14 @@ class Engine:
             model = step_def.input if step_def else None
             override = parse_data(model, input, f"input of step {from_step!r}")
         moved = await self.replica.is_stranded(original)
+        # A moved run is still the requester's (who may decide its approvals by default); the mover is named on the
+        # old run's cancel. A rerun proper is started by whoever asked for it.
+        starter = (original.started_by or started_by) if moved else (started_by or original.started_by)
         with self._slot() as mine:
             row = self._new_run_row(new_id, wf, data, original.thread_id, original.resource_id,
-                                    started_by or original.started_by, mine=mine, rerun_of=run_id,
-                                    rerun_from=override_path)
-            supersede = (run_id, NewEvent(type="run.canceled", data={"by": row["started_by"], "moved_to": new_id})) if moved else None
+                                    starter, mine=mine, rerun_of=run_id, rerun_from=override_path)
+            supersede = (run_id, NewEvent(type="run.canceled", data={
+                "by": started_by or original.started_by, "moved_to": new_id})) if moved else None
             try:
                 await self.store.create_rerun(row, copied, override_path if override is not None else None, override, [
                     NewEvent(type="run.started", data={
@@ -597,7 +611,7 @@ class Engine:
             await self._claim_and_spawn()
             return list(dict.fromkeys(claimed))
         finally:
-            self._recovering.remove(claimed)
+            self._recovering = [other for other in self._recovering if other is not claimed]  # (by identity)
 
     async def live_executors(self, *, fingerprint: str | None = None, workflow_id: str | None = None) -> list[str]:
         """Other running processes (``serve``, ``worker``) that execute runs of a version (by ``fingerprint``), of
@@ -809,6 +823,14 @@ class Engine:
                     await execution.execute()
         except asyncio.CancelledError:
             pass
+        except DatabaseUnavailable as exc:
+            # An outage past the retries of a read (the run's record, its progress): not the run's fault. It is handed
+            # back for the next claim (here or anywhere) once the database answers; failing that, its lease runs out.
+            log.warning("run %s: the database stayed unavailable while it was being executed (%s); handing it back",
+                        run_id, exc)
+            if self._tasks.get(run_id) is asyncio.current_task():
+                with contextlib.suppress(Exception):
+                    await self.store.release_run(run_id, self.owner)
         except Exception as exc:
             log.exception("run %s: unexpected error in the executor", run_id)
             if self._tasks.get(run_id) is asyncio.current_task():  # (not if abandoned: the run is not its own)
@@ -935,9 +957,11 @@ class Engine:
                 await self._claim_and_spawn()
                 now = time.time()
                 # Timers (sleeps, leases, approval expiries) are re-read at most once per poll interval, or
-                # when one is due: a wake-up for a finished or resumed run needs only the claim above.
+                # when one is due: a wake-up for a finished or resumed run needs only the claim above. Not when
+                # one is due but every slot is taken: its run cannot be taken here before a slot frees up, and
+                # the re-read would find the same past time again, a loop with a zero timeout.
                 if now >= self._timers_checked_at + self.poll_interval or (
-                    self._next_timer is not None and self._next_timer <= now
+                    self._next_timer is not None and self._next_timer <= now and self._free_slots() > 0
                 ):
                     await self._expire_suspensions()
                     times = [t for t in (await self.store.next_wakeup(), await self.store.next_expiry()) if t is not None]
@@ -946,6 +970,10 @@ class Engine:
                 timeout = self.poll_interval
                 if self._next_timer is not None:
                     timeout = min(timeout, max(0.0, self._next_timer - time.time()))
+                if timeout <= 0 and self._free_slots() <= 0:
+                    # A timer is due, every slot taken: the run that gives one back wakes this loop (a backlog).
+                    self._backlog = True
+                    timeout = self.poll_interval
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

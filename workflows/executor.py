@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 import traceback
 from collections.abc import Sequence
@@ -508,14 +509,18 @@ class RunExecution:
         if rec is not None:
             return rec.output
         susp = self.suspensions.get(path)
+        deadline = susp.expires_at if susp is not None else None
         data: Any = None
         found = False
         if susp is not None and susp.status == "resolved":
-            data, found = susp.resume_data, True
+            if not self._came_late(susp):
+                data, found = susp.resume_data, True
         else:
             for sig in self.signals:
                 # (One this wait took already, before its result was committed: a process stopped in between.)
-                if sig.name == node.event and sig.consumed_path in (None, path):
+                # An event sent once the wait's deadline had passed does not count: the wait timed out.
+                if sig.name == node.event and sig.consumed_path in (None, path) and (
+                        deadline is None or sig.created_at < deadline):
                     if await self.store.consume_signal(self.run.id, sig.id, path):
                         data, found = sig.data, True
                         if susp is not None:
@@ -544,6 +549,15 @@ class RunExecution:
             NewEvent(type="event.received", path=path, data={"step_id": node.id, "event": node.event})
         ])
         return rec.output
+
+    def _came_late(self, susp: SuspensionRecord) -> bool:
+        """The event that resolved this wait was sent once its deadline had passed: a wait times out only when the
+        run is walked, so one whose deadline passed while nothing walked it (its worker down, a parallel branch
+        still at work) is open still, and ``send_event`` resolves it (unless it sees the wait expired first). Not
+        an event the wait took from those buffered: it resolved the wait when it took it, and came in time."""
+        return (susp.expires_at is not None and susp.resolved_by == "event" and susp.resolved_at is not None
+                and susp.resolved_at >= susp.expires_at
+                and not any(sig.consumed_path == susp.path for sig in self.signals))
 
     # -- steps -------------------------------------------------------------------------------------------
 
@@ -637,10 +651,14 @@ class RunExecution:
             if not deliberate and policy.should_retry(failure, attempt):
                 delay = policy.delay(attempt)
                 emit("step.retrying", workflow_id=self.run.workflow_id, step_id=step.id, attempt=attempt)
-                await self._record_retry(step, path, attempt, started, delay, {
+                retry_at = await self._record_retry(step, path, attempt, started, delay, {
                     "step_id": step.id, "attempt": attempt, "error": f"{type(failure).__name__}: {message}",
                     "delay": round(delay, 3), "traceback": traceback_text(failure),
                 })
+                if delay > IN_PROCESS_SLEEP:
+                    # The run gives its slot back, as for a long sleep: it waits, woken when the next attempt is due
+                    # (the walk then goes on from the record just committed: see _wait_out_backoff).
+                    raise Halt(wake_at=retry_at)
                 await asyncio.sleep(delay)
                 continue
             self._record_failure(step, path, failure, attempt)
@@ -669,7 +687,7 @@ class RunExecution:
 
     async def _record_retry(
         self, step: Step[Any, Any], path: str, attempt: int, started: float, delay: float, data: dict[str, Any],
-    ) -> None:
+    ) -> float:
         """Commit that attempt ``attempt`` failed and when the next is due (with its ``step.retrying`` event).
 
         A process that stops during the backoff (a deploy) hands the run on; the next one goes on from this
@@ -684,6 +702,7 @@ class RunExecution:
             output={"attempt": attempt, "retry_at": retry_at}, attempts=attempt, started_at=started, finished_at=now,
         )
         await self._store(record, [event], progressed=False)
+        return retry_at
 
     async def _wait_out_backoff(self, path: str) -> int:
         """How many attempts at ``path`` failed before this execution; the last one's backoff waited out first
@@ -895,15 +914,20 @@ class MapContext:
 
 def nearness(scope: list[str], path: str) -> int:
     """How near the record at ``path`` is to a caller whose path's segments but the last are ``scope``: the number of
-    segments their scopes share; -1 if the record lies in another item or iteration of a foreach or loop the caller
-    is in (the scopes part at two marks of one node: ``deploy[0]`` and ``deploy[1]``)."""
+    segments their scopes share; -1 if the record lies in another item of a foreach the caller is in (the scopes
+    part at two item marks of one node: ``deploy[0]`` and ``deploy[1]``). An earlier iteration of a loop the caller
+    is in is as near as the scope around the loop: "refine with the last critique" reads it."""
     segments = path.split("/")[:-1]
     shared = 0
     for mine, theirs in zip(scope, segments, strict=False):
         if mine != theirs:
-            return -1 if segment_node(mine) == segment_node(theirs) else shared
+            other_item = segment_node(mine) == segment_node(theirs) and _ITEM_MARKS.findall(mine) != _ITEM_MARKS.findall(theirs)
+            return -1 if other_item else shared
         shared += 1
     return shared
+
+
+_ITEM_MARKS = re.compile(r"\[\d+\]")
 
 
 def item_list(node: ForeachNode, value: Any) -> list[Any]:

@@ -88,10 +88,15 @@ async def _call_with_timeout(
     try:
         done, _ = await asyncio.wait((attempt,), timeout=timeout)
     except asyncio.CancelledError:
-        await _stop(attempt, f"run {ctx.run_id}: step {ctx.path!r} was stopped while it ran")
+        await _stop(attempt, ctx, f"run {ctx.run_id}: step {ctx.path!r} was stopped while it ran")
         raise
     if not done:
-        await _stop(attempt, f"run {ctx.run_id}: step {ctx.path!r} ran past its timeout of {timeout:g} s")
+        await _stop(attempt, ctx, f"run {ctx.run_id}: step {ctx.path!r} ran past its timeout of {timeout:g} s")
+        from .context import Halt
+
+        if attempt.done() and not attempt.cancelled() and not attempt.result()[0] \
+                and isinstance(attempt.result()[1], Halt):
+            raise attempt.result()[1]  # it let the cancel go and asked a person as it ended: it suspended, as inline
         raise StepTimeout(ctx.path, timeout)
     returned, value = attempt.result()
     if not returned:
@@ -115,13 +120,15 @@ async def _attempt(step: Step[Any, Any], ctx: StepContext[Any], threads: Callabl
         return False, exc
 
 
-async def _stop(attempt: asyncio.Task[Any], what: str) -> None:
-    """Cancel the step's task and wait up to STOP_GRACE for it to end; if it does not, it is abandoned."""
+async def _stop(attempt: asyncio.Task[Any], ctx: StepContext[Any], what: str) -> None:
+    """Cancel the step's task and wait up to STOP_GRACE for it to end; if it does not, it is abandoned (its ``ctx``
+    says so: it can no longer suspend the run)."""
     attempt.cancel()
     _stopping.add(attempt)
     attempt.add_done_callback(_stopping.discard)
     await asyncio.wait((attempt,), timeout=STOP_GRACE)
     if not attempt.done():
+        ctx.abandoned = True
         count = len(_stopping)
         log.warning("%s: it ignored its cancel for %g s and is left to finish on its own, its result dropped (%d "
                     "such step%s in this process); let CancelledError through (no bare `except:`)", what, STOP_GRACE,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 import sys
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from storage import Database
 from tests.conftest import EngineFactory
 from tests.helpers import eventually
 from tests.reliability.faulty_flows import Num, a, healthy, record
@@ -229,25 +231,26 @@ async def test_a_map_that_raises_an_unprintable_exception_fails_the_run_at_once_
 
 
 async def test_an_unexpected_error_of_the_engine_fails_the_run_at_once_rather_than_as_a_dead_process(
-    engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """Not a step's error (those fail their step): one of the engine's own, here a run's end the database refuses for
-    a reason nobody foresaw. Left ``running``, the run was taken over every lease "from a dead process" and failed
-    as StepCrashed minutes later."""
-    e = engine(Workflow(id="reshapes", input=Num).map(lambda x: x, id="same").commit())
-    settle = e.store.settle
+    a reason nobody foresaw (a trigger a DBA added). Left ``running``, the run was taken over every lease "from a
+    dead process" and failed as StepCrashed minutes later."""
+    path = tmp_path / "refusing.db"
+    e = Engine(Database(f"sqlite+aiosqlite:///{path}"), poll_interval=0.05, lease_seconds=2.0)
+    e.register(Workflow(id="reshapes", input=Num).map(lambda x: x, id="same").commit())
+    await e.open()
+    try:
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TRIGGER refuse_success BEFORE UPDATE OF status ON runs WHEN NEW.status = 'success' "
+                       "BEGIN SELECT RAISE(ABORT, 'runs may not succeed here'); END")
+        result = await (await e.start("reshapes", {"n": 1})).result(timeout=4)  # two leases of this engine
 
-    async def success_refused(run_id: str, owner: str, status: str, *args: Any, **kwargs: Any) -> Any:
-        if status == "success":
-            raise RuntimeError("a bug in the engine")
-        return await settle(run_id, owner, status, *args, **kwargs)
-
-    monkeypatch.setattr(e.store, "settle", success_refused)
-    result = await (await e.start("reshapes", {"n": 1})).result(timeout=4)  # two leases of this test's engine
-
-    assert (result.status, result.error_type) == ("failed", "RuntimeError"), result
-    assert "threadflow failed while executing this run (RuntimeError: a bug in the engine)" in (result.error or "")
-    assert "run.recovered" not in [ev.type for ev in (await e.details(result.run_id)).events]
+        assert (result.status, result.error_type) == ("failed", "IntegrityError"), result
+        assert "threadflow failed while executing this run (IntegrityError" in (result.error or "")
+        assert "run.recovered" not in [ev.type for ev in (await e.details(result.run_id)).events]
+    finally:
+        await e.close()
 
 
 class Counts(BaseModel):

@@ -102,3 +102,49 @@ async def test_close_returns_while_a_step_swallows_cancellation_and_hands_the_ru
     run = await reader.get_run(handle.run_id)
     assert (run.status, run.owner) == ("pending", None)
     assert "step.succeeded" not in [ev.type for ev in (await reader.details(handle.run_id)).events]
+
+
+class Question(BaseModel):
+    q: str
+
+
+async def test_a_timed_step_that_lets_its_cancel_go_and_then_asks_a_person_suspends_the_run(
+    engine: EngineFactory,
+) -> None:
+    """It swallowed the timeout's cancel but ended within the grace by asking a person: the run waits for them, as
+    when the step ran inline, not failed with StepTimeout beside an approval left open."""
+    @step(id="ask", input=Num, output=Num, suspend=Question, timeout=0.3)
+    async def ask(ctx: StepContext[Num]) -> Num:
+        try:
+            await asyncio.sleep(5)  # a slow lookup
+        except:  # noqa: E722
+            pass
+        await ctx.suspend(Question(q="go on?"))
+        return ctx.input
+
+    e = engine(Workflow(id="asks", input=Num, output=Num).then(ask).commit())
+    result = await (await e.start("asks", {"n": 1})).result(timeout=10)
+
+    assert (result.status, [s.path for s in result.suspended]) == ("suspended", ["ask"]), result
+
+
+async def test_an_abandoned_attempt_cannot_ask_a_person_after_its_run_went_on(engine: EngineFactory) -> None:
+    """Past the grace the attempt is abandoned and the run fails with StepTimeout; if it later asks a person, no
+    approval opens for a run that already failed."""
+    release = asyncio.Event()
+
+    @step(id="ask", input=Num, output=Num, suspend=Question, timeout=0.3)
+    async def ask(ctx: StepContext[Num]) -> Num:
+        await poll_until(release)
+        await ctx.suspend(Question(q="go on?"))
+        return ctx.input
+
+    e = engine(Workflow(id="asks-late", input=Num, output=Num).then(ask).commit())
+    result = await (await e.start("asks-late", {"n": 1})).result(timeout=10)
+    assert (result.status, result.error_type) == ("failed", "StepTimeout"), result
+    release.set()
+    await asyncio.sleep(0.3)
+
+    details = await e.details(result.run_id)
+    assert [s for s in details.suspensions if s.status == "open"] == []
+    assert "step.suspended" not in [ev.type for ev in details.events]

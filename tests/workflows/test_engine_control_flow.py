@@ -429,6 +429,31 @@ async def test_nested_workflows_inside_foreach_and_loops_get_indexed_paths(engin
     ]
 
 
+async def test_step_output_inside_a_loop_reads_the_last_iteration_before_it(engine) -> None:
+    """"Refine with the last critique": a loop's body reads what its previous iteration's step gave (its own
+    iteration has none yet), not nothing."""
+    class Draft(BaseModel):
+        n: int
+
+    critiques: list[object] = []
+
+    @step(id="draft", input=Draft, output=Draft)
+    async def draft(ctx: StepContext[Draft]) -> Draft:
+        critiques.append(ctx.step_output("critique"))
+        return Draft(n=ctx.input.n + 1)
+
+    @step(id="critique", input=Draft, output=Draft)
+    async def critique(ctx: StepContext[Draft]) -> Draft:
+        return Draft(n=ctx.input.n * 10)
+
+    body = Workflow(id="refine", input=Draft, output=Draft).then(draft).then(critique).commit()
+    e = engine(Workflow(id="refining", input=Draft, output=Draft).dountil(body, lambda d: d.n > 100).commit())
+    result = await (await e.start("refining", {"n": 1})).result(timeout=10)
+
+    assert (result.status, result.output) == ("success", {"n": 210})
+    assert critiques == [None, {"n": 20}]
+
+
 async def test_step_output_inside_a_foreach_item_reads_that_items_step(engine):
     # Each item looks its host up, waits for a person's approval, then deploys the host it looked up. Approving
     # item 0 deploys item 0's host, not the host of the item whose lookup finished last.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
 from pydantic import BaseModel
 
 from tests.helpers import eventually
-from workflows import StepContext, Workflow, step
+from workflows import NotWaitingForEvent, StepContext, Workflow, step
 from workflows.errors import RunFailure
 
 
@@ -115,6 +117,96 @@ async def test_an_event_in_time_beats_the_timeout(engine) -> None:
     await e.send_event(run.run_id, "ping", {"pong": "here"})
     result = await e.wait_for(run.run_id, timeout=10)
     assert result.status == "success" and result.output == {"pong": "here"}
+
+
+async def finished(e, run_id: str, timeout: float = 10.0):
+    """The run's result once it has ended (a wait that timed out fails it when the dispatcher next walks it)."""
+    await eventually(lambda: _ended(e, run_id), timeout=timeout)
+    return await e.wait_for(run_id)
+
+
+async def _ended(e, run_id: str) -> bool:
+    return (await e.get_run(run_id)).is_terminal
+
+
+async def _deadline_of(e, run_id: str) -> float:
+    [wait] = [s for s in await e.suspensions(run_id) if s.kind == "event"]
+    assert wait.expires_at is not None
+    return wait.expires_at
+
+
+async def test_an_event_sent_after_the_wait_timed_out_is_refused_while_the_worker_is_down(engine) -> None:
+    # The wait times out when the run is walked; with its worker down, nobody walks it at the deadline, and its wait
+    # stays open. An event sent then used to be delivered, and the run went on as if it had come in time.
+    worker = engine(impatient)
+    run = await worker.start("impatient", {})
+    assert (await run.result()).status == "waiting"
+    deadline = await _deadline_of(worker, run.run_id)
+    await worker.close()
+    await asyncio.sleep(max(0.0, deadline - time.time()) + 0.2)
+
+    sender = engine(impatient, execute=False)
+    with pytest.raises(NotWaitingForEvent, match="the wait timed out"):
+        await sender.send_event(run.run_id, "ping", {"pong": "late"})
+
+    result = await finished(engine(impatient), run.run_id)
+    assert result.status == "failed" and result.error_type == "EventTimeout" and result.error_path == "wait-ping"
+
+
+async def test_an_event_that_lands_after_the_deadline_does_not_count(engine) -> None:
+    # send_event found the wait open a moment before its deadline; its write lands just after (what it writes is
+    # below): the event resolved the wait too late, and the run still times out.
+    worker = engine(impatient)
+    run = await worker.start("impatient", {})
+    assert (await run.result()).status == "waiting"
+    deadline = await _deadline_of(worker, run.run_id)
+    await worker.close()
+    await asyncio.sleep(max(0.0, deadline - time.time()) + 0.05)
+
+    sender = engine(impatient, execute=False)
+    assert await sender.store.send_signal(run.run_id, "ping", {"pong": "late"}, []) == "delivered"
+
+    result = await finished(engine(impatient), run.run_id)
+    assert result.status == "failed" and result.error_type == "EventTimeout"
+
+
+@step(id="long-step", input=Ask, output=Ask)
+async def long_step(ctx: StepContext[Ask]) -> Ask:
+    await asyncio.sleep(1.5)  # an agent at work beside the wait
+    return ctx.input
+
+
+wait_beside_work = Workflow(id="wait-beside-work", input=Ask).parallel([
+    Workflow(id="listen", input=Ask).wait_for_event("ping", Ping, timeout=0.5).commit(), long_step,
+]).commit()
+
+
+async def test_an_event_sent_after_the_timeout_is_refused_while_a_parallel_branch_works(engine) -> None:
+    # The run is executing its other branch at the deadline: nothing walks the wait until that branch ends.
+    e = engine(wait_beside_work)
+    run = await e.start("wait-beside-work", {})
+    await eventually(lambda: _deadline_passed(e, run.run_id))
+
+    with pytest.raises(NotWaitingForEvent, match="the wait timed out"):
+        await e.send_event(run.run_id, "ping", {"pong": "late"})
+
+    result = await finished(e, run.run_id)
+    assert result.status == "failed" and result.error_type == "EventTimeout" and result.error_path == "listen/wait-ping"
+
+
+async def _deadline_passed(e, run_id: str) -> bool:
+    waits = [s for s in await e.suspensions(run_id) if s.kind == "event"]
+    return bool(waits) and waits[0].expires_at is not None and time.time() > waits[0].expires_at + 0.1
+
+
+async def test_an_event_in_time_counts_though_the_run_takes_it_after_the_deadline(engine) -> None:
+    e = engine(wait_beside_work)
+    run = await e.start("wait-beside-work", {})
+    await eventually(lambda: e.suspensions(run.run_id))  # the wait is open (0.5 s to go)
+    assert await e.send_event(run.run_id, "ping", {"pong": "here"}) == "delivered"  # the other branch still works
+
+    result = await finished(e, run.run_id)
+    assert result.status == "success" and result.output == {"listen": {"pong": "here"}, "long-step": {"what": "deploy"}}
 
 
 class Num(BaseModel):

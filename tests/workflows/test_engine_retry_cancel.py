@@ -333,7 +333,7 @@ async def test_a_step_retried_across_a_restart_gets_no_more_attempts_than_its_po
 
 
 async def test_a_backoff_under_way_at_a_restart_is_still_waited_out(engine):
-    # The backoff is an asyncio.sleep in the process: a restart during it runs the step again at once.
+    # The backoff was an asyncio.sleep in the process: a restart during it ran the step again at once.
     times: list[float] = []
     failed_once = asyncio.Event()
 
@@ -357,6 +357,39 @@ async def test_a_backoff_under_way_at_a_restart_is_still_waited_out(engine):
 
     assert result.status == "success"
     assert times[1] - times[0] >= 2.9, f"retried {times[1] - times[0]:.2f} s after the failure, not after its 3 s backoff"
+
+
+async def test_a_run_waiting_out_a_long_retry_backoff_gives_its_slot_back(engine):
+    # A backoff of over a second is waited out as a long .sleep() is: the run waits, woken when the next attempt is
+    # due. It used to hold its slot, doing nothing, for the whole backoff (up to max_backoff, 30 s): with every slot
+    # held by runs failing in an outage, nothing else started, resumed or woke.
+    times: list[float] = []
+
+    @step(id="flaky", input=Num, output=Num, retry=RetryPolicy(attempts=2, backoff=2.0, jitter=False))
+    async def flaky(ctx: StepContext[Num]) -> Num:
+        times.append(time.time())
+        if len(times) == 1:
+            raise ConnectionError("the API is down for a moment")
+        return ctx.input
+
+    @step(id="quick", input=Num, output=Num)
+    async def quick(ctx: StepContext[Num]) -> Num:
+        return ctx.input
+
+    e = engine(Workflow(id="flaky-wf", input=Num, output=Num).then(flaky).commit(),
+               Workflow(id="quick-wf", input=Num, output=Num).then(quick).commit(), capacity=1)
+    flaky_run = await e.start("flaky-wf", {"n": 1})
+    await eventually(lambda: times)  # the first attempt failed: its 2 s backoff is under way
+
+    started = time.time()
+    result = await (await e.start("quick-wf", {"n": 2})).result(timeout=10)
+    took = time.time() - started
+    assert result.status == "success" and took < 1.0, f"a one-step run waited {took:.1f} s for the slot of a backoff"
+
+    assert (await flaky_run.result(timeout=10)).output == {"n": 1}
+    assert len(times) == 2 and times[1] - times[0] >= 1.9, f"retried {times[1] - times[0]:.2f} s after the failure"
+    retrying = [ev for ev in (await e.details(flaky_run.run_id)).events if ev.type == "step.retrying"]
+    assert [(ev.data["attempt"], ev.data["delay"]) for ev in retrying] == [(1, 2.0)]
 
 
 async def test_the_run_workflows_retry_policy_applies_to_the_steps_of_a_nested_workflow(engine):

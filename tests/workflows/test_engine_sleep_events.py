@@ -8,7 +8,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy
 from pydantic import BaseModel
+from sqlalchemy.engine import Engine as SAEngine
 
 from tests.helpers import eventually, status_of
 from workflows import InvalidInput, NotWaitingForEvent, StepContext, UsageError, Workflow, step
@@ -83,6 +85,44 @@ async def test_a_long_sleep_survives_a_restart_and_wakes_on_time(engine):
 
 async def _status_is(e, run_id, status):
     return await status_of(e, run_id) == status
+
+
+async def test_a_sleep_that_ends_while_every_slot_is_taken_goes_on_once_one_frees_without_spinning(engine):
+    # capacity=1: a run's 1.2 s sleep ends while another run's step holds the only slot until ~3 s. The dispatcher
+    # waits for the slot (the run that gives it back wakes it), or a poll interval, rather than read the timers
+    # again and again with a zero timeout (about 900 reads in 2.5 s, a core of CPU), and the sleeper goes on at once.
+    ran_at: dict[str, float] = {}
+
+    @step(id="busy", input=Num, output=Num)
+    async def busy(ctx: StepContext[Num]) -> Num:
+        await asyncio.sleep(2.5)
+        ran_at["busy"] = time.time()
+        return ctx.input
+
+    long_step = Workflow(id="long-step", input=Num, output=Num).then(busy).commit()
+    sleeper = Workflow(id="sleeper", input=Num, output=Num).sleep(1.2).then(counted("after", Counter(), ran_at)).commit()
+    e = engine(long_step, sleeper, capacity=1, poll_interval=1.0)
+    sleeping = await e.start("sleeper", {"n": 1})
+    await eventually(lambda: _status_is(e, sleeping.run_id, "waiting"))
+    timer_reads = 0  # the dispatcher's reads of when to wake next (RunStore.next_wakeup)
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        nonlocal timer_reads
+        timer_reads += "min(runs.lease_expires_at)" in statement.lower()
+
+    sqlalchemy.event.listen(SAEngine, "before_cursor_execute", count)
+    try:
+        working = await e.start("long-step", {"n": 2})
+        await asyncio.sleep(2.2)  # the sleep ends at ~1.2 s; the slot stays taken until ~2.5 s
+        timer_reads_while_full = timer_reads
+    finally:
+        sqlalchemy.event.remove(SAEngine, "before_cursor_execute", count)
+
+    assert (await working.result(timeout=10)).status == "success"
+    assert (await sleeping.result(timeout=10)).output == {"n": 2}
+    # About once a poll interval (a second here), plus when a timer is due and a slot is free.
+    assert timer_reads_while_full < 10, f"the timers were read {timer_reads_while_full} times in 2.2 s"
+    assert ran_at["after"] - ran_at["busy"] < 0.5, "the sleeper waited for the poll interval, not for the slot"
 
 
 async def test_sleep_until_a_datetime_or_a_function_of_the_input(engine):

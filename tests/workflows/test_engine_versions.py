@@ -17,6 +17,7 @@ from sqlalchemy import update
 
 from storage.tables import runs
 from tests.conftest import EngineFactory
+from tests.helpers import eventually
 from tests.helpers.versioned_flows import deploy_v1, deploy_v2
 from workflows import (
     DefinitionError,
@@ -123,6 +124,20 @@ async def test_rerun_from_moves_a_stranded_run_onto_v2(engine: EngineFactory) ->
 
     done = await (await e.resume(moved.run_id, data=APPROVE)).result(timeout=15)
     assert done.status == "success"
+
+
+async def test_a_moved_run_is_still_its_requesters_and_the_mover_is_named_on_the_old_one(engine: EngineFactory) -> None:
+    """Who started a run decides its approvals when nobody else is named: moving a stranded run (an operator, from
+    the CLI) must not make the operator its only approver."""
+    old = engine(deploy_v1())
+    waiting = await (await old.start("deploy", {}, started_by="U0ALICE1")).result(timeout=15)
+    await old.close()
+    e = engine(deploy_v2())
+    moved = await (await e.rerun(waiting.run_id, "gate2", started_by="ops")).result(timeout=15)
+
+    assert (await e.get_run(moved.run_id)).started_by == "U0ALICE1"
+    canceled = [ev.data for ev in (await e.details(waiting.run_id)).events if ev.type == "run.canceled"]
+    assert [(c["by"], c["moved_to"]) for c in canceled] == [("ops", moved.run_id)]
 
 
 async def test_a_rerun_that_cannot_keep_an_old_result_on_the_new_version_says_from_where_to_rerun(
@@ -558,5 +573,10 @@ async def test_a_run_recorded_when_nested_model_class_names_counted_continues_af
     await e.db.write(as_recorded_before)
     assert legacy_fingerprint(wf) != wf.fingerprint  # (nested models: the class name was part of it)
     assert await e.list_runs(status="stranded") == []
+
+    async def announced() -> bool:  # so other processes (and the CLI) see the old run's version served too
+        return legacy_fingerprint(wf) in {v.fingerprint for v in await e.replica.store.live("order")}
+
+    await eventually(announced)
     done = await (await e.resume(waiting.run_id, data=APPROVE)).result(timeout=15)
     assert done.status == "success"

@@ -102,7 +102,7 @@ class AlreadyResumed(UsageError):
 
 
 class NotWaitingForEvent(UsageError):
-    """send_event could not be delivered: the run is finished."""
+    """send_event could not be delivered: the run is finished, or its wait for that event timed out."""
 
 
 class RunFinished(UsageError):

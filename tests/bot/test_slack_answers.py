@@ -25,6 +25,7 @@ from tests.bot.test_slack_streaming import (
 )
 from tests.fakes import DUMMY_KEY, FakeOpenAI, Reply
 from tests.helpers.slack_limits import limit_refusals
+from workflows.agent import known_agents
 
 BOT_USER = "U0BOT"
 
@@ -43,7 +44,11 @@ async def llm_for_runs(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpe
         monkeypatch.setenv("THREADFLOW_MODEL", "openai:gpt-4o-mini")
         monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", DUMMY_KEY)
-        yield fake
+        try:
+            yield fake
+        finally:  # the built-in agents are module-level: close the clients they opened in this test's event loop
+            for agent in known_agents():
+                await agent.aclose()
 
 
 async def llm_bot(start_bot: StartBot, fake: FakeOpenAI, **overrides: object) -> RunningBot:

@@ -21,7 +21,32 @@ _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104
 
 
-class CommitCutter:
+class _Proxy:
+    """A TCP proxy on 127.0.0.1 (``port``) in front of a PostgreSQL server; each connection is served (``_serve``) in a
+    task of its own, canceled at :meth:`close`."""
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class CommitCutter(_Proxy):
     """``cutter.arm(n)``: the next ``n`` answers to a ``COMMIT`` are not delivered; their connections are cut.
 
     ``cutter.hold(b"SQL text")``: the next statement whose SQL contains the text is held on its way to the server
@@ -29,12 +54,9 @@ class CommitCutter:
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self.upstream = (upstream_host, upstream_port)
+        super().__init__(upstream_host, upstream_port)
         self.armed = 0
         self.cut = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
         self._hold_pattern: bytes | None = None
         self.held = asyncio.Event()
         self._released = asyncio.Event()
@@ -50,17 +72,6 @@ class CommitCutter:
 
     def arm(self, n: int = 1) -> None:
         self.armed = n
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -158,7 +169,7 @@ async def commit_cutter(url: str) -> AsyncIterator[tuple[CommitCutter, str]]:
         yield proxied
 
 
-P = TypeVar("P", "CommitCutter", "Blackhole")
+P = TypeVar("P", bound=_Proxy)
 
 
 @asynccontextmanager
@@ -173,19 +184,16 @@ async def _in_front(kind: type[P], url: str) -> AsyncIterator[tuple[P, str]]:
         await proxy.close()
 
 
-class Blackhole:
+class Blackhole(_Proxy):
     """Nothing answers on the old connections after :meth:`fail_over` and nothing closes them (no RST, no FIN: the
     host is gone), while new connections reach the server (the new primary, where DNS or the proxy now points).
     ``refusing``: new connections are dropped at once (the server is down); :meth:`cut_all` drops the open ones."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
+        super().__init__(host, port)
         self.generation = 0
         self.refusing = False
-        self.port = 0
-        self._server: asyncio.base_events.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self.silenced = 0
         #: ``hold_on``: the first client message holding these bytes is not forwarded; ``held`` is set then.
         self.hold_on: bytes | None = None
@@ -204,21 +212,9 @@ class Blackhole:
                 pass
         self._writers.clear()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in self._writers:
-            try:
-                w.transport.abort()
-            except Exception:
-                pass
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.cut_all()  # (a silent connection never ends by itself)
+        await super().close()
 
     async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -113,17 +113,8 @@ async def test_a_worker_that_could_execute_nothing_is_refused(tmp_path: Path, en
     """``worker --concurrency 0`` started a worker that announced its versions but never claimed a run: every
     ``threadflow run`` then queued its run for it (README: "they never execute it in their own process beside
     it") and gave up after --wait, the run still pending."""
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot.cli", "worker", "--concurrency", concurrency, cwd=tmp_path, env=env,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        _, raw = await asyncio.wait_for(worker.communicate(), 20)
-    finally:
-        if worker.returncode is None:  # (it started: stop it)
-            worker.kill()
-            await worker.wait()
-    err = raw.decode()
-    assert worker.returncode == 2 and "Traceback" not in err
+    code, _, err = await run_cli(tmp_path, ("worker", "--concurrency", concurrency), env, timeout=20)
+    assert code == 2 and "Traceback" not in err
     assert err.endswith(f"argument --concurrency: '{concurrency}': a worker must execute at least 1 run at once\n")
     assert run_rows(tmp_path) == []
 

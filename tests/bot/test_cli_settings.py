@@ -6,7 +6,6 @@ The settings go only into ``.env`` (or only into the environment), and the real 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -93,16 +92,9 @@ async def test_a_misspelt_log_setting_stops_worker_with_one_line_and_exit_2(tmp_
     database = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("THREADFLOW_", "SLACK_", "OPENAI_"))}
     env |= {name: value, "THREADFLOW_DATABASE_URL": database, "PYTHONPATH": str(ROOT)}
-    worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "bot.cli", "worker", cwd=tmp_path, env=env,
-                                                  stderr=asyncio.subprocess.PIPE)
-    try:
-        _, err = await asyncio.wait_for(worker.communicate(), 20)
-    finally:
-        if worker.returncode is None:  # (it started: stop it)
-            worker.kill()
-            await worker.wait()
-    assert "Traceback" not in err.decode(), err.decode()[-600:]
-    assert (worker.returncode, err.decode()) == (2, f"error: Setting {name} is invalid: {reason}\n")
+    code, _, err = await run_cli(tmp_path, ("worker",), env, timeout=20)
+    assert "Traceback" not in err, err[-600:]
+    assert (code, err) == (2, f"error: Setting {name} is invalid: {reason}\n")
     # Only the commands that set up logging read them: the others still work (and doctor names them).
     assert (await threadflow(tmp_path, "runs", **{name: value}, THREADFLOW_DATABASE_URL=database))[0] == 0
 

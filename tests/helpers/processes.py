@@ -71,10 +71,16 @@ async def spawner(module: str, tmp_path: Path) -> AsyncIterator[Spawn]:
 
 async def run_cli(cwd: Path, args: tuple[str, ...], env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
     """``threadflow ARGS`` in ``cwd`` with exactly ``env``, awaited without blocking: the test's event loop keeps
-    serving the fakes (Slack, OpenAI) the command talks to. Returns its exit code, stdout and stderr."""
+    serving the fakes (Slack, OpenAI) the command talks to. Returns its exit code, stdout and stderr. A command still
+    running after ``timeout`` (a server that started where it should have refused) is killed, and TimeoutError raised."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", *args, cwd=cwd, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
